@@ -1,0 +1,69 @@
+-- Generic telemetry, exactly as the old stack's init.sql (contract §2.2), so existing dashboards keep working.
+-- IF NOT EXISTS everywhere: paku can be pointed at an existing paku-iot database and adopts its tables.
+CREATE TABLE IF NOT EXISTS measurements (
+  id          BIGSERIAL PRIMARY KEY,
+  site_id     TEXT        NOT NULL,
+  system      TEXT        NOT NULL,
+  device_id   TEXT        NOT NULL,
+  location    TEXT,
+  mac         TEXT,
+  ts          TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+  metrics     JSONB       NOT NULL,
+  created_at  TIMESTAMPTZ NOT NULL DEFAULT NOW()
+);
+-- Production databases migrated by hand in 2025-12 may lack these two columns (contract §2.1).
+ALTER TABLE measurements ADD COLUMN IF NOT EXISTS mac TEXT;
+ALTER TABLE measurements ADD COLUMN IF NOT EXISTS created_at TIMESTAMPTZ NOT NULL DEFAULT NOW();
+
+CREATE INDEX IF NOT EXISTS idx_measurements_ts ON measurements (ts DESC);
+CREATE INDEX IF NOT EXISTS idx_measurements_site_device_ts ON measurements (site_id, device_id, ts DESC);
+CREATE INDEX IF NOT EXISTS idx_measurements_system_ts ON measurements (system, ts DESC);
+CREATE INDEX IF NOT EXISTS idx_measurements_site_system ON measurements (site_id, system);
+CREATE INDEX IF NOT EXISTS idx_measurements_metrics ON measurements USING GIN (metrics);
+
+COMMENT ON TABLE measurements IS 'One row per {site}/{system}/{device}/data message; identity comes from the topic.';
+COMMENT ON COLUMN measurements.metrics IS 'The payload''s metrics object, verbatim.';
+
+-- One row per EcoFlow poll (contract §2.2, §5.4). Units are EcoFlow's raw units.
+CREATE TABLE IF NOT EXISTS ecoflow_measurements (
+  id                 BIGSERIAL PRIMARY KEY,
+  device_sn          TEXT        NOT NULL,
+  ts                 TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+  soc_percent        INTEGER,
+  remain_time_min    INTEGER,
+  watts_in_sum       INTEGER,
+  watts_out_sum      INTEGER,
+  ac_out_watts       INTEGER,
+  dc_out_watts       INTEGER,
+  typec_out_watts    INTEGER,
+  usb_out_watts      INTEGER,
+  pv_in_watts        INTEGER,
+  car_watts          INTEGER,
+  usb1_watts         INTEGER,
+  usb2_watts         INTEGER,
+  qcusb1_watts       INTEGER,
+  qcusb2_watts       INTEGER,
+  typec1_watts       INTEGER,
+  typec2_watts       INTEGER,
+  inv_out_temp       NUMERIC,
+  bms_temp           NUMERIC,
+  bms_max_cell_temp  NUMERIC,
+  bms_min_cell_temp  NUMERIC,
+  mppt_temp          NUMERIC,
+  inv_input_watts    NUMERIC,
+  inv_ac_in_vol      NUMERIC,
+  inv_out_vol        NUMERIC,
+  inv_ac_in_amp      NUMERIC,
+  inv_out_amp        NUMERIC,
+  bms_amp            NUMERIC,
+  bms_vol            NUMERIC,
+  bms_min_cell_vol   NUMERIC,
+  bms_max_cell_vol   NUMERIC,
+  bms_remain_cap     NUMERIC,
+  bms_full_cap       NUMERIC,
+  bms_cycles         INTEGER,
+  wifi_rssi          INTEGER
+);
+CREATE INDEX IF NOT EXISTS idx_ecoflow_measurements_ts ON ecoflow_measurements (ts);
+CREATE INDEX IF NOT EXISTS idx_ecoflow_measurements_device_sn ON ecoflow_measurements (device_sn);
+CREATE INDEX IF NOT EXISTS idx_ecoflow_measurements_device_ts ON ecoflow_measurements (device_sn, ts DESC);

@@ -1,0 +1,91 @@
+import { createBroker } from './broker/index.js'
+import type { Config } from './config/index.js'
+import { createDatabase, type SqlFile } from './db/index.js'
+import { createHttp, type HealthReport } from './http/index.js'
+import { createIngest } from './ingest/index.js'
+import { errorText, type Logger } from './log/index.js'
+
+export type AppOptions = {
+  config: Config
+  log: Logger
+  migrations: readonly SqlFile[]
+  version: string
+}
+
+type Service = { name: string; start(): Promise<void>; stop(): Promise<void> }
+
+/**
+ * The composition root: the only place that knows every subsystem and the order they start in.
+ * Subsystems never import each other; they talk through the functions passed in here.
+ */
+export function createApp(opts: AppOptions) {
+  const { config, log } = opts
+  const startedAt = Date.now()
+
+  const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: opts.migrations })
+  const ingest = createIngest({ config: config.ingest, db: () => db.db, log: log.child('ingest') })
+  const broker = createBroker({ config: config.mqtt, log: log.child('broker'), onMessage: (m) => ingest.accept(m) })
+
+  async function health(): Promise<HealthReport> {
+    const database = await db.health()
+    const brokerHealth = broker.health()
+    const ingestStats = ingest.stats()
+    const degraded = !database.ok || ingest.health().failing
+    return {
+      status: !brokerHealth.ok ? 'down' : degraded ? 'degraded' : 'ok',
+      version: opts.version,
+      uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
+      database,
+      broker: brokerHealth,
+      ingest: ingestStats,
+    }
+  }
+
+  const http = createHttp({ config: config.http, log: log.child('http'), health })
+
+  // Start order (design §3.3): db → ingest → broker → http. Stop is the reverse, so producers stop
+  // before the last flush and the flush happens before the pool closes.
+  const services: Service[] = [db, ingest, broker, http]
+  const started: Service[] = []
+  let stopping: Promise<void> | undefined
+
+  async function stopStarted(): Promise<void> {
+    const errors: Error[] = []
+    while (started.length > 0) {
+      const svc = started.pop() as Service
+      try {
+        await svc.stop()
+      } catch (err) {
+        log.error('stop failed', { service: svc.name, err: errorText(err) })
+        errors.push(new Error(`stop ${svc.name}: ${errorText(err)}`, { cause: err }))
+      }
+    }
+    if (errors.length > 0) throw new AggregateError(errors, 'shutdown had errors')
+  }
+
+  return {
+    db,
+    ingest,
+    broker,
+    http,
+    health,
+    async start(): Promise<void> {
+      for (const svc of services) {
+        try {
+          await svc.start()
+          started.push(svc)
+        } catch (err) {
+          await stopStarted().catch(() => undefined)
+          throw new Error(`start ${svc.name}: ${errorText(err)}`, { cause: err })
+        }
+      }
+    },
+    /** Idempotent: a second call waits for the first. Keeps going past failures and reports them together. */
+    stop(): Promise<void> {
+      stopping ??= stopStarted()
+      return stopping
+    },
+  }
+}
+
+export type App = ReturnType<typeof createApp>

@@ -1,0 +1,148 @@
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http'
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import { Aedes, type AedesPublishPacket, type Client } from 'aedes'
+import { createWebSocketStream, WebSocketServer } from 'ws'
+import type { Config } from '../config/index.js'
+import { errorText, type Logger } from '../log/index.js'
+import { guardStream } from './packet-guard.js'
+
+/** What the broker hands to ingest for every PUBLISH a client sends (wills included). */
+export type BrokerMessage = {
+  topic: string
+  payload: Buffer
+  clientId: string
+  qos: 0 | 1 | 2
+  retain: boolean
+  receivedAt: Date
+}
+
+export type BrokerOptions = {
+  config: Config['mqtt']
+  log: Logger
+  onMessage: (msg: BrokerMessage) => void
+}
+
+/**
+ * The embedded MQTT 3.1.1 broker (aedes) on TCP and WebSocket. QoS 0/1/2, retained messages, wills
+ * and persistent sessions come from aedes; this adds listeners, abuse limits and the ingest hook.
+ */
+export function createBroker(opts: BrokerOptions) {
+  const { config, log } = opts
+  let aedes: Aedes | undefined
+  let tcp: Server | undefined
+  let http: HttpServer | undefined
+  let wss: WebSocketServer | undefined
+  const sockets = new Set<Socket>()
+  const counts = { connections: 0, messagesIn: 0, clientErrors: 0 }
+
+  const listen = (server: Server | HttpServer, host: string, port: number) =>
+    new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(port, host, () => {
+        server.off('error', reject)
+        resolve()
+      })
+    })
+
+  return {
+    name: 'broker',
+    async start(): Promise<void> {
+      const broker = await Aedes.createBroker({
+        connectTimeout: config.connectTimeoutMs,
+        maxClientsIdLength: config.maxClientIdLength,
+        maxTopicLevels: config.maxTopicLevels,
+      })
+      aedes = broker
+      broker.on('publish', (packet: AedesPublishPacket, client: Client | null) => {
+        // client is null for the broker's own messages ($SYS heartbeats, publish() below).
+        if (!client) return
+        counts.messagesIn++
+        try {
+          opts.onMessage({
+            topic: packet.topic,
+            payload: Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload),
+            clientId: client.id,
+            qos: packet.qos,
+            retain: packet.retain,
+            receivedAt: new Date(),
+          })
+        } catch (err) {
+          // The one catch at the MQTT boundary: an ingest bug must never reach aedes' emitter.
+          log.error('message handler failed', { topic: packet.topic, err: errorText(err) })
+        }
+      })
+      broker.on('client', () => counts.connections++)
+      broker.on('clientError', (client: Client, err: Error) => {
+        counts.clientErrors++
+        log.debug('client error', { clientId: client?.id, err: err.message })
+      })
+      broker.on('connectionError', (client: Client, err: Error) => {
+        counts.clientErrors++
+        log.debug('connection error', { clientId: client?.id, err: err.message })
+      })
+
+      tcp = createServer((socket) => {
+        sockets.add(socket)
+        socket.on('close', () => sockets.delete(socket))
+        broker.handle(guardStream(socket, config.maxPacketBytes))
+      })
+      await listen(tcp, config.host, config.port)
+
+      if (config.ws.enabled) {
+        http = createHttpServer((_req, res) => {
+          res.writeHead(426, { 'content-type': 'text/plain' }).end('MQTT over WebSocket: connect to ' + config.ws.path + '\n')
+        })
+        // ws enforces the packet limit itself (close code 1009) for WebSocket frames.
+        wss = new WebSocketServer({ server: http, path: config.ws.path, maxPayload: config.maxPacketBytes })
+        wss.on('connection', (ws, req) => {
+          const stream = createWebSocketStream(ws)
+          stream.on('error', (err) => log.debug('websocket error', { err: err.message }))
+          broker.handle(stream, req as never)
+        })
+        http.on('connection', (s) => {
+          sockets.add(s)
+          s.on('close', () => sockets.delete(s))
+        })
+        await listen(http, config.ws.host, config.ws.port)
+      }
+    },
+    /** Publishes as the broker itself (OTA commands, retained config). Resolves once queued for delivery. */
+    publish(topic: string, payload: string | Buffer, options: { qos?: 0 | 1 | 2; retain?: boolean } = {}): Promise<void> {
+      const broker = aedes
+      if (!broker) return Promise.reject(new Error('broker not started'))
+      return new Promise((resolve, reject) => {
+        broker.publish(
+          { cmd: 'publish', topic, payload: Buffer.from(payload), qos: options.qos ?? 0, retain: options.retain ?? false, dup: false },
+          (err?: Error | null) => (err ? reject(err) : resolve()),
+        )
+      })
+    },
+    /** Bound addresses (port 0 in tests resolves to the real port here). */
+    addresses(): { mqtt?: AddressInfo; ws?: AddressInfo } {
+      return {
+        mqtt: (tcp?.address() as AddressInfo | null) ?? undefined,
+        ws: (http?.address() as AddressInfo | null) ?? undefined,
+      }
+    },
+    health(): { ok: boolean; clients: number; connections: number; messagesIn: number; clientErrors: number } {
+      return { ok: aedes !== undefined && tcp?.listening === true, clients: aedes?.connectedClients ?? 0, ...counts }
+    },
+    async stop(): Promise<void> {
+      const broker = aedes
+      aedes = undefined
+      const closing: Array<Promise<void>> = []
+      // Stop accepting first, then close the clients: aedes does not close the listeners it was handed.
+      for (const server of [tcp, http]) {
+        if (server?.listening) closing.push(new Promise((r) => server.close(() => r())))
+      }
+      wss?.close()
+      if (broker) await new Promise<void>((r) => broker.close(() => r()))
+      for (const s of sockets) s.destroy()
+      await Promise.all(closing)
+      tcp = http = undefined
+      wss = undefined
+    },
+  }
+}
+
+export type Broker = ReturnType<typeof createBroker>

@@ -1,0 +1,205 @@
+import { parseArgs } from 'node:util'
+import { createApp } from '../app.js'
+import { sqlDir, versionInfo } from '../assets.js'
+import { loadConfig, maskSecrets, type Config } from '../config/index.js'
+import { createDatabase, readSqlDir } from '../db/index.js'
+import { runEmulator } from '../emulate/index.js'
+import { createLogger, errorText } from '../log/index.js'
+
+/** What the CLI needs from the process; main.ts passes the real one, tests a recording one. */
+export type CliIo = {
+  env: Record<string, string | undefined>
+  out: (line: string) => void
+  err: (line: string) => void
+  /** Resolves with the signal name when the process is asked to stop (SIGINT/SIGTERM). */
+  waitForStop: () => Promise<string>
+  /** Whether stdout is a terminal (pretty logs). */
+  isTTY: boolean
+}
+
+export const HELP = `paku — MQTT broker + PostgreSQL ingest + OTA + EcoFlow in one process
+
+usage: paku <command> [--config FILE]
+  serve                    run the broker, ingest and HTTP API (default)
+  migrate                  apply pending SQL migrations and exit
+  check-config             validate the config and print it with secrets masked
+  emulate ruuvi|heater     publish realistic device data (see --help-emulate)
+  version                  print version and commit
+config: --config FILE, else $PAKU_CONFIG, else ./paku.config.json; PAKU_* env overrides.
+docs: README.md (config reference, ports, topics)`
+
+export const EMULATE_HELP = `usage: paku emulate ruuvi|heater [options]
+  --url URL         broker (default mqtt://127.0.0.1:<mqtt.port from config>)
+  --site NAME       site id, first topic level (default paku)
+  --device IDS      heater id (default emu01) or comma-separated Ruuvi locations (default van_inside,cabin)
+  --legacy          ruuvi: also publish the old flat payload on {site}/ruuvi/{location}
+  --interval SEC    seconds between rounds (default ruuvi 5, heater 5)
+  --count N         rounds to publish, 0 = until Ctrl-C (default 0)
+  --username U --password P`
+
+/** Runs one command; returns the exit code. Never calls process.exit. */
+export async function runCli(argv: string[], io: CliIo): Promise<number> {
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        config: { type: 'string', short: 'c' },
+        help: { type: 'boolean', short: 'h' },
+        'help-emulate': { type: 'boolean' },
+        url: { type: 'string' },
+        site: { type: 'string' },
+        device: { type: 'string' },
+        legacy: { type: 'boolean' },
+        interval: { type: 'string' },
+        count: { type: 'string' },
+        username: { type: 'string' },
+        password: { type: 'string' },
+      },
+    })
+  } catch (err) {
+    io.err(`${(err as Error).message}\n\n${HELP}`)
+    return 2
+  }
+  const { values, positionals } = parsed
+  const command = positionals[0] ?? 'serve'
+  if (values.help || command === 'help') {
+    io.out(HELP)
+    return 0
+  }
+  if (values['help-emulate']) {
+    io.out(EMULATE_HELP)
+    return 0
+  }
+  if (command === 'version') {
+    const v = versionInfo()
+    io.out(`paku ${v.version} (${v.commit}) node ${process.version}`)
+    return 0
+  }
+  if (!['serve', 'migrate', 'check-config', 'emulate'].includes(command)) {
+    io.err(`unknown command ${JSON.stringify(command)}\n\n${HELP}`)
+    return 2
+  }
+
+  const loaded = loadConfig({ path: values.config, env: io.env, defaultPath: 'paku.config.json' })
+  if (!loaded.ok) {
+    io.err(`invalid configuration${loaded.path ? ` (${loaded.path})` : ''}:`)
+    for (const line of loaded.issues) io.err(`  ${line}`)
+    io.err('see the configuration table in README.md')
+    return 1
+  }
+  const config = loaded.config
+
+  switch (command) {
+    case 'check-config':
+      io.out(JSON.stringify(maskSecrets(config), null, 2))
+      io.out(`config ok${loaded.path ? ` (${loaded.path})` : ' (defaults)'}`)
+      return 0
+    case 'migrate':
+      return migrateCommand(config, io)
+    case 'emulate':
+      return emulateCommand(config, positionals[1], values, io)
+    default:
+      return serveCommand(config, loaded.path, io)
+  }
+}
+
+function logger(config: Config, io: CliIo) {
+  return createLogger({ level: config.log.level, format: config.log.format, levels: config.log.levels, isTTY: io.isTTY, write: io.out })
+}
+
+async function serveCommand(config: Config, path: string | undefined, io: CliIo): Promise<number> {
+  const log = logger(config, io)
+  const { version, commit } = versionInfo()
+  const app = createApp({ config, log, migrations: readSqlDir(sqlDir()), version })
+  try {
+    await app.start()
+  } catch (err) {
+    log.error('startup failed', { err: errorText(err) })
+    return 1
+  }
+  const { mqtt, ws } = app.broker.addresses()
+  const http = app.http.address()
+  log.info(`paku ${version} (${commit}) ready`, {
+    config: path ?? '(defaults)',
+    mqtt: mqtt ? `mqtt://${mqtt.address}:${mqtt.port}` : undefined,
+    ws: ws ? `ws://${ws.address}:${ws.port}${config.mqtt.ws.path}` : undefined,
+    http: http ? `http://${http.address}:${http.port}/health` : undefined,
+    database: app.db.describe(),
+    migrationsApplied: app.db.applied.length,
+  })
+  const signal = await io.waitForStop()
+  log.info('stopping', { signal })
+  const t0 = Date.now()
+  try {
+    await app.stop()
+  } catch (err) {
+    log.error('stopped with errors', { err: errorText(err) })
+    return 1
+  }
+  log.info('stopped', { ms: Date.now() - t0, written: app.ingest.stats().written })
+  return 0
+}
+
+async function migrateCommand(config: Config, io: CliIo): Promise<number> {
+  const log = logger(config, io)
+  const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: readSqlDir(sqlDir()) })
+  try {
+    await db.start()
+    io.out(db.applied.length === 0 ? 'no pending migrations' : db.applied.map((n) => `applied ${n}`).join('\n'))
+    return 0
+  } catch (err) {
+    io.err(`migrate failed: ${errorText(err)}`)
+    return 1
+  } finally {
+    await db.stop().catch(() => undefined)
+  }
+}
+
+async function emulateCommand(
+  config: Config,
+  kind: string | undefined,
+  values: Record<string, string | boolean | undefined>,
+  io: CliIo,
+): Promise<number> {
+  if (kind !== 'ruuvi' && kind !== 'heater') {
+    io.err(`emulate needs ruuvi or heater\n\n${EMULATE_HELP}`)
+    return 2
+  }
+  const num = (name: string, fallback: number) => {
+    const raw = values[name]
+    if (typeof raw !== 'string') return fallback
+    const n = Number(raw)
+    return Number.isFinite(n) && n >= 0 ? n : Number.NaN
+  }
+  const interval = num('interval', 5)
+  const count = num('count', 0)
+  if (Number.isNaN(interval) || Number.isNaN(count) || interval <= 0 || !Number.isInteger(count)) {
+    io.err('--interval must be a positive number of seconds and --count a whole number')
+    return 2
+  }
+  const host = config.mqtt.host === '0.0.0.0' || config.mqtt.host === '::' ? '127.0.0.1' : config.mqtt.host
+  const device = typeof values.device === 'string' ? values.device : kind === 'heater' ? 'emu01' : 'van_inside,cabin'
+  const abort = new AbortController()
+  void io.waitForStop().then(() => abort.abort())
+  try {
+    await runEmulator({
+      kind,
+      url: typeof values.url === 'string' ? values.url : `mqtt://${host}:${config.mqtt.port}`,
+      username: values.username as string | undefined,
+      password: values.password as string | undefined,
+      site: typeof values.site === 'string' ? values.site : 'paku',
+      devices: device.split(',').map((d) => d.trim()).filter(Boolean),
+      legacy: values.legacy === true,
+      intervalMs: interval * 1000,
+      count,
+      signal: abort.signal,
+      log: (line) => io.out(`[emulate ${kind}] ${line}`),
+    })
+    return 0
+  } catch (err) {
+    io.err(`emulate failed: ${errorText(err)}`)
+    return 1
+  }
+}

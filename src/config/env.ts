@@ -1,0 +1,115 @@
+/** How an environment variable's text becomes a config value; returns an error message instead on bad input. */
+type EnvParser = (raw: string) => { value: unknown } | { error: string }
+
+const asString: EnvParser = (raw) => ({ value: raw })
+
+const asInt: EnvParser = (raw) =>
+  /^-?\d+$/.test(raw.trim())
+    ? { value: Number.parseInt(raw.trim(), 10) }
+    : { error: `expected an integer, got ${JSON.stringify(raw)}` }
+
+const asBool: EnvParser = (raw) => {
+  const s = raw.trim().toLowerCase()
+  if (['1', 'true', 'yes', 'on'].includes(s)) return { value: true }
+  if (['0', 'false', 'no', 'off'].includes(s)) return { value: false }
+  return { error: `expected true or false, got ${JSON.stringify(raw)}` }
+}
+
+/** A secret is never echoed back in an error message. */
+const asSecret: EnvParser = (raw) => ({ value: raw })
+
+export type EnvEntry = {
+  name: string
+  path: readonly string[]
+  parse: EnvParser
+  secret?: boolean
+  description: string
+}
+
+/**
+ * The one explicit table of PAKU_* overrides. The README's table is generated from the same rows
+ * (see scripts/env-table.ts), so grep finds every variable here.
+ */
+export const ENV_TABLE: readonly EnvEntry[] = [
+  { name: 'PAKU_DATA_DIR', path: ['dataDir'], parse: asString, description: 'local state directory (embedded PostgreSQL)' },
+  { name: 'PAKU_LOG_LEVEL', path: ['log', 'level'], parse: asString, description: 'debug | info | warn | error | silent' },
+  { name: 'PAKU_LOG_FORMAT', path: ['log', 'format'], parse: asString, description: 'auto | json | pretty' },
+  {
+    name: 'PAKU_DATABASE_URL',
+    path: ['database', 'url'],
+    parse: asSecret,
+    secret: true,
+    description: 'postgres:// URL; empty = embedded PostgreSQL',
+  },
+  { name: 'PAKU_DATABASE_POOL_SIZE', path: ['database', 'poolSize'], parse: asInt, description: 'connections in the pool' },
+  {
+    name: 'PAKU_DATABASE_EMBEDDED_PORT',
+    path: ['database', 'embedded', 'port'],
+    parse: asInt,
+    description: 'port of the embedded PostgreSQL (127.0.0.1)',
+  },
+  { name: 'PAKU_MQTT_HOST', path: ['mqtt', 'host'], parse: asString, description: 'MQTT TCP listen address' },
+  { name: 'PAKU_MQTT_PORT', path: ['mqtt', 'port'], parse: asInt, description: 'MQTT TCP port (0 = any free port)' },
+  { name: 'PAKU_MQTT_WS_ENABLED', path: ['mqtt', 'ws', 'enabled'], parse: asBool, description: 'MQTT over WebSocket on/off' },
+  { name: 'PAKU_MQTT_WS_HOST', path: ['mqtt', 'ws', 'host'], parse: asString, description: 'MQTT over WebSocket listen address' },
+  { name: 'PAKU_MQTT_WS_PORT', path: ['mqtt', 'ws', 'port'], parse: asInt, description: 'MQTT over WebSocket port' },
+  {
+    name: 'PAKU_MQTT_MAX_PACKET_BYTES',
+    path: ['mqtt', 'maxPacketBytes'],
+    parse: asInt,
+    description: 'largest MQTT packet; bigger closes the connection',
+  },
+  { name: 'PAKU_HTTP_HOST', path: ['http', 'host'], parse: asString, description: 'HTTP listen address' },
+  { name: 'PAKU_HTTP_PORT', path: ['http', 'port'], parse: asInt, description: 'HTTP port (0 = any free port)' },
+  { name: 'PAKU_INGEST_BATCH_SIZE', path: ['ingest', 'batchSize'], parse: asInt, description: 'rows per database write' },
+  {
+    name: 'PAKU_INGEST_FLUSH_INTERVAL_MS',
+    path: ['ingest', 'flushIntervalMs'],
+    parse: asInt,
+    description: 'longest wait before a partial batch is written',
+  },
+  {
+    name: 'PAKU_INGEST_MAX_PAYLOAD_BYTES',
+    path: ['ingest', 'maxPayloadBytes'],
+    parse: asInt,
+    description: 'larger payloads go to ingest_rejects',
+  },
+]
+
+/** Env problems, named after the variable the user actually set. */
+export type EnvIssue = { name: string; message: string }
+
+/**
+ * Overlays every PAKU_* variable of ENV_TABLE onto a copy of `base`. An empty variable counts as unset,
+ * except PAKU_DATABASE_URL where empty explicitly selects the embedded database.
+ */
+export function applyEnv(
+  base: Record<string, unknown>,
+  env: Record<string, string | undefined>,
+): { value: Record<string, unknown>; issues: EnvIssue[]; sources: Map<string, string> } {
+  const value = structuredClone(base)
+  const issues: EnvIssue[] = []
+  const sources = new Map<string, string>()
+  for (const entry of ENV_TABLE) {
+    const raw = env[entry.name]
+    if (raw === undefined || (raw === '' && entry.name !== 'PAKU_DATABASE_URL')) continue
+    const parsed = entry.parse(raw)
+    if ('error' in parsed) {
+      issues.push({ name: entry.name, message: entry.secret ? 'invalid value' : parsed.error })
+      continue
+    }
+    setPath(value, entry.path, parsed.value)
+    sources.set(entry.path.join('.'), entry.name)
+  }
+  return { value, issues, sources }
+}
+
+function setPath(target: Record<string, unknown>, path: readonly string[], leaf: unknown): void {
+  let node = target
+  for (const key of path.slice(0, -1)) {
+    const next = node[key]
+    if (typeof next !== 'object' || next === null || Array.isArray(next)) node[key] = {}
+    node = node[key] as Record<string, unknown>
+  }
+  node[path[path.length - 1] as string] = leaf
+}

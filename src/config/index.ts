@@ -1,0 +1,3 @@
+export { ConfigSchema, LOG_LEVELS, type Config, type ConfigInput } from './schema.js'
+export { loadConfig, maskSecrets, maskUrl, deepFreeze, type LoadResult } from './load.js'
+export { ENV_TABLE, applyEnv } from './env.js'

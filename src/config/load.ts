@@ -1,0 +1,100 @@
+import { readFileSync } from 'node:fs'
+import * as v from 'valibot'
+import { applyEnv, ENV_TABLE } from './env.js'
+import { ConfigSchema, type Config } from './schema.js'
+
+export type LoadResult =
+  | { ok: true; config: Config; path: string | undefined }
+  | { ok: false; issues: string[]; path: string | undefined }
+
+export type LoadOptions = {
+  /** --config from the command line; wins over PAKU_CONFIG and ./paku.config.json. */
+  path?: string | undefined
+  env: Record<string, string | undefined>
+  /** Reads a file; injectable for tests. Defaults to readFileSync. */
+  readFile?: (path: string) => string
+  /** Whether ./paku.config.json exists; only consulted when neither --config nor PAKU_CONFIG is given. */
+  defaultPath?: string
+}
+
+const SECRET_PATHS = new Set(ENV_TABLE.filter((e) => e.secret).map((e) => e.path.join('.')))
+
+/**
+ * Reads the config file, overlays PAKU_* env and validates the result. Pure: never prints or exits.
+ * Every problem is returned as one `dot.path: message` line; secrets are never echoed.
+ */
+export function loadConfig(opts: LoadOptions): LoadResult {
+  const read = opts.readFile ?? ((p: string) => readFileSync(p, 'utf8'))
+  const explicit = opts.path ?? (opts.env.PAKU_CONFIG || undefined)
+  const path = explicit ?? opts.defaultPath
+  let fileValue: Record<string, unknown> = {}
+  if (path !== undefined) {
+    let text: string | undefined
+    try {
+      text = read(path)
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      // A missing default file just means "all defaults"; a missing explicit file is an error.
+      if (explicit !== undefined || code !== 'ENOENT') {
+        return { ok: false, path, issues: [`${path}: cannot read config file (${code ?? String(err)})`] }
+      }
+    }
+    if (text !== undefined) {
+      try {
+        const parsed: unknown = JSON.parse(text)
+        if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+          return { ok: false, path, issues: [`${path}: config must be a JSON object`] }
+        }
+        fileValue = parsed as Record<string, unknown>
+      } catch (err) {
+        return { ok: false, path, issues: [`${path}: invalid JSON: ${(err as Error).message}`] }
+      }
+    }
+  }
+  const overlaid = applyEnv(fileValue, opts.env)
+  const issues = overlaid.issues.map((i) => `${i.name}: ${i.message}`)
+  const result = v.safeParse(ConfigSchema, overlaid.value)
+  if (!result.success) {
+    for (const issue of result.issues) {
+      const dot = v.getDotPath(issue) ?? '(root)'
+      const envName = overlaid.sources.get(dot)
+      const where = envName ? `${dot} (from ${envName})` : dot
+      // valibot's default messages echo the received value; never do that for secrets.
+      const message = SECRET_PATHS.has(dot) ? secretMessage(dot, issue.message) : issue.message
+      issues.push(`${where}: ${message}`)
+    }
+  }
+  if (issues.length > 0) return { ok: false, path, issues }
+  if (!result.success) return { ok: false, path, issues: ['(root): invalid config'] }
+  return { ok: true, path: path, config: deepFreeze(result.output) }
+}
+
+function secretMessage(dot: string, message: string): string {
+  return message.includes('Received') || message.includes('received') ? `${dot} is invalid` : message
+}
+
+/** Subsystems get slices of one frozen object, so nobody can change config behind another's back. */
+export function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value)
+    for (const child of Object.values(value)) deepFreeze(child)
+  }
+  return value
+}
+
+/** The config with every secret replaced, for `paku check-config` and the banner. */
+export function maskSecrets(config: Config): unknown {
+  const copy = structuredClone(config) as Config
+  if (copy.database.url) copy.database.url = maskUrl(copy.database.url)
+  return copy
+}
+
+export function maskUrl(url: string): string {
+  try {
+    const u = new URL(url)
+    if (u.password) u.password = '***'
+    return u.toString()
+  } catch {
+    return '***'
+  }
+}

@@ -1,0 +1,112 @@
+import * as v from 'valibot'
+
+const port = (name: string) =>
+  v.pipe(
+    v.number(`${name} must be a number`),
+    v.integer(`${name} must be an integer`),
+    v.minValue(0, `${name} must be between 0 and 65535`),
+    v.maxValue(65535, `${name} must be between 0 and 65535`),
+  )
+
+const positiveInt = (name: string, max: number) =>
+  v.pipe(
+    v.number(`${name} must be a number`),
+    v.integer(`${name} must be an integer`),
+    v.minValue(1, `${name} must be at least 1`),
+    v.maxValue(max, `${name} must be at most ${max}`),
+  )
+
+export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const
+export const LOG_FORMATS = ['auto', 'json', 'pretty'] as const
+
+const LogLevel = v.picklist(LOG_LEVELS, `must be one of ${LOG_LEVELS.join(', ')}`)
+
+/**
+ * The one description of paku's configuration: types, defaults and limits.
+ * Secret-bearing fields have their own messages so a bad value is never echoed.
+ */
+export const ConfigSchema = v.strictObject({
+  /** Where paku keeps local state: the embedded PostgreSQL cluster (and later the spool). */
+  dataDir: v.optional(v.pipe(v.string(), v.minLength(1, 'must not be empty')), './.paku'),
+  log: v.optional(
+    v.strictObject({
+      level: v.optional(LogLevel, 'info'),
+      format: v.optional(v.picklist(LOG_FORMATS, `must be one of ${LOG_FORMATS.join(', ')}`), 'auto'),
+      /** Per-namespace overrides, e.g. { "ingest": "debug" }. */
+      levels: v.optional(v.record(v.string(), LogLevel), {}),
+    }),
+    {},
+  ),
+  database: v.optional(
+    v.strictObject({
+      /** postgres://… URL. Empty means: start the embedded PostgreSQL under dataDir. */
+      url: v.optional(
+        v.union(
+          [
+            v.literal(''),
+            v.pipe(
+              v.string('database.url must be a postgres:// URL'),
+              v.regex(/^postgres(ql)?:\/\/\S+$/, 'database.url must be a postgres:// URL'),
+            ),
+          ],
+          'database.url must be a postgres:// URL',
+        ),
+        '',
+      ),
+      poolSize: v.optional(positiveInt('poolSize', 100), 10),
+      embedded: v.optional(
+        v.strictObject({
+          /** TCP port of the embedded cluster, on 127.0.0.1 only. */
+          port: v.optional(port('port'), 5433),
+        }),
+        {},
+      ),
+    }),
+    {},
+  ),
+  mqtt: v.optional(
+    v.strictObject({
+      host: v.optional(v.string(), '0.0.0.0'),
+      port: v.optional(port('port'), 1883),
+      ws: v.optional(
+        v.strictObject({
+          enabled: v.optional(v.boolean(), true),
+          host: v.optional(v.string(), '0.0.0.0'),
+          port: v.optional(port('port'), 8083),
+          path: v.optional(v.pipe(v.string(), v.startsWith('/', 'must start with /')), '/mqtt'),
+        }),
+        {},
+      ),
+      /** Largest MQTT packet accepted; a bigger one closes the connection (MQTT 3.1.1 has no way to refuse it). */
+      maxPacketBytes: v.optional(positiveInt('maxPacketBytes', 268_435_455), 262_144),
+      maxTopicLevels: v.optional(positiveInt('maxTopicLevels', 100), 16),
+      maxClientIdLength: v.optional(positiveInt('maxClientIdLength', 65_535), 128),
+      /** A socket that has not sent CONNECT within this time is closed. */
+      connectTimeoutMs: v.optional(positiveInt('connectTimeoutMs', 600_000), 10_000),
+    }),
+    {},
+  ),
+  http: v.optional(
+    v.strictObject({
+      host: v.optional(v.string(), '0.0.0.0'),
+      port: v.optional(port('port'), 8080),
+    }),
+    {},
+  ),
+  ingest: v.optional(
+    v.strictObject({
+      /** Rows per multi-row write; a full batch flushes at once. */
+      batchSize: v.optional(positiveInt('batchSize', 50_000), 1000),
+      /** A partial batch is flushed after at most this long. */
+      flushIntervalMs: v.optional(positiveInt('flushIntervalMs', 60_000), 200),
+      /** A message payload above this is rejected (and kept, truncated, in ingest_rejects). */
+      maxPayloadBytes: v.optional(positiveInt('maxPayloadBytes', 268_435_455), 65_536),
+      /** Rows held in memory while the database is unreachable before new rows are dropped (counted). */
+      maxPendingRows: v.optional(positiveInt('maxPendingRows', 10_000_000), 200_000),
+    }),
+    {},
+  ),
+})
+
+export type Config = v.InferOutput<typeof ConfigSchema>
+export type ConfigInput = v.InferInput<typeof ConfigSchema>

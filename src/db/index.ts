@@ -1,0 +1,106 @@
+import { Kysely, PostgresDialect, sql } from 'kysely'
+import pg from 'pg'
+import type { Config } from '../config/index.js'
+import { maskUrl } from '../config/index.js'
+import type { Logger } from '../log/index.js'
+import { createEmbeddedPostgres } from './embedded.js'
+import { migrate, type SqlFile } from './migrate.js'
+import type { DB } from './types.js'
+
+export type { DB } from './types.js'
+export { migrate, readSqlDir, type SqlFile } from './migrate.js'
+export { createEmbeddedPostgres } from './embedded.js'
+
+// BIGINT and NUMERIC come back as strings by default; ids stay strings (they can exceed 2^53),
+// but COUNT(*) and friends are cast in SQL where numbers are wanted.
+pg.types.setTypeParser(pg.types.builtins.INT8, (v) => v)
+
+export type DatabaseOptions = {
+  config: Config['database']
+  dataDir: string
+  log: Logger
+  migrations: readonly SqlFile[]
+  /** Skip migrations at start (the `migrate` command runs them itself). */
+  migrateOnStart?: boolean
+}
+
+/**
+ * The database service: starts the embedded PostgreSQL when no URL is configured, connects a pool,
+ * applies pending migrations, and exposes the Kysely instance. The pool opens no socket before start().
+ */
+export function createDatabase(opts: DatabaseOptions) {
+  const embedded = opts.config.url
+    ? undefined
+    : createEmbeddedPostgres({ dataDir: opts.dataDir, port: opts.config.embedded.port, log: opts.log })
+  let pool: pg.Pool | undefined
+  let kysely: Kysely<DB> | undefined
+  let applied: string[] = []
+
+  const url = () => opts.config.url || (embedded ? embedded.url() : '')
+
+  return {
+    name: 'db',
+    get db(): Kysely<DB> {
+      if (!kysely) throw new Error('database not started')
+      return kysely
+    },
+    get pool(): pg.Pool {
+      if (!pool) throw new Error('database not started')
+      return pool
+    },
+    /** Migrations applied by the last start(). */
+    get applied(): readonly string[] {
+      return applied
+    },
+    /** Where we connect, with the password masked: for the banner and logs. */
+    describe(): string {
+      return embedded ? `embedded ${maskUrl(url())}` : maskUrl(url())
+    },
+    async start(): Promise<void> {
+      if (embedded) await embedded.start()
+      pool = new pg.Pool({
+        connectionString: url(),
+        max: opts.config.poolSize,
+        connectionTimeoutMillis: 10_000,
+        // Without this a server-side kill of an idle connection would be an unhandled 'error' event.
+        application_name: 'paku',
+      })
+      pool.on('error', (err) => opts.log.warn('idle database connection failed', { err }))
+      kysely = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
+      try {
+        await sql`SELECT 1`.execute(kysely)
+      } catch (err) {
+        throw new Error(`database: connect ${maskUrl(url())}: ${(err as Error).message} — is PostgreSQL running? set PAKU_DATABASE_URL`, {
+          cause: err,
+        })
+      }
+      if (opts.migrateOnStart !== false) {
+        applied = (await migrate(kysely, opts.migrations)).applied
+        for (const name of applied) opts.log.info('applied migration', { name })
+      }
+    },
+    /** Cheap liveness probe for /health; never throws. */
+    async health(): Promise<{ ok: boolean; error?: string; latencyMs?: number }> {
+      if (!kysely) return { ok: false, error: 'not started' }
+      const t0 = performance.now()
+      try {
+        await sql`SELECT 1`.execute(kysely)
+        return { ok: true, latencyMs: Math.round((performance.now() - t0) * 10) / 10 }
+      } catch (err) {
+        return { ok: false, error: (err as Error).message }
+      }
+    },
+    async stop(): Promise<void> {
+      const k = kysely
+      kysely = undefined
+      pool = undefined
+      try {
+        await k?.destroy()
+      } finally {
+        await embedded?.stop()
+      }
+    },
+  }
+}
+
+export type Database = ReturnType<typeof createDatabase>
