@@ -16,9 +16,9 @@ export function grafanaDir(): string {
 }
 
 /** The package version and, in a git checkout, the commit. */
-export function versionInfo(): { version: string; commit: string } {
+export function versionInfo(env: Record<string, string | undefined> = process.env): { version: string; commit: string } {
   const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }
-  return { version: pkg.version, commit: process.env.PAKU_COMMIT ?? gitCommit() }
+  return { version: pkg.version, commit: env.PAKU_COMMIT ?? gitCommit() }
 }
 
 function gitCommit(): string {

@@ -73,7 +73,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     return 0
   }
   if (command === 'version') {
-    const v = versionInfo()
+    const v = versionInfo(io.env)
     io.out(`paku ${v.version} (${v.commit}) node ${process.version}`)
     return 0
   }

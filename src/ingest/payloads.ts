@@ -134,7 +134,7 @@ export function decodePayload<T extends TopicType>(type: T, bytes: Uint8Array): 
 function formatIssue(issue: v.BaseIssue<unknown>): string {
   const path = v.getDotPath(issue)
   // Valibot's own wording for a missing key is "Invalid key: Expected "x" but received undefined".
-  if (issue.kind === 'schema' && issue.type === 'object' && path) return `${path} is required`
+  if (path && issue.message.startsWith('Invalid key:')) return `${path} is required`
   return path && !issue.message.startsWith(path) ? `${path}: ${issue.message}` : issue.message
 }
 
@@ -178,11 +178,11 @@ export function parseTimestamp(raw: string | null | undefined, receivedAt: Date)
   // Date silently rolls 2026-02-30 over into March; a round trip of the date part catches that.
   const month = Number(mo)
   const day = Number(d)
-  if (Number.isNaN(ts.getTime()) || month < 1 || month > 12 || day < 1 || day > daysIn(Number(y), month)) {
-    return { ok: false, reason: `timestamp ${JSON.stringify(raw.slice(0, 40))} is not a valid date` }
-  }
   if (Number(h) > 23 || Number(mi) > 59 || Number(s) > 59) {
     return { ok: false, reason: `timestamp ${JSON.stringify(raw.slice(0, 40))} is not a valid time` }
+  }
+  if (Number.isNaN(ts.getTime()) || month < 1 || month > 12 || day < 1 || day > daysIn(Number(y), month)) {
+    return { ok: false, reason: `timestamp ${JSON.stringify(raw.slice(0, 40))} is not a valid date` }
   }
   return { ok: true, ts }
 }

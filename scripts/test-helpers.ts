@@ -1,0 +1,88 @@
+/** Shared by integration tests: a fresh database per test file, and a config with every port on 0. */
+import { randomBytes } from 'node:crypto'
+import type { TestContext } from 'node:test'
+import pg from 'pg'
+import * as v from 'valibot'
+import { createApp } from '../src/app.js'
+import { sqlDir } from '../src/assets.js'
+import { ConfigSchema, deepFreeze, type Config, type ConfigInput } from '../src/config/index.js'
+import { readSqlDir } from '../src/db/index.js'
+import { createLogger, type Logger } from '../src/log/index.js'
+
+export function serverUrl(): string {
+  const url = process.env.PAKU_TEST_DATABASE_URL
+  if (!url) throw new Error('PAKU_TEST_DATABASE_URL is not set: run tests with `npm test`')
+  return url
+}
+
+/** Creates an empty database for this test file and drops it afterwards; returns its URL. */
+export async function testDatabase(t: { after: TestContext['after'] } | TestContext): Promise<string> {
+  const server = new URL(serverUrl())
+  const name = `paku_t_${randomBytes(5).toString('hex')}`
+  const admin = new pg.Client({ connectionString: server.toString() })
+  await admin.connect()
+  await admin.query(`CREATE DATABASE ${name}`)
+  await admin.end()
+  t.after(async () => {
+    const c = new pg.Client({ connectionString: server.toString() })
+    await c.connect()
+    await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+    await c.end()
+  })
+  const url = new URL(server.toString())
+  url.pathname = `/${name}`
+  return url.toString()
+}
+
+/** A valid config for tests: every port 0 (any free one), loopback only, quiet logs. */
+export function testConfig(overrides: ConfigInput & { databaseUrl: string }): Config {
+  const { databaseUrl, ...rest } = overrides
+  const input: ConfigInput = {
+    ...rest,
+    dataDir: rest.dataDir ?? '.paku-test/data',
+    database: { ...rest.database, url: databaseUrl },
+    mqtt: { host: '127.0.0.1', port: 0, ...rest.mqtt, ws: { host: '127.0.0.1', port: 0, ...rest.mqtt?.ws } },
+    http: { host: '127.0.0.1', port: 0, ...rest.http },
+    ingest: { flushIntervalMs: 20, ...rest.ingest },
+    log: { level: (process.env.PAKU_TEST_LOG_LEVEL as 'debug' | undefined) ?? 'silent', ...rest.log },
+  }
+  return deepFreeze(v.parse(ConfigSchema, input))
+}
+
+export function testLogger(): Logger {
+  return createLogger({ level: (process.env.PAKU_TEST_LOG_LEVEL as 'debug' | undefined) ?? 'silent', format: 'pretty' })
+}
+
+/** Starts the real app (db, ingest, broker, http) on free ports and stops it after the test. */
+export async function startApp(t: TestContext, config: Config) {
+  const app = createApp({ config, log: testLogger(), migrations: readSqlDir(sqlDir()), version: 'test' })
+  await app.start()
+  t.after(() => app.stop())
+  const { mqtt, ws } = app.broker.addresses()
+  return {
+    app,
+    mqttUrl: `mqtt://127.0.0.1:${mqtt?.port}`,
+    wsUrl: `ws://127.0.0.1:${ws?.port}${config.mqtt.ws.path}`,
+    httpUrl: `http://127.0.0.1:${app.http.address()?.port}`,
+  }
+}
+
+/** A pg client on the test database, closed after the test. */
+export async function sqlClient(t: TestContext, url: string): Promise<pg.Client> {
+  const c = new pg.Client({ connectionString: url })
+  await c.connect()
+  t.after(() => c.end())
+  return c
+}
+
+/** Polls until fn returns a truthy value or the timeout passes (for rows written by the batch writer). */
+export async function eventually<T>(fn: () => Promise<T>, { timeoutMs = 5000, what = 'condition' } = {}): Promise<T> {
+  const until = Date.now() + timeoutMs
+  let last: T
+  for (;;) {
+    last = await fn()
+    if (last) return last
+    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 25))
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * `npm test`: type check, lint, then every *.test.ts under src/ with node:test, against one throwaway
+ * embedded PostgreSQL cluster (fsync off) started here, or the server in PAKU_TEST_DATABASE_URL.
+ * Each integration test file creates its own database on that server (scripts/test-helpers.ts).
+ */
+import { spawn } from 'node:child_process'
+import { readdirSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { join } from 'node:path'
+import { createEmbeddedPostgres } from '../src/db/embedded.js'
+import { createLogger } from '../src/log/index.js'
+
+const args = process.argv.slice(2)
+const only = args.filter((a) => !a.startsWith('--'))
+const skipChecks = args.includes('--no-checks')
+
+function run(cmd: string, argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  return new Promise((resolve) => {
+    const p = spawn(cmd, argv, { stdio: 'inherit', env })
+    p.on('close', (code) => resolve(code ?? 1))
+  })
+}
+
+function findTests(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    const path = join(dir, e.name)
+    return e.isDirectory() ? findTests(path) : e.name.endsWith('.test.ts') ? [path] : []
+  })
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer()
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number }
+      s.close(() => resolve(port))
+    })
+    s.on('error', reject)
+  })
+}
+
+if (!skipChecks) {
+  console.log('# type check (tsc)')
+  if ((await run('npx', ['tsc', '-p', '.'])) !== 0) process.exit(1)
+  console.log('# lint (eslint: floating promises)')
+  if ((await run('npx', ['eslint', '.'])) !== 0) process.exit(1)
+}
+
+let url = process.env.PAKU_TEST_DATABASE_URL
+let cluster: ReturnType<typeof createEmbeddedPostgres> | undefined
+if (!url) {
+  const port = await freePort()
+  cluster = createEmbeddedPostgres({
+    dataDir: join('.paku-test', `cluster-${process.pid}`),
+    port,
+    ephemeral: true,
+    log: createLogger({ level: 'warn', format: 'pretty' }),
+    // A throwaway cluster: durability off makes the suite faster and changes nothing it asserts.
+    settings: { fsync: 'off', synchronous_commit: 'off', full_page_writes: 'off', max_connections: '200' },
+  })
+  const t0 = Date.now()
+  await cluster.start()
+  url = cluster.url()
+  console.log(`# embedded postgresql on 127.0.0.1:${port} (${Date.now() - t0} ms)`)
+}
+
+const files = findTests('src').filter((f) => only.length === 0 || only.some((o) => f.includes(o))).sort()
+let code = 1
+try {
+  code = await run(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', ...files], {
+    ...process.env,
+    PAKU_TEST_DATABASE_URL: url,
+  })
+} finally {
+  await cluster?.stop()
+}
+process.exit(code)

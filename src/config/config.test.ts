@@ -1,0 +1,117 @@
+import assert from 'node:assert/strict'
+import { readFileSync } from 'node:fs'
+import { describe, it } from 'node:test'
+import { ENV_TABLE, loadConfig, maskSecrets } from './index.js'
+
+const files = (map: Record<string, string>) => (p: string) => {
+  if (!(p in map)) throw Object.assign(new Error('ENOENT'), { code: 'ENOENT' })
+  return map[p] as string
+}
+
+describe('loadConfig', () => {
+  it('parses the committed paku.config.json with the real schema', () => {
+    const r = loadConfig({ env: {}, defaultPath: 'paku.config.json' })
+    assert.equal(r.ok, true, JSON.stringify(r))
+  })
+
+  it('uses all defaults when the default file is missing', () => {
+    const r = loadConfig({ env: {}, defaultPath: 'nope.json', readFile: files({}) })
+    assert.ok(r.ok)
+    assert.equal(r.config.mqtt.port, 1883)
+    assert.equal(r.config.http.port, 8080)
+    assert.equal(r.config.database.url, '')
+    assert.equal(r.config.mqtt.ws.path, '/mqtt')
+  })
+
+  it('fails when an explicit --config file is missing', () => {
+    const r = loadConfig({ path: 'missing.json', env: {}, readFile: files({}) })
+    assert.deepEqual(r, { ok: false, path: 'missing.json', issues: ['missing.json: cannot read config file (ENOENT)'] })
+  })
+
+  it('takes the path from PAKU_CONFIG when --config is absent, and --config wins over it', () => {
+    const read = files({ 'a.json': '{"http":{"port":1}}', 'b.json': '{"http":{"port":2}}' })
+    const a = loadConfig({ env: { PAKU_CONFIG: 'a.json' }, readFile: read, defaultPath: 'x' })
+    const b = loadConfig({ path: 'b.json', env: { PAKU_CONFIG: 'a.json' }, readFile: read })
+    assert.ok(a.ok && b.ok)
+    assert.equal(a.config.http.port, 1)
+    assert.equal(b.config.http.port, 2)
+  })
+
+  it('reports JSON syntax errors with the file path', () => {
+    const r = loadConfig({ path: 'c.json', env: {}, readFile: files({ 'c.json': '{"http": ' }) })
+    assert.equal(r.ok, false)
+    assert.match((r as { issues: string[] }).issues[0] as string, /^c\.json: invalid JSON: /)
+  })
+
+  it('refuses a config that is not an object', () => {
+    const r = loadConfig({ path: 'c.json', env: {}, readFile: files({ 'c.json': '[1]' }) })
+    assert.deepEqual((r as { issues: string[] }).issues, ['c.json: config must be a JSON object'])
+  })
+
+  it('overlays env over the file', () => {
+    const r = loadConfig({
+      path: 'c.json',
+      env: { PAKU_MQTT_PORT: '1884', PAKU_HTTP_PORT: '0', PAKU_DATA_DIR: '/var/lib/paku', PAKU_LOG_LEVEL: 'debug', PAKU_MQTT_WS_ENABLED: 'false', PAKU_DATABASE_URL: 'postgres://u:p@h/db' },
+      readFile: files({ 'c.json': '{"mqtt":{"port":1}}' }),
+    })
+    assert.ok(r.ok)
+    assert.equal(r.config.mqtt.port, 1884)
+    assert.equal(r.config.http.port, 0)
+    assert.equal(r.config.dataDir, '/var/lib/paku')
+    assert.equal(r.config.log.level, 'debug')
+    assert.equal(r.config.mqtt.ws.enabled, false)
+    assert.equal(r.config.database.url, 'postgres://u:p@h/db')
+  })
+
+  it('returns a frozen config', () => {
+    const r = loadConfig({ env: {}, defaultPath: 'x', readFile: files({}) })
+    assert.ok(r.ok)
+    assert.throws(() => {
+      ;(r.config.mqtt as { port: number }).port = 1
+    }, TypeError)
+  })
+
+  const bad: Array<{ name: string; file?: string; env?: Record<string, string>; want: string[] }> = [
+    { name: 'names the env variable on a non-integer', env: { PAKU_MQTT_PORT: 'abc' }, want: ['PAKU_MQTT_PORT: expected an integer, got "abc"'] },
+    { name: 'names the env variable on an out-of-range port', env: { PAKU_HTTP_PORT: '70000' }, want: ['http.port (from PAKU_HTTP_PORT): port must be between 0 and 65535'] },
+    { name: 'rejects a bad boolean', env: { PAKU_MQTT_WS_ENABLED: 'maybe' }, want: ['PAKU_MQTT_WS_ENABLED: expected true or false, got "maybe"'] },
+    { name: 'rejects an unknown log level', env: { PAKU_LOG_LEVEL: 'loud' }, want: ['log.level (from PAKU_LOG_LEVEL): must be one of debug, info, warn, error, silent'] },
+    { name: 'rejects unknown keys (typos)', file: '{"mqtt":{"prot":1883}}', want: ['mqtt.prot: Invalid key: Expected never but received "prot"'] },
+    { name: 'reports every problem, one per line', file: '{"mqtt":{"port":-1},"http":{"port":1.5}}', want: ['mqtt.port: port must be between 0 and 65535', 'http.port: port must be an integer'] },
+    { name: 'rejects a non-postgres database url without echoing it', env: { PAKU_DATABASE_URL: 'mysql://root:hunter2@db/x' }, want: ['database.url (from PAKU_DATABASE_URL): database.url must be a postgres:// URL'] },
+    { name: 'rejects a database url of the wrong type without echoing it', file: '{"database":{"url":12345}}', want: ['database.url: database.url must be a postgres:// URL'] },
+    { name: 'rejects a ws path without a slash', file: '{"mqtt":{"ws":{"path":"mqtt"}}}', want: ['mqtt.ws.path: must start with /'] },
+    { name: 'rejects a zero batch size', env: { PAKU_INGEST_BATCH_SIZE: '0' }, want: ['ingest.batchSize (from PAKU_INGEST_BATCH_SIZE): batchSize must be at least 1'] },
+  ]
+  for (const c of bad) {
+    it(c.name, () => {
+      const r = loadConfig({ path: 'c.json', env: c.env ?? {}, readFile: files({ 'c.json': c.file ?? '{}' }) })
+      assert.equal(r.ok, false)
+      assert.deepEqual((r as { issues: string[] }).issues, c.want)
+      assert.doesNotMatch(JSON.stringify(r), /hunter2/)
+    })
+  }
+
+  it('masks the database password for display', () => {
+    const r = loadConfig({ env: { PAKU_DATABASE_URL: 'postgres://paku:s3cret@db:5432/paku' }, defaultPath: 'x', readFile: files({}) })
+    assert.ok(r.ok)
+    const shown = JSON.stringify(maskSecrets(r.config))
+    assert.doesNotMatch(shown, /s3cret/)
+    assert.match(shown, /postgres:\/\/paku:\*\*\*@db:5432\/paku/)
+  })
+})
+
+describe('documentation of the env table', () => {
+  const example = readFileSync('.env.example', 'utf8')
+  const readme = readFileSync('README.md', 'utf8')
+  for (const entry of ENV_TABLE) {
+    it(`${entry.name} is in .env.example and README.md`, () => {
+      assert.match(example, new RegExp(`^#? ?${entry.name}=`, 'm'))
+      assert.match(readme, new RegExp(`\\b${entry.name}\\b`))
+    })
+  }
+  it('PAKU_CONFIG is documented too', () => {
+    assert.match(example, /^#? ?PAKU_CONFIG=/m)
+    assert.match(readme, /PAKU_CONFIG/)
+  })
+})

@@ -1,0 +1,59 @@
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import { Hono } from 'hono'
+import { HTTPException } from 'hono/http-exception'
+import { createLogger } from '../log/index.js'
+import { buildHttpApp, type HealthReport } from './index.js'
+
+const logged: string[] = []
+const log = createLogger({ level: 'error', format: 'json', write: (l) => logged.push(l) })
+
+function app(status: HealthReport['status'] = 'ok') {
+  const routes = new Hono()
+  routes.get('/boom', () => {
+    throw new Error('relation "secret_table" does not exist at /srv/paku/x.ts')
+  })
+  routes.get('/teapot', () => {
+    throw new HTTPException(409, { message: 'firmware 1.2.3 for esp32 exists already' })
+  })
+  routes.post('/limited', () => {
+    throw new HTTPException(413)
+  })
+  return buildHttpApp({ log, health: async () => ({ status, database: { ok: status === 'ok' } }), routes: [routes] })
+}
+
+const scenarios: Array<{ name: string; method: string; url: string; health?: HealthReport['status']; wantStatus: number; wantBody: Record<string, unknown> }> = [
+  { name: 'health ok is 200', method: 'GET', url: '/health', wantStatus: 200, wantBody: { status: 'ok' } },
+  { name: 'health degraded stays 200 (devices are still served)', method: 'GET', url: '/health', health: 'degraded', wantStatus: 200, wantBody: { status: 'degraded' } },
+  { name: 'health down is 503', method: 'GET', url: '/health', health: 'down', wantStatus: 503, wantBody: { status: 'down' } },
+  { name: 'unknown route is a JSON 404', method: 'GET', url: '/nope', wantStatus: 404, wantBody: { status: 404, message: 'no route for GET /nope' } },
+  { name: 'client errors keep status and message', method: 'GET', url: '/teapot', wantStatus: 409, wantBody: { status: 409, message: 'firmware 1.2.3 for esp32 exists already' } },
+  { name: 'a bare 413 gets a default message', method: 'POST', url: '/limited', wantStatus: 413, wantBody: { status: 413, message: 'request body too large' } },
+]
+
+describe('http app', () => {
+  for (const s of scenarios) {
+    it(s.name, async () => {
+      const res = await app(s.health).request(s.url, { method: s.method })
+      assert.equal(res.status, s.wantStatus)
+      assert.equal(res.headers.get('content-type'), 'application/json')
+      const body = (await res.json()) as Record<string, unknown>
+      for (const [k, v] of Object.entries(s.wantBody)) assert.deepEqual(body[k], v)
+    })
+  }
+
+  it('turns an unexpected error into 500 "internal error" with a request id, leaking nothing', async () => {
+    logged.length = 0
+    const res = await app().request('/boom')
+    assert.equal(res.status, 500)
+    const body = (await res.json()) as { status: number; message: string; requestId: string }
+    assert.equal(body.status, 500)
+    assert.equal(body.message, 'internal error')
+    assert.match(body.requestId, /^[0-9a-f-]{36}$/)
+    assert.doesNotMatch(JSON.stringify(body), /secret_table|\/srv/)
+    // The stack goes to the log, under the same request id.
+    assert.equal(logged.length, 1)
+    assert.match(logged[0] as string, new RegExp(body.requestId))
+    assert.match(logged[0] as string, /secret_table/)
+  })
+})
