@@ -9,6 +9,26 @@ import { ConfigSchema, deepFreeze, type Config, type ConfigInput } from '../src/
 import { readSqlDir } from '../src/db/index.js'
 import { createLogger, type Logger } from '../src/log/index.js'
 
+type After = { after: TestContext['after'] }
+const stacks = new WeakMap<After, Array<() => Promise<unknown> | unknown>>()
+
+/**
+ * Registers cleanup to run last-in-first-out when the test ends (node:test runs its own after hooks
+ * in registration order, which would drop a database before the app using it has stopped).
+ */
+export function defer(t: After, fn: () => Promise<unknown> | unknown): void {
+  let stack = stacks.get(t)
+  if (!stack) {
+    const fresh: Array<() => Promise<unknown> | unknown> = []
+    stacks.set(t, fresh)
+    t.after(async () => {
+      while (fresh.length > 0) await (fresh.pop() as () => unknown)()
+    })
+    stack = fresh
+  }
+  stack.push(fn)
+}
+
 export function serverUrl(): string {
   const url = process.env.PAKU_TEST_DATABASE_URL
   if (!url) throw new Error('PAKU_TEST_DATABASE_URL is not set: run tests with `npm test`')
@@ -16,14 +36,14 @@ export function serverUrl(): string {
 }
 
 /** Creates an empty database for this test file and drops it afterwards; returns its URL. */
-export async function testDatabase(t: { after: TestContext['after'] } | TestContext): Promise<string> {
+export async function testDatabase(t: After): Promise<string> {
   const server = new URL(serverUrl())
   const name = `paku_t_${randomBytes(5).toString('hex')}`
   const admin = new pg.Client({ connectionString: server.toString() })
   await admin.connect()
   await admin.query(`CREATE DATABASE ${name}`)
   await admin.end()
-  t.after(async () => {
+  defer(t, async () => {
     const c = new pg.Client({ connectionString: server.toString() })
     await c.connect()
     await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
@@ -57,7 +77,7 @@ export function testLogger(): Logger {
 export async function startApp(t: TestContext, config: Config) {
   const app = createApp({ config, log: testLogger(), migrations: readSqlDir(sqlDir()), version: 'test' })
   await app.start()
-  t.after(() => app.stop())
+  defer(t, () => app.stop())
   const { mqtt, ws } = app.broker.addresses()
   return {
     app,
@@ -71,7 +91,7 @@ export async function startApp(t: TestContext, config: Config) {
 export async function sqlClient(t: TestContext, url: string): Promise<pg.Client> {
   const c = new pg.Client({ connectionString: url })
   await c.connect()
-  t.after(() => c.end())
+  defer(t, () => c.end())
   return c
 }
 

@@ -81,7 +81,8 @@ export function createBroker(opts: BrokerOptions) {
         log.debug('connection error', { clientId: client?.id, err: err.message })
       })
 
-      tcp = createServer((socket) => {
+      // noDelay: without it Nagle's algorithm holds each PUBACK ~40 ms waiting for more bytes.
+      tcp = createServer({ noDelay: true }, (socket) => {
         sockets.add(socket)
         socket.on('close', () => sockets.delete(socket))
         broker.handle(guardStream(socket, config.maxPacketBytes))
@@ -100,6 +101,7 @@ export function createBroker(opts: BrokerOptions) {
           broker.handle(stream, req as never)
         })
         http.on('connection', (s) => {
+          s.setNoDelay(true)
           sockets.add(s)
           s.on('close', () => sockets.delete(s))
         })

@@ -1,0 +1,79 @@
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import { Kysely, PostgresDialect } from 'kysely'
+import pg from 'pg'
+import { defer, sqlClient, testDatabase, testLogger } from '../../scripts/test-helpers.js'
+import { sqlDir } from '../assets.js'
+import { migrate, readSqlDir, type DB } from '../db/index.js'
+import type { Reject, Row } from './records.js'
+import { createWriter } from './writer.js'
+
+async function database(t: Parameters<typeof testDatabase>[0]) {
+  const url = await testDatabase(t)
+  const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 2 }) }) })
+  defer(t, () => db.destroy())
+  await migrate(db, readSqlDir(sqlDir()))
+  return { url, db }
+}
+
+const measurement = (deviceId: string, ts = new Date()): Row => ({
+  kind: 'measurement', siteId: 'paku', system: 'sensors', deviceId, location: null, mac: null, ts, metrics: '{"t":1}',
+})
+
+const toReject = (row: Row, reason: string): Reject => ({
+  kind: 'reject', topic: `(row of ${row.kind})`, clientId: null, deviceId: 'deviceId' in row ? row.deviceId : null,
+  reason, payload: Buffer.from(JSON.stringify(row)), payloadBytes: 1, receivedAt: new Date(),
+})
+
+describe('batch writer', () => {
+  it('isolates a row PostgreSQL refuses, rejects it with the reason and writes the rest of the batch', async (t) => {
+    const { url, db } = await database(t)
+    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
+    // Year -10000 is a valid JavaScript Date but older than timestamptz's 4713 BC: SQLSTATE 22008.
+    const poisoned = new Date(Date.UTC(-10000, 0, 1))
+    for (const row of [measurement('a'), measurement('b', poisoned), measurement('c')]) writer.push(row)
+    await writer.flush()
+    const sql = await sqlClient(t, url)
+    const { rows } = await sql.query('SELECT device_id FROM measurements ORDER BY device_id')
+    assert.deepEqual(rows.map((r) => r.device_id), ['a', 'c'])
+    const rejects = await sql.query('SELECT device_id, reason FROM ingest_rejects')
+    assert.equal(rejects.rows.length, 1)
+    assert.equal(rejects.rows[0].device_id, 'b')
+    assert.match(rejects.rows[0].reason, /^database refused the row: .*out of range/)
+    assert.equal(writer.stats().written, 3)
+    assert.equal(writer.stats().pending, 0)
+  })
+
+  it('keeps rows while the database is unreachable and writes them once it is back', async (t) => {
+    const { url, db } = await database(t)
+    let broken = true
+    const bad = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: 'postgres://x:y@127.0.0.1:1/none', connectionTimeoutMillis: 200 }) }) })
+    defer(t, () => bad.destroy())
+    const logged: string[] = []
+    const log = { ...testLogger(), error: (m: string) => logged.push(`error ${m}`), info: (m: string) => logged.push(`info ${m}`) }
+    const writer = createWriter({ db: () => (broken ? bad : db), log, batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
+    for (const id of ['a', 'b']) writer.push(measurement(id))
+    await writer.flush()
+    await writer.flush()
+    assert.equal(writer.stats().pending, 2)
+    assert.equal(writer.failing, true)
+    broken = false
+    await writer.flush()
+    assert.equal(writer.stats().pending, 0)
+    assert.equal(writer.failing, false)
+    const sql = await sqlClient(t, url)
+    assert.equal((await sql.query('SELECT 1 FROM measurements')).rowCount, 2)
+    // Only the transitions are logged, not every retry.
+    assert.deepEqual(logged, ['error database writes failing; keeping rows in memory and retrying', 'info database writes recovered'])
+  })
+
+  it('drops and counts rows beyond maxPendingRows instead of growing without bound', async (t) => {
+    const { db } = await database(t)
+    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 3, toReject })
+    const accepted = ['a', 'b', 'c', 'd', 'e'].map((id) => writer.push(measurement(id)))
+    assert.deepEqual(accepted, [true, true, true, false, false])
+    assert.equal(writer.stats().dropped, 2)
+    await writer.stop()
+    assert.equal(writer.stats().written, 3)
+  })
+})
