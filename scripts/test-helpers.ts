@@ -96,13 +96,13 @@ export async function sqlClient(t: TestContext, url: string): Promise<pg.Client>
 }
 
 /** Polls until fn returns a truthy value or the timeout passes (for rows written by the batch writer). */
-export async function eventually<T>(fn: () => Promise<T>, { timeoutMs = 5000, what = 'condition' } = {}): Promise<T> {
+export async function eventually<T>(fn: () => Promise<T>, { timeoutMs = 5000, what = 'condition' as string | (() => string) } = {}): Promise<T> {
   const until = Date.now() + timeoutMs
   let last: T
   for (;;) {
     last = await fn()
     if (last) return last
-    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'function' ? what() : what}`)
     await new Promise((r) => setTimeout(r, 25))
   }
 }

@@ -1,6 +1,6 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { chownSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { arch, platform } from 'node:os'
 import { join, resolve } from 'node:path'
 import pg from 'pg'
@@ -64,6 +64,7 @@ export function createEmbeddedPostgres(opts: EmbeddedOptions) {
       mkdirSync(root, { recursive: true })
       const bin = await binaries()
       const owner = runAs()
+      if (owner) reachableBy(owner, root)
       const secret = password()
       if (!existsSync(join(clusterDir, 'PG_VERSION'))) {
         opts.log.info('initialising embedded postgresql', { dir: clusterDir })
@@ -132,6 +133,22 @@ function runAs(): { uid: number; gid: number } | undefined {
   } catch {
     execFileSync('useradd', ['--system', '--user-group', '--no-create-home', 'postgres'])
     return { uid: id('-u'), gid: id('-g') }
+  }
+}
+
+/**
+ * As root, the cluster belongs to `postgres`, which must be able to enter the data directory.
+ * paku owns that directory, so it adds traversal (not read) for others; a parent it does not own
+ * that still blocks the way (e.g. /root) is reported with the fix.
+ */
+function reachableBy(owner: { uid: number; gid: number }, dir: string): void {
+  chmodSync(dir, statSync(dir).mode | 0o711)
+  const probe = spawnSync('test', ['-x', dir], { ...owner })
+  if (probe.status !== 0) {
+    throw new Error(
+      `embedded postgresql runs as user postgres when paku runs as root, and it cannot enter ${dir}: ` +
+        'choose a data directory outside /root (PAKU_DATA_DIR, e.g. /var/lib/paku) or set PAKU_DATABASE_URL',
+    )
   }
 }
 

@@ -1,0 +1,138 @@
+import assert from 'node:assert/strict'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, it } from 'node:test'
+import pg from 'pg'
+import { defer, eventually, testDatabase, testLogger } from '../../scripts/test-helpers.js'
+import { createEmbeddedPostgres } from '../db/index.js'
+
+const MAIN = join(import.meta.dirname, '..', 'main.ts')
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number }
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+/** Runs `paku <args>` from source as a user would, in its own process group (like a shell job). */
+function paku(args: string[], env: Record<string, string>) {
+  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
+    env: { ...process.env, ...env },
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  const lines: string[] = []
+  child.stdout.on('data', (b: Buffer) => lines.push(...b.toString().split('\n').filter(Boolean)))
+  child.stderr.on('data', (b: Buffer) => lines.push(...b.toString().split('\n').filter(Boolean)))
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
+  return { child, lines, exited }
+}
+
+function logs(lines: string[]): Array<Record<string, unknown>> {
+  return lines.flatMap((l) => {
+    try {
+      return [JSON.parse(l) as Record<string, unknown>]
+    } catch {
+      return []
+    }
+  })
+}
+
+async function ready(p: ReturnType<typeof paku>): Promise<Record<string, unknown>> {
+  return eventually(async () => logs(p.lines).find((l) => String(l.msg).endsWith('ready')), { timeoutMs: 60_000, what: () => `the ready banner; output so far:\n${p.lines.join('\n')}` })
+}
+
+const killGroup = (child: ChildProcess, signal: NodeJS.Signals) => process.kill(-(child.pid as number), signal)
+
+describe('paku serve as a process', () => {
+  it('fresh machine: embedded PostgreSQL, emulator rows, Ctrl-C flushes everything and leaves no postgres behind', async (t) => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'paku-serve-'))
+    defer(t, () => rmSync(dataDir, { recursive: true, force: true }))
+    const env = {
+      PAKU_DATA_DIR: dataDir,
+      PAKU_DATABASE_URL: '',
+      PAKU_DATABASE_EMBEDDED_PORT: String(await freePort()),
+      PAKU_MQTT_PORT: '0',
+      PAKU_MQTT_WS_PORT: '0',
+      PAKU_HTTP_PORT: '0',
+      // Rows can only reach the database through the shutdown flush.
+      PAKU_INGEST_FLUSH_INTERVAL_MS: '60000',
+    }
+    const server = paku(['serve'], env)
+    defer(t, () => server.child.exitCode === null && killGroup(server.child, 'SIGKILL'))
+    const banner = await ready(server)
+    assert.equal(banner.migrationsApplied, 4)
+    assert.match(String(banner.database), /^embedded postgres:\/\/paku:\*\*\*@127\.0\.0\.1:/)
+
+    const emulator = paku(['emulate', 'ruuvi', '--count', '3', '--interval', '0.1', '--legacy', '--url', String(banner.mqtt)], env)
+    assert.equal(await emulator.exited, 0, emulator.lines.join('\n'))
+    assert.match(emulator.lines.join('\n'), /published 12 messages in 3 rounds/)
+
+    const health = await (await fetch(String(banner.http))).json() as { ingest: { accepted: number; written: number } }
+    assert.equal(health.ingest.accepted, 12)
+    assert.equal(health.ingest.written, 0)
+
+    // Ctrl-C in a terminal signals the whole process group.
+    killGroup(server.child, 'SIGINT')
+    assert.equal(await server.exited, 0, server.lines.join('\n'))
+    const stopped = logs(server.lines).find((l) => l.msg === 'stopped')
+    assert.equal(stopped?.written, 12)
+    assert.equal(existsSync(join(dataDir, 'postgres', 'postmaster.pid')), false, 'postgres stopped with paku')
+
+    // The rows are really there: start the same cluster again and look.
+    const again = createEmbeddedPostgres({ dataDir, port: Number(env.PAKU_DATABASE_EMBEDDED_PORT), log: testLogger() })
+    await again.start()
+    defer(t, () => again.stop())
+    const c = new pg.Client({ connectionString: again.url() })
+    await c.connect()
+    defer(t, () => c.end())
+    const { rows } = await c.query(`SELECT device_id, count(*)::int AS n FROM measurements GROUP BY device_id ORDER BY device_id`)
+    assert.deepEqual(rows, [
+      { device_id: 'ruuvi_cabin', n: 3 },
+      { device_id: 'ruuvi_van_inside', n: 3 },
+      { device_id: 'cabin', n: 3 },
+      { device_id: 'van_inside', n: 3 },
+    ].sort((a, b) => a.device_id.localeCompare(b.device_id)))
+  })
+
+  it('SIGTERM with an external database: flushes and exits 0; a second start applies no migration', async (t) => {
+    const url = await testDatabase(t)
+    const env = { PAKU_DATABASE_URL: url, PAKU_MQTT_PORT: '0', PAKU_MQTT_WS_ENABLED: 'false', PAKU_HTTP_PORT: '0', PAKU_INGEST_FLUSH_INTERVAL_MS: '60000' }
+    const first = paku(['serve'], env)
+    defer(t, () => first.child.exitCode === null && killGroup(first.child, 'SIGKILL'))
+    const banner = await ready(first)
+    const heater = paku(['emulate', 'heater', '--count', '2', '--interval', '0.1', '--url', String(banner.mqtt)], env)
+    assert.equal(await heater.exited, 0, heater.lines.join('\n'))
+    first.child.kill('SIGTERM')
+    assert.equal(await first.exited, 0)
+
+    const migrate = paku(['migrate'], env)
+    assert.equal(await migrate.exited, 0)
+    assert.ok(migrate.lines.includes('no pending migrations'), migrate.lines.join('\n'))
+
+    const c = new pg.Client({ connectionString: url })
+    await c.connect()
+    defer(t, () => c.end())
+    const { rows } = await c.query(`SELECT site_id, system, device_id, metrics->>'heater_state' AS state FROM measurements`)
+    // The heater emulator's /state topic is HA's and is not stored; /data is, under the topic's device id.
+    assert.deepEqual(rows, [
+      { site_id: 'paku', system: 'heater', device_id: 'emu01', state: 'Off' },
+      { site_id: 'paku', system: 'heater', device_id: 'emu01', state: 'Off' },
+    ])
+  })
+
+  it('refuses to start, with an actionable message, when the database is unreachable', async () => {
+    const p = paku(['serve'], { PAKU_DATABASE_URL: 'postgres://paku:pw@127.0.0.1:1/paku', PAKU_MQTT_PORT: '0', PAKU_HTTP_PORT: '0', PAKU_MQTT_WS_ENABLED: 'false' })
+    assert.equal(await p.exited, 1)
+    const text = p.lines.join('\n')
+    assert.match(text, /start db: database: connect postgres:\/\/paku:\*\*\*@127\.0\.0\.1:1\/paku: .*ECONNREFUSED.* set PAKU_DATABASE_URL/)
+    assert.doesNotMatch(text, /:pw@/)
+  })
+})
+

@@ -1,0 +1,69 @@
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import { Kysely, PostgresDialect } from 'kysely'
+import pg from 'pg'
+import { defer, sqlClient, testDatabase } from '../../scripts/test-helpers.js'
+import { sqlDir } from '../assets.js'
+import { migrate, readSqlDir } from './index.js'
+
+async function kysely(t: Parameters<typeof testDatabase>[0], url: string) {
+  const db = new Kysely<Record<string, never>>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 2 }) }) })
+  defer(t, () => db.destroy())
+  return db
+}
+
+const files = readSqlDir(sqlDir())
+
+describe('SQL migrations', () => {
+  it('applies every file of sql/ once, in name order', async (t) => {
+    const url = await testDatabase(t)
+    const db = await kysely(t, url)
+    const first = await migrate(db, files)
+    assert.deepEqual(first.applied, files.map((f) => f.name))
+    assert.deepEqual(first.applied, [...first.applied].sort())
+    assert.deepEqual((await migrate(db, files)).applied, [])
+    const c = await sqlClient(t, url)
+    const tables = (await c.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' AND table_name NOT LIKE 'kysely%' ORDER BY 1`)).rows.map((r) => r.table_name)
+    assert.deepEqual(tables, ['device_update_status', 'devices', 'ecoflow_measurements', 'edge_device_configs', 'edge_device_status', 'firmware_releases', 'ingest_rejects', 'measurements', 'ota_events', 'rollout_configurations'])
+    const indexes = (await c.query(`SELECT indexname FROM pg_indexes WHERE tablename = 'measurements' ORDER BY 1`)).rows.map((r) => r.indexname)
+    assert.deepEqual(indexes, ['idx_measurements_metrics', 'idx_measurements_site_device_ts', 'idx_measurements_site_system', 'idx_measurements_system_ts', 'idx_measurements_ts', 'measurements_pkey'])
+  })
+
+  it('adopts an existing paku-iot database whose measurements table lacks mac and created_at', async (t) => {
+    const url = await testDatabase(t)
+    const c = await sqlClient(t, url)
+    // The shape the old one-off migration left on production (contract §2.1).
+    await c.query(`CREATE TABLE measurements (id BIGSERIAL PRIMARY KEY, site_id TEXT NOT NULL, system TEXT NOT NULL, device_id TEXT NOT NULL,
+      location TEXT, ts TIMESTAMPTZ NOT NULL DEFAULT NOW(), metrics JSONB NOT NULL)`)
+    await c.query(`INSERT INTO measurements (site_id, system, device_id, metrics) VALUES ('paku', 'sensors', 'van_inside', '{"temperature_c": 20}')`)
+    await migrate(await kysely(t, url), files)
+    const cols = (await c.query(`SELECT column_name FROM information_schema.columns WHERE table_name = 'measurements' ORDER BY ordinal_position`)).rows.map((r) => r.column_name)
+    assert.deepEqual(cols, ['id', 'site_id', 'system', 'device_id', 'location', 'ts', 'metrics', 'mac', 'created_at'])
+    const { rows } = await c.query(`SELECT device_id, metrics FROM measurements`)
+    assert.deepEqual(rows, [{ device_id: 'van_inside', metrics: { temperature_c: 20 } }])
+  })
+
+  it('names the failing file and applies nothing of that run', async (t) => {
+    const url = await testDatabase(t)
+    const db = await kysely(t, url)
+    const broken = [
+      { name: '0001_ok.sql', sql: 'CREATE TABLE first_table (id int);' },
+      { name: '0002_broken.sql', sql: 'CREATE TABLE second_table (id int);\nCREATE TABLEX oops;' },
+    ]
+    await assert.rejects(migrate(db, broken), /^Error: apply migration 0002_broken\.sql: syntax error at or near "TABLEX"/)
+    const c = await sqlClient(t, url)
+    const { rows } = await c.query(`SELECT to_regclass('first_table') AS a, to_regclass('second_table') AS b`)
+    assert.deepEqual(rows, [{ a: null, b: null }])
+  })
+
+  it('applies each file once when two processes migrate at the same time', async (t) => {
+    const url = await testDatabase(t)
+    const [a, b] = await Promise.all([migrate(await kysely(t, url), files), migrate(await kysely(t, url), files)])
+    assert.equal(a.applied.length + b.applied.length, files.length)
+  })
+
+  it('reads only NNNN_name.sql files', () => {
+    assert.ok(files.length >= 4)
+    for (const f of files) assert.match(f.name, /^\d{4}_[a-z0-9_]+\.sql$/)
+  })
+})
