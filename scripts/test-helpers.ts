@@ -74,7 +74,7 @@ export function testLogger(): Logger {
 }
 
 /** Starts the real app (db, ingest, broker, http) on free ports and stops it after the test. */
-export async function startApp(t: TestContext, config: Config) {
+export async function startApp(t: After, config: Config) {
   const app = createApp({ config, log: testLogger(), migrations: readSqlDir(sqlDir()), version: 'test' })
   await app.start()
   defer(t, () => app.stop())
@@ -88,7 +88,7 @@ export async function startApp(t: TestContext, config: Config) {
 }
 
 /** A pg client on the test database, closed after the test. */
-export async function sqlClient(t: TestContext, url: string): Promise<pg.Client> {
+export async function sqlClient(t: After, url: string): Promise<pg.Client> {
   const c = new pg.Client({ connectionString: url })
   await c.connect()
   defer(t, () => c.end())
@@ -96,12 +96,12 @@ export async function sqlClient(t: TestContext, url: string): Promise<pg.Client>
 }
 
 /** Polls until fn returns a truthy value or the timeout passes (for rows written by the batch writer). */
-export async function eventually<T>(fn: () => Promise<T>, { timeoutMs = 5000, what = 'condition' as string | (() => string) } = {}): Promise<T> {
+export async function eventually<T>(fn: () => Promise<T>, { timeoutMs = 5000, what = 'condition' as string | (() => string) } = {}): Promise<NonNullable<T>> {
   const until = Date.now() + timeoutMs
   let last: T
   for (;;) {
     last = await fn()
-    if (last) return last
+    if (last) return last as NonNullable<T>
     if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'function' ? what() : what}`)
     await new Promise((r) => setTimeout(r, 25))
   }
