@@ -48,14 +48,20 @@ export type Reject = {
 
 export type RowResult = { ok: true; row: Row } | { ok: false; reason: string }
 
+/** Decodes a payload that carries an optional `timestamp`, and resolves that timestamp. */
+function decodeTimed<T extends 'data' | 'legacy_ruuvi' | 'status'>(type: T, payload: Uint8Array, receivedAt: Date) {
+  const d = decodePayload(type, payload)
+  if (!d.ok) return d
+  const ts = parseTimestamp((d.value as { timestamp?: string | null }).timestamp, receivedAt)
+  return ts.ok ? { ok: true as const, value: d.value, ts: ts.ts } : ts
+}
+
 /** Validates one message for its route and turns it into the row to write (contract §3.3, §3.4). */
 export function toRow(route: Route, payload: Uint8Array, receivedAt: Date): RowResult {
   switch (route.type) {
     case 'data': {
-      const d = decodePayload('data', payload)
+      const d = decodeTimed('data', payload, receivedAt)
       if (!d.ok) return d
-      const ts = parseTimestamp(d.value.timestamp, receivedAt)
-      if (!ts.ok) return ts
       return {
         ok: true,
         row: {
@@ -65,16 +71,14 @@ export function toRow(route: Route, payload: Uint8Array, receivedAt: Date): RowR
           deviceId: route.deviceId,
           location: d.value.location ?? null,
           mac: d.value.mac ?? null,
-          ts: ts.ts,
+          ts: d.ts,
           metrics: JSON.stringify(d.value.metrics),
         },
       }
     }
     case 'legacy_ruuvi': {
-      const d = decodePayload('legacy_ruuvi', payload)
+      const d = decodeTimed('legacy_ruuvi', payload, receivedAt)
       if (!d.ok) return d
-      const ts = parseTimestamp(d.value.timestamp, receivedAt)
-      if (!ts.ok) return ts
       // The old one-off migration's mapping (contract §1.3.8): nulls stripped, `mac` into metrics.
       const metrics: Record<string, unknown> = {}
       const p = d.value as Record<string, unknown>
@@ -90,16 +94,14 @@ export function toRow(route: Route, payload: Uint8Array, receivedAt: Date): RowR
           deviceId: d.value.sensor_id || route.sensorId,
           location: null,
           mac: null,
-          ts: ts.ts,
+          ts: d.ts,
           metrics: JSON.stringify(metrics),
         },
       }
     }
     case 'status': {
-      const d = decodePayload('status', payload)
+      const d = decodeTimed('status', payload, receivedAt)
       if (!d.ok) return d
-      const ts = parseTimestamp(d.value.timestamp, receivedAt)
-      if (!ts.ok) return ts
       return {
         ok: true,
         row: {
@@ -107,7 +109,7 @@ export function toRow(route: Route, payload: Uint8Array, receivedAt: Date): RowR
           siteId: route.siteId,
           deviceId: route.deviceId,
           status: JSON.stringify(d.value),
-          ts: ts.ts,
+          ts: d.ts,
           receivedAt,
           online: d.value.online !== false,
           model: d.value.device_model || null,
