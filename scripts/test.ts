@@ -64,7 +64,7 @@ if (!url) {
   console.log(`# embedded postgresql on 127.0.0.1:${port} (${Date.now() - t0} ms)`)
 }
 
-const files = findTests('src').filter((f) => only.length === 0 || only.some((o) => f.includes(o))).sort()
+const files = [...findTests('src'), ...findTests('build')].filter((f) => only.length === 0 || only.some((o) => f.includes(o))).sort()
 let code = 1
 try {
   code = await run(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', ...files], {
