@@ -1,3 +1,4 @@
+import { join } from 'node:path'
 import { createBroker } from './broker/index.js'
 import type { Config } from './config/index.js'
 import { createDatabase, type SqlFile } from './db/index.js'
@@ -23,14 +24,14 @@ export function createApp(opts: AppOptions) {
   const startedAt = Date.now()
 
   const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: opts.migrations })
-  const ingest = createIngest({ config: config.ingest, db: () => db.db, log: log.child('ingest') })
+  const ingest = createIngest({ config: config.ingest, db: () => db.db, log: log.child('ingest'), spoolDir: join(config.dataDir, 'spool') })
   const broker = createBroker({ config: config.mqtt, log: log.child('broker'), onMessage: (m) => ingest.accept(m) })
 
   async function health(): Promise<HealthReport> {
     const database = await db.health()
     const brokerHealth = broker.health()
     const ingestStats = ingest.stats()
-    const degraded = !database.ok || ingest.health().failing
+    const degraded = !database.ok || ingest.health().degraded
     return {
       status: !brokerHealth.ok ? 'down' : degraded ? 'degraded' : 'ok',
       version: opts.version,

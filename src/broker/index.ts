@@ -1,6 +1,6 @@
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http'
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
-import { Aedes, type AedesPublishPacket, type Client } from 'aedes'
+import { Aedes, type AedesPublishPacket, type Client, type PublishPacket } from 'aedes'
 import { createWebSocketStream, WebSocketServer } from 'ws'
 import type { Config } from '../config/index.js'
 import { errorText, type Logger } from '../log/index.js'
@@ -12,6 +12,8 @@ export type BrokerMessage = {
   payload: Buffer
   clientId: string
   qos: 0 | 1 | 2
+  messageId: number | undefined
+  dup: boolean
   retain: boolean
   receivedAt: Date
 }
@@ -19,7 +21,8 @@ export type BrokerMessage = {
 export type BrokerOptions = {
   config: Config['mqtt']
   log: Logger
-  onMessage: (msg: BrokerMessage) => void
+  /** Called for every PUBLISH a client sends (wills included); a returned promise delays the acknowledgement until it resolves. */
+  onMessage: (msg: BrokerMessage) => Promise<void> | undefined
 }
 
 /**
@@ -51,26 +54,40 @@ export function createBroker(opts: BrokerOptions) {
         connectTimeout: config.connectTimeoutMs,
         maxClientsIdLength: config.maxClientIdLength,
         maxTopicLevels: config.maxTopicLevels,
+        // Ingest happens here, not in the 'publish' event: aedes sends the QoS 1 PUBACK (and the QoS 2
+        // PUBREC) only after this callback, so waiting for the row to be durable makes the acknowledgement
+        // mean "stored" (design A4.1). Wills pass through here too. Packets of one socket read are
+        // authorised concurrently, so a pipelining client (a bridge with 20 in flight) shares one flush.
+        authorizePublish: (client: Client | null, packet: PublishPacket, callback: (error?: Error | null) => void) => {
+          if (!client) return callback(null)
+          counts.messagesIn++
+          let durable: Promise<void> | undefined
+          try {
+            durable = opts.onMessage({
+              topic: packet.topic,
+              payload: Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload),
+              clientId: client.id,
+              qos: packet.qos,
+              messageId: packet.messageId,
+              dup: packet.dup,
+              retain: packet.retain,
+              receivedAt: new Date(),
+            })
+          } catch (err) {
+            // The one catch at the MQTT boundary: an ingest bug must never reach aedes.
+            log.error('message handler failed', { topic: packet.topic, err: errorText(err) })
+          }
+          if (!durable) return callback(null)
+          durable.then(
+            () => callback(null),
+            (err: unknown) => {
+              log.error('message not stored; not acknowledging it', { topic: packet.topic, err: errorText(err) })
+              callback(err instanceof Error ? err : new Error(String(err)))
+            },
+          )
+        },
       })
       aedes = broker
-      broker.on('publish', (packet: AedesPublishPacket, client: Client | null) => {
-        // client is null for the broker's own messages ($SYS heartbeats, publish() below).
-        if (!client) return
-        counts.messagesIn++
-        try {
-          opts.onMessage({
-            topic: packet.topic,
-            payload: Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload),
-            clientId: client.id,
-            qos: packet.qos,
-            retain: packet.retain,
-            receivedAt: new Date(),
-          })
-        } catch (err) {
-          // The one catch at the MQTT boundary: an ingest bug must never reach aedes' emitter.
-          log.error('message handler failed', { topic: packet.topic, err: errorText(err) })
-        }
-      })
       broker.on('client', () => counts.connections++)
       broker.on('clientError', (client: Client, err: Error) => {
         counts.clientErrors++

@@ -7,7 +7,8 @@ import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import pg from 'pg'
 import { defer, eventually, testDatabase, testLogger } from '../../scripts/test-helpers.js'
-import { createEmbeddedPostgres } from '../db/index.js'
+import { sqlDir } from '../assets.js'
+import { createEmbeddedPostgres, readSqlDir } from '../db/index.js'
 
 const MAIN = join(import.meta.dirname, '..', 'main.ts')
 
@@ -67,7 +68,7 @@ describe('paku serve as a process', () => {
     const server = paku(['serve'], env)
     defer(t, () => server.child.exitCode === null && killGroup(server.child, 'SIGKILL'))
     const banner = await ready(server)
-    assert.equal(banner.migrationsApplied, 4)
+    assert.equal(banner.migrationsApplied, readSqlDir(sqlDir()).length)
     assert.match(String(banner.database), /^embedded postgres:\/\/paku:\*\*\*@127\.0\.0\.1:/)
 
     const emulator = paku(['emulate', 'ruuvi', '--count', '3', '--interval', '0.1', '--legacy', '--url', String(banner.mqtt)], env)

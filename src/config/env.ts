@@ -74,6 +74,12 @@ export const ENV_TABLE: readonly EnvEntry[] = [
     parse: asInt,
     description: 'larger payloads go to ingest_rejects',
   },
+  {
+    name: 'PAKU_INGEST_SPOOL_MAX_BYTES',
+    path: ['ingest', 'spoolMaxBytes'],
+    parse: asInt,
+    description: 'largest on-disk spool during a database outage',
+  },
 ]
 
 /** Env problems, named after the variable the user actually set. */

@@ -101,8 +101,10 @@ export const ConfigSchema = v.strictObject({
       flushIntervalMs: v.optional(positiveInt('flushIntervalMs', 60_000), 200),
       /** A message payload above this is rejected (and kept, truncated, in ingest_rejects). */
       maxPayloadBytes: v.optional(positiveInt('maxPayloadBytes', 268_435_455), 65_536),
-      /** Rows held in memory while the database is unreachable before new rows are dropped (counted). */
+      /** QoS 0 rows held in memory before new ones are dropped (counted); QoS 1/2 wait instead. */
       maxPendingRows: v.optional(positiveInt('maxPendingRows', 10_000_000), 200_000),
+      /** Largest on-disk spool (database outage); when full, QoS 1/2 are no longer acknowledged. */
+      spoolMaxBytes: v.optional(positiveInt('spoolMaxBytes', Number.MAX_SAFE_INTEGER), 1_073_741_824),
     }),
     {},
   ),

@@ -1,9 +1,12 @@
+import { createHash } from 'node:crypto'
 import type { Kysely } from 'kysely'
 import type { Config } from '../config/index.js'
 import type { DB } from '../db/index.js'
 import type { Logger } from '../log/index.js'
-import type { Reject, Row } from './records.js'
+import type { DedupKey, Reject, Row } from './records.js'
 import { toRow } from './records.js'
+import { createSpool } from './spool.js'
+import { alreadyStored } from './store.js'
 import { parseTopic, routeDevice } from './topic.js'
 import { createWriter, type WriterStats } from './writer.js'
 
@@ -15,6 +18,11 @@ export type IncomingMessage = {
   topic: string
   payload: Buffer
   clientId?: string | null
+  /** QoS 1/2 messages are acknowledged only once durable: accept() then returns a promise. */
+  qos?: 0 | 1 | 2
+  messageId?: number | undefined
+  /** MQTT DUP flag: a redelivery of a message whose acknowledgement the client did not see. */
+  dup?: boolean
   retain?: boolean
   receivedAt?: Date
 }
@@ -25,6 +33,8 @@ export type IngestOptions = {
   config: Config['ingest']
   db: () => Kysely<DB>
   log: Logger
+  /** Directory of the on-disk spool used while PostgreSQL is unreachable. */
+  spoolDir: string
   /** Injectable clock for the once-a-minute log limits. */
   now?: () => number
 }
@@ -59,9 +69,15 @@ export function createIngest(opts: IngestOptions) {
     receivedAt: msg.receivedAt,
   })
 
+  const spool = createSpool({ dir: opts.spoolDir, maxBytes: config.spoolMaxBytes, log })
+  // The last durable-bound message ids per client, for DUP redeliveries within this process's life;
+  // after a restart, ingest_dedup in the database answers instead.
+  const recent = new Map<string, Map<number, { digest: string; done: Promise<void> | undefined }>>()
+
   const writer = createWriter({
     db: opts.db,
     log,
+    spool,
     batchSize: config.batchSize,
     flushIntervalMs: config.flushIntervalMs,
     maxPendingRows: config.maxPendingRows,
@@ -71,9 +87,11 @@ export function createIngest(opts: IngestOptions) {
         : toReject({ topic: `(row of ${row.kind})`, clientId: null, deviceId: 'deviceId' in row ? row.deviceId : null, payload: Buffer.from(JSON.stringify(row)), receivedAt: new Date() }, reason),
   })
 
-  function reject(msg: IncomingMessage, deviceId: string | null, reason: string, receivedAt: Date): void {
+  function reject(msg: IncomingMessage, deviceId: string | null, reason: string, receivedAt: Date, dedup: DedupKey | undefined): Promise<void> | undefined {
     counts.rejected++
-    writer.push(toReject({ topic: msg.topic, clientId: msg.clientId ?? null, deviceId, payload: msg.payload, receivedAt }, reason))
+    const row: Row = toReject({ topic: msg.topic, clientId: msg.clientId ?? null, deviceId, payload: msg.payload, receivedAt }, reason)
+    if (dedup) row.dedup = dedup
+    const done = push(row, msg)
     // At most one line per device per minute: one misconfigured ESP at 1 Hz must not flood the log.
     const key = deviceId ?? msg.clientId ?? msg.topic
     const t = now()
@@ -82,46 +100,109 @@ export function createIngest(opts: IngestOptions) {
       lastRejectLog.set(key, t)
       log.warn('payload rejected', { deviceId, topic: msg.topic.slice(0, 200), reason })
     }
+    return done
+  }
+
+  function push(row: Row, msg: IncomingMessage): Promise<void> | undefined {
+    const done = writer.push(row, (msg.qos ?? 0) > 0)
+    return done === false ? undefined : done
+  }
+
+  function dedupKey(msg: IncomingMessage): DedupKey | undefined {
+    if (!msg.qos || msg.messageId === undefined || !msg.clientId) return undefined
+    const digest = createHash('sha1').update(msg.topic).update('\u0000').update(msg.payload).digest('base64')
+    return { clientId: msg.clientId, messageId: msg.messageId, digest }
+  }
+
+  function remember(key: DedupKey, done: Promise<void> | undefined): void {
+    let byId = recent.get(key.clientId)
+    if (!byId) {
+      if (recent.size > 10_000) recent.clear()
+      byId = new Map()
+      recent.set(key.clientId, byId)
+    }
+    byId.delete(key.messageId)
+    byId.set(key.messageId, { digest: key.digest, done })
+    // Map keeps insertion order: forget the oldest ids; a DUP follows its original closely.
+    if (byId.size > 1024) byId.delete(byId.keys().next().value as number)
+  }
+
+  /** Stores one message; for a QoS 1/2 message, resolves once it is durable. Never throws. */
+  function ingest(msg: IncomingMessage, dedup: DedupKey | undefined): Promise<void> | undefined {
+    const done = route(msg, dedup)
+    if (dedup) remember(dedup, done)
+    return done
+  }
+
+  /** Topic → route → row, into the writer; the old accept() body. */
+  function route(msg: IncomingMessage, dedup: DedupKey | undefined): Promise<void> | undefined {
+    const receivedAt = msg.receivedAt ?? new Date()
+    const parsed = parseTopic(msg.topic)
+    if (parsed.kind === 'ignore') {
+      counts.ignored++
+      return undefined
+    }
+    if (parsed.kind === 'reject') return reject(msg, null, parsed.reason, receivedAt, dedup)
+    const deviceId = routeDevice(parsed.route)
+    if (msg.payload.length > config.maxPayloadBytes) {
+      return reject(msg, deviceId, `payload is ${msg.payload.length} bytes, more than the limit of ${config.maxPayloadBytes}`, receivedAt, dedup)
+    }
+    if (parsed.route.type === 'status' && msg.retain) {
+      const text = msg.payload.toString('latin1')
+      if (lastRetainedStatus.get(msg.topic) === text) {
+        counts.duplicates++
+        return undefined
+      }
+      lastRetainedStatus.set(msg.topic, text)
+    }
+    let result: ReturnType<typeof toRow>
+    try {
+      result = toRow(parsed.route, msg.payload, receivedAt)
+    } catch (err) {
+      // toRow is pure and total; reaching this is our bug, and it must still not cost the message.
+      result = { ok: false, reason: `internal error: ${(err as Error).message}` }
+    }
+    if (!result.ok) return reject(msg, deviceId, result.reason, receivedAt, dedup)
+    counts.accepted++
+    const row: Row = dedup ? { ...result.row, dedup } : result.row
+    return push(row, msg)
   }
 
   const stats = (): IngestStats => ({ ...counts, ...writer.stats() })
 
   return {
     name: 'ingest',
-    /** Routes, validates and queues one message. Never throws. */
-    accept(msg: IncomingMessage): void {
+    /**
+     * Routes, validates and queues one message. Returns a promise for QoS 1/2 messages that resolves
+     * once the row (or its reject) is committed or spooled: the broker acknowledges only then.
+     * Never throws, never rejects.
+     */
+    accept(msg: IncomingMessage): Promise<void> | undefined {
       counts.received++
-      const receivedAt = msg.receivedAt ?? new Date()
-      const parsed = parseTopic(msg.topic)
-      if (parsed.kind === 'ignore') {
-        counts.ignored++
-        return
-      }
-      if (parsed.kind === 'reject') return reject(msg, null, parsed.reason, receivedAt)
-      const deviceId = routeDevice(parsed.route)
-      if (msg.payload.length > config.maxPayloadBytes) {
-        return reject(msg, deviceId, `payload is ${msg.payload.length} bytes, more than the limit of ${config.maxPayloadBytes}`, receivedAt)
-      }
-      if (parsed.route.type === 'status' && msg.retain) {
-        const text = msg.payload.toString('latin1')
-        if (lastRetainedStatus.get(msg.topic) === text) {
-          counts.duplicates++
-          return
+      const key = dedupKey(msg)
+      if (key && msg.dup) {
+        const seen = recent.get(key.clientId)?.get(key.messageId)
+        if (seen) {
+          if (seen.digest === key.digest) {
+            counts.duplicates++
+            return seen.done
+          }
+        } else {
+          // Not seen in this process: the original may predate a restart; ask the database.
+          return alreadyStored(opts.db(), key).then(
+            (stored) => {
+              if (!stored) return ingest(msg, key)
+              counts.duplicates++
+              return undefined
+            },
+            () => ingest(msg, key),
+          )
         }
-        lastRetainedStatus.set(msg.topic, text)
       }
-      let result: ReturnType<typeof toRow>
-      try {
-        result = toRow(parsed.route, msg.payload, receivedAt)
-      } catch (err) {
-        // toRow is pure and total; reaching this is our bug, and it must still not cost the message.
-        result = { ok: false, reason: `internal error: ${(err as Error).message}` }
-      }
-      if (!result.ok) return reject(msg, deviceId, result.reason, receivedAt)
-      counts.accepted++
-      writer.push(result.row as Row)
+      return ingest(msg, key)
     },
     async start(): Promise<void> {
+      spool.open()
       writer.start()
       summary = setInterval(() => {
         const s = stats()
@@ -138,8 +219,8 @@ export function createIngest(opts: IngestOptions) {
     /** Writes what is pending now (tests and shutdown). */
     flush: () => writer.flush(),
     stats,
-    health(): { ok: boolean; failing: boolean } {
-      return { ok: !writer.failing, failing: writer.failing }
+    health(): { ok: boolean; failing: boolean; degraded: boolean } {
+      return { ok: !writer.degraded, failing: writer.failing, degraded: writer.degraded }
     },
   }
 }

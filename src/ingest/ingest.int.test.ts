@@ -275,8 +275,10 @@ describe('shutdown', () => {
     const app = createApp({ config: testConfig({ databaseUrl: url, ingest: { flushIntervalMs: 60_000, batchSize: 10_000 } }), log: testLogger(), migrations: readSqlDir(sqlDir()), version: 'test' })
     await app.start()
     const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${app.broker.addresses().mqtt?.port}`)
-    for (let i = 0; i < 500; i++) await client.publishAsync('paku/sensors/s/data', JSON.stringify({ device_id: 's', metrics: { i } }), { qos: 1 })
+    // QoS 0: acknowledged by nobody, so it waits in the batch (QoS 1 would be written before its PUBACK).
+    for (let i = 0; i < 500; i++) await client.publishAsync('paku/sensors/s/data', JSON.stringify({ device_id: 's', metrics: { i } }), { qos: 0 })
     await client.endAsync()
+    await eventually(async () => app.ingest.stats().received === 500, { what: 'all 500 received' })
     assert.equal(app.ingest.stats().written, 0)
     await app.stop()
     await app.stop() // idempotent

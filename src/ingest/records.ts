@@ -1,8 +1,11 @@
 import { decodePayload, LEGACY_RUUVI_METRICS, parseTimestamp } from './payloads.js'
 import type { Route } from './topic.js'
 
+/** Identifies a QoS 1/2 message so its redelivery (DUP) is not stored twice. */
+export type DedupKey = { clientId: string; messageId: number; digest: string }
+
 /** One pending database write. JSON columns are carried as text, ready for a jsonb cast. */
-export type Row =
+export type Row = (
   | {
       kind: 'measurement'
       siteId: string
@@ -34,6 +37,7 @@ export type Row =
       receivedAt: Date
     }
   | Reject
+) & { dedup?: DedupKey }
 
 export type Reject = {
   kind: 'reject'

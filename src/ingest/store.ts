@@ -1,6 +1,6 @@
 import { sql, type Kysely, type Transaction } from 'kysely'
 import type { DB } from '../db/index.js'
-import type { Reject, Row } from './records.js'
+import type { DedupKey, Reject, Row } from './records.js'
 
 type Tx = Transaction<DB>
 type Of<K extends Row['kind']> = Extract<Row, { kind: K }>
@@ -9,19 +9,30 @@ type Of<K extends Row['kind']> = Extract<Row, { kind: K }>
  * Writes one batch in one transaction: a handful of statements whatever the batch size
  * (unnest of column arrays, so no per-row round trip and no 65535-parameter limit).
  */
-export async function writeBatch(db: Kysely<DB>, rows: readonly Row[]): Promise<void> {
+export async function writeBatch(db: Kysely<DB>, rows: readonly Row[], batchId?: string): Promise<void> {
   await db.transaction().execute(async (tx) => {
+    if (batchId !== undefined && !(await claimBatch(tx, batchId))) return
     await writeRows(tx, rows)
   })
+}
+
+/**
+ * Records a spooled batch as written, in the same transaction as its rows; false when an earlier
+ * replay already committed it (the crash came between COMMIT and deleting the spool segment).
+ */
+async function claimBatch(tx: Tx, batchId: string): Promise<boolean> {
+  const r = await sql`INSERT INTO ingest_spool_batches (id) VALUES (${batchId}::uuid) ON CONFLICT DO NOTHING RETURNING id`.execute(tx)
+  return r.rows.length === 1
 }
 
 /**
  * Writes rows one by one, each under its own savepoint, and returns those PostgreSQL refused.
  * Used only after a batch failed on bad data, to keep the good rows and reject the poisoned ones.
  */
-export async function writeIsolated(db: Kysely<DB>, rows: readonly Row[]): Promise<Array<{ row: Row; error: Error }>> {
+export async function writeIsolated(db: Kysely<DB>, rows: readonly Row[], batchId?: string): Promise<Array<{ row: Row; error: Error }>> {
   const failed: Array<{ row: Row; error: Error }> = []
   await db.transaction().execute(async (tx) => {
+    if (batchId !== undefined && !(await claimBatch(tx, batchId))) return
     for (const row of rows) {
       await sql`SAVEPOINT paku_row`.execute(tx)
       try {
@@ -53,6 +64,25 @@ async function writeRows(tx: Tx, rows: readonly Row[]): Promise<void> {
   if (by.config.length > 0) await upsertConfigs(tx, by.config)
   for (const row of by.ota) await applyOta(tx, row)
   if (by.reject.length > 0) await insertRejects(tx, by.reject)
+  const keys = rows.flatMap((r) => (r.dedup ? [r.dedup] : []))
+  if (keys.length > 0) await rememberKeys(tx, keys)
+}
+
+/** The last message id per client that reached the database (see ingest_dedup). */
+async function rememberKeys(tx: Tx, keys: DedupKey[]): Promise<void> {
+  const last = new Map<string, DedupKey>()
+  for (const k of keys) last.set(`${k.clientId}\u0000${k.messageId}`, k)
+  const list = [...last.values()]
+  await sql`
+    INSERT INTO ingest_dedup (client_id, message_id, digest)
+    SELECT * FROM unnest(${list.map((k) => k.clientId)}::text[], ${list.map((k) => k.messageId)}::int[], ${list.map((k) => k.digest)}::text[])
+    ON CONFLICT (client_id, message_id) DO UPDATE SET digest = EXCLUDED.digest, seen_at = NOW()`.execute(tx)
+}
+
+/** Whether this exact message (same client, message id and content) is already in the database. */
+export async function alreadyStored(db: Kysely<DB>, key: DedupKey): Promise<boolean> {
+  const r = await sql<{ digest: string }>`SELECT digest FROM ingest_dedup WHERE client_id = ${key.clientId} AND message_id = ${key.messageId}`.execute(db)
+  return r.rows[0]?.digest === key.digest
 }
 
 function groupByKind(rows: readonly Row[]) {
