@@ -1,5 +1,6 @@
 /** Shared by integration tests: a fresh database per test file, and a config with every port on 0. */
 import { randomBytes } from 'node:crypto'
+import { connect, createServer, type Socket } from 'node:net'
 import type { TestContext } from 'node:test'
 import pg from 'pg'
 import * as v from 'valibot'
@@ -104,5 +105,46 @@ export async function eventually<T>(fn: () => Promise<T>, { timeoutMs = 5000, wh
     if (last) return last as NonNullable<T>
     if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'function' ? what() : what}`)
     await new Promise((r) => setTimeout(r, 25))
+  }
+}
+
+/**
+ * A TCP proxy to PostgreSQL that a test can cut and restore: a real network outage for paku
+ * (connections reset, new ones refused) without stopping the shared test server.
+ */
+export async function pgProxy(t: After, url: string) {
+  const target = new URL(url)
+  const sockets = new Set<Socket>()
+  let up = true
+  const server = createServer((client) => {
+    if (!up) return client.destroy()
+    const upstream = connect(Number(target.port || 5432), target.hostname)
+    for (const s of [client, upstream]) {
+      sockets.add(s)
+      s.on('close', () => sockets.delete(s))
+      s.on('error', () => undefined)
+    }
+    client.pipe(upstream).pipe(client)
+    client.on('close', () => upstream.destroy())
+    upstream.on('close', () => client.destroy())
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()))
+  defer(t, () => new Promise<void>((resolve) => {
+    for (const s of sockets) s.destroy()
+    server.close(() => resolve())
+  }))
+  const proxied = new URL(url)
+  proxied.hostname = '127.0.0.1'
+  proxied.port = String((server.address() as { port: number }).port)
+  return {
+    url: proxied.toString(),
+    /** Drops every open connection and refuses new ones. */
+    cut(): void {
+      up = false
+      for (const s of sockets) s.destroy()
+    },
+    restore(): void {
+      up = true
+    },
   }
 }
