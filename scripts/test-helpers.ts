@@ -10,7 +10,7 @@ import { ConfigSchema, deepFreeze, type Config, type ConfigInput } from '../src/
 import { readSqlDir } from '../src/db/index.js'
 import { createLogger, type Logger } from '../src/log/index.js'
 
-type After = { after: TestContext['after'] }
+type After = { after: (fn: () => Promise<void>) => void }
 const stacks = new WeakMap<After, Array<() => Promise<unknown> | unknown>>()
 
 /**

@@ -25,7 +25,7 @@ export function createApp(opts: AppOptions) {
 
   const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: opts.migrations })
   const ingest = createIngest({ config: config.ingest, db: () => db.db, log: log.child('ingest'), spoolDir: join(config.dataDir, 'spool') })
-  const broker = createBroker({ config: config.mqtt, log: log.child('broker'), onMessage: (m) => ingest.accept(m) })
+  const broker = createBroker({ config: config.mqtt, log: log.child('broker'), onMessage: (m) => ingest.accept(m), db: () => db.db })
 
   async function health(): Promise<HealthReport> {
     const database = await db.health()

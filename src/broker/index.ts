@@ -2,9 +2,12 @@ import { createServer as createHttpServer, type Server as HttpServer } from 'nod
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { Aedes, type AedesPublishPacket, type Client, type PublishPacket } from 'aedes'
 import { createWebSocketStream, WebSocketServer } from 'ws'
+import type { Kysely } from 'kysely'
 import type { Config } from '../config/index.js'
+import type { DB } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
 import { guardStream } from './packet-guard.js'
+import { PgPersistence } from './pg-persistence.js'
 
 /** What the broker hands to ingest for every PUBLISH a client sends (wills included). */
 export type BrokerMessage = {
@@ -23,6 +26,8 @@ export type BrokerOptions = {
   log: Logger
   /** Called for every PUBLISH a client sends (wills included); a returned promise delays the acknowledgement until it resolves. */
   onMessage: (msg: BrokerMessage) => Promise<void> | undefined
+  /** Keeps retained messages, sessions, queued messages and wills in PostgreSQL; without it, in memory. */
+  db?: () => Kysely<DB>
 }
 
 /**
@@ -32,6 +37,7 @@ export type BrokerOptions = {
 export function createBroker(opts: BrokerOptions) {
   const { config, log } = opts
   let aedes: Aedes | undefined
+  let persistence: PgPersistence | undefined
   let tcp: Server | undefined
   let http: HttpServer | undefined
   let wss: WebSocketServer | undefined
@@ -50,7 +56,9 @@ export function createBroker(opts: BrokerOptions) {
   return {
     name: 'broker',
     async start(): Promise<void> {
+      persistence = opts.db ? new PgPersistence({ db: opts.db, log }) : undefined
       const broker = await Aedes.createBroker({
+        ...(persistence ? { persistence: persistence as never } : {}),
         connectTimeout: config.connectTimeoutMs,
         maxClientsIdLength: config.maxClientIdLength,
         maxTopicLevels: config.maxTopicLevels,
@@ -143,8 +151,13 @@ export function createBroker(opts: BrokerOptions) {
         ws: (http?.address() as AddressInfo | null) ?? undefined,
       }
     },
-    health(): { ok: boolean; clients: number; connections: number; messagesIn: number; clientErrors: number } {
-      return { ok: aedes !== undefined && tcp?.listening === true, clients: aedes?.connectedClients ?? 0, ...counts }
+    health(): { ok: boolean; clients: number; connections: number; messagesIn: number; clientErrors: number; pendingStateChanges: number } {
+      return {
+        ok: aedes !== undefined && tcp?.listening === true,
+        clients: aedes?.connectedClients ?? 0,
+        ...counts,
+        pendingStateChanges: persistence?.pendingChanges ?? 0,
+      }
     },
     async stop(): Promise<void> {
       const broker = aedes
@@ -158,6 +171,10 @@ export function createBroker(opts: BrokerOptions) {
       if (broker) await new Promise<void>((r) => broker.close(() => r()))
       for (const s of sockets) s.destroy()
       await Promise.all(closing)
+      // aedes does not destroy its persistence; ours writes its last changes here, before the pool closes.
+      const p = persistence
+      persistence = undefined
+      await p?.destroy()
       tcp = http = undefined
       wss = undefined
     },

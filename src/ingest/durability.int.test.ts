@@ -146,3 +146,33 @@ describe('zero loss', () => {
     assert.equal(second.app.ingest.stats().duplicates, 1)
   })
 })
+
+describe('restarts', () => {
+  it('delivers retained config and a queued QoS 1 command to a device that reconnects after a paku restart', async (t) => {
+    const url = await testDatabase(t)
+    const first = await startApp(t, testConfig({ databaseUrl: url }))
+    const device = { clientId: 'ESP32-RESTART', clean: false }
+    const d1 = await mqtt.connectAsync(first.mqttUrl, device)
+    await d1.subscribeAsync('paku/edge/ESP32-RESTART/cmd/ota', { qos: 1 })
+    await d1.endAsync()
+    const operator = await mqtt.connectAsync(first.mqttUrl)
+    await operator.publishAsync('paku/edge/ESP32-RESTART/config/set', '{"timing":{"wake_interval_s":300}}', { qos: 1, retain: true })
+    await operator.publishAsync('paku/edge/ESP32-RESTART/cmd/ota', '{"url":"http://x/fw.bin","version":"1.5.0"}', { qos: 1 })
+    await operator.endAsync()
+    await first.app.stop()
+
+    const second = await startApp(t, testConfig({ databaseUrl: url }))
+    const d2 = mqtt.connect(second.mqttUrl, { ...device, manualConnect: true })
+    const got: Array<[string, string, boolean]> = []
+    d2.on('message', (topic, payload, packet) => got.push([topic, payload.toString(), packet.retain]))
+    d2.connect()
+    defer(t, () => d2.endAsync())
+    await eventually(async () => got.length === 1, { what: 'the queued command' })
+    await d2.subscribeAsync('paku/edge/ESP32-RESTART/config/set', { qos: 1 })
+    await eventually(async () => got.length === 2, { what: 'the retained config' })
+    assert.deepEqual(got, [
+      ['paku/edge/ESP32-RESTART/cmd/ota', '{"url":"http://x/fw.bin","version":"1.5.0"}', false],
+      ['paku/edge/ESP32-RESTART/config/set', '{"timing":{"wake_interval_s":300}}', true],
+    ])
+  })
+})

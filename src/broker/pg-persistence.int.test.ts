@@ -1,0 +1,82 @@
+import { after, describe, it, test } from 'node:test'
+import assert from 'node:assert/strict'
+import { createRequire } from 'node:module'
+import { Kysely, PostgresDialect, sql } from 'kysely'
+import mqemitter from 'mqemitter'
+import pg from 'pg'
+import { defer, testDatabase, testLogger } from '../../scripts/test-helpers.js'
+import { sqlDir } from '../assets.js'
+import { migrate, readSqlDir, type DB } from '../db/index.js'
+import { PgPersistence } from './pg-persistence.js'
+
+// The abstract test suite that aedes-persistence ships for every persistence implementation.
+const abstractPersistence = createRequire(import.meta.url)('aedes-persistence/abstract.js') as (opts: Record<string, unknown>) => void
+
+const file = { after }
+const url = await testDatabase(file)
+const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 4 }) }) })
+defer(file, () => db.destroy())
+await migrate(db, readSqlDir(sqlDir()))
+const TABLES = sql`TRUNCATE mqtt_retained, mqtt_subscriptions, mqtt_outgoing, mqtt_incoming, mqtt_wills`
+
+describe('aedes-persistence abstract suite on PostgreSQL', () => {
+  abstractPersistence({
+    test,
+    testAsync: true,
+    // Each test expects an empty persistence: start every instance on empty tables.
+    persistence: async () => {
+      await TABLES.execute(db)
+      return new PgPersistence({ db: () => db, log: testLogger(), flushDelayMs: 1 })
+    },
+  })
+})
+
+function fakeBroker(id: string) {
+  const mq = mqemitter()
+  return { id, mq, publish: mq.emit.bind(mq), subscribe: mq.on.bind(mq), unsubscribe: mq.removeListener.bind(mq), counter: 0 }
+}
+
+const read = async (stream: AsyncIterable<unknown>) => {
+  const out: Array<Record<string, unknown>> = []
+  for await (const x of stream) out.push(x as Record<string, unknown>)
+  return out
+}
+
+describe('PgPersistence across a restart', () => {
+  it('reloads retained messages, subscriptions, queued messages, inbound QoS 2 and wills from PostgreSQL', async () => {
+    await TABLES.execute(db)
+    const first = new PgPersistence({ db: () => db, log: testLogger() })
+    await first.setup(fakeBroker('broker-1'))
+    const client = { id: 'ha-bridge' }
+    await first.storeRetained({ cmd: 'publish', topic: 'paku/edge/E1/config/set', payload: Buffer.from('{"a":1}'), qos: 1, retain: true })
+    await first.storeRetained({ cmd: 'publish', topic: 'gone/soon', payload: Buffer.from('x'), qos: 0, retain: true })
+    await first.storeRetained({ cmd: 'publish', topic: 'gone/soon', payload: Buffer.alloc(0), qos: 0, retain: true })
+    await first.addSubscriptions(client, [{ topic: 'paku/#', qos: 1 }, { topic: 'x/y', qos: 0 }])
+    const queued = { cmd: 'publish', topic: 'paku/edge/E1/cmd/ota', payload: Buffer.from('{"url":"u"}'), qos: 1, retain: false, brokerId: 'broker-1', brokerCounter: 5 }
+    await first.outgoingEnqueueCombi([{ clientId: client.id }], queued)
+    await first.outgoingUpdate(client, { ...queued, messageId: 42 })
+    const acked = { ...queued, brokerCounter: 6, payload: Buffer.from('acked') }
+    await first.outgoingEnqueue({ clientId: client.id }, acked)
+    await first.outgoingUpdate(client, { ...acked, messageId: 43 })
+    await first.outgoingClearMessageId(client, { messageId: 43 })
+    await first.incomingStorePacket(client, { cmd: 'publish', topic: 'q2', payload: Buffer.from('z'), qos: 2, messageId: 9 })
+    await first.putWill({ id: 'ESP32-1' }, { cmd: 'publish', topic: 'paku/edge/ESP32-1/status', payload: Buffer.from('{"online":false}'), qos: 1, retain: true })
+    await first.destroy()
+
+    const second = new PgPersistence({ db: () => db, log: testLogger() })
+    await second.setup(fakeBroker('broker-2'))
+    const retained = await read(second.createRetainedStream('#'))
+    assert.deepEqual(retained.map((p) => [p.topic, String(p.payload)]), [['paku/edge/E1/config/set', '{"a":1}']])
+    const subs = await second.subscriptionsByClient(client)
+    assert.deepEqual(subs.map((s) => [s.topic, s.qos]).sort(), [['paku/#', 1], ['x/y', 0]])
+    const matched = (await second.subscriptionsByTopic('paku/edge/E1/cmd/ota')) as Array<{ clientId: string }>
+    assert.deepEqual(matched.map((m) => m.clientId), ['ha-bridge'])
+    const out = await read(second.outgoingStream(client))
+    assert.deepEqual(out.map((p) => [String(p.payload), p.messageId]), [['{"url":"u"}', 42]])
+    assert.equal(String((await second.incomingGetPacket(client, { messageId: 9 })).payload), 'z')
+    const wills = await read(second.streamWill({ 'broker-2': Date.now() }))
+    assert.deepEqual(wills.map((w) => [w.topic, w.brokerId]), [['paku/edge/ESP32-1/status', 'broker-1']], 'the dead broker id is kept')
+    await second.destroy()
+  })
+})
+
