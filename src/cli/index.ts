@@ -6,6 +6,9 @@ import { createDatabase, readSqlDir } from '../db/index.js'
 import { runEmulator } from '../emulate/index.js'
 import { createLogger, errorText } from '../log/index.js'
 
+/** The longest a graceful stop may take before serve gives up and exits non-zero. */
+const STOP_DEADLINE_MS = 15_000
+
 /** What the CLI needs from the process; main.ts passes the real one, tests a recording one. */
 export type CliIo = {
   env: Record<string, string | undefined>
@@ -132,11 +135,21 @@ async function serveCommand(config: Config, path: string | undefined, io: CliIo)
   const signal = await io.waitForStop()
   log.info('stopping', { signal })
   const t0 = Date.now()
+  // Bounded: a stop that hangs (a wedged socket, a database that never answers) must not keep
+  // systemd waiting; what could not be written by then is in the spool or reported.
+  let deadline: NodeJS.Timeout | undefined
   try {
-    await app.stop()
+    await Promise.race([
+      app.stop(),
+      new Promise((_, reject) => {
+        deadline = setTimeout(() => reject(new Error(`stop took longer than ${STOP_DEADLINE_MS} ms`)), STOP_DEADLINE_MS)
+      }),
+    ])
   } catch (err) {
     log.error('stopped with errors', { err: errorText(err) })
     return 1
+  } finally {
+    clearTimeout(deadline)
   }
   log.info('stopped', { ms: Date.now() - t0, written: app.ingest.stats().written })
   return 0

@@ -66,6 +66,9 @@ export function createDatabase(opts: DatabaseOptions) {
         application_name: 'paku',
       })
       pool.on('error', (err) => opts.log.warn('idle database connection failed', { err }))
+      // pg also emits 'error' on a checked-out client whose connection drops (after failing its query);
+      // with no listener that is an uncaught exception. The failed query already reports it.
+      pool.on('connect', (client) => client.on('error', (err) => opts.log.debug('database connection lost', { err: err.message })))
       kysely = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
       try {
         await sql`SELECT 1`.execute(kysely)

@@ -6,7 +6,7 @@ import type { Logger } from '../log/index.js'
 import type { DedupKey, Reject, Row } from './records.js'
 import { toRow } from './records.js'
 import { createSpool } from './spool.js'
-import { alreadyStored } from './store.js'
+import { recentKeys } from './store.js'
 import { parseTopic, routeDevice } from './topic.js'
 import { createWriter, type WriterStats } from './writer.js'
 
@@ -41,6 +41,22 @@ export type IngestOptions = {
 
 /** Raw bytes kept per reject: enough to see what was wrong without storing a flood. */
 const REJECT_PAYLOAD_BYTES = 4096
+/** Message ids remembered per client for recognising redeliveries. */
+const RECENT_IDS = 1024
+/** A client's history lookup that takes longer is abandoned: its messages are stored without it. */
+const LOOKUP_TIMEOUT_MS = 2000
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  // If the timeout wins, p may still reject later: that must not become an unhandled rejection.
+  p.catch(() => undefined)
+  let timer: NodeJS.Timeout | undefined
+  return Promise.race([
+    p,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms)
+    }),
+  ]).finally(() => clearTimeout(timer))
+}
 const LOG_EVERY_MS = 60_000
 
 /**
@@ -70,9 +86,10 @@ export function createIngest(opts: IngestOptions) {
   })
 
   const spool = createSpool({ dir: opts.spoolDir, maxBytes: config.spoolMaxBytes, log })
-  // The last durable-bound message ids per client, for DUP redeliveries within this process's life;
-  // after a restart, ingest_dedup in the database answers instead.
+  // The last QoS 1/2 message ids per client (up to RECENT_IDS), loaded from ingest_dedup the first
+  // time this process sees the client, so a redelivery after a restart is recognised too.
   const recent = new Map<string, Map<number, { digest: string; done: Promise<void> | undefined }>>()
+  const loading = new Map<string, Promise<void>>()
 
   const writer = createWriter({
     db: opts.db,
@@ -117,14 +134,46 @@ export function createIngest(opts: IngestOptions) {
   function remember(key: DedupKey, done: Promise<void> | undefined): void {
     let byId = recent.get(key.clientId)
     if (!byId) {
-      if (recent.size > 10_000) recent.clear()
       byId = new Map()
       recent.set(key.clientId, byId)
     }
     byId.delete(key.messageId)
     byId.set(key.messageId, { digest: key.digest, done })
-    // Map keeps insertion order: forget the oldest ids; a DUP follows its original closely.
-    if (byId.size > 1024) byId.delete(byId.keys().next().value as number)
+    // Map keeps insertion order: forget the oldest ids. A redelivery follows its original closely,
+    // and a client reuses an id only after 65535 others, long after it left this window.
+    if (byId.size > RECENT_IDS) byId.delete(byId.keys().next().value as number)
+  }
+
+  /** Loads a client's recent ids from the database once per process; messages wait for it in order. */
+  function loadClient(clientId: string): Promise<void> | undefined {
+    if (recent.has(clientId)) return undefined
+    // While writes fail the lookup would only add an outage's worth of latency to every ack.
+    if (writer.failing) {
+      recent.set(clientId, new Map())
+      return undefined
+    }
+    let pending = loading.get(clientId)
+    if (!pending) {
+      pending = withTimeout(recentKeys(opts.db(), clientId, RECENT_IDS), LOOKUP_TIMEOUT_MS).then(
+        (keys) => {
+          const byId = recent.get(clientId) ?? new Map()
+          for (const k of keys) if (!byId.has(k.messageId)) byId.set(k.messageId, { digest: k.digest, done: undefined })
+          recent.set(clientId, byId)
+        },
+        // Database away: no history to compare with; the message is stored (at-least-once).
+        () => void recent.set(clientId, recent.get(clientId) ?? new Map()),
+      )
+      pending.finally(() => loading.delete(clientId)).catch(() => undefined)
+      loading.set(clientId, pending)
+      if (recent.size + loading.size > 50_000) recent.clear()
+    }
+    return pending
+  }
+
+  /** A message this process has already stored (or is storing) under the same id and content. */
+  function duplicateOf(key: DedupKey): { done: Promise<void> | undefined } | undefined {
+    const seen = recent.get(key.clientId)?.get(key.messageId)
+    return seen && seen.digest === key.digest ? seen : undefined
   }
 
   /** Stores one message; for a QoS 1/2 message, resolves once it is durable. Never throws. */
@@ -180,26 +229,16 @@ export function createIngest(opts: IngestOptions) {
     accept(msg: IncomingMessage): Promise<void> | undefined {
       counts.received++
       const key = dedupKey(msg)
-      if (key && msg.dup) {
-        const seen = recent.get(key.clientId)?.get(key.messageId)
-        if (seen) {
-          if (seen.digest === key.digest) {
-            counts.duplicates++
-            return seen.done
-          }
-        } else {
-          // Not seen in this process: the original may predate a restart; ask the database.
-          return alreadyStored(opts.db(), key).then(
-            (stored) => {
-              if (!stored) return ingest(msg, key)
-              counts.duplicates++
-              return undefined
-            },
-            () => ingest(msg, key),
-          )
-        }
+      if (!key) return ingest(msg, undefined)
+      // Checked whether or not DUP is set: mqtt.js, for one, redelivers without it.
+      const check = () => {
+        const dup = duplicateOf(key)
+        if (!dup) return ingest(msg, key)
+        counts.duplicates++
+        return dup.done
       }
-      return ingest(msg, key)
+      const load = loadClient(key.clientId)
+      return load ? load.then(check) : check()
     },
     async start(): Promise<void> {
       spool.open()

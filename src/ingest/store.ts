@@ -79,10 +79,13 @@ async function rememberKeys(tx: Tx, keys: DedupKey[]): Promise<void> {
     ON CONFLICT (client_id, message_id) DO UPDATE SET digest = EXCLUDED.digest, seen_at = NOW()`.execute(tx)
 }
 
-/** Whether this exact message (same client, message id and content) is already in the database. */
-export async function alreadyStored(db: Kysely<DB>, key: DedupKey): Promise<boolean> {
-  const r = await sql<{ digest: string }>`SELECT digest FROM ingest_dedup WHERE client_id = ${key.clientId} AND message_id = ${key.messageId}`.execute(db)
-  return r.rows[0]?.digest === key.digest
+/** The most recent message ids (and digests) of a client that reached the database, newest last. */
+export async function recentKeys(db: Kysely<DB>, clientId: string, limit: number): Promise<Array<{ messageId: number; digest: string }>> {
+  const r = await sql<{ message_id: number; digest: string }>`
+    SELECT message_id, digest FROM (
+      SELECT message_id, digest, seen_at FROM ingest_dedup WHERE client_id = ${clientId} ORDER BY seen_at DESC LIMIT ${limit}
+    ) k ORDER BY seen_at`.execute(db)
+  return r.rows.map((x) => ({ messageId: x.message_id, digest: x.digest }))
 }
 
 function groupByKind(rows: readonly Row[]) {
