@@ -17,6 +17,21 @@ export async function writeBatch(db: Kysely<DB>, rows: readonly Row[], batchId?:
 }
 
 /**
+ * Writes several spooled batches in one transaction, skipping those an earlier replay already
+ * committed: one round trip for many small batches spooled during an outage.
+ */
+export async function writeSpooled(db: Kysely<DB>, batches: ReadonlyArray<{ id: string; rows: readonly Row[] }>): Promise<number> {
+  return db.transaction().execute(async (tx) => {
+    const claimed = await sql<{ id: string }>`
+      INSERT INTO ingest_spool_batches (id) SELECT unnest(${batches.map((b) => b.id)}::uuid[]) ON CONFLICT DO NOTHING RETURNING id`.execute(tx)
+    const fresh = new Set(claimed.rows.map((r) => r.id))
+    const rows = batches.filter((b) => fresh.has(b.id)).flatMap((b) => b.rows)
+    if (rows.length > 0) await writeRows(tx, rows)
+    return rows.length
+  })
+}
+
+/**
  * Records a spooled batch as written, in the same transaction as its rows; false when an earlier
  * replay already committed it (the crash came between COMMIT and deleting the spool segment).
  */

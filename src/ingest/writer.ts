@@ -3,7 +3,7 @@ import type { DB } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
 import type { Reject, Row } from './records.js'
 import type { Spool } from './spool.js'
-import { isDataError, writeBatch, writeIsolated } from './store.js'
+import { isDataError, writeBatch, writeIsolated, writeSpooled } from './store.js'
 
 export type WriterOptions = {
   db: () => Kysely<DB>
@@ -107,13 +107,14 @@ export function createWriter(opts: WriterOptions) {
       await toSpool()
       return
     }
-    if (spool && !spool.empty && !(await replay())) {
-      // The database is still away: keep new batches durable in the spool, in order behind the old ones.
+    if (spool && !spool.empty) {
+      // One segment per step, then new rows are spooled (and acknowledged) behind it: a long replay
+      // never holds up acknowledgements.
+      await replaySegment()
       if (pending.length > 0) await toSpool()
       return
     }
     if (pending.length === 0) return
-    if (spool && !spool.empty) return toSpool()
     const batch = pending.slice(0, opts.batchSize)
     const t0 = performance.now()
     try {
@@ -168,25 +169,30 @@ export function createWriter(opts: WriterOptions) {
     }
   }
 
-  /** Replays the oldest spool segment; true once the spool is empty. */
-  async function replay(): Promise<boolean> {
-    if (!spool) return true
-    while (!spool.empty) {
-      const head = await spool.head()
-      if (!head) return true
-      try {
-        for (const b of head.batches) {
-          await writeWithIsolation(b.rows, b.id)
-          stats.replayed += b.rows.length
+  /** Replays the oldest spool segment, many spooled batches per transaction. */
+  async function replaySegment(): Promise<void> {
+    if (!spool) return
+    const head = await spool.head()
+    if (!head) return
+    try {
+      for (const group of groupBatches(head.batches, opts.batchSize)) {
+        try {
+          stats.replayed += await writeSpooled(opts.db(), group)
+        } catch (err) {
+          if (!isDataError(err)) throw err
+          // A refused row: fall back to one batch at a time, isolating it.
+          for (const b of group) {
+            await writeWithIsolation(b.rows, b.id)
+            stats.replayed += b.rows.length
+          }
         }
-      } catch (err) {
-        failed(err)
-        return false
       }
-      await spool.drop(head.segment)
-      recovered()
+    } catch (err) {
+      failed(err)
+      return
     }
-    return true
+    await spool.drop(head.segment)
+    recovered()
   }
 
   function failed(err: unknown) {
@@ -286,3 +292,21 @@ export function createWriter(opts: WriterOptions) {
 }
 
 export type Writer = ReturnType<typeof createWriter>
+
+/** Consecutive batches grouped up to about `size` rows each, order kept. */
+function groupBatches<B extends { rows: readonly unknown[] }>(batches: readonly B[], size: number): B[][] {
+  const groups: B[][] = []
+  let current: B[] = []
+  let rows = 0
+  for (const b of batches) {
+    if (current.length > 0 && rows + b.rows.length > size) {
+      groups.push(current)
+      current = []
+      rows = 0
+    }
+    current.push(b)
+    rows += b.rows.length
+  }
+  if (current.length > 0) groups.push(current)
+  return groups
+}
