@@ -2,6 +2,7 @@ import { join } from 'node:path'
 import { createBroker } from './broker/index.js'
 import type { Config } from './config/index.js'
 import { createDatabase, type SqlFile } from './db/index.js'
+import { createEcoflow } from './ecoflow/index.js'
 import { createHttp, type HealthReport } from './http/index.js'
 import { createIngest } from './ingest/index.js'
 import { errorText, type Logger } from './log/index.js'
@@ -27,6 +28,13 @@ export function createApp(opts: AppOptions) {
   const ingest = createIngest({ config: config.ingest, db: () => db.db, log: log.child('ingest'), spoolDir: join(config.dataDir, 'spool') })
   const broker = createBroker({ config: config.mqtt, log: log.child('broker'), onMessage: (m) => ingest.accept(m), db: () => db.db })
 
+  const ecoflow = createEcoflow({
+    config: config.ecoflow,
+    log: log.child('ecoflow'),
+    write: (row) => ingest.record(row),
+    publish: (topic, payload, o) => broker.publish(topic, payload, o),
+  })
+
   async function health(): Promise<HealthReport> {
     const database = await db.health()
     const brokerHealth = broker.health()
@@ -39,14 +47,15 @@ export function createApp(opts: AppOptions) {
       database,
       broker: brokerHealth,
       ingest: ingestStats,
+      ecoflow: ecoflow.health(),
     }
   }
 
-  const http = createHttp({ config: config.http, log: log.child('http'), health })
+  const http = createHttp({ config: config.http, log: log.child('http'), health, routes: [ecoflow.routes] })
 
-  // Start order (design §3.3): db → ingest → broker → http. Stop is the reverse, so producers stop
-  // before the last flush and the flush happens before the pool closes.
-  const services: Service[] = [db, ingest, broker, http]
+  // Start order (design §3.3): db → ingest → broker → ecoflow → http. Stop is the reverse, so
+  // producers stop before the last flush and the flush happens before the pool closes.
+  const services: Service[] = [db, ingest, broker, ecoflow, http]
   const started: Service[] = []
   let stopping: Promise<void> | undefined
 
@@ -68,6 +77,7 @@ export function createApp(opts: AppOptions) {
     db,
     ingest,
     broker,
+    ecoflow,
     http,
     health,
     async start(): Promise<void> {

@@ -81,6 +81,11 @@ describe('loadConfig', () => {
     { name: 'rejects a non-postgres database url without echoing it', env: { PAKU_DATABASE_URL: 'mysql://root:hunter2@db/x' }, want: ['database.url (from PAKU_DATABASE_URL): database.url must be a postgres:// URL'] },
     { name: 'rejects a database url of the wrong type without echoing it', file: '{"database":{"url":12345}}', want: ['database.url: database.url must be a postgres:// URL'] },
     { name: 'rejects a ws path without a slash', file: '{"mqtt":{"ws":{"path":"mqtt"}}}', want: ['mqtt.ws.path: must start with /'] },
+    { name: 'rejects an EcoFlow host that is neither a region nor a URL', env: { PAKU_ECOFLOW_API_URL: 'ftp://x' }, want: ['ecoflow.apiUrl (from PAKU_ECOFLOW_API_URL): must be eu, us, global or an http(s):// URL'] },
+    { name: 'rejects a serial number with odd characters', env: { PAKU_ECOFLOW_DEVICES: 'DCABZ8ZE1234567, bad sn!' }, want: ['ecoflow.devices.1 (from PAKU_ECOFLOW_DEVICES): must be a device serial number'] },
+    { name: 'rejects a poll interval under 5 s', env: { PAKU_ECOFLOW_POLL_SECONDS: '1' }, want: ['ecoflow.pollSeconds (from PAKU_ECOFLOW_POLL_SECONDS): pollSeconds must be at least 5'] },
+    { name: 'rejects an unknown signing form', env: { PAKU_ECOFLOW_SIGNING: 'md5' }, want: ['ecoflow.signing (from PAKU_ECOFLOW_SIGNING): must be auto, documented or legacy'] },
+    { name: 'rejects a secret key of the wrong type without echoing it', file: '{"ecoflow":{"secretKey":12345}}', want: ['ecoflow.secretKey: ecoflow.secretKey must be a string'] },
     { name: 'rejects a zero batch size', env: { PAKU_INGEST_BATCH_SIZE: '0' }, want: ['ingest.batchSize (from PAKU_INGEST_BATCH_SIZE): batchSize must be at least 1'] },
   ]
   for (const c of bad) {
@@ -91,6 +96,18 @@ describe('loadConfig', () => {
       assert.doesNotMatch(JSON.stringify(r), /hunter2/)
     })
   }
+
+  it('splits PAKU_ECOFLOW_DEVICES on commas', () => {
+    const r = loadConfig({ env: { PAKU_ECOFLOW_DEVICES: ' DCABZ8ZE1234567 ,R331ZEB4ZE89012,, ' }, defaultPath: 'x', readFile: files({}) })
+    assert.ok(r.ok)
+    assert.deepEqual(r.config.ecoflow.devices, ['DCABZ8ZE1234567', 'R331ZEB4ZE89012'])
+  })
+
+  it('masks the admin and EcoFlow keys for display', () => {
+    const r = loadConfig({ env: { PAKU_ADMIN_API_KEY: 'adm1n', PAKU_ECOFLOW_ACCESS_KEY: 'acc3ss', PAKU_ECOFLOW_SECRET_KEY: 's3cr3t' }, defaultPath: 'x', readFile: files({}) })
+    assert.ok(r.ok)
+    assert.doesNotMatch(JSON.stringify(maskSecrets(r.config)), /adm1n|acc3ss|s3cr3t/)
+  })
 
   it('masks the database password for display', () => {
     const r = loadConfig({ env: { PAKU_DATABASE_URL: 'postgres://paku:s3cret@db:5432/paku' }, defaultPath: 'x', readFile: files({}) })

@@ -18,6 +18,9 @@ const asBool: EnvParser = (raw) => {
 /** A secret is never echoed back in an error message. */
 const asSecret: EnvParser = (raw) => ({ value: raw })
 
+/** Comma-separated list; blanks dropped. */
+const asList: EnvParser = (raw) => ({ value: raw.split(',').map((x) => x.trim()).filter(Boolean) })
+
 export type EnvEntry = {
   name: string
   path: readonly string[]
@@ -74,6 +77,13 @@ export const ENV_TABLE: readonly EnvEntry[] = [
     parse: asInt,
     description: 'larger payloads go to ingest_rejects',
   },
+  { name: 'PAKU_ADMIN_API_KEY', path: ['http', 'adminApiKey'], parse: asSecret, secret: true, description: 'key for /api/admin/*' },
+  { name: 'PAKU_ECOFLOW_ACCESS_KEY', path: ['ecoflow', 'accessKey'], parse: asSecret, secret: true, description: 'EcoFlow Open API access key' },
+  { name: 'PAKU_ECOFLOW_SECRET_KEY', path: ['ecoflow', 'secretKey'], parse: asSecret, secret: true, description: 'EcoFlow Open API secret key' },
+  { name: 'PAKU_ECOFLOW_API_URL', path: ['ecoflow', 'apiUrl'], parse: asString, description: 'eu | us | global | base URL' },
+  { name: 'PAKU_ECOFLOW_DEVICES', path: ['ecoflow', 'devices'], parse: asList, description: 'serial numbers, comma-separated; empty = all' },
+  { name: 'PAKU_ECOFLOW_POLL_SECONDS', path: ['ecoflow', 'pollSeconds'], parse: asInt, description: 'seconds between polls' },
+  { name: 'PAKU_ECOFLOW_SIGNING', path: ['ecoflow', 'signing'], parse: asString, description: 'auto | documented | legacy' },
   {
     name: 'PAKU_INGEST_SPOOL_MAX_BYTES',
     path: ['ingest', 'spoolMaxBytes'],

@@ -57,7 +57,8 @@ export function loadConfig(opts: LoadOptions): LoadResult {
   if (!result.success) {
     for (const issue of result.issues) {
       const dot = v.getDotPath(issue) ?? '(root)'
-      const envName = overlaid.sources.get(dot)
+      // An issue inside a value (an array element) still names the variable that set the value.
+      const envName = [...overlaid.sources].find(([path]) => dot === path || dot.startsWith(`${path}.`))?.[1]
       const where = envName ? `${dot} (from ${envName})` : dot
       // valibot's default messages echo the received value; never do that for secrets.
       const message = SECRET_PATHS.has(dot) ? secretMessage(dot, issue.message) : issue.message
@@ -86,6 +87,9 @@ export function deepFreeze<T>(value: T): T {
 export function maskSecrets(config: Config): unknown {
   const copy = structuredClone(config) as Config
   if (copy.database.url) copy.database.url = maskUrl(copy.database.url)
+  if (copy.http.adminApiKey) copy.http.adminApiKey = '***'
+  if (copy.ecoflow.accessKey) copy.ecoflow.accessKey = '***'
+  if (copy.ecoflow.secretKey) copy.ecoflow.secretKey = '***'
   return copy
 }
 

@@ -90,6 +90,24 @@ export const ConfigSchema = v.strictObject({
     v.strictObject({
       host: v.optional(v.string(), '0.0.0.0'),
       port: v.optional(port('port'), 8080),
+      /** Key for /api/admin/* (header X-API-Key or Authorization: Bearer). Empty: admin routes answer 503. */
+      adminApiKey: v.optional(v.string('http.adminApiKey must be a string'), ''),
+    }),
+    {},
+  ),
+  ecoflow: v.optional(
+    v.strictObject({
+      /** Open API keys from the EcoFlow developer portal; without both the subsystem is off and silent. */
+      accessKey: v.optional(v.string('ecoflow.accessKey must be a string'), ''),
+      secretKey: v.optional(v.string('ecoflow.secretKey must be a string'), ''),
+      /** eu (default), us, global, or a base URL (a test server). Keys are region-bound. */
+      apiUrl: v.optional(v.pipe(v.string(), v.regex(/^(eu|us|global|https?:\/\/\S+)$/, 'must be eu, us, global or an http(s):// URL')), 'eu'),
+      /** Serial numbers to poll; empty = every device of the account (device/list). */
+      devices: v.optional(v.array(v.pipe(v.string(), v.regex(/^[A-Za-z0-9]{4,40}$/, 'must be a device serial number'))), []),
+      pollSeconds: v.optional(v.pipe(v.number(), v.integer('pollSeconds must be an integer'), v.minValue(5, 'pollSeconds must be at least 5'), v.maxValue(86_400, 'pollSeconds must be at most 86400')), 30),
+      requestTimeoutMs: v.optional(positiveInt('requestTimeoutMs', 120_000), 10_000),
+      /** auto: the documented signature, falling back to the old collector's form on error 8521. */
+      signing: v.optional(v.picklist(['auto', 'documented', 'legacy'], 'must be auto, documented or legacy'), 'auto'),
     }),
     {},
   ),

@@ -19,7 +19,8 @@ function app(status: HealthReport['status'] = 'ok') {
   routes.post('/limited', () => {
     throw new HTTPException(413)
   })
-  return buildHttpApp({ log, health: async () => ({ status, database: { ok: status === 'ok' } }), routes: [routes] })
+  routes.get('/api/admin/thing', (c) => c.json({ secret: 42 }))
+  return buildHttpApp({ log, health: async () => ({ status, database: { ok: status === 'ok' } }), routes: [routes], adminApiKey: 'k3y' })
 }
 
 const scenarios: Array<{ name: string; method: string; url: string; health?: HealthReport['status']; wantStatus: number; wantBody: Record<string, unknown> }> = [
@@ -41,6 +42,28 @@ describe('http app', () => {
       for (const [k, v] of Object.entries(s.wantBody)) assert.deepEqual(body[k], v)
     })
   }
+
+  const auth: Array<{ name: string; headers: Record<string, string>; want: number }> = [
+    { name: 'admin route without a key is 401', headers: {}, want: 401 },
+    { name: 'admin route with a wrong X-API-Key is 401', headers: { 'x-api-key': 'nope' }, want: 401 },
+    { name: 'admin route with a wrong-length key is 401', headers: { 'x-api-key': 'k3y-and-more' }, want: 401 },
+    { name: 'admin route with X-API-Key is 200', headers: { 'x-api-key': 'k3y' }, want: 200 },
+    { name: 'admin route with Authorization: Bearer is 200', headers: { authorization: 'Bearer k3y' }, want: 200 },
+  ]
+  for (const a of auth) {
+    it(a.name, async () => {
+      const res = await app().request('/api/admin/thing', { headers: a.headers })
+      assert.equal(res.status, a.want)
+      if (a.want === 401) assert.deepEqual(await res.json(), { status: 401, message: 'missing or wrong API key' })
+    })
+  }
+
+  it('admin routes answer 503 when no key is configured', async () => {
+    const a = buildHttpApp({ log, health: async () => ({ status: 'ok' }), routes: [], adminApiKey: '' })
+    const res = await a.request('/api/admin/anything', { headers: { 'x-api-key': '' } })
+    assert.equal(res.status, 503)
+    assert.deepEqual(await res.json(), { status: 503, message: 'admin API disabled: set PAKU_ADMIN_API_KEY' })
+  })
 
   it('turns an unexpected error into 500 "internal error" with a request id, leaking nothing', async () => {
     logged.length = 0

@@ -3,6 +3,7 @@ import { serve, type ServerType } from '@hono/node-server'
 import { Hono } from 'hono'
 import type { Config } from '../config/index.js'
 import type { Logger } from '../log/index.js'
+import { adminAuth } from './auth.js'
 import { errorHandler, notFound } from './errors.js'
 
 export { errorHandler, notFound, type ErrorBody } from './errors.js'
@@ -15,15 +16,16 @@ export type HttpOptions = {
   log: Logger
   /** Assembled by app.ts from every subsystem's health(). */
   health: () => Promise<HealthReport>
-  /** Routes of other subsystems, mounted at `/`. */
+  /** Routes of other subsystems, mounted at `/`; everything under /api/admin/ needs the admin key. */
   routes?: ReadonlyArray<Hono>
 }
 
 /** The Hono app: /health, the subsystems' routes and one JSON error shape. Exposed for app.request() tests. */
-export function buildHttpApp(opts: Omit<HttpOptions, 'config'>): Hono {
+export function buildHttpApp(opts: Omit<HttpOptions, 'config'> & { adminApiKey: string }): Hono {
   const app = new Hono()
   app.onError(errorHandler(opts.log))
   app.notFound(notFound)
+  app.use('/api/admin/*', adminAuth(opts.adminApiKey))
   app.get('/health', async (c) => {
     const report = await opts.health()
     // degraded still serves devices, so load balancers keep it; only down is 503.
@@ -36,7 +38,7 @@ export function buildHttpApp(opts: Omit<HttpOptions, 'config'>): Hono {
 /** The HTTP service: listens on config.http, closes (and drains) on stop. */
 export function createHttp(opts: HttpOptions) {
   let server: ServerType | undefined
-  const app = buildHttpApp(opts)
+  const app = buildHttpApp({ ...opts, adminApiKey: opts.config.adminApiKey })
   return {
     name: 'http',
     app,

@@ -240,6 +240,14 @@ export function createIngest(opts: IngestOptions) {
       const load = loadClient(key.clientId)
       return load ? load.then(check) : check()
     },
+    /**
+     * Stores a row produced inside paku (an EcoFlow poll) through the same batched, spooled path as
+     * MQTT messages; resolves once it is durable.
+     */
+    record(row: Row): Promise<void> {
+      const done = writer.push(row, true)
+      return done || Promise.resolve()
+    },
     async start(): Promise<void> {
       spool.open()
       writer.start()

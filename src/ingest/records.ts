@@ -36,6 +36,15 @@ export type Row = (
       payload: Record<string, unknown>
       receivedAt: Date
     }
+  | {
+      /** One EcoFlow poll (src/ecoflow), written through the same durable batch path. */
+      kind: 'ecoflow'
+      deviceSn: string
+      ts: Date
+      model: string
+      columns: Record<string, number | null>
+      raw: string
+    }
   | Reject
 ) & { dedup?: DedupKey }
 

@@ -77,6 +77,7 @@ async function writeRows(tx: Tx, rows: readonly Row[]): Promise<void> {
     await upsertDevices(tx, by.status)
   }
   if (by.config.length > 0) await upsertConfigs(tx, by.config)
+  if (by.ecoflow.length > 0) await insertEcoflow(tx, by.ecoflow)
   for (const row of by.ota) await applyOta(tx, row)
   if (by.reject.length > 0) await insertRejects(tx, by.reject)
   const keys = rows.flatMap((r) => (r.dedup ? [r.dedup] : []))
@@ -104,7 +105,14 @@ export async function recentKeys(db: Kysely<DB>, clientId: string, limit: number
 }
 
 function groupByKind(rows: readonly Row[]) {
-  const by = { measurement: [] as Of<'measurement'>[], status: [] as Of<'status'>[], config: [] as Of<'config'>[], ota: [] as Of<'ota'>[], reject: [] as Reject[] }
+  const by = {
+    measurement: [] as Of<'measurement'>[],
+    status: [] as Of<'status'>[],
+    config: [] as Of<'config'>[],
+    ota: [] as Of<'ota'>[],
+    ecoflow: [] as Of<'ecoflow'>[],
+    reject: [] as Reject[],
+  }
   for (const row of rows) (by[row.kind] as Row[]).push(row)
   return by
 }
@@ -170,6 +178,18 @@ async function upsertDevices(tx: Tx, rows: Of<'status'>[]): Promise<void> {
         ${withoutModel.map(([, f]) => f.lastSeen)}::timestamptz[], ${withoutModel.map(([, f]) => f.online)}::bool[])
         AS u(device_id, firmware, last_seen, online)
       WHERE d.device_id = u.device_id`.execute(tx)
+  }
+}
+
+// Column names come from src/ecoflow/mapping.ts's fixed list, never from input.
+const ECOFLOW_COLUMN = /^[a-z0-9_]+$/
+
+async function insertEcoflow(tx: Tx, rows: Of<'ecoflow'>[]): Promise<void> {
+  for (const r of rows) {
+    const cols = Object.keys(r.columns).filter((c) => ECOFLOW_COLUMN.test(c))
+    const names = sql.join([sql.ref('device_sn'), sql.ref('ts'), sql.ref('model'), sql.ref('raw'), ...cols.map((c) => sql.ref(c))])
+    const values = sql.join([sql`${r.deviceSn}`, sql`${r.ts}`, sql`${r.model}`, sql`${r.raw}::jsonb`, ...cols.map((c) => sql`${r.columns[c]}`)])
+    await sql`INSERT INTO ecoflow_measurements (${names}) VALUES (${values})`.execute(tx)
   }
 }
 
