@@ -76,8 +76,8 @@ describe('EcoFlow client against a fake Open API over HTTP', () => {
 })
 
 describe('EcoFlow in the running app', () => {
-  async function setup(t: Parameters<typeof defer>[0], ecoflow: Record<string, unknown> = {}) {
-    const f = await fake(t)
+  async function setup(t: Parameters<typeof defer>[0], ecoflow: Record<string, unknown> = {}, devices = DEVICES) {
+    const f = await fake(t, { devices })
     const url = await testDatabase(t)
     const sut = await startApp(t, testConfig({
       databaseUrl: url,
@@ -160,6 +160,13 @@ describe('EcoFlow in the running app', () => {
     const ok = (await (await api('/api/admin/ecoflow/poll', { method: 'POST' })).json()) as { state: string }
     assert.equal(ok.state, 'ok')
     assert.equal((await db.query('SELECT 1 FROM ecoflow_measurements')).rowCount, 2)
+  })
+
+  it('stores an unknown model with its raw quota and NULL columns instead of failing', async (t) => {
+    const { db } = await setup(t, {}, [{ sn: 'BX11ZGLACIER001', productName: 'Glacier', fixture: 'glacier-quota.json' }])
+    await eventually(async () => (await db.query('SELECT 1 FROM ecoflow_measurements')).rowCount === 1, { what: 'one row' })
+    const [row] = (await db.query(`SELECT model, soc_percent, watts_in_sum, raw->>'pd.tmpL' AS freezer FROM ecoflow_measurements`)).rows
+    assert.deepEqual(row, { model: 'unknown', soc_percent: null, watts_in_sum: null, freezer: '-12' })
   })
 
   it('is off and silent without keys', async (t) => {
