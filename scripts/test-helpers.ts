@@ -62,7 +62,7 @@ export function testConfig(overrides: ConfigInput & { databaseUrl: string }): Co
     ...rest,
     dataDir: rest.dataDir ?? '.paku-test/data',
     database: { ...rest.database, url: databaseUrl },
-    mqtt: { host: '127.0.0.1', port: 0, ...rest.mqtt, ws: { host: '127.0.0.1', port: 0, ...rest.mqtt?.ws } },
+    mqtt: { host: '127.0.0.1', port: 0, allowAnonymous: true, ...rest.mqtt, ws: { host: '127.0.0.1', port: 0, ...rest.mqtt?.ws } },
     http: { host: '127.0.0.1', port: 0, ...rest.http },
     ingest: { flushIntervalMs: 20, ...rest.ingest },
     log: { level: (process.env.PAKU_TEST_LOG_LEVEL as 'debug' | undefined) ?? 'silent', ...rest.log },

@@ -1,11 +1,14 @@
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http'
+import { createHash, timingSafeEqual } from 'node:crypto'
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
-import { Aedes, type AedesPublishPacket, type Client, type PublishPacket } from 'aedes'
+import { Aedes, type AedesPublishPacket, type Client, type PublishPacket, type Subscription } from 'aedes'
 import { createWebSocketStream, WebSocketServer } from 'ws'
 import type { Kysely } from 'kysely'
 import type { Config } from '../config/index.js'
 import type { DB } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
+import { canPublish, canSubscribe, type Identity } from './acl.js'
+import { checkCredential } from './credentials.js'
 import { guardStream } from './packet-guard.js'
 import { PgPersistence } from './pg-persistence.js'
 
@@ -20,6 +23,8 @@ export type BrokerMessage = {
   retain: boolean
   receivedAt: Date
 }
+
+const digest = (s: string) => createHash('sha256').update(s, 'utf8').digest()
 
 export type BrokerOptions = {
   config: Config['mqtt']
@@ -42,7 +47,28 @@ export function createBroker(opts: BrokerOptions) {
   let http: HttpServer | undefined
   let wss: WebSocketServer | undefined
   const sockets = new Set<Socket>()
-  const counts = { connections: 0, messagesIn: 0, clientErrors: 0 }
+  const counts = { connections: 0, messagesIn: 0, clientErrors: 0, authFailures: 0, denied: 0 }
+  const identities = new WeakMap<Client, Identity>()
+  const lastAuthLog = new Map<string, number>()
+  const shared = config.username && config.password ? { user: digest(config.username), pass: digest(config.password) } : undefined
+
+  /** Logs an auth problem at most once a minute per key (a misconfigured device retries every few seconds). */
+  const warnOnce = (key: string, msg: string, fields: Record<string, unknown>) => {
+    const now = Date.now()
+    if ((lastAuthLog.get(key) ?? 0) + 60_000 > now) return
+    if (lastAuthLog.size > 10_000) lastAuthLog.clear()
+    lastAuthLog.set(key, now)
+    log.warn(msg, fields)
+  }
+
+  async function identify(username: string | undefined, password: Buffer | undefined): Promise<Identity | undefined> {
+    if (username === undefined || username === '') return config.allowAnonymous ? { username: null, role: 'anonymous' } : undefined
+    const pass = password?.toString('utf8') ?? ''
+    if (shared && timingSafeEqual(digest(username), shared.user) && timingSafeEqual(digest(pass), shared.pass)) return { username, role: 'bridge' }
+    if (!opts.db) return undefined
+    const role = await checkCredential(opts.db(), username, pass)
+    return role ? { username, role } : undefined
+  }
 
   const listen = (server: Server | HttpServer, host: string, port: number) =>
     new Promise<void>((resolve, reject) => {
@@ -62,12 +88,45 @@ export function createBroker(opts: BrokerOptions) {
         connectTimeout: config.connectTimeoutMs,
         maxClientsIdLength: config.maxClientIdLength,
         maxTopicLevels: config.maxTopicLevels,
+        authenticate: (client: Client, username: string | undefined, password: Buffer | undefined, done: (error: (Error & { returnCode: number }) | null, success: boolean | null) => void) => {
+          identify(username, password).then(
+            (who) => {
+              if (who) {
+                identities.set(client, who)
+                return done(null, true)
+              }
+              counts.authFailures++
+              warnOnce(`auth:${username ?? ''}`, 'MQTT login refused', { clientId: client.id, username: username ?? null, reason: username ? 'bad username or password' : 'anonymous not allowed' })
+              // CONNACK 4 (bad user name or password) or 5 (not authorized) — MQTT 3.1.1 §3.2.2.3.
+              done(Object.assign(new Error('not authorized'), { returnCode: username ? 4 : 5 }), null)
+            },
+            (err: unknown) => {
+              log.error('MQTT login check failed', { err: errorText(err) })
+              done(Object.assign(new Error('server unavailable'), { returnCode: 3 }), null)
+            },
+          )
+        },
+        authorizeSubscribe: (client: Client, sub: Subscription, callback: (error: Error | null, subscription?: Subscription | null) => void) => {
+          const who = identities.get(client)
+          if (who && canSubscribe(who, sub.topic)) return callback(null, sub)
+          counts.denied++
+          warnOnce(`sub:${client.id}`, 'MQTT subscribe denied', { clientId: client.id, topic: sub.topic })
+          // A null subscription is answered with SUBACK 0x80 (failure), MQTT 3.1.1 §3.9.3.
+          callback(null, null)
+        },
         // Ingest happens here, not in the 'publish' event: aedes sends the QoS 1 PUBACK (and the QoS 2
         // PUBREC) only after this callback, so waiting for the row to be durable makes the acknowledgement
         // mean "stored" (design A4.1). Wills pass through here too. Packets of one socket read are
         // authorised concurrently, so a pipelining client (a bridge with 20 in flight) shares one flush.
         authorizePublish: (client: Client | null, packet: PublishPacket, callback: (error?: Error | null) => void) => {
           if (!client) return callback(null)
+          const who = identities.get(client)
+          if (!who || !canPublish(who, packet.topic)) {
+            counts.denied++
+            warnOnce(`pub:${client.id}`, 'MQTT publish denied; closing the connection', { clientId: client.id, topic: packet.topic })
+            // MQTT 3.1.1 has no negative PUBACK: the server closes the connection [MQTT-3.3.5-2].
+            return callback(new Error(`not authorized to publish to ${packet.topic}`))
+          }
           counts.messagesIn++
           let durable: Promise<void> | undefined
           try {
@@ -151,7 +210,7 @@ export function createBroker(opts: BrokerOptions) {
         ws: (http?.address() as AddressInfo | null) ?? undefined,
       }
     },
-    health(): { ok: boolean; clients: number; connections: number; messagesIn: number; clientErrors: number; pendingStateChanges: number } {
+    health(): { ok: boolean; clients: number; connections: number; messagesIn: number; clientErrors: number; authFailures: number; denied: number; pendingStateChanges: number } {
       return {
         ok: aedes !== undefined && tcp?.listening === true,
         clients: aedes?.connectedClients ?? 0,

@@ -1,7 +1,9 @@
+import { randomBytes } from 'node:crypto'
 import { parseArgs } from 'node:util'
 import { createApp } from '../app.js'
 import { sqlDir, versionInfo } from '../assets.js'
 import { loadConfig, maskSecrets, type Config } from '../config/index.js'
+import { addCredential, listCredentials, removeCredential, ROLES, USERNAME, type Role } from '../broker/credentials.js'
 import { createDatabase, readSqlDir } from '../db/index.js'
 import { runEmulator } from '../emulate/index.js'
 import { createLogger, errorText } from '../log/index.js'
@@ -27,6 +29,7 @@ usage: paku <command> [--config FILE]
   migrate                  apply pending SQL migrations and exit
   check-config             validate the config and print it with secrets masked
   emulate ruuvi|heater     publish realistic device data (see --help-emulate)
+  device add|list|remove   MQTT credentials: device add ID [--password P] [--role device|bridge|service]
   version                  print version and commit
 config: --config FILE, else $PAKU_CONFIG, else ./paku.config.json; PAKU_* env overrides.
 docs: README.md (config reference, ports, topics)`
@@ -59,6 +62,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
         count: { type: 'string' },
         username: { type: 'string' },
         password: { type: 'string' },
+        role: { type: 'string' },
       },
     })
   } catch (err) {
@@ -80,7 +84,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     io.out(`paku ${v.version} (${v.commit}) node ${process.version}`)
     return 0
   }
-  if (!['serve', 'migrate', 'check-config', 'emulate'].includes(command)) {
+  if (!['serve', 'migrate', 'check-config', 'emulate', 'device'].includes(command)) {
     io.err(`unknown command ${JSON.stringify(command)}\n\n${HELP}`)
     return 2
   }
@@ -103,6 +107,8 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       return migrateCommand(config, io)
     case 'emulate':
       return emulateCommand(config, positionals[1], values, io)
+    case 'device':
+      return deviceCommand(config, positionals.slice(1), values, io)
     default:
       return serveCommand(config, loaded.path, io)
   }
@@ -164,6 +170,58 @@ async function migrateCommand(config: Config, io: CliIo): Promise<number> {
     return 0
   } catch (err) {
     io.err(`migrate failed: ${errorText(err)}`)
+    return 1
+  } finally {
+    await db.stop().catch(() => undefined)
+  }
+}
+
+/** `paku device add|list|remove`: per-device MQTT credentials, stored as scrypt hashes. */
+async function deviceCommand(config: Config, args: string[], values: Record<string, string | boolean | undefined>, io: CliIo): Promise<number> {
+  const [action, id] = args
+  const role = (values.role as string | undefined) ?? 'device'
+  if (action !== 'add' && action !== 'list' && action !== 'remove') {
+    io.err('usage: paku device add ID [--password P] [--role device|bridge|service] | device list | device remove ID')
+    return 2
+  }
+  if (action !== 'list' && (!id || !USERNAME.test(id))) {
+    io.err('device id must be 1–128 characters of A-Z a-z 0-9 _ . : - (e.g. ESP32-AABBCCDD)')
+    return 2
+  }
+  if (!(ROLES as readonly string[]).includes(role)) {
+    io.err(`--role must be one of ${ROLES.join(', ')}`)
+    return 2
+  }
+  const given = typeof values.password === 'string' ? values.password : undefined
+  if (given !== undefined && given.length < 8) {
+    io.err('--password must be at least 8 characters')
+    return 2
+  }
+  const log = logger(config, io)
+  const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: readSqlDir(sqlDir()) })
+  try {
+    await db.start()
+    if (action === 'list') {
+      const rows = await listCredentials(db.db)
+      if (rows.length === 0) io.out('no MQTT credentials')
+      for (const r of rows) io.out(`${r.username}\t${r.role}\tcreated ${r.created_at.toISOString()}\tlast used ${r.last_used_at?.toISOString() ?? 'never'}`)
+      return 0
+    }
+    if (action === 'remove') {
+      if (!(await removeCredential(db.db, id as string))) {
+        io.err(`no credential for ${id}`)
+        return 1
+      }
+      io.out(`removed ${id}`)
+      return 0
+    }
+    const password = given ?? randomBytes(18).toString('base64url')
+    await addCredential(db.db, id as string, password, role as Role)
+    // A generated password is shown once; a given one is never echoed.
+    io.out(given === undefined ? `added ${id} (${role}); password: ${password}` : `added ${id} (${role})`)
+    return 0
+  } catch (err) {
+    io.err(`device ${action} failed: ${errorText(err)}`)
     return 1
   } finally {
     await db.stop().catch(() => undefined)

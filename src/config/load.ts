@@ -88,6 +88,7 @@ export function maskSecrets(config: Config): unknown {
   const copy = structuredClone(config) as Config
   if (copy.database.url) copy.database.url = maskUrl(copy.database.url)
   if (copy.http.adminApiKey) copy.http.adminApiKey = '***'
+  if (copy.mqtt.password) copy.mqtt.password = '***'
   if (copy.ecoflow.accessKey) copy.ecoflow.accessKey = '***'
   if (copy.ecoflow.secretKey) copy.ecoflow.secretKey = '***'
   return copy

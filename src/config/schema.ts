@@ -83,6 +83,11 @@ export const ConfigSchema = v.strictObject({
       maxClientIdLength: v.optional(positiveInt('maxClientIdLength', 65_535), 128),
       /** A socket that has not sent CONNECT within this time is closed. */
       connectTimeoutMs: v.optional(positiveInt('connectTimeoutMs', 600_000), 10_000),
+      /** Accept clients without a username (development only; the committed dev config binds 127.0.0.1). */
+      allowAnonymous: v.optional(v.boolean('mqtt.allowAnonymous must be true or false'), false),
+      /** The old stack's one shared credential (MQTT_USER/MQTT_PASSWORD): full rights, for existing devices and the HA bridge. */
+      username: v.optional(v.string('mqtt.username must be a string'), ''),
+      password: v.optional(v.string('mqtt.password must be a string'), ''),
     }),
     {},
   ),

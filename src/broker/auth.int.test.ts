@@ -1,0 +1,123 @@
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import mqtt from 'mqtt'
+import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
+import { runCli, type CliIo } from '../cli/index.js'
+import { addCredential, hashPassword, verifyPassword } from './credentials.js'
+
+async function refusal(url: string, opts: mqtt.IClientOptions): Promise<string> {
+  try {
+    const c = await mqtt.connectAsync(url, { ...opts, reconnectPeriod: 0, connectTimeout: 3000 })
+    await c.endAsync()
+    return 'connected'
+  } catch (err) {
+    return (err as Error).message
+  }
+}
+
+describe('MQTT authentication and topic permissions', () => {
+  async function setup(t: Parameters<typeof defer>[0]) {
+    const url = await testDatabase(t)
+    const sut = await startApp(t, testConfig({ databaseUrl: url, mqtt: { allowAnonymous: false, username: 'edge', password: 'shared-secret' } }))
+    await addCredential(sut.app.db.db, 'ESP32-AABBCCDD', 'device-pass-1', 'device')
+    return { url, sut, db: await sqlClient(t, url) }
+  }
+
+  it('refuses anonymous clients and wrong passwords with the MQTT 3.1.1 CONNACK codes', async (t) => {
+    const { sut } = await setup(t)
+    assert.match(await refusal(sut.mqttUrl, {}), /Not authorized/)
+    assert.match(await refusal(sut.mqttUrl, { username: 'edge', password: 'wrong' }), /Bad username or password/)
+    assert.match(await refusal(sut.mqttUrl, { username: 'ESP32-AABBCCDD', password: 'nope' }), /Bad username or password/)
+    assert.match(await refusal(sut.mqttUrl, { username: 'nobody', password: 'device-pass-1' }), /Bad username or password/)
+    assert.equal(await refusal(sut.wsUrl, { username: 'edge', password: 'shared-secret' }), 'connected', 'WebSocket too')
+    const h = (await (await fetch(`${sut.httpUrl}/health`)).json()) as { broker: { authFailures: number } }
+    assert.equal(h.broker.authFailures, 4)
+  })
+
+  it('lets the shared legacy credential (devices, HA bridge) do anything', async (t) => {
+    const { sut, db } = await setup(t)
+    const bridge = await mqtt.connectAsync(sut.mqttUrl, { username: 'edge', password: 'shared-secret', clientId: 'ha-bridge', clean: false })
+    defer(t, () => bridge.endAsync())
+    const granted = await bridge.subscribeAsync('paku/#', { qos: 1 })
+    assert.equal(granted[0]?.qos, 1)
+    await bridge.publishAsync('paku/edge/ESP32-99/status', JSON.stringify({ online: true, device_model: 'm' }), { qos: 1 })
+    await eventually(async () => (await db.query('SELECT 1 FROM edge_device_status')).rowCount === 1, { what: 'status row' })
+  })
+
+  it('keeps a device to its own topics: other devices’ topics close the connection, foreign subscriptions get SUBACK 0x80', async (t) => {
+    const { sut, db } = await setup(t)
+    const device = await mqtt.connectAsync(sut.mqttUrl, { username: 'ESP32-AABBCCDD', password: 'device-pass-1', clientId: 'ESP32-AABBCCDD', reconnectPeriod: 0 })
+    defer(t, () => device.endAsync(true))
+    // mqtt.js rejects a SUBACK with failures; the packet says which were granted.
+    const suback = await device.subscribeAsync(['paku/edge/ESP32-AABBCCDD/cmd/ota', 'paku/edge/ESP32-11111111/cmd/ota', 'paku/#']).then(
+      () => undefined,
+      (err: { packet?: { granted?: number[] } }) => err.packet?.granted,
+    )
+    assert.deepEqual(suback, [0, 128, 128])
+    await device.publishAsync('paku/edge/ESP32-AABBCCDD/status', JSON.stringify({ online: true, device_model: 'lilygo-t-display-s3' }), { qos: 1 })
+    await device.publishAsync('paku/sensors/ruuvi_cabin/data', JSON.stringify({ device_id: 'ruuvi_cabin', metrics: { t: 1 } }), { qos: 1 })
+    const closed = new Promise<void>((resolve) => device.on('close', () => resolve()))
+    device.publish('paku/edge/ESP32-11111111/status', JSON.stringify({ online: true, device_model: 'spoof' }), { qos: 1 })
+    await closed
+    await eventually(async () => (await db.query('SELECT 1 FROM measurements')).rowCount === 1, { what: 'the ruuvi row' })
+    const statuses = (await db.query('SELECT device_id FROM edge_device_status')).rows.map((r) => r.device_id)
+    assert.deepEqual(statuses, ['ESP32-AABBCCDD'], 'the spoofed status was not stored')
+    const h = (await (await fetch(`${sut.httpUrl}/health`)).json()) as { broker: { denied: number } }
+    assert.equal(h.broker.denied, 3)
+  })
+})
+
+describe('paku device add|list|remove', () => {
+  const io = (env: Record<string, string>) => {
+    const out: string[] = []
+    const err: string[] = []
+    const value: CliIo = { env, out: (l) => out.push(l), err: (l) => err.push(l), waitForStop: () => new Promise(() => {}), isTTY: false }
+    return { io: value, out, err }
+  }
+
+  it('stores hashed credentials, shows a generated password once, never echoes a given one', async (t) => {
+    const url = await testDatabase(t)
+    const env = { PAKU_DATABASE_URL: url, PAKU_LOG_LEVEL: 'silent' }
+    const a = io(env)
+    assert.equal(await runCli(['device', 'add', 'ESP32-00000001'], a.io), 0)
+    const generated = /password: (\S+)$/.exec(a.out.join('\n'))?.[1]
+    assert.ok(generated && generated.length >= 20)
+    const b = io(env)
+    assert.equal(await runCli(['device', 'add', 'ha-bridge', '--password', 'bridge-pass-123', '--role', 'bridge'], b.io), 0)
+    assert.doesNotMatch(b.out.join('\n'), /bridge-pass-123/)
+    const c = io(env)
+    assert.equal(await runCli(['device', 'list'], c.io), 0)
+    assert.deepEqual(c.out.map((l) => l.split('\t').slice(0, 2)), [['ESP32-00000001', 'device'], ['ha-bridge', 'bridge']])
+    const db = await sqlClient(t, url)
+    const hashes = (await db.query('SELECT password_hash FROM mqtt_credentials ORDER BY username')).rows.map((r) => r.password_hash as string)
+    for (const h of hashes) assert.match(h, /^scrypt\$16384\$8\$1\$/)
+    assert.equal(await verifyPassword(generated, hashes[0] as string), true)
+    assert.doesNotMatch(JSON.stringify(hashes), /bridge-pass-123/)
+    const d = io(env)
+    assert.equal(await runCli(['device', 'remove', 'ESP32-00000001'], d.io), 0)
+    const e = io(env)
+    assert.equal(await runCli(['device', 'remove', 'ESP32-00000001'], e.io), 1)
+    assert.match(e.err.join('\n'), /no credential for ESP32-00000001/)
+  })
+
+  const bad: Array<[string[], RegExp]> = [
+    [['device', 'add', 'bad id!'], /device id must be/],
+    [['device', 'add', 'a/#'], /device id must be/],
+    [['device', 'add', 'ESP32-1', '--role', 'god'], /--role must be one of device, bridge, service/],
+    [['device', 'add', 'ESP32-1', '--password', 'short'], /at least 8 characters/],
+    [['device', 'frobnicate'], /usage: paku device/],
+  ]
+  for (const [argv, message] of bad) {
+    it(`refuses ${argv.join(' ')}`, async () => {
+      const x = io({ PAKU_DATABASE_URL: 'postgres://x:y@127.0.0.1:1/none' })
+      assert.equal(await runCli(argv, x.io), 2)
+      assert.match(x.err.join('\n'), message)
+    })
+  }
+
+  it('verifyPassword rejects malformed hashes instead of throwing', async () => {
+    assert.equal(await verifyPassword('x', 'plain-text'), false)
+    assert.equal(await verifyPassword('x', 'scrypt$16384$8$1$$'), false)
+    assert.equal(await verifyPassword('pw', await hashPassword('pw')), true)
+  })
+})
