@@ -86,6 +86,9 @@ export function createApp(opts: AppOptions) {
           await svc.start()
           started.push(svc)
         } catch (err) {
+          // The failing service may have half-started (a listener bound before the next failed): its
+          // stop() releases what it holds; then the ones before it stop in reverse.
+          await svc.stop().catch(() => undefined)
           await stopStarted().catch(() => undefined)
           throw new Error(`start ${svc.name}: ${errorText(err)}`, { cause: err })
         }

@@ -30,6 +30,7 @@ const code = await runCli(process.argv.slice(2), {
   err: (line) => process.stderr.write(line + '\n'),
   waitForStop,
   isTTY: process.stdout.isTTY === true,
+  onReload: (fn) => process.on('SIGHUP', fn),
 })
 process.exitCode ||= code
 // Embedded PostgreSQL's child and MQTT sockets are closed by now; nothing should keep the loop alive,

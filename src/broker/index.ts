@@ -1,4 +1,7 @@
+import { readFileSync } from 'node:fs'
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http'
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https'
+import { createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer, type TLSSocket } from 'node:tls'
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { Aedes, type AedesPublishPacket, type Client, type PublishPacket, type Subscription } from 'aedes'
@@ -24,6 +27,12 @@ export type BrokerMessage = {
   receivedAt: Date
 }
 
+/** The CN of a verified client certificate. */
+function peerName(socket: TLSSocket): string | undefined {
+  const cn = socket.getPeerCertificate()?.subject?.CN
+  return typeof cn === 'string' && cn !== '' ? cn : Array.isArray(cn) ? cn[0] : undefined
+}
+
 const digest = (s: string) => createHash('sha256').update(s, 'utf8').digest()
 
 export type BrokerOptions = {
@@ -46,6 +55,11 @@ export function createBroker(opts: BrokerOptions) {
   let tcp: Server | undefined
   let http: HttpServer | undefined
   let wss: WebSocketServer | undefined
+  let tlsServer: TlsServer | undefined
+  let https: HttpsServer | undefined
+  let wssTls: WebSocketServer | undefined
+  /** The verified client certificate's CN per connection stream, for certificate logins. */
+  const certNames = new WeakMap<object, string>()
   const sockets = new Set<Socket>()
   const counts = { connections: 0, messagesIn: 0, clientErrors: 0, authFailures: 0, denied: 0 }
   const identities = new WeakMap<Client, Identity>()
@@ -61,7 +75,9 @@ export function createBroker(opts: BrokerOptions) {
     log.warn(msg, fields)
   }
 
-  async function identify(username: string | undefined, password: Buffer | undefined): Promise<Identity | undefined> {
+  async function identify(username: string | undefined, password: Buffer | undefined, certName: string | undefined): Promise<Identity | undefined> {
+    // A client certificate signed by mqtt.tls.caFile identifies a device by its CN (no password needed).
+    if ((username === undefined || username === '' || username === certName) && certName) return { username: certName, role: 'device' }
     if (username === undefined || username === '') return config.allowAnonymous ? { username: null, role: 'anonymous' } : undefined
     const pass = password?.toString('utf8') ?? ''
     if (shared && timingSafeEqual(digest(username), shared.user) && timingSafeEqual(digest(pass), shared.pass)) return { username, role: 'bridge' }
@@ -70,7 +86,26 @@ export function createBroker(opts: BrokerOptions) {
     return role ? { username, role } : undefined
   }
 
-  const listen = (server: Server | HttpServer, host: string, port: number) =>
+  function tlsOptions(): SecureContextOptions & { requestCert: boolean; rejectUnauthorized: boolean } {
+    const read = (key: string, file: string) => {
+      try {
+        return readFileSync(file)
+      } catch (err) {
+        throw new Error(`mqtt.tls.${key}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? String(err)})`)
+      }
+    }
+    const ca = config.tls.caFile ? read('caFile', config.tls.caFile) : undefined
+    return {
+      cert: read('certFile', config.tls.certFile),
+      key: read('keyFile', config.tls.keyFile),
+      ...(ca ? { ca } : {}),
+      // With a CA, client certificates are requested (and verified); required only with requireClientCert.
+      requestCert: ca !== undefined,
+      rejectUnauthorized: config.tls.requireClientCert,
+    }
+  }
+
+  const listen = (server: Server | HttpServer | TlsServer | HttpsServer, host: string, port: number) =>
     new Promise<void>((resolve, reject) => {
       server.once('error', reject)
       server.listen(port, host, () => {
@@ -89,7 +124,7 @@ export function createBroker(opts: BrokerOptions) {
         maxClientsIdLength: config.maxClientIdLength,
         maxTopicLevels: config.maxTopicLevels,
         authenticate: (client: Client, username: string | undefined, password: Buffer | undefined, done: (error: (Error & { returnCode: number }) | null, success: boolean | null) => void) => {
-          identify(username, password).then(
+          identify(username, password, certNames.get(client.conn as object)).then(
             (who) => {
               if (who) {
                 identities.set(client, who)
@@ -191,6 +226,48 @@ export function createBroker(opts: BrokerOptions) {
         })
         await listen(http, config.ws.host, config.ws.port)
       }
+
+      if (config.tls.enabled) {
+        const secure = tlsOptions()
+        const onTlsSocket = (socket: TLSSocket) => {
+          sockets.add(socket)
+          socket.on('close', () => sockets.delete(socket))
+          const stream = guardStream(socket, config.maxPacketBytes)
+          const cn = socket.authorized ? peerName(socket) : undefined
+          if (cn) certNames.set(stream, cn)
+          broker.handle(stream)
+        }
+        tlsServer = createTlsServer({ ...secure, noDelay: true }, onTlsSocket)
+        tlsServer.on('tlsClientError', (err) => log.debug('TLS handshake failed', { err: err.message }))
+        await listen(tlsServer, config.tls.host, config.tls.port)
+        if (config.ws.enabled) {
+          https = createHttpsServer(secure, (_req, res) => res.writeHead(426, { 'content-type': 'text/plain' }).end('MQTT over WebSocket: connect to ' + config.ws.path + '\n'))
+          wssTls = new WebSocketServer({ server: https, path: config.ws.path, maxPayload: config.maxPacketBytes })
+          wssTls.on('connection', (ws, req) => {
+            const stream = createWebSocketStream(ws)
+            stream.on('error', (err) => log.debug('websocket error', { err: err.message }))
+            const cn = (req.socket as TLSSocket).authorized ? peerName(req.socket as TLSSocket) : undefined
+            if (cn) certNames.set(stream, cn)
+            broker.handle(stream, req as never)
+          })
+          https.on('secureConnection', (s) => {
+            sockets.add(s)
+            s.on('close', () => sockets.delete(s))
+          })
+          await listen(https, config.tls.host, config.tls.wsPort)
+        }
+      }
+    },
+    /**
+     * Re-reads the certificate files (SIGHUP): new connections get the new certificate, open ones
+     * keep theirs. A bad file leaves the old certificate in place and throws.
+     */
+    reloadTls(): void {
+      if (!tlsServer) return
+      const secure = tlsOptions()
+      tlsServer.setSecureContext(secure)
+      https?.setSecureContext(secure)
+      log.info('TLS certificates reloaded', { certFile: config.tls.certFile })
     },
     /** Publishes as the broker itself (OTA commands, retained config). Resolves once queued for delivery. */
     publish(topic: string, payload: string | Buffer, options: { qos?: 0 | 1 | 2; retain?: boolean } = {}): Promise<void> {
@@ -204,10 +281,12 @@ export function createBroker(opts: BrokerOptions) {
       })
     },
     /** Bound addresses (port 0 in tests resolves to the real port here). */
-    addresses(): { mqtt?: AddressInfo; ws?: AddressInfo } {
+    addresses(): { mqtt?: AddressInfo; ws?: AddressInfo; mqtts?: AddressInfo; wss?: AddressInfo } {
       return {
         mqtt: (tcp?.address() as AddressInfo | null) ?? undefined,
         ws: (http?.address() as AddressInfo | null) ?? undefined,
+        mqtts: (tlsServer?.address() as AddressInfo | null) ?? undefined,
+        wss: (https?.address() as AddressInfo | null) ?? undefined,
       }
     },
     health(): { ok: boolean; clients: number; connections: number; messagesIn: number; clientErrors: number; authFailures: number; denied: number; pendingStateChanges: number } {
@@ -223,10 +302,11 @@ export function createBroker(opts: BrokerOptions) {
       aedes = undefined
       const closing: Array<Promise<void>> = []
       // Stop accepting first, then close the clients: aedes does not close the listeners it was handed.
-      for (const server of [tcp, http]) {
+      for (const server of [tcp, http, tlsServer, https]) {
         if (server?.listening) closing.push(new Promise((r) => server.close(() => r())))
       }
       wss?.close()
+      wssTls?.close()
       if (broker) await new Promise<void>((r) => broker.close(() => r()))
       for (const s of sockets) s.destroy()
       await Promise.all(closing)
@@ -235,7 +315,9 @@ export function createBroker(opts: BrokerOptions) {
       persistence = undefined
       await p?.destroy()
       tcp = http = undefined
-      wss = undefined
+      tlsServer = undefined
+      https = undefined
+      wss = wssTls = undefined
     },
   }
 }

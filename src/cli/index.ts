@@ -20,6 +20,8 @@ export type CliIo = {
   waitForStop: () => Promise<string>
   /** Whether stdout is a terminal (pretty logs). */
   isTTY: boolean
+  /** Registers what to do on SIGHUP (reload TLS certificates). */
+  onReload?: (fn: () => void) => void
 }
 
 export const HELP = `paku — MQTT broker + PostgreSQL ingest + OTA + EcoFlow in one process
@@ -137,6 +139,13 @@ async function serveCommand(config: Config, path: string | undefined, io: CliIo)
     http: http ? `http://${http.address}:${http.port}/health` : undefined,
     database: app.db.describe(),
     migrationsApplied: app.db.applied.length,
+  })
+  io.onReload?.(() => {
+    try {
+      app.broker.reloadTls()
+    } catch (err) {
+      log.error('reload failed; keeping the current certificates', { err: errorText(err) })
+    }
   })
   const signal = await io.waitForStop()
   log.info('stopping', { signal })

@@ -83,6 +83,26 @@ export const ConfigSchema = v.strictObject({
       maxClientIdLength: v.optional(positiveInt('maxClientIdLength', 65_535), 128),
       /** A socket that has not sent CONNECT within this time is closed. */
       connectTimeoutMs: v.optional(positiveInt('connectTimeoutMs', 600_000), 10_000),
+      /** MQTT over TLS (and WebSocket over TLS), certificates from PEM files; reloaded on SIGHUP. */
+      tls: v.optional(
+        v.pipe(
+          v.strictObject({
+            enabled: v.optional(v.boolean(), false),
+            host: v.optional(v.string(), '0.0.0.0'),
+            port: v.optional(port('port'), 8883),
+            /** WebSocket over TLS port (when mqtt.ws.enabled). */
+            wsPort: v.optional(port('wsPort'), 8884),
+            certFile: v.optional(v.string(), ''),
+            keyFile: v.optional(v.string(), ''),
+            /** CA that signs client certificates; with requireClientCert a valid client certificate is required. */
+            caFile: v.optional(v.string(), ''),
+            requireClientCert: v.optional(v.boolean(), false),
+          }),
+          v.check((t) => !t.enabled || (t.certFile !== '' && t.keyFile !== ''), 'mqtt.tls needs certFile and keyFile when enabled'),
+          v.check((t) => !t.requireClientCert || t.caFile !== '', 'mqtt.tls.requireClientCert needs caFile'),
+        ),
+        {},
+      ),
       /** Accept clients without a username (development only; the committed dev config binds 127.0.0.1). */
       allowAnonymous: v.optional(v.boolean('mqtt.allowAnonymous must be true or false'), false),
       /** The old stack's one shared credential (MQTT_USER/MQTT_PASSWORD): full rights, for existing devices and the HA bridge. */
