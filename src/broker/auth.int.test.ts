@@ -5,14 +5,18 @@ import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from
 import { runCli, type CliIo } from '../cli/index.js'
 import { addCredential, hashPassword, verifyPassword } from './credentials.js'
 
-async function refusal(url: string, opts: mqtt.IClientOptions): Promise<string> {
-  try {
-    const c = await mqtt.connectAsync(url, { ...opts, reconnectPeriod: 0, connectTimeout: 3000 })
-    await c.endAsync()
-    return 'connected'
-  } catch (err) {
-    return (err as Error).message
-  }
+/** 'connected', the refusal message, or 'closed' when the server dropped the socket before CONNACK. */
+function refusal(url: string, opts: mqtt.IClientOptions): Promise<string> {
+  return new Promise((resolve) => {
+    const c = mqtt.connect(url, { ...opts, reconnectPeriod: 0, connectTimeout: 3000 })
+    const finish = (result: string) => {
+      c.end(true)
+      resolve(result)
+    }
+    c.once('connect', () => finish('connected'))
+    c.once('error', (err) => finish(err.message))
+    c.once('close', () => finish('closed'))
+  })
 }
 
 describe('MQTT authentication and topic permissions', () => {
@@ -119,5 +123,39 @@ describe('paku device add|list|remove', () => {
     assert.equal(await verifyPassword('x', 'plain-text'), false)
     assert.equal(await verifyPassword('x', 'scrypt$16384$8$1$$'), false)
     assert.equal(await verifyPassword('pw', await hashPassword('pw')), true)
+  })
+})
+
+describe('abuse limits per address', () => {
+  it('refuses MQTT logins from an address after repeated failures, even with the right password', async (t) => {
+    const url = await testDatabase(t)
+    const sut = await startApp(t, testConfig({ databaseUrl: url, mqtt: { allowAnonymous: false, username: 'edge', password: 'shared-secret', maxAuthFailuresPerMinute: 3 } }))
+    for (let i = 0; i < 3; i++) assert.match(await refusal(sut.mqttUrl, { username: 'edge', password: `guess-${i}` }), /Bad username or password/)
+    assert.match(await refusal(sut.mqttUrl, { username: 'edge', password: 'shared-secret' }), /Not authorized/)
+  })
+
+  it('caps open connections per address', async (t) => {
+    const url = await testDatabase(t)
+    const sut = await startApp(t, testConfig({ databaseUrl: url, mqtt: { maxConnectionsPerAddress: 2 } }))
+    const a = await mqtt.connectAsync(sut.mqttUrl, { reconnectPeriod: 0 })
+    const b = await mqtt.connectAsync(sut.mqttUrl, { reconnectPeriod: 0 })
+    assert.notEqual(await refusal(sut.mqttUrl, {}), 'connected')
+    await a.endAsync()
+    await eventually(async () => (await refusal(sut.mqttUrl, {})) === 'connected', { what: 'a free slot again' })
+    await b.endAsync()
+    const h = (await (await fetch(`${sut.httpUrl}/health`)).json()) as { broker: { refusedConnections: number } }
+    assert.ok(h.broker.refusedConnections >= 1)
+  })
+
+  it('answers 429 with Retry-After after repeated wrong admin keys from one address', async (t) => {
+    const url = await testDatabase(t)
+    const sut = await startApp(t, testConfig({ databaseUrl: url, http: { adminApiKey: 'right-key', maxAuthFailuresPerMinute: 3 } }))
+    const get = (key: string) => fetch(`${sut.httpUrl}/api/admin/ecoflow/devices`, { headers: { 'x-api-key': key } })
+    assert.equal((await get('right-key')).status, 200)
+    for (let i = 0; i < 3; i++) assert.equal((await get(`wrong-${i}`)).status, 401)
+    const blocked = await get('right-key')
+    assert.equal(blocked.status, 429)
+    assert.ok(Number(blocked.headers.get('retry-after')) > 0)
+    assert.match(((await blocked.json()) as { message: string }).message, /too many failed attempts/)
   })
 })

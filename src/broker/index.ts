@@ -12,6 +12,7 @@ import type { DB } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
 import { canPublish, canSubscribe, type Identity } from './acl.js'
 import { checkCredential } from './credentials.js'
+import { createFailureLimiter } from '../util/failure-limiter.js'
 import { guardStream } from './packet-guard.js'
 import { PgPersistence } from './pg-persistence.js'
 
@@ -60,8 +61,36 @@ export function createBroker(opts: BrokerOptions) {
   let wssTls: WebSocketServer | undefined
   /** The verified client certificate's CN per connection stream, for certificate logins. */
   const certNames = new WeakMap<object, string>()
+  /** The remote address per connection stream, for the failed-login limiter. */
+  const addresses = new WeakMap<object, string>()
+  const perAddress = new Map<string, number>()
+  const limiter = createFailureLimiter({ maxFailures: config.maxAuthFailuresPerMinute })
+
+  /**
+   * Admits a socket unless its address already holds maxConnectionsPerAddress; tracks it until it
+   * closes. Returns false (and destroys it) when refused.
+   */
+  const admit = (socket: Socket): boolean => {
+    const ip = socket.remoteAddress ?? 'unknown'
+    const open = perAddress.get(ip) ?? 0
+    if (open >= config.maxConnectionsPerAddress) {
+      counts.refusedConnections++
+      warnOnce(`conn:${ip}`, 'too many connections from one address; refusing', { address: ip, limit: config.maxConnectionsPerAddress })
+      socket.destroy()
+      return false
+    }
+    perAddress.set(ip, open + 1)
+    sockets.add(socket)
+    socket.once('close', () => {
+      sockets.delete(socket)
+      const n = (perAddress.get(ip) ?? 1) - 1
+      if (n <= 0) perAddress.delete(ip)
+      else perAddress.set(ip, n)
+    })
+    return true
+  }
   const sockets = new Set<Socket>()
-  const counts = { connections: 0, messagesIn: 0, clientErrors: 0, authFailures: 0, denied: 0 }
+  const counts = { connections: 0, messagesIn: 0, clientErrors: 0, authFailures: 0, denied: 0, refusedConnections: 0 }
   const identities = new WeakMap<Client, Identity>()
   const lastAuthLog = new Map<string, number>()
   const shared = config.username && config.password ? { user: digest(config.username), pass: digest(config.password) } : undefined
@@ -124,12 +153,21 @@ export function createBroker(opts: BrokerOptions) {
         maxClientsIdLength: config.maxClientIdLength,
         maxTopicLevels: config.maxTopicLevels,
         authenticate: (client: Client, username: string | undefined, password: Buffer | undefined, done: (error: (Error & { returnCode: number }) | null, success: boolean | null) => void) => {
+          const ip = addresses.get(client.conn as object) ?? 'unknown'
+          const wait = limiter.blockedFor(ip)
+          if (wait > 0) {
+            counts.authFailures++
+            warnOnce(`blocked:${ip}`, 'MQTT logins from this address refused after repeated failures', { address: ip, retryInSeconds: Math.ceil(wait / 1000) })
+            return done(Object.assign(new Error('too many failed logins'), { returnCode: 5 }), null)
+          }
           identify(username, password, certNames.get(client.conn as object)).then(
             (who) => {
               if (who) {
+                if (username) limiter.succeed(ip)
                 identities.set(client, who)
                 return done(null, true)
               }
+              limiter.fail(ip)
               counts.authFailures++
               warnOnce(`auth:${username ?? ''}`, 'MQTT login refused', { clientId: client.id, username: username ?? null, reason: username ? 'bad username or password' : 'anonymous not allowed' })
               // CONNACK 4 (bad user name or password) or 5 (not authorized) — MQTT 3.1.1 §3.2.2.3.
@@ -202,9 +240,10 @@ export function createBroker(opts: BrokerOptions) {
 
       // noDelay: without it Nagle's algorithm holds each PUBACK ~40 ms waiting for more bytes.
       tcp = createServer({ noDelay: true }, (socket) => {
-        sockets.add(socket)
-        socket.on('close', () => sockets.delete(socket))
-        broker.handle(guardStream(socket, config.maxPacketBytes))
+        if (!admit(socket)) return
+        const stream = guardStream(socket, config.maxPacketBytes)
+        addresses.set(stream, socket.remoteAddress ?? 'unknown')
+        broker.handle(stream)
       })
       await listen(tcp, config.host, config.port)
 
@@ -217,12 +256,12 @@ export function createBroker(opts: BrokerOptions) {
         wss.on('connection', (ws, req) => {
           const stream = createWebSocketStream(ws)
           stream.on('error', (err) => log.debug('websocket error', { err: err.message }))
+          addresses.set(stream, req.socket.remoteAddress ?? 'unknown')
           broker.handle(stream, req as never)
         })
-        http.on('connection', (s) => {
+        http.on('connection', (s: Socket) => {
           s.setNoDelay(true)
-          sockets.add(s)
-          s.on('close', () => sockets.delete(s))
+          admit(s)
         })
         await listen(http, config.ws.host, config.ws.port)
       }
@@ -230,14 +269,15 @@ export function createBroker(opts: BrokerOptions) {
       if (config.tls.enabled) {
         const secure = tlsOptions()
         const onTlsSocket = (socket: TLSSocket) => {
-          sockets.add(socket)
-          socket.on('close', () => sockets.delete(socket))
           const stream = guardStream(socket, config.maxPacketBytes)
+          addresses.set(stream, socket.remoteAddress ?? 'unknown')
           const cn = socket.authorized ? peerName(socket) : undefined
           if (cn) certNames.set(stream, cn)
           broker.handle(stream)
         }
         tlsServer = createTlsServer({ ...secure, noDelay: true }, onTlsSocket)
+        // Counted from the TCP accept, before the TLS handshake spends CPU.
+        tlsServer.on('connection', (s: Socket) => admit(s))
         tlsServer.on('tlsClientError', (err) => log.debug('TLS handshake failed', { err: err.message }))
         await listen(tlsServer, config.tls.host, config.tls.port)
         if (config.ws.enabled) {
@@ -248,12 +288,10 @@ export function createBroker(opts: BrokerOptions) {
             stream.on('error', (err) => log.debug('websocket error', { err: err.message }))
             const cn = (req.socket as TLSSocket).authorized ? peerName(req.socket as TLSSocket) : undefined
             if (cn) certNames.set(stream, cn)
+            addresses.set(stream, req.socket.remoteAddress ?? 'unknown')
             broker.handle(stream, req as never)
           })
-          https.on('secureConnection', (s) => {
-            sockets.add(s)
-            s.on('close', () => sockets.delete(s))
-          })
+          https.on('connection', (s: Socket) => admit(s))
           await listen(https, config.tls.host, config.tls.wsPort)
         }
       }
@@ -289,7 +327,7 @@ export function createBroker(opts: BrokerOptions) {
         wss: (https?.address() as AddressInfo | null) ?? undefined,
       }
     },
-    health(): { ok: boolean; clients: number; connections: number; messagesIn: number; clientErrors: number; authFailures: number; denied: number; pendingStateChanges: number } {
+    health(): { ok: boolean; clients: number; pendingStateChanges: number } & typeof counts {
       return {
         ok: aedes !== undefined && tcp?.listening === true,
         clients: aedes?.connectedClients ?? 0,

@@ -103,6 +103,10 @@ export const ConfigSchema = v.strictObject({
         ),
         {},
       ),
+      /** Failed logins per address and minute before that address is refused for a minute. */
+      maxAuthFailuresPerMinute: v.optional(positiveInt('maxAuthFailuresPerMinute', 10_000), 10),
+      /** Open connections per remote address (a NAT'd site with many devices may need more). */
+      maxConnectionsPerAddress: v.optional(positiveInt('maxConnectionsPerAddress', 1_000_000), 256),
       /** Accept clients without a username (development only; the committed dev config binds 127.0.0.1). */
       allowAnonymous: v.optional(v.boolean('mqtt.allowAnonymous must be true or false'), false),
       /** The old stack's one shared credential (MQTT_USER/MQTT_PASSWORD): full rights, for existing devices and the HA bridge. */
@@ -115,6 +119,8 @@ export const ConfigSchema = v.strictObject({
     v.strictObject({
       host: v.optional(v.string(), '0.0.0.0'),
       port: v.optional(port('port'), 8080),
+      /** Failed admin-key attempts per address and minute before that address gets 429 for a minute. */
+      maxAuthFailuresPerMinute: v.optional(positiveInt('maxAuthFailuresPerMinute', 10_000), 10),
       /** Key for /api/admin/* (header X-API-Key or Authorization: Bearer). Empty: admin routes answer 503. */
       adminApiKey: v.optional(v.string('http.adminApiKey must be a string'), ''),
     }),

@@ -28,5 +28,5 @@ export function notFound(c: Context) {
 }
 
 function defaultMessage(status: number): string {
-  return status === 413 ? 'request body too large' : status === 401 ? 'unauthorized' : status === 503 ? 'unavailable' : 'bad request'
+  return status === 413 ? 'request body too large' : status === 401 ? 'unauthorized' : status === 503 ? 'unavailable' : status === 429 ? 'too many requests' : 'bad request'
 }

@@ -21,11 +21,11 @@ export type HttpOptions = {
 }
 
 /** The Hono app: /health, the subsystems' routes and one JSON error shape. Exposed for app.request() tests. */
-export function buildHttpApp(opts: Omit<HttpOptions, 'config'> & { adminApiKey: string }): Hono {
+export function buildHttpApp(opts: Omit<HttpOptions, 'config'> & { adminApiKey: string; maxAuthFailuresPerMinute?: number }): Hono {
   const app = new Hono()
   app.onError(errorHandler(opts.log))
   app.notFound(notFound)
-  app.use('/api/admin/*', adminAuth(opts.adminApiKey))
+  app.use('/api/admin/*', adminAuth(opts.adminApiKey, opts.maxAuthFailuresPerMinute))
   app.get('/health', async (c) => {
     const report = await opts.health()
     // degraded still serves devices, so load balancers keep it; only down is 503.
@@ -38,7 +38,7 @@ export function buildHttpApp(opts: Omit<HttpOptions, 'config'> & { adminApiKey: 
 /** The HTTP service: listens on config.http, closes (and drains) on stop. */
 export function createHttp(opts: HttpOptions) {
   let server: ServerType | undefined
-  const app = buildHttpApp({ ...opts, adminApiKey: opts.config.adminApiKey })
+  const app = buildHttpApp({ ...opts, adminApiKey: opts.config.adminApiKey, maxAuthFailuresPerMinute: opts.config.maxAuthFailuresPerMinute })
   return {
     name: 'http',
     app,
