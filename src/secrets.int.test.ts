@@ -48,7 +48,7 @@ describe('no secret reaches logs or error responses', () => {
     await call('/health', {})
     for (const password of [SECRETS.mqtt + 'x', SECRETS.admin]) {
       const c = mqtt.connect(mqttUrl, { username: 'edge', password, reconnectPeriod: 0 })
-      await new Promise((r) => c.once('error', r).once('close', r))
+      await new Promise<void>((r) => c.once('error', () => r()).once('close', () => r()))
       c.end(true)
     }
     const ok = await mqtt.connectAsync(mqttUrl, { username: 'edge', password: SECRETS.mqtt })
