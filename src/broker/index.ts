@@ -152,6 +152,7 @@ export function createBroker(opts: BrokerOptions) {
         connectTimeout: config.connectTimeoutMs,
         maxClientsIdLength: config.maxClientIdLength,
         maxTopicLevels: config.maxTopicLevels,
+        maxInflightInbound: config.maxInflightInbound,
         authenticate: (client: Client, username: string | undefined, password: Buffer | undefined, done: (error: (Error & { returnCode: number }) | null, success: boolean | null) => void) => {
           const ip = addresses.get(client.conn as object) ?? 'unknown'
           const wait = limiter.blockedFor(ip)

@@ -56,7 +56,9 @@ export function loadConfig(opts: LoadOptions): LoadResult {
   const result = v.safeParse(ConfigSchema, overlaid.value)
   if (!result.success) {
     for (const issue of result.issues) {
-      const dot = v.getDotPath(issue) ?? '(root)'
+      const raw = v.getDotPath(issue) ?? '(root)'
+      // A key with spaces or symbols (a typo, or hostile input) is quoted so the line stays readable.
+      const dot = /^[\w.()-]+$/.test(raw) ? raw : JSON.stringify(raw)
       // An issue inside a value (an array element) still names the variable that set the value.
       const envName = [...overlaid.sources].find(([path]) => dot === path || dot.startsWith(`${path}.`))?.[1]
       const where = envName ? `${dot} (from ${envName})` : dot

@@ -103,6 +103,8 @@ export const ConfigSchema = v.strictObject({
         ),
         {},
       ),
+      /** QoS 2 messages a client may have awaiting PUBREL; more closes the connection (aedes' guard). */
+      maxInflightInbound: v.optional(positiveInt('maxInflightInbound', 65_535), 100),
       /** Failed logins per address and minute before that address is refused for a minute. */
       maxAuthFailuresPerMinute: v.optional(positiveInt('maxAuthFailuresPerMinute', 10_000), 10),
       /** Open connections per remote address (a NAT'd site with many devices may need more). */
@@ -119,6 +121,8 @@ export const ConfigSchema = v.strictObject({
     v.strictObject({
       host: v.optional(v.string(), '0.0.0.0'),
       port: v.optional(port('port'), 8080),
+      /** Largest request body on /api/* (routes that take uploads set their own, larger limit). */
+      maxBodyBytes: v.optional(positiveInt('maxBodyBytes', 1_073_741_824), 1_048_576),
       /** Failed admin-key attempts per address and minute before that address gets 429 for a minute. */
       maxAuthFailuresPerMinute: v.optional(positiveInt('maxAuthFailuresPerMinute', 10_000), 10),
       /** Key for /api/admin/* (header X-API-Key or Authorization: Bearer). Empty: admin routes answer 503. */

@@ -58,6 +58,13 @@ describe('http app', () => {
     })
   }
 
+  it('refuses a body over http.maxBodyBytes with 413 before the route reads it', async () => {
+    const a = buildHttpApp({ log, health: async () => ({ status: 'ok' }), routes: [], adminApiKey: 'k', maxBodyBytes: 100 })
+    const res = await a.request('/api/admin/x', { method: 'POST', headers: { 'x-api-key': 'k', 'content-length': '5000' }, body: 'x'.repeat(5000) })
+    assert.equal(res.status, 413)
+    assert.deepEqual(await res.json(), { status: 413, message: 'request body over 100 bytes' })
+  })
+
   it('admin routes answer 503 when no key is configured', async () => {
     const a = buildHttpApp({ log, health: async () => ({ status: 'ok' }), routes: [], adminApiKey: '' })
     const res = await a.request('/api/admin/anything', { headers: { 'x-api-key': '' } })

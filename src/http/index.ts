@@ -1,6 +1,8 @@
 import type { AddressInfo } from 'node:net'
 import { serve, type ServerType } from '@hono/node-server'
 import { Hono } from 'hono'
+import { bodyLimit } from 'hono/body-limit'
+import { HTTPException } from 'hono/http-exception'
 import type { Config } from '../config/index.js'
 import type { Logger } from '../log/index.js'
 import { adminAuth } from './auth.js'
@@ -21,10 +23,12 @@ export type HttpOptions = {
 }
 
 /** The Hono app: /health, the subsystems' routes and one JSON error shape. Exposed for app.request() tests. */
-export function buildHttpApp(opts: Omit<HttpOptions, 'config'> & { adminApiKey: string; maxAuthFailuresPerMinute?: number }): Hono {
+export function buildHttpApp(opts: Omit<HttpOptions, 'config'> & { adminApiKey: string; maxAuthFailuresPerMinute?: number; maxBodyBytes?: number }): Hono {
   const app = new Hono()
   app.onError(errorHandler(opts.log))
   app.notFound(notFound)
+  const maxBody = opts.maxBodyBytes ?? 1_048_576
+  app.use('/api/*', bodyLimit({ maxSize: maxBody, onError: () => { throw new HTTPException(413, { message: `request body over ${maxBody} bytes` }) } }))
   app.use('/api/admin/*', adminAuth(opts.adminApiKey, opts.maxAuthFailuresPerMinute))
   app.get('/health', async (c) => {
     const report = await opts.health()
@@ -38,7 +42,7 @@ export function buildHttpApp(opts: Omit<HttpOptions, 'config'> & { adminApiKey: 
 /** The HTTP service: listens on config.http, closes (and drains) on stop. */
 export function createHttp(opts: HttpOptions) {
   let server: ServerType | undefined
-  const app = buildHttpApp({ ...opts, adminApiKey: opts.config.adminApiKey, maxAuthFailuresPerMinute: opts.config.maxAuthFailuresPerMinute })
+  const app = buildHttpApp({ ...opts, adminApiKey: opts.config.adminApiKey, maxAuthFailuresPerMinute: opts.config.maxAuthFailuresPerMinute, maxBodyBytes: opts.config.maxBodyBytes })
   return {
     name: 'http',
     app,
