@@ -3,7 +3,7 @@ import { createBroker } from './broker/index.js'
 import type { Config } from './config/index.js'
 import { createDatabase, type SqlFile } from './db/index.js'
 import { createEcoflow } from './ecoflow/index.js'
-import { createHttp, type HealthReport } from './http/index.js'
+import { createHttp, lookupKey, type HealthReport } from './http/index.js'
 import { createIngest } from './ingest/index.js'
 import { errorText, type Logger } from './log/index.js'
 
@@ -51,7 +51,13 @@ export function createApp(opts: AppOptions) {
     }
   }
 
-  const http = createHttp({ config: config.http, log: log.child('http'), health, routes: [ecoflow.routes] })
+  const http = createHttp({
+    config: config.http,
+    log: log.child('http'),
+    health,
+    routes: [ecoflow.routes],
+    lookupKey: (key) => lookupKey(db.db, key),
+  })
 
   // Start order (design §3.3): db → ingest → broker → ecoflow → http. Stop is the reverse, so
   // producers stop before the last flush and the flush happens before the pool closes.

@@ -159,3 +159,40 @@ describe('abuse limits per address', () => {
     assert.match(((await blocked.json()) as { message: string }).message, /too many failed attempts/)
   })
 })
+
+describe('named admin keys with scopes', () => {
+  it('paku key create/list/revoke: keys work with their scopes, are stored hashed, and stop working when revoked', async (t) => {
+    const url = await testDatabase(t)
+    const env = { PAKU_DATABASE_URL: url, PAKU_LOG_LEVEL: 'silent' }
+    const run = async (argv: string[]) => {
+      const out: string[] = []
+      const io: CliIo = { env, out: (l) => out.push(l), err: (l) => out.push(l), waitForStop: () => new Promise(() => {}), isTTY: false }
+      return { code: await runCli(argv, io), text: out.join('\n') }
+    }
+    const reader = await run(['key', 'create', 'grafana-reader', '--scopes', 'read'])
+    const ci = await run(['key', 'create', 'firmware-ci', '--scopes', 'upload,rollout'])
+    const admin = await run(['key', 'create', 'ops', '--scopes', 'admin'])
+    for (const r of [reader, ci, admin]) assert.equal(r.code, 0, r.text)
+    const keyOf = (text: string) => /key \(shown once\): (paku_\S+)$/.exec(text)?.[1] as string
+    assert.equal((await run(['key', 'create', 'ops', '--scopes', 'read'])).code, 1, 'names are unique')
+    assert.equal((await run(['key', 'create', 'x', '--scopes', 'root'])).code, 2)
+
+    const sut = await startApp(t, testConfig({ databaseUrl: url }))
+    const call = (key: string, method = 'GET', path = '/api/admin/ecoflow/devices') => fetch(`${sut.httpUrl}${path}`, { method, headers: { 'x-api-key': key } })
+    assert.equal((await call(keyOf(reader.text))).status, 200, 'read scope reads')
+    const denied = await call(keyOf(reader.text), 'POST', '/api/admin/ecoflow/poll')
+    assert.equal(denied.status, 403)
+    assert.match(((await denied.json()) as { message: string }).message, /lacks the "admin" scope/)
+    assert.equal((await call(keyOf(ci.text))).status, 403, 'upload/rollout keys cannot read device state')
+    assert.equal((await call(keyOf(admin.text), 'POST', '/api/admin/ecoflow/poll')).status, 409, 'admin passes auth (EcoFlow is off)')
+
+    const db = await sqlClient(t, url)
+    const stored = JSON.stringify((await db.query('SELECT * FROM admin_keys')).rows)
+    assert.doesNotMatch(stored, new RegExp(keyOf(reader.text)))
+    assert.equal((await run(['key', 'revoke', 'grafana-reader'])).code, 0)
+    assert.equal((await call(keyOf(reader.text))).status, 401, 'revoked')
+    const list = await run(['key', 'list'])
+    assert.match(list.text, /grafana-reader\tread\tcreated .*\trevoked /)
+    assert.doesNotMatch(list.text, /paku_/)
+  })
+})

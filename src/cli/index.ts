@@ -5,6 +5,7 @@ import { sqlDir, versionInfo } from '../assets.js'
 import { loadConfig, maskSecrets, type Config } from '../config/index.js'
 import { addCredential, listCredentials, removeCredential, ROLES, USERNAME, type Role } from '../broker/credentials.js'
 import { createDatabase, readSqlDir } from '../db/index.js'
+import { createKey, KEY_NAME, listKeys, revokeKey, SCOPES, type Scope } from '../http/index.js'
 import { runEmulator } from '../emulate/index.js'
 import { createLogger, errorText } from '../log/index.js'
 
@@ -32,6 +33,7 @@ usage: paku <command> [--config FILE]
   check-config             validate the config and print it with secrets masked
   emulate ruuvi|heater     publish realistic device data (see --help-emulate)
   device add|list|remove   MQTT credentials: device add ID [--password P] [--role device|bridge|service]
+  key create|list|revoke   admin API keys: key create NAME --scopes read,upload,rollout,admin
   version                  print version and commit
 config: --config FILE, else $PAKU_CONFIG, else ./paku.config.json; PAKU_* env overrides.
 docs: README.md (config reference, ports, topics)`
@@ -65,6 +67,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
         username: { type: 'string' },
         password: { type: 'string' },
         role: { type: 'string' },
+        scopes: { type: 'string' },
       },
     })
   } catch (err) {
@@ -86,7 +89,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     io.out(`paku ${v.version} (${v.commit}) node ${process.version}`)
     return 0
   }
-  if (!['serve', 'migrate', 'check-config', 'emulate', 'device'].includes(command)) {
+  if (!['serve', 'migrate', 'check-config', 'emulate', 'device', 'key'].includes(command)) {
     io.err(`unknown command ${JSON.stringify(command)}\n\n${HELP}`)
     return 2
   }
@@ -111,6 +114,8 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       return emulateCommand(config, positionals[1], values, io)
     case 'device':
       return deviceCommand(config, positionals.slice(1), values, io)
+    case 'key':
+      return keyCommand(config, positionals.slice(1), values, io)
     default:
       return serveCommand(config, loaded.path, io)
   }
@@ -179,6 +184,54 @@ async function migrateCommand(config: Config, io: CliIo): Promise<number> {
     return 0
   } catch (err) {
     io.err(`migrate failed: ${errorText(err)}`)
+    return 1
+  } finally {
+    await db.stop().catch(() => undefined)
+  }
+}
+
+/** `paku key create|list|revoke`: named admin API keys with scopes; a key is shown once. */
+async function keyCommand(config: Config, args: string[], values: Record<string, string | boolean | undefined>, io: CliIo): Promise<number> {
+  const [action, name] = args
+  if (action !== 'create' && action !== 'list' && action !== 'revoke') {
+    io.err('usage: paku key create NAME --scopes read,upload,rollout,admin | key list | key revoke NAME')
+    return 2
+  }
+  if (action !== 'list' && (!name || !KEY_NAME.test(name))) {
+    io.err('key name must be 1–64 characters of a-z 0-9 _ . - (e.g. firmware-ci)')
+    return 2
+  }
+  const scopes = String(values.scopes ?? '').split(',').map((x) => x.trim()).filter(Boolean)
+  if (action === 'create' && (scopes.length === 0 || scopes.some((x) => !(SCOPES as readonly string[]).includes(x)))) {
+    io.err(`--scopes must be a comma-separated list of ${SCOPES.join(', ')}`)
+    return 2
+  }
+  const log = logger(config, io)
+  const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: readSqlDir(sqlDir()) })
+  try {
+    await db.start()
+    if (action === 'list') {
+      const rows = await listKeys(db.db)
+      if (rows.length === 0) io.out('no admin keys')
+      for (const k of rows) {
+        io.out(`${k.name}\t${k.scopes.join(',')}\tcreated ${k.created_at.toISOString()}\tlast used ${k.last_used_at?.toISOString() ?? 'never'}${k.revoked_at ? `\trevoked ${k.revoked_at.toISOString()}` : ''}`)
+      }
+      return 0
+    }
+    if (action === 'revoke') {
+      if (!(await revokeKey(db.db, name as string))) {
+        io.err(`no active key named ${name}`)
+        return 1
+      }
+      io.out(`revoked ${name}`)
+      return 0
+    }
+    const key = await createKey(db.db, name as string, scopes as Scope[])
+    io.out(`created ${name} (${scopes.join(',')}); key (shown once): ${key}`)
+    return 0
+  } catch (err) {
+    const duplicate = (err as { code?: string }).code === '23505'
+    io.err(duplicate ? `a key named ${name} exists already (revoke it or choose another name)` : `key ${action} failed: ${errorText(err)}`)
     return 1
   } finally {
     await db.stop().catch(() => undefined)

@@ -2,6 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import type { MiddlewareHandler } from 'hono'
 import { HTTPException } from 'hono/http-exception'
 import { createFailureLimiter } from '../util/failure-limiter.js'
+import { requiredScope, SCOPES, type Scope } from './admin-keys.js'
 
 const digest = (s: string) => createHash('sha256').update(s, 'utf8').digest()
 
@@ -10,11 +11,13 @@ const digest = (s: string) => createHash('sha256').update(s, 'utf8').digest()
  * CI workflow sends) or `Authorization: Bearer`. Compared in constant time over fixed-length digests;
  * never logged. With no key configured the admin API is off (503), as in the old service.
  */
-export function adminAuth(apiKey: string, maxFailuresPerMinute = 10): MiddlewareHandler {
+export type KeyLookup = (key: string) => Promise<{ name: string; scopes: readonly Scope[] } | undefined>
+
+export function adminAuth(apiKey: string, maxFailuresPerMinute = 10, lookup?: KeyLookup): MiddlewareHandler {
   const expected = apiKey ? digest(apiKey) : undefined
   const limiter = createFailureLimiter({ maxFailures: maxFailuresPerMinute })
   return async (c, next) => {
-    if (!expected) throw new HTTPException(503, { message: 'admin API disabled: set PAKU_ADMIN_API_KEY' })
+    if (!expected && !lookup) throw new HTTPException(503, { message: 'admin API disabled: set PAKU_ADMIN_API_KEY or create a key with `paku key create`' })
     const ip = remoteAddress(c.env)
     const wait = limiter.blockedFor(ip)
     if (wait > 0) {
@@ -23,11 +26,17 @@ export function adminAuth(apiKey: string, maxFailuresPerMinute = 10): Middleware
     }
     const bearer = c.req.header('authorization')?.match(/^Bearer\s+(.+)$/i)?.[1]
     const given = c.req.header('x-api-key') ?? bearer
-    if (!given || !timingSafeEqual(digest(given), expected)) {
+    // The configured key (PAKU_ADMIN_API_KEY, the old OTA_API_KEY's successor) has every scope;
+    // named keys from `paku key create` have theirs.
+    const scopes: readonly Scope[] | undefined =
+      given && expected && timingSafeEqual(digest(given), expected) ? SCOPES : given && lookup ? (await lookup(given))?.scopes : undefined
+    if (!scopes) {
       limiter.fail(ip)
       throw new HTTPException(401, { message: 'missing or wrong API key' })
     }
     limiter.succeed(ip)
+    const need = requiredScope(c.req.method, c.req.path)
+    if (!scopes.includes(need) && !scopes.includes('admin')) throw new HTTPException(403, { message: `this key lacks the "${need}" scope` })
     await next()
   }
 }

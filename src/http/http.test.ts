@@ -69,7 +69,7 @@ describe('http app', () => {
     const a = buildHttpApp({ log, health: async () => ({ status: 'ok' }), routes: [], adminApiKey: '' })
     const res = await a.request('/api/admin/anything', { headers: { 'x-api-key': '' } })
     assert.equal(res.status, 503)
-    assert.deepEqual(await res.json(), { status: 503, message: 'admin API disabled: set PAKU_ADMIN_API_KEY' })
+    assert.deepEqual(await res.json(), { status: 503, message: 'admin API disabled: set PAKU_ADMIN_API_KEY or create a key with `paku key create`' })
   })
 
   it('turns an unexpected error into 500 "internal error" with a request id, leaking nothing', async () => {

@@ -5,10 +5,11 @@ import { bodyLimit } from 'hono/body-limit'
 import { HTTPException } from 'hono/http-exception'
 import type { Config } from '../config/index.js'
 import type { Logger } from '../log/index.js'
-import { adminAuth } from './auth.js'
+import { adminAuth, type KeyLookup } from './auth.js'
 import { errorHandler, notFound } from './errors.js'
 
 export { errorHandler, notFound, type ErrorBody } from './errors.js'
+export { createKey, listKeys, lookupKey, revokeKey, SCOPES, KEY_NAME, type Scope } from './admin-keys.js'
 
 export type HealthStatus = 'ok' | 'degraded' | 'down'
 export type HealthReport = { status: HealthStatus } & Record<string, unknown>
@@ -20,6 +21,8 @@ export type HttpOptions = {
   health: () => Promise<HealthReport>
   /** Routes of other subsystems, mounted at `/`; everything under /api/admin/ needs the admin key. */
   routes?: ReadonlyArray<Hono>
+  /** Finds a named key (`paku key create`); app.ts passes the database lookup. */
+  lookupKey?: KeyLookup
 }
 
 /** The Hono app: /health, the subsystems' routes and one JSON error shape. Exposed for app.request() tests. */
@@ -29,7 +32,7 @@ export function buildHttpApp(opts: Omit<HttpOptions, 'config'> & { adminApiKey: 
   app.notFound(notFound)
   const maxBody = opts.maxBodyBytes ?? 1_048_576
   app.use('/api/*', bodyLimit({ maxSize: maxBody, onError: () => { throw new HTTPException(413, { message: `request body over ${maxBody} bytes` }) } }))
-  app.use('/api/admin/*', adminAuth(opts.adminApiKey, opts.maxAuthFailuresPerMinute))
+  app.use('/api/admin/*', adminAuth(opts.adminApiKey, opts.maxAuthFailuresPerMinute, opts.lookupKey))
   app.get('/health', async (c) => {
     const report = await opts.health()
     // degraded still serves devices, so load balancers keep it; only down is 503.

@@ -1,0 +1,44 @@
+import { createHash, randomBytes } from 'node:crypto'
+import { sql, type Kysely } from 'kysely'
+import type { DB } from '../db/index.js'
+
+/** What a key may do; `admin` includes all the others. */
+export const SCOPES = ['read', 'upload', 'rollout', 'admin'] as const
+export type Scope = (typeof SCOPES)[number]
+
+export const KEY_NAME = /^[a-z0-9][a-z0-9_.-]{0,63}$/
+
+const sha256 = (key: string) => createHash('sha256').update(key, 'utf8').digest('hex')
+
+/** Creates a key and returns it; it is shown once and only its hash is stored. */
+export async function createKey(db: Kysely<DB>, name: string, scopes: Scope[]): Promise<string> {
+  const key = `paku_${randomBytes(32).toString('base64url')}`
+  await sql`INSERT INTO admin_keys (name, key_sha256, scopes) VALUES (${name}, ${sha256(key)}, ${scopes}::text[])`.execute(db)
+  return key
+}
+
+export async function revokeKey(db: Kysely<DB>, name: string): Promise<boolean> {
+  const r = await sql`UPDATE admin_keys SET revoked_at = NOW() WHERE name = ${name} AND revoked_at IS NULL`.execute(db)
+  return Number(r.numAffectedRows ?? 0) > 0
+}
+
+export async function listKeys(db: Kysely<DB>): Promise<Array<{ name: string; scopes: string[]; created_at: Date; last_used_at: Date | null; revoked_at: Date | null }>> {
+  const r = await sql<{ name: string; scopes: string[]; created_at: Date; last_used_at: Date | null; revoked_at: Date | null }>`
+    SELECT name, scopes, created_at, last_used_at, revoked_at FROM admin_keys ORDER BY name`.execute(db)
+  return r.rows
+}
+
+/** The key's name and scopes when it is valid and not revoked; records its use. */
+export async function lookupKey(db: Kysely<DB>, key: string): Promise<{ name: string; scopes: Scope[] } | undefined> {
+  const r = await sql<{ name: string; scopes: Scope[] }>`
+    UPDATE admin_keys SET last_used_at = NOW() WHERE key_sha256 = ${sha256(key)} AND revoked_at IS NULL RETURNING name, scopes`.execute(db)
+  return r.rows[0]
+}
+
+/** The scope a request needs: reads need `read`; firmware uploads `upload`; rollouts `rollout`; the rest `admin`. */
+export function requiredScope(method: string, path: string): Scope {
+  if (method === 'GET' || method === 'HEAD') return 'read'
+  if (/\/firmware\/(upload|[^/]+\/upload)/.test(path) || /\/firmware\/?$/.test(path)) return 'upload'
+  if (/\/rollouts?(\/|$)/.test(path)) return 'rollout'
+  return 'admin'
+}
