@@ -55,7 +55,7 @@ export function createApp(opts: AppOptions) {
     config: config.http,
     log: log.child('http'),
     health,
-    routes: [ecoflow.routes],
+    routes: [ecoflow.routes, ...(broker.routes ? [broker.routes] : [])],
     lookupKey: (key) => lookupKey(db.db, key),
   })
 

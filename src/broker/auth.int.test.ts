@@ -196,3 +196,35 @@ describe('named admin keys with scopes', () => {
     assert.doesNotMatch(list.text, /paku_/)
   })
 })
+
+describe('MQTT credentials over the admin API', () => {
+  it('adds (generated or given password), lists and removes credentials, validating input', async (t) => {
+    const url = await testDatabase(t)
+    const sut = await startApp(t, testConfig({ databaseUrl: url, http: { adminApiKey: 'ops-key' }, mqtt: { allowAnonymous: false } }))
+    const api = (method: string, path: string, body?: unknown) =>
+      fetch(`${sut.httpUrl}/api/admin/mqtt/credentials${path}`, { method, headers: { 'x-api-key': 'ops-key', 'content-type': 'application/json' }, body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body) })
+    const gen = await api('POST', '', { username: 'ESP32-12345678' })
+    assert.equal(gen.status, 201)
+    const { password } = (await gen.json()) as { password: string }
+    assert.ok(password.length >= 20)
+    const given = await api('POST', '', { username: 'ha-bridge', password: 'bridge-pass-123', role: 'bridge' })
+    assert.deepEqual(await given.json(), { username: 'ha-bridge', role: 'bridge' })
+    const list = (await (await api('GET', '')).json()) as { credentials: Array<{ username: string; role: string }> }
+    assert.deepEqual(list.credentials.map((c) => [c.username, c.role]), [['ESP32-12345678', 'device'], ['ha-bridge', 'bridge']])
+    assert.equal(await refusal(sut.mqttUrl, { username: 'ESP32-12345678', password }), 'connected')
+    for (const [body, message] of [
+      [{ username: 'bad id' }, /username must be/],
+      [{ username: 'ok', password: 'short' }, /at least 8/],
+      [{ username: 'ok', role: 'root' }, /role must be one of/],
+      [{ username: 'ok', extra: 1 }, /Invalid key/],
+      ['{not json', /body must be JSON/],
+    ] as Array<[unknown, RegExp]>) {
+      const res = await api('POST', '', body)
+      assert.equal(res.status, 400)
+      assert.match(((await res.json()) as { message: string }).message, message)
+    }
+    assert.equal((await api('DELETE', '/ESP32-12345678')).status, 204)
+    assert.equal((await api('DELETE', '/ESP32-12345678')).status, 404)
+    assert.match(await refusal(sut.mqttUrl, { username: 'ESP32-12345678', password }), /Bad username or password/)
+  })
+})

@@ -14,6 +14,7 @@ import { canPublish, canSubscribe, type Identity } from './acl.js'
 import { checkCredential } from './credentials.js'
 import { createFailureLimiter } from '../util/failure-limiter.js'
 import { guardStream } from './packet-guard.js'
+import { credentialRoutes } from './routes.js'
 import { PgPersistence } from './pg-persistence.js'
 
 /** What the broker hands to ingest for every PUBLISH a client sends (wills included). */
@@ -145,6 +146,8 @@ export function createBroker(opts: BrokerOptions) {
 
   return {
     name: 'broker',
+    /** Admin routes for MQTT credentials (only with a database). */
+    routes: opts.db ? credentialRoutes(opts.db) : undefined,
     async start(): Promise<void> {
       persistence = opts.db ? new PgPersistence({ db: opts.db, log }) : undefined
       const broker = await Aedes.createBroker({
