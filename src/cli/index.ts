@@ -4,7 +4,7 @@ import { createApp } from '../app.js'
 import { sqlDir, versionInfo } from '../assets.js'
 import { loadConfig, maskSecrets, type Config } from '../config/index.js'
 import { addCredential, listCredentials, removeCredential, ROLES, USERNAME, type Role } from '../broker/credentials.js'
-import { createDatabase, readSqlDir } from '../db/index.js'
+import { createDatabase, readSqlDir, type Database } from '../db/index.js'
 import { createKey, KEY_NAME, listKeys, revokeKey, SCOPES, type Scope } from '../http/index.js'
 import { runEmulator } from '../emulate/index.js'
 import { createLogger, errorText } from '../log/index.js'
@@ -176,14 +176,24 @@ async function serveCommand(config: Config, path: string | undefined, io: CliIo)
 }
 
 async function migrateCommand(config: Config, io: CliIo): Promise<number> {
+  return withDatabase(config, io, 'migrate', async (db) => {
+    io.out(db.applied.length === 0 ? 'no pending migrations' : db.applied.map((n) => `applied ${n}`).join('\n'))
+    return 0
+  })
+}
+
+/**
+ * Runs a command against the configured database (migrations applied), always closing it;
+ * a failure prints `WHAT failed: …` (or `describe(err)`) and returns 1.
+ */
+async function withDatabase(config: Config, io: CliIo, what: string, fn: (db: Database) => Promise<number>, describe?: (err: unknown) => string | undefined): Promise<number> {
   const log = logger(config, io)
   const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: readSqlDir(sqlDir()) })
   try {
     await db.start()
-    io.out(db.applied.length === 0 ? 'no pending migrations' : db.applied.map((n) => `applied ${n}`).join('\n'))
-    return 0
+    return await fn(db)
   } catch (err) {
-    io.err(`migrate failed: ${errorText(err)}`)
+    io.err(describe?.(err) ?? `${what} failed: ${errorText(err)}`)
     return 1
   } finally {
     await db.stop().catch(() => undefined)
@@ -206,36 +216,35 @@ async function keyCommand(config: Config, args: string[], values: Record<string,
     io.err(`--scopes must be a comma-separated list of ${SCOPES.join(', ')}`)
     return 2
   }
-  const log = logger(config, io)
-  const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: readSqlDir(sqlDir()) })
-  try {
-    await db.start()
-    if (action === 'list') {
-      const rows = await listKeys(db.db)
-      if (rows.length === 0) io.out('no admin keys')
-      for (const k of rows) {
-        io.out(`${k.name}\t${k.scopes.join(',')}\tcreated ${k.created_at.toISOString()}\tlast used ${k.last_used_at?.toISOString() ?? 'never'}${k.revoked_at ? `\trevoked ${k.revoked_at.toISOString()}` : ''}`)
+  const duplicate = (err: unknown) =>
+    (err as { code?: string }).code === '23505' ? `a key named ${name} exists already (revoke it or choose another name)` : undefined
+  return withDatabase(
+    config,
+    io,
+    `key ${action}`,
+    async (db) => {
+      if (action === 'list') {
+        const rows = await listKeys(db.db)
+        if (rows.length === 0) io.out('no admin keys')
+        for (const k of rows) {
+          io.out(`${k.name}\t${k.scopes.join(',')}\tcreated ${k.created_at.toISOString()}\tlast used ${k.last_used_at?.toISOString() ?? 'never'}${k.revoked_at ? `\trevoked ${k.revoked_at.toISOString()}` : ''}`)
+        }
+        return 0
       }
-      return 0
-    }
-    if (action === 'revoke') {
-      if (!(await revokeKey(db.db, name as string))) {
-        io.err(`no active key named ${name}`)
-        return 1
+      if (action === 'revoke') {
+        if (!(await revokeKey(db.db, name as string))) {
+          io.err(`no active key named ${name}`)
+          return 1
+        }
+        io.out(`revoked ${name}`)
+        return 0
       }
-      io.out(`revoked ${name}`)
+      const key = await createKey(db.db, name as string, scopes as Scope[])
+      io.out(`created ${name} (${scopes.join(',')}); key (shown once): ${key}`)
       return 0
-    }
-    const key = await createKey(db.db, name as string, scopes as Scope[])
-    io.out(`created ${name} (${scopes.join(',')}); key (shown once): ${key}`)
-    return 0
-  } catch (err) {
-    const duplicate = (err as { code?: string }).code === '23505'
-    io.err(duplicate ? `a key named ${name} exists already (revoke it or choose another name)` : `key ${action} failed: ${errorText(err)}`)
-    return 1
-  } finally {
-    await db.stop().catch(() => undefined)
-  }
+    },
+    duplicate,
+  )
 }
 
 /** `paku device add|list|remove`: per-device MQTT credentials, stored as scrypt hashes. */
@@ -259,10 +268,7 @@ async function deviceCommand(config: Config, args: string[], values: Record<stri
     io.err('--password must be at least 8 characters')
     return 2
   }
-  const log = logger(config, io)
-  const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: readSqlDir(sqlDir()) })
-  try {
-    await db.start()
+  return withDatabase(config, io, `device ${action}`, async (db) => {
     if (action === 'list') {
       const rows = await listCredentials(db.db)
       if (rows.length === 0) io.out('no MQTT credentials')
@@ -282,12 +288,7 @@ async function deviceCommand(config: Config, args: string[], values: Record<stri
     // A generated password is shown once; a given one is never echoed.
     io.out(given === undefined ? `added ${id} (${role}); password: ${password}` : `added ${id} (${role})`)
     return 0
-  } catch (err) {
-    io.err(`device ${action} failed: ${errorText(err)}`)
-    return 1
-  } finally {
-    await db.stop().catch(() => undefined)
-  }
+  })
 }
 
 async function emulateCommand(
