@@ -21,7 +21,7 @@ describe('paku cli', () => {
     assert.equal(await runCli(['--help'], t.io), 0)
     const text = t.out.join('\n')
     for (const word of ['serve', 'migrate', 'check-config', 'emulate', 'version', 'README']) assert.match(text, new RegExp(word))
-    assert.ok(text.split('\n').length <= 12, 'help stays short')
+    assert.ok(text.split('\n').length <= 14, 'help stays short')
   })
 
   it('version prints version and commit', async () => {
@@ -63,6 +63,25 @@ describe('paku cli', () => {
     const b = io()
     assert.equal(await runCli(['serve', '--bogus'], b.io), 2)
     assert.match(b.err.join('\n'), /Unknown option '--bogus'/)
+  })
+
+  it('grafana export writes the provisioning tree, without config or database', async (t) => {
+    const { mkdtempSync, readdirSync, rmSync } = await import('node:fs')
+    const { tmpdir } = await import('node:os')
+    const { join } = await import('node:path')
+    const dir = mkdtempSync(join(tmpdir(), 'paku-grafana-'))
+    t.after(() => rmSync(dir, { recursive: true, force: true }))
+    const a = io({ PAKU_CONFIG: '/does/not/exist.json' })
+    assert.equal(await runCli(['grafana', 'export', dir], a.io), 0)
+    assert.deepEqual(readdirSync(join(dir, 'datasources')), ['paku-postgres.yaml'])
+    assert.ok(readdirSync(join(dir, 'dashboards', 'paku')).includes('heater-overview.json'))
+    const b = io()
+    assert.equal(await runCli(['grafana', 'export'], b.io), 2)
+    const { writeFileSync } = await import('node:fs')
+    writeFileSync(join(dir, 'a-file'), 'x')
+    const c = io()
+    assert.equal(await runCli(['grafana', 'export', join(dir, 'a-file', 'sub')], c.io), 1)
+    assert.match(c.err.join('\n'), /grafana export failed/)
   })
 
   it('emulate validates its arguments', async () => {

@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto'
+import { cpSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { createApp } from '../app.js'
-import { sqlDir, versionInfo } from '../assets.js'
+import { grafanaDir, sqlDir, versionInfo } from '../assets.js'
 import { loadConfig, maskSecrets, type Config } from '../config/index.js'
 import { addCredential, listCredentials, removeCredential, ROLES, USERNAME, type Role } from '../broker/credentials.js'
 import { createDatabase, readSqlDir, type Database } from '../db/index.js'
@@ -34,6 +35,7 @@ usage: paku <command> [--config FILE]
   emulate ruuvi|heater     publish realistic device data (see --help-emulate)
   device add|list|remove   MQTT credentials: device add ID [--password P] [--role device|bridge|service]
   key create|list|revoke   admin API keys: key create NAME --scopes read,upload,rollout,admin
+  grafana export DIR       write the Grafana provisioning files (datasource, dashboards) to DIR
   version                  print version and commit
 config: --config FILE, else $PAKU_CONFIG, else ./paku.config.json; PAKU_* env overrides.
 docs: README.md (config reference, ports, topics)`
@@ -84,6 +86,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     io.out(EMULATE_HELP)
     return 0
   }
+  if (command === 'grafana') return grafanaCommand(positionals.slice(1), io)
   if (command === 'version') {
     const v = versionInfo(io.env)
     io.out(`paku ${v.version} (${v.commit}) node ${process.version}`)
@@ -198,6 +201,23 @@ async function withDatabase(config: Config, io: CliIo, what: string, fn: (db: Da
   } finally {
     await db.stop().catch(() => undefined)
   }
+}
+
+/** `paku grafana export DIR`: the provisioning tree paku carries, for a Grafana install. */
+function grafanaCommand(args: string[], io: CliIo): number {
+  const [action, dir] = args
+  if (action !== 'export' || !dir) {
+    io.err('usage: paku grafana export DIR   (e.g. /etc/grafana/provisioning)')
+    return 2
+  }
+  try {
+    cpSync(grafanaDir(), dir, { recursive: true })
+  } catch (err) {
+    io.err(`grafana export failed: ${errorText(err)}`)
+    return 1
+  }
+  io.out(`wrote the Grafana provisioning files to ${dir} (datasources/, dashboards/); see README.md, Grafana`)
+  return 0
 }
 
 /** `paku key create|list|revoke`: named admin API keys with scopes; a key is shown once. */
