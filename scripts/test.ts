@@ -4,7 +4,7 @@
  * Each integration test file creates its own database on that server (scripts/test-helpers.ts).
  */
 import { spawn } from 'node:child_process'
-import { readdirSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { createEmbeddedPostgres } from '../src/db/embedded.js'
@@ -46,8 +46,41 @@ if (!skipChecks) {
   if ((await run('npx', ['eslint', '.'])) !== 0) process.exit(1)
 }
 
+/** Clusters of earlier runs that were killed before they could stop them (their runner pid is gone). */
+function reapStaleClusters(): void {
+  if (!existsSync('.paku-test')) return
+  for (const name of readdirSync('.paku-test')) {
+    const m = /^cluster-(\d+)$/.exec(name)
+    if (!m || alive(Number(m[1]))) continue
+    const dir = join('.paku-test', name)
+    try {
+      const pid = Number(readFileSync(join(dir, 'postgres', 'postmaster.pid'), 'utf8').split('\n')[0])
+      if (pid > 0 && alive(pid)) process.kill(pid, 'SIGQUIT')
+    } catch {
+      // no postmaster.pid: nothing running
+    }
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+reapStaleClusters()
 let url = process.env.PAKU_TEST_DATABASE_URL
 let cluster: ReturnType<typeof createEmbeddedPostgres> | undefined
+// Interrupted (Ctrl-C, a CI timeout): still stop the cluster, which runs in its own process group.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    void (cluster?.stop() ?? Promise.resolve()).finally(() => process.exit(130))
+  })
+}
 if (!url) {
   const port = await freePort()
   cluster = createEmbeddedPostgres({
