@@ -1,9 +1,10 @@
 import { readFileSync } from 'node:fs'
-import { createServer as createHttpServer, type Server as HttpServer } from 'node:http'
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer } from 'node:http'
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https'
 import { createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer, type TLSSocket } from 'node:tls'
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
 import { Aedes, type AedesPublishPacket, type Client, type PublishPacket, type Subscription } from 'aedes'
 import { createWebSocketStream, WebSocketServer } from 'ws'
 import type { Kysely } from 'kysely'
@@ -242,60 +243,53 @@ export function createBroker(opts: BrokerOptions) {
         log.debug('connection error', { clientId: client?.id, err: err.message })
       })
 
+      /** Hands a connection's MQTT stream to aedes, remembering its address and verified certificate CN. */
+      const attach = (stream: Duplex, socket: Socket, req?: IncomingMessage) => {
+        addresses.set(stream, socket.remoteAddress ?? 'unknown')
+        const cn = (socket as TLSSocket).authorized ? peerName(socket as TLSSocket) : undefined
+        if (cn) certNames.set(stream, cn)
+        broker.handle(stream, req as never)
+      }
+      /** MQTT over WebSocket on an HTTP(S) server; plain HTTP requests get 426 Upgrade Required. */
+      const serveWebSocket = (server: HttpServer | HttpsServer): WebSocketServer => {
+        server.on('request', (_req, res) => res.writeHead(426, { 'content-type': 'text/plain' }).end(`MQTT over WebSocket: connect to ${config.ws.path}\n`))
+        // Counted from the TCP accept, before any TLS handshake spends CPU.
+        server.on('connection', (s: Socket) => {
+          s.setNoDelay(true)
+          admit(s)
+        })
+        // ws enforces the packet limit itself (close code 1009) for WebSocket frames.
+        const w = new WebSocketServer({ server, path: config.ws.path, maxPayload: config.maxPacketBytes })
+        w.on('connection', (ws, req) => {
+          const stream = createWebSocketStream(ws)
+          stream.on('error', (err) => log.debug('websocket error', { err: err.message }))
+          attach(stream, req.socket, req)
+        })
+        return w
+      }
+
       // noDelay: without it Nagle's algorithm holds each PUBACK ~40 ms waiting for more bytes.
       tcp = createServer({ noDelay: true }, (socket) => {
-        if (!admit(socket)) return
-        const stream = guardStream(socket, config.maxPacketBytes)
-        addresses.set(stream, socket.remoteAddress ?? 'unknown')
-        broker.handle(stream)
+        if (admit(socket)) attach(guardStream(socket, config.maxPacketBytes), socket)
       })
       await listen(tcp, config.host, config.port)
 
       if (config.ws.enabled) {
-        http = createHttpServer((_req, res) => {
-          res.writeHead(426, { 'content-type': 'text/plain' }).end('MQTT over WebSocket: connect to ' + config.ws.path + '\n')
-        })
-        // ws enforces the packet limit itself (close code 1009) for WebSocket frames.
-        wss = new WebSocketServer({ server: http, path: config.ws.path, maxPayload: config.maxPacketBytes })
-        wss.on('connection', (ws, req) => {
-          const stream = createWebSocketStream(ws)
-          stream.on('error', (err) => log.debug('websocket error', { err: err.message }))
-          addresses.set(stream, req.socket.remoteAddress ?? 'unknown')
-          broker.handle(stream, req as never)
-        })
-        http.on('connection', (s: Socket) => {
-          s.setNoDelay(true)
-          admit(s)
-        })
+        http = createHttpServer()
+        wss = serveWebSocket(http)
         await listen(http, config.ws.host, config.ws.port)
       }
 
       if (config.tls.enabled) {
         const secure = tlsOptions()
-        const onTlsSocket = (socket: TLSSocket) => {
-          const stream = guardStream(socket, config.maxPacketBytes)
-          addresses.set(stream, socket.remoteAddress ?? 'unknown')
-          const cn = socket.authorized ? peerName(socket) : undefined
-          if (cn) certNames.set(stream, cn)
-          broker.handle(stream)
-        }
-        tlsServer = createTlsServer({ ...secure, noDelay: true }, onTlsSocket)
+        tlsServer = createTlsServer({ ...secure, noDelay: true }, (socket) => attach(guardStream(socket, config.maxPacketBytes), socket))
         // Counted from the TCP accept, before the TLS handshake spends CPU.
         tlsServer.on('connection', (s: Socket) => admit(s))
         tlsServer.on('tlsClientError', (err) => log.debug('TLS handshake failed', { err: err.message }))
         await listen(tlsServer, config.tls.host, config.tls.port)
         if (config.ws.enabled) {
-          https = createHttpsServer(secure, (_req, res) => res.writeHead(426, { 'content-type': 'text/plain' }).end('MQTT over WebSocket: connect to ' + config.ws.path + '\n'))
-          wssTls = new WebSocketServer({ server: https, path: config.ws.path, maxPayload: config.maxPacketBytes })
-          wssTls.on('connection', (ws, req) => {
-            const stream = createWebSocketStream(ws)
-            stream.on('error', (err) => log.debug('websocket error', { err: err.message }))
-            const cn = (req.socket as TLSSocket).authorized ? peerName(req.socket as TLSSocket) : undefined
-            if (cn) certNames.set(stream, cn)
-            addresses.set(stream, req.socket.remoteAddress ?? 'unknown')
-            broker.handle(stream, req as never)
-          })
-          https.on('connection', (s: Socket) => admit(s))
+          https = createHttpsServer(secure)
+          wssTls = serveWebSocket(https)
           await listen(https, config.tls.host, config.tls.wsPort)
         }
       }

@@ -223,6 +223,9 @@ describe('the broker', () => {
     defer(t, () => ws.endAsync())
     await ws.publishAsync('paku/sensors/ws/data', JSON.stringify({ device_id: 'ws', metrics: { t: 1 } }), { qos: 1 })
     await waitCount(c, 'measurements', 1, `device_id = 'ws'`)
+    // A plain HTTP request to the WebSocket port is told to upgrade.
+    const plain = await fetch(c.wsUrl.replace('ws://', 'http://'))
+    assert.equal(plain.status, 426)
   })
 
   it('closes a connection that sends a packet over mqtt.maxPacketBytes and keeps serving others', async (t) => {
