@@ -61,7 +61,8 @@ const LOG_EVERY_MS = 60_000
 
 /**
  * Turns broker messages into rows: topic → route, payload → validated row, into the batch writer.
- * accept() never throws and never waits on the database (design §3.9.1); bad input becomes a reject row.
+ * accept() never throws and never writes per message (design §3.9.1); for QoS 1/2 it returns a promise
+ * that the next batch (or the spool) resolves. Bad input becomes a reject row.
  */
 export function createIngest(opts: IngestOptions) {
   const { log, config } = opts
@@ -202,6 +203,8 @@ export function createIngest(opts: IngestOptions) {
         counts.duplicates++
         return undefined
       }
+      // Bounded like the other per-key maps: a flood of made-up device ids must not grow memory.
+      if (lastRetainedStatus.size > 10_000) lastRetainedStatus.clear()
       lastRetainedStatus.set(msg.topic, text)
     }
     let result: ReturnType<typeof toRow>

@@ -145,7 +145,7 @@ export function createWriter(opts: WriterOptions) {
     }
   }
 
-  /** Moves pending rows into the spool (fsynced) and acknowledges them; false when the spool is full. */
+  /** Moves pending rows into the spool (fsynced) and acknowledges them; stops (rows stay pending) when it is full. */
   async function toSpool(): Promise<void> {
     if (!spool) return
     while (pending.length > 0) {
