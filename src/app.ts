@@ -1,11 +1,13 @@
+import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { createBroker } from './broker/index.js'
 import type { Config } from './config/index.js'
 import { createDatabase, type SqlFile } from './db/index.js'
 import { createEcoflow } from './ecoflow/index.js'
-import { createHttp, lookupKey, type HealthReport } from './http/index.js'
-import { createIngest } from './ingest/index.js'
+import { createHttp, lookupKey, type HealthReport, type Metric } from './http/index.js'
+import { createIngest, type Row } from './ingest/index.js'
 import { errorText, type Logger } from './log/index.js'
+import { createOta } from './ota/index.js'
 
 export type AppOptions = {
   config: Config
@@ -25,8 +27,31 @@ export function createApp(opts: AppOptions) {
   const startedAt = Date.now()
 
   const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: opts.migrations })
-  const ingest = createIngest({ config: config.ingest, db: () => db.db, log: log.child('ingest'), spoolDir: join(config.dataDir, 'spool') })
+  const ingest = createIngest({
+    config: config.ingest,
+    db: () => db.db,
+    log: log.child('ingest'),
+    spoolDir: join(config.dataDir, 'spool'),
+    // Status and OTA reports drive rollouts: success by version, progress, re-sending missed commands.
+    observe: (row) => observeForOta(row),
+  })
   const broker = createBroker({ config: config.mqtt, log: log.child('broker'), onMessage: (m) => ingest.accept(m), db: () => db.db })
+
+  const ota = createOta({
+    config: config.ota,
+    db: () => db.db,
+    log: log.child('ota'),
+    publish: (topic, payload, o) => broker.publish(topic, payload, o),
+    fallbackPublicUrl: () => {
+      const host = ['0.0.0.0', '::', ''].includes(config.http.host) ? hostname() : config.http.host
+      return `http://${host.includes(':') ? `[${host}]` : host}:${http.address()?.port ?? config.http.port}`
+    },
+  })
+
+  function observeForOta(row: Row): void {
+    if (row.kind === 'status') ota.deviceStatus({ deviceId: row.deviceId, model: row.model, firmware: row.firmware, online: row.online })
+    else if (row.kind === 'ota') ota.deviceReport({ deviceId: row.deviceId, sub: row.sub, payload: row.payload })
+  }
 
   const ecoflow = createEcoflow({
     config: config.ecoflow,
@@ -48,6 +73,7 @@ export function createApp(opts: AppOptions) {
       broker: brokerHealth,
       ingest: ingestStats,
       ecoflow: ecoflow.health(),
+      ota: ota.health(),
     }
   }
 
@@ -55,13 +81,17 @@ export function createApp(opts: AppOptions) {
     config: config.http,
     log: log.child('http'),
     health,
-    routes: [ecoflow.routes, ...(broker.routes ? [broker.routes] : [])],
+    routes: [ota.routes, ecoflow.routes, ...(broker.routes ? [broker.routes] : [])],
     lookupKey: (key) => lookupKey(db.db, key),
+    // Firmware images are larger than any other body; the multipart envelope adds a little.
+    bodyLimits: [{ path: /^\/api\/admin\/firmware(\/|$)/, maxBytes: config.ota.maxFirmwareBytes + 65_536 }],
+    metrics: async () => [...ingestMetrics(ingest.stats()), ...(await ota.metrics())],
   })
 
-  // Start order (design §3.3): db → ingest → broker → ecoflow → http. Stop is the reverse, so
-  // producers stop before the last flush and the flush happens before the pool closes.
-  const services: Service[] = [db, ingest, broker, ecoflow, http]
+  // Start order (design §3.3): db → ingest → broker → ota → ecoflow → http. Stop is the reverse, so
+  // producers stop before the last flush and the flush happens before the pool closes. OTA starts
+  // after the broker because a rollout pass may publish cmd/ota.
+  const services: Service[] = [db, ingest, broker, ota, ecoflow, http]
   const started: Service[] = []
   let stopping: Promise<void> | undefined
 
@@ -83,6 +113,7 @@ export function createApp(opts: AppOptions) {
     db,
     ingest,
     broker,
+    ota,
     ecoflow,
     http,
     health,
@@ -109,3 +140,32 @@ export function createApp(opts: AppOptions) {
 }
 
 export type App = ReturnType<typeof createApp>
+
+const INGEST_COUNTERS: Record<string, string> = {
+  received: 'MQTT messages seen by ingest.',
+  accepted: 'Messages turned into rows.',
+  rejected: 'Messages kept in ingest_rejects (bad topic, payload or size).',
+  ignored: 'Messages on topics paku does not store.',
+  duplicates: 'Redeliveries recognised and not stored twice.',
+  written: 'Rows committed to PostgreSQL.',
+  spooled: 'Rows written to the on-disk spool during a database outage.',
+  replayed: 'Spooled rows replayed into PostgreSQL.',
+  dropped: 'QoS 0 rows dropped because the in-memory queue was full.',
+  flushes: 'Batch writes.',
+  failedFlushes: 'Batch writes that failed (and were retried or spooled).',
+}
+const INGEST_GAUGES: Record<string, string> = {
+  pending: 'Rows waiting in memory for the next batch.',
+  waiting: 'QoS 1/2 messages waiting for their acknowledgement.',
+  spoolBytes: 'Bytes in the on-disk spool.',
+  lastFlushMs: 'Duration of the last batch write in milliseconds.',
+}
+
+/** Ingest's counters as Prometheus metrics (the old /metrics had none for ingest). */
+function ingestMetrics(s: Record<string, unknown>): Metric[] {
+  const snake = (k: string) => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)
+  return [
+    ...Object.entries(INGEST_COUNTERS).map(([k, help]) => ({ name: `paku_ingest_${snake(k)}_total`, help, type: 'counter' as const, samples: [{ value: Number(s[k] ?? 0) }] })),
+    ...Object.entries(INGEST_GAUGES).map(([k, help]) => ({ name: `paku_ingest_${snake(k)}`, help, type: 'gauge' as const, samples: [{ value: Number(s[k] ?? 0) }] })),
+  ]
+}

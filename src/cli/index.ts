@@ -8,6 +8,7 @@ import { addCredential, listCredentials, removeCredential, ROLES, USERNAME, type
 import { createDatabase, readSqlDir, type Database } from '../db/index.js'
 import { createKey, KEY_NAME, listKeys, revokeKey, SCOPES, type Scope } from '../http/index.js'
 import { runEmulator } from '../emulate/index.js'
+import { importFirmwareDir } from '../ota/index.js'
 import { createLogger, errorText } from '../log/index.js'
 
 /** The longest a graceful stop may take before serve gives up and exits non-zero. */
@@ -35,6 +36,7 @@ usage: paku <command> [--config FILE]
   emulate ruuvi|heater     publish realistic device data (see --help-emulate)
   device add|list|remove   MQTT credentials: device add ID [--password P] [--role device|bridge|service]
   key create|list|revoke   admin API keys: key create NAME --scopes read,upload,rollout,admin
+  firmware import DIR      load the old OTA service's firmware volume ({model}_{version}.bin) into the database
   grafana export DIR       write the Grafana provisioning files (datasource, dashboards) to DIR
   version                  print version and commit
 config: --config FILE, else $PAKU_CONFIG, else ./paku.config.json; PAKU_* env overrides.
@@ -92,7 +94,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     io.out(`paku ${v.version} (${v.commit}) node ${process.version}`)
     return 0
   }
-  if (!['serve', 'migrate', 'check-config', 'emulate', 'device', 'key'].includes(command)) {
+  if (!['serve', 'migrate', 'check-config', 'emulate', 'device', 'key', 'firmware'].includes(command)) {
     io.err(`unknown command ${JSON.stringify(command)}\n\n${HELP}`)
     return 2
   }
@@ -119,6 +121,8 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       return deviceCommand(config, positionals.slice(1), values, io)
     case 'key':
       return keyCommand(config, positionals.slice(1), values, io)
+    case 'firmware':
+      return firmwareCommand(config, positionals.slice(1), io)
     default:
       return serveCommand(config, loaded.path, io)
   }
@@ -218,6 +222,23 @@ function grafanaCommand(args: string[], io: CliIo): number {
   }
   io.out(`wrote the Grafana provisioning files to ${dir} (datasources/, dashboards/); see README.md, Grafana`)
   return 0
+}
+
+/** `paku firmware import DIR`: the old firmware volume into the database, checked against the recorded SHA-256. */
+async function firmwareCommand(config: Config, args: string[], io: CliIo): Promise<number> {
+  const [action, dir] = args
+  if (action !== 'import' || !dir) {
+    io.err('usage: paku firmware import DIR   (the old OTA service\'s FIRMWARE_STORAGE_PATH, e.g. the paku_firmware volume)')
+    return 2
+  }
+  return withDatabase(config, io, 'firmware import', async (db) => {
+    const r = await importFirmwareDir(db.db, dir)
+    for (const x of r.imported) io.out(`imported ${x}`)
+    for (const x of r.missing) io.err(`missing ${x}`)
+    for (const x of r.mismatched) io.err(`checksum mismatch, not imported: ${x}`)
+    io.out(`${r.imported.length} imported, ${r.missing.length} missing, ${r.mismatched.length} mismatched`)
+    return r.mismatched.length > 0 ? 1 : 0
+  })
 }
 
 /** `paku key create|list|revoke`: named admin API keys with scopes; a key is shown once. */

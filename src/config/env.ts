@@ -87,7 +87,12 @@ export const ENV_TABLE: readonly EnvEntry[] = [
     parse: asInt,
     description: 'larger payloads go to ingest_rejects',
   },
+  // The old stack's OTA_API_KEY under paku's prefix: the same admin key. PAKU_ADMIN_API_KEY, later in the table, wins when both are set.
+  { name: 'PAKU_OTA_API_KEY', path: ['http', 'adminApiKey'], parse: asSecret, secret: true, description: 'alias of PAKU_ADMIN_API_KEY (the old OTA_API_KEY)' },
   { name: 'PAKU_ADMIN_API_KEY', path: ['http', 'adminApiKey'], parse: asSecret, secret: true, description: 'key for /api/admin/*' },
+  { name: 'PAKU_PUBLIC_URL', path: ['ota', 'publicUrl'], parse: asString, description: 'public base URL for firmware download links' },
+  { name: 'PAKU_OTA_MAX_FIRMWARE_BYTES', path: ['ota', 'maxFirmwareBytes'], parse: asInt, description: 'largest firmware image accepted' },
+  { name: 'PAKU_OTA_MODELS', path: ['ota', 'models'], parse: asList, description: 'device models accepted for upload, comma-separated' },
   { name: 'PAKU_ECOFLOW_ACCESS_KEY', path: ['ecoflow', 'accessKey'], parse: asSecret, secret: true, description: 'EcoFlow Open API access key' },
   { name: 'PAKU_ECOFLOW_SECRET_KEY', path: ['ecoflow', 'secretKey'], parse: asSecret, secret: true, description: 'EcoFlow Open API secret key' },
   { name: 'PAKU_ECOFLOW_API_URL', path: ['ecoflow', 'apiUrl'], parse: asString, description: 'eu | us | global | base URL' },

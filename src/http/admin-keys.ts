@@ -35,10 +35,10 @@ export async function lookupKey(db: Kysely<DB>, key: string): Promise<{ name: st
   return r.rows[0]
 }
 
-/** The scope a request needs: reads need `read`; firmware uploads `upload`; rollouts `rollout`; the rest `admin`. */
+/** The scope a request needs: reads need `read`; firmware uploads `upload`; rollouts and device status reports `rollout`; the rest `admin`. */
 export function requiredScope(method: string, path: string): Scope {
   if (method === 'GET' || method === 'HEAD') return 'read'
-  if (/\/firmware\/(upload|[^/]+\/upload)/.test(path) || /\/firmware\/?$/.test(path)) return 'upload'
-  if (/\/rollouts?(\/|$)/.test(path)) return 'rollout'
+  if (/\/firmware(\/|$)/.test(path) && (method === 'POST' || method === 'PUT')) return 'upload'
+  if (/\/rollouts?(\/|$)/.test(path) || path.startsWith('/api/device/')) return 'rollout'
   return 'admin'
 }

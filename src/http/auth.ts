@@ -28,15 +28,17 @@ export function adminAuth(apiKey: string, maxFailuresPerMinute = 10, lookup?: Ke
     const given = c.req.header('x-api-key') ?? bearer
     // The configured key (PAKU_ADMIN_API_KEY, the old OTA_API_KEY's successor) has every scope;
     // named keys from `paku key create` have theirs.
-    const scopes: readonly Scope[] | undefined =
-      given && expected && timingSafeEqual(digest(given), expected) ? SCOPES : given && lookup ? (await lookup(given))?.scopes : undefined
-    if (!scopes) {
+    const named = given && expected && timingSafeEqual(digest(given), expected) ? { name: 'admin', scopes: SCOPES } : given && lookup ? await lookup(given) : undefined
+    const scopes: readonly Scope[] | undefined = named?.scopes
+    if (!named || !scopes) {
       limiter.fail(ip)
       throw new HTTPException(401, { message: 'missing or wrong API key' })
     }
     limiter.succeed(ip)
     const need = requiredScope(c.req.method, c.req.path)
     if (!scopes.includes(need) && !scopes.includes('admin')) throw new HTTPException(403, { message: `this key lacks the "${need}" scope` })
+    // Recorded as created_by on releases and rollouts.
+    c.set('keyName' as never, named.name as never)
     await next()
   }
 }

@@ -14,6 +14,8 @@ export type ErrorBody = { status: number; message: string; data?: unknown; reque
 export function errorHandler(log: Logger) {
   return (err: Error, c: Context) => {
     if (err instanceof HTTPException) {
+      // A route that built its own body (the ErrorBody shape with `data`) passes it as `res`.
+      if (err.res) return err.getResponse()
       const status = err.status as ContentfulStatusCode
       return c.json<ErrorBody>({ status, message: err.message || defaultMessage(status) }, status)
     }

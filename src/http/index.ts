@@ -7,8 +7,10 @@ import type { Config } from '../config/index.js'
 import type { Logger } from '../log/index.js'
 import { adminAuth, type KeyLookup } from './auth.js'
 import { errorHandler, notFound } from './errors.js'
+import { renderMetrics, type Metric } from './metrics.js'
 
 export { errorHandler, notFound, type ErrorBody } from './errors.js'
+export { renderMetrics, type Metric } from './metrics.js'
 export { createKey, listKeys, lookupKey, revokeKey, SCOPES, KEY_NAME, type Scope } from './admin-keys.js'
 
 export type HealthStatus = 'ok' | 'degraded' | 'down'
@@ -23,6 +25,10 @@ export type HttpOptions = {
   routes?: ReadonlyArray<Hono>
   /** Finds a named key (`paku key create`); app.ts passes the database lookup. */
   lookupKey?: KeyLookup
+  /** Routes that take uploads larger than http.maxBodyBytes (firmware images). */
+  bodyLimits?: ReadonlyArray<{ path: RegExp; maxBytes: number }>
+  /** Every subsystem's counters, served at /metrics in Prometheus text format. */
+  metrics?: () => Promise<Metric[]>
 }
 
 /** The Hono app: /health, the subsystems' routes and one JSON error shape. Exposed for app.request() tests. */
@@ -30,14 +36,24 @@ export function buildHttpApp(opts: Omit<HttpOptions, 'config'> & { adminApiKey: 
   const app = new Hono()
   app.onError(errorHandler(opts.log))
   app.notFound(notFound)
-  const maxBody = opts.maxBodyBytes ?? 1_048_576
-  app.use('/api/*', bodyLimit({ maxSize: maxBody, onError: () => { throw new HTTPException(413, { message: `request body over ${maxBody} bytes` }) } }))
-  app.use('/api/admin/*', adminAuth(opts.adminApiKey, opts.maxAuthFailuresPerMinute, opts.lookupKey))
+  const limit = (maxSize: number) => bodyLimit({ maxSize, onError: () => { throw new HTTPException(413, { message: `request body over ${maxSize} bytes` }) } })
+  const defaultLimit = limit(opts.maxBodyBytes ?? 1_048_576)
+  const special = (opts.bodyLimits ?? []).map((l) => ({ path: l.path, check: limit(l.maxBytes) }))
+  app.use('/api/*', (c, next) => (special.find((l) => l.path.test(c.req.path))?.check ?? defaultLimit)(c, next))
+  const auth = adminAuth(opts.adminApiKey, opts.maxAuthFailuresPerMinute, opts.lookupKey)
+  app.use('/api/admin/*', auth)
+  // The old service's device status report took the same X-API-Key.
+  app.use('/api/device/*', auth)
   app.get('/health', async (c) => {
     const report = await opts.health()
     // degraded still serves devices, so load balancers keep it; only down is 503.
     return c.json(report, report.status === 'down' ? 503 : 200)
   })
+  const metrics = opts.metrics
+  if (metrics) {
+    // Open like the old /metrics (a scraper on the LAN); it shows counts, never identities or secrets.
+    app.get('/metrics', async (c) => c.body(renderMetrics(await metrics()), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }))
+  }
   for (const routes of opts.routes ?? []) app.route('/', routes)
   return app
 }

@@ -12,6 +12,7 @@ import { createWriter, type WriterStats } from './writer.js'
 
 export { parseTopic, type Route, type TopicResult } from './topic.js'
 export { decodePayload, parseTimestamp } from './payloads.js'
+export type { Row } from './records.js'
 
 /** One message as the broker hands it over. */
 export type IncomingMessage = {
@@ -37,6 +38,8 @@ export type IngestOptions = {
   spoolDir: string
   /** Injectable clock for the once-a-minute log limits. */
   now?: () => number
+  /** Sees every accepted status and OTA row (app.ts hands them to OTA); must not throw or block. */
+  observe?: (row: Row) => void
 }
 
 /** Raw bytes kept per reject: enough to see what was wrong without storing a flood. */
@@ -217,7 +220,15 @@ export function createIngest(opts: IngestOptions) {
     if (!result.ok) return reject(msg, deviceId, result.reason, receivedAt, dedup)
     counts.accepted++
     const row: Row = dedup ? { ...result.row, dedup } : result.row
-    return push(row, msg)
+    const done = push(row, msg)
+    if (opts.observe && (row.kind === 'status' || row.kind === 'ota')) {
+      try {
+        opts.observe(row)
+      } catch (err) {
+        log.error('observer failed', { err: (err as Error).message })
+      }
+    }
+    return done
   }
 
   const stats = (): IngestStats => ({ ...counts, ...writer.stats() })

@@ -1,0 +1,48 @@
+import { createHash } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
+import { join, resolve, sep } from 'node:path'
+import { sql } from 'kysely'
+import type { Db } from './store.js'
+
+export type ImportResult = { imported: string[]; missing: string[]; mismatched: string[] }
+
+/**
+ * Moves the old OTA service's firmware volume (flat `{model}_{version}.bin` files, contract §4.5)
+ * into the database: every release row without stored bytes gets its file, if the file's SHA-256 is
+ * the one recorded. Safe to run again; nothing already stored is touched.
+ */
+export async function importFirmwareDir(db: Db, dir: string): Promise<ImportResult> {
+  const root = resolve(dir)
+  const rows = await sql<{ id: string; file_path: string; checksum_sha256: string; device_model: string; version: string }>`
+    SELECT f.id::text AS id, f.file_path, f.checksum_sha256, f.device_model, f.version FROM firmware_releases f
+    WHERE NOT EXISTS (SELECT 1 FROM firmware_images i WHERE i.release_id = f.id) ORDER BY f.id`.execute(db)
+  const out: ImportResult = { imported: [], missing: [], mismatched: [] }
+  for (const r of rows.rows) {
+    const label = `${r.device_model} ${r.version}`
+    const path = resolve(join(root, r.file_path))
+    // file_path comes from the database: never read outside the directory given.
+    if (!path.startsWith(root + sep)) {
+      out.missing.push(`${label} (file_path ${JSON.stringify(r.file_path)} leaves the directory)`)
+      continue
+    }
+    let data: Buffer
+    try {
+      data = await readFile(path)
+    } catch {
+      out.missing.push(`${label} (${r.file_path})`)
+      continue
+    }
+    const sha = createHash('sha256').update(data).digest('hex')
+    if (sha !== r.checksum_sha256.toLowerCase()) {
+      out.mismatched.push(`${label} (${r.file_path}: sha256 ${sha}, recorded ${r.checksum_sha256})`)
+      continue
+    }
+    const md5 = createHash('md5').update(data).digest('hex')
+    await db.transaction().execute(async (tx) => {
+      await sql`INSERT INTO firmware_images (release_id, data) VALUES (${r.id}::bigint, ${data}) ON CONFLICT DO NOTHING`.execute(tx)
+      await sql`UPDATE firmware_releases SET checksum_md5 = COALESCE(checksum_md5, ${md5}), file_size = ${data.length} WHERE id = ${r.id}::bigint`.execute(tx)
+    })
+    out.imported.push(label)
+  }
+  return out
+}

@@ -1,0 +1,341 @@
+import type { Config } from '../config/index.js'
+import { errorText, type Logger } from '../log/index.js'
+import {
+  advanceDevice,
+  deviceTarget,
+  isTarget,
+  liveRolloutIds,
+  markNotified,
+  openActions,
+  runningRollouts,
+  takeIn,
+  tickRollout,
+  TERMINAL,
+  trackedDevices,
+  type DeviceState,
+  type OpenAction,
+  type Rollout,
+} from './rollouts.js'
+import { createOtaRoutes } from './routes.js'
+import { gauges, getRelease, insertEvent, recordUpdateStatus, type Db, type Release } from './store.js'
+
+export { hashBucket, percentageMatch, compareVersions, parseVersion } from './versions.js'
+export { inspectImage } from './image.js'
+export { importFirmwareDir } from './import.js'
+
+/** What ingest saw from a device, handed over by app.ts (subsystems never import each other). */
+export type DeviceStatusEvent = { deviceId: string; model: string | null; firmware: string | null; online: boolean }
+export type DeviceReportEvent = { deviceId: string; sub: 'status' | 'progress' | 'result'; payload: Record<string, unknown> }
+
+export type OtaOptions = {
+  config: Config['ota']
+  db: () => Db
+  log: Logger
+  /** The broker's publish: cmd/ota goes out with QoS 1. */
+  publish: (topic: string, payload: string, opts: { qos: 0 | 1; retain: boolean }) => Promise<void>
+  /** Base URL for download links when ota.publicUrl is empty (app.ts knows the HTTP port). */
+  fallbackPublicUrl: () => string
+  now?: () => number
+}
+
+export type OtaCounters = {
+  uploads: number
+  uploadsRejected: number
+  downloads: number
+  downloadsPartial: number
+  downloadBytes: number
+  pullChecks: number
+  pullServed: number
+  commandsSent: number
+  updatesSucceeded: number
+  updatesFailed: number
+}
+
+/**
+ * progress `state` → device action state (contract §1.3.6 states). Idle/Checking say nothing new;
+ * Failed waits for the ota/result that follows it (it carries the reason; a lost one times out).
+ */
+const PROGRESS: Record<string, DeviceState> = { downloading: 'downloading', verifying: 'installing', installing: 'installing', complete: 'installed', 'rolled back': 'failed', rolled_back: 'failed' }
+const TICK_SOON_MS = 1000
+/** A status after the result that still names the old version this soon may predate the reboot. */
+const REBOOT_GRACE_MS = 15_000
+
+/**
+ * OTA: firmware store, rollouts, and the three device dialects (MQTT push as paku-core does it,
+ * Arduino HTTPUpdate pull, the old /check). Rollout work runs through one queue so ticks and device
+ * reports never race each other inside this process.
+ */
+export function createOta(opts: OtaOptions) {
+  const { config, log } = opts
+  const now = opts.now ?? Date.now
+  const counters: OtaCounters = { uploads: 0, uploadsRejected: 0, downloads: 0, downloadsPartial: 0, downloadBytes: 0, pullChecks: 0, pullServed: 0, commandsSent: 0, updatesSucceeded: 0, updatesFailed: 0 }
+  let chain: Promise<void> = Promise.resolve()
+  let timer: NodeJS.Timeout | undefined
+  let soon: NodeJS.Timeout | undefined
+  let running = false
+  let tracked = { devices: new Set<string>(), models: new Set<string>() }
+  let failing: string | null = null
+  const publicUrl = () => (config.publicUrl || opts.fallbackPublicUrl()).replace(/\/+$/, '')
+
+  /** Runs rollout work one job at a time; a failing job is logged on the state change only. */
+  function enqueue(job: () => Promise<void>): Promise<void> {
+    const next = chain.then(job).then(
+      () => {
+        if (failing) log.info('rollout work recovered')
+        failing = null
+      },
+      (err: unknown) => {
+        if (!failing) log.error('rollout work failing', { err: errorText(err) })
+        failing = errorText(err)
+      },
+    )
+    chain = next
+    return next
+  }
+
+  function downloadUrl(model: string, version: string): string {
+    return `${publicUrl()}/api/firmware/download/${encodeURIComponent(version)}?device_model=${encodeURIComponent(model)}`
+  }
+
+  async function notify(r: Pick<Rollout, 'id' | 'device_model' | 'firmware_version'>, release: Release | undefined, deviceId: string): Promise<void> {
+    // The paku-core command (contract §1.3.6): the device acks on ota/status and downloads the URL.
+    const payload = JSON.stringify({ url: downloadUrl(r.device_model, r.firmware_version), version: r.firmware_version, checksum: release?.checksum_sha256 ?? '' })
+    await opts.publish(`paku/edge/${deviceId}/cmd/ota`, payload, { qos: 1, retain: false })
+    await markNotified(opts.db(), r.id, deviceId)
+    counters.commandsSent++
+  }
+
+  async function tick(ids?: string[]): Promise<void> {
+    const db = opts.db()
+    for (const id of ids ?? (await liveRolloutIds(db))) {
+      const result = await tickRollout(db, id, config.inProgressTimeoutMinutes)
+      if (!result) continue
+      for (const change of result.changes) log.info('rollout', { rollout: result.rollout.name, change })
+      if (result.toNotify.length === 0) continue
+      const release = await getRelease(db, result.rollout.device_model, result.rollout.firmware_version)
+      for (const d of result.toNotify) await notify(result.rollout, release, d.deviceId)
+    }
+    tracked = await trackedDevices(db)
+  }
+
+  /**
+   * A tick shortly, coalescing bursts (many devices reporting at once). The delay lets ingest's batch
+   * register a new device in `devices` first (ingest.flushIntervalMs is 200 ms by default).
+   */
+  function tickSoon(): void {
+    if (soon || !running) return
+    soon = setTimeout(() => {
+      soon = undefined
+      void enqueue(() => tick())
+    }, TICK_SOON_MS)
+    soon.unref()
+  }
+
+  async function recordOutcome(a: Pick<OpenAction, 'rollout_id' | 'device_id' | 'state' | 'firmware_version'>, to: DeviceState, detail: string | null, percent?: number | null): Promise<boolean> {
+    const changed = await advanceDevice(opts.db(), a, to, detail, percent)
+    if (changed && to === 'failed') counters.updatesFailed++
+    if (changed && to === 'succeeded') counters.updatesSucceeded++
+    return changed
+  }
+
+  /** A device's status message (every wake): success by version, rollback detection, re-sending a missed command. */
+  function deviceStatus(e: DeviceStatusEvent): void {
+    if (!running) return
+    if (!tracked.devices.has(e.deviceId)) {
+      // A device a running rollout would take in: let the next tick do it now rather than in ten seconds.
+      if (e.model && tracked.models.has(e.model)) tickSoon()
+      return
+    }
+    void enqueue(async () => {
+      const db = opts.db()
+      const touched = new Set<string>()
+      for (const a of await openActions(db, e.deviceId)) {
+        if (e.firmware !== null && e.firmware === a.firmware_version) {
+          if (await recordOutcome(a, 'succeeded', 'reported the new version')) touched.add(a.rollout_id)
+        } else if (a.state === 'installed' && e.firmware !== null && now() - a.updated_at.getTime() > REBOOT_GRACE_MS) {
+          if (await recordOutcome(a, 'failed', `rolled back: runs ${e.firmware} after installing ${a.firmware_version}`)) {
+            await recordUpdateStatus(db, e.deviceId, a.firmware_version, 'rolled_back', `device runs ${e.firmware}`)
+            touched.add(a.rollout_id)
+          }
+        } else if (
+          (a.state === 'pending' || a.state === 'notified') &&
+          a.rollout_status === 'running' &&
+          e.online &&
+          (a.notified_at === null || now() - a.notified_at.getTime() >= config.renotifySeconds * 1000)
+        ) {
+          // Devices subscribe with clean sessions: a command sent while they slept is gone; send it again now they are awake.
+          await notify({ id: a.rollout_id, device_model: a.device_model, firmware_version: a.firmware_version }, undefined, e.deviceId).catch((err: unknown) => {
+            log.warn('cmd/ota not sent', { deviceId: e.deviceId, err: errorText(err) })
+          })
+        }
+      }
+      if (touched.size > 0) await tick([...touched])
+    })
+  }
+
+  /** ota/status, ota/progress, ota/result from a device: moves its action (ingest mirrors them into the contract tables). */
+  function deviceReport(e: DeviceReportEvent): void {
+    if (!running) return
+    void enqueue(async () => {
+      const p = e.payload
+      const target = typeof p.target_version === 'string' && p.target_version !== '' ? p.target_version : typeof p.version === 'string' && p.version !== '' ? p.version : null
+      const touched = new Set<string>()
+      for (const a of await openActions(opts.db(), e.deviceId)) {
+        if (target !== null && target !== a.firmware_version) continue
+        let to: DeviceState | undefined
+        let detail: string | null = null
+        let percent: number | null | undefined
+        if (e.sub === 'status') {
+          const s = typeof p.status === 'string' ? p.status.toLowerCase() : 'accepted'
+          if (s === 'rejected' || s === 'failed' || s === 'busy') {
+            to = 'failed'
+            detail = `device answered ${s}`
+          } else to = 'accepted'
+        } else if (e.sub === 'progress') {
+          const state = typeof p.state === 'string' ? p.state.toLowerCase() : ''
+          to = PROGRESS[state] ?? (a.state === 'pending' || a.state === 'notified' ? 'accepted' : a.state)
+          if (state === 'rolled back' || state === 'rolled_back') detail = 'device rolled back'
+          percent = typeof p.percent === 'number' && Number.isFinite(p.percent) ? Math.max(0, Math.min(100, Math.round(p.percent))) : undefined
+        } else {
+          const ok = p.success === true
+          to = ok ? 'installed' : 'failed'
+          detail = ok ? 'device reported success; waiting for it to boot the new version' : `result ${String(p.result_code ?? '?')}: ${typeof p.message === 'string' ? p.message.slice(0, 300) : 'failed'}`
+        }
+        if (to && (await recordOutcome(a, to, detail, percent))) touched.add(a.rollout_id)
+      }
+      if (touched.size > 0) await tick([...touched])
+    })
+  }
+
+  /**
+   * A polling (Arduino HTTPUpdate) device asks for an update: the rollout it belongs to decides.
+   * Success is inferred from the next check-in reporting the new image; a device that was served the
+   * image and still runs the old one has failed and is not offered it again (no update loops).
+   */
+  async function pullDecision(d: { deviceId: string; model: string; version: string | null; sha256?: string | undefined; md5?: string | undefined; freeSpace?: number | undefined }): Promise<{ release: Release } | { reason: string }> {
+    const db = opts.db()
+    const target = await deviceTarget(db, d.deviceId, d.model)
+    for (const r of await runningRollouts(db)) {
+      if (!isTarget(r, target)) continue
+      const release = await getRelease(db, r.device_model, r.firmware_version)
+      if (!release) return { reason: `release ${r.firmware_version} is gone` }
+      const runsTarget = d.version === r.firmware_version || (d.sha256 !== undefined && d.sha256 === release.checksum_sha256) || (d.md5 !== undefined && d.md5 === release.checksum_md5)
+      const row = await takeIn(db, r, d.deviceId, runsTarget ? r.firmware_version : d.version)
+      const action = { rollout_id: r.id, device_id: d.deviceId, state: row.state, firmware_version: r.firmware_version }
+      if (runsTarget) {
+        if (!TERMINAL.includes(row.state)) {
+          await enqueue(async () => {
+            if (await recordOutcome({ ...action, state: row.state }, 'succeeded', 'checked in with the new image')) await recordUpdateStatus(db, d.deviceId, r.firmware_version, 'success')
+            await tick([r.id])
+          })
+        }
+        return { reason: `up to date (${r.firmware_version})` }
+      }
+      if (TERMINAL.includes(row.state)) return { reason: `${row.state} in rollout ${r.name}${row.detail ? `: ${row.detail}` : ''}` }
+      if (row.state === 'downloading') {
+        const detail = `still runs ${d.version ?? 'the old image'} after the image was served`
+        await enqueue(async () => {
+          if (await recordOutcome(action, 'failed', detail)) await recordUpdateStatus(db, d.deviceId, r.firmware_version, 'failed', detail)
+          await tick([r.id])
+        })
+        return { reason: `failed in rollout ${r.name}: ${detail}` }
+      }
+      if (d.freeSpace !== undefined && release.file_size > d.freeSpace) {
+        const detail = `image is ${release.file_size} bytes, the device has ${d.freeSpace} free`
+        await enqueue(async () => {
+          if (await recordOutcome(action, 'failed', detail)) await recordUpdateStatus(db, d.deviceId, r.firmware_version, 'failed', detail)
+          await tick([r.id])
+        })
+        return { reason: detail }
+      }
+      await advanceDevice(db, action, 'downloading', 'image served to the polling device')
+      await markNotified(db, r.id, d.deviceId)
+      await insertEvent(db, 'update_started', d.deviceId, r.firmware_version, r.id, { from_version: d.version, via: 'http-update' })
+      await recordUpdateStatus(db, d.deviceId, r.firmware_version, 'downloading')
+      return { release }
+    }
+    return { reason: 'no running rollout targets this device' }
+  }
+
+  /** The old GET /api/firmware/check (contract §4.4), answered from the same rollouts. */
+  async function checkDecision(deviceId: string, model: string, current: string): Promise<{ rollout: Rollout; release: Release } | undefined> {
+    const db = opts.db()
+    const target = await deviceTarget(db, deviceId, model)
+    for (const r of await runningRollouts(db)) {
+      if (!isTarget(r, target)) continue
+      const row = await takeIn(db, r, deviceId, current)
+      if (TERMINAL.includes(row.state)) return undefined
+      const release = await getRelease(db, r.device_model, r.firmware_version)
+      if (!release) return undefined
+      if (row.state === 'pending') {
+        // Once per device and rollout, not on every poll as the old service did.
+        await advanceDevice(db, { rollout_id: r.id, device_id: deviceId, state: row.state, firmware_version: r.firmware_version }, 'notified', 'offered by /api/firmware/check')
+        await markNotified(db, r.id, deviceId)
+        await insertEvent(db, 'update_started', deviceId, r.firmware_version, r.id, { from_version: current, via: 'check' })
+      }
+      return { rollout: r, release }
+    }
+    return undefined
+  }
+
+  const routes = createOtaRoutes({
+    config,
+    db: opts.db,
+    log,
+    counters,
+    downloadUrl,
+    pullDecision,
+    checkDecision,
+    rolloutChanged: (id) => enqueue(() => tick(id === undefined ? undefined : [id])),
+  })
+
+  async function metrics() {
+    const g = await gauges(opts.db())
+    const c = (name: string, help: string, value: number) => ({ name: `paku_ota_${name}`, help, type: 'counter' as const, samples: [{ value }] })
+    return [
+      c('uploads_total', 'Firmware images stored.', counters.uploads),
+      c('uploads_rejected_total', 'Firmware uploads refused (bad image, duplicate, unknown model).', counters.uploadsRejected),
+      c('downloads_total', 'Firmware downloads completed (whole image or range).', counters.downloads),
+      c('downloads_partial_total', 'Range (206) downloads completed.', counters.downloadsPartial),
+      c('download_bytes_total', 'Firmware bytes sent.', counters.downloadBytes),
+      c('pull_checks_total', 'HTTPUpdate check-ins.', counters.pullChecks),
+      c('pull_served_total', 'HTTPUpdate check-ins answered with an image.', counters.pullServed),
+      c('commands_sent_total', 'cmd/ota messages published.', counters.commandsSent),
+      c('updates_succeeded_total', 'Device updates confirmed by the device reporting the new version.', counters.updatesSucceeded),
+      c('updates_failed_total', 'Device updates failed, timed out or rolled back.', counters.updatesFailed),
+      { name: 'paku_devices', help: 'Registered devices by model.', type: 'gauge' as const, samples: g.devicesByModel.map((d) => ({ labels: { model: d.model }, value: d.n })) },
+      { name: 'paku_ota_rollouts', help: 'Rollouts by status.', type: 'gauge' as const, samples: g.rolloutsByStatus.map((r) => ({ labels: { status: r.status }, value: r.n })) },
+      { name: 'paku_ota_releases', help: 'Firmware releases stored.', type: 'gauge' as const, samples: [{ value: g.releases }] },
+    ]
+  }
+
+  return {
+    name: 'ota',
+    routes,
+    counters,
+    deviceStatus,
+    deviceReport,
+    metrics,
+    /** Runs one rollout pass now and waits for it (tests, and the admin API after a change). */
+    tick: (ids?: string[]) => enqueue(() => tick(ids)),
+    async start(): Promise<void> {
+      running = true
+      if (!config.publicUrl) log.warn('ota.publicUrl (PAKU_PUBLIC_URL) is not set; cmd/ota links use a local address devices may not reach', { url: publicUrl() })
+      await enqueue(() => tick())
+      timer = setInterval(() => void enqueue(() => tick()), config.rolloutTickSeconds * 1000)
+      timer.unref()
+    },
+    async stop(): Promise<void> {
+      running = false
+      clearInterval(timer)
+      clearTimeout(soon)
+      timer = soon = undefined
+      await chain
+    },
+    health(): { ok: boolean; trackedDevices: number; lastError: string | null } {
+      return { ok: failing === null, trackedDevices: tracked.devices.size, lastError: failing }
+    },
+  }
+}
+
+export type Ota = ReturnType<typeof createOta>

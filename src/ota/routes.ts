@@ -1,0 +1,393 @@
+import { Hono, type Context } from 'hono'
+import { HTTPException } from 'hono/http-exception'
+import type { Config } from '../config/index.js'
+import type { Logger } from '../log/index.js'
+import { imageResponse } from './download.js'
+import { inspectImage } from './image.js'
+import { deviceIdFromMac, parseUpdateHeaders } from './pull.js'
+import { ActionBody, DeviceBody, DeviceId, GroupBody, jsonBody, MembersBody, queryBool, queryInt, RolloutBody, RolloutStatusQuery, UpdateStatusBody, validate } from './requests.js'
+import { applyAction, countsOf, createRollout, currentPercentage, getRollout, listRollouts, rolloutDevices, stagesOf, DEVICE_STATES, type Action, type Rollout } from './rollouts.js'
+import * as store from './store.js'
+import { parseVersion, SLUG } from './versions.js'
+import type { OtaCounters } from './index.js'
+
+type RoutesOptions = {
+  config: Config['ota']
+  db: () => store.Db
+  log: Logger
+  counters: OtaCounters
+  downloadUrl: (model: string, version: string) => string
+  pullDecision: (d: { deviceId: string; model: string; version: string | null; sha256?: string | undefined; md5?: string | undefined; freeSpace?: number | undefined }) => Promise<{ release: store.Release } | { reason: string }>
+  checkDecision: (deviceId: string, model: string, current: string) => Promise<{ rollout: Rollout; release: store.Release } | undefined>
+  rolloutChanged: (id?: string) => Promise<void>
+}
+
+const slug = (raw: string | undefined, name: string): string => {
+  if (raw === undefined || raw === '') throw new HTTPException(400, { message: `${name}: required` })
+  if (!/^[A-Za-z0-9._-]{1,64}$/.test(raw)) throw new HTTPException(400, { message: `${name}: must be 1–64 letters, digits, . _ or -` })
+  return raw
+}
+const optionalText = (raw: string | undefined, name: string, max = 10_000): string | null => {
+  if (raw === undefined || raw === '') return null
+  if (raw.length > max) throw new HTTPException(400, { message: `${name}: at most ${max} characters` })
+  return raw
+}
+
+/**
+ * Admin routes (under /api/admin, behind the admin key) and device routes (open, as devices carry no
+ * key; also under ota.routePrefix for a proxy that keeps /ota).
+ */
+export function createOtaRoutes(o: RoutesOptions): Hono {
+  const routes = new Hono()
+  const { config, counters } = o
+  const db = () => o.db()
+
+  // ---- firmware store -------------------------------------------------------------------------
+
+  async function storeUpload(c: Context, f: { version: string; model: string; data: Uint8Array; releaseNotes: string | null; changelog: string | null; minVersion: string | null; isSigned: boolean }) {
+    const refuse = (status: 400 | 404 | 409 | 413, message: string, data?: unknown): never => {
+      counters.uploadsRejected++
+      o.log.warn('firmware upload refused', { model: f.model, version: f.version, reason: message })
+      if (data === undefined) throw new HTTPException(status, { message })
+      throw new HTTPException(status, { res: c.json({ status, message, data }, status) })
+    }
+    if (!parseVersion(f.version)) refuse(400, `version: ${JSON.stringify(f.version.slice(0, 64))} is not a semantic version (like 1.4.2 or 1.5.0-rc.1); paku orders releases by semver`)
+    if (f.minVersion !== null && !parseVersion(f.minVersion)) refuse(400, 'min_version: must be a semantic version')
+    const image = inspectImage(f.data, config.maxFirmwareBytes)
+    if ('error' in image) refuse(f.data.length > config.maxFirmwareBytes ? 413 : 400, image.error)
+    const info = image as Exclude<typeof image, { error: string }>
+    if (!(await store.isKnownModel(db(), f.model, config.models))) {
+      refuse(400, `device_model: unknown model ${JSON.stringify(f.model)}: no device has reported it and no release uses it; add it to ota.models (PAKU_OTA_MODELS) first`)
+    }
+    const result = await store.insertRelease(db(), { ...f, image: info, createdBy: keyName(c) })
+    if ('conflict' in result) {
+      const same = result.conflict.checksum_sha256 === info.sha256
+      refuse(409, `firmware ${f.model} ${f.version} already exists${same ? ' with identical content' : ' with different content'}; releases are immutable: upload a new version (or delete this one if no rollout uses it)`, {
+        existing: releaseView(result.conflict),
+        identical: same,
+      })
+    }
+    const release = (result as { release: store.Release }).release
+    counters.uploads++
+    o.log.info('firmware uploaded', { model: f.model, version: f.version, bytes: info.size, sha256: info.sha256, chip: info.chip })
+    return release
+  }
+
+  // The old multipart upload (contract §4.4): fields in the query (as the CI workflow sends them) or the form.
+  routes.post('/api/admin/firmware/upload', async (c) => {
+    const type = c.req.header('content-type') ?? ''
+    if (!/^multipart\/form-data/i.test(type)) {
+      throw new HTTPException(415, { message: 'expected multipart/form-data with a "file" field (curl -F file=@firmware.bin), or PUT the raw image to /api/admin/firmware/{device_model}/{version}' })
+    }
+    let form: Record<string, string | File | (string | File)[]>
+    try {
+      form = await c.req.parseBody({ all: true })
+    } catch (err) {
+      throw new HTTPException(400, { message: `malformed multipart body: ${(err as Error).message}` })
+    }
+    const field = (name: string): string | undefined => {
+      const q = c.req.query(name)
+      if (q !== undefined) return q
+      const f = form[name]
+      if (Array.isArray(f)) throw new HTTPException(400, { message: `${name}: given more than once` })
+      return typeof f === 'string' ? f : undefined
+    }
+    const file = form.file
+    if (Array.isArray(file)) throw new HTTPException(400, { message: 'file: send one file per upload' })
+    if (!(file instanceof File)) throw new HTTPException(400, { message: 'file: the multipart field "file" with the firmware image is missing' })
+    const release = await storeUpload(c, {
+      version: slug(field('version'), 'version'),
+      model: slug(field('device_model'), 'device_model'),
+      data: new Uint8Array(await file.arrayBuffer()),
+      releaseNotes: optionalText(field('release_notes'), 'release_notes'),
+      changelog: optionalText(field('changelog'), 'changelog'),
+      minVersion: optionalText(field('min_version'), 'min_version', 64),
+      isSigned: queryBool(field('is_signed'), 'is_signed') ?? false,
+    })
+    return c.json({ status: 'ok', message: 'Firmware uploaded successfully', version: release.version, file_size: release.file_size, checksum_sha256: release.checksum_sha256, checksum_md5: release.checksum_md5, release: releaseView(release) })
+  })
+
+  // Raw body: curl -T firmware.bin -H 'X-API-Key: …' …/api/admin/firmware/{model}/{version}
+  routes.put('/api/admin/firmware/:model/:version', async (c) => {
+    const release = await storeUpload(c, {
+      version: slug(c.req.param('version'), 'version'),
+      model: slug(c.req.param('model'), 'device_model'),
+      data: new Uint8Array(await c.req.arrayBuffer()),
+      releaseNotes: optionalText(c.req.query('release_notes'), 'release_notes'),
+      changelog: optionalText(c.req.query('changelog'), 'changelog'),
+      minVersion: optionalText(c.req.query('min_version'), 'min_version', 64),
+      isSigned: queryBool(c.req.query('is_signed'), 'is_signed') ?? false,
+    })
+    return c.json({ status: 'ok', message: 'Firmware uploaded successfully', version: release.version, file_size: release.file_size, checksum_sha256: release.checksum_sha256, checksum_md5: release.checksum_md5, release: releaseView(release) }, 201)
+  })
+
+  routes.get('/api/admin/firmware/releases', async (c) => {
+    const model = c.req.query('device_model') || undefined
+    if (model !== undefined) slug(model, 'device_model')
+    const releases = await store.listReleases(db(), model, queryInt(c.req.query('limit'), 'limit', 10, 1, 100))
+    return c.json({ releases: releases.map(releaseView) })
+  })
+
+  routes.get('/api/admin/firmware/:model/:version', async (c) => {
+    const r = await store.getRelease(db(), c.req.param('model'), c.req.param('version'))
+    if (!r) throw new HTTPException(404, { message: `no firmware ${c.req.param('model')} ${c.req.param('version')}` })
+    return c.json({ release: { ...releaseView(r), stored: await store.hasImage(db(), r.id), download_url: o.downloadUrl(r.device_model, r.version) } })
+  })
+
+  routes.delete('/api/admin/firmware/:model/:version', async (c) => {
+    const { deleted, blockedBy } = await store.deleteRelease(db(), c.req.param('model'), c.req.param('version'))
+    if (blockedBy.length > 0) throw new HTTPException(409, { message: `firmware is delivered by live rollouts (${blockedBy.join(', ')}); cancel them first` })
+    if (!deleted) throw new HTTPException(404, { message: `no firmware ${c.req.param('model')} ${c.req.param('version')}` })
+    o.log.info('firmware deleted', { model: c.req.param('model'), version: c.req.param('version') })
+    return c.json({ status: 'ok', message: 'Firmware deleted' })
+  })
+
+  // ---- rollouts -------------------------------------------------------------------------------
+
+  async function create(c: Context) {
+    const b = await jsonBody(c.req, RolloutBody)
+    const release = await store.getRelease(db(), b.device_model, b.firmware_version)
+    if (!release) throw new HTTPException(404, { message: `no firmware ${b.device_model} ${b.firmware_version}: upload it before creating the rollout` })
+    if (!(await store.hasImage(db(), release.id))) throw new HTTPException(409, { message: `firmware ${b.device_model} ${b.firmware_version} has no stored image; run \`paku firmware import DIR\` with the old firmware volume` })
+    const f = b.target_filter ?? {}
+    const groups = [...new Set([...(f.groups ?? []), ...(f.group ? [f.group] : [])])]
+    for (const g of groups) if (!(await store.groupExists(db(), g))) throw new HTTPException(400, { message: `target_filter.groups: no group ${JSON.stringify(g)}` })
+    const deviceIds = [...new Set([...(f.device_ids ?? []), ...(b.target_device_ids ?? [])])]
+    const filter = {
+      ...(deviceIds.length > 0 ? { device_ids: deviceIds } : {}),
+      ...(f.mac_addresses && f.mac_addresses.length > 0 ? { mac_addresses: f.mac_addresses } : {}),
+      ...(groups.length > 0 ? { groups } : {}),
+      ...(f.device_models && f.device_models.length > 0 ? { device_models: f.device_models } : {}),
+    }
+    const created = await createRollout(db(), {
+      name: b.name,
+      release,
+      targetType: b.target_type,
+      targetFilter: Object.keys(filter).length > 0 ? filter : null,
+      percentage: b.rollout_percentage,
+      stages: b.stages ?? null,
+      autoAdvance: b.auto_advance,
+      successThresholdPercent: b.success_threshold_percent,
+      errorThresholdCount: b.error_threshold.count ?? null,
+      errorThresholdPercent: b.error_threshold.percent ?? null,
+      errorThresholdMinExecuted: b.error_threshold.min_executed ?? 1,
+      allowDowngrade: b.allow_downgrade ?? b.force ?? false,
+      active: b.is_active,
+      createdBy: keyName(c),
+    })
+    if (!created) throw new HTTPException(409, { message: `a rollout named ${JSON.stringify(b.name)} exists already` })
+    o.log.info('rollout created', { name: b.name, model: b.device_model, version: b.firmware_version, target: b.target_type, superseded: created.superseded })
+    await o.rolloutChanged(created.rollout.id)
+    const view = await rolloutView(created.rollout.id)
+    return c.json({ status: 'ok', message: 'Rollout created successfully', id: Number(created.rollout.id), rollout: view, superseded: created.superseded })
+  }
+  routes.post('/api/admin/rollout/create', create)
+  routes.post('/api/admin/rollouts', create)
+
+  async function rolloutView(id: string) {
+    const r = await getRollout(db(), id)
+    if (!r) throw new HTTPException(404, { message: `no rollout ${id}` })
+    const counts = (await countsOf(db(), [id])).get(id)
+    return { ...r, id: Number(r.id), stages: stagesOf(r), current_percentage: currentPercentage(r), counts }
+  }
+
+  routes.get('/api/admin/rollouts', async (c) => {
+    const status = validate(RolloutStatusQuery, c.req.query('status') || undefined)
+    const model = c.req.query('device_model') || undefined
+    const list = await listRollouts(db(), { status, model, limit: queryInt(c.req.query('limit'), 'limit', 50, 1, 500) })
+    const counts = await countsOf(db(), list.map((r) => r.id))
+    return c.json({ rollouts: list.map((r) => ({ ...r, id: Number(r.id), stages: stagesOf(r), current_percentage: currentPercentage(r), counts: counts.get(r.id) })) })
+  })
+
+  routes.get('/api/admin/rollouts/:id', async (c) => c.json({ rollout: await rolloutView(c.req.param('id')) }))
+
+  routes.get('/api/admin/rollouts/:id/devices', async (c) => {
+    const id = c.req.param('id')
+    if (!(await getRollout(db(), id))) throw new HTTPException(404, { message: `no rollout ${id}` })
+    const state = c.req.query('state') || undefined
+    if (state !== undefined && !(DEVICE_STATES as readonly string[]).includes(state)) throw new HTTPException(400, { message: `state: must be one of ${DEVICE_STATES.join(', ')}` })
+    return c.json({ devices: await rolloutDevices(db(), id, state) })
+  })
+
+  for (const action of ['pause', 'resume', 'cancel', 'advance', 'retry'] as const satisfies readonly Action[]) {
+    routes.post(`/api/admin/rollouts/:id/${action}`, async (c) => {
+      const id = c.req.param('id')
+      if (!(await getRollout(db(), id))) throw new HTTPException(404, { message: `no rollout ${id}` })
+      const body = action === 'advance' ? await jsonBody(c.req, ActionBody) : {}
+      const result = await applyAction(db(), id, action, body)
+      if ('error' in result) throw new HTTPException(409, { message: result.error })
+      o.log.info('rollout changed', { rollout: result.rollout.name, action })
+      await o.rolloutChanged(id)
+      return c.json({ status: 'ok', rollout: await rolloutView(id) })
+    })
+  }
+
+  // ---- devices and groups ---------------------------------------------------------------------
+
+  routes.get('/api/admin/devices', async (c) => {
+    const model = c.req.query('device_model') || undefined
+    const group = c.req.query('group') || undefined
+    return c.json({ devices: await store.listDevices(db(), { model, group, limit: queryInt(c.req.query('limit'), 'limit', 50, 1, 500) }) })
+  })
+  routes.get('/api/admin/devices/:id', async (c) => {
+    const d = await store.getDevice(db(), c.req.param('id'))
+    if (!d) throw new HTTPException(404, { message: `no device ${c.req.param('id')}` })
+    return c.json({ device: d })
+  })
+  routes.put('/api/admin/devices/:id', async (c) => {
+    const id = validate(DeviceId, c.req.param('id'))
+    const b = await jsonBody(c.req, DeviceBody)
+    for (const g of b.groups ?? []) if (!(await store.groupExists(db(), g))) throw new HTTPException(400, { message: `groups: no group ${JSON.stringify(g)}` })
+    await store.putDevice(db(), id, b.device_model, b.metadata ?? null)
+    for (const g of b.groups ?? []) await store.addMembers(db(), g, [id])
+    await o.rolloutChanged()
+    return c.json({ device: await store.getDevice(db(), id) })
+  })
+
+  routes.get('/api/admin/groups', async (c) => c.json({ groups: await store.listGroups(db()) }))
+  routes.put('/api/admin/groups/:name', async (c) => {
+    const name = slug(c.req.param('name'), 'group name')
+    const b = await jsonBody(c.req, GroupBody)
+    await store.putGroup(db(), name, b.description ?? null, b.device_ids)
+    await o.rolloutChanged()
+    return c.json({ group: (await store.listGroups(db())).find((g) => g.name === name) })
+  })
+  routes.post('/api/admin/groups/:name/devices', async (c) => {
+    const name = c.req.param('name')
+    if (!(await store.groupExists(db(), name))) throw new HTTPException(404, { message: `no group ${name}` })
+    const b = await jsonBody(c.req, MembersBody)
+    await store.addMembers(db(), name, b.device_ids)
+    await o.rolloutChanged()
+    return c.json({ group: (await store.listGroups(db())).find((g) => g.name === name) })
+  })
+  routes.delete('/api/admin/groups/:name/devices/:id', async (c) => {
+    if (!(await store.removeMember(db(), c.req.param('name'), c.req.param('id')))) throw new HTTPException(404, { message: `device ${c.req.param('id')} is not in group ${c.req.param('name')}` })
+    return c.json({ status: 'ok' })
+  })
+  routes.delete('/api/admin/groups/:name', async (c) => {
+    if (!(await store.deleteGroup(db(), c.req.param('name')))) throw new HTTPException(404, { message: `no group ${c.req.param('name')}` })
+    return c.json({ status: 'ok' })
+  })
+
+  routes.get('/api/admin/update-status', async (c) => {
+    const updates = await store.listUpdateStatus(db(), {
+      deviceId: c.req.query('device_id') || undefined,
+      version: c.req.query('firmware_version') || undefined,
+      limit: queryInt(c.req.query('limit'), 'limit', 50, 1, 500),
+    })
+    return c.json({ updates })
+  })
+
+  routes.post('/api/device/:id/update-status', async (c) => {
+    const id = validate(DeviceId, c.req.param('id'))
+    const b = await jsonBody(c.req, UpdateStatusBody)
+    await store.reportUpdateStatus(db(), id, b)
+    await o.rolloutChanged()
+    return c.json({ status: 'ok', message: 'Status reported successfully' })
+  })
+
+  // ---- device-facing (no key: devices have none) ------------------------------------------------
+
+  for (const prefix of config.routePrefix ? ['', config.routePrefix] : ['']) {
+    routes.get(`${prefix}/api/firmware/download/:version`, async (c) => {
+      const version = c.req.param('version')
+      const model = c.req.query('device_model')
+      if (!SLUG.test(version) || (model !== undefined && !SLUG.test(model))) throw new HTTPException(404, { message: 'Firmware version not found' })
+      let release: store.Release | undefined
+      if (model !== undefined) release = await store.getRelease(db(), model, version)
+      else {
+        const all = await store.releasesByVersion(db(), version)
+        // The old service picked an arbitrary model here; serving one model's image to another bricks nothing only by luck.
+        if (all.length > 1) throw new HTTPException(409, { message: `version ${version} exists for several models (${all.map((r) => r.device_model).join(', ')}); add ?device_model=` })
+        release = all[0]
+      }
+      if (!release) throw new HTTPException(404, { message: 'Firmware version not found' })
+      if (!(await store.hasImage(db(), release.id))) throw new HTTPException(404, { message: 'Firmware file not found' })
+      const id = release.id
+      return imageResponse(c.req, release, (off, len) => store.readImage(db(), id, off, len), (bytes, partial) => served(bytes, partial))
+    })
+
+    // Arduino HTTPUpdate / ESP8266httpUpdate: httpUpdate.update(client, "http://host/api/firmware/update?device_model=…")
+    routes.get(`${prefix}/api/firmware/update`, async (c) => {
+      counters.pullChecks++
+      const model = slug(c.req.query('device_model'), 'device_model')
+      const h = parseUpdateHeaders((n) => c.req.header(n))
+      if ('error' in h) throw new HTTPException(400, { message: h.error })
+      const given = c.req.query('device_id')
+      if (given !== undefined) validate(DeviceId, given)
+      const mac = h.staMac as string
+      const deviceId = given ?? (await store.deviceByMac(db(), mac)) ?? deviceIdFromMac(h.family, mac)
+      const running = h.version ?? (await store.releaseByHash(db(), model, { md5: h.sketchMd5, sha256: h.sketchSha256 }))?.version ?? null
+      await store.upsertPolledDevice(db(), {
+        deviceId,
+        model,
+        mac,
+        version: running,
+        metadata: { protocol: 'http', chip_family: h.family, free_space: h.freeSpace ?? null, sketch_size: h.sketchSize ?? null, sketch_md5: h.sketchMd5 ?? null, chip_size: h.chipSize ?? null, sdk_version: h.sdkVersion ?? null },
+      })
+      const notModified = (reason: string) => new Response(null, { status: 304, headers: { 'x-paku-reason': reason.replace(/[^\x20-\x7e]/g, '?').slice(0, 300) } })
+      if (h.mode !== 'sketch') return notModified('only application (sketch) images are served')
+      const decision = await o.pullDecision({ deviceId, model, version: running, sha256: h.sketchSha256, md5: h.sketchMd5, freeSpace: h.freeSpace })
+      if ('reason' in decision) return notModified(decision.reason)
+      counters.pullServed++
+      const release = decision.release
+      o.log.info('firmware offered to a polling device', { deviceId, model, version: release.version, from: running })
+      return imageResponse(c.req, release, (off, len) => store.readImage(db(), release.id, off, len), (bytes, partial) => served(bytes, partial))
+    })
+
+    // The old service's JSON check (contract §4.4), kept for the examples that use it.
+    routes.get(`${prefix}/api/firmware/check`, async (c) => {
+      const deviceId = validate(DeviceId, required(c.req.query('device_id'), 'device_id'))
+      const model = slug(c.req.query('device_model'), 'device_model')
+      const current = required(c.req.query('current_version'), 'current_version')
+      if (current.length > 64) throw new HTTPException(400, { message: 'current_version: at most 64 characters' })
+      await store.upsertCheckedDevice(db(), deviceId, model, current)
+      const hit = await o.checkDecision(deviceId, model, current)
+      if (!hit) {
+        const latest = (await store.listReleases(db(), model, 1))[0]
+        return c.json({ update_available: false, current_version: current, latest_version: latest?.version ?? null, download_url: null, file_size: null, checksum_sha256: null, release_notes: null })
+      }
+      const r = hit.release
+      return c.json({ update_available: true, current_version: current, latest_version: r.version, download_url: o.downloadUrl(r.device_model, r.version), file_size: r.file_size, checksum_sha256: r.checksum_sha256, release_notes: r.release_notes })
+    })
+  }
+
+  function served(bytes: number, partial: boolean): void {
+    counters.downloads++
+    if (partial) counters.downloadsPartial++
+    counters.downloadBytes += bytes
+  }
+
+  return routes
+}
+
+function required(raw: string | undefined, name: string): string {
+  if (raw === undefined || raw === '') throw new HTTPException(400, { message: `${name}: required` })
+  return raw
+}
+
+/** Who did it, for created_by: the named key, or 'admin' for the configured key (the old service wrote 'admin'). */
+function keyName(c: Context): string {
+  const name = (c.get as (k: string) => unknown)('keyName')
+  return typeof name === 'string' ? name : 'admin'
+}
+
+/** A release for the API: the old fields first (the CI workflow reads version and checksum_sha256). */
+export function releaseView(r: store.Release) {
+  return {
+    version: r.version,
+    device_model: r.device_model,
+    file_size: r.file_size,
+    checksum_sha256: r.checksum_sha256,
+    checksum_md5: r.checksum_md5,
+    is_signed: r.is_signed,
+    created_at: r.created_at,
+    release_notes: r.release_notes,
+    changelog: r.changelog,
+    min_version: r.min_version,
+    file_path: r.file_path,
+    created_by: r.created_by,
+    chip: (r.metadata as { chip?: string } | null)?.chip ?? null,
+    app: (r.metadata as { app?: unknown } | null)?.app ?? null,
+  }
+}

@@ -1,0 +1,321 @@
+import { sql, type Kysely } from 'kysely'
+import type { DB } from '../db/index.js'
+import type { ImageInfo } from './image.js'
+
+export type Db = Kysely<DB>
+
+/** A release as the API shows it (the old `releases` items plus what paku adds). */
+export type Release = {
+  id: string
+  version: string
+  device_model: string
+  file_path: string
+  file_size: number
+  checksum_sha256: string
+  checksum_md5: string | null
+  is_signed: boolean
+  release_notes: string | null
+  changelog: string | null
+  min_version: string | null
+  created_at: Date
+  created_by: string | null
+  metadata: Record<string, unknown> | null
+}
+
+const RELEASE_COLUMNS = sql`id::text AS id, version, device_model, file_path, file_size::float8 AS file_size, checksum_sha256,
+  checksum_md5, COALESCE(is_signed, false) AS is_signed, release_notes, changelog, min_version, created_at, created_by, metadata`
+
+export type NewRelease = {
+  version: string
+  model: string
+  image: ImageInfo
+  data: Uint8Array
+  releaseNotes: string | null
+  changelog: string | null
+  minVersion: string | null
+  isSigned: boolean
+  createdBy: string
+}
+
+/**
+ * Stores a release and its bytes in one transaction. An existing (model, version) is never
+ * overwritten: the existing release comes back as `conflict`.
+ */
+export async function insertRelease(db: Db, r: NewRelease): Promise<{ release: Release } | { conflict: Release }> {
+  return db.transaction().execute(async (tx) => {
+    const inserted = await sql<Release>`
+      INSERT INTO firmware_releases (version, device_model, min_version, file_path, file_size, checksum_sha256, checksum_md5,
+        changelog, release_notes, is_signed, created_by, metadata)
+      VALUES (${r.version}, ${r.model}, ${r.minVersion}, ${`${r.model}_${r.version}.bin`}, ${r.image.size}, ${r.image.sha256}, ${r.image.md5},
+        ${r.changelog}, ${r.releaseNotes}, ${r.isSigned}, ${r.createdBy}, ${JSON.stringify({ chip: r.image.chip, app: r.image.app ?? null })}::jsonb)
+      ON CONFLICT (version, device_model) DO NOTHING
+      RETURNING ${RELEASE_COLUMNS}`.execute(tx)
+    const release = inserted.rows[0]
+    if (!release) {
+      const existing = await getRelease(tx, r.model, r.version)
+      if (!existing) throw new Error(`release ${r.model} ${r.version} conflicted but cannot be read`)
+      return { conflict: existing }
+    }
+    await sql`INSERT INTO firmware_images (release_id, data) VALUES (${release.id}::bigint, ${Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength)})`.execute(tx)
+    await insertEvent(tx, 'firmware_uploaded', null, r.version, null, { device_model: r.model, file_size: r.image.size, checksum: r.image.sha256, md5: r.image.md5, chip: r.image.chip, by: r.createdBy })
+    return { release }
+  })
+}
+
+export async function getRelease(db: Db, model: string, version: string): Promise<Release | undefined> {
+  const r = await sql<Release>`SELECT ${RELEASE_COLUMNS} FROM firmware_releases WHERE device_model = ${model} AND version = ${version}`.execute(db)
+  return r.rows[0]
+}
+
+/** Releases with this version (one per model); the download route picks among them. */
+export async function releasesByVersion(db: Db, version: string): Promise<Release[]> {
+  const r = await sql<Release>`SELECT ${RELEASE_COLUMNS} FROM firmware_releases WHERE version = ${version} ORDER BY device_model`.execute(db)
+  return r.rows
+}
+
+export async function listReleases(db: Db, model: string | undefined, limit: number): Promise<Release[]> {
+  const r = await sql<Release>`
+    SELECT ${RELEASE_COLUMNS} FROM firmware_releases
+    WHERE ${model ?? null}::text IS NULL OR device_model = ${model ?? null}::text
+    ORDER BY created_at DESC, id DESC LIMIT ${limit}`.execute(db)
+  return r.rows
+}
+
+/** Releases of a model whose bytes are stored, for matching a running sketch's hash to a version. */
+export async function releaseByHash(db: Db, model: string, hash: { md5?: string; sha256?: string }): Promise<Release | undefined> {
+  if (!hash.md5 && !hash.sha256) return undefined
+  const r = await sql<Release>`
+    SELECT ${RELEASE_COLUMNS} FROM firmware_releases
+    WHERE device_model = ${model} AND (checksum_sha256 = ${hash.sha256 ?? null}::text OR checksum_md5 = ${hash.md5 ?? null}::text)
+    ORDER BY created_at DESC LIMIT 1`.execute(db)
+  return r.rows[0]
+}
+
+/** Whether the bytes are in the database (releases adopted from the old service need `paku firmware import`). */
+export async function hasImage(db: Db, releaseId: string): Promise<boolean> {
+  const r = await sql<{ ok: number }>`SELECT 1 AS ok FROM firmware_images WHERE release_id = ${releaseId}::bigint`.execute(db)
+  return r.rows.length > 0
+}
+
+/** Bytes [offset, offset + length) of a release's image. substring() on an EXTERNAL bytea reads only those TOAST chunks. */
+export async function readImage(db: Db, releaseId: string, offset: number, length: number): Promise<Buffer> {
+  const r = await sql<{ chunk: Buffer }>`
+    SELECT substring(data FROM ${offset + 1}::int FOR ${length}::int) AS chunk FROM firmware_images WHERE release_id = ${releaseId}::bigint`.execute(db)
+  const row = r.rows[0]
+  if (!row) throw new Error(`firmware image of release ${releaseId} is gone`)
+  return row.chunk
+}
+
+export async function storeImage(db: Db, releaseId: string, data: Buffer): Promise<void> {
+  await sql`INSERT INTO firmware_images (release_id, data) VALUES (${releaseId}::bigint, ${data}) ON CONFLICT (release_id) DO NOTHING`.execute(db)
+}
+
+/** Deletes a release unless a live rollout (running, paused, or completed and current) delivers it; returns the rollouts in the way. */
+export async function deleteRelease(db: Db, model: string, version: string): Promise<{ deleted: boolean; blockedBy: string[] }> {
+  return db.transaction().execute(async (tx) => {
+    const users = await sql<{ name: string }>`
+      SELECT name FROM rollout_configurations
+      WHERE device_model = ${model} AND firmware_version = ${version} AND (status IN ('running', 'paused') OR (status = 'completed' AND is_active)) FOR UPDATE`.execute(tx)
+    if (users.rows.length > 0) return { deleted: false, blockedBy: users.rows.map((u) => u.name) }
+    const r = await sql`DELETE FROM firmware_releases WHERE device_model = ${model} AND version = ${version}`.execute(tx)
+    return { deleted: Number(r.numAffectedRows ?? 0) > 0, blockedBy: [] }
+  })
+}
+
+/** Models an upload may name: configured ones, those devices reported, and those releases already use. */
+export async function isKnownModel(db: Db, model: string, configured: readonly string[]): Promise<boolean> {
+  if (configured.includes(model)) return true
+  const r = await sql<{ ok: number }>`
+    SELECT 1 AS ok WHERE EXISTS (SELECT 1 FROM devices WHERE device_model = ${model})
+      OR EXISTS (SELECT 1 FROM firmware_releases WHERE device_model = ${model})`.execute(db)
+  return r.rows.length > 0
+}
+
+export type OtaEventType = 'firmware_uploaded' | 'rollout_created' | 'rollout_updated' | 'update_started' | 'update_completed' | 'update_failed' | 'rollback_initiated'
+
+export async function insertEvent(
+  db: Db,
+  type: OtaEventType,
+  deviceId: string | null,
+  version: string | null,
+  rolloutId: string | null,
+  data: Record<string, unknown>,
+): Promise<void> {
+  await sql`
+    INSERT INTO ota_events (event_type, device_id, firmware_version, rollout_id, event_data, created_by)
+    VALUES (${type}, ${deviceId}, ${version}, ${rolloutId}::bigint, ${JSON.stringify(data)}::jsonb, 'paku')`.execute(db)
+}
+
+/** A device as the admin API shows it (the old `devices` items plus groups and what paku learned). */
+export type Device = {
+  device_id: string
+  device_model: string
+  current_firmware_version: string | null
+  last_seen: Date | null
+  created_at: Date
+  mac_address: string | null
+  online: boolean | null
+  site_id: string | null
+  metadata: Record<string, unknown> | null
+  groups: string[]
+}
+
+const DEVICE_COLUMNS = sql`d.device_id, d.device_model, d.current_firmware_version, d.last_seen, d.created_at, d.mac_address, d.online,
+  d.site_id, d.metadata,
+  COALESCE((SELECT array_agg(m.group_name ORDER BY m.group_name) FROM device_group_members m WHERE m.device_id = d.device_id), '{}') AS groups`
+
+export async function listDevices(db: Db, filter: { model?: string | undefined; group?: string | undefined; limit: number }): Promise<Device[]> {
+  const r = await sql<Device>`
+    SELECT ${DEVICE_COLUMNS} FROM devices d
+    WHERE (${filter.model ?? null}::text IS NULL OR d.device_model = ${filter.model ?? null}::text)
+      AND (${filter.group ?? null}::text IS NULL OR EXISTS (
+        SELECT 1 FROM device_group_members m WHERE m.device_id = d.device_id AND m.group_name = ${filter.group ?? null}::text))
+    ORDER BY d.last_seen DESC NULLS LAST, d.device_id LIMIT ${filter.limit}`.execute(db)
+  return r.rows
+}
+
+export async function getDevice(db: Db, deviceId: string): Promise<Device | undefined> {
+  const r = await sql<Device>`SELECT ${DEVICE_COLUMNS} FROM devices d WHERE d.device_id = ${deviceId}`.execute(db)
+  return r.rows[0]
+}
+
+/** Registers a device by hand (before it ever connects) or changes its model/metadata. */
+export async function putDevice(db: Db, deviceId: string, model: string, metadata: Record<string, unknown> | null): Promise<void> {
+  await sql`
+    INSERT INTO devices (device_id, device_model, metadata) VALUES (${deviceId}, ${model}, ${metadata === null ? null : JSON.stringify(metadata)}::jsonb)
+    ON CONFLICT (device_id) DO UPDATE SET device_model = EXCLUDED.device_model,
+      metadata = COALESCE(devices.metadata, '{}'::jsonb) || COALESCE(EXCLUDED.metadata, '{}'::jsonb)`.execute(db)
+}
+
+export type Group = { name: string; description: string | null; created_at: Date; device_ids: string[] }
+
+export async function listGroups(db: Db): Promise<Group[]> {
+  const r = await sql<Group>`
+    SELECT g.name, g.description, g.created_at,
+      COALESCE((SELECT array_agg(m.device_id ORDER BY m.device_id) FROM device_group_members m WHERE m.group_name = g.name), '{}') AS device_ids
+    FROM device_groups g ORDER BY g.name`.execute(db)
+  return r.rows
+}
+
+/** Creates or updates a group; with `deviceIds` its members are exactly those. */
+export async function putGroup(db: Db, name: string, description: string | null, deviceIds: readonly string[] | undefined): Promise<void> {
+  await db.transaction().execute(async (tx) => {
+    await sql`
+      INSERT INTO device_groups (name, description) VALUES (${name}, ${description})
+      ON CONFLICT (name) DO UPDATE SET description = COALESCE(EXCLUDED.description, device_groups.description)`.execute(tx)
+    if (deviceIds === undefined) return
+    await sql`DELETE FROM device_group_members WHERE group_name = ${name} AND device_id <> ALL(${[...deviceIds]}::text[])`.execute(tx)
+    await addMembers(tx, name, deviceIds)
+  })
+}
+
+export async function addMembers(db: Db, name: string, deviceIds: readonly string[]): Promise<void> {
+  await sql`
+    INSERT INTO device_group_members (group_name, device_id) SELECT ${name}, unnest(${[...deviceIds]}::text[])
+    ON CONFLICT DO NOTHING`.execute(db)
+}
+
+export async function removeMember(db: Db, name: string, deviceId: string): Promise<boolean> {
+  const r = await sql`DELETE FROM device_group_members WHERE group_name = ${name} AND device_id = ${deviceId}`.execute(db)
+  return Number(r.numAffectedRows ?? 0) > 0
+}
+
+export async function deleteGroup(db: Db, name: string): Promise<boolean> {
+  const r = await sql`DELETE FROM device_groups WHERE name = ${name}`.execute(db)
+  return Number(r.numAffectedRows ?? 0) > 0
+}
+
+export async function groupExists(db: Db, name: string): Promise<boolean> {
+  const r = await sql<{ ok: number }>`SELECT 1 AS ok FROM device_groups WHERE name = ${name}`.execute(db)
+  return r.rows.length > 0
+}
+
+/**
+ * A polling device's check-in: registers it (or refreshes it) with what its headers said. The MAC
+ * stays with the device that has it; a device id given in the URL wins over the MAC-derived one.
+ */
+export async function upsertPolledDevice(
+  db: Db,
+  d: { deviceId: string; model: string; mac: string; version: string | null; metadata: Record<string, unknown> },
+): Promise<void> {
+  await sql`
+    INSERT INTO devices (device_id, device_model, mac_address, current_firmware_version, last_seen, online, metadata)
+    VALUES (${d.deviceId}, ${d.model}, (SELECT ${d.mac}::text WHERE NOT EXISTS (SELECT 1 FROM devices WHERE mac_address = ${d.mac}::text)),
+      ${d.version}, NOW(), true, ${JSON.stringify(d.metadata)}::jsonb)
+    ON CONFLICT (device_id) DO UPDATE SET device_model = EXCLUDED.device_model,
+      mac_address = COALESCE(devices.mac_address, EXCLUDED.mac_address),
+      current_firmware_version = COALESCE(EXCLUDED.current_firmware_version, devices.current_firmware_version),
+      last_seen = NOW(), online = true, metadata = COALESCE(devices.metadata, '{}'::jsonb) || EXCLUDED.metadata`.execute(db)
+}
+
+/** The device id that already owns a MAC address, if any. */
+export async function deviceByMac(db: Db, mac: string): Promise<string | undefined> {
+  const r = await sql<{ device_id: string }>`SELECT device_id FROM devices WHERE upper(mac_address) = ${mac.toUpperCase()} LIMIT 1`.execute(db)
+  return r.rows[0]?.device_id
+}
+
+/**
+ * The old /check upsert (contract §4.4): insert, or refresh only version and last_seen. A device that
+ * asks over HTTP polls for its updates: it is marked so rollouts do not also push cmd/ota to it.
+ */
+export async function upsertCheckedDevice(db: Db, deviceId: string, model: string, version: string): Promise<void> {
+  await sql`
+    INSERT INTO devices (device_id, device_model, current_firmware_version, last_seen, metadata)
+    VALUES (${deviceId}, ${model}, ${version}, NOW(), '{"protocol": "http"}'::jsonb)
+    ON CONFLICT (device_id) DO UPDATE SET current_firmware_version = EXCLUDED.current_firmware_version, last_seen = NOW(),
+      metadata = COALESCE(devices.metadata, '{}'::jsonb) || '{"protocol": "http"}'::jsonb`.execute(db)
+}
+
+export type UpdateStatus = 'pending' | 'downloading' | 'downloaded' | 'installing' | 'success' | 'failed' | 'rolled_back'
+
+/**
+ * Keeps device_update_status (what the Grafana OTA dashboard reads) in step for updates paku sees
+ * over HTTP: moves the device's open row for that version, or starts one.
+ */
+export async function recordUpdateStatus(db: Db, deviceId: string, version: string, status: UpdateStatus, message: string | null = null): Promise<void> {
+  const done = status === 'success' || status === 'failed' || status === 'rolled_back'
+  const r = await sql`
+    UPDATE device_update_status SET status = ${status}, error_message = ${message},
+      progress_percent = CASE WHEN ${status} = 'success' THEN 100 ELSE progress_percent END,
+      completed_at = CASE WHEN ${done} THEN NOW() ELSE completed_at END, reported_at = NOW()
+    WHERE id = (SELECT id FROM device_update_status WHERE device_id = ${deviceId} AND firmware_version = ${version}
+      AND status NOT IN ('success', 'failed', 'rolled_back') ORDER BY reported_at DESC, id DESC LIMIT 1)`.execute(db)
+  if (Number(r.numAffectedRows ?? 0) > 0) return
+  await sql`
+    INSERT INTO device_update_status (device_id, firmware_version, status, error_message, progress_percent, started_at, completed_at)
+    VALUES (${deviceId}, ${version}, ${status}, ${message}, ${status === 'success' ? 100 : null}, NOW(), ${done ? sql`NOW()` : null})`.execute(db)
+}
+
+/** The old service's /api/admin/update-status rows. */
+export async function listUpdateStatus(db: Db, f: { deviceId?: string | undefined; version?: string | undefined; limit: number }) {
+  const r = await sql<Record<string, unknown>>`
+    SELECT device_id, firmware_version, status, error_message, progress_percent, started_at, completed_at, reported_at
+    FROM device_update_status
+    WHERE (${f.deviceId ?? null}::text IS NULL OR device_id = ${f.deviceId ?? null}::text)
+      AND (${f.version ?? null}::text IS NULL OR firmware_version = ${f.version ?? null}::text)
+    ORDER BY reported_at DESC, id DESC LIMIT ${f.limit}`.execute(db)
+  return r.rows
+}
+
+/** The old report endpoint's effects (contract §4.4), with success also moving the device's version. */
+export async function reportUpdateStatus(db: Db, deviceId: string, b: { firmware_version: string; status: UpdateStatus; error_message?: string | null | undefined; progress_percent?: number | null | undefined }): Promise<void> {
+  await db.transaction().execute(async (tx) => {
+    await sql`
+      INSERT INTO device_update_status (device_id, firmware_version, status, error_message, progress_percent, started_at, completed_at)
+      VALUES (${deviceId}, ${b.firmware_version}, ${b.status}, ${b.error_message ?? null}, ${b.progress_percent ?? null},
+        ${b.status === 'downloading' ? sql`NOW()` : null}, ${b.status === 'success' || b.status === 'failed' ? sql`NOW()` : null})`.execute(tx)
+    if (b.status === 'success') {
+      await sql`UPDATE devices SET current_firmware_version = ${b.firmware_version}, last_seen = NOW() WHERE device_id = ${deviceId}`.execute(tx)
+      await insertEvent(tx, 'update_completed', deviceId, b.firmware_version, null, { via: 'update-status' })
+    }
+    if (b.status === 'failed') await insertEvent(tx, 'update_failed', deviceId, b.firmware_version, null, { error: b.error_message ?? null })
+  })
+}
+
+/** Small numbers for /metrics that live in the database. */
+export async function gauges(db: Db): Promise<{ devicesByModel: Array<{ model: string; n: number }>; rolloutsByStatus: Array<{ status: string; n: number }>; releases: number }> {
+  const d = await sql<{ model: string; n: number }>`SELECT device_model AS model, count(*)::int AS n FROM devices GROUP BY 1 ORDER BY 1`.execute(db)
+  const r = await sql<{ status: string; n: number }>`SELECT status, count(*)::int AS n FROM rollout_configurations GROUP BY 1 ORDER BY 1`.execute(db)
+  const f = await sql<{ n: number }>`SELECT count(*)::int AS n FROM firmware_releases`.execute(db)
+  return { devicesByModel: d.rows, rolloutsByStatus: r.rows, releases: f.rows[0]?.n ?? 0 }
+}
