@@ -13,6 +13,10 @@ import { detectFamily, mapQuota, FAMILIES } from './ecoflow/mapping.js'
 import { parseTimestamp } from './ingest/payloads.js'
 import { toRow } from './ingest/records.js'
 import { parseTopic } from './ingest/topic.js'
+import { parseRange } from './ota/download.js'
+import { inspectImage } from './ota/image.js'
+import { parseUpdateHeaders } from './ota/pull.js'
+import { RolloutBody } from './ota/requests.js'
 import * as v from 'valibot'
 
 const RUNS = { numRuns: 2000 }
@@ -99,6 +103,46 @@ describe('property: config and EcoFlow inputs', () => {
       if (!parsed.success) return
       const built = controlBody(family, 'SN1', parsed.output)
       assert.ok('body' in built || built.error.length > 0)
+    }), RUNS)
+  })
+})
+
+describe('property: OTA inputs', () => {
+  it('inspectImage accepts an image or explains why not, for any bytes', () => {
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 600 }), fc.boolean(), (bytes, magic) => {
+      const data = Uint8Array.from(bytes)
+      if (magic && data.length > 0) data[0] = 0xe9
+      const r = inspectImage(data, 512)
+      if ('error' in r) assert.ok(r.error.length > 0)
+      else {
+        assert.equal(r.size, data.length)
+        assert.match(r.sha256, /^[0-9a-f]{64}$/)
+        if (r.app) assert.match(r.app.version, /^[\x20-\x7e]*$/)
+      }
+    }), RUNS)
+  })
+
+  it('HTTPUpdate headers parse or are refused, whatever a client sends', () => {
+    const names = ['x-esp32-sta-mac', 'x-esp32-mode', 'x-esp32-free-space', 'x-esp32-sketch-md5', 'x-esp32-sketch-sha256', 'x-esp32-version', 'x-esp8266-sta-mac', 'x-esp8266-mode']
+    fc.assert(fc.property(fc.dictionary(fc.constantFrom(...names), fc.string({ maxLength: 80 })), (headers) => {
+      const r = parseUpdateHeaders((n) => headers[n])
+      if ('error' in r) assert.ok(r.error.length > 0)
+      else assert.match(r.staMac ?? '', /^[0-9A-F]{2}(:[0-9A-F]{2}){5}$/)
+    }), RUNS)
+  })
+
+  it('a Range header gives a range inside the image, 416, or is ignored', () => {
+    fc.assert(fc.property(fc.oneof(fc.string(), fc.tuple(fc.nat(), fc.nat()).map(([a, b]) => `bytes=${a}-${b}`), fc.nat().map((n) => `bytes=-${n}`)), fc.integer({ min: 1, max: 1_000_000 }), (header, size) => {
+      const r = parseRange(header, size)
+      if (r === undefined || r === 'unsatisfiable') return
+      assert.ok(r.start >= 0 && r.start <= r.end && r.end < size)
+    }), RUNS)
+  })
+
+  it('rollout bodies validate or name the field, for any JSON', () => {
+    fc.assert(fc.property(fc.jsonValue(), (body) => {
+      const r = v.safeParse(RolloutBody, body)
+      if (!r.success) assert.ok(r.issues.length > 0)
     }), RUNS)
   })
 })

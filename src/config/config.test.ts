@@ -87,6 +87,11 @@ describe('loadConfig', () => {
     { name: 'rejects an unknown signing form', env: { PAKU_ECOFLOW_SIGNING: 'md5' }, want: ['ecoflow.signing (from PAKU_ECOFLOW_SIGNING): must be auto, documented or legacy'] },
     { name: 'rejects a secret key of the wrong type without echoing it', file: '{"ecoflow":{"secretKey":12345}}', want: ['ecoflow.secretKey: ecoflow.secretKey must be a string'] },
     { name: 'rejects a zero batch size', env: { PAKU_INGEST_BATCH_SIZE: '0' }, want: ['ingest.batchSize (from PAKU_INGEST_BATCH_SIZE): batchSize must be at least 1'] },
+    { name: 'rejects a public URL that is not http(s)', env: { PAKU_PUBLIC_URL: 'iot.example.com/ota' }, want: ['ota.publicUrl (from PAKU_PUBLIC_URL): must be an http(s):// URL without query'] },
+    { name: 'rejects a public URL with a query', env: { PAKU_PUBLIC_URL: 'https://x/ota?a=1' }, want: ['ota.publicUrl (from PAKU_PUBLIC_URL): must be an http(s):// URL without query'] },
+    { name: 'rejects a firmware limit that is not a number', env: { PAKU_OTA_MAX_FIRMWARE_BYTES: '16MB' }, want: ['PAKU_OTA_MAX_FIRMWARE_BYTES: expected an integer, got "16MB"'] },
+    { name: 'rejects a model name with a path in it', env: { PAKU_OTA_MODELS: 'esp32,../x' }, want: ['ota.models.1 (from PAKU_OTA_MODELS): must be a model slug (letters, digits, . _ -)'] },
+    { name: 'rejects a route prefix without a slash', file: '{"ota":{"routePrefix":"ota"}}', want: ['ota.routePrefix: must be like /ota'] },
   ]
   for (const c of bad) {
     it(c.name, () => {
@@ -101,6 +106,14 @@ describe('loadConfig', () => {
     const r = loadConfig({ env: { PAKU_ECOFLOW_DEVICES: ' DCABZ8ZE1234567 ,R331ZEB4ZE89012,, ' }, defaultPath: 'x', readFile: files({}) })
     assert.ok(r.ok)
     assert.deepEqual(r.config.ecoflow.devices, ['DCABZ8ZE1234567', 'R331ZEB4ZE89012'])
+  })
+
+  it('takes the old OTA_API_KEY as PAKU_OTA_API_KEY; PAKU_ADMIN_API_KEY wins when both are set', () => {
+    const one = loadConfig({ env: { PAKU_OTA_API_KEY: 'old-key' }, defaultPath: 'x', readFile: files({}) })
+    const both = loadConfig({ env: { PAKU_OTA_API_KEY: 'old-key', PAKU_ADMIN_API_KEY: 'new-key' }, defaultPath: 'x', readFile: files({}) })
+    assert.ok(one.ok && both.ok)
+    assert.equal(one.config.http.adminApiKey, 'old-key')
+    assert.equal(both.config.http.adminApiKey, 'new-key')
   })
 
   it('masks the admin and EcoFlow keys for display', () => {
