@@ -3,6 +3,7 @@ import { describe, it } from 'node:test'
 import { Hono } from 'hono'
 import { HTTPException } from 'hono/http-exception'
 import { createLogger } from '../log/index.js'
+import { requiredScope } from './admin-keys.js'
 import { buildHttpApp, type HealthReport } from './index.js'
 
 const logged: string[] = []
@@ -86,4 +87,22 @@ describe('http app', () => {
     assert.match(logged[0] as string, new RegExp(body.requestId))
     assert.match(logged[0] as string, /secret_table/)
   })
+})
+
+describe('requiredScope', () => {
+  const table: Array<[string, string, string]> = [
+    ['GET', '/api/admin/firmware/releases', 'read'],
+    ['HEAD', '/api/admin/rollouts/1', 'read'],
+    ['POST', '/api/admin/firmware/upload', 'upload'],
+    ['PUT', '/api/admin/firmware/esp32-heater/1.4.2', 'upload'],
+    ['DELETE', '/api/admin/firmware/esp32-heater/1.4.2', 'admin'],
+    ['POST', '/api/admin/rollout/create', 'rollout'],
+    ['POST', '/api/admin/rollouts', 'rollout'],
+    ['POST', '/api/admin/rollouts/3/pause', 'rollout'],
+    ['POST', '/api/device/ESP32-1/update-status', 'rollout'],
+    ['PUT', '/api/admin/groups/van', 'admin'],
+    ['PUT', '/api/admin/devices/ESP32-1', 'admin'],
+    ['POST', '/api/admin/ecoflow/poll', 'admin'],
+  ]
+  for (const [method, path, scope] of table) it(`${method} ${path} needs ${scope}`, () => assert.equal(requiredScope(method, path), scope))
 })

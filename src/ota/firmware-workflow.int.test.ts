@@ -12,6 +12,7 @@ import { describe, it, type TestContext } from 'node:test'
 import { promisify } from 'node:util'
 import { parse } from 'yaml'
 import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
+import { createKey } from '../http/index.js'
 import { espImage } from './test-image.js'
 import { PushDevice } from './test-device.js'
 
@@ -36,13 +37,15 @@ async function setup(t: TestContext) {
   const dir = await mkdtemp(join(tmpdir(), 'paku-ci-'))
   defer(t, () => rm(dir, { recursive: true, force: true }))
   const all = await steps()
+  // The key the README tells CI to use: read, upload and rollout, not admin.
+  const ciKey = await createKey(s.app.db.db, 'firmware-ci', ['read', 'upload', 'rollout'])
   /** Runs one step's script as Actions would: bash, the job env, GITHUB_OUTPUT; returns exit code, output and the step outputs. */
   const step = async (id: string, env: Record<string, string>) => {
     const script = all.get(id)
     assert.ok(script, `workflow has no step ${id}`)
     const output = join(dir, `out-${id}-${Math.random()}`)
     await writeFile(output, '')
-    const base = { PATH: process.env.PATH ?? '', HOME: dir, PAKU_URL: s.httpUrl, PAKU_API_KEY: KEY, DEVICE_MODEL: MODEL, DEVICE_FAMILY: '', STRATEGY: 'full', TEST_DEVICES: '', RELEASE_NOTES: 'CI build', WAIT_MINUTES: '0', RUN_ID: '42-1', GITHUB_OUTPUT: output, GITHUB_ENV: join(dir, 'env'), POLL_SECONDS: '1' }
+    const base = { PATH: process.env.PATH ?? '', HOME: dir, PAKU_URL: s.httpUrl, PAKU_API_KEY: ciKey, DEVICE_MODEL: MODEL, DEVICE_FAMILY: '', STRATEGY: 'full', TEST_DEVICES: '', RELEASE_NOTES: 'CI build', WAIT_MINUTES: '0', RUN_ID: '42-1', GITHUB_OUTPUT: output, GITHUB_ENV: join(dir, 'env'), POLL_SECONDS: '1' }
     let code = 0
     let text = ''
     try {
