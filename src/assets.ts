@@ -1,33 +1,101 @@
-import { existsSync, readFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import type { SqlFile } from './db/index.js'
+import { readSqlDir } from './db/index.js'
 
-/** The repository root when running from source: src/ sits one level below it. */
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
+/**
+ * The files paku carries (SQL migrations, Grafana provisioning, version): from the repository when
+ * running from source or the ESM bundle, from the executable's embedded assets when it is the
+ * single executable (build/sea.ts puts them there with a manifest).
+ */
 
-/** Directory of the numbered SQL migrations. */
+/** What build/sea.ts embeds as `manifest.json`. */
+export type SeaManifest = { version: string; commit: string; sql: string[]; grafana: string[] }
+
+type SeaModule = { isSea(): boolean; getAsset(key: string, encoding: string): string; getAsset(key: string): ArrayBuffer }
+
+let seaCache: SeaModule | null | undefined
+/** node:sea when this process is the single executable; undefined otherwise (and on Node without it). */
+function sea(): SeaModule | undefined {
+  if (seaCache === undefined) {
+    const getBuiltin = (process as { getBuiltinModule?: (id: string) => unknown }).getBuiltinModule
+    const mod = getBuiltin?.('node:sea') as SeaModule | undefined
+    seaCache = mod?.isSea() ? mod : null
+  }
+  return seaCache ?? undefined
+}
+
+export function isSingleExecutable(): boolean {
+  return sea() !== undefined
+}
+
+let manifestCache: SeaManifest | undefined
+function manifest(s: SeaModule): SeaManifest {
+  manifestCache ??= JSON.parse(s.getAsset('manifest.json', 'utf8')) as SeaManifest
+  return manifestCache
+}
+
+/** The repository root when running from source (src/ sits one level below it) or from dist/paku.mjs. */
+function root(): string {
+  return join(dirname(fileURLToPath(import.meta.url)), '..')
+}
+
+/** Directory of the numbered SQL migrations (source checkouts and tests). */
 export function sqlDir(): string {
-  return join(ROOT, 'sql')
+  return join(root(), 'sql')
 }
 
-/** Directory of the Grafana provisioning tree. */
+/** Directory of the Grafana provisioning tree (source checkouts and tests). */
 export function grafanaDir(): string {
-  return join(ROOT, 'grafana-provisioning')
+  return join(root(), 'grafana-provisioning')
 }
 
-/** The package version and, in a git checkout, the commit. */
+/** The SQL migrations, in apply order. */
+export function migrationFiles(): SqlFile[] {
+  const s = sea()
+  if (!s) return readSqlDir(sqlDir())
+  return manifest(s).sql.map((name) => ({ name, sql: s.getAsset(`sql/${name}`, 'utf8') }))
+}
+
+/** Writes the Grafana provisioning tree (datasources/, dashboards/) into `dir`. */
+export function exportGrafana(dir: string): void {
+  const s = sea()
+  if (!s) {
+    cpSync(grafanaDir(), dir, { recursive: true })
+    return
+  }
+  for (const rel of manifest(s).grafana) {
+    const target = join(dir, rel)
+    mkdirSync(dirname(target), { recursive: true })
+    writeFileSync(target, Buffer.from(s.getAsset(`grafana/${rel}`)))
+  }
+}
+
+/** The systemd unit `paku install-service` writes (build/systemd/paku.service in the repository). */
+export function serviceUnit(): string {
+  const s = sea()
+  return s ? s.getAsset('systemd/paku.service', 'utf8') : readFileSync(join(root(), 'build', 'systemd', 'paku.service'), 'utf8')
+}
+
+/** The package version and the commit (embedded in the executable; from .git in a checkout). */
 export function versionInfo(env: Record<string, string | undefined> = process.env): { version: string; commit: string } {
-  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }
-  return { version: pkg.version, commit: env.PAKU_COMMIT ?? gitCommit() }
+  const s = sea()
+  if (s) {
+    const m = manifest(s)
+    return { version: m.version, commit: m.commit }
+  }
+  const pkg = JSON.parse(readFileSync(join(root(), 'package.json'), 'utf8')) as { version: string }
+  return { version: pkg.version, commit: env.PAKU_COMMIT ?? gitCommit(root()) }
 }
 
-function gitCommit(): string {
+export function gitCommit(dir: string): string {
   try {
-    const head = readFileSync(join(ROOT, '.git', 'HEAD'), 'utf8').trim()
+    const head = readFileSync(join(dir, '.git', 'HEAD'), 'utf8').trim()
     if (!head.startsWith('ref: ')) return head.slice(0, 12)
-    const refFile = join(ROOT, '.git', head.slice(5))
+    const refFile = join(dir, '.git', head.slice(5))
     if (existsSync(refFile)) return readFileSync(refFile, 'utf8').trim().slice(0, 12)
-    const packed = readFileSync(join(ROOT, '.git', 'packed-refs'), 'utf8')
+    const packed = readFileSync(join(dir, '.git', 'packed-refs'), 'utf8')
     const line = packed.split('\n').find((l) => l.endsWith(' ' + head.slice(5)))
     return line ? line.slice(0, 12) : 'unknown'
   } catch {

@@ -24,15 +24,17 @@ process.on('unhandledRejection', (reason) => {
   process.kill(process.pid, 'SIGTERM')
 })
 
-const code = await runCli(process.argv.slice(2), {
+// No top-level await: the single executable runs this as a CommonJS script (Node 24's SEA format).
+void runCli(process.argv.slice(2), {
   env: process.env,
   out: (line) => process.stdout.write(line + '\n'),
   err: (line) => process.stderr.write(line + '\n'),
   waitForStop,
   isTTY: process.stdout.isTTY === true,
   onReload: (fn) => process.on('SIGHUP', fn),
+}).then((code) => {
+  process.exitCode ||= code
+  // Embedded PostgreSQL's child and MQTT sockets are closed by now; nothing should keep the loop alive,
+  // but a stray keep-alive socket must not turn a clean stop into a hang under systemd.
+  setTimeout(() => process.exit(), 2000).unref()
 })
-process.exitCode ||= code
-// Embedded PostgreSQL's child and MQTT sockets are closed by now; nothing should keep the loop alive,
-// but a stray keep-alive socket must not turn a clean stop into a hang under systemd.
-setTimeout(() => process.exit(), 2000).unref()

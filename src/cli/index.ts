@@ -1,14 +1,14 @@
 import { randomBytes } from 'node:crypto'
-import { cpSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { createApp } from '../app.js'
-import { grafanaDir, sqlDir, versionInfo } from '../assets.js'
+import { exportGrafana, migrationFiles, versionInfo } from '../assets.js'
 import { loadConfig, maskSecrets, type Config } from '../config/index.js'
 import { addCredential, listCredentials, removeCredential, ROLES, USERNAME, type Role } from '../broker/credentials.js'
-import { createDatabase, readSqlDir, type Database } from '../db/index.js'
+import { createDatabase, type Database } from '../db/index.js'
 import { createKey, KEY_NAME, listKeys, revokeKey, SCOPES, type Scope } from '../http/index.js'
 import { runEmulator } from '../emulate/index.js'
 import { importFirmwareDir } from '../ota/index.js'
+import { healthUrl, installService, runCommand, waitReady } from './service.js'
 import { createLogger, errorText } from '../log/index.js'
 
 /** The longest a graceful stop may take before serve gives up and exits non-zero. */
@@ -37,6 +37,8 @@ usage: paku <command> [--config FILE]
   device add|list|remove   MQTT credentials: device add ID [--password P] [--role device|bridge|service]
   key create|list|revoke   admin API keys: key create NAME --scopes read,upload,rollout,admin
   firmware import DIR      load the old OTA service's firmware volume ({model}_{version}.bin) into the database
+  install-service          install as a systemd service: executable, user, unit, config (--user U --bin PATH --dry-run)
+  wait-ready [--timeout S] wait until paku answers /health (the unit's readiness check)
   grafana export DIR       write the Grafana provisioning files (datasource, dashboards) to DIR
   version                  print version and commit
 config: --config FILE, else $PAKU_CONFIG, else ./paku.config.json; PAKU_* env overrides.
@@ -72,6 +74,11 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
         password: { type: 'string' },
         role: { type: 'string' },
         scopes: { type: 'string' },
+        user: { type: 'string' },
+        bin: { type: 'string' },
+        root: { type: 'string' },
+        'dry-run': { type: 'boolean' },
+        timeout: { type: 'string' },
       },
     })
   } catch (err) {
@@ -89,12 +96,13 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     return 0
   }
   if (command === 'grafana') return grafanaCommand(positionals.slice(1), io)
+  if (command === 'install-service') return installServiceCommand(values, io)
   if (command === 'version') {
     const v = versionInfo(io.env)
     io.out(`paku ${v.version} (${v.commit}) node ${process.version}`)
     return 0
   }
-  if (!['serve', 'migrate', 'check-config', 'emulate', 'device', 'key', 'firmware'].includes(command)) {
+  if (!['serve', 'migrate', 'check-config', 'emulate', 'device', 'key', 'firmware', 'wait-ready'].includes(command)) {
     io.err(`unknown command ${JSON.stringify(command)}\n\n${HELP}`)
     return 2
   }
@@ -123,6 +131,8 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       return keyCommand(config, positionals.slice(1), values, io)
     case 'firmware':
       return firmwareCommand(config, positionals.slice(1), io)
+    case 'wait-ready':
+      return waitReadyCommand(config, values.timeout, io)
     default:
       return serveCommand(config, loaded.path, io)
   }
@@ -135,7 +145,7 @@ function logger(config: Config, io: CliIo) {
 async function serveCommand(config: Config, path: string | undefined, io: CliIo): Promise<number> {
   const log = logger(config, io)
   const { version, commit } = versionInfo()
-  const app = createApp({ config, log, migrations: readSqlDir(sqlDir()), version })
+  const app = createApp({ config, log, migrations: migrationFiles(), version })
   try {
     await app.start()
   } catch (err) {
@@ -151,6 +161,9 @@ async function serveCommand(config: Config, path: string | undefined, io: CliIo)
     http: http ? `http://${http.address}:${http.port}/health` : undefined,
     database: app.db.describe(),
     migrationsApplied: app.db.applied.length,
+    // From process start, and from the database's first answer (migrations, broker, HTTP): issue #7's figure.
+    startupMs: Math.round(performance.now()),
+    readyAfterDatabaseMs: app.db.answeredAt === undefined ? undefined : Math.round(performance.now() - app.db.answeredAt),
   })
   io.onReload?.(() => {
     try {
@@ -195,7 +208,7 @@ async function migrateCommand(config: Config, io: CliIo): Promise<number> {
  */
 async function withDatabase(config: Config, io: CliIo, what: string, fn: (db: Database) => Promise<number>, describe?: (err: unknown) => string | undefined): Promise<number> {
   const log = logger(config, io)
-  const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: readSqlDir(sqlDir()) })
+  const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: migrationFiles() })
   try {
     await db.start()
     return await fn(db)
@@ -215,12 +228,56 @@ function grafanaCommand(args: string[], io: CliIo): number {
     return 2
   }
   try {
-    cpSync(grafanaDir(), dir, { recursive: true })
+    exportGrafana(dir)
   } catch (err) {
     io.err(`grafana export failed: ${errorText(err)}`)
     return 1
   }
   io.out(`wrote the Grafana provisioning files to ${dir} (datasources/, dashboards/); see README.md, Grafana`)
+  return 0
+}
+
+/** `paku install-service`: the executable, a system user, the hardened unit, a closed config; prints each step. */
+function installServiceCommand(values: Record<string, string | boolean | undefined>, io: CliIo): number {
+  const user = typeof values.user === 'string' ? values.user : 'paku'
+  const bin = typeof values.bin === 'string' ? values.bin : '/usr/local/bin/paku'
+  const root = typeof values.root === 'string' ? values.root : '/'
+  if (!/^[a-z_][a-z0-9_-]{0,31}$/.test(user)) {
+    io.err('--user must be a system user name (a-z, 0-9, _ -)')
+    return 2
+  }
+  if (!bin.startsWith('/')) {
+    io.err('--bin must be an absolute path')
+    return 2
+  }
+  if (root === '/' && !values['dry-run'] && process.getuid?.() !== 0) {
+    io.err('install-service writes to /etc and /usr/local/bin: run it as root (or --dry-run to see what it would do)')
+    return 1
+  }
+  try {
+    const did = installService({ root, bin, user, execPath: process.execPath, dryRun: values['dry-run'] === true, run: runCommand })
+    for (const line of did) io.out(`${values['dry-run'] ? 'would: ' : ''}${line}`)
+  } catch (err) {
+    io.err(`install-service failed: ${errorText(err)}`)
+    return 1
+  }
+  io.out('next: set PAKU_DATABASE_URL (and the other secrets) in /etc/paku/paku.env, then: systemctl enable --now paku; journalctl -u paku -f')
+  return 0
+}
+
+/** `paku wait-ready`: exits 0 once paku answers /health (ExecStartPost of the unit), 1 on timeout. */
+async function waitReadyCommand(config: Config, timeout: string | boolean | undefined, io: CliIo): Promise<number> {
+  const seconds = timeout === undefined ? 60 : Number(timeout)
+  if (!Number.isFinite(seconds) || seconds <= 0 || seconds > 3600) {
+    io.err('--timeout must be seconds between 1 and 3600')
+    return 2
+  }
+  const r = await waitReady(healthUrl(config), seconds * 1000)
+  if (!r.ok) {
+    io.err(r.error)
+    return 1
+  }
+  io.out(`paku ready (${r.status}) after ${r.ms} ms`)
   return 0
 }
 

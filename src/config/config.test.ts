@@ -21,6 +21,7 @@ describe('loadConfig', () => {
     assert.equal(r.config.http.port, 8080)
     assert.equal(r.config.database.url, '')
     assert.equal(r.config.mqtt.ws.path, '/mqtt')
+    assert.equal(r.path, undefined, 'no file was read')
   })
 
   it('fails when an explicit --config file is missing', () => {

@@ -26,7 +26,7 @@ const SECRET_PATHS = new Set(ENV_TABLE.filter((e) => e.secret).map((e) => e.path
 export function loadConfig(opts: LoadOptions): LoadResult {
   const read = opts.readFile ?? ((p: string) => readFileSync(p, 'utf8'))
   const explicit = opts.path ?? (opts.env.PAKU_CONFIG || undefined)
-  const path = explicit ?? opts.defaultPath
+  let path = explicit ?? opts.defaultPath
   let fileValue: Record<string, unknown> = {}
   if (path !== undefined) {
     let text: string | undefined
@@ -38,6 +38,8 @@ export function loadConfig(opts: LoadOptions): LoadResult {
       if (explicit !== undefined || code !== 'ENOENT') {
         return { ok: false, path, issues: [`${path}: cannot read config file (${code ?? String(err)})`] }
       }
+      // Reported as "(defaults)", not as a file that was never read.
+      path = undefined
     }
     if (text !== undefined) {
       try {

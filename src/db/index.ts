@@ -35,6 +35,8 @@ export function createDatabase(opts: DatabaseOptions) {
   let pool: pg.Pool | undefined
   let kysely: Kysely<DB> | undefined
   let applied: string[] = []
+  /** When the database first answered in the last start() (performance.now()), for the ready figure. */
+  let answeredAt: number | undefined
 
   const url = () => opts.config.url || (embedded ? embedded.url() : '')
 
@@ -47,6 +49,10 @@ export function createDatabase(opts: DatabaseOptions) {
     get pool(): pg.Pool {
       if (!pool) throw new Error('database not started')
       return pool
+    },
+    /** performance.now() when the database first answered (SELECT 1) in the last start(). */
+    get answeredAt(): number | undefined {
+      return answeredAt
     },
     /** Migrations applied by the last start(). */
     get applied(): readonly string[] {
@@ -72,6 +78,7 @@ export function createDatabase(opts: DatabaseOptions) {
       kysely = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
       try {
         await sql`SELECT 1`.execute(kysely)
+        answeredAt = performance.now()
       } catch (err) {
         throw new Error(`database: connect ${maskUrl(url())}: ${(err as Error).message} — is PostgreSQL running? set PAKU_DATABASE_URL`, {
           cause: err,
