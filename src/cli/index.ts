@@ -36,12 +36,10 @@ usage: paku <command> [--config FILE]
   device add|list|remove   MQTT credentials: device add ID [--password P] [--role device|bridge|service]
   key create|list|revoke   admin API keys: key create NAME --scopes read,upload,rollout,admin
   firmware import DIR      load the old OTA service's firmware volume ({model}_{version}.bin) into the database
-  install-service          install as a systemd service: executable, user, unit, config (--user U --bin PATH --dry-run)
-  wait-ready [--timeout S] wait until paku answers /health (the unit's readiness check)
+  install-service | wait-ready   systemd: install executable, user, unit, config (--dry-run) | wait for /health
   grafana export DIR       write the Grafana provisioning files (datasource, dashboards) to DIR
   version                  print version and commit
-config: --config FILE, else $PAKU_CONFIG, else ./paku.config.json; PAKU_* env overrides.
-docs: README.md (config reference, ports, topics)`
+config: --config FILE, else $PAKU_CONFIG, else ./paku.config.json; PAKU_* env overrides; docs: README.md`
 
 export const EMULATE_HELP = `usage: paku emulate ruuvi|heater [options]
   --url URL         broker (default mqtt://127.0.0.1:<mqtt.port from config>)
