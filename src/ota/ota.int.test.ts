@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it, type TestContext } from 'node:test'
 import { promisify } from 'node:util'
+import mqtt from 'mqtt'
 import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
 import { runCli } from '../cli/index.js'
 import { hashBucket } from './versions.js'
@@ -262,6 +263,24 @@ describe('OTA push over MQTT (paku-core devices)', () => {
     await eventually(async () => broken.commands.length === 2, { what: 'command re-sent after retry' })
     await eventually(async () => (await s.rolloutState(id, broken.id))?.state === 'failed', { what: 'failed again' })
     assert.equal(sleeper.commands.length, 1)
+  })
+
+  it('a second command refused with 10 "Update already running" (the old workflow also pushes) does not fail the update', async (t) => {
+    const s = await setup(t)
+    await s.upload('1.5.0', espImage({ size: 4000 }))
+    await s.db.query(`INSERT INTO devices (device_id, device_model, current_firmware_version) VALUES ('ESP32-FF000001', $1, '1.4.2')`, [MODEL])
+    const r = await s.api('POST', '/api/admin/rollouts', { name: 'dup', firmware_version: '1.5.0', device_model: MODEL, target_type: 'all' })
+    await eventually(async () => (await s.rolloutState(r.json.id, 'ESP32-FF000001'))?.state === 'notified', { what: 'notified' })
+    const c = await mqtt.connectAsync(s.mqttUrl, { clientId: 'ESP32-FF000001', reconnectPeriod: 0 })
+    defer(t, () => c.endAsync())
+    const pub = (sub: string, body: unknown) => c.publishAsync(`paku/edge/ESP32-FF000001/ota/${sub}`, JSON.stringify(body), { qos: 1 })
+    await pub('status', { timestamp: '', status: 'accepted', current_version: '1.4.2', target_version: '1.5.0' })
+    await pub('result', { timestamp: '', current_version: '1.4.2', target_version: '1.5.0', success: false, result_code: 10, message: 'Update already running' })
+    await pub('progress', { timestamp: '', state: 'Downloading', percent: 40, downloaded: 1600, total: 4000, elapsed_ms: 10 })
+    await eventually(async () => (await s.rolloutState(r.json.id, 'ESP32-FF000001'))?.state === 'downloading', { what: 'still going' })
+    await pub('result', { timestamp: '', current_version: '1.4.2', target_version: '1.5.0', success: false, result_code: 3, message: 'Verification failed' })
+    await eventually(async () => (await s.rolloutState(r.json.id, 'ESP32-FF000001'))?.state === 'failed', { what: 'the real result counts' })
+    assert.match((await s.rolloutState(r.json.id, 'ESP32-FF000001'))?.detail ?? '', /result 3: Verification failed/)
   })
 
   it('pauses by itself at the error threshold; resume counts errors afresh', async (t) => {
