@@ -8,6 +8,7 @@ import { createHttp, lookupKey, type HealthReport, type Metric } from './http/in
 import { createIngest, type Row } from './ingest/index.js'
 import { errorText, type Logger } from './log/index.js'
 import { createOta } from './ota/index.js'
+import { createRollup } from './rollup/index.js'
 
 export type AppOptions = {
   config: Config
@@ -48,6 +49,8 @@ export function createApp(opts: AppOptions) {
     },
   })
 
+  const rollup = createRollup({ config: config.rollup, retention: config.retention, db: () => db.db, log: log.child('rollup') })
+
   function observeForOta(row: Row): void {
     if (row.kind === 'status') ota.deviceStatus({ deviceId: row.deviceId, model: row.model, firmware: row.firmware, online: row.online })
     else if (row.kind === 'ota') ota.deviceReport({ deviceId: row.deviceId, sub: row.sub, payload: row.payload })
@@ -75,6 +78,7 @@ export function createApp(opts: AppOptions) {
       ingest: ingestStats,
       ecoflow: ecoflow.health(),
       ota: ota.health(),
+      rollup: rollup.health(),
     }
   }
 
@@ -89,10 +93,10 @@ export function createApp(opts: AppOptions) {
     metrics: async () => [...ingestMetrics(ingest.stats()), ...(await ota.metrics())],
   })
 
-  // Start order (design §3.3): db → ingest → broker → ota → ecoflow → http. Stop is the reverse, so
-  // producers stop before the last flush and the flush happens before the pool closes. OTA starts
-  // after the broker because a rollout pass may publish cmd/ota.
-  const services: Service[] = [db, ingest, broker, ota, ecoflow, http]
+  // Start order (design §3.3): db → ingest → broker → ota → rollup → ecoflow → http. Stop is the
+  // reverse, so producers stop before the last flush and the flush happens before the pool closes.
+  // OTA starts after the broker because a rollout pass may publish cmd/ota.
+  const services: Service[] = [db, ingest, broker, ota, rollup, ecoflow, http]
   const started: Service[] = []
   let stopping: Promise<void> | undefined
 
@@ -115,6 +119,7 @@ export function createApp(opts: AppOptions) {
     ingest,
     broker,
     ota,
+    rollup,
     ecoflow,
     http,
     health,

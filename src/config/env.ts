@@ -90,6 +90,9 @@ export const ENV_TABLE: readonly EnvEntry[] = [
   // The old stack's OTA_API_KEY under paku's prefix: the same admin key. PAKU_ADMIN_API_KEY, later in the table, wins when both are set.
   { name: 'PAKU_OTA_API_KEY', path: ['http', 'adminApiKey'], parse: asSecret, secret: true, description: 'alias of PAKU_ADMIN_API_KEY (the old OTA_API_KEY)' },
   { name: 'PAKU_ADMIN_API_KEY', path: ['http', 'adminApiKey'], parse: asSecret, secret: true, description: 'key for /api/admin/*' },
+  { name: 'PAKU_RETENTION_MEASUREMENTS_DAYS', path: ['retention', 'measurementsDays'], parse: asInt, description: 'days of raw telemetry to keep (0 = forever)' },
+  { name: 'PAKU_RETENTION_STATUS_DAYS', path: ['retention', 'statusDays'], parse: asInt, description: 'days of device status rows to keep (0 = forever)' },
+  { name: 'PAKU_RETENTION_ECOFLOW_DAYS', path: ['retention', 'ecoflowDays'], parse: asInt, description: 'days of EcoFlow polls to keep (0 = forever)' },
   { name: 'PAKU_PUBLIC_URL', path: ['ota', 'publicUrl'], parse: asString, description: 'public base URL for firmware download links' },
   { name: 'PAKU_OTA_MAX_FIRMWARE_BYTES', path: ['ota', 'maxFirmwareBytes'], parse: asInt, description: 'largest firmware image accepted' },
   { name: 'PAKU_OTA_MODELS', path: ['ota', 'models'], parse: asList, description: 'device models accepted for upload, comma-separated' },

@@ -16,6 +16,9 @@ const positiveInt = (name: string, max: number) =>
     v.maxValue(max, `${name} must be at most ${max}`),
   )
 
+const days = (name: string) =>
+  v.pipe(v.number(`${name} must be a number`), v.integer(`${name} must be an integer`), v.minValue(0, `${name} must be 0 (keep) or more`), v.maxValue(36_500, `${name} must be at most 36500`))
+
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const
 export const LOG_FORMATS = ['auto', 'json', 'pretty'] as const
 
@@ -162,6 +165,24 @@ export const ConfigSchema = v.strictObject({
       inProgressTimeoutMinutes: v.optional(positiveInt('inProgressTimeoutMinutes', 10_080), 60),
       /** A device that has not acknowledged cmd/ota gets it again when it shows up, at most this often. */
       renotifySeconds: v.optional(positiveInt('renotifySeconds', 86_400), 300),
+    }),
+    {},
+  ),
+  rollup: v.optional(
+    v.strictObject({
+      /** How often the 5-minute and hourly rollups catch up with new rows. */
+      intervalSeconds: v.optional(positiveInt('intervalSeconds', 3600), 60),
+    }),
+    {},
+  ),
+  /** Days to keep each kind of row; 0 keeps it forever (the default: nothing is deleted unless asked). */
+  retention: v.optional(
+    v.strictObject({
+      measurementsDays: v.optional(days('measurementsDays'), 0),
+      statusDays: v.optional(days('statusDays'), 0),
+      ecoflowDays: v.optional(days('ecoflowDays'), 0),
+      rejectsDays: v.optional(days('rejectsDays'), 0),
+      rollup5mDays: v.optional(days('rollup5mDays'), 0),
     }),
     {},
   ),

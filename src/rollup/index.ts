@@ -1,0 +1,197 @@
+import { sql, type Kysely } from 'kysely'
+import type { Config } from '../config/index.js'
+import type { DB } from '../db/index.js'
+import { errorText, type Logger } from '../log/index.js'
+import { SOURCES, type Source } from './sources.js'
+
+export { SOURCES } from './sources.js'
+
+export type RollupOptions = {
+  config: Config['rollup']
+  retention: Config['retention']
+  db: () => Kysely<DB>
+  log: Logger
+}
+
+const BUCKET_MS = 5 * 60_000
+const HOUR_MS = 3_600_000
+/** Rows are found by created_at; a transaction that began before the last pass may commit after it. */
+const OVERLAP = '2 minutes'
+/** Backfill works through history a day at a time: bounded memory and transaction size. */
+const MAX_RANGE_MS = 24 * HOUR_MS
+/** Retention deletes in slices so no statement holds locks for long. */
+const DELETE_SLICE = 10_000
+
+export type PassResult = { buckets: number; rows: number; ms: number }
+
+/**
+ * Keeps rollup_5m and rollup_1h current: each pass finds the 5-minute buckets that received rows since
+ * the last one (by created_at, so late and replayed rows count), recomputes them from the raw rows and
+ * then their hours from the 5-minute rows. Recomputing is idempotent. Also applies retention.
+ * A PostgreSQL advisory lock keeps it to one instance at a time when several share the database.
+ */
+export function createRollup(opts: RollupOptions) {
+  const { config, log } = opts
+  let timer: NodeJS.Timeout | undefined
+  let running: Promise<unknown> | undefined
+  let stopped = true
+  /** Set by stop() only: a retention run in progress finishes its slice and leaves the rest for next time. */
+  let stopping = false
+  let lastPass: (PassResult & { at: string }) | null = null
+  let lastError: string | null = null
+  let lastRetention = 0
+
+  async function rollSource(db: Kysely<DB>, source: Source): Promise<{ buckets: number; rows: number }> {
+    return db.transaction().execute(async (tx) => {
+      const locked = await sql<{ ok: boolean }>`SELECT pg_try_advisory_xact_lock(hashtext(${`paku.rollup.${source.name}`})) AS ok`.execute(tx)
+      if (!locked.rows[0]?.ok) return { buckets: 0, rows: 0 }
+      const state = await sql<{ watermark: Date; now: Date }>`
+        SELECT (SELECT watermark FROM rollup_state WHERE source = ${source.name}) AS watermark, statement_timestamp() AS now`.execute(tx)
+      const { watermark, now } = state.rows[0] as { watermark: Date | null; now: Date }
+      const dirty = await sql<{ b: Date }>`
+        SELECT DISTINCT date_bin('5 minutes', ts, TIMESTAMPTZ 'epoch') AS b FROM ${sql.table(source.table)}
+        WHERE ${watermark === null ? sql`true` : sql`created_at > ${watermark}::timestamptz - ${OVERLAP}::interval`}
+        ORDER BY 1`.execute(tx)
+      let rows = 0
+      const hours = new Set<number>()
+      for (const [from, to] of ranges(dirty.rows.map((r) => r.b.getTime()), BUCKET_MS)) {
+        const r = await sql`
+          INSERT INTO rollup_5m (source, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last)
+          SELECT ${source.name}, site_id, system, device_id, metric, date_bin('5 minutes', ts, TIMESTAMPTZ 'epoch'),
+            (array_agg(location ORDER BY ts DESC))[1],
+            count(*) FILTER (WHERE jsonb_typeof(value) = 'number'),
+            sum(CASE WHEN jsonb_typeof(value) = 'number' THEN value::float8 END),
+            min(CASE WHEN jsonb_typeof(value) = 'number' THEN value::float8 END),
+            max(CASE WHEN jsonb_typeof(value) = 'number' THEN value::float8 END),
+            (array_agg(value #>> '{}' ORDER BY ts DESC))[1]
+          FROM (${source.samples(new Date(from), new Date(to))}) s
+          GROUP BY site_id, system, device_id, metric, 6
+          ON CONFLICT (source, site_id, system, device_id, metric, bucket) DO UPDATE SET location = EXCLUDED.location, n = EXCLUDED.n,
+            sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last`.execute(tx)
+        rows += Number(r.numAffectedRows ?? 0)
+        for (let h = Math.floor(from / HOUR_MS) * HOUR_MS; h < to; h += HOUR_MS) hours.add(h)
+      }
+      for (const [from, to] of ranges([...hours].sort((a, b) => a - b), HOUR_MS)) {
+        await sql`
+          INSERT INTO rollup_1h (source, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last)
+          SELECT source, site_id, system, device_id, metric, date_bin('1 hour', bucket, TIMESTAMPTZ 'epoch'),
+            (array_agg(location ORDER BY bucket DESC))[1], sum(n), sum(sum), min(min), max(max), (array_agg(last ORDER BY bucket DESC))[1]
+          FROM rollup_5m WHERE source = ${source.name} AND bucket >= ${new Date(from)} AND bucket < ${new Date(to)}
+          GROUP BY source, site_id, system, device_id, metric, 6
+          ON CONFLICT (source, site_id, system, device_id, metric, bucket) DO UPDATE SET location = EXCLUDED.location, n = EXCLUDED.n,
+            sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last`.execute(tx)
+      }
+      await sql`
+        INSERT INTO rollup_state (source, watermark) VALUES (${source.name}, ${now})
+        ON CONFLICT (source) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = NOW()`.execute(tx)
+      return { buckets: dirty.rows.length, rows }
+    })
+  }
+
+  /** One pass over every source; returns what it recomputed. */
+  async function pass(): Promise<PassResult> {
+    const t0 = performance.now()
+    let buckets = 0
+    let rows = 0
+    for (const source of SOURCES) {
+      const r = await rollSource(opts.db(), source)
+      buckets += r.buckets
+      rows += r.rows
+    }
+    return { buckets, rows, ms: Math.round(performance.now() - t0) }
+  }
+
+  /** Deletes raw rows older than their configured retention, in slices; rollups outlive them. */
+  async function applyRetention(): Promise<Record<string, number>> {
+    const db = opts.db()
+    const r = opts.retention
+    const rules: Array<[string, string, number]> = [
+      ['measurements', 'ts', r.measurementsDays],
+      ['edge_device_status', 'ts', r.statusDays],
+      ['ecoflow_measurements', 'ts', r.ecoflowDays],
+      ['ingest_rejects', 'received_at', r.rejectsDays],
+      ['rollup_5m', 'bucket', r.rollup5mDays],
+    ]
+    const deleted: Record<string, number> = {}
+    for (const [table, column, days] of rules) {
+      if (days <= 0) continue
+      let total = 0
+      for (;;) {
+        const res = await sql`
+          DELETE FROM ${sql.table(table)} WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM ${sql.table(table)} WHERE ${sql.ref(column)} < NOW() - make_interval(days => ${days}) LIMIT ${DELETE_SLICE}))`.execute(db)
+        const n = Number(res.numAffectedRows ?? 0)
+        total += n
+        if (n < DELETE_SLICE || stopping) break
+      }
+      if (total > 0) deleted[table] = total
+    }
+    return deleted
+  }
+
+  async function tick(): Promise<void> {
+    try {
+      const r = await pass()
+      lastPass = { ...r, at: new Date().toISOString() }
+      if (r.buckets > 100) log.info('rolled up', { buckets: r.buckets, rows: r.rows, ms: r.ms })
+      if (Date.now() - lastRetention > HOUR_MS) {
+        lastRetention = Date.now()
+        const deleted = await applyRetention()
+        if (Object.keys(deleted).length > 0) log.info('retention applied', deleted)
+      }
+      if (lastError) log.info('rollup recovered')
+      lastError = null
+    } catch (err) {
+      if (!lastError) log.warn('rollup failing', { err: errorText(err) })
+      lastError = errorText(err)
+    }
+  }
+
+  function schedule(): void {
+    if (stopped) return
+    timer = setTimeout(() => {
+      running = tick().finally(() => {
+        running = undefined
+        schedule()
+      })
+    }, config.intervalSeconds * 1000)
+    timer.unref()
+  }
+
+  return {
+    name: 'rollup',
+    pass,
+    applyRetention,
+    async start(): Promise<void> {
+      stopped = false
+      stopping = false
+      // The first pass (a backfill on an adopted database) runs in the background, not in start-up.
+      running = tick().finally(() => {
+        running = undefined
+        schedule()
+      })
+    },
+    async stop(): Promise<void> {
+      stopped = true
+      stopping = true
+      clearTimeout(timer)
+      await running?.catch(() => undefined)
+    },
+    health(): { lastPass: typeof lastPass; lastError: string | null } {
+      return { lastPass, lastError }
+    },
+  }
+}
+
+/** Sorted bucket starts → [from, to) ranges of consecutive buckets, none longer than MAX_RANGE_MS. */
+export function ranges(starts: readonly number[], step: number): Array<[number, number]> {
+  const out: Array<[number, number]> = []
+  for (const s of starts) {
+    const last = out[out.length - 1]
+    if (last && last[1] === s && s + step - last[0] <= Math.max(MAX_RANGE_MS, step)) last[1] = s + step
+    else out.push([s, s + step])
+  }
+  return out
+}
+
+export type Rollup = ReturnType<typeof createRollup>

@@ -1,0 +1,80 @@
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import { Kysely, PostgresDialect } from 'kysely'
+import pg from 'pg'
+import * as v from 'valibot'
+import { defer, sqlClient, testDatabase, testLogger } from '../../scripts/test-helpers.js'
+import { sqlDir } from '../assets.js'
+import { ConfigSchema } from '../config/index.js'
+import { migrate, readSqlDir, type DB } from '../db/index.js'
+import { createRollup, ranges } from './index.js'
+
+async function setup(t: Parameters<typeof testDatabase>[0], retention: Record<string, number> = {}) {
+  const url = await testDatabase(t)
+  const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 3 }) }) })
+  defer(t, () => db.destroy())
+  await migrate(db, readSqlDir(sqlDir()))
+  const config = v.parse(ConfigSchema, { retention })
+  const rollup = createRollup({ config: config.rollup, retention: config.retention, db: () => db, log: testLogger() })
+  return { db, rollup, sql: await sqlClient(t, url) }
+}
+
+const H = (iso: string) => new Date(iso)
+
+describe('rollups', () => {
+  it('rolls numbers up per device, metric and 5-minute / hourly bucket, keeps the last string, and recomputes buckets late rows land in', async (t) => {
+    const { rollup, sql } = await setup(t)
+    const rows: Array<[string, string, string]> = [
+      ['2026-11-01T10:00:10Z', 'ruuvi_a', '{"temperature_c": 20, "humidity_percent": 40}'],
+      ['2026-11-01T10:02:00Z', 'ruuvi_a', '{"temperature_c": 22, "humidity_percent": 42}'],
+      ['2026-11-01T10:07:00Z', 'ruuvi_a', '{"temperature_c": 30, "label": "x"}'],
+      ['2026-11-01T10:03:00Z', 'ruuvi_b', '{"temperature_c": -5}'],
+      ['2026-11-01T11:00:00Z', 'heater', '{"heater_state": "Running", "coolant_temp_c": 70}'],
+      ['2026-11-01T11:01:00Z', 'heater', '{"heater_state": "Cooling", "coolant_temp_c": 60, "flag": true}'],
+    ]
+    for (const [ts, dev, m] of rows) await sql.query(`INSERT INTO measurements (site_id, system, device_id, location, ts, metrics) VALUES ('paku', 'sensors', $1, 'cabin', $2, $3)`, [dev, ts, m])
+    await sql.query(`INSERT INTO ecoflow_measurements (device_sn, ts, soc_percent, bms_temp, raw, model) VALUES ('SN1', '2026-11-01T10:01:00Z', 80, 25.5, '{}', 'delta_pro'), ('SN1', '2026-11-01T10:02:00Z', 78, 26.5, '{}', 'delta_pro')`)
+    await sql.query(`INSERT INTO edge_device_status (site_id, device_id, ts, status) VALUES ('paku', 'ESP32-1', '2026-11-01T10:00:00Z', '{"signal_strength_dbm": -60, "uptime_seconds": 100, "firmware_version": "1.4.2"}'), ('paku', 'ESP32-1', '2026-11-01T10:04:00Z', '{"signal_strength_dbm": -70, "uptime_seconds": 340}')`)
+
+    const first = await rollup.pass()
+    assert.ok(first.buckets >= 5, JSON.stringify(first))
+    const five = async (source: string, device: string, metric: string, bucket: string) =>
+      (await sql.query(`SELECT n, sum / NULLIF(n, 0) AS avg, min, max, last, location FROM rollup_5m WHERE source = $1 AND device_id = $2 AND metric = $3 AND bucket = $4`, [source, device, metric, bucket])).rows[0]
+    assert.deepEqual(await five('measurements', 'ruuvi_a', 'temperature_c', '2026-11-01T10:00:00Z'), { n: 2, avg: 21, min: 20, max: 22, last: '22', location: 'cabin' })
+    assert.deepEqual(await five('measurements', 'ruuvi_a', 'temperature_c', '2026-11-01T10:05:00Z'), { n: 1, avg: 30, min: 30, max: 30, last: '30', location: 'cabin' })
+    assert.deepEqual(await five('measurements', 'heater', 'heater_state', '2026-11-01T11:00:00Z'), { n: 0, avg: null, min: null, max: null, last: 'Cooling', location: 'cabin' })
+    assert.deepEqual(await five('ecoflow', 'SN1', 'soc_percent', '2026-11-01T10:00:00Z'), { n: 2, avg: 79, min: 78, max: 80, last: '78', location: null })
+    assert.deepEqual(await five('status', 'ESP32-1', 'signal_strength_dbm', '2026-11-01T10:00:00Z'), { n: 2, avg: -65, min: -70, max: -60, last: '-70', location: null })
+    assert.equal((await sql.query(`SELECT count(*)::int AS n FROM rollup_5m WHERE source = 'status' AND metric = 'firmware_version'`)).rows[0].n, 0, 'only the status readings')
+    const hour = (await sql.query(`SELECT n, sum / n AS avg, min, max, last FROM rollup_1h WHERE device_id = 'ruuvi_a' AND metric = 'temperature_c' AND bucket = '2026-11-01T10:00:00Z'`)).rows[0]
+    assert.deepEqual(hour, { n: 3, avg: 24, min: 20, max: 30, last: '30' })
+
+    // A late row (a replayed spool) for an old bucket: that bucket and its hour are recomputed.
+    await sql.query(`INSERT INTO measurements (site_id, system, device_id, location, ts, metrics) VALUES ('paku', 'sensors', 'ruuvi_a', 'cabin', '2026-11-01T10:01:00Z', '{"temperature_c": 27}')`)
+    await rollup.pass()
+    assert.deepEqual(await five('measurements', 'ruuvi_a', 'temperature_c', '2026-11-01T10:00:00Z'), { n: 3, avg: 23, min: 20, max: 27, last: '22', location: 'cabin' })
+    assert.equal((await sql.query(`SELECT n FROM rollup_1h WHERE device_id = 'ruuvi_a' AND metric = 'temperature_c' AND bucket = '2026-11-01T10:00:00Z'`)).rows[0].n, 4)
+  })
+
+  it('retention deletes old raw rows in slices and keeps the rollups', async (t) => {
+    const { rollup, sql } = await setup(t, { measurementsDays: 30, statusDays: 30 })
+    await sql.query(`INSERT INTO measurements (site_id, system, device_id, ts, metrics)
+      SELECT 'paku', 'sensors', 'old', NOW() - INTERVAL '40 days' + g * INTERVAL '1 second', '{"t": 1}' FROM generate_series(1, 25000) g`)
+    await sql.query(`INSERT INTO measurements (site_id, system, device_id, ts, metrics) VALUES ('paku', 'sensors', 'new', NOW(), '{"t": 2}')`)
+    await sql.query(`INSERT INTO edge_device_status (site_id, device_id, ts, status) VALUES ('paku', 'old', NOW() - INTERVAL '31 days', '{}')`)
+    await rollup.pass()
+    const deleted = await rollup.applyRetention()
+    assert.deepEqual(deleted, { measurements: 25000, edge_device_status: 1 })
+    assert.deepEqual((await sql.query(`SELECT device_id FROM measurements`)).rows, [{ device_id: 'new' }])
+    assert.equal((await sql.query(`SELECT sum(n)::int AS n FROM rollup_5m WHERE device_id = 'old'`)).rows[0].n, 25000, 'history stays in the rollups')
+  })
+
+  it('merges consecutive buckets into ranges of at most a day', () => {
+    const m = 300_000
+    assert.deepEqual(ranges([0, m, 2 * m, 5 * m], m), [[0, 3 * m], [5 * m, 6 * m]])
+    const day = Array.from({ length: 300 }, (_, i) => i * m)
+    const r = ranges(day, m)
+    assert.equal(r.length, 2)
+    assert.deepEqual(r[0], [0, 288 * m])
+  })
+})
