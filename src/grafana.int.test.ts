@@ -11,7 +11,9 @@ import { createHeaterEmulator, createRuuviEmulator } from './emulate/index.js'
 type Target = { refId: string; format: string; rawSql: string }
 type Panel = { title: string; type: string; targets?: Target[] }
 
-const FROM = new Date(Date.now() - 6 * 3600_000).toISOString()
+// Each dashboard range reads another source: raw rows up to 6 h, 5-minute rollups up to 14 days, hourly beyond.
+const RANGES: Array<[string, number]> = [['6 h', 6 * 3600_000], ['3 d', 3 * 86_400_000], ['30 d', 30 * 86_400_000]]
+let FROM = ''
 const TO = new Date(Date.now() + 60_000).toISOString()
 // Variable values as a user would pick them, per dashboard (`device` means a sensor on one, an edge device on another).
 const VARS: Record<string, string> = { site: "'paku'", heater: "'emu01'", device_sn: "'DCABZ8ZE1234567'", device: "'ESP32-GRAFANA1'" }
@@ -60,40 +62,46 @@ describe('Grafana dashboards against a database filled through the real ingest p
     await db.query(`INSERT INTO firmware_releases (version, device_model, file_path, file_size, checksum_sha256) VALUES ('1.4.2', 'lilygo-t-display-s3', 'x.bin', 1, 'ab')`)
     await eventually(async () => (await db.query('SELECT 1 FROM device_update_status')).rowCount === 1, { what: 'seeded rows' })
 
+    await sut.app.rollup.pass()
     const dir = join(grafanaDir(), 'dashboards', 'paku')
     let checked = 0
-    const withRows: string[] = []
-    for (const file of readdirSync(dir).filter((f) => f.endsWith('.json'))) {
-      const dash = JSON.parse(readFileSync(join(dir, file), 'utf8')) as { panels: Panel[]; templating: { list: Array<{ query: string }> } }
-      vars = { ...VARS, ...VARS_BY_FILE[file] }
-      for (const v of dash.templating.list) await db.query(expand(v.query))
-      for (const p of dash.panels) {
-        for (const target of p.targets ?? []) {
-          const where = `${file} / ${p.title} / ${target.refId}`
-          let result
-          try {
-            result = await db.query(expand(target.rawSql))
-          } catch (err) {
-            assert.fail(`${where}: ${(err as Error).message}\n${expand(target.rawSql)}`)
-          }
-          checked++
-          if (result.rowCount) withRows.push(where)
-          if (target.format === 'time_series') {
-            assert.equal(result.fields[0]?.name, 'time', `${where}: time first`)
-            assert.equal(result.fields[0]?.dataTypeID, TIMESTAMPTZ, `${where}: time is a timestamp`)
-            const values = result.fields.filter((f) => f.name !== 'time' && f.name !== 'metric')
-            assert.ok(values.length > 0 && values.every((f) => NUMERIC.has(f.dataTypeID)), `${where}: numeric values`)
-          } else if (['stat', 'gauge'].includes(p.type) && result.fields.some((f) => f.name === 'value')) {
-            const value = result.fields.find((f) => f.name === 'value')
-            assert.ok(NUMERIC.has(value?.dataTypeID as number) || p.title === 'Latest firmware', `${where}: numeric stat`)
+    for (const [range, ms] of RANGES) {
+      FROM = new Date(Date.parse(TO) - ms).toISOString()
+      const withRows: string[] = []
+      for (const file of readdirSync(dir).filter((f) => f.endsWith('.json'))) {
+        const dash = JSON.parse(readFileSync(join(dir, file), 'utf8')) as { panels: Panel[]; templating: { list: Array<{ query: string }> } }
+        vars = { ...VARS, ...VARS_BY_FILE[file] }
+        for (const v of dash.templating.list) await db.query(expand(v.query))
+        for (const p of dash.panels) {
+          for (const target of p.targets ?? []) {
+            const where = `${file} / ${p.title} / ${target.refId}`
+            const at = `${where} (${range})`
+            let result
+            try {
+              result = await db.query(expand(target.rawSql))
+            } catch (err) {
+              assert.fail(`${at}: ${(err as Error).message}\n${expand(target.rawSql)}`)
+            }
+            checked++
+            if (result.rowCount) withRows.push(where)
+            if (target.format === 'time_series') {
+              assert.equal(result.fields[0]?.name, 'time', `${at}: time first`)
+              assert.equal(result.fields[0]?.dataTypeID, TIMESTAMPTZ, `${at}: time is a timestamp`)
+              const values = result.fields.filter((f) => f.name !== 'time' && f.name !== 'metric')
+              assert.ok(values.length > 0 && values.every((f) => NUMERIC.has(f.dataTypeID)), `${at}: numeric values`)
+            } else if (['stat', 'gauge'].includes(p.type) && result.fields.some((f) => f.name === 'value')) {
+              const value = result.fields.find((f) => f.name === 'value')
+              assert.ok(NUMERIC.has(value?.dataTypeID as number) || p.title === 'Latest firmware', `${at}: numeric stat`)
+            }
           }
         }
       }
+      // The seeded data shows in every range: from the raw rows, then from the rollups.
+      for (const expected of ['ruuvi-overview.json / Temperature (°C) / A', 'heater-overview.json / Coolant and core temperature / A', 'heater-overview.json / Heater state history / A', 'edge-devices.json / Wi-Fi signal (RSSI) / A', 'edge-devices.json / Devices / A', 'ota-monitoring.json / Recent updates / A', 'ecoflow-overview.json / Battery level / A', 'ecoflow-full.json / Temperatures / A', 'ecoflow-full.json / Latest polls / A']) {
+        assert.ok(withRows.includes(expected), `${expected} shows the seeded data at ${range}`)
+      }
     }
-    assert.ok(checked >= 40, `checked ${checked} queries`)
-    for (const expected of ['ruuvi-overview.json / Temperature (°C) / A', 'heater-overview.json / Coolant and core temperature / A', 'edge-devices.json / Devices / A', 'ota-monitoring.json / Recent updates / A', 'ecoflow-overview.json / Battery level / A']) {
-      assert.ok(withRows.includes(expected), `${expected} shows the seeded data`)
-    }
+    assert.ok(checked >= 120, `checked ${checked} queries`)
   })
 })
 

@@ -42,7 +42,10 @@ describe('grafana provisioning tree', () => {
     })
   }
 
-  it('has dashboards', () => assert.ok(dashboards.length > 0))
+  it('has the old stack\'s dashboards under their uids (links and bookmarks keep working), and the full EcoFlow detail', () => {
+    const found = dashboards.map((f) => (JSON.parse(readFileSync(f, 'utf8')) as { uid: string }).uid).sort()
+    assert.deepEqual(found, ['ecoflow-full', 'ecoflow-overview-v2', 'edge-devices', 'ota-monitoring', 'paku-heater', 'paku-ruuvi'])
+  })
   const uids = new Set(datasources.map((d) => d.uid))
   for (const f of dashboards) {
     it(`${f.slice(grafanaDir().length + 1)} parses and references only provisioned datasources`, () => {
