@@ -18,8 +18,8 @@ CREATE TABLE IF NOT EXISTS rollup_5m (
   PRIMARY KEY (source, site_id, system, device_id, metric, bucket)
 );
 CREATE TABLE IF NOT EXISTS rollup_1h (LIKE rollup_5m INCLUDING ALL);
-CREATE INDEX IF NOT EXISTS idx_rollup_5m_bucket ON rollup_5m (bucket);
-CREATE INDEX IF NOT EXISTS idx_rollup_1h_bucket ON rollup_1h (bucket);
+CREATE INDEX IF NOT EXISTS idx_rollup_5m_source_bucket ON rollup_5m (source, bucket);
+CREATE INDEX IF NOT EXISTS idx_rollup_1h_source_bucket ON rollup_1h (source, bucket);
 
 -- Which rows are new since the last pass: created_at, indexed with BRIN (a few pages for a year of an
 -- append-only table, nearly free on insert, unlike a b-tree on the ingest hot path).

@@ -3,6 +3,7 @@ import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import mqtt from 'mqtt'
+import { expandGrafanaSql } from '../scripts/grafana-sql.js'
 import { eventually, sqlClient, startApp, testConfig, testDatabase } from '../scripts/test-helpers.js'
 import { grafanaDir } from './assets.js'
 import { mapQuota } from './ecoflow/mapping.js'
@@ -20,24 +21,8 @@ const VARS: Record<string, string> = { site: "'paku'", heater: "'emu01'", device
 const VARS_BY_FILE: Record<string, Record<string, string>> = { 'ruuvi-overview.json': { device: "'ruuvi_cabin', 'ruuvi_van_inside'" } }
 let vars = VARS
 
-const seconds = (interval: string) => {
-  if (interval === '$__interval') return 60
-  const m = /^'?(\d+)([smhd])'?$/.exec(interval.trim())
-  if (!m) throw new Error(`unknown interval ${interval}`)
-  return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[m[2] as 's']
-}
-
-/** Grafana's PostgreSQL macros and this dashboard set's variables, expanded the way Grafana does. */
-function expand(sql: string): string {
-  return sql
-    .replace(/\$__timeGroupAlias\(([^,]+),\s*([^)]+)\)/g, (_, col: string, iv: string) => `to_timestamp(floor(extract(epoch from ${col}) / ${seconds(iv)}) * ${seconds(iv)}) AS "time"`)
-    .replace(/\$__timeGroup\(([^,]+),\s*([^)]+)\)/g, (_, col: string, iv: string) => `to_timestamp(floor(extract(epoch from ${col}) / ${seconds(iv)}) * ${seconds(iv)})`)
-    .replace(/\$__timeFilter\(([^)]+)\)/g, (_, col: string) => `${col} BETWEEN '${FROM}' AND '${TO}'`)
-    .replace(/\$__timeFrom\(\)/g, `'${FROM}'`)
-    .replace(/\$__timeTo\(\)/g, `'${TO}'`)
-    .replace(/'\$(\w+)'/g, (_, v: string) => vars[v] ?? `'$${v}'`)
-    .replace(/\$\{?(\w+)\}?/g, (m, v: string) => vars[v] ?? m)
-}
+/** Grafana's macros and this dashboard set's variables, expanded the way Grafana does. */
+const expand = (sql: string) => expandGrafanaSql(sql, { from: FROM, to: TO, intervalSeconds: 60, vars })
 
 const NUMERIC = new Set([20, 21, 23, 700, 701, 1700])
 const TIMESTAMPTZ = 1184

@@ -1,4 +1,4 @@
-import { sql, type Kysely } from 'kysely'
+import { sql, type Kysely, type RawBuilder } from 'kysely'
 import type { Config } from '../config/index.js'
 import type { DB } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
@@ -17,12 +17,12 @@ const BUCKET_MS = 5 * 60_000
 const HOUR_MS = 3_600_000
 /** Rows are found by created_at; a transaction that began before the last pass may commit after it. */
 const OVERLAP = '2 minutes'
-/** Backfill works through history a day at a time: bounded memory and transaction size. */
+/** Backfill works through history a day at a time: bounded memory and statement size. */
 const MAX_RANGE_MS = 24 * HOUR_MS
 /** Retention deletes in slices so no statement holds locks for long. */
 const DELETE_SLICE = 10_000
 
-export type PassResult = { buckets: number; rows: number; ms: number }
+export type PassResult = { buckets: number; rows: number; ms: number; sources: Record<string, { buckets: number; ms: number }> }
 
 /**
  * Keeps rollup_5m and rollup_1h current: each pass finds the 5-minute buckets that received rows since
@@ -48,38 +48,33 @@ export function createRollup(opts: RollupOptions) {
       const state = await sql<{ watermark: Date; now: Date }>`
         SELECT (SELECT watermark FROM rollup_state WHERE source = ${source.name}) AS watermark, statement_timestamp() AS now`.execute(tx)
       const { watermark, now } = state.rows[0] as { watermark: Date | null; now: Date }
+      const step = source.fiveMinute ? BUCKET_MS : HOUR_MS
+      const width = source.fiveMinute ? '5 minutes' : '1 hour'
       const dirty = await sql<{ b: Date }>`
-        SELECT DISTINCT date_bin('5 minutes', ts, TIMESTAMPTZ 'epoch') AS b FROM ${sql.table(source.table)}
+        SELECT DISTINCT date_bin(${width}::interval, ts, TIMESTAMPTZ 'epoch') AS b FROM ${sql.table(source.table)}
         WHERE ${watermark === null ? sql`true` : sql`created_at > ${watermark}::timestamptz - ${OVERLAP}::interval`}
         ORDER BY 1`.execute(tx)
       let rows = 0
       const hours = new Set<number>()
-      for (const [from, to] of ranges(dirty.rows.map((r) => r.b.getTime()), BUCKET_MS)) {
-        const r = await sql`
-          INSERT INTO rollup_5m (source, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last)
-          SELECT ${source.name}, site_id, system, device_id, metric, date_bin('5 minutes', ts, TIMESTAMPTZ 'epoch'),
-            (array_agg(location ORDER BY ts DESC))[1],
-            count(*) FILTER (WHERE jsonb_typeof(value) = 'number'),
-            sum(CASE WHEN jsonb_typeof(value) = 'number' THEN value::float8 END),
-            min(CASE WHEN jsonb_typeof(value) = 'number' THEN value::float8 END),
-            max(CASE WHEN jsonb_typeof(value) = 'number' THEN value::float8 END),
-            (array_agg(value #>> '{}' ORDER BY ts DESC))[1]
-          FROM (${source.samples(new Date(from), new Date(to))}) s
-          GROUP BY site_id, system, device_id, metric, 6
-          ON CONFLICT (source, site_id, system, device_id, metric, bucket) DO UPDATE SET location = EXCLUDED.location, n = EXCLUDED.n,
-            sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last`.execute(tx)
+      const upsert = (table: 'rollup_5m' | 'rollup_1h', select: RawBuilder<unknown>) => sql`
+        INSERT INTO ${sql.table(table)} (source, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last)
+        SELECT ${source.name}, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last FROM (${select}) a
+        ON CONFLICT (source, site_id, system, device_id, metric, bucket) DO UPDATE SET location = EXCLUDED.location, n = EXCLUDED.n,
+          sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last`
+      for (const [from, to] of ranges(dirty.rows.map((r) => r.b.getTime()), step)) {
+        const target = source.fiveMinute ? 'rollup_5m' : 'rollup_1h'
+        const r = await upsert(target, source.aggregate(new Date(from), new Date(to), width)).execute(tx)
         rows += Number(r.numAffectedRows ?? 0)
-        for (let h = Math.floor(from / HOUR_MS) * HOUR_MS; h < to; h += HOUR_MS) hours.add(h)
+        if (source.fiveMinute) for (let h = Math.floor(from / HOUR_MS) * HOUR_MS; h < to; h += HOUR_MS) hours.add(h)
       }
+      // Hours of a five-minute source come from its 5-minute rows: twelve rows each instead of every sample.
       for (const [from, to] of ranges([...hours].sort((a, b) => a - b), HOUR_MS)) {
-        await sql`
-          INSERT INTO rollup_1h (source, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last)
-          SELECT source, site_id, system, device_id, metric, date_bin('1 hour', bucket, TIMESTAMPTZ 'epoch'),
-            (array_agg(location ORDER BY bucket DESC))[1], sum(n), sum(sum), min(min), max(max), (array_agg(last ORDER BY bucket DESC))[1]
+        await upsert('rollup_1h', sql`
+          SELECT site_id, system, device_id, metric, date_bin('1 hour', bucket, TIMESTAMPTZ 'epoch') AS bucket,
+            (array_agg(location ORDER BY bucket DESC))[1] AS location, sum(n)::int AS n, sum(sum) AS sum, min(min) AS min, max(max) AS max,
+            (array_agg(last ORDER BY bucket DESC))[1] AS last
           FROM rollup_5m WHERE source = ${source.name} AND bucket >= ${new Date(from)} AND bucket < ${new Date(to)}
-          GROUP BY source, site_id, system, device_id, metric, 6
-          ON CONFLICT (source, site_id, system, device_id, metric, bucket) DO UPDATE SET location = EXCLUDED.location, n = EXCLUDED.n,
-            sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last`.execute(tx)
+          GROUP BY site_id, system, device_id, metric, 5`).execute(tx)
       }
       await sql`
         INSERT INTO rollup_state (source, watermark) VALUES (${source.name}, ${now})
@@ -93,12 +88,15 @@ export function createRollup(opts: RollupOptions) {
     const t0 = performance.now()
     let buckets = 0
     let rows = 0
+    const sources: PassResult['sources'] = {}
     for (const source of SOURCES) {
+      const s0 = performance.now()
       const r = await rollSource(opts.db(), source)
+      sources[source.name] = { buckets: r.buckets, ms: Math.round(performance.now() - s0) }
       buckets += r.buckets
       rows += r.rows
     }
-    return { buckets, rows, ms: Math.round(performance.now() - t0) }
+    return { buckets, rows, ms: Math.round(performance.now() - t0), sources }
   }
 
   /** Deletes raw rows older than their configured retention, in slices; rollups outlive them. */

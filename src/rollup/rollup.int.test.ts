@@ -38,14 +38,19 @@ describe('rollups', () => {
 
     const first = await rollup.pass()
     assert.ok(first.buckets >= 5, JSON.stringify(first))
-    const five = async (source: string, device: string, metric: string, bucket: string) =>
-      (await sql.query(`SELECT n, sum / NULLIF(n, 0) AS avg, min, max, last, location FROM rollup_5m WHERE source = $1 AND device_id = $2 AND metric = $3 AND bucket = $4`, [source, device, metric, bucket])).rows[0]
+    const read = async (table: string, source: string, device: string, metric: string, bucket: string) =>
+      (await sql.query(`SELECT n, sum / NULLIF(n, 0) AS avg, min, max, last, location FROM ${table} WHERE source = $1 AND device_id = $2 AND metric = $3 AND bucket = $4`, [source, device, metric, bucket])).rows[0]
+    const five = (source: string, device: string, metric: string, bucket: string) => read('rollup_5m', source, device, metric, bucket)
     assert.deepEqual(await five('measurements', 'ruuvi_a', 'temperature_c', '2026-11-01T10:00:00Z'), { n: 2, avg: 21, min: 20, max: 22, last: '22', location: 'cabin' })
     assert.deepEqual(await five('measurements', 'ruuvi_a', 'temperature_c', '2026-11-01T10:05:00Z'), { n: 1, avg: 30, min: 30, max: 30, last: '30', location: 'cabin' })
     assert.deepEqual(await five('measurements', 'heater', 'heater_state', '2026-11-01T11:00:00Z'), { n: 0, avg: null, min: null, max: null, last: 'Cooling', location: 'cabin' })
-    assert.deepEqual(await five('ecoflow', 'SN1', 'soc_percent', '2026-11-01T10:00:00Z'), { n: 2, avg: 79, min: 78, max: 80, last: '78', location: null })
-    assert.deepEqual(await five('status', 'ESP32-1', 'signal_strength_dbm', '2026-11-01T10:00:00Z'), { n: 2, avg: -65, min: -70, max: -60, last: '-70', location: null })
-    assert.equal((await sql.query(`SELECT count(*)::int AS n FROM rollup_5m WHERE source = 'status' AND metric = 'firmware_version'`)).rows[0].n, 0, 'only the status readings')
+    // EcoFlow and status (sampled every 30 s to 5 min) get hourly buckets only, straight from their rows.
+    assert.deepEqual(await read('rollup_1h', 'ecoflow', 'SN1', 'soc_percent', '2026-11-01T10:00:00Z'), { n: 2, avg: 79, min: 78, max: 80, last: '78', location: null })
+    assert.deepEqual(await read('rollup_1h', 'ecoflow', 'SN1', 'bms_temp', '2026-11-01T10:00:00Z'), { n: 2, avg: 26, min: 25.5, max: 26.5, last: '26.5', location: null })
+    assert.deepEqual(await read('rollup_1h', 'status', 'ESP32-1', 'signal_strength_dbm', '2026-11-01T10:00:00Z'), { n: 2, avg: -65, min: -70, max: -60, last: '-70', location: null })
+    assert.equal((await sql.query(`SELECT count(*)::int AS n FROM rollup_5m WHERE source <> 'measurements'`)).rows[0].n, 0)
+    assert.equal((await sql.query(`SELECT count(*)::int AS n FROM rollup_1h WHERE source = 'status' AND metric = 'firmware_version'`)).rows[0].n, 0, 'only the status readings')
+    assert.equal((await sql.query(`SELECT count(*)::int AS n FROM rollup_1h WHERE source = 'ecoflow' AND metric = 'watts_in_sum'`)).rows[0].n, 0, 'empty columns make no rows')
     const hour = (await sql.query(`SELECT n, sum / n AS avg, min, max, last FROM rollup_1h WHERE device_id = 'ruuvi_a' AND metric = 'temperature_c' AND bucket = '2026-11-01T10:00:00Z'`)).rows[0]
     assert.deepEqual(hour, { n: 3, avg: 24, min: 20, max: 30, last: '30' })
 

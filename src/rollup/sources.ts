@@ -1,36 +1,83 @@
 import { sql, type RawBuilder } from 'kysely'
 
 /**
- * The tables rolled up, each as a SELECT of (ts, site_id, system, device_id, location, metric, value)
- * with `value` a jsonb scalar: numbers are aggregated, anything else keeps its last value.
+ * The tables rolled up. Each source yields its 5-minute aggregates as rows of (site_id, system,
+ * device_id, location, metric, bucket, n, sum, min, max, last): `n`/`sum`/`min`/`max` over the numeric
+ * samples, `last` the bucket's last value as text (strings such as heater_state keep theirs).
  */
-export type Source = { name: 'measurements' | 'ecoflow' | 'status'; table: string; samples: (from: Date, to: Date) => RawBuilder<unknown> }
+export type Width = '5 minutes' | '1 hour'
+export type Source = {
+  name: 'measurements' | 'ecoflow' | 'status'
+  table: string
+  /**
+   * Whether the source gets 5-minute buckets. Telemetry at 10 s does (30 samples a bucket); EcoFlow at
+   * 30 s and status at the devices' wake interval would gain little over their raw rows and would
+   * multiply them (one row per column), so they get hourly buckets only and dashboards read them raw
+   * up to 14 days.
+   */
+  fiveMinute: boolean
+  aggregate: (from: Date, to: Date, width: Width) => RawBuilder<unknown>
+}
+
+const bucket = (width: Width) => sql`date_bin(${width}::interval, ts, TIMESTAMPTZ 'epoch')`
+
+/** Aggregates of (ts, site_id, system, device_id, location, metric, value jsonb) samples. */
+function fromSamples(samples: RawBuilder<unknown>, width: Width): RawBuilder<unknown> {
+  return sql`
+    SELECT site_id, system, device_id, (array_agg(location ORDER BY ts DESC))[1] AS location, metric, ${bucket(width)} AS bucket,
+      count(*) FILTER (WHERE jsonb_typeof(value) = 'number')::int AS n,
+      sum(CASE WHEN jsonb_typeof(value) = 'number' THEN value::float8 END) AS sum,
+      min(CASE WHEN jsonb_typeof(value) = 'number' THEN value::float8 END) AS min,
+      max(CASE WHEN jsonb_typeof(value) = 'number' THEN value::float8 END) AS max,
+      (array_agg(value #>> '{}' ORDER BY ts DESC))[1] AS last
+    FROM (${samples}) s GROUP BY site_id, system, device_id, metric, bucket`
+}
+
+/** ecoflow_measurements' reading columns (contract §2.2): aggregated column by column, then unpivoted. */
+export const ECOFLOW_COLUMNS = [
+  'soc_percent', 'remain_time_min', 'watts_in_sum', 'watts_out_sum', 'ac_out_watts', 'dc_out_watts', 'typec_out_watts', 'usb_out_watts',
+  'pv_in_watts', 'car_watts', 'usb1_watts', 'usb2_watts', 'qcusb1_watts', 'qcusb2_watts', 'typec1_watts', 'typec2_watts', 'inv_out_temp',
+  'bms_temp', 'bms_max_cell_temp', 'bms_min_cell_temp', 'mppt_temp', 'inv_input_watts', 'inv_ac_in_vol', 'inv_out_vol', 'inv_ac_in_amp',
+  'inv_out_amp', 'bms_amp', 'bms_vol', 'bms_min_cell_vol', 'bms_max_cell_vol', 'bms_remain_cap', 'bms_full_cap', 'bms_cycles', 'wifi_rssi',
+] as const
+
+function ecoflow(from: Date, to: Date, width: Width): RawBuilder<unknown> {
+  // One pass over the wide rows (no per-value JSON): ~10× faster than unpacking each row.
+  const aggs = ECOFLOW_COLUMNS.map((c) => {
+    const col = sql.ref(c)
+    return sql`count(${col})::int, sum(${col})::float8, min(${col})::float8, max(${col})::float8, ((array_agg(${col} ORDER BY ts DESC) FILTER (WHERE ${col} IS NOT NULL))[1])::text`
+  })
+  const values = ECOFLOW_COLUMNS.map((c, i) => sql`(${c}, a.${sql.raw(`c${i}_n`)}, a.${sql.raw(`c${i}_s`)}, a.${sql.raw(`c${i}_lo`)}, a.${sql.raw(`c${i}_hi`)}, a.${sql.raw(`c${i}_l`)})`)
+  const names = ECOFLOW_COLUMNS.map((_, i) => sql.raw(`c${i}_n, c${i}_s, c${i}_lo, c${i}_hi, c${i}_l`))
+  return sql`
+    SELECT '' AS site_id, 'ecoflow' AS system, a.device_sn AS device_id, NULL::text AS location, v.metric, a.bucket, v.n, v.sum, v.min, v.max, v.last
+    FROM (SELECT device_sn, ${bucket(width)} AS bucket, ${sql.join(aggs)} FROM ecoflow_measurements WHERE ts >= ${from} AND ts < ${to} GROUP BY 1, 2)
+      AS a (device_sn, bucket, ${sql.join(names)})
+    CROSS JOIN LATERAL (VALUES ${sql.join(values)}) AS v (metric, n, sum, min, max, last)
+    WHERE v.n > 0`
+}
 
 export const SOURCES: readonly Source[] = [
   {
     name: 'measurements',
     table: 'measurements',
-    samples: (from, to) => sql`
-      SELECT m.ts, m.site_id, m.system, m.device_id, m.location, kv.key AS metric, kv.value
-      FROM measurements m CROSS JOIN LATERAL jsonb_each(m.metrics) kv
-      WHERE m.ts >= ${from} AND m.ts < ${to}`,
+    fiveMinute: true,
+    aggregate: (from, to, width) =>
+      fromSamples(sql`
+        SELECT m.ts, m.site_id, m.system, m.device_id, m.location, kv.key AS metric, kv.value
+        FROM measurements m CROSS JOIN LATERAL jsonb_each(m.metrics) kv
+        WHERE m.ts >= ${from} AND m.ts < ${to}`, width),
   },
-  {
-    name: 'ecoflow',
-    table: 'ecoflow_measurements',
-    // Every numeric column: the row as JSON, less what is not a reading.
-    samples: (from, to) => sql`
-      SELECT e.ts, '' AS site_id, 'ecoflow' AS system, e.device_sn AS device_id, NULL::text AS location, kv.key AS metric, kv.value
-      FROM ecoflow_measurements e
-      CROSS JOIN LATERAL jsonb_each(to_jsonb(e) - 'id' - 'device_sn' - 'ts' - 'raw' - 'model' - 'created_at') kv
-      WHERE e.ts >= ${from} AND e.ts < ${to}`,
-  },
+  { name: 'ecoflow', table: 'ecoflow_measurements', fiveMinute: false, aggregate: ecoflow },
   {
     name: 'status',
     table: 'edge_device_status',
-    samples: (from, to) => sql`
-      SELECT s.ts, s.site_id, 'edge' AS system, s.device_id, NULL::text AS location, kv.key AS metric, kv.value
-      FROM edge_device_status s CROSS JOIN LATERAL jsonb_each(s.status) kv
-      WHERE s.ts >= ${from} AND s.ts < ${to} AND kv.key IN ('signal_strength_dbm', 'uptime_seconds', 'heater_status', 'online')`,
+    fiveMinute: false,
+    // The readings the dashboards chart; the rest of a status (versions, names) is not a series.
+    aggregate: (from, to, width) =>
+      fromSamples(sql`
+        SELECT s.ts, s.site_id, 'edge' AS system, s.device_id, NULL::text AS location, kv.key AS metric, kv.value
+        FROM edge_device_status s CROSS JOIN LATERAL jsonb_each(s.status) kv
+        WHERE s.ts >= ${from} AND s.ts < ${to} AND kv.key IN ('signal_strength_dbm', 'uptime_seconds', 'heater_status')`, width),
   },
 ]
