@@ -158,7 +158,7 @@ try {
   }
   const width = Math.max(...rows.map((r) => r.panel.length))
   console.log(`${'panel (median of '.padEnd(0)}${RUNS} warm runs, ms)`.padEnd(width + 2) + RANGES.map(([n]) => n.padStart(9)).join(''))
-  for (const r of rows) console.log(`${r.panel.padEnd(width + 2)}${r.ms.map((m) => `${m >= GOAL_MS ? '!' : ' '}${m.toFixed(1).padStart(8)}`).join('')}`)
+  for (const r of rows) console.log(`${r.panel.padEnd(width + 2)}${r.ms.map((m) => `${m.toFixed(1).padStart(8)}${m >= GOAL_MS ? '!' : ' '}`).join('')}`)
   const slow = rows.filter((r) => r.ms.some((m) => m >= GOAL_MS))
   const worst = Math.max(...rows.flatMap((r) => r.ms))
   console.log(`\n${rows.length} panels and variables; slowest ${worst.toFixed(1)} ms; ${slow.length === 0 ? `all under ${GOAL_MS} ms at every range` : `${slow.length} at or over ${GOAL_MS} ms (marked !)`}`)

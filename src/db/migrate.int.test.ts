@@ -24,7 +24,7 @@ describe('SQL migrations', () => {
     assert.deepEqual((await migrate(db, files)).applied, [])
     const c = await sqlClient(t, url)
     const tables = (await c.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' AND table_name NOT LIKE 'kysely%' ORDER BY 1`)).rows.map((r) => r.table_name)
-    assert.deepEqual(tables, ['admin_keys', 'device_group_members', 'device_groups', 'device_update_status', 'devices', 'ecoflow_measurements', 'edge_device_configs', 'edge_device_status', 'firmware_images', 'firmware_releases', 'ingest_dedup', 'ingest_rejects', 'ingest_spool_batches', 'measurements', 'mqtt_credentials', 'mqtt_incoming', 'mqtt_outgoing', 'mqtt_retained', 'mqtt_subscriptions', 'mqtt_wills', 'ota_events', 'rollout_configurations', 'rollout_devices', 'rollup_1h', 'rollup_5m', 'rollup_state'])
+    assert.deepEqual(tables, ['admin_keys', 'device_group_members', 'device_groups', 'device_update_status', 'devices', 'ecoflow_measurements', 'edge_device_configs', 'edge_device_status', 'firmware_images', 'firmware_releases', 'ingest_dedup', 'ingest_rejects', 'ingest_spool_batches', 'measurements', 'mqtt_credentials', 'mqtt_incoming', 'mqtt_outgoing', 'mqtt_retained', 'mqtt_subscriptions', 'mqtt_wills', 'ota_events', 'rollout_configurations', 'rollout_devices', 'rollup_1h', 'rollup_5m', 'rollup_6h', 'rollup_series', 'rollup_state'])
     const indexes = (await c.query(`SELECT indexname FROM pg_indexes WHERE tablename = 'measurements' ORDER BY 1`)).rows.map((r) => r.indexname)
     assert.deepEqual(indexes, ['idx_measurements_created_brin', 'idx_measurements_metrics', 'idx_measurements_site_device_ts', 'idx_measurements_site_system', 'idx_measurements_system_ts', 'idx_measurements_ts', 'measurements_pkey'])
   })

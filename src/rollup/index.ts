@@ -15,6 +15,7 @@ export type RollupOptions = {
 
 const BUCKET_MS = 5 * 60_000
 const HOUR_MS = 3_600_000
+const SIX_HOURS_MS = 6 * HOUR_MS
 /** Rows are found by created_at; a transaction that began before the last pass may commit after it. */
 const OVERLAP = '2 minutes'
 /** Backfill works through history a day at a time: bounded memory and statement size. */
@@ -25,9 +26,9 @@ const DELETE_SLICE = 10_000
 export type PassResult = { buckets: number; rows: number; ms: number; sources: Record<string, { buckets: number; ms: number }> }
 
 /**
- * Keeps rollup_5m and rollup_1h current: each pass finds the 5-minute buckets that received rows since
- * the last one (by created_at, so late and replayed rows count), recomputes them from the raw rows and
- * then their hours from the 5-minute rows. Recomputing is idempotent. Also applies retention.
+ * Keeps rollup_5m, rollup_1h and rollup_6h current: each pass finds the buckets that received rows
+ * since the last one (by created_at, so late and replayed rows count), recomputes them from the raw rows
+ * and then the coarser buckets from the finer ones. Recomputing is idempotent. Also applies retention.
  * A PostgreSQL advisory lock keeps it to one instance at a time when several share the database.
  */
 export function createRollup(opts: RollupOptions) {
@@ -56,7 +57,7 @@ export function createRollup(opts: RollupOptions) {
         ORDER BY 1`.execute(tx)
       let rows = 0
       const hours = new Set<number>()
-      const upsert = (table: 'rollup_5m' | 'rollup_1h', select: RawBuilder<unknown>) => sql`
+      const upsert = (table: 'rollup_5m' | 'rollup_1h' | 'rollup_6h', select: RawBuilder<unknown>) => sql`
         INSERT INTO ${sql.table(table)} (source, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last)
         SELECT ${source.name}, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last FROM (${select}) a
         ON CONFLICT (source, site_id, system, device_id, metric, bucket) DO UPDATE SET location = EXCLUDED.location, n = EXCLUDED.n,
@@ -67,14 +68,33 @@ export function createRollup(opts: RollupOptions) {
         rows += Number(r.numAffectedRows ?? 0)
         if (source.fiveMinute) for (let h = Math.floor(from / HOUR_MS) * HOUR_MS; h < to; h += HOUR_MS) hours.add(h)
       }
-      // Hours of a five-minute source come from its 5-minute rows: twelve rows each instead of every sample.
-      for (const [from, to] of ranges([...hours].sort((a, b) => a - b), HOUR_MS)) {
-        await upsert('rollup_1h', sql`
-          SELECT site_id, system, device_id, metric, date_bin('1 hour', bucket, TIMESTAMPTZ 'epoch') AS bucket,
-            (array_agg(location ORDER BY bucket DESC))[1] AS location, sum(n)::int AS n, sum(sum) AS sum, min(min) AS min, max(max) AS max,
-            (array_agg(last ORDER BY bucket DESC))[1] AS last
-          FROM rollup_5m WHERE source = ${source.name} AND bucket >= ${new Date(from)} AND bucket < ${new Date(to)}
-          GROUP BY site_id, system, device_id, metric, 5`).execute(tx)
+      // Coarser tiers come from the finer ones: twelve or six rows each instead of every sample.
+      const coarser: Array<{ table: 'rollup_1h' | 'rollup_6h'; from: 'rollup_5m' | 'rollup_1h'; width: string; ms: number; periods: Set<number> }> = []
+      if (source.fiveMinute) coarser.push({ table: 'rollup_1h', from: 'rollup_5m', width: '1 hour', ms: HOUR_MS, periods: hours })
+      const sixHours = new Set<number>()
+      const touchedHours = source.fiveMinute ? hours : new Set(ranges(dirty.rows.map((r) => r.b.getTime()), step).flatMap(([a, b]) => spread(a, b, HOUR_MS)))
+      for (const h of touchedHours) sixHours.add(Math.floor(h / SIX_HOURS_MS) * SIX_HOURS_MS)
+      coarser.push({ table: 'rollup_6h', from: 'rollup_1h', width: '6 hours', ms: SIX_HOURS_MS, periods: sixHours })
+      for (const tier of coarser) {
+        for (const [from, to] of ranges([...tier.periods].sort((a, b) => a - b), tier.ms)) {
+          await upsert(tier.table, sql`
+            SELECT site_id, system, device_id, metric, date_bin(${tier.width}::interval, bucket, TIMESTAMPTZ 'epoch') AS bucket,
+              (array_agg(location ORDER BY bucket DESC))[1] AS location, sum(n)::int AS n, sum(sum) AS sum, min(min) AS min, max(max) AS max,
+              (array_agg(last ORDER BY bucket DESC))[1] AS last
+            FROM ${sql.table(tier.from)} WHERE source = ${source.name} AND bucket >= ${new Date(from)} AND bucket < ${new Date(to)}
+            GROUP BY site_id, system, device_id, metric, 5`).execute(tx)
+        }
+      }
+      const all = ranges(dirty.rows.map((r) => r.b.getTime()), step)
+      if (all.length > 0) {
+        const table = source.fiveMinute ? 'rollup_5m' : 'rollup_1h'
+        await sql`
+          INSERT INTO rollup_series (source, site_id, system, device_id, first_at, last_at)
+          SELECT source, site_id, system, device_id, min(bucket), max(bucket) FROM ${sql.table(table)}
+          WHERE source = ${source.name} AND bucket >= ${new Date(all[0]?.[0] as number)} AND bucket < ${new Date(all[all.length - 1]?.[1] as number)}
+          GROUP BY 1, 2, 3, 4
+          ON CONFLICT (source, site_id, system, device_id) DO UPDATE SET first_at = LEAST(rollup_series.first_at, EXCLUDED.first_at),
+            last_at = GREATEST(rollup_series.last_at, EXCLUDED.last_at)`.execute(tx)
       }
       await sql`
         INSERT INTO rollup_state (source, watermark) VALUES (${source.name}, ${now})
@@ -179,6 +199,13 @@ export function createRollup(opts: RollupOptions) {
       return { lastPass, lastError }
     },
   }
+}
+
+/** The step starts in [from, to). */
+function spread(from: number, to: number, step: number): number[] {
+  const out: number[] = []
+  for (let t = Math.floor(from / step) * step; t < to; t += step) out.push(t)
+  return out
 }
 
 /** Sorted bucket starts → [from, to) ranges of consecutive buckets, none longer than MAX_RANGE_MS. */

@@ -54,6 +54,12 @@ describe('rollups', () => {
     const hour = (await sql.query(`SELECT n, sum / n AS avg, min, max, last FROM rollup_1h WHERE device_id = 'ruuvi_a' AND metric = 'temperature_c' AND bucket = '2026-11-01T10:00:00Z'`)).rows[0]
     assert.deepEqual(hour, { n: 3, avg: 24, min: 20, max: 30, last: '30' })
 
+    const six = (await sql.query(`SELECT n, sum / n AS avg FROM rollup_6h WHERE device_id = 'ruuvi_a' AND metric = 'temperature_c' AND bucket = '2026-11-01T06:00:00Z'`)).rows[0]
+    assert.deepEqual(six, { n: 3, avg: 24 })
+    assert.equal((await sql.query(`SELECT n FROM rollup_6h WHERE source = 'status' AND metric = 'uptime_seconds' AND bucket = '2026-11-01T06:00:00Z'`)).rows[0]?.n, 2)
+    const series = (await sql.query(`SELECT source, site_id, system, device_id FROM rollup_series ORDER BY 1, 4`)).rows.map((r) => Object.values(r).join('/'))
+    assert.deepEqual(series, ['ecoflow//ecoflow/SN1', 'measurements/paku/sensors/heater', 'measurements/paku/sensors/ruuvi_a', 'measurements/paku/sensors/ruuvi_b', 'status/paku/edge/ESP32-1'])
+
     // A late row (a replayed spool) for an old bucket: that bucket and its hour are recomputed.
     await sql.query(`INSERT INTO measurements (site_id, system, device_id, location, ts, metrics) VALUES ('paku', 'sensors', 'ruuvi_a', 'cabin', '2026-11-01T10:01:00Z', '{"temperature_c": 27}')`)
     await rollup.pass()
