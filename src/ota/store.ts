@@ -106,10 +106,6 @@ export async function readImage(db: Db, releaseId: string, offset: number, lengt
   return row.chunk
 }
 
-export async function storeImage(db: Db, releaseId: string, data: Buffer): Promise<void> {
-  await sql`INSERT INTO firmware_images (release_id, data) VALUES (${releaseId}::bigint, ${data}) ON CONFLICT (release_id) DO NOTHING`.execute(db)
-}
-
 /** Deletes a release unless a live rollout (running, paused, or completed and current) delivers it; returns the rollouts in the way. */
 export async function deleteRelease(db: Db, model: string, version: string): Promise<{ deleted: boolean; blockedBy: string[] }> {
   return db.transaction().execute(async (tx) => {

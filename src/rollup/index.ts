@@ -42,65 +42,81 @@ export function createRollup(opts: RollupOptions) {
   let lastError: string | null = null
   let lastRetention = 0
 
+  /**
+   * One source's catch-up, on one pinned connection holding a session advisory lock. Each statement
+   * commits on its own (a year's backfill must not be one transaction of ten minutes); the watermark
+   * moves only at the end, so a pass cut short (stop) is redone, idempotently, by the next one.
+   */
   async function rollSource(db: Kysely<DB>, source: Source): Promise<{ buckets: number; rows: number }> {
-    return db.transaction().execute(async (tx) => {
-      const locked = await sql<{ ok: boolean }>`SELECT pg_try_advisory_xact_lock(hashtext(${`paku.rollup.${source.name}`})) AS ok`.execute(tx)
+    return db.connection().execute(async (conn) => {
+      const key = sql`hashtext(${`paku.rollup.${source.name}`})`
+      const locked = await sql<{ ok: boolean }>`SELECT pg_try_advisory_lock(${key}) AS ok`.execute(conn)
       if (!locked.rows[0]?.ok) return { buckets: 0, rows: 0 }
-      const state = await sql<{ watermark: Date; now: Date }>`
-        SELECT (SELECT watermark FROM rollup_state WHERE source = ${source.name}) AS watermark, statement_timestamp() AS now`.execute(tx)
-      const { watermark, now } = state.rows[0] as { watermark: Date | null; now: Date }
-      const step = source.fiveMinute ? BUCKET_MS : HOUR_MS
-      const width = source.fiveMinute ? '5 minutes' : '1 hour'
-      const dirty = await sql<{ b: Date }>`
-        SELECT DISTINCT date_bin(${width}::interval, ts, TIMESTAMPTZ 'epoch') AS b FROM ${sql.table(source.table)}
-        WHERE ${watermark === null ? sql`true` : sql`created_at > ${watermark}::timestamptz - ${OVERLAP}::interval`}
-        ORDER BY 1`.execute(tx)
-      let rows = 0
-      const hours = new Set<number>()
-      const upsert = (table: 'rollup_5m' | 'rollup_1h' | 'rollup_6h', select: RawBuilder<unknown>) => sql`
-        INSERT INTO ${sql.table(table)} (source, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last)
-        SELECT ${source.name}, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last FROM (${select}) a
-        ON CONFLICT (source, site_id, system, device_id, metric, bucket) DO UPDATE SET location = EXCLUDED.location, n = EXCLUDED.n,
-          sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last`
-      for (const [from, to] of ranges(dirty.rows.map((r) => r.b.getTime()), step)) {
-        const target = source.fiveMinute ? 'rollup_5m' : 'rollup_1h'
-        const r = await upsert(target, source.aggregate(new Date(from), new Date(to), width)).execute(tx)
-        rows += Number(r.numAffectedRows ?? 0)
-        if (source.fiveMinute) for (let h = Math.floor(from / HOUR_MS) * HOUR_MS; h < to; h += HOUR_MS) hours.add(h)
+      try {
+        return await catchUp(conn, source)
+      } finally {
+        await sql`SELECT pg_advisory_unlock(${key})`.execute(conn)
       }
-      // Coarser tiers come from the finer ones: twelve or six rows each instead of every sample.
-      const coarser: Array<{ table: 'rollup_1h' | 'rollup_6h'; from: 'rollup_5m' | 'rollup_1h'; width: string; ms: number; periods: Set<number> }> = []
-      if (source.fiveMinute) coarser.push({ table: 'rollup_1h', from: 'rollup_5m', width: '1 hour', ms: HOUR_MS, periods: hours })
-      const sixHours = new Set<number>()
-      const touchedHours = source.fiveMinute ? hours : new Set(ranges(dirty.rows.map((r) => r.b.getTime()), step).flatMap(([a, b]) => spread(a, b, HOUR_MS)))
-      for (const h of touchedHours) sixHours.add(Math.floor(h / SIX_HOURS_MS) * SIX_HOURS_MS)
-      coarser.push({ table: 'rollup_6h', from: 'rollup_1h', width: '6 hours', ms: SIX_HOURS_MS, periods: sixHours })
-      for (const tier of coarser) {
-        for (const [from, to] of ranges([...tier.periods].sort((a, b) => a - b), tier.ms)) {
-          await upsert(tier.table, sql`
-            SELECT site_id, system, device_id, metric, date_bin(${tier.width}::interval, bucket, TIMESTAMPTZ 'epoch') AS bucket,
-              (array_agg(location ORDER BY bucket DESC))[1] AS location, sum(n)::int AS n, sum(sum) AS sum, min(min) AS min, max(max) AS max,
-              (array_agg(last ORDER BY bucket DESC))[1] AS last
-            FROM ${sql.table(tier.from)} WHERE source = ${source.name} AND bucket >= ${new Date(from)} AND bucket < ${new Date(to)}
-            GROUP BY site_id, system, device_id, metric, 5`).execute(tx)
-        }
-      }
-      const all = ranges(dirty.rows.map((r) => r.b.getTime()), step)
-      if (all.length > 0) {
-        const table = source.fiveMinute ? 'rollup_5m' : 'rollup_1h'
-        await sql`
-          INSERT INTO rollup_series (source, site_id, system, device_id, first_at, last_at)
-          SELECT source, site_id, system, device_id, min(bucket), max(bucket) FROM ${sql.table(table)}
-          WHERE source = ${source.name} AND bucket >= ${new Date(all[0]?.[0] as number)} AND bucket < ${new Date(all[all.length - 1]?.[1] as number)}
-          GROUP BY 1, 2, 3, 4
-          ON CONFLICT (source, site_id, system, device_id) DO UPDATE SET first_at = LEAST(rollup_series.first_at, EXCLUDED.first_at),
-            last_at = GREATEST(rollup_series.last_at, EXCLUDED.last_at)`.execute(tx)
-      }
-      await sql`
-        INSERT INTO rollup_state (source, watermark) VALUES (${source.name}, ${now})
-        ON CONFLICT (source) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = NOW()`.execute(tx)
-      return { buckets: dirty.rows.length, rows }
     })
+  }
+
+  async function catchUp(conn: Kysely<DB>, source: Source): Promise<{ buckets: number; rows: number }> {
+    const state = await sql<{ watermark: Date; now: Date }>`
+      SELECT (SELECT watermark FROM rollup_state WHERE source = ${source.name}) AS watermark, statement_timestamp() AS now`.execute(conn)
+    const { watermark, now } = state.rows[0] as { watermark: Date | null; now: Date }
+    const step = source.fiveMinute ? BUCKET_MS : HOUR_MS
+    const width = source.fiveMinute ? '5 minutes' : '1 hour'
+    const dirty = await sql<{ b: Date }>`
+      SELECT DISTINCT date_bin(${width}::interval, ts, TIMESTAMPTZ 'epoch') AS b FROM ${sql.table(source.table)}
+      WHERE ${watermark === null ? sql`true` : sql`created_at > ${watermark}::timestamptz - ${OVERLAP}::interval`}
+      ORDER BY 1`.execute(conn)
+    let rows = 0
+    const hours = new Set<number>()
+    const upsert = (table: 'rollup_5m' | 'rollup_1h' | 'rollup_6h', select: RawBuilder<unknown>) => sql`
+      INSERT INTO ${sql.table(table)} (source, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last)
+      SELECT ${source.name}, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last FROM (${select}) a
+      ON CONFLICT (source, site_id, system, device_id, metric, bucket) DO UPDATE SET location = EXCLUDED.location, n = EXCLUDED.n,
+        sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last`
+    for (const [from, to] of ranges(dirty.rows.map((r) => r.b.getTime()), step)) {
+      if (stopping) return { buckets: 0, rows }
+      const target = source.fiveMinute ? 'rollup_5m' : 'rollup_1h'
+      const r = await upsert(target, source.aggregate(new Date(from), new Date(to), width)).execute(conn)
+      rows += Number(r.numAffectedRows ?? 0)
+      if (source.fiveMinute) for (let h = Math.floor(from / HOUR_MS) * HOUR_MS; h < to; h += HOUR_MS) hours.add(h)
+    }
+    // Coarser tiers come from the finer ones: twelve or six rows each instead of every sample.
+    const coarser: Array<{ table: 'rollup_1h' | 'rollup_6h'; from: 'rollup_5m' | 'rollup_1h'; width: string; ms: number; periods: Set<number> }> = []
+    if (source.fiveMinute) coarser.push({ table: 'rollup_1h', from: 'rollup_5m', width: '1 hour', ms: HOUR_MS, periods: hours })
+    const sixHours = new Set<number>()
+    const touchedHours = source.fiveMinute ? hours : new Set(ranges(dirty.rows.map((r) => r.b.getTime()), step).flatMap(([a, b]) => spread(a, b, HOUR_MS)))
+    for (const h of touchedHours) sixHours.add(Math.floor(h / SIX_HOURS_MS) * SIX_HOURS_MS)
+    coarser.push({ table: 'rollup_6h', from: 'rollup_1h', width: '6 hours', ms: SIX_HOURS_MS, periods: sixHours })
+    for (const tier of coarser) {
+      for (const [from, to] of ranges([...tier.periods].sort((a, b) => a - b), tier.ms)) {
+        if (stopping) return { buckets: 0, rows }
+        await upsert(tier.table, sql`
+          SELECT site_id, system, device_id, metric, date_bin(${tier.width}::interval, bucket, TIMESTAMPTZ 'epoch') AS bucket,
+            (array_agg(location ORDER BY bucket DESC))[1] AS location, sum(n)::int AS n, sum(sum) AS sum, min(min) AS min, max(max) AS max,
+            (array_agg(last ORDER BY bucket DESC))[1] AS last
+          FROM ${sql.table(tier.from)} WHERE source = ${source.name} AND bucket >= ${new Date(from)} AND bucket < ${new Date(to)}
+          GROUP BY site_id, system, device_id, metric, 5`).execute(conn)
+      }
+    }
+    const all = ranges(dirty.rows.map((r) => r.b.getTime()), step)
+    if (all.length > 0) {
+      const table = source.fiveMinute ? 'rollup_5m' : 'rollup_1h'
+      await sql`
+        INSERT INTO rollup_series (source, site_id, system, device_id, first_at, last_at)
+        SELECT source, site_id, system, device_id, min(bucket), max(bucket) FROM ${sql.table(table)}
+        WHERE source = ${source.name} AND bucket >= ${new Date(all[0]?.[0] as number)} AND bucket < ${new Date(all[all.length - 1]?.[1] as number)}
+        GROUP BY 1, 2, 3, 4
+        ON CONFLICT (source, site_id, system, device_id) DO UPDATE SET first_at = LEAST(rollup_series.first_at, EXCLUDED.first_at),
+          last_at = GREATEST(rollup_series.last_at, EXCLUDED.last_at)`.execute(conn)
+    }
+    await sql`
+      INSERT INTO rollup_state (source, watermark) VALUES (${source.name}, ${now})
+      ON CONFLICT (source) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = NOW()`.execute(conn)
+    return { buckets: dirty.rows.length, rows }
   }
 
   /** One pass over every source; returns what it recomputed. */
