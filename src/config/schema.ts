@@ -177,13 +177,19 @@ export const ConfigSchema = v.strictObject({
   ),
   /** Days to keep each kind of row; 0 keeps it forever (the default: nothing is deleted unless asked). */
   retention: v.optional(
-    v.strictObject({
-      measurementsDays: v.optional(days('measurementsDays'), 0),
-      statusDays: v.optional(days('statusDays'), 0),
-      ecoflowDays: v.optional(days('ecoflowDays'), 0),
-      rejectsDays: v.optional(days('rejectsDays'), 0),
-      rollup5mDays: v.optional(days('rollup5mDays'), 0),
-    }),
+    v.pipe(
+      v.strictObject({
+        measurementsDays: v.optional(days('measurementsDays'), 0),
+        statusDays: v.optional(days('statusDays'), 0),
+        ecoflowDays: v.optional(days('ecoflowDays'), 0),
+        rejectsDays: v.optional(days('rejectsDays'), 0),
+        rollup5mDays: v.optional(days('rollup5mDays'), 0),
+      }),
+      // Dashboards read EcoFlow and status rows, and the 5-minute rollups, up to 14 days back.
+      v.check((r) => r.statusDays === 0 || r.statusDays >= 14, 'retention.statusDays must be 0 or at least 14: dashboards read status rows up to 14 days back'),
+      v.check((r) => r.ecoflowDays === 0 || r.ecoflowDays >= 14, 'retention.ecoflowDays must be 0 or at least 14: dashboards read EcoFlow rows up to 14 days back'),
+      v.check((r) => r.rollup5mDays === 0 || r.rollup5mDays >= 14, 'retention.rollup5mDays must be 0 or at least 14: dashboards read 5-minute rollups up to 14 days back'),
+    ),
     {},
   ),
   ingest: v.optional(
