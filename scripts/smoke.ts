@@ -103,6 +103,8 @@ try {
       }
     })
     proc.once('exit', (code) => reject(new Error(`paku exited with ${code} before ready:\n${lines.join('\n')}\n${stderr}`)))
+    // A missing or unrunnable executable: fail through the finally below, which stops PostgreSQL.
+    proc.once('error', (err) => reject(new Error(`cannot run ${bin}: ${err.message} (npm run build first)`)))
   })
   const banner = await ready
   const spawnToReady = performance.now() - t0
