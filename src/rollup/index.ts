@@ -77,19 +77,18 @@ export function createRollup(opts: RollupOptions) {
       SELECT ${source.name}, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last FROM (${select}) a
       ON CONFLICT (source, site_id, system, device_id, metric, bucket) DO UPDATE SET location = EXCLUDED.location, n = EXCLUDED.n,
         sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last`
-    for (const [from, to] of ranges(dirty.rows.map((r) => r.b.getTime()), step)) {
+    const dirtyRanges = ranges(dirty.rows.map((r) => r.b.getTime()), step)
+    const finest = source.fiveMinute ? 'rollup_5m' : 'rollup_1h'
+    for (const [from, to] of dirtyRanges) {
       if (stopping) return { buckets: 0, rows }
-      const target = source.fiveMinute ? 'rollup_5m' : 'rollup_1h'
-      const r = await upsert(target, source.aggregate(new Date(from), new Date(to), width)).execute(conn)
+      const r = await upsert(finest, source.aggregate(new Date(from), new Date(to), width)).execute(conn)
       rows += Number(r.numAffectedRows ?? 0)
-      if (source.fiveMinute) for (let h = Math.floor(from / HOUR_MS) * HOUR_MS; h < to; h += HOUR_MS) hours.add(h)
+      for (let h = Math.floor(from / HOUR_MS) * HOUR_MS; h < to; h += HOUR_MS) hours.add(h)
     }
     // Coarser tiers come from the finer ones: twelve or six rows each instead of every sample.
     const coarser: Array<{ table: 'rollup_1h' | 'rollup_6h'; from: 'rollup_5m' | 'rollup_1h'; width: string; ms: number; periods: Set<number> }> = []
     if (source.fiveMinute) coarser.push({ table: 'rollup_1h', from: 'rollup_5m', width: '1 hour', ms: HOUR_MS, periods: hours })
-    const sixHours = new Set<number>()
-    const touchedHours = source.fiveMinute ? hours : new Set(ranges(dirty.rows.map((r) => r.b.getTime()), step).flatMap(([a, b]) => spread(a, b, HOUR_MS)))
-    for (const h of touchedHours) sixHours.add(Math.floor(h / SIX_HOURS_MS) * SIX_HOURS_MS)
+    const sixHours = new Set([...hours].map((h) => Math.floor(h / SIX_HOURS_MS) * SIX_HOURS_MS))
     coarser.push({ table: 'rollup_6h', from: 'rollup_1h', width: '6 hours', ms: SIX_HOURS_MS, periods: sixHours })
     for (const tier of coarser) {
       for (const [from, to] of ranges([...tier.periods].sort((a, b) => a - b), tier.ms)) {
@@ -102,13 +101,11 @@ export function createRollup(opts: RollupOptions) {
           GROUP BY site_id, system, device_id, metric, 5`).execute(conn)
       }
     }
-    const all = ranges(dirty.rows.map((r) => r.b.getTime()), step)
-    if (all.length > 0) {
-      const table = source.fiveMinute ? 'rollup_5m' : 'rollup_1h'
+    if (dirtyRanges.length > 0) {
       await sql`
         INSERT INTO rollup_series (source, site_id, system, device_id, first_at, last_at)
-        SELECT source, site_id, system, device_id, min(bucket), max(bucket) FROM ${sql.table(table)}
-        WHERE source = ${source.name} AND bucket >= ${new Date(all[0]?.[0] as number)} AND bucket < ${new Date(all[all.length - 1]?.[1] as number)}
+        SELECT source, site_id, system, device_id, min(bucket), max(bucket) FROM ${sql.table(finest)}
+        WHERE source = ${source.name} AND bucket >= ${new Date(dirtyRanges[0]?.[0] as number)} AND bucket < ${new Date(dirtyRanges[dirtyRanges.length - 1]?.[1] as number)}
         GROUP BY 1, 2, 3, 4
         ON CONFLICT (source, site_id, system, device_id) DO UPDATE SET first_at = LEAST(rollup_series.first_at, EXCLUDED.first_at),
           last_at = GREATEST(rollup_series.last_at, EXCLUDED.last_at)`.execute(conn)
@@ -215,13 +212,6 @@ export function createRollup(opts: RollupOptions) {
       return { lastPass, lastError }
     },
   }
-}
-
-/** The step starts in [from, to). */
-function spread(from: number, to: number, step: number): number[] {
-  const out: number[] = []
-  for (let t = Math.floor(from / step) * step; t < to; t += step) out.push(t)
-  return out
 }
 
 /** Sorted bucket starts → [from, to) ranges of consecutive buckets, none longer than MAX_RANGE_MS. */
