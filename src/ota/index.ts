@@ -2,12 +2,10 @@ import type { Config } from '../config/index.js'
 import { errorText, type Logger } from '../log/index.js'
 import {
   advanceDevice,
-  deviceTarget,
-  isTarget,
   liveRolloutIds,
   markNotified,
   openActions,
-  runningRollouts,
+  rolloutFor,
   takeIn,
   tickRollout,
   TERMINAL,
@@ -217,68 +215,57 @@ export function createOta(opts: OtaOptions) {
    */
   async function pullDecision(d: { deviceId: string; model: string; version: string | null; sha256?: string | undefined; md5?: string | undefined; freeSpace?: number | undefined }): Promise<{ release: Release } | { reason: string }> {
     const db = opts.db()
-    const target = await deviceTarget(db, d.deviceId, d.model)
-    for (const r of await runningRollouts(db)) {
-      if (!isTarget(r, target)) continue
-      const release = await getRelease(db, r.device_model, r.firmware_version)
-      if (!release) return { reason: `release ${r.firmware_version} is gone` }
-      const runsTarget = d.version === r.firmware_version || (d.sha256 !== undefined && d.sha256 === release.checksum_sha256) || (d.md5 !== undefined && d.md5 === release.checksum_md5)
-      const row = await takeIn(db, r, d.deviceId, runsTarget ? r.firmware_version : d.version)
-      const action = { rollout_id: r.id, device_id: d.deviceId, state: row.state, firmware_version: r.firmware_version }
-      if (runsTarget) {
-        if (!TERMINAL.includes(row.state)) {
-          await enqueue(async () => {
-            if (await recordOutcome({ ...action, state: row.state }, 'succeeded', 'checked in with the new image')) await recordUpdateStatus(db, d.deviceId, r.firmware_version, 'success')
-            await tick([r.id])
-          })
-        }
-        return { reason: `up to date (${r.firmware_version})` }
-      }
-      if (TERMINAL.includes(row.state)) return { reason: `${row.state} in rollout ${r.name}${row.detail ? `: ${row.detail}` : ''}` }
-      if (row.state === 'downloading') {
-        const detail = `still runs ${d.version ?? 'the old image'} after the image was served`
-        await enqueue(async () => {
-          if (await recordOutcome(action, 'failed', detail)) await recordUpdateStatus(db, d.deviceId, r.firmware_version, 'failed', detail)
-          await tick([r.id])
-        })
-        return { reason: `failed in rollout ${r.name}: ${detail}` }
-      }
-      if (d.freeSpace !== undefined && release.file_size > d.freeSpace) {
-        const detail = `image is ${release.file_size} bytes, the device has ${d.freeSpace} free`
-        await enqueue(async () => {
-          if (await recordOutcome(action, 'failed', detail)) await recordUpdateStatus(db, d.deviceId, r.firmware_version, 'failed', detail)
-          await tick([r.id])
-        })
-        return { reason: detail }
-      }
-      await advanceDevice(db, action, 'downloading', 'image served to the polling device')
-      await markNotified(db, r.id, d.deviceId)
-      await insertEvent(db, 'update_started', d.deviceId, r.firmware_version, r.id, { from_version: d.version, via: 'http-update' })
-      await recordUpdateStatus(db, d.deviceId, r.firmware_version, 'downloading')
-      return { release }
+    const r = await rolloutFor(db, d.deviceId, d.model)
+    if (!r) return { reason: 'no running rollout targets this device' }
+    const release = await getRelease(db, r.device_model, r.firmware_version)
+    if (!release) return { reason: `release ${r.firmware_version} is gone` }
+    const runsTarget = d.version === r.firmware_version || (d.sha256 !== undefined && d.sha256 === release.checksum_sha256) || (d.md5 !== undefined && d.md5 === release.checksum_md5)
+    const row = await takeIn(db, r, d.deviceId, runsTarget ? r.firmware_version : d.version)
+    const action = { rollout_id: r.id, device_id: d.deviceId, state: row.state, firmware_version: r.firmware_version }
+    /** Ends the device's action (and its device_update_status row) through the queue, then re-judges the rollout. */
+    const finish = (to: 'succeeded' | 'failed', detail: string) =>
+      enqueue(async () => {
+        if (await recordOutcome(action, to, detail)) await recordUpdateStatus(db, d.deviceId, r.firmware_version, to === 'succeeded' ? 'success' : 'failed', to === 'failed' ? detail : null)
+        await tick([r.id])
+      })
+    if (runsTarget) {
+      if (!TERMINAL.includes(row.state)) await finish('succeeded', 'checked in with the new image')
+      return { reason: `up to date (${r.firmware_version})` }
     }
-    return { reason: 'no running rollout targets this device' }
+    if (TERMINAL.includes(row.state)) return { reason: `${row.state} in rollout ${r.name}${row.detail ? `: ${row.detail}` : ''}` }
+    if (row.state === 'downloading') {
+      const detail = `still runs ${d.version ?? 'the old image'} after the image was served`
+      await finish('failed', detail)
+      return { reason: `failed in rollout ${r.name}: ${detail}` }
+    }
+    if (d.freeSpace !== undefined && release.file_size > d.freeSpace) {
+      const detail = `image is ${release.file_size} bytes, the device has ${d.freeSpace} free`
+      await finish('failed', detail)
+      return { reason: detail }
+    }
+    await advanceDevice(db, action, 'downloading', 'image served to the polling device')
+    await markNotified(db, r.id, d.deviceId)
+    await insertEvent(db, 'update_started', d.deviceId, r.firmware_version, r.id, { from_version: d.version, via: 'http-update' })
+    await recordUpdateStatus(db, d.deviceId, r.firmware_version, 'downloading')
+    return { release }
   }
 
   /** The old GET /api/firmware/check (contract §4.4), answered from the same rollouts. */
   async function checkDecision(deviceId: string, model: string, current: string): Promise<{ rollout: Rollout; release: Release } | undefined> {
     const db = opts.db()
-    const target = await deviceTarget(db, deviceId, model)
-    for (const r of await runningRollouts(db)) {
-      if (!isTarget(r, target)) continue
-      const row = await takeIn(db, r, deviceId, current)
-      if (TERMINAL.includes(row.state)) return undefined
-      const release = await getRelease(db, r.device_model, r.firmware_version)
-      if (!release) return undefined
-      if (row.state === 'pending') {
-        // Once per device and rollout, not on every poll as the old service did.
-        await advanceDevice(db, { rollout_id: r.id, device_id: deviceId, state: row.state, firmware_version: r.firmware_version }, 'notified', 'offered by /api/firmware/check')
-        await markNotified(db, r.id, deviceId)
-        await insertEvent(db, 'update_started', deviceId, r.firmware_version, r.id, { from_version: current, via: 'check' })
-      }
-      return { rollout: r, release }
+    const r = await rolloutFor(db, deviceId, model)
+    if (!r) return undefined
+    const row = await takeIn(db, r, deviceId, current)
+    if (TERMINAL.includes(row.state)) return undefined
+    const release = await getRelease(db, r.device_model, r.firmware_version)
+    if (!release) return undefined
+    if (row.state === 'pending') {
+      // Once per device and rollout, not on every poll as the old service did.
+      await advanceDevice(db, { rollout_id: r.id, device_id: deviceId, state: row.state, firmware_version: r.firmware_version }, 'notified', 'offered by /api/firmware/check')
+      await markNotified(db, r.id, deviceId)
+      await insertEvent(db, 'update_started', deviceId, r.firmware_version, r.id, { from_version: current, via: 'check' })
     }
-    return undefined
+    return { rollout: r, release }
   }
 
   const routes = createOtaRoutes({

@@ -467,6 +467,12 @@ export async function takeIn(db: Db, r: Rollout, deviceId: string, current: stri
   return row ?? { state: init.state, notified_at: null, detail: init.detail }
 }
 
+/** The rollout that delivers to this device now (the newest delivering one that targets it), if any. */
+export async function rolloutFor(db: Db, deviceId: string, model: string): Promise<Rollout | undefined> {
+  const target = await deviceTarget(db, deviceId, model)
+  return (await runningRollouts(db)).find((r) => isTarget(r, target))
+}
+
 export async function deviceTarget(db: Db, deviceId: string, fallbackModel: string | null): Promise<TargetDevice> {
   const r = await sql<TargetDevice>`
     SELECT d.device_id, d.device_model, d.current_firmware_version, d.mac_address, d.metadata->>'protocol' AS protocol,
