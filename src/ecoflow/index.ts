@@ -1,9 +1,9 @@
 import { Cron } from 'croner'
 import { Hono } from 'hono'
 import { HTTPException } from 'hono/http-exception'
-import * as v from 'valibot'
 import type { Config } from '../config/index.js'
 import { errorText, type Logger } from '../log/index.js'
+import { validate } from '../util/validate.js'
 import { createEcoflowClient, EcoflowError, type EcoflowClient } from './client.js'
 import { controlBody, ControlRequest } from './controls.js'
 import { detectFamily, mapQuota, type Columns, type Family, type PowerSummary } from './mapping.js'
@@ -171,20 +171,19 @@ export function createEcoflow(opts: EcoflowOptions) {
     } catch {
       throw new HTTPException(400, { message: 'body must be JSON: {"action": …, "value": …}' })
     }
-    const parsed = v.safeParse(ControlRequest, body)
-    if (!parsed.success) throw new HTTPException(400, { message: parsed.issues.map((i) => `${v.getDotPath(i) ?? 'body'}: ${i.message}`).join('; ') })
+    const request = validate(ControlRequest, body)
     if (!d.family) throw new HTTPException(409, { message: `device ${sn} has not been polled yet; its model is unknown` })
-    const built = controlBody(d.family, sn, parsed.output)
+    const built = controlBody(d.family, sn, request)
     if ('error' in built) throw new HTTPException(400, { message: built.error })
     try {
       await client.setQuota(built.body, AbortSignal.timeout(config.requestTimeoutMs))
     } catch (err) {
       const text = err instanceof EcoflowError ? `${err.code}: ${err.message}` : errorText(err)
-      log.warn('EcoFlow control refused', { sn, action: parsed.output.action, err: text })
+      log.warn('EcoFlow control refused', { sn, action: request.action, err: text })
       throw new HTTPException(502, { message: `EcoFlow refused the command: ${text}` })
     }
-    log.info('EcoFlow control sent', { sn, action: parsed.output.action, value: parsed.output.value })
-    return c.json({ ok: true, sn, action: parsed.output.action, value: parsed.output.value, sent: built.body })
+    log.info('EcoFlow control sent', { sn, action: request.action, value: request.value })
+    return c.json({ ok: true, sn, action: request.action, value: request.value, sent: built.body })
   })
 
   return {

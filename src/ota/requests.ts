@@ -1,5 +1,6 @@
 import { HTTPException } from 'hono/http-exception'
 import * as v from 'valibot'
+import { validate } from '../util/validate.js'
 import { ROLLOUT_STATUSES, TARGET_TYPES } from './rollouts.js'
 
 /** Device ids become MQTT topic levels (paku/edge/{id}/cmd/ota): no wildcards, separators or control characters. */
@@ -94,12 +95,6 @@ export async function jsonBody<S extends v.GenericSchema>(req: { text(): Promise
     }
   }
   return validate(schema, body)
-}
-
-export function validate<S extends v.GenericSchema>(schema: S, input: unknown): v.InferOutput<S> {
-  const parsed = v.safeParse(schema, input)
-  if (!parsed.success) throw new HTTPException(400, { message: parsed.issues.map((i) => `${v.getDotPath(i) ?? 'body'}: ${i.message}`).join('; ') })
-  return parsed.output
 }
 
 /** Query booleans as FastAPI accepted them (the CI workflow sends is_signed=false). */
