@@ -49,6 +49,35 @@ async function memory(pid: number): Promise<{ rss: number; anon: number; file: n
   return { rss: kb('Rss'), anon: kb('Pss_Anon'), file: kb('Pss_File') }
 }
 
+/** Collects a paku process's log lines and resolves with its JSON `… ready` banner; rejects if it exits or cannot start. */
+function watch(proc: ReturnType<typeof spawn>) {
+  const lines: string[] = []
+  let stderr = ''
+  proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()))
+  const ready = new Promise<Record<string, unknown>>((resolve, reject) => {
+    let buf = ''
+    proc.stdout?.on('data', (d: Buffer) => {
+      buf += d.toString()
+      let i
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i)
+        buf = buf.slice(i + 1)
+        lines.push(line)
+        try {
+          const j = JSON.parse(line) as Record<string, unknown>
+          if (typeof j.msg === 'string' && j.msg.endsWith(' ready')) resolve(j)
+        } catch {
+          // not JSON: shown on failure
+        }
+      }
+    })
+    proc.once('exit', (code) => reject(new Error(`paku exited with ${code} before ready:\n${lines.join('\n')}\n${stderr}`)))
+    // A missing or unrunnable executable: fail through the finally below, which stops PostgreSQL.
+    proc.once('error', (err) => reject(new Error(`cannot run ${bin}: ${err.message} (npm run build first)`)))
+  })
+  return { ready, lines, stderr: () => stderr }
+}
+
 const dir = await mkdtemp(join(tmpdir(), 'paku-smoke-'))
 // As root, PostgreSQL runs as `postgres` and must be able to enter the directory (mkdtemp makes it 0700).
 await chmod(dir, 0o711)
@@ -82,31 +111,8 @@ try {
   const t0 = performance.now()
   const proc = spawn(bin, ['serve'], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] })
   child = proc
-  const lines: string[] = []
-  let stderr = ''
-  proc.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-  const ready = new Promise<Record<string, unknown>>((resolve, reject) => {
-    let buf = ''
-    proc.stdout.on('data', (d: Buffer) => {
-      buf += d.toString()
-      let i
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i)
-        buf = buf.slice(i + 1)
-        lines.push(line)
-        try {
-          const j = JSON.parse(line) as Record<string, unknown>
-          if (typeof j.msg === 'string' && j.msg.endsWith(' ready')) resolve(j)
-        } catch {
-          // not JSON: shown on failure
-        }
-      }
-    })
-    proc.once('exit', (code) => reject(new Error(`paku exited with ${code} before ready:\n${lines.join('\n')}\n${stderr}`)))
-    // A missing or unrunnable executable: fail through the finally below, which stops PostgreSQL.
-    proc.once('error', (err) => reject(new Error(`cannot run ${bin}: ${err.message} (npm run build first)`)))
-  })
-  const banner = await ready
+  const run1 = watch(proc)
+  const banner = await run1.ready
   const spawnToReady = performance.now() - t0
   check(banner.readyAfterDatabaseMs !== undefined, `ready (${Math.round(spawnToReady)} ms after spawn, ${String(banner.readyAfterDatabaseMs)} ms after the database answered)`)
   if (figures && proc.pid) {
@@ -159,28 +165,14 @@ try {
   proc.kill('SIGTERM')
   const code = await new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)))
   child = undefined
-  check(code === 0 && lines.some((l) => l.includes('"msg":"stopped"')), `SIGTERM → clean exit (code ${code})`)
-  check(stderr.trim() === '', 'nothing on stderr (no warnings)')
+  check(code === 0 && run1.lines.some((l) => l.includes('"msg":"stopped"')), `SIGTERM → clean exit (code ${code})`)
+  check(run1.stderr().trim() === '', 'nothing on stderr (no warnings)')
   if (figures) {
     // A restart, as after an upgrade with nothing to migrate: the figure that matters for systemd.
     const again = spawn(bin, ['serve'], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] })
     child = again
     const t1 = performance.now()
-    const banner2 = await new Promise<Record<string, unknown>>((resolve, reject) => {
-      let buf = ''
-      again.stdout.on('data', (d: Buffer) => {
-        buf += d.toString()
-        for (const line of buf.split('\n')) {
-          try {
-            const j = JSON.parse(line) as Record<string, unknown>
-            if (typeof j.msg === 'string' && j.msg.endsWith(' ready')) resolve(j)
-          } catch {
-            // partial line
-          }
-        }
-      })
-      again.once('exit', (c) => reject(new Error(`restart exited with ${c}`)))
-    })
+    const banner2 = await watch(again).ready
     out.push(['restart: spawn → ready (nothing to migrate)', `${Math.round(performance.now() - t1)} ms`], ['restart: database answered → ready', `${String(banner2.readyAfterDatabaseMs)} ms`])
     again.kill('SIGTERM')
     await new Promise((resolve) => again.once('exit', resolve))
