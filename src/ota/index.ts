@@ -17,8 +17,6 @@ import {
 import { createOtaRoutes } from './routes.js'
 import { gauges, getRelease, insertEvent, recordUpdateStatus, type Db, type Release } from './store.js'
 
-export { hashBucket, percentageMatch, compareVersions, parseVersion } from './versions.js'
-export { inspectImage } from './image.js'
 export { importFirmwareDir } from './import.js'
 
 /** What ingest saw from a device, handed over by app.ts (subsystems never import each other). */

@@ -4,8 +4,6 @@ import type { DB } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
 import { SOURCES, type Source } from './sources.js'
 
-export { SOURCES } from './sources.js'
-
 export type RollupOptions = {
   config: Config['rollup']
   retention: Config['retention']
