@@ -14,6 +14,7 @@ import { errorText, type Logger } from '../log/index.js'
 import { canPublish, canSubscribe, type Identity } from './acl.js'
 import { checkCredential } from './credentials.js'
 import { createFailureLimiter } from '../util/failure-limiter.js'
+import { coalesceWrites } from './coalesce-writes.js'
 import { guardStream } from './packet-guard.js'
 import { credentialRoutes } from './routes.js'
 import { PgPersistence } from './pg-persistence.js'
@@ -248,6 +249,7 @@ export function createBroker(opts: BrokerOptions) {
         addresses.set(stream, socket.remoteAddress ?? 'unknown')
         const cn = (socket as TLSSocket).authorized ? peerName(socket as TLSSocket) : undefined
         if (cn) certNames.set(stream, cn)
+        coalesceWrites(socket)
         broker.handle(stream, req as never)
       }
       /** MQTT over WebSocket on an HTTP(S) server; plain HTTP requests get 426 Upgrade Required. */

@@ -88,6 +88,8 @@ describe('loadConfig', () => {
     { name: 'rejects an unknown signing form', env: { PAKU_ECOFLOW_SIGNING: 'md5' }, want: ['ecoflow.signing (from PAKU_ECOFLOW_SIGNING): must be auto, documented or legacy'] },
     { name: 'rejects a secret key of the wrong type without echoing it', file: '{"ecoflow":{"secretKey":12345}}', want: ['ecoflow.secretKey: ecoflow.secretKey must be a string'] },
     { name: 'rejects a zero batch size', env: { PAKU_INGEST_BATCH_SIZE: '0' }, want: ['ingest.batchSize (from PAKU_INGEST_BATCH_SIZE): batchSize must be at least 1'] },
+    { name: 'rejects a backpressure mark above the in-memory bound', file: '{"ingest":{"backpressureRows":500,"maxPendingRows":400}}', want: ['ingest: ingest.backpressureRows must not be above ingest.maxPendingRows'] },
+    { name: 'rejects a backpressure mark of zero', file: '{"ingest":{"backpressureRows":0}}', want: ['ingest.backpressureRows: backpressureRows must be at least 1'] },
     { name: 'rejects a public URL that is not http(s)', env: { PAKU_PUBLIC_URL: 'iot.example.com/ota' }, want: ['ota.publicUrl (from PAKU_PUBLIC_URL): must be an http(s):// URL without query'] },
     { name: 'rejects a public URL with a query', env: { PAKU_PUBLIC_URL: 'https://x/ota?a=1' }, want: ['ota.publicUrl (from PAKU_PUBLIC_URL): must be an http(s):// URL without query'] },
     { name: 'rejects a firmware limit that is not a number', env: { PAKU_OTA_MAX_FIRMWARE_BYTES: '16MB' }, want: ['PAKU_OTA_MAX_FIRMWARE_BYTES: expected an integer, got "16MB"'] },

@@ -193,18 +193,26 @@ export const ConfigSchema = v.strictObject({
     {},
   ),
   ingest: v.optional(
-    v.strictObject({
-      /** Rows per multi-row write; a full batch flushes at once. */
-      batchSize: v.optional(positiveInt('batchSize', 50_000), 1000),
-      /** A partial batch is flushed after at most this long. */
-      flushIntervalMs: v.optional(positiveInt('flushIntervalMs', 60_000), 200),
-      /** A message payload above this is rejected (and kept, truncated, in ingest_rejects). */
-      maxPayloadBytes: v.optional(positiveInt('maxPayloadBytes', 268_435_455), 65_536),
-      /** QoS 0 rows held in memory before new ones are dropped (counted); QoS 1/2 wait instead. */
-      maxPendingRows: v.optional(positiveInt('maxPendingRows', 10_000_000), 200_000),
-      /** Largest on-disk spool (database outage); when full, QoS 1/2 are no longer acknowledged. */
-      spoolMaxBytes: v.optional(positiveInt('spoolMaxBytes', Number.MAX_SAFE_INTEGER), 1_073_741_824),
-    }),
+    v.pipe(
+      v.strictObject({
+        /** Rows per multi-row write; a full batch flushes at once. */
+        batchSize: v.optional(positiveInt('batchSize', 50_000), 1000),
+        /** A partial batch is flushed after at most this long. */
+        flushIntervalMs: v.optional(positiveInt('flushIntervalMs', 60_000), 200),
+        /** A message payload above this is rejected (and kept, truncated, in ingest_rejects). */
+        maxPayloadBytes: v.optional(positiveInt('maxPayloadBytes', 268_435_455), 65_536),
+        /** QoS 0 rows held in memory before new ones are dropped (counted); QoS 1/2 wait instead. */
+        maxPendingRows: v.optional(positiveInt('maxPendingRows', 10_000_000), 200_000),
+        /**
+         * Rows waiting for the database beyond which paku stops reading from connections that publish
+         * QoS 0 (TCP backpressure) until the writer has caught up to half of it.
+         */
+        backpressureRows: v.optional(positiveInt('backpressureRows', 10_000_000), 10_000),
+        /** Largest on-disk spool (database outage); when full, QoS 1/2 are no longer acknowledged. */
+        spoolMaxBytes: v.optional(positiveInt('spoolMaxBytes', Number.MAX_SAFE_INTEGER), 1_073_741_824),
+      }),
+      v.check((i) => i.backpressureRows <= i.maxPendingRows, 'ingest.backpressureRows must not be above ingest.maxPendingRows'),
+    ),
     {},
   ),
 })

@@ -102,6 +102,7 @@ export function createIngest(opts: IngestOptions) {
     batchSize: config.batchSize,
     flushIntervalMs: config.flushIntervalMs,
     maxPendingRows: config.maxPendingRows,
+    highWaterRows: config.backpressureRows,
     toReject: (row, reason) =>
       row.kind === 'reject'
         ? { ...row, reason }
@@ -125,8 +126,12 @@ export function createIngest(opts: IngestOptions) {
   }
 
   function push(row: Row, msg: IncomingMessage): Promise<void> | undefined {
-    const done = writer.push(row, (msg.qos ?? 0) > 0)
-    return done === false ? undefined : done
+    const durable = (msg.qos ?? 0) > 0
+    const done = writer.push(row, durable)
+    if (durable) return done || undefined
+    // QoS 0 needs no acknowledgement, but while the database lags, the broker waits on this before
+    // reading more from the connection: TCP backpressure instead of an unbounded queue.
+    return writer.room()
   }
 
   function dedupKey(msg: IncomingMessage): DedupKey | undefined {

@@ -77,3 +77,36 @@ describe('batch writer', () => {
     assert.equal(writer.stats().written, 3)
   })
 })
+
+describe('batch writer backpressure', () => {
+  it('asks QoS 0 producers to wait from highWaterRows pending rows on, and lets them go at half', async (t) => {
+    const { db } = await database(t)
+    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 4, flushIntervalMs: 60_000, maxPendingRows: 100, highWaterRows: 10, toReject })
+    writer.start()
+    defer(t, () => writer.stop())
+    for (let i = 0; i < 9; i++) writer.push(measurement(`r${i}`))
+    assert.equal(writer.room(), undefined, 'below the mark: no waiting')
+    writer.push(measurement('r9'))
+    const wait = writer.room()
+    assert.ok(wait instanceof Promise, 'at the mark: wait')
+    assert.equal(writer.room(), wait, 'every producer waits on the same promise')
+    // Released by the writer catching up (flushes of 4 rows: 10 → 6 → 2 ≤ 5), not by the 60 s interval.
+    await wait
+    assert.ok(writer.stats().pending <= 5, `pending ${writer.stats().pending} after release`)
+    assert.equal(writer.stats().dropped, 0)
+  })
+
+  it('does not hold producers back while writes fail (the spool or the drop counter takes over)', async (t) => {
+    const bad = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: 'postgres://nobody@127.0.0.1:1/none', connectionTimeoutMillis: 200 }) }) })
+    defer(t, () => bad.destroy())
+    const writer = createWriter({ db: () => bad, log: testLogger(), batchSize: 2, flushIntervalMs: 60_000, maxPendingRows: 100, highWaterRows: 3, toReject })
+    writer.start()
+    defer(t, () => writer.stop(0))
+    for (let i = 0; i < 3; i++) writer.push(measurement(`f${i}`))
+    const wait = writer.room()
+    assert.ok(wait instanceof Promise)
+    await wait
+    assert.equal(writer.failing, true, 'released because writes fail')
+    assert.equal(writer.room(), undefined)
+  })
+})

@@ -12,6 +12,8 @@ export type WriterOptions = {
   flushIntervalMs: number
   /** In-memory bound: rows beyond it are dropped (counted) unless a producer waits for durability. */
   maxPendingRows: number
+  /** From this many pending rows on, room() asks producers to wait (see there). */
+  highWaterRows?: number
   /** Where batches go while PostgreSQL is unreachable; without one they wait in memory. */
   spool?: Spool
   /** Called for rows PostgreSQL refused on their data, turned into rejects. */
@@ -59,6 +61,13 @@ export function createWriter(opts: WriterOptions) {
   let retryAt = 0
   let spoolFull = false
   let droppedSinceLog = 0
+  const highWater = opts.highWaterRows ?? Infinity
+  /** Resolved once pending rows fall to half the high-water mark (or writes start failing). */
+  let room: { promise: Promise<void>; release: () => void } | undefined
+  const releaseRoom = () => {
+    room?.release()
+    room = undefined
+  }
   const stats = { written: 0, spooled: 0, replayed: 0, dropped: 0, flushes: 0, failedFlushes: 0, lastFlushMs: 0 }
 
   const schedule = (delayMs: number) => {
@@ -80,6 +89,7 @@ export function createWriter(opts: WriterOptions) {
     let i = 0
     while (i < waiters.length && (waiters[i] as { seq: number }).seq < durableSeq) (waiters[i++] as { resolve: () => void }).resolve()
     if (i > 0) waiters = waiters.slice(i)
+    if (room && pending.length <= highWater / 2) releaseRoom()
   }
 
   const nextDelay = () => {
@@ -196,6 +206,9 @@ export function createWriter(opts: WriterOptions) {
   }
 
   function failed(err: unknown) {
+    // While the database is away rows go to the spool (or are dropped when it is full): holding
+    // publishers back would only stall the devices.
+    releaseRoom()
     stats.failedFlushes++
     failures++
     retryAt = Date.now() + backoff()
@@ -241,6 +254,24 @@ export function createWriter(opts: WriterOptions) {
       if (!inFlight && (failures === 0 || spool)) schedule(0)
       return done
     },
+    /**
+     * Backpressure for producers that need no acknowledgement (QoS 0): undefined while fewer than
+     * highWaterRows rows wait, else a promise that resolves once the writer has caught up to half of
+     * that. The broker holds its publish callback on it, so aedes stops reading that connection and
+     * TCP slows the publisher down, instead of rows piling up in memory until maxPendingRows drops them.
+     * Not while writes fail: then the spool takes the rows.
+     */
+    room(): Promise<void> | undefined {
+      if (pending.length < highWater || failures > 0 || !running) return undefined
+      if (!room) {
+        let release = () => {}
+        const promise = new Promise<void>((resolve) => (release = resolve))
+        room = { promise, release }
+        // Someone is waiting now: do not let a partial batch sit out the flush interval.
+        if (!inFlight) schedule(0)
+      }
+      return room.promise
+    },
     /** Writes now, skipping any backoff: an explicit request means "try the database now". */
     flush(): Promise<void> {
       retryAt = 0
@@ -253,6 +284,7 @@ export function createWriter(opts: WriterOptions) {
     /** Stops the timer and writes everything still pending, to the database or else the spool. */
     async stop(deadlineMs = 10_000): Promise<void> {
       running = false
+      releaseRoom()
       clearTimeout(timer)
       const until = Date.now() + deadlineMs
       if (inFlight) await inFlight

@@ -1,0 +1,406 @@
+/**
+ * `npm run bench`: paku's ingest throughput side by side with PostgreSQL's own ceiling and with the old
+ * stack, in one run on one machine (the machines are noisy: compare ratios within a run).
+ *
+ *  1. Starts a fresh PostgreSQL (embedded binaries, default settings: fsync and synchronous_commit on)
+ *     and applies paku's migrations.
+ *  2. COPY ceiling: 500-row COPYs (one commit each) and one COPY stream into paku's `measurements`
+ *     table, with all its indexes, from one node-postgres connection.
+ *  3. paku as a user runs it (`paku serve`, default ingest settings) under scripts/bench-load.ts:
+ *     100 devices, QoS 0 and QoS 1 at maximum rate (50k and 200k messages), QoS 1 at a fixed
+ *     1,000 msg/s (PUBACK latency), and a 1M-message QoS 0 burst (peak RSS: backpressure, not OOM).
+ *  4. When the old stack is available (Debian's `mosquitto`, `python3-paho-mqtt`, `python3-psycopg` and
+ *     ../shared/bench/seed_collector.py, or PEER_DIR), Mosquitto + the old collector under the same loads,
+ *     writing to a database of the same cluster with the old schema.
+ *
+ * Each run starts from an empty table; it prints rows/s end to end (first publish → last row
+ * committed), the ratio to the COPY ceiling and to the peer, messages lost (acknowledged or written
+ * to the socket but not stored) and duplicated, CPU per 1,000 messages of each process and peak RSS.
+ *
+ * Options: --quick (a tenth of the messages, no 1M burst), --no-peer, --no-million, --devices N.
+ * Results also go to bench-results/<time>.jsonl. Loopback only; everything it starts it stops.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, appendFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { pipeline } from 'node:stream/promises'
+import { Readable } from 'node:stream'
+import { parseArgs } from 'node:util'
+import pg from 'pg'
+import { from as copyFrom } from 'pg-copy-streams'
+import { createEmbeddedPostgres } from '../src/db/embedded.js'
+import { createLogger } from '../src/log/index.js'
+
+const { values: flags } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    'no-peer': { type: 'boolean', default: false },
+    'no-million': { type: 'boolean', default: false },
+    devices: { type: 'string', default: '100' },
+    /** Runs only the paku loads whose label contains this text (and no peer). */
+    only: { type: 'string' },
+    /** Writes V8 CPU profiles of paku (node --cpu-prof) to this directory. */
+    profile: { type: 'string' },
+  },
+})
+const SCALE = flags.quick ? 0.1 : 1
+const DEVICES = Number(flags.devices)
+const STALL_S = 15
+const PEER_DIR = resolve(process.env.PEER_DIR ?? '../shared/bench')
+const CLK_TCK = 100
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+const say = (line: string) => console.log(`[bench] ${line}`)
+
+function freePort(): Promise<number> {
+  return new Promise((res) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number }
+      s.close(() => res(port))
+    })
+  })
+}
+
+// ---------------------------------------------------------------- process accounting (/proc)
+
+/** CPU seconds (user + system) of one process. */
+function cpuOf(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / CLK_TCK
+  } catch {
+    return 0
+  }
+}
+
+/**
+ * CPU seconds of PostgreSQL: the postmaster, its live children (backends come and go with the
+ * connection pools) and, through the postmaster's cutime/cstime, the children that already exited.
+ */
+function treeCpu(pid: number): number {
+  let total = 0
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? []
+    total += (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / CLK_TCK
+  } catch {
+    return 0
+  }
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8')
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+      if (ppid === pid) total += cpuOf(Number(name))
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return total
+}
+
+function statusField(pid: number, field: 'VmRSS' | 'VmHWM'): number {
+  try {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return m ? Number(m[1]) / 1024 : 0
+  } catch {
+    return 0
+  }
+}
+
+/** Resets the peak-RSS counter (VmHWM) so each run reports its own peak. */
+function resetPeak(pid: number): void {
+  try {
+    writeFileSync(`/proc/${pid}/clear_refs`, '5')
+  } catch {
+    // older kernels: the peak then covers earlier runs too
+  }
+}
+
+// ---------------------------------------------------------------- PostgreSQL
+
+const root = mkdtempSync(join(tmpdir(), 'paku-bench-'))
+// As root, PostgreSQL runs as user postgres, which must be able to pass through this directory.
+chmodSync(root, 0o711)
+const pgPort = await freePort()
+const database = createEmbeddedPostgres({ dataDir: join(root, 'pg'), port: pgPort, log: createLogger({ level: 'warn', format: 'pretty' }) })
+const started: Array<() => Promise<void> | void> = [async () => database.stop()]
+async function cleanup(): Promise<void> {
+  while (started.length > 0) await (started.pop() as () => Promise<void>)()
+  rmSync(root, { recursive: true, force: true })
+}
+for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => void cleanup().finally(() => process.exit(130)))
+
+await database.start()
+const pakuUrl = database.url()
+const postmasterPid = Number(readFileSync(join(root, 'pg', 'postgres', 'postmaster.pid'), 'utf8').split('\n')[0])
+
+function sqlClient(url: string): Promise<pg.Client> {
+  const c = new pg.Client({ connectionString: url })
+  return c.connect().then(() => c)
+}
+
+function runPaku(args: string[], env: Record<string, string>): ChildProcess {
+  const prof = flags.profile ? ['--cpu-prof', '--cpu-prof-dir', resolve(flags.profile)] : []
+  return spawn(process.execPath, [...prof, '--import', 'tsx', 'src/main.ts', ...args], {
+    env: { ...process.env, PAKU_DATABASE_URL: pakuUrl, PAKU_LOG_LEVEL: 'warn', PAKU_LOG_FORMAT: 'json', ...env },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  })
+}
+const exited = (p: ChildProcess) => new Promise<number>((r) => (p.exitCode !== null ? r(p.exitCode) : p.once('exit', (code) => r(code ?? 1))))
+
+if ((await exited(runPaku(['migrate'], {}))) !== 0) throw new Error('paku migrate failed')
+
+// ---------------------------------------------------------------- COPY ceiling
+
+const COPY_ROWS = Math.round(200_000 * SCALE)
+function copyLine(i: number): string {
+  const d = i % DEVICES
+  const metrics = JSON.stringify({
+    temperature_c: 21.37,
+    humidity_percent: 45.12,
+    pressure_hpa: 1001.5,
+    battery_mv: 2950,
+    tx_power_dbm: 4,
+    movement_counter: i % 256,
+    measurement_sequence: Math.floor(i / DEVICES),
+  })
+  return `bench\tsensors\truuvi_${String(d).padStart(4, '0')}\tcabin\tC7:00:00:01:1A:2B\t${new Date().toISOString()}\t${metrics}\n`
+}
+
+async function copyCeiling(chunk: number): Promise<number> {
+  const c = await sqlClient(pakuUrl)
+  await c.query('TRUNCATE measurements')
+  await c.query('CHECKPOINT')
+  const t0 = performance.now()
+  for (let start = 0; start < COPY_ROWS; start += chunk) {
+    const lines: string[] = []
+    for (let i = start; i < Math.min(COPY_ROWS, start + chunk); i++) lines.push(copyLine(i))
+    await pipeline(Readable.from(lines), c.query(copyFrom('COPY measurements (site_id, system, device_id, location, mac, ts, metrics) FROM STDIN')))
+  }
+  const rate = COPY_ROWS / ((performance.now() - t0) / 1000)
+  await c.query('TRUNCATE measurements')
+  await c.end()
+  return Math.round(rate)
+}
+
+say(`PostgreSQL on 127.0.0.1:${pgPort}; COPY ceiling with ${COPY_ROWS.toLocaleString('en')} rows`)
+const copy500 = await copyCeiling(500)
+const copyStream = await copyCeiling(COPY_ROWS)
+say(`COPY ceiling: ${copy500} rows/s (500-row COPYs, one commit each), ${copyStream} rows/s (one stream)`)
+
+// ---------------------------------------------------------------- one end-to-end run
+
+type Target = { system: string; port: number; dbUrl: string; table: string; watch: Record<string, number>; flushes?: () => Promise<number> }
+type Load = { qos: 0 | 1; messages: number; rate: number; label: string }
+type Result = Record<string, unknown> & { system: string; label: string; rowsPerS: number; lost: number; duplicated: number }
+
+async function e2e(target: Target, load: Load): Promise<Result> {
+  const c = await sqlClient(target.dbUrl)
+  await c.query(`TRUNCATE ${target.table}`)
+  await c.query('CHECKPOINT')
+  const watched = Object.entries(target.watch)
+  for (const [, pid] of watched) resetPeak(pid)
+  const cpu0 = Object.fromEntries(watched.map(([n, pid]) => [n, cpuOf(pid)]))
+  const pg0 = treeCpu(postmasterPid)
+  const flushes0 = await target.flushes?.()
+  const rssMax: Record<string, number> = Object.fromEntries(watched.map(([n]) => [n, 0]))
+
+  const gen = spawn(
+    process.execPath,
+    ['--import', 'tsx', 'scripts/bench-load.ts', '--port', String(target.port), '--devices', String(DEVICES), '--messages', String(load.messages), '--qos', String(load.qos), '--rate', String(load.rate)],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  )
+  let out = ''
+  gen.stdout?.on('data', (b: Buffer) => (out += b.toString()))
+  const genDone = exited(gen)
+  let genFinished = false
+  void genDone.then(() => (genFinished = true))
+
+  // Counting only the rows above the last id seen keeps each poll cheap on a million-row table.
+  let rows = 0
+  let maxId = '0'
+  let lastProgress = Date.now()
+  let doneAt = Date.now()
+  let sent = Infinity
+  for (;;) {
+    await sleep(100)
+    for (const [n, pid] of watched) rssMax[n] = Math.max(rssMax[n] as number, statusField(pid, 'VmRSS'))
+    const r = await c.query(`SELECT count(*)::int AS n, max(id)::text AS m FROM ${target.table} WHERE id > $1`, [maxId])
+    const n = r.rows[0].n as number
+    if (n > 0) {
+      rows += n
+      maxId = r.rows[0].m as string
+      lastProgress = doneAt = Date.now()
+    }
+    if (genFinished && sent === Infinity) sent = (JSON.parse(out.trim().split('\n').pop() as string) as { sent: number }).sent
+    if (genFinished && (rows >= sent || Date.now() - lastProgress > STALL_S * 1000)) break
+  }
+  const gen1 = JSON.parse(out.trim().split('\n').pop() as string) as { sent: number; errors: number; firstPublishMs: number; lastDoneMs: number; publishRate: number; pubackP50Ms: number | null; pubackP99Ms: number | null; pubackMaxMs: number | null; cpuS: number }
+  const cpu = Object.fromEntries(watched.map(([n, pid]) => [n, cpuOf(pid) - (cpu0[n] as number)]))
+  const pgCpu = treeCpu(postmasterPid) - pg0
+  const peak = Object.fromEntries(watched.map(([n, pid]) => [n, Math.round(Math.max(rssMax[n] as number, statusField(pid, 'VmHWM')) * 10) / 10]))
+  const flushes = flushes0 === undefined ? undefined : ((await target.flushes?.()) as number) - flushes0
+  const q = await c.query(`SELECT count(*)::int AS n, count(DISTINCT (device_id, metrics->>'measurement_sequence'))::int AS d FROM ${target.table} WHERE device_id LIKE 'ruuvi_%'`)
+  await c.end()
+  const stored = q.rows[0].n as number
+  const distinct = q.rows[0].d as number
+  const seconds = Math.max(0.001, (doneAt - gen1.firstPublishMs) / 1000)
+  // CPU milliseconds per 1,000 stored rows.
+  const per1000 = (s: number) => Math.round((s / Math.max(1, stored)) * 1_000_000 * 10) / 10
+  const result: Result = {
+    system: target.system,
+    label: load.label,
+    qos: load.qos,
+    rate: load.rate,
+    messages: load.messages,
+    sent: gen1.sent,
+    publishErrors: gen1.errors,
+    stored,
+    lost: gen1.sent - distinct,
+    duplicated: stored - distinct,
+    seconds: Math.round(seconds * 100) / 100,
+    rowsPerS: Math.round(stored / seconds),
+    publishRate: gen1.publishRate,
+    pubackP50Ms: gen1.pubackP50Ms,
+    pubackP99Ms: gen1.pubackP99Ms,
+    pubackMaxMs: gen1.pubackMaxMs,
+    cpuMsPer1000: Object.fromEntries([...Object.entries(cpu).map(([n, s]) => [n, per1000(s)]), ['postgres', per1000(pgCpu)], ['loadgen', per1000(gen1.cpuS)]]),
+    peakRssMiB: peak,
+    rowsPerFlush: flushes ? Math.round(stored / flushes) : undefined,
+  }
+  say(JSON.stringify(result))
+  return result
+}
+
+// ---------------------------------------------------------------- the suites
+
+const loads = (msgs: number): Load[] => [
+  { label: `${msgs / 1000}k QoS 0, max rate`, qos: 0, messages: msgs, rate: 0 },
+  { label: `${msgs / 1000}k QoS 1, max rate`, qos: 1, messages: msgs, rate: 0 },
+]
+const burst = Math.round(50_000 * SCALE)
+const big = Math.round(200_000 * SCALE)
+const fixed: Load = { label: '1,000 msg/s QoS 1', qos: 1, messages: Math.round(30_000 * SCALE), rate: 1000 }
+const results: Result[] = []
+
+async function pakuSuite(): Promise<void> {
+  const mqttPort = await freePort()
+  const httpPort = await freePort()
+  const paku = runPaku(['serve'], {
+    PAKU_DATA_DIR: join(root, 'paku'),
+    PAKU_MQTT_HOST: '127.0.0.1',
+    PAKU_MQTT_PORT: String(mqttPort),
+    PAKU_MQTT_WS_ENABLED: 'false',
+    PAKU_HTTP_HOST: '127.0.0.1',
+    PAKU_HTTP_PORT: String(httpPort),
+  })
+  const stop = async () => {
+    if (paku.exitCode !== null) return
+    paku.kill('SIGTERM')
+    await exited(paku)
+  }
+  started.push(stop)
+  for (let i = 0; ; i++) {
+    if (i > 600) throw new Error('paku did not become healthy')
+    if (await fetch(`http://127.0.0.1:${httpPort}/health`).then((r) => r.ok, () => false)) break
+    await sleep(100)
+  }
+  const target: Target = { system: 'paku', port: mqttPort, dbUrl: pakuUrl, table: 'measurements', watch: { paku: paku.pid as number },
+    flushes: async () => ((await (await fetch(`http://127.0.0.1:${httpPort}/health`)).json()) as { ingest: { flushes: number } }).ingest.flushes,
+  }
+  say(`paku (pid ${paku.pid}) on 127.0.0.1:${mqttPort}`)
+  const all = [...loads(burst), ...loads(big), fixed]
+  if (!flags.quick && !flags['no-million']) all.push({ label: '1M QoS 0, max rate', qos: 0, messages: 1_000_000, rate: 0 })
+  for (const load of all.filter((l) => !flags.only || l.label.includes(flags.only))) results.push(await e2e(target, load))
+  await stop()
+  started.pop()
+}
+
+function peerAvailable(): string | undefined {
+  if (flags['no-peer'] || flags.only) return 'skipped (--no-peer or --only)'
+  if (spawnSync('sh', ['-c', 'command -v mosquitto']).status !== 0) return 'mosquitto not installed (apt-get install mosquitto)'
+  if (spawnSync('/usr/bin/python3', ['-c', 'import paho.mqtt, psycopg']).status !== 0) return 'python3-paho-mqtt / python3-psycopg not installed'
+  if (!existsSync(join(PEER_DIR, 'seed_collector.py'))) return `no ${PEER_DIR}/seed_collector.py (set PEER_DIR)`
+  return undefined
+}
+
+async function peerSuite(variant: 'stock' | 'unbounded', peerLoads: Load[]): Promise<void> {
+  const c = await sqlClient(pakuUrl)
+  const dbName = 'peer'
+  if ((await c.query(`SELECT 1 FROM pg_database WHERE datname = $1`, [dbName])).rowCount === 0) await c.query(`CREATE DATABASE ${dbName}`)
+  await c.end()
+  const peerUrl = new URL(pakuUrl)
+  peerUrl.pathname = `/${dbName}`
+  const p = await sqlClient(peerUrl.toString())
+  await p.query(readFileSync(join(PEER_DIR, 'schema.sql'), 'utf8'))
+  await p.end()
+
+  const port = await freePort()
+  const dir = join(root, `mosq-${variant}`)
+  mkdirSync(dir)
+  const up = spawnSync(join(PEER_DIR, 'mosq-up.sh'), [String(port), dir], {
+    env: { ...process.env, MOSQ_EXTRA_CONF: variant === 'unbounded' ? 'max_queued_messages 0' : '' },
+    encoding: 'utf8',
+  })
+  if (up.status !== 0) throw new Error(`mosq-up.sh failed: ${up.stderr}`)
+  const brokerPid = Number(up.stdout.trim())
+  const stopBroker = () => void spawnSync(join(PEER_DIR, 'mosq-down.sh'), [String(port), dir])
+  started.push(stopBroker)
+  const collector = spawn('/usr/bin/python3', [join(PEER_DIR, 'seed_collector.py')], {
+    env: { ...process.env, MQTT_HOST: '127.0.0.1', MQTT_PORT: String(port), DATABASE_URL: peerUrl.toString() },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  })
+  const stopCollector = async () => {
+    if (collector.exitCode !== null) return
+    collector.kill('SIGTERM')
+    await exited(collector)
+  }
+  started.push(stopCollector)
+  await sleep(2000)
+  const target: Target = { system: `old stack (${variant} Mosquitto)`, port, dbUrl: peerUrl.toString(), table: 'measurements', watch: { broker: brokerPid, collector: collector.pid as number } }
+  say(`old stack: Mosquitto ${variant} (pid ${brokerPid}) on 127.0.0.1:${port}, collector pid ${collector.pid}`)
+  for (const load of peerLoads) results.push(await e2e(target, load))
+  await stopCollector()
+  stopBroker()
+  started.splice(-2, 2)
+}
+
+const stamp = new Date().toISOString().replaceAll(':', '').slice(0, 15)
+try {
+  await pakuSuite()
+  const missing = peerAvailable()
+  if (missing) say(`old stack not run: ${missing}`)
+  else {
+    await peerSuite('stock', [...loads(burst), fixed])
+    await peerSuite('unbounded', loads(burst))
+  }
+} finally {
+  await cleanup()
+}
+
+// ---------------------------------------------------------------- report
+
+mkdirSync('bench-results', { recursive: true })
+const file = join('bench-results', `${stamp}.jsonl`)
+appendFileSync(file, JSON.stringify({ kind: 'copy-ceiling', rows: COPY_ROWS, copy500, copyStream }) + '\n')
+for (const r of results) appendFileSync(file, JSON.stringify(r) + '\n')
+
+const peerDrain = (qos: number) => results.find((r) => r.system.includes('unbounded') && r.qos === qos && r.rate === 0)?.rowsPerS
+const ratio = (a: number, b: number | undefined) => (b ? `${(a / b).toFixed(2)}×` : '—')
+const fmt = (n: unknown) => (typeof n === 'number' ? n.toLocaleString('en') : n === null || n === undefined ? '—' : String(n))
+console.log(`\nCOPY ceiling (measurements, all indexes, fsync on): ${fmt(copy500)} rows/s in 500-row COPYs, ${fmt(copyStream)} rows/s as one stream; ratios below use the 500-row figure.`)
+console.log('\n| system | load | sent | stored | lost | dup | e2e rows/s | × COPY | × old stack | PUBACK p50 / p99 / max ms | CPU ms per 1,000 msgs | peak RSS MiB |')
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|')
+for (const r of results) {
+  const cpu = Object.entries(r.cpuMsPer1000 as Record<string, number>).map(([n, v]) => `${n} ${v}`).join(', ')
+  const rss = Object.entries(r.peakRssMiB as Record<string, number>).map(([n, v]) => `${n} ${v}`).join(', ')
+  const lat = r.qos === 1 ? `${fmt(r.pubackP50Ms)} / ${fmt(r.pubackP99Ms)} / ${fmt(r.pubackMaxMs)}` : '—'
+  const vsPeer = r.system === 'paku' && r.rate === 0 ? ratio(r.rowsPerS, peerDrain(r.qos as number)) : '—'
+  console.log(`| ${r.system} | ${r.label} | ${fmt(r.sent)} | ${fmt(r.stored)} | ${fmt(r.lost)} | ${fmt(r.duplicated)} | ${fmt(r.rowsPerS)} | ${r.rate === 0 ? ratio(r.rowsPerS, copy500) : '—'} | ${vsPeer} | ${lat} | ${cpu} | ${rss} |`)
+}
+console.log(`\nraw results: ${file}`)
+const pakuBad = results.filter((r) => r.system === 'paku' && (r.lost > 0 || r.duplicated > 0))
+process.exit(pakuBad.length > 0 ? 1 : 0)

@@ -1,0 +1,45 @@
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import mqtt from 'mqtt'
+import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
+
+describe('QoS 0 backpressure', () => {
+  it('slows a publisher down while the database lags instead of queueing or dropping its messages', async (t) => {
+    const url = await testDatabase(t)
+    // Without backpressure the burst below would pass maxPendingRows while inserts are blocked and be
+    // dropped: 20,000 messages against room for 3,000. With it, pending exceeds the mark by at most
+    // what one socket read holds (aedes handles a read's packets together): ~80 KiB, ~1,100 of these.
+    const sut = await startApp(t, testConfig({ databaseUrl: url, ingest: { batchSize: 100, backpressureRows: 100, maxPendingRows: 3000 } }))
+    const locker = await sqlClient(t, url)
+    const db = await sqlClient(t, url)
+    // Inserts into measurements wait for this lock: the database "lags" for as long as the test wants.
+    await locker.query('BEGIN')
+    await locker.query('LOCK TABLE measurements IN SHARE MODE')
+    const client = await mqtt.connectAsync(sut.mqttUrl)
+    defer(t, () => client.endAsync())
+    const total = 20_000
+    let written = 0
+    for (let i = 0; i < total; i++) {
+      client.publish('paku/sensors/burst/data', JSON.stringify({ device_id: 'burst', metrics: { i } }), { qos: 0 }, () => written++)
+    }
+    // The broker stops reading: pending stays near the mark while the client's own queue backs up.
+    let maxPending = 0
+    for (let k = 0; k < 40; k++) {
+      maxPending = Math.max(maxPending, sut.app.ingest.stats().pending)
+      await new Promise((r) => setTimeout(r, 25))
+    }
+    const stalled = sut.app.ingest.stats()
+    assert.ok(maxPending >= 100, `pending reached the mark (${maxPending})`)
+    assert.ok(maxPending < 1500, `pending stayed within one socket read of the mark (${maxPending})`)
+    assert.ok(stalled.received < total, `the broker stopped reading (${stalled.received} of ${total} received)`)
+    assert.equal(stalled.dropped, 0)
+    await locker.query('COMMIT')
+    await eventually(async () => (await db.query('SELECT count(*)::int AS n FROM measurements')).rows[0].n === total, {
+      timeoutMs: 30_000,
+      what: () => `all ${total} rows (stats ${JSON.stringify(sut.app.ingest.stats())}, written by client ${written})`,
+    })
+    const { rows } = await db.query(`SELECT count(DISTINCT (metrics->>'i'))::int AS n FROM measurements`)
+    assert.equal(rows[0].n, total)
+    assert.equal(sut.app.ingest.stats().dropped, 0)
+  })
+})
