@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto'
+import { hash } from 'node:crypto'
 import type { Kysely } from 'kysely'
 import type { Config } from '../config/index.js'
 import type { DB } from '../db/index.js'
@@ -136,7 +136,12 @@ export function createIngest(opts: IngestOptions) {
 
   function dedupKey(msg: IncomingMessage): DedupKey | undefined {
     if (!msg.qos || msg.messageId === undefined || !msg.clientId) return undefined
-    const digest = createHash('sha1').update(msg.topic).update('\u0000').update(msg.payload).digest('base64')
+    // sha1(topic NUL payload), hashed in one call: half the cost of a Hash object on the hot path.
+    const buf = Buffer.allocUnsafe(Buffer.byteLength(msg.topic) + 1 + msg.payload.length)
+    const n = buf.write(msg.topic)
+    buf[n] = 0
+    msg.payload.copy(buf, n + 1)
+    const digest = hash('sha1', buf, 'base64')
     return { clientId: msg.clientId, messageId: msg.messageId, digest }
   }
 

@@ -76,6 +76,12 @@ describe('parseTimestamp', () => {
     { name: 'rejects a time-only string (old firmware HH:MM:SS)', raw: '14:03:22', want: /not ISO-8601/ },
     { name: 'rejects February 30th', raw: '2026-02-30T00:00:00Z', want: /not a valid date/ },
     { name: 'rejects hour 25', raw: '2026-02-03T25:00:00Z', want: /not a valid time/ },
+    // The 24-character form JavaScript prints takes a fast path; it must refuse the same things.
+    { name: 'millisecond UTC form', raw: '2026-01-15T12:03:22.123Z', want: '2026-01-15T12:03:22.123Z' },
+    { name: 'millisecond UTC form: rejects February 30th', raw: '2026-02-30T00:00:00.000Z', want: /not a valid date/ },
+    { name: 'millisecond UTC form: rejects hour 24', raw: '2026-02-03T24:00:00.000Z', want: /not a valid (time|date)/ },
+    { name: 'millisecond UTC form: rejects second 60', raw: '2026-02-03T23:59:60.000Z', want: /not a valid time/ },
+    { name: 'millisecond UTC form: lower-case z', raw: '2026-01-15T12:03:22.123z', want: '2026-01-15T12:03:22.123Z' },
   ]
   for (const c of cases) {
     it(c.name, () => {

@@ -169,6 +169,12 @@ const ISO = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,
  */
 export function parseTimestamp(raw: string | null | undefined, receivedAt: Date): { ok: true; ts: Date } | { ok: false; reason: string } {
   if (raw === undefined || raw === null || raw.trim() === '') return { ok: true, ts: receivedAt }
+  // Fast path for the form JavaScript and most clients send (2026-01-02T03:04:05.678Z): if Date
+  // parses it and prints it back the same, it is valid (no rolled-over day, no out-of-range hour).
+  if (raw.length === 24 && raw.endsWith('Z')) {
+    const ts = new Date(raw)
+    if (!Number.isNaN(ts.getTime()) && ts.toISOString() === raw) return { ok: true, ts }
+  }
   const m = ISO.exec(raw.trim())
   if (!m) return { ok: false, reason: `timestamp ${JSON.stringify(raw.slice(0, 40))} is not ISO-8601` }
   const [, y, mo, d, h, mi, s = '0', frac = '', zone = 'Z'] = m
