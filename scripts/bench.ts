@@ -17,7 +17,8 @@
  * committed), the ratio to the COPY ceiling and to the peer, messages lost (acknowledged or written
  * to the socket but not stored) and duplicated, CPU per 1,000 messages of each process and peak RSS.
  *
- * Options: --quick (a tenth of the messages, no 1M burst), --no-peer, --no-million, --devices N.
+ * Options: --quick (a tenth of the messages, no 1M burst), --no-peer, --no-million, --devices N,
+ * --bin dist/paku (the single executable instead of the sources), --only TEXT, --profile DIR.
  * Results also go to bench-results/<time>.jsonl. Loopback only; everything it starts it stops.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
@@ -41,8 +42,10 @@ const { values: flags } = parseArgs({
     devices: { type: 'string', default: '100' },
     /** Runs only the paku loads whose label contains this text (and no peer). */
     only: { type: 'string' },
-    /** Writes V8 CPU profiles of paku (node --cpu-prof) to this directory. */
+    /** Writes V8 CPU profiles of paku (node --cpu-prof) to this directory (from source only). */
     profile: { type: 'string' },
+    /** Runs this paku executable (npm run build → dist/paku) instead of the sources under Node. */
+    bin: { type: 'string' },
   },
 })
 const SCALE = flags.quick ? 0.1 : 1
@@ -144,8 +147,9 @@ function sqlClient(url: string): Promise<pg.Client> {
 
 function runPaku(args: string[], env: Record<string, string>): ChildProcess {
   const prof = flags.profile ? ['--cpu-prof', '--cpu-prof-dir', resolve(flags.profile)] : []
-  return spawn(process.execPath, [...prof, '--import', 'tsx', 'src/main.ts', ...args], {
-    env: { ...process.env, PAKU_DATABASE_URL: pakuUrl, PAKU_LOG_LEVEL: 'warn', PAKU_LOG_FORMAT: 'json', ...env },
+  const [cmd, argv] = flags.bin ? [resolve(flags.bin), args] : [process.execPath, [...prof, '--import', 'tsx', 'src/main.ts', ...args]]
+  return spawn(cmd, argv, {
+    env: { ...process.env, PAKU_DATABASE_URL: pakuUrl, PAKU_LOG_LEVEL: process.env.PAKU_LOG_LEVEL ?? 'warn', PAKU_LOG_FORMAT: 'json', ...env },
     stdio: ['ignore', 'inherit', 'inherit'],
   })
 }

@@ -77,7 +77,12 @@ export function guardStream(socket: Duplex, maxBytes: number): Duplex {
   }
   guard.on('error', destroyAll)
   socket.on('error', (err) => destroyAll(err))
-  socket.on('close', () => destroyAll())
+  // A peer that hangs up (FIN) right after a burst may close the socket while packets still wait in
+  // the guard because the broker is holding back reading (QoS 0 backpressure): the pipe ends the guard
+  // and aedes reads those packets before it sees the end. Only an abrupt close drops them.
+  socket.on('close', () => {
+    if (!socket.readableEnded) destroyAll()
+  })
   duplex.on('close', () => socket.destroy())
   return duplex
 }

@@ -43,3 +43,30 @@ describe('QoS 0 backpressure', () => {
     assert.equal(sut.app.ingest.stats().dropped, 0)
   })
 })
+
+describe('QoS 0 backpressure, publishers that hang up', () => {
+  it('stores what a publisher sent before disconnecting, even while paku was holding back reading', async (t) => {
+    const url = await testDatabase(t)
+    const sut = await startApp(t, testConfig({ databaseUrl: url, ingest: { batchSize: 500, backpressureRows: 500, maxPendingRows: 100_000 } }))
+    const locker = await sqlClient(t, url)
+    const db = await sqlClient(t, url)
+    await locker.query('BEGIN')
+    await locker.query('LOCK TABLE measurements IN SHARE MODE')
+    const perClient = 1000
+    const clients = await Promise.all(Array.from({ length: 20 }, () => mqtt.connectAsync(sut.mqttUrl)))
+    for (const [c, client] of clients.entries()) {
+      for (let i = 0; i < perClient; i++) client.publish(`paku/sensors/hangup${c}/data`, JSON.stringify({ device_id: `h${c}`, metrics: { i } }), { qos: 0 })
+    }
+    // Each client sends DISCONNECT and closes once its socket has taken everything; the broker is
+    // still behind, with packets of every connection waiting unread.
+    const ended = Promise.all(clients.map((c) => c.endAsync()))
+    await new Promise((r) => setTimeout(r, 500))
+    await locker.query('COMMIT')
+    await ended
+    const total = clients.length * perClient
+    await eventually(async () => (await db.query('SELECT count(*)::int AS n FROM measurements')).rows[0].n === total, {
+      timeoutMs: 30_000,
+      what: () => `all ${total} rows (stats ${JSON.stringify(sut.app.ingest.stats())})`,
+    })
+  })
+})
