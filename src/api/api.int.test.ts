@@ -275,4 +275,35 @@ describe('/api/v1', () => {
     const csv = await s.call('GET', '/api/v1/devices?format=csv')
     assert.match(csv.text, /^device_id,site_id,device_model,firmware,online,last_seen,active_scenario,signal_strength_dbm\r\nESP32-0A0B0C0D,paku,esp32-heater,1.4.2,true,[^,]+,default,-61\r\n$/)
   })
+
+  it('streams live messages from MQTT and HTTP ingest as server-sent events, and stop() ends open streams', async (t) => {
+    const s = await setup(t)
+    const res = await fetch(`${s.httpUrl}/api/v1/live?topic=${encodeURIComponent('paku/+/+/data')}`, { headers: { 'x-api-key': KEY } })
+    assert.equal(res.status, 200)
+    assert.match(res.headers.get('content-type') ?? '', /^text\/event-stream/)
+    const reader = (res.body as ReadableStream<Uint8Array>).pipeThrough(new TextDecoderStream()).getReader()
+    let text = ''
+    const until = async (re: RegExp) => {
+      while (!re.test(text)) {
+        const { value, done } = await reader.read()
+        if (done) throw new Error(`stream ended before ${re}; got ${text}`)
+        text += value
+      }
+    }
+    await until(/event: ready/)
+    const client = await mqtt.connectAsync(s.mqttUrl, { clientId: 'live-test' })
+    defer(t, () => client.endAsync())
+    await client.publishAsync('paku/edge/x/status', JSON.stringify({ online: true }), { qos: 1 })
+    await client.publishAsync('paku/sensors/ruuvi_cabin/data', JSON.stringify({ device_id: 'r', metrics: { t: 1 } }), { qos: 1 })
+    await until(/ruuvi_cabin/)
+    await s.call('POST', '/api/v1/telemetry', { body: { device_id: 'ESP32-LIVE', metric: 'm', value: 2 } })
+    await until(/ESP32-LIVE/)
+    assert.doesNotMatch(text, /edge\/x\/status/, 'the filter applies')
+    assert.match(text, /"via":"http"/)
+    // An open stream must not hold shutdown.
+    const t0 = Date.now()
+    await s.app.stop()
+    assert.ok(Date.now() - t0 < 5000)
+    for (;;) if ((await reader.read()).done) break
+  })
 })
