@@ -93,9 +93,9 @@ export function createApp(opts: AppOptions) {
         return ts.ok ? undefined : ts.reason
       },
       // As a QoS 1 message: the promise resolves once the row is committed or spooled. Not through
-      // incoming(): the API pushes to the live view itself, after the row is durable.
+      // incoming(): the API pushes to the live view itself, after the row is durable, and a data
+      // message never acknowledges a command.
       accept: async (m) => {
-        commands.observe(m)
         await ingest.accept({ ...m, qos: 1, receivedAt: new Date() })
       },
     },

@@ -98,6 +98,8 @@ describe('/api/v1', () => {
       { name: 'no metric', body: { device_id: 'd', value: 1 }, want: 400 },
       { name: 'object value', body: { device_id: 'd', metric: 'm', value: { x: 1 } }, want: 400, match: /value/ },
       { name: 'NaN-ish string timestamp', body: { device_id: 'd', metric: 'm', value: 1, timestamp: 'yesterday' }, want: 400, match: /not ISO-8601/ },
+      { name: 'epoch far in the future', body: { device_id: 'd', metric: 'm', value: 1, timestamp: 1e20 }, want: 400, match: /timestamp/ },
+      { name: 'negative epoch', body: { device_id: 'd', metric: 'm', value: 1, timestamp: -5 }, want: 400, match: /timestamp/ },
       { name: 'February 30th', body: { device_id: 'd', metric: 'm', value: 1, timestamp: '2026-02-30T00:00:00Z' }, want: 400, match: /not a valid date/ },
       { name: 'slash in device id', body: { device_id: 'a/b', metric: 'm', value: 1 }, want: 400, match: /device_id/ },
       { name: 'wildcard in metric', body: { device_id: 'd', metric: '#', value: 1 }, want: 400 },
@@ -300,6 +302,13 @@ describe('/api/v1', () => {
     await until(/ESP32-LIVE/)
     assert.doesNotMatch(text, /edge\/x\/status/, 'the filter applies')
     assert.match(text, /"via":"http"/)
+    // A client that goes away is forgotten (its queue with it).
+    const other = new AbortController()
+    const second = await fetch(`${s.httpUrl}/api/v1/live`, { headers: { 'x-api-key': KEY }, signal: other.signal })
+    assert.equal(second.status, 200)
+    await eventually(async () => s.app.live.stats().listeners === 2)
+    other.abort()
+    await eventually(async () => s.app.live.stats().listeners === 1, { what: 'the aborted stream to be dropped' })
     // An open stream must not hold shutdown.
     const t0 = Date.now()
     await s.app.stop()

@@ -13,7 +13,7 @@ export const MAX_READINGS = 1000
 const name = (field: string) => v.pipe(v.string(`${field} must be a string`), v.regex(SEGMENT, `${field} must be 1–128 characters without / + # or control characters`))
 // Epoch numbers are accepted besides ISO strings: an ESP without an RTC library has only time().
 const stamp = (field: string) =>
-  v.optional(v.nullable(v.union([v.pipe(v.string(), v.maxLength(64, `${field} is too long`)), v.pipe(v.number(), v.finite(), v.minValue(0, `${field} must not be negative`))], `${field} must be an ISO 8601 string or epoch seconds`)))
+  v.optional(v.nullable(v.union([v.pipe(v.string(), v.maxLength(64, `${field} is too long`)), v.pipe(v.number(), v.finite(), v.minValue(0, `${field} must not be negative`), v.maxValue(253_402_300_799_999, `${field} is after the year 9999`))], `${field} must be an ISO 8601 string or epoch seconds`)))
 const value = v.union(
   [v.pipe(v.number(), v.finite('value must be finite')), v.boolean(), v.pipe(v.string(), v.maxLength(1024, 'value is too long'))],
   'value must be a number, a string or true/false',
