@@ -45,7 +45,7 @@ export async function lookupKey(db: Kysely<DB>, key: string): Promise<{ name: st
 export function requiredScope(method: string, path: string): Scope {
   if (method === 'GET' || method === 'HEAD') return 'read'
   if (path === '/api/v1/telemetry') return 'ingest'
-  if (path.startsWith('/api/v1/commands')) return 'command'
+  if (/^\/api\/v1\/commands(\/|$)/.test(path)) return 'command'
   if (/\/firmware(\/|$)/.test(path) && (method === 'POST' || method === 'PUT')) return 'upload'
   if (/\/rollouts?(\/|$)/.test(path) || path.startsWith('/api/device/')) return 'rollout'
   return 'admin'
