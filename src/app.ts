@@ -1,14 +1,18 @@
 import { hostname } from 'node:os'
 import { join } from 'node:path'
+import { createApi, createLiveHub } from './api/index.js'
+import { uiFiles } from './assets.js'
 import { createBroker } from './broker/index.js'
+import { createCommands } from './commands/index.js'
 import type { Config } from './config/index.js'
 import { createDatabase, type SqlFile } from './db/index.js'
 import { createEcoflow } from './ecoflow/index.js'
 import { createHttp, lookupKey, type HealthReport, type Metric } from './http/index.js'
-import { createIngest, type Row } from './ingest/index.js'
+import { createIngest, decodePayload, parseTimestamp, parseTopic, type IncomingMessage, type Row } from './ingest/index.js'
 import { errorText, type Logger } from './log/index.js'
 import { createOta } from './ota/index.js'
 import { createRollup } from './rollup/index.js'
+import { createUi } from './ui/index.js'
 
 export type AppOptions = {
   config: Config
@@ -36,7 +40,16 @@ export function createApp(opts: AppOptions) {
     // Status and OTA reports drive rollouts: success by version, progress, re-sending missed commands.
     observe: (row) => observeForOta(row),
   })
-  const broker = createBroker({ config: config.mqtt, log: log.child('broker'), onMessage: (m) => ingest.accept(m), db: () => db.db })
+  // Every incoming message (MQTT, and HTTP telemetry) is seen by the live view and by commands waiting
+  // for an acknowledgement, then stored; both peeks are synchronous and bounded.
+  const live = createLiveHub()
+  function incoming(m: IncomingMessage): Promise<void> | undefined {
+    live.push(m)
+    commands.observe(m)
+    return ingest.accept(m)
+  }
+  const broker = createBroker({ config: config.mqtt, log: log.child('broker'), onMessage: incoming, db: () => db.db })
+  const commands = createCommands({ db: () => db.db, log: log.child('commands'), publish: (topic, payload, o) => broker.publish(topic, payload, o) })
 
   const ota = createOta({
     config: config.ota,
@@ -63,6 +76,32 @@ export function createApp(opts: AppOptions) {
     publish: (topic, payload, o) => broker.publish(topic, payload, o),
   })
 
+  const api = createApi({
+    db: () => db.db,
+    log: log.child('api'),
+    live,
+    version: opts.version,
+    telemetry: {
+      // The checks MQTT ingest applies to a data message (toRow's), so HTTP gets the same 400 reasons.
+      check: (topic, payload) => {
+        const route = parseTopic(topic)
+        if (route.kind !== 'route') return route.kind === 'reject' ? route.reason : `topic ${topic} is not a data topic`
+        if (payload.length > config.ingest.maxPayloadBytes) return `readings of one timestamp make ${payload.length} bytes, more than ingest.maxPayloadBytes (${config.ingest.maxPayloadBytes})`
+        const d = decodePayload('data', payload)
+        if (!d.ok) return d.reason
+        const ts = parseTimestamp(d.value.timestamp, new Date())
+        return ts.ok ? undefined : ts.reason
+      },
+      // As a QoS 1 message: the promise resolves once the row is committed or spooled. Not through
+      // incoming(): the API pushes to the live view itself, after the row is durable, and a data
+      // message never acknowledges a command.
+      accept: async (m) => {
+        await ingest.accept({ ...m, qos: 1, receivedAt: new Date() })
+      },
+    },
+  })
+  const ui = createUi({ files: uiFiles })
+
   async function health(): Promise<HealthReport> {
     const database = await db.health()
     const brokerHealth = broker.health()
@@ -79,6 +118,8 @@ export function createApp(opts: AppOptions) {
       ecoflow: ecoflow.health(),
       ota: ota.health(),
       rollup: rollup.health(),
+      commands: commands.health(),
+      live: live.stats(),
     }
   }
 
@@ -86,17 +127,20 @@ export function createApp(opts: AppOptions) {
     config: config.http,
     log: log.child('http'),
     health,
-    routes: [ota.routes, ecoflow.routes, ...(broker.routes ? [broker.routes] : [])],
+    routes: [ota.routes, ecoflow.routes, api.routes, commands.routes, ui.routes, ...(broker.routes ? [broker.routes] : [])],
     lookupKey: (key) => lookupKey(db.db, key),
     // Firmware images are larger than any other body; the multipart envelope adds a little.
     bodyLimits: [{ path: /^\/api\/admin\/firmware(\/|$)/, maxBytes: config.ota.maxFirmwareBytes + 65_536 }],
     metrics: async () => [...ingestMetrics(ingest.stats()), ...(await ota.metrics())],
   })
 
-  // Start order (design §3.3): db → ingest → broker → ota → rollup → ecoflow → http. Stop is the
-  // reverse, so producers stop before the last flush and the flush happens before the pool closes.
-  // OTA starts after the broker because a rollout pass may publish cmd/ota.
-  const services: Service[] = [db, ingest, broker, ota, rollup, ecoflow, http]
+  // Start order (design §3.3): db → ingest → commands → broker → ota → rollup → ecoflow → http → live.
+  // Stop is the reverse, so producers stop before the last flush and the flush happens before the pool
+  // closes. Commands load their open ones before the broker delivers acknowledgements; OTA starts after
+  // the broker because a rollout pass may publish cmd/ota. Live streams end before http closes (an
+  // open event stream would hold the server's close() forever).
+  const liveService: Service = { name: 'live', start: async () => undefined, stop: async () => live.closeAll() }
+  const services: Service[] = [db, ingest, commands, broker, ota, rollup, ecoflow, http, liveService]
   const started: Service[] = []
   let stopping: Promise<void> | undefined
 
@@ -121,6 +165,8 @@ export function createApp(opts: AppOptions) {
     ota,
     rollup,
     ecoflow,
+    commands,
+    live,
     http,
     health,
     async start(): Promise<void> {

@@ -1,4 +1,4 @@
-import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { SqlFile } from './db/index.js'
@@ -6,13 +6,13 @@ import { readSqlDir } from './db/index.js'
 import { seaModule, type SeaModule } from './util/sea.js'
 
 /**
- * The files paku carries (SQL migrations, Grafana provisioning, version): from the repository when
+ * The files paku carries (SQL migrations, Grafana provisioning, the admin UI, version): from the repository when
  * running from source or the ESM bundle, from the executable's embedded assets when it is the
  * single executable (build/sea.ts puts them there with a manifest).
  */
 
 /** What build/sea.ts embeds as `manifest.json`. */
-export type SeaManifest = { version: string; commit: string; sql: string[]; grafana: string[] }
+export type SeaManifest = { version: string; commit: string; sql: string[]; grafana: string[]; ui: string[] }
 
 export function isSingleExecutable(): boolean {
   return seaModule() !== undefined
@@ -37,6 +37,18 @@ export function sqlDir(): string {
 /** Directory of the Grafana provisioning tree (source checkouts and tests). */
 export function grafanaDir(): string {
   return join(root(), 'grafana-provisioning')
+}
+
+/** Directory of the admin web UI's static files (source checkouts and tests). */
+export function uiDir(): string {
+  return join(root(), 'src', 'ui', 'static')
+}
+
+/** The admin UI's files by name (flat: index.html, app.js, style.css). */
+export function uiFiles(): Map<string, Buffer> {
+  const s = seaModule()
+  if (s) return new Map(manifest(s).ui.map((name) => [name, Buffer.from(s.getAsset(`ui/${name}`))]))
+  return new Map(readdirSync(uiDir()).map((name) => [name, readFileSync(join(uiDir(), name))]))
 }
 
 /** The SQL migrations, in apply order. */

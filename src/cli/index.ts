@@ -34,7 +34,7 @@ usage: paku <command> [--config FILE]
   check-config             validate the config and print it with secrets masked
   emulate ruuvi|heater     publish realistic device data (see --help-emulate)
   device add|list|remove   MQTT credentials: device add ID [--password P] [--role device|bridge|service]
-  key create|list|revoke   admin API keys: key create NAME --scopes read,upload,rollout,admin
+  key create|list|revoke   admin API keys: key create NAME --scopes read,upload,rollout,ingest,command,admin
   firmware import DIR      load the old OTA service's firmware volume ({model}_{version}.bin) into the database
   install-service | wait-ready   systemd: install executable, user, unit, config (--dry-run) | wait for /health
   grafana export DIR       write the Grafana provisioning files (datasource, dashboards) to DIR
@@ -299,7 +299,7 @@ async function firmwareCommand(config: Config, args: string[], io: CliIo): Promi
 async function keyCommand(config: Config, args: string[], values: Record<string, string | boolean | undefined>, io: CliIo): Promise<number> {
   const [action, name] = args
   if (action !== 'create' && action !== 'list' && action !== 'revoke') {
-    io.err('usage: paku key create NAME --scopes read,upload,rollout,admin | key list | key revoke NAME')
+    io.err('usage: paku key create NAME --scopes read,upload,rollout,ingest,command,admin | key list | key revoke NAME')
     return 2
   }
   if (action !== 'list' && (!name || !KEY_NAME.test(name))) {

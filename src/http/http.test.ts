@@ -103,6 +103,12 @@ describe('requiredScope', () => {
     ['PUT', '/api/admin/groups/van', 'admin'],
     ['PUT', '/api/admin/devices/ESP32-1', 'admin'],
     ['POST', '/api/admin/ecoflow/poll', 'admin'],
+    ['GET', '/api/v1/measurements', 'read'],
+    ['GET', '/api/v1/live', 'read'],
+    ['GET', '/api/v1/commands', 'read'],
+    ['POST', '/api/v1/telemetry', 'ingest'],
+    ['POST', '/api/v1/commands', 'command'],
+    ['POST', '/api/v1/commandsx', 'admin'],
   ]
   for (const [method, path, scope] of table) it(`${method} ${path} needs ${scope}`, () => assert.equal(requiredScope(method, path), scope))
 })

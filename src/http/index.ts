@@ -44,6 +44,8 @@ export function buildHttpApp(opts: Omit<HttpOptions, 'config'> & { adminApiKey: 
   app.use('/api/admin/*', auth)
   // The old service's device status report took the same X-API-Key.
   app.use('/api/device/*', auth)
+  // /api/v1 (telemetry API, HTTP ingest, commands): the same keys by scope; its OpenAPI document is public.
+  app.use('/api/v1/*', (c, next) => (c.req.path === '/api/v1/openapi.json' ? next() : auth(c, next)))
   app.get('/health', async (c) => {
     const report = await opts.health()
     // degraded still serves devices, so load balancers keep it; only down is 503.

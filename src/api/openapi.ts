@@ -1,0 +1,153 @@
+import { AGGS, MAX_PAGE, MAX_POINTS } from './params.js'
+import { MAX_READINGS } from './telemetry.js'
+
+/**
+ * The OpenAPI 3.1 document of /api/v1, written by hand: short, and a test checks that it lists exactly
+ * the routes the app registers. The commands routes live in src/commands but are part of /api/v1.
+ */
+
+type Obj = Record<string, unknown>
+
+const str = (description: string, extra: Obj = {}): Obj => ({ type: 'string', description, ...extra })
+const q = (name: string, description: string, schema: Obj = { type: 'string' }, required = false): Obj => ({ name, in: 'query', required, description, schema })
+const ref = (name: string): Obj => ({ $ref: `#/components/schemas/${name}` })
+const json = (schema: Obj): Obj => ({ 'application/json': { schema } })
+const ok = (description: string, schema: Obj, csv = false): Obj => ({
+  '200': { description, content: { ...json(schema), ...(csv ? { 'text/csv': { schema: { type: 'string' } } } : {}) } },
+  '400': { $ref: '#/components/responses/BadRequest' },
+  '401': { $ref: '#/components/responses/Unauthorized' },
+})
+
+const filters = [q('site_id', 'Site, e.g. paku'), q('system', 'System, e.g. sensors, heater'), q('device_id', 'Device id')]
+const format = q('format', 'json (default) or csv; `Accept: text/csv` also selects CSV', { enum: ['json', 'csv'] })
+const paging = [q('limit', `Page size, 1–${MAX_PAGE} (default 1000)`, { type: 'integer', minimum: 1, maximum: MAX_PAGE }), q('cursor', 'The `next` of the previous page (CSV: the X-Next-Cursor header)')]
+const range = [q('from', 'Start, ISO 8601 (default: a day before `to`)', { type: 'string', format: 'date-time' }), q('to', 'End, exclusive, ISO 8601 (default: now)', { type: 'string', format: 'date-time' })]
+const page = (item: Obj): Obj => ({ type: 'object', properties: { items: { type: 'array', items: item }, next: { type: ['string', 'null'], description: 'cursor of the next page; null on the last' } }, required: ['items', 'next'] })
+
+export function openApiDocument(version: string): Obj {
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'paku API',
+      version,
+      description:
+        'Telemetry queries, HTTP ingest, device commands and the live message stream. Authenticate with `X-API-Key` or `Authorization: Bearer` (PAKU_ADMIN_API_KEY or a key from `paku key create`): GET routes need the `read` scope, POST /telemetry `ingest`, POST /commands `command`. Errors are `{status, message}`.',
+    },
+    servers: [{ url: '/' }],
+    security: [{ apiKey: [] }, { bearer: [] }],
+    paths: {
+      '/api/v1/openapi.json': { get: { summary: 'This document', security: [], responses: { '200': { description: 'OpenAPI 3.1', content: json({ type: 'object' }) } } } },
+      '/api/v1/measurements': {
+        get: {
+          summary: 'Raw measurements in a time range, keyset-paginated',
+          parameters: [...filters, q('metric', 'Only rows that have this metric; adds its `value`'), ...range, q('order', 'desc (newest first, default) or asc', { enum: ['asc', 'desc'] }), ...paging, format],
+          responses: ok('A page of rows', { type: 'object', properties: { from: str('', { format: 'date-time' }), to: str('', { format: 'date-time' }), order: str(''), items: { type: 'array', items: ref('Measurement') }, next: { type: ['string', 'null'] } } }, true),
+        },
+      },
+      '/api/v1/measurements/series': {
+        get: {
+          summary: 'One metric downsampled per device: 1m from raw rows, 1h and 1d from the rollups',
+          parameters: [
+            ...filters,
+            q('metric', 'The metric, e.g. temperature_c', { type: 'string' }, true),
+            ...range,
+            q('bucket', `1m, 1h (default) or 1d; at most ${MAX_POINTS} buckets per query`, { enum: ['1m', '1h', '1d'] }),
+            q('agg', 'avg (default), min, max or last', { enum: [...AGGS] }),
+            format,
+          ],
+          responses: ok('Series', { type: 'object', properties: { metric: str(''), bucket: str(''), agg: str(''), from: str(''), to: str(''), series: { type: 'array', items: ref('Series') } } }, true),
+        },
+      },
+      '/api/v1/latest': { get: { summary: 'The newest measurement of every device', parameters: [...filters, ...paging, format], responses: ok('A page of devices', page(ref('Latest')), true) } },
+      '/api/v1/devices': { get: { summary: 'Edge devices with online state, firmware, last seen and their newest status', parameters: [q('site_id', 'Site'), ...paging, format], responses: ok('A page of devices', page(ref('Device')), true) } },
+      '/api/v1/devices/{id}': {
+        get: { summary: 'One device', parameters: [{ name: 'id', in: 'path', required: true, schema: { type: 'string' } }], responses: { ...ok('The device', { type: 'object', properties: { device: ref('Device') } }), '404': { $ref: '#/components/responses/NotFound' } } },
+      },
+      '/api/v1/telemetry': {
+        post: {
+          summary: "HTTP ingest (paku-core's PakuIotClient): answered once the rows are durable",
+          requestBody: { required: true, content: json({ oneOf: [ref('Reading'), ref('Batch')] }) },
+          responses: {
+            ...ok('Stored', { type: 'object', properties: { stored: { type: 'integer' }, rows: { type: 'integer' }, topic: str('') } }),
+            '413': { $ref: '#/components/responses/TooLarge' },
+            '503': { description: 'Database and spool unavailable: retry', content: json(ref('Error')) },
+          },
+        },
+      },
+      '/api/v1/live': {
+        get: {
+          summary: 'Server-sent events of incoming messages (event `message`; `dropped` when this client fell behind)',
+          parameters: [q('topic', 'MQTT topic filter, default #')],
+          responses: ok('text/event-stream', { type: 'string' }),
+        },
+      },
+      '/api/v1/commands': {
+        get: {
+          summary: 'Commands, newest first',
+          parameters: [q('device_id', 'Device'), q('status', 'pending, acknowledged, failed or expired', { enum: ['pending', 'acknowledged', 'failed', 'expired'] }), ...paging],
+          responses: ok('A page of commands', page(ref('Command'))),
+        },
+        post: {
+          summary: 'Send a command or configuration to a device',
+          requestBody: { required: true, content: json(ref('NewCommand')) },
+          responses: { '202': { description: 'Published; pending until acknowledged', content: json({ type: 'object', properties: { command: ref('Command') } }) }, ...ok('', {}), '404': { $ref: '#/components/responses/NotFound' } },
+        },
+      },
+      '/api/v1/commands/{id}': {
+        get: { summary: 'One command', parameters: [{ name: 'id', in: 'path', required: true, schema: { type: 'string' } }], responses: { ...ok('The command', { type: 'object', properties: { command: ref('Command') } }), '404': { $ref: '#/components/responses/NotFound' } } },
+      },
+    },
+    components: {
+      securitySchemes: { apiKey: { type: 'apiKey', in: 'header', name: 'X-API-Key' }, bearer: { type: 'http', scheme: 'bearer' } },
+      responses: {
+        BadRequest: { description: 'Invalid parameter or body', content: json(ref('Error')) },
+        Unauthorized: { description: 'Missing or wrong key', content: json(ref('Error')) },
+        NotFound: { description: 'No such resource', content: json(ref('Error')) },
+        TooLarge: { description: 'Body too large', content: json(ref('Error')) },
+      },
+      schemas: {
+        Error: { type: 'object', properties: { status: { type: 'integer' }, message: { type: 'string' } }, required: ['status', 'message'] },
+        Measurement: { type: 'object', properties: { id: str(''), site_id: str(''), system: str(''), device_id: str(''), location: { type: ['string', 'null'] }, mac: { type: ['string', 'null'] }, ts: str('', { format: 'date-time' }), metrics: { type: 'object' }, value: { description: 'with ?metric=' } } },
+        Series: { type: 'object', properties: { site_id: str(''), system: str(''), device_id: str(''), metric: str(''), points: { type: 'array', items: { type: 'object', properties: { t: str('bucket start', { format: 'date-time' }), value: { type: ['number', 'string', 'null'] }, n: { type: 'integer', description: 'numeric samples' } } } } } },
+        Latest: { type: 'object', properties: { site_id: str(''), system: str(''), device_id: str(''), ts: str('', { format: 'date-time' }), location: { type: ['string', 'null'] }, metrics: { type: 'object' } } },
+        Device: { type: 'object', properties: { device_id: str(''), site_id: { type: ['string', 'null'] }, device_model: str(''), firmware: { type: ['string', 'null'] }, online: { type: ['boolean', 'null'] }, last_seen: { type: ['string', 'null'] }, status: { type: ['object', 'null'] }, status_at: { type: ['string', 'null'] } } },
+        Reading: { type: 'object', required: ['device_id', 'metric', 'value'], properties: { device_id: str(''), timestamp: { type: ['string', 'number', 'null'], description: 'ISO 8601 or epoch seconds; missing or "" = receive time' }, metric: str(''), value: { type: ['number', 'string', 'boolean'] }, unit: str('accepted, not stored'), site_id: str('default paku'), system: str('default edge') } },
+        Batch: { type: 'object', required: ['device_id', 'readings'], properties: { device_id: str(''), batch_timestamp: { type: ['string', 'number', 'null'] }, readings: { type: 'array', maxItems: MAX_READINGS, items: { type: 'object', required: ['metric', 'value'], properties: { metric: str(''), value: { type: ['number', 'string', 'boolean'] }, unit: str(''), timestamp: { type: ['string', 'number', 'null'] } } } }, site_id: str(''), system: str('') } },
+        NewCommand: {
+          type: 'object',
+          required: ['device_id', 'type'],
+          properties: {
+            device_id: str(''),
+            type: { enum: ['control', 'config', 'heater'] },
+            scenario: str('control: heater_active, power_save or default'),
+            config: { type: 'object', description: 'config: partial config (timing, sensors, power, peripherals, ha)' },
+            cmd: { enum: ['start', 'stop', 'vent', 'reset'], description: 'heater' },
+            power: { type: 'integer', minimum: 0, maximum: 9 },
+            mode: { enum: ['power', 'thermostat'] },
+            target_temp: { type: 'number' },
+            ttl_seconds: { type: 'integer', minimum: 1, maximum: 604800, description: 'pending longer than this → expired (default 600)' },
+          },
+        },
+        Command: {
+          type: 'object',
+          properties: {
+            id: str(''),
+            device_id: str(''),
+            type: str(''),
+            topic: str(''),
+            payload: { type: 'object' },
+            retain: { type: 'boolean' },
+            status: { enum: ['pending', 'acknowledged', 'failed', 'expired'] },
+            created_at: str(''),
+            expires_at: str(''),
+            closed_at: { type: ['string', 'null'] },
+            closed_by: { type: ['string', 'null'], description: 'ack topic, state topic, ttl or publish error' },
+            ack: { type: ['object', 'null'] },
+            error: { type: ['string', 'null'] },
+            created_by: { type: ['string', 'null'] },
+          },
+        },
+      },
+    },
+  }
+}

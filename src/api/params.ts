@@ -1,0 +1,98 @@
+import { HTTPException } from 'hono/http-exception'
+import * as v from 'valibot'
+import { validate } from '../util/validate.js'
+
+/**
+ * Query-string schemas of /api/v1. Strict objects: an unknown or misspelt parameter is a 400, not a
+ * silently ignored filter that returns more than the caller asked for.
+ */
+
+/** A topic segment as ingest stores it: no MQTT separators or wildcards, no control characters. */
+export const SEGMENT = /^[^/+#\u0000-\u001f]{1,128}$/
+const segment = (name: string) => v.optional(v.pipe(v.string(), v.regex(SEGMENT, `${name} must be 1–128 characters without / + # or control characters`)))
+
+/** ISO 8601 with a date and, when a time is given, an offset or Z: `2026-01-15`, `2026-01-15T14:03:22Z`. */
+const ISO = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2}))?$/
+const instant = (name: string) =>
+  v.optional(
+    v.pipe(
+      v.string(),
+      v.regex(ISO, `${name} must be an ISO 8601 time such as 2026-01-15T14:03:22Z`),
+      v.transform((s) => new Date(s)),
+      v.check((d) => Number.isFinite(d.getTime()), `${name} is not a valid date`),
+    ),
+  )
+
+const intParam = (name: string, min: number, max: number) =>
+  v.optional(v.pipe(v.string(), v.regex(/^\d{1,9}$/, `${name} must be an integer`), v.transform(Number), v.minValue(min, `${name} must be at least ${min}`), v.maxValue(max, `${name} must be at most ${max}`)))
+
+export const MAX_PAGE = 10_000
+export const BUCKETS = { '1m': 60_000, '1h': 3_600_000, '1d': 86_400_000 } as const
+export type Bucket = keyof typeof BUCKETS
+export const AGGS = ['avg', 'min', 'max', 'last'] as const
+export type Agg = (typeof AGGS)[number]
+/** Points per series a downsampled query may ask for (range ÷ bucket): 1m covers ~7 days, 1h ~14 months. */
+export const MAX_POINTS = 10_000
+
+const common = {
+  site_id: segment('site_id'),
+  system: segment('system'),
+  device_id: segment('device_id'),
+  format: v.optional(v.picklist(['json', 'csv'], 'format must be json or csv')),
+}
+const page = {
+  limit: intParam('limit', 1, MAX_PAGE),
+  cursor: v.optional(v.pipe(v.string(), v.maxLength(512, 'cursor is too long'))),
+}
+
+export const ListQuery = v.strictObject({ ...common, ...page, metric: segment('metric'), from: instant('from'), to: instant('to'), order: v.optional(v.picklist(['asc', 'desc'], 'order must be asc or desc')) })
+export const SeriesQuery = v.strictObject({
+  ...common,
+  metric: v.pipe(v.string('metric is required'), v.regex(SEGMENT, 'metric must be 1–128 characters without / + # or control characters')),
+  from: instant('from'),
+  to: instant('to'),
+  bucket: v.optional(v.picklist(Object.keys(BUCKETS) as Bucket[], 'bucket must be 1m, 1h or 1d'), '1h'),
+  agg: v.optional(v.picklist(AGGS, 'agg must be avg, min, max or last'), 'avg'),
+})
+export const LatestQuery = v.strictObject({ ...common, ...page })
+export const DevicesQuery = v.strictObject({ site_id: segment('site_id'), format: common.format, ...page })
+
+/** Parses a query string against a schema; repeated parameters are an error (one value each). */
+export function parseQuery<S extends v.GenericSchema>(schema: S, queries: Record<string, string[]>): v.InferOutput<S> {
+  const flat: Record<string, string> = {}
+  for (const [k, vals] of Object.entries(queries)) {
+    if (vals.length !== 1) throw new HTTPException(400, { message: `${k}: give it once` })
+    flat[k] = vals[0] as string
+  }
+  return validate(schema, flat)
+}
+
+/** The [from, to) window: to defaults to now, from to a day before to; from must be before to. */
+export function timeRange(q: { from?: Date | undefined; to?: Date | undefined }, now = new Date()): { from: Date; to: Date } {
+  const to = q.to ?? now
+  const from = q.from ?? new Date(to.getTime() - 86_400_000)
+  if (from.getTime() >= to.getTime()) throw new HTTPException(400, { message: 'from must be before to' })
+  return { from, to }
+}
+
+/** Keyset cursors are opaque to clients: base64url JSON of the last row's sort key. */
+export function encodeCursor(key: readonly string[]): string {
+  return Buffer.from(JSON.stringify(key)).toString('base64url')
+}
+
+export function decodeCursor(cursor: string | undefined, parts: number): string[] | undefined {
+  if (cursor === undefined) return undefined
+  try {
+    const key = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as unknown
+    if (Array.isArray(key) && key.length === parts && key.every((x) => typeof x === 'string' && x.length <= 256)) return key as string[]
+  } catch {
+    // falls through to the 400
+  }
+  throw new HTTPException(400, { message: 'cursor: not a cursor this API returned' })
+}
+
+/** The response format: `format=` wins, then `Accept: text/csv`. */
+export function wantsCsv(format: string | undefined, accept: string | undefined): boolean {
+  if (format) return format === 'csv'
+  return /\btext\/csv\b/i.test(accept ?? '')
+}
