@@ -29,9 +29,12 @@ import { join, resolve } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import { Readable } from 'node:stream'
 import { parseArgs } from 'node:util'
+import { Kysely, PostgresDialect, sql } from 'kysely'
 import pg from 'pg'
 import { from as copyFrom } from 'pg-copy-streams'
-import { createEmbeddedPostgres } from '../src/db/embedded.js'
+import { createEmbeddedPostgres, type DB } from '../src/db/index.js'
+import type { Row } from '../src/ingest/index.js'
+import { writeBatch } from '../src/ingest/store.js'
 import { createLogger } from '../src/log/index.js'
 
 const { values: flags } = parseArgs({
@@ -174,26 +177,69 @@ function copyLine(i: number): string {
   return `bench\tsensors\truuvi_${String(d).padStart(4, '0')}\tcabin\tC7:00:00:01:1A:2B\t${new Date().toISOString()}\t${metrics}\n`
 }
 
-async function copyCeiling(chunk: number): Promise<number> {
+type Ceiling = { rowsPerS: number; pgCpuMsPer1000: number }
+
+type Writer = { write: () => Promise<void>; close: () => Promise<void> }
+
+/**
+ * Times one way of writing COPY_ROWS rows into an empty table, and PostgreSQL's CPU per 1,000 rows
+ * (read while its connection is still open: a backend's CPU is only counted while it lives).
+ */
+async function ceiling(open: () => Promise<Writer>): Promise<Ceiling> {
   const c = await sqlClient(pakuUrl)
   await c.query('TRUNCATE measurements')
   await c.query('CHECKPOINT')
+  const w = await open()
+  const cpu0 = treeCpu(postmasterPid)
   const t0 = performance.now()
-  for (let start = 0; start < COPY_ROWS; start += chunk) {
-    const lines: string[] = []
-    for (let i = start; i < Math.min(COPY_ROWS, start + chunk); i++) lines.push(copyLine(i))
-    await pipeline(Readable.from(lines), c.query(copyFrom('COPY measurements (site_id, system, device_id, location, mac, ts, metrics) FROM STDIN')))
-  }
-  const rate = COPY_ROWS / ((performance.now() - t0) / 1000)
+  await w.write()
+  const seconds = (performance.now() - t0) / 1000
+  const cpu = treeCpu(postmasterPid) - cpu0
+  await w.close()
   await c.query('TRUNCATE measurements')
   await c.end()
-  return Math.round(rate)
+  return { rowsPerS: Math.round(COPY_ROWS / seconds), pgCpuMsPer1000: Math.round((cpu / COPY_ROWS) * 1_000_000 * 10) / 10 }
 }
 
-say(`PostgreSQL on 127.0.0.1:${pgPort}; COPY ceiling with ${COPY_ROWS.toLocaleString('en')} rows`)
-const copy500 = await copyCeiling(500)
-const copyStream = await copyCeiling(COPY_ROWS)
-say(`COPY ceiling: ${copy500} rows/s (500-row COPYs, one commit each), ${copyStream} rows/s (one stream)`)
+/** COPY FROM STDIN in `chunk`-row COPYs, each its own transaction. */
+async function copyRows(chunk: number): Promise<Writer> {
+  const c = await sqlClient(pakuUrl)
+  return {
+    write: async () => {
+      for (let start = 0; start < COPY_ROWS; start += chunk) {
+        const lines: string[] = []
+        for (let i = start; i < Math.min(COPY_ROWS, start + chunk); i++) lines.push(copyLine(i))
+        await pipeline(Readable.from(lines), c.query(copyFrom('COPY measurements (site_id, system, device_id, location, mac, ts, metrics) FROM STDIN')))
+      }
+    },
+    close: () => c.end(),
+  }
+}
+
+/** paku's own batch statement (src/ingest/store.ts) in `chunk`-row batches: the writer without the broker. */
+async function pakuStatement(chunk: number): Promise<Writer> {
+  const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: pakuUrl, max: 1 }) }) })
+  await sql`SELECT 1`.execute(db) // opens the connection before the clock starts, as COPY's does
+  return {
+    write: async () => {
+      for (let start = 0; start < COPY_ROWS; start += chunk) {
+        const rows: Row[] = []
+        for (let i = start; i < Math.min(COPY_ROWS, start + chunk); i++) {
+          const [site, system, device, location, mac, ts, metrics] = copyLine(i).trimEnd().split('\t') as string[]
+          rows.push({ kind: 'measurement', siteId: site as string, system: system as string, deviceId: device as string, location: location as string, mac: mac as string, ts: new Date(ts as string), metrics: metrics as string })
+        }
+        await writeBatch(db, rows)
+      }
+    },
+    close: () => db.destroy(),
+  }
+}
+
+say(`PostgreSQL on 127.0.0.1:${pgPort}; write ceilings with ${COPY_ROWS.toLocaleString('en')} rows`)
+const copy500 = await ceiling(() => copyRows(500))
+const copyStream = await ceiling(() => copyRows(COPY_ROWS))
+const statement1000 = await ceiling(() => pakuStatement(1000))
+say(`ceilings: ${JSON.stringify({ copy500, copyStream, pakuStatement1000: statement1000 })}`)
 
 // ---------------------------------------------------------------- one end-to-end run
 
@@ -389,13 +435,17 @@ try {
 
 mkdirSync('bench-results', { recursive: true })
 const file = join('bench-results', `${stamp}.jsonl`)
-appendFileSync(file, JSON.stringify({ kind: 'copy-ceiling', rows: COPY_ROWS, copy500, copyStream }) + '\n')
+appendFileSync(file, JSON.stringify({ kind: 'ceilings', rows: COPY_ROWS, copy500, copyStream, statement1000 }) + '\n')
 for (const r of results) appendFileSync(file, JSON.stringify(r) + '\n')
 
 const peerDrain = (qos: number) => results.find((r) => r.system.includes('unbounded') && r.qos === qos && r.rate === 0)?.rowsPerS
 const ratio = (a: number, b: number | undefined) => (b ? `${(a / b).toFixed(2)}×` : '—')
 const fmt = (n: unknown) => (typeof n === 'number' ? n.toLocaleString('en') : n === null || n === undefined ? '—' : String(n))
-console.log(`\nCOPY ceiling (measurements, all indexes, fsync on): ${fmt(copy500)} rows/s in 500-row COPYs, ${fmt(copyStream)} rows/s as one stream; ratios below use the 500-row figure.`)
+console.log('\n| PostgreSQL write path (measurements, all indexes, fsync on, one connection) | rows/s | PostgreSQL CPU ms per 1,000 rows |')
+console.log('|---|---|---|')
+console.log(`| COPY, 500-row COPYs, one commit each (**the ceiling**; × COPY below) | ${fmt(copy500.rowsPerS)} | ${copy500.pgCpuMsPer1000} |`)
+console.log(`| COPY, one stream, one commit | ${fmt(copyStream.rowsPerS)} | ${copyStream.pgCpuMsPer1000} |`)
+console.log(`| paku's batch statement (INSERT … unnest), 1,000-row batches | ${fmt(statement1000.rowsPerS)} | ${statement1000.pgCpuMsPer1000} |`)
 console.log('\n| system | load | sent | stored | lost | dup | e2e rows/s | × COPY | × old stack | PUBACK p50 / p99 / max ms | CPU ms per 1,000 msgs | peak RSS MiB |')
 console.log('|---|---|---|---|---|---|---|---|---|---|---|---|')
 for (const r of results) {
@@ -403,7 +453,7 @@ for (const r of results) {
   const rss = Object.entries(r.peakRssMiB as Record<string, number>).map(([n, v]) => `${n} ${v}`).join(', ')
   const lat = r.qos === 1 ? `${fmt(r.pubackP50Ms)} / ${fmt(r.pubackP99Ms)} / ${fmt(r.pubackMaxMs)}` : '—'
   const vsPeer = r.system === 'paku' && r.rate === 0 ? ratio(r.rowsPerS, peerDrain(r.qos as number)) : '—'
-  console.log(`| ${r.system} | ${r.label} | ${fmt(r.sent)} | ${fmt(r.stored)} | ${fmt(r.lost)} | ${fmt(r.duplicated)} | ${fmt(r.rowsPerS)} | ${r.rate === 0 ? ratio(r.rowsPerS, copy500) : '—'} | ${vsPeer} | ${lat} | ${cpu} | ${rss} |`)
+  console.log(`| ${r.system} | ${r.label} | ${fmt(r.sent)} | ${fmt(r.stored)} | ${fmt(r.lost)} | ${fmt(r.duplicated)} | ${fmt(r.rowsPerS)} | ${r.rate === 0 ? ratio(r.rowsPerS, copy500.rowsPerS) : '—'} | ${vsPeer} | ${lat} | ${cpu} | ${rss} |`)
 }
 console.log(`\nraw results: ${file}`)
 const pakuBad = results.filter((r) => r.system === 'paku' && (r.lost > 0 || r.duplicated > 0))

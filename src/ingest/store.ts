@@ -10,6 +10,7 @@ type Of<K extends Row['kind']> = Extract<Row, { kind: K }>
  * (unnest of column arrays, so no per-row round trip and no 65535-parameter limit).
  */
 export async function writeBatch(db: Kysely<DB>, rows: readonly Row[], batchId?: string): Promise<void> {
+  if (rows.length === 0 && batchId === undefined) return
   if (batchId === undefined && rows.every((r) => r.kind === 'measurement' || r.kind === 'reject')) {
     // Telemetry (the hot path) as one statement, which PostgreSQL runs as one transaction: one round
     // trip per batch instead of four (BEGIN, two INSERTs, COMMIT). Data-modifying CTEs all run.
