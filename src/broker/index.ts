@@ -15,7 +15,7 @@ import { canPublish, canSubscribe, type Identity } from './acl.js'
 import { checkCredential } from './credentials.js'
 import { createFailureLimiter } from '../util/failure-limiter.js'
 import { coalesceWrites } from './coalesce-writes.js'
-import { guardStream } from './packet-guard.js'
+import { guardStream, holdReading } from './packet-guard.js'
 import { credentialRoutes } from './routes.js'
 import { PgPersistence } from './pg-persistence.js'
 
@@ -224,6 +224,12 @@ export function createBroker(opts: BrokerOptions) {
             log.error('message handler failed', { topic: packet.topic, err: errorText(err) })
           }
           if (!durable) return callback(null)
+          if (packet.qos === 0) {
+            // Nothing to acknowledge: the promise is ingest asking to slow down (the database lags).
+            // Reading this connection pauses until it resolves; the message itself goes on now.
+            holdReading(client.conn as Duplex, durable)
+            return callback(null)
+          }
           durable.then(
             () => callback(null),
             (err: unknown) => {
@@ -263,9 +269,10 @@ export function createBroker(opts: BrokerOptions) {
         // ws enforces the packet limit itself (close code 1009) for WebSocket frames.
         const w = new WebSocketServer({ server, path: config.ws.path, maxPayload: config.maxPacketBytes })
         w.on('connection', (ws, req) => {
-          const stream = createWebSocketStream(ws)
-          stream.on('error', (err) => log.debug('websocket error', { err: err.message }))
-          attach(stream, req.socket, req)
+          const wsStream = createWebSocketStream(ws)
+          wsStream.on('error', (err) => log.debug('websocket error', { err: err.message }))
+          // ws already enforces the size limit; the guard is here so reading can be held back too.
+          attach(guardStream(wsStream, config.maxPacketBytes), req.socket, req)
         })
         return w
       }

@@ -4,6 +4,10 @@ import { Duplex, Transform, type TransformCallback } from 'node:stream'
  * Watches the MQTT byte stream (fixed header + remaining length, MQTT 3.1.1 §2.2.3) and fails the
  * connection as soon as a packet announces more than maxBytes, before the parser buffers it.
  * Aedes has no packet size limit of its own, and MQTT 3.1.1 has no way to refuse one packet.
+ *
+ * It is also where reading a connection is held back (hold()): bytes stop passing through, its
+ * buffer fills, the pipe pauses the socket and TCP slows the client down. Aedes keeps handling what
+ * already passed, at most a buffer's worth.
  */
 export class PacketSizeGuard extends Transform {
   #max: number
@@ -12,13 +16,31 @@ export class PacketSizeGuard extends Transform {
   #multiplier = 1
   #lengthBytes = 0
   #remaining = 0
+  #held: Promise<void> | undefined
 
   constructor(maxBytes: number) {
     super()
     this.#max = maxBytes
   }
 
-  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+  /** Lets no more bytes through until `until` settles (the first hold wins while one is active). */
+  hold(until: Promise<void>): void {
+    if (this.#held) return
+    const release = () => {
+      this.#held = undefined
+    }
+    this.#held = until.then(release, release)
+  }
+
+  override _transform(chunk: Buffer, enc: BufferEncoding, done: TransformCallback): void {
+    if (this.#held) {
+      void this.#held.then(() => this._transform(chunk, enc, done))
+      return
+    }
+    this.#check(chunk, done)
+  }
+
+  #check(chunk: Buffer, done: TransformCallback): void {
     let i = 0
     while (i < chunk.length) {
       if (this.#state === 'body') {
@@ -66,11 +88,19 @@ export class PacketTooLargeError extends Error {
   }
 }
 
+const guards = new WeakMap<Duplex, PacketSizeGuard>()
+
+/** Holds back reading from a stream made by guardStream until `until` settles; others are left alone. */
+export function holdReading(stream: Duplex, until: Promise<void>): void {
+  guards.get(stream)?.hold(until)
+}
+
 /** A duplex that reads through the guard and writes straight to the socket; destroying it destroys both. */
 export function guardStream(socket: Duplex, maxBytes: number): Duplex {
   const guard = new PacketSizeGuard(maxBytes)
   socket.pipe(guard)
   const duplex = Duplex.from({ readable: guard, writable: socket })
+  guards.set(duplex, guard)
   const destroyAll = (err?: Error) => {
     socket.destroy()
     if (!duplex.destroyed) duplex.destroy(err)
