@@ -23,11 +23,13 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 const RUNTIME_DIR = join(ROOT, 'build', 'runtime')
 const NODE_SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2'
 /**
- * V8 flags baked into the executable. A 1 MiB semi-space keeps the young generation small: paku's
- * allocations are short-lived batches, and on a 1 GB VM resident memory matters more than the few
- * extra scavenges (measured: idle RSS −2 MiB, no throughput change visible in the smoke load).
+ * V8 flags baked into the executable. An 8 MiB semi-space (V8's default grows to 16 here): at
+ * 1 MiB, idle RSS was 2 MiB lower, but under load the young generation overflowed so often that
+ * paku spent ~20 % more CPU per message and promoted more garbage, with a higher peak RSS
+ * (`npm run bench -- --bin`, 200k messages: QoS 0 29.3 → 23.7 ms CPU per 1,000, peak 305 → 248 MiB;
+ * docs/performance.md). The young generation only grows to it under load.
  */
-const SEA_EXEC_ARGV = ['--max-semi-space-size=1']
+const SEA_EXEC_ARGV = ['--max-semi-space-size=8']
 
 /** The CommonJS bundle the executable runs. */
 export async function bundleForSea(outfile: string): Promise<void> {

@@ -18,7 +18,8 @@
  * to the socket but not stored) and duplicated, CPU per 1,000 messages of each process and peak RSS.
  *
  * Options: --quick (a tenth of the messages, no 1M burst), --no-peer, --no-million, --devices N,
- * --bin dist/paku (the single executable instead of the sources), --only TEXT, --profile DIR.
+ * --bin dist/paku (the single executable instead of the sources), --pg-bin DIR (other PostgreSQL
+ * binaries, e.g. Debian's /usr/lib/postgresql/15/bin as in ../shared/bench), --only TEXT, --profile DIR.
  * Results also go to bench-results/<time>.jsonl. Loopback only; everything it starts it stops.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
@@ -49,6 +50,8 @@ const { values: flags } = parseArgs({
     profile: { type: 'string' },
     /** Runs this paku executable (npm run build → dist/paku) instead of the sources under Node. */
     bin: { type: 'string' },
+    /** PostgreSQL binaries to run the cluster with, e.g. /usr/lib/postgresql/15/bin (default: npm's embedded ones). */
+    'pg-bin': { type: 'string' },
   },
 })
 const SCALE = flags.quick ? 0.1 : 1
@@ -131,7 +134,7 @@ const root = mkdtempSync(join(tmpdir(), 'paku-bench-'))
 // As root, PostgreSQL runs as user postgres, which must be able to pass through this directory.
 chmodSync(root, 0o711)
 const pgPort = await freePort()
-const database = createEmbeddedPostgres({ dataDir: join(root, 'pg'), port: pgPort, log: createLogger({ level: 'warn', format: 'pretty' }) })
+const database = createEmbeddedPostgres({ dataDir: join(root, 'pg'), port: pgPort, log: createLogger({ level: 'warn', format: 'pretty' }), binDir: flags['pg-bin'] })
 const started: Array<() => Promise<void> | void> = [async () => database.stop()]
 async function cleanup(): Promise<void> {
   while (started.length > 0) await (started.pop() as () => Promise<void>)()
@@ -243,7 +246,15 @@ say(`ceilings: ${JSON.stringify({ copy500, copyStream, pakuStatement1000: statem
 
 // ---------------------------------------------------------------- one end-to-end run
 
-type Target = { system: string; port: number; dbUrl: string; table: string; watch: Record<string, number>; flushes?: () => Promise<number> }
+type Target = {
+  system: string
+  port: number
+  dbUrl: string
+  table: string
+  watch: Record<string, number>
+  /** paku's own counters (/health): batches written and MQTT client errors, for rows per flush and a sanity check. */
+  counters?: () => Promise<{ flushes: number; clientErrors: number }>
+}
 type Load = { qos: 0 | 1; messages: number; rate: number; label: string }
 type Result = Record<string, unknown> & { system: string; label: string; rowsPerS: number; lost: number; duplicated: number }
 
@@ -255,7 +266,7 @@ async function e2e(target: Target, load: Load): Promise<Result> {
   for (const [, pid] of watched) resetPeak(pid)
   const cpu0 = Object.fromEntries(watched.map(([n, pid]) => [n, cpuOf(pid)]))
   const pg0 = treeCpu(postmasterPid)
-  const flushes0 = await target.flushes?.()
+  const counters0 = await target.counters?.()
   const rssMax: Record<string, number> = Object.fromEntries(watched.map(([n]) => [n, 0]))
 
   const gen = spawn(
@@ -292,7 +303,8 @@ async function e2e(target: Target, load: Load): Promise<Result> {
   const cpu = Object.fromEntries(watched.map(([n, pid]) => [n, cpuOf(pid) - (cpu0[n] as number)]))
   const pgCpu = treeCpu(postmasterPid) - pg0
   const peak = Object.fromEntries(watched.map(([n, pid]) => [n, Math.round(Math.max(rssMax[n] as number, statusField(pid, 'VmHWM')) * 10) / 10]))
-  const flushes = flushes0 === undefined ? undefined : ((await target.flushes?.()) as number) - flushes0
+  const counters1 = await target.counters?.()
+  const flushes = counters0 && counters1 ? counters1.flushes - counters0.flushes : undefined
   const q = await c.query(`SELECT count(*)::int AS n, count(DISTINCT (device_id, metrics->>'measurement_sequence'))::int AS d FROM ${target.table} WHERE device_id LIKE 'ruuvi_%'`)
   await c.end()
   const stored = q.rows[0].n as number
@@ -320,6 +332,7 @@ async function e2e(target: Target, load: Load): Promise<Result> {
     cpuMsPer1000: Object.fromEntries([...Object.entries(cpu).map(([n, s]) => [n, per1000(s)]), ['postgres', per1000(pgCpu)], ['loadgen', per1000(gen1.cpuS)]]),
     peakRssMiB: peak,
     rowsPerFlush: flushes ? Math.round(stored / flushes) : undefined,
+    clientErrors: counters0 && counters1 ? counters1.clientErrors - counters0.clientErrors : undefined,
   }
   say(JSON.stringify(result))
   return result
@@ -359,7 +372,10 @@ async function pakuSuite(): Promise<void> {
     await sleep(100)
   }
   const target: Target = { system: 'paku', port: mqttPort, dbUrl: pakuUrl, table: 'measurements', watch: { paku: paku.pid as number },
-    flushes: async () => ((await (await fetch(`http://127.0.0.1:${httpPort}/health`)).json()) as { ingest: { flushes: number } }).ingest.flushes,
+    counters: async () => {
+      const h = (await (await fetch(`http://127.0.0.1:${httpPort}/health`)).json()) as { ingest: { flushes: number }; broker: { clientErrors: number } }
+      return { flushes: h.ingest.flushes, clientErrors: h.broker.clientErrors }
+    },
   }
   say(`paku (pid ${paku.pid}) on 127.0.0.1:${mqttPort}`)
   const all = [...loads(burst), ...loads(big), fixed]

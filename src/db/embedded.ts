@@ -16,6 +16,8 @@ export type EmbeddedOptions = {
   settings?: Record<string, string>
   /** Delete the cluster on stop (tests). */
   ephemeral?: boolean
+  /** A directory with `postgres` and `initdb` to use instead of the usual ones (the benchmark's --pg-bin). */
+  binDir?: string
 }
 
 const USER = 'paku'
@@ -63,7 +65,7 @@ export function createEmbeddedPostgres(opts: EmbeddedOptions) {
     },
     async start(): Promise<void> {
       mkdirSync(root, { recursive: true })
-      const bin = await binaries()
+      const bin = opts.binDir ? { postgres: join(opts.binDir, 'postgres'), initdb: join(opts.binDir, 'initdb') } : await binaries()
       const owner = runAs()
       if (owner) reachableBy(owner, root)
       const secret = password()
