@@ -119,6 +119,13 @@ function statusField(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   }
 }
 
+/** CPU seconds the whole host has spent busy (all cores), from /proc/stat. */
+function hostBusy(): number {
+  const f = (readFileSync('/proc/stat', 'utf8').split('\n')[0] as string).trim().split(/\s+/).slice(1).map(Number)
+  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = f
+  return (user + nice + system + irq + softirq + steal) / CLK_TCK
+}
+
 /** Resets the peak-RSS counter (VmHWM) so each run reports its own peak. */
 function resetPeak(pid: number): void {
   try {
@@ -267,6 +274,8 @@ async function e2e(target: Target, load: Load): Promise<Result> {
   const cpu0 = Object.fromEntries(watched.map(([n, pid]) => [n, cpuOf(pid)]))
   const pg0 = treeCpu(postmasterPid)
   const counters0 = await target.counters?.()
+  const host0 = hostBusy()
+  const self0 = process.cpuUsage()
   const rssMax: Record<string, number> = Object.fromEntries(watched.map(([n]) => [n, 0]))
 
   const gen = spawn(
@@ -302,6 +311,10 @@ async function e2e(target: Target, load: Load): Promise<Result> {
   const gen1 = JSON.parse(out.trim().split('\n').pop() as string) as { sent: number; errors: number; firstPublishMs: number; lastDoneMs: number; publishRate: number; pubackP50Ms: number | null; pubackP99Ms: number | null; pubackMaxMs: number | null; cpuS: number }
   const cpu = Object.fromEntries(watched.map(([n, pid]) => [n, cpuOf(pid) - (cpu0[n] as number)]))
   const pgCpu = treeCpu(postmasterPid) - pg0
+  const self = process.cpuUsage(self0)
+  // Busy CPU of the host that was none of the processes measured (nor this harness): other work on a
+  // shared machine, which the figures of that run suffer from.
+  const otherCpuS = hostBusy() - host0 - Object.values(cpu).reduce((a, b) => a + b, 0) - pgCpu - gen1.cpuS - (self.user + self.system) / 1e6
   const peak = Object.fromEntries(watched.map(([n, pid]) => [n, Math.round(Math.max(rssMax[n] as number, statusField(pid, 'VmHWM')) * 10) / 10]))
   const counters1 = await target.counters?.()
   const flushes = counters0 && counters1 ? counters1.flushes - counters0.flushes : undefined
@@ -333,6 +346,7 @@ async function e2e(target: Target, load: Load): Promise<Result> {
     peakRssMiB: peak,
     rowsPerFlush: flushes ? Math.round(stored / flushes) : undefined,
     clientErrors: counters0 && counters1 ? counters1.clientErrors - counters0.clientErrors : undefined,
+    otherHostCpuS: Math.max(0, Math.round(otherCpuS * 10) / 10),
   }
   say(JSON.stringify(result))
   return result
@@ -462,14 +476,14 @@ console.log('|---|---|---|')
 console.log(`| COPY, 500-row COPYs, one commit each (**the ceiling**; × COPY below) | ${fmt(copy500.rowsPerS)} | ${copy500.pgCpuMsPer1000} |`)
 console.log(`| COPY, one stream, one commit | ${fmt(copyStream.rowsPerS)} | ${copyStream.pgCpuMsPer1000} |`)
 console.log(`| paku's batch statement (INSERT … unnest), 1,000-row batches | ${fmt(statement1000.rowsPerS)} | ${statement1000.pgCpuMsPer1000} |`)
-console.log('\n| system | load | sent | stored | lost | dup | e2e rows/s | × COPY | × old stack | PUBACK p50 / p99 / max ms | CPU ms per 1,000 msgs | peak RSS MiB |')
-console.log('|---|---|---|---|---|---|---|---|---|---|---|---|')
+console.log('\n| system | load | sent | stored | lost | dup | e2e rows/s | × COPY | × old stack | PUBACK p50 / p99 / max ms | CPU ms per 1,000 msgs | peak RSS MiB | other CPU s |')
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
 for (const r of results) {
   const cpu = Object.entries(r.cpuMsPer1000 as Record<string, number>).map(([n, v]) => `${n} ${v}`).join(', ')
   const rss = Object.entries(r.peakRssMiB as Record<string, number>).map(([n, v]) => `${n} ${v}`).join(', ')
   const lat = r.qos === 1 ? `${fmt(r.pubackP50Ms)} / ${fmt(r.pubackP99Ms)} / ${fmt(r.pubackMaxMs)}` : '—'
   const vsPeer = r.system === 'paku' && r.rate === 0 ? ratio(r.rowsPerS, peerDrain(r.qos as number)) : '—'
-  console.log(`| ${r.system} | ${r.label} | ${fmt(r.sent)} | ${fmt(r.stored)} | ${fmt(r.lost)} | ${fmt(r.duplicated)} | ${fmt(r.rowsPerS)} | ${r.rate === 0 ? ratio(r.rowsPerS, copy500.rowsPerS) : '—'} | ${vsPeer} | ${lat} | ${cpu} | ${rss} |`)
+  console.log(`| ${r.system} | ${r.label} | ${fmt(r.sent)} | ${fmt(r.stored)} | ${fmt(r.lost)} | ${fmt(r.duplicated)} | ${fmt(r.rowsPerS)} | ${r.rate === 0 ? ratio(r.rowsPerS, copy500.rowsPerS) : '—'} | ${vsPeer} | ${lat} | ${cpu} | ${rss} | ${r.otherHostCpuS} |`)
 }
 console.log(`\nraw results: ${file}`)
 const pakuBad = results.filter((r) => r.system === 'paku' && (r.lost > 0 || r.duplicated > 0))

@@ -111,7 +111,8 @@ export function guardStream(socket: Duplex, maxBytes: number): Duplex {
   // the guard because the broker is holding back reading (QoS 0 backpressure): the pipe ends the guard
   // and aedes reads those packets before it sees the end. Only an abrupt close drops them.
   socket.on('close', () => {
-    if (!socket.readableEnded) destroyAll()
+    if (!socket.readableEnded || guard.readableEnded) destroyAll()
+    else guard.once('end', () => destroyAll())
   })
   duplex.on('close', () => socket.destroy())
   return duplex
