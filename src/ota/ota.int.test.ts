@@ -318,7 +318,7 @@ describe('OTA push over MQTT (paku-core devices)', () => {
     const id = created.json.id
     assert.equal((created.json.rollout as { current_percentage: number }).current_percentage, 10)
     await eventually(async () => devs.every((d) => d.version === '1.5.0'), { timeoutMs: 15_000, what: 'all three updated' })
-    await eventually(async () => (await s.rolloutStatus(id))?.status === 'completed', { what: 'completed' })
+    await eventually(async () => (await s.rolloutStatus(id))?.status === 'completed', { timeoutMs: 15_000, what: 'completed' })
     const order = (await s.db.query<{ device_id: string; stage: number }>('SELECT device_id, stage FROM rollout_devices WHERE rollout_id = $1 ORDER BY stage', [id])).rows
     assert.deepEqual(order.map((r) => [r.device_id, r.stage]), [[a, 0], [b, 1], [c, 2]], 'each device came in at its stage')
 
@@ -383,7 +383,7 @@ describe('OTA push over MQTT (paku-core devices)', () => {
     await sleep(1200)
     assert.equal(outsider.commands.length, 0)
 
-    await eventually(async () => (await s.rolloutStatus(r.json.id))?.status === 'completed', { what: 'completed' })
+    await eventually(async () => (await s.rolloutStatus(r.json.id))?.status === 'completed', { timeoutMs: 15_000, what: 'completed' })
     // Completed but current: it would still take in a van device that appears later, so the release is held.
     assert.equal((await s.api('DELETE', `/api/admin/firmware/${MODEL}/1.5.0`)).status, 409)
     assert.equal((await s.api('POST', `/api/admin/rollouts/${String(r.json.id)}/cancel`)).status, 200)
