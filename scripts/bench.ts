@@ -24,7 +24,6 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, appendFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { pipeline } from 'node:stream/promises'
@@ -36,6 +35,7 @@ import { from as copyFrom } from 'pg-copy-streams'
 import { createEmbeddedPostgres, type DB } from '../src/db/index.js'
 import type { Row } from '../src/ingest/index.js'
 import { writeBatch } from '../src/ingest/store.js'
+import { freePort, serveEnv } from './local-process.js'
 import { createLogger } from '../src/log/index.js'
 
 const { values: flags } = parseArgs({
@@ -63,14 +63,6 @@ const CLK_TCK = 100
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const say = (line: string) => console.log(`[bench] ${line}`)
 
-function freePort(): Promise<number> {
-  return new Promise((res) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number }
-      s.close(() => res(port))
-    })
-  })
-}
 
 // ---------------------------------------------------------------- process accounting (/proc)
 
@@ -367,12 +359,9 @@ async function pakuSuite(): Promise<void> {
   const mqttPort = await freePort()
   const httpPort = await freePort()
   const paku = runPaku(['serve'], {
-    PAKU_DATA_DIR: join(root, 'paku'),
-    PAKU_MQTT_HOST: '127.0.0.1',
-    PAKU_MQTT_PORT: String(mqttPort),
-    PAKU_MQTT_WS_ENABLED: 'false',
-    PAKU_HTTP_HOST: '127.0.0.1',
-    PAKU_HTTP_PORT: String(httpPort),
+    ...serveEnv({ databaseUrl: pakuUrl, dataDir: join(root, 'paku'), mqttPort, httpPort }),
+    // As the systemd unit runs it (build/systemd/paku.service).
+    MALLOC_ARENA_MAX: '2',
   })
   const stop = async () => {
     if (paku.exitCode !== null) return

@@ -15,13 +15,13 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import mqtt, { type MqttClient } from 'mqtt'
 import pg from 'pg'
 import { createEmbeddedPostgres } from '../src/db/embedded.js'
 import { createLogger } from '../src/log/index.js'
+import { freePort, serveEnv } from './local-process.js'
 
 const num = (name: string, fallback: number) => Number(process.env[name] ?? fallback)
 const RATE = num('RATE', 1000)
@@ -35,14 +35,6 @@ const KILL_AT = num('KILL_AT', 8)
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const log = (line: string) => console.log(`[fault-bench] ${line}`)
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number }
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 const root = mkdtempSync(join(tmpdir(), 'paku-fault-'))
 // As root, PostgreSQL runs as user postgres, which must be able to pass through this directory.
@@ -56,18 +48,7 @@ const dbUrl = database.url()
 
 function startPaku(): ChildProcess {
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', 'serve'], {
-    env: {
-      ...process.env,
-      PAKU_DATABASE_URL: dbUrl,
-      PAKU_DATA_DIR: join(root, 'paku'),
-      PAKU_MQTT_HOST: '127.0.0.1',
-      PAKU_MQTT_PORT: String(mqttPort),
-      PAKU_MQTT_WS_ENABLED: 'false',
-      PAKU_HTTP_HOST: '127.0.0.1',
-      PAKU_HTTP_PORT: String(httpPort),
-      PAKU_LOG_LEVEL: 'warn',
-      PAKU_LOG_FORMAT: 'json',
-    },
+    env: { ...process.env, ...serveEnv({ databaseUrl: dbUrl, dataDir: join(root, 'paku'), mqttPort, httpPort }), PAKU_LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'inherit', 'inherit'],
   })
   return child

@@ -7,7 +7,6 @@
  * small VM has); the rollups are paku's own code (src/rollup), backfilled and timed.
  */
 import { mkdtemp, readdir, readFile, rm, chmod } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Kysely, PostgresDialect } from 'kysely'
@@ -19,6 +18,7 @@ import { createEmbeddedPostgres, migrate, type DB } from '../src/db/index.js'
 import { createLogger } from '../src/log/index.js'
 import { createRollup } from '../src/rollup/index.js'
 import { expandGrafanaSql, grafanaInterval } from './grafana-sql.js'
+import { freePort } from './local-process.js'
 
 const args = process.argv.slice(2)
 const flag = (name: string) => {
@@ -37,14 +37,6 @@ const log = createLogger({ level: 'warn', format: 'pretty' })
 const t = () => performance.now()
 const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 const dir = await mkdtemp(join(tmpdir(), 'paku-gbench-'))
 await chmod(dir, 0o711)

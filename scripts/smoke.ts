@@ -8,7 +8,6 @@
  */
 import { execFile, spawn } from 'node:child_process'
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { promisify } from 'node:util'
@@ -17,6 +16,7 @@ import pg from 'pg'
 import { createEmbeddedPostgres } from '../src/db/index.js'
 import { createLogger } from '../src/log/index.js'
 import { espImage } from '../src/ota/test-image.js'
+import { freePort } from './local-process.js'
 
 const run = promisify(execFile)
 const args = process.argv.slice(2)
@@ -29,14 +29,6 @@ function check(ok: unknown, what: string): void {
   console.log(`ok   ${what}`)
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 async function rssMiB(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8')

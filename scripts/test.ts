@@ -5,10 +5,10 @@
  */
 import { spawn } from 'node:child_process'
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { createEmbeddedPostgres } from '../src/db/embedded.js'
 import { createLogger } from '../src/log/index.js'
+import { freePort } from './local-process.js'
 
 const args = process.argv.slice(2)
 const only = args.filter((a) => !a.startsWith('--'))
@@ -28,16 +28,6 @@ function findTests(dir: string): string[] {
   })
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number }
-      s.close(() => resolve(port))
-    })
-    s.on('error', reject)
-  })
-}
 
 if (!skipChecks) {
   console.log('# type check (tsc)')
