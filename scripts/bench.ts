@@ -189,7 +189,7 @@ type Writer = { write: () => Promise<void>; close: () => Promise<void> }
  */
 async function ceiling(open: () => Promise<Writer>): Promise<Ceiling> {
   const c = await sqlClient(pakuUrl)
-  await c.query('TRUNCATE measurements')
+  await c.query('TRUNCATE measurements, ingest_dedup')
   await c.query('CHECKPOINT')
   const w = await open()
   const cpu0 = treeCpu(postmasterPid)
@@ -198,7 +198,7 @@ async function ceiling(open: () => Promise<Writer>): Promise<Ceiling> {
   const seconds = (performance.now() - t0) / 1000
   const cpu = treeCpu(postmasterPid) - cpu0
   await w.close()
-  await c.query('TRUNCATE measurements')
+  await c.query('TRUNCATE measurements, ingest_dedup')
   await c.end()
   return { rowsPerS: Math.round(COPY_ROWS / seconds), pgCpuMsPer1000: Math.round((cpu / COPY_ROWS) * 1_000_000 * 10) / 10 }
 }
@@ -218,8 +218,11 @@ async function copyRows(chunk: number): Promise<Writer> {
   }
 }
 
-/** paku's own batch statement (src/ingest/store.ts) in `chunk`-row batches: the writer without the broker. */
-async function pakuStatement(chunk: number): Promise<Writer> {
+/**
+ * paku's own batch statement (src/ingest/store.ts) in `chunk`-row batches: the writer without the
+ * broker. With `qos1`, each row also carries the message id paku remembers for QoS 1 redeliveries.
+ */
+async function pakuStatement(chunk: number, qos1 = false): Promise<Writer> {
   const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: pakuUrl, max: 1 }) }) })
   await sql`SELECT 1`.execute(db) // opens the connection before the clock starts, as COPY's does
   return {
@@ -228,7 +231,9 @@ async function pakuStatement(chunk: number): Promise<Writer> {
         const rows: Row[] = []
         for (let i = start; i < Math.min(COPY_ROWS, start + chunk); i++) {
           const [site, system, device, location, mac, ts, metrics] = copyLine(i).trimEnd().split('\t') as string[]
-          rows.push({ kind: 'measurement', siteId: site as string, system: system as string, deviceId: device as string, location: location as string, mac: mac as string, ts: new Date(ts as string), metrics: metrics as string })
+          const row: Row = { kind: 'measurement', siteId: site as string, system: system as string, deviceId: device as string, location: location as string, mac: mac as string, ts: new Date(ts as string), metrics: metrics as string }
+          if (qos1) row.dedup = { clientId: `bench-${i % DEVICES}`, messageId: (Math.floor(i / DEVICES) % 65535) + 1, digest: 'x'.repeat(27) + '=' }
+          rows.push(row)
         }
         await writeBatch(db, rows)
       }
@@ -241,7 +246,8 @@ say(`PostgreSQL on 127.0.0.1:${pgPort}; write ceilings with ${COPY_ROWS.toLocale
 const copy500 = await ceiling(() => copyRows(500))
 const copyStream = await ceiling(() => copyRows(COPY_ROWS))
 const statement1000 = await ceiling(() => pakuStatement(1000))
-say(`ceilings: ${JSON.stringify({ copy500, copyStream, pakuStatement1000: statement1000 })}`)
+const statementQos1 = await ceiling(() => pakuStatement(1000, true))
+say(`ceilings: ${JSON.stringify({ copy500, copyStream, pakuStatement1000: statement1000, pakuStatementQos1: statementQos1 })}`)
 
 // ---------------------------------------------------------------- one end-to-end run
 
@@ -454,7 +460,7 @@ try {
 
 mkdirSync('bench-results', { recursive: true })
 const file = join('bench-results', `${stamp}.jsonl`)
-appendFileSync(file, JSON.stringify({ kind: 'ceilings', rows: COPY_ROWS, copy500, copyStream, statement1000 }) + '\n')
+appendFileSync(file, JSON.stringify({ kind: 'ceilings', rows: COPY_ROWS, copy500, copyStream, statement1000, statementQos1 }) + '\n')
 for (const r of results) appendFileSync(file, JSON.stringify(r) + '\n')
 
 const peerDrain = (qos: number) => results.find((r) => r.system.includes('unbounded') && r.qos === qos && r.rate === 0)?.rowsPerS
@@ -465,6 +471,7 @@ console.log('|---|---|---|')
 console.log(`| COPY, 500-row COPYs, one commit each (**the ceiling**; × COPY below) | ${fmt(copy500.rowsPerS)} | ${copy500.pgCpuMsPer1000} |`)
 console.log(`| COPY, one stream, one commit | ${fmt(copyStream.rowsPerS)} | ${copyStream.pgCpuMsPer1000} |`)
 console.log(`| paku's batch statement (INSERT … unnest), 1,000-row batches | ${fmt(statement1000.rowsPerS)} | ${statement1000.pgCpuMsPer1000} |`)
+console.log(`| the same with QoS 1 message ids remembered for redeliveries (ingest_dedup) | ${fmt(statementQos1.rowsPerS)} | ${statementQos1.pgCpuMsPer1000} |`)
 console.log('\n| system | load | sent | stored | lost | dup | e2e rows/s | × COPY | × old stack | PUBACK p50 / p99 / max ms | CPU ms per 1,000 msgs | peak RSS MiB | other CPU s |')
 console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
 for (const r of results) {

@@ -20,6 +20,12 @@ const OVERLAP = '2 minutes'
 const MAX_RANGE_MS = 24 * HOUR_MS
 /** Retention deletes in slices so no statement holds locks for long. */
 const DELETE_SLICE = 10_000
+/**
+ * QoS 1/2 message ids kept for recognising redeliveries after a restart (ingest_dedup): a client
+ * resends an unacknowledged message when it reconnects, within minutes; a week also covers a paku
+ * that was down for days. Without it the table only grew, by every client id ever seen.
+ */
+const DEDUP_KEEP_DAYS = 7
 
 export type PassResult = { buckets: number; rows: number; ms: number; sources: Record<string, { buckets: number; ms: number }> }
 
@@ -130,7 +136,10 @@ export function createRollup(opts: RollupOptions) {
     return { buckets, rows, ms: Math.round(performance.now() - t0), sources }
   }
 
-  /** Deletes raw rows older than their configured retention, in slices; rollups outlive them. */
+  /**
+   * Deletes raw rows older than their configured retention, in slices; rollups outlive them. Old
+   * redelivery ids go too, whatever the configuration.
+   */
   async function applyRetention(): Promise<Record<string, number>> {
     const db = opts.db()
     const r = opts.retention
@@ -140,6 +149,7 @@ export function createRollup(opts: RollupOptions) {
       ['ecoflow_measurements', 'ts', r.ecoflowDays],
       ['ingest_rejects', 'received_at', r.rejectsDays],
       ['rollup_5m', 'bucket', r.rollup5mDays],
+      ['ingest_dedup', 'seen_at', DEDUP_KEEP_DAYS],
     ]
     const deleted: Record<string, number> = {}
     for (const [table, column, days] of rules) {

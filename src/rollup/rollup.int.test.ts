@@ -80,6 +80,14 @@ describe('rollups', () => {
     assert.equal((await sql.query(`SELECT sum(n)::int AS n FROM rollup_5m WHERE device_id = 'old'`)).rows[0].n, 25000, 'history stays in the rollups')
   })
 
+  it('forgets QoS 1 redelivery ids after a week, with retention otherwise off', async (t) => {
+    const { rollup, sql } = await setup(t)
+    await sql.query(`INSERT INTO ingest_dedup (client_id, message_id, digest, seen_at) VALUES
+      ('gone', 1, 'a', NOW() - INTERVAL '8 days'), ('gone', 2, 'b', NOW() - INTERVAL '8 days'), ('here', 1, 'c', NOW() - INTERVAL '6 days')`)
+    assert.deepEqual(await rollup.applyRetention(), { ingest_dedup: 2 })
+    assert.deepEqual((await sql.query(`SELECT client_id FROM ingest_dedup`)).rows, [{ client_id: 'here' }])
+  })
+
   it('merges consecutive buckets into ranges of at most a day', () => {
     const m = 300_000
     assert.deepEqual(ranges([0, m, 2 * m, 5 * m], m), [[0, 3 * m], [5 * m, 6 * m]])
