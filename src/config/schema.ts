@@ -178,8 +178,9 @@ export const ConfigSchema = v.strictObject({
             v.literal(''),
             v.pipe(
               v.string('cluster.redisUrl must be a redis:// or rediss:// URL'),
-              v.regex(/^rediss?:\/\/[^\s/?#]+(\/\d{0,5})?$/, 'cluster.redisUrl must be a redis:// or rediss:// URL'),
+              // Scheme, [user:password@]host[:port], an optional database number; and a host URL() accepts.
               v.check((u) => {
+                if (!/^rediss?:\/\/[^\s/?#]+(\/\d{0,5})?$/.test(u)) return false
                 try {
                   return new URL(u).hostname !== ''
                 } catch {

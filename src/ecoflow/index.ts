@@ -216,8 +216,9 @@ export function createEcoflow(opts: EcoflowOptions) {
       job = undefined
       client = undefined
     },
-    health(): { enabled: boolean; state: string; devices: number; lastError: string | null; polls: number } {
-      return { enabled, state: enabled && !leads() ? 'standby' : state, devices: devices.size, lastError, polls }
+    health(): { enabled: boolean; state: string; devices: number; lastError: string | null } {
+      // 'standby': another instance polls (docs/scaling.md).
+      return { enabled, state: enabled && !leads() ? 'standby' : state, devices: devices.size, lastError }
     },
   }
 }
