@@ -4,7 +4,7 @@
  * (`node --import tsx src/main.ts serve`), so a test can kill one with SIGKILL like a crashed VM.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -96,15 +96,19 @@ export type Instance = {
  * Starts `paku serve` from source with the committed development config (loopback, anonymous MQTT)
  * and env overrides; resolves once /health answers.
  */
-export async function startInstance(opts: { name: string; databaseUrl: string; redisUrl: string; env?: Record<string, string>; root?: string }): Promise<Instance> {
+export async function startInstance(opts: { name: string; databaseUrl: string; redisUrl: string; env?: Record<string, string>; config?: Record<string, unknown>; root?: string }): Promise<Instance> {
   const root = opts.root ?? process.cwd()
   const [mqttPort, httpPort] = [await freePort(), await freePort()]
   const dataDir = mkdtempSync(join(tmpdir(), `paku-${opts.name}-`))
+  // The committed development config (loopback, anonymous MQTT), with the test's additions.
+  const base = JSON.parse(readFileSync(join(root, 'paku.config.json'), 'utf8')) as Record<string, unknown>
+  const configFile = join(dataDir, 'paku.config.json')
+  writeFileSync(configFile, JSON.stringify({ ...base, ...opts.config }))
   const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'src/main.ts'), 'serve'], {
     cwd: root,
     env: {
       ...process.env,
-      PAKU_CONFIG: join(root, 'paku.config.json'),
+      PAKU_CONFIG: configFile,
       PAKU_DATA_DIR: dataDir,
       PAKU_DATABASE_URL: opts.databaseUrl,
       PAKU_CLUSTER_REDIS_URL: opts.redisUrl,

@@ -85,6 +85,9 @@ export function createApp(opts: AppOptions) {
               live.push(m)
               commands.observe(m)
             },
+            // A device that failed over from a dead instance redelivers what that one stored but did
+            // not acknowledge; ingest must know those message ids to keep them from becoming duplicates.
+            onClientConnect: (clientId: string) => ingest.forget(clientId),
           },
         }
       : {}),

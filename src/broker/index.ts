@@ -55,6 +55,8 @@ export type BrokerOptions = {
     instanceId: string
     mq: () => unknown
     onRemoteMessage?: (msg: BrokerMessage) => void
+    /** A client connected here (it may have been connected to another instance before). */
+    onClientConnect?: (clientId: string) => void
   }
 }
 
@@ -283,7 +285,10 @@ export function createBroker(opts: BrokerOptions) {
           ),
         )
       }
-      broker.on('client', () => counts.connections++)
+      broker.on('client', (client: Client) => {
+        counts.connections++
+        cluster?.onClientConnect?.(client.id)
+      })
       broker.on('clientError', (client: Client, err: Error) => {
         counts.clientErrors++
         log.debug('client error', { clientId: client?.id, err: err.message })
