@@ -47,8 +47,8 @@ async function redisAnswers(port: number): Promise<boolean> {
 }
 
 /** A throwaway redis-server on a free loopback port, no persistence, in a temp dir. */
-export async function startRedis(): Promise<{ url: string; port: number; pid: number; stop(): Promise<void>; kill(): void }> {
-  const port = await freePort()
+export async function startRedis(o: { port?: number } = {}): Promise<{ url: string; port: number; pid: number; stop(): Promise<void>; kill(): void }> {
+  const port = o.port ?? (await freePort())
   const dir = mkdtempSync(join(tmpdir(), 'paku-redis-'))
   const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' })
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))

@@ -10,7 +10,7 @@ export type ClusterEmitterOptions = {
   connectTimeoutMs?: number
 }
 
-type RedisConn = { status: string; on(ev: string, fn: (...a: unknown[]) => void): void }
+type RedisConn = { status: string; on(ev: string, fn: (...a: unknown[]) => void): void; disconnect(): void }
 type Emitter = ReturnType<typeof MQEmitterRedis> & { subConn: RedisConn; pubConn: RedisConn; state: { on(ev: string, fn: (err: Error) => void): void } }
 
 /**
@@ -37,13 +37,39 @@ export function createClusterEmitter(opts: ClusterEmitterOptions) {
     async start(): Promise<void> {
       const emitter = MQEmitterRedis({ connectionString: opts.url, matchEmptyLevels: true }) as Emitter
       mq = emitter
+      const ready = () => emitter.pubConn.status === 'ready' && emitter.subConn.status === 'ready'
+      // mqemitter-redis closes with QUIT and waits for both connections to end, which never happens
+      // while Redis is away: then (or after 2 s) the connections are dropped instead. aedes calls this
+      // close() itself when the broker stops.
+      const close = emitter.close.bind(emitter)
+      let closing: Promise<void> | undefined
+      const drop = () => {
+        emitter.subConn.disconnect()
+        emitter.pubConn.disconnect()
+      }
+      emitter.close = (cb?: () => void) => {
+        closing ??= new Promise<void>((resolve) => {
+          if (!ready()) {
+            drop()
+            return resolve()
+          }
+          const timer = setTimeout(() => {
+            drop()
+            resolve()
+          }, 2000)
+          close(() => {
+            clearTimeout(timer)
+            resolve()
+          })
+        })
+        void closing.then(() => cb?.())
+      }
       // Transitions only: ioredis retries every few hundred ms while Redis is away.
       emitter.state.on('error', (err) => {
         if (failing === null) log.warn('Redis unreachable; messages are not fanned out until it is back', { redis: maskUrl(opts.url), err: errorText(err) })
         failing = errorText(err)
         downSince ??= Date.now()
       })
-      const ready = () => emitter.pubConn.status === 'ready' && emitter.subConn.status === 'ready'
       for (const conn of [emitter.pubConn, emitter.subConn]) {
         conn.on('ready', () => {
           if (failing !== null && ready()) log.info('Redis reachable again', { downSeconds: Math.round((Date.now() - (downSince ?? Date.now())) / 1000) })
