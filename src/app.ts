@@ -4,7 +4,7 @@ import { createApi, createLiveHub } from './api/index.js'
 import { uiFiles } from './assets.js'
 import { createBroker } from './broker/index.js'
 import { createClusterEmitter, createLeader } from './cluster/index.js'
-import { createCommands } from './commands/index.js'
+import { ACK_FILTERS, createCommands } from './commands/index.js'
 import type { Config } from './config/index.js'
 import { createDatabase, type SqlFile } from './db/index.js'
 import { createEcoflow } from './ecoflow/index.js'
@@ -79,12 +79,10 @@ export function createApp(opts: AppOptions) {
           cluster: {
             instanceId,
             mq: () => emitter.mq,
-            // A command's acknowledgement may reach another instance than the one that sent it; the
-            // live view shows every instance's messages. Stored only by the instance that received it.
-            onRemoteMessage: (m: IncomingMessage) => {
-              live.push(m)
-              commands.observe(m)
-            },
+            // A command's acknowledgement may reach another instance than the one that sent it (stored
+            // only by the instance that received it). The live view shows this instance's messages.
+            remoteFilters: ACK_FILTERS,
+            onRemoteMessage: (m: IncomingMessage) => commands.observe(m),
             // A device that failed over from a dead instance redelivers what that one stored but did
             // not acknowledge; ingest must know those message ids to keep them from becoming duplicates.
             onClientConnect: (clientId: string) => ingest.forget(clientId),

@@ -55,6 +55,8 @@ export type BrokerOptions = {
     instanceId: string
     mq: () => unknown
     onRemoteMessage?: (msg: BrokerMessage) => void
+    /** The topic filters onRemoteMessage wants (not `#`: every instance would then decode every message). */
+    remoteFilters?: readonly string[]
     /** A client connected here (it may have been connected to another instance before). */
     onClientConnect?: (clientId: string) => void
   }
@@ -256,16 +258,22 @@ export function createBroker(opts: BrokerOptions) {
       })
       aedes = broker
       const onRemote = cluster?.onRemoteMessage
-      if (onRemote) {
-        // Every message of every instance arrives through Redis; those of other instances are seen here
-        // (an acknowledgement for a command this instance sent, the live view), $SYS traffic excepted.
+      // Messages other instances received (an acknowledgement for a command this instance sent) arrive
+      // through Redis; only the filters asked for, so the telemetry stream is not decoded everywhere.
+      const seen = new Set<string>()
+      for (const filter of onRemote ? (cluster?.remoteFilters ?? []) : []) {
         await new Promise<void>((resolve) =>
           (broker as unknown as { mq: { on(topic: string, fn: (p: AedesPublishPacket, done: () => void) => void, cb: () => void): void } }).mq.on(
-            '#',
+            filter,
             (packet: AedesPublishPacket, done: () => void) => {
+              // A message matching two filters is handed over once.
+              const key = `${packet.brokerId}:${packet.brokerCounter}`
+              if (seen.has(key)) return done()
+              if (seen.size > 1000) seen.clear()
+              seen.add(key)
               if (packet.brokerId !== broker.id && !packet.topic.startsWith('$')) {
                 try {
-                  onRemote({
+                  onRemote?.({
                     topic: packet.topic,
                     payload: Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload),
                     clientId: (packet as { clientId?: string }).clientId ?? '',

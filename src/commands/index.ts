@@ -8,7 +8,7 @@ import { errorText, type Logger } from '../log/index.js'
 import { validate } from '../util/validate.js'
 import { MAX_DEVICE_MESSAGE, NewCommand, STATUSES, toWire, verdict, type Pending, type Verdict } from './protocol.js'
 
-export { NewCommand, toWire, verdict, contains, type Pending } from './protocol.js'
+export { ACK_FILTERS, NewCommand, toWire, verdict, contains, type Pending } from './protocol.js'
 
 export type CommandsOptions = {
   db: () => Kysely<DB>
