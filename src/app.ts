@@ -90,7 +90,13 @@ export function createApp(opts: AppOptions) {
         }
       : {}),
   })
-  const commands = createCommands({ db: () => db.db, log: log.child('commands'), publish: (topic, payload, o) => broker.publish(topic, payload, o) })
+  const commands = createCommands({
+    db: () => db.db,
+    log: log.child('commands'),
+    publish: (topic, payload, o) => broker.publish(topic, payload, o),
+    // Commands another instance sent (and may have died since) are closed and expired here too.
+    ...(config.cluster.redisUrl ? { reloadMs: 10_000 } : {}),
+  })
 
   const ota = createOta({
     config: config.ota,
