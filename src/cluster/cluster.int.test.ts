@@ -37,7 +37,7 @@ function inbox(c: MqttClient) {
   return got
 }
 
-describe('three paku instances on one PostgreSQL and one Redis', { skip }, () => {
+describe('three paku instances on one PostgreSQL and one Redis', { skip, timeout: 120_000 }, () => {
   it('a client on one instance receives what a client on another publishes (QoS 0 and 1), and each message is stored once', async (t) => {
     const { client, db } = await cluster(t)
     const subB = await client(1)
@@ -101,7 +101,11 @@ describe('three paku instances on one PostgreSQL and one Redis', { skip }, () =>
     const resumed = mqtt.connect(nodes[1]?.mqttUrl as string, { clientId: 'ha-bridge', clean: false, reconnectPeriod: 0 })
     defer(t, () => resumed.endAsync(true))
     const got = inbox(resumed)
-    const connack = await new Promise<{ sessionPresent: boolean }>((resolve) => resumed.once('connect', (p) => resolve(p as never)))
+    const connack = await new Promise<{ sessionPresent: boolean }>((resolve, reject) => {
+      resumed.once('connect', (p) => resolve(p as never))
+      resumed.once('error', reject)
+      resumed.once('close', () => reject(new Error('closed before CONNACK')))
+    })
     assert.equal(connack.sessionPresent, true, 'B knows the session made on A')
     await eventually(async () => got.length === 1, { what: 'the queued message on B' })
     assert.deepEqual(got.map((m) => m.payload), ['{"url":"u1"}'])

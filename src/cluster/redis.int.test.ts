@@ -8,7 +8,7 @@ import { createClusterEmitter } from './emitter.js'
 // CI installs redis-server (.ci/run); on a developer machine without it these tests are skipped, loudly.
 const skip = await redisSkipReason()
 
-describe('Redis trouble', () => {
+describe('Redis trouble', { timeout: 60_000 }, () => {
   it('start-up fails with a clear error, and no password, when Redis cannot be reached', async () => {
     const port = await freePort()
     const emitter = createClusterEmitter({ url: `redis://:hunter2@127.0.0.1:${port}/0`, log: testLogger(), connectTimeoutMs: 500 })
