@@ -1,4 +1,4 @@
-import MQEmitterRedis from 'mqemitter-redis'
+import type MQEmitterRedis from 'mqemitter-redis'
 import { maskUrl } from '../config/index.js'
 import { errorText, type Logger } from '../log/index.js'
 
@@ -35,7 +35,9 @@ export function createClusterEmitter(opts: ClusterEmitterOptions) {
       return mq
     },
     async start(): Promise<void> {
-      const emitter = MQEmitterRedis({ connectionString: opts.url, matchEmptyLevels: true }) as Emitter
+      // Loaded on demand: a single instance never needs ioredis and its memory.
+      const { default: create } = await import('mqemitter-redis')
+      const emitter = create({ connectionString: opts.url, matchEmptyLevels: true }) as Emitter
       mq = emitter
       const ready = () => emitter.pubConn.status === 'ready' && emitter.subConn.status === 'ready'
       // mqemitter-redis closes with QUIT and waits for both connections to end, which never happens
