@@ -204,8 +204,9 @@ export function createEcoflow(opts: EcoflowOptions) {
         onSigningFallback: () => log.warn('EcoFlow refused the documented signature (8521); using the old collector form'),
       })
       abort = new AbortController()
-      // protect: a poll that outlasts the interval is not started twice.
-      job = new Cron('* * * * * *', { interval: config.pollSeconds, protect: true, catch: (err) => log.error('poll failed', { err: errorText(err) }) }, () => (leads() ? poll() : undefined))
+      // protect: a poll that outlasts the interval is not started twice. startAt: without it croner
+      // fires at the next whole second, a second poll right after the start-up one below.
+      job = new Cron('* * * * * *', { interval: config.pollSeconds, protect: true, startAt: new Date(Date.now() + config.pollSeconds * 1000), catch: (err) => log.error('poll failed', { err: errorText(err) }) }, () => (leads() ? poll() : undefined))
       // The first poll runs at start-up, without holding up the rest of paku.
       if (leads()) void poll()
     },
