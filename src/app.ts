@@ -3,7 +3,8 @@ import { join } from 'node:path'
 import { createApi, createLiveHub } from './api/index.js'
 import { uiFiles } from './assets.js'
 import { createBroker } from './broker/index.js'
-import { createCommands } from './commands/index.js'
+import { createClusterEmitter, createLeader } from './cluster/index.js'
+import { ACK_FILTERS, createCommands } from './commands/index.js'
 import type { Config } from './config/index.js'
 import { createDatabase, type SqlFile } from './db/index.js'
 import { createEcoflow } from './ecoflow/index.js'
@@ -48,21 +49,68 @@ export function createApp(opts: AppOptions) {
     commands.observe(m)
     return ingest.accept(m)
   }
-  const broker = createBroker({ config: config.mqtt, log: log.child('broker'), onMessage: incoming, db: () => db.db })
-  const commands = createCommands({ db: () => db.db, log: log.child('commands'), publish: (topic, payload, o) => broker.publish(topic, payload, o) })
+  // Several instances (docs/scaling.md): messages fan out through Redis, and singleton work (rollout
+  // progression, EcoFlow polling, rollups and retention) runs on the instance holding its advisory lock.
+  // Without cluster.redisUrl none of this exists and paku is the single instance it always was.
+  const instanceId = config.cluster.instanceId || `${hostname()}-${process.pid}`
+  const emitter = config.cluster.redisUrl ? createClusterEmitter({ url: config.cluster.redisUrl, log: log.child('cluster') }) : undefined
+  const leader = emitter
+    ? createLeader({
+        connectionString: () => db.connectionString(),
+        log: log.child('cluster'),
+        tasks: ['rollouts', 'ecoflow', 'rollup'],
+        retryMs: config.cluster.leaderRetrySeconds * 1000,
+        // A new leader starts at once rather than at the next interval.
+        onChange: (task, leading) => {
+          if (!leading || stopping) return
+          if (task === 'ecoflow' && started.includes(ecoflow)) void ecoflow.poll()
+          if (task === 'rollouts' && started.includes(ota)) ota.tick().catch((err: unknown) => log.warn('rollout pass failed', { err: errorText(err) }))
+        },
+      })
+    : undefined
+  const leads = (task: string) => () => leader?.leads(task) ?? true
+  const broker = createBroker({
+    config: config.mqtt,
+    log: log.child('broker'),
+    onMessage: incoming,
+    db: () => db.db,
+    ...(emitter
+      ? {
+          cluster: {
+            instanceId,
+            mq: () => emitter.mq,
+            // A command's acknowledgement may reach another instance than the one that sent it (stored
+            // only by the instance that received it). The live view shows this instance's messages.
+            remoteFilters: ACK_FILTERS,
+            onRemoteMessage: (m: IncomingMessage) => commands.observe(m),
+            // A device that failed over from a dead instance redelivers what that one stored but did
+            // not acknowledge; ingest must know those message ids to keep them from becoming duplicates.
+            onClientConnect: (clientId: string) => ingest.forget(clientId),
+          },
+        }
+      : {}),
+  })
+  const commands = createCommands({
+    db: () => db.db,
+    log: log.child('commands'),
+    publish: (topic, payload, o) => broker.publish(topic, payload, o),
+    // Commands another instance sent (and may have died since) are closed and expired here too.
+    ...(config.cluster.redisUrl ? { reloadMs: 10_000 } : {}),
+  })
 
   const ota = createOta({
     config: config.ota,
     db: () => db.db,
     log: log.child('ota'),
     publish: (topic, payload, o) => broker.publish(topic, payload, o),
+    leads: leads('rollouts'),
     fallbackPublicUrl: () => {
       const host = ['0.0.0.0', '::', ''].includes(config.http.host) ? hostname() : config.http.host
       return `http://${host.includes(':') ? `[${host}]` : host}:${http.address()?.port ?? config.http.port}`
     },
   })
 
-  const rollup = createRollup({ config: config.rollup, retention: config.retention, db: () => db.db, log: log.child('rollup') })
+  const rollup = createRollup({ config: config.rollup, retention: config.retention, db: () => db.db, log: log.child('rollup'), leads: leads('rollup') })
 
   function observeForOta(row: Row): void {
     if (row.kind === 'status') ota.deviceStatus({ deviceId: row.deviceId, model: row.model, firmware: row.firmware, online: row.online })
@@ -74,6 +122,7 @@ export function createApp(opts: AppOptions) {
     log: log.child('ecoflow'),
     write: (row) => ingest.record(row),
     publish: (topic, payload, o) => broker.publish(topic, payload, o),
+    leads: leads('ecoflow'),
   })
 
   const api = createApi({
@@ -106,7 +155,8 @@ export function createApp(opts: AppOptions) {
     const database = await db.health()
     const brokerHealth = broker.health()
     const ingestStats = ingest.stats()
-    const degraded = !database.ok || ingest.health().degraded
+    const clusterHealth = emitter && leader ? { instanceId, ...emitter.health(), ...leader.health() } : undefined
+    const degraded = !database.ok || ingest.health().degraded || clusterHealth?.redis === 'down'
     return {
       status: !brokerHealth.ok ? 'down' : degraded ? 'degraded' : 'ok',
       version: opts.version,
@@ -120,6 +170,7 @@ export function createApp(opts: AppOptions) {
       rollup: rollup.health(),
       commands: commands.health(),
       live: live.stats(),
+      ...(clusterHealth ? { cluster: clusterHealth } : {}),
     }
   }
 
@@ -134,13 +185,15 @@ export function createApp(opts: AppOptions) {
     metrics: async () => [...ingestMetrics(ingest.stats()), ...(await ota.metrics())],
   })
 
-  // Start order (design §3.3): db → ingest → commands → broker → ota → rollup → ecoflow → http → live.
+  // Start order (design §3.3): db → ingest → commands → [cluster] → broker → [leader] → ota → rollup →
+  // ecoflow → http → live. The Redis emitter is up before aedes is handed it; the leader takes its
+  // locks before the singleton work starts, so a single instance starts its work at once.
   // Stop is the reverse, so producers stop before the last flush and the flush happens before the pool
   // closes. Commands load their open ones before the broker delivers acknowledgements; OTA starts after
   // the broker because a rollout pass may publish cmd/ota. Live streams end before http closes (an
   // open event stream would hold the server's close() forever).
   const liveService: Service = { name: 'live', start: async () => undefined, stop: async () => live.closeAll() }
-  const services: Service[] = [db, ingest, commands, broker, ota, rollup, ecoflow, http, liveService]
+  const services: Service[] = [db, ingest, commands, ...(emitter ? [emitter] : []), broker, ...(leader ? [leader] : []), ota, rollup, ecoflow, http, liveService]
   const started: Service[] = []
   let stopping: Promise<void> | undefined
 
@@ -169,6 +222,8 @@ export function createApp(opts: AppOptions) {
     live,
     http,
     health,
+    leader,
+    instanceId,
     async start(): Promise<void> {
       for (const svc of services) {
         try {

@@ -14,6 +14,7 @@ const SECRETS = {
   mqtt: 'MQTT-s3cret-pass-0002',
   ecoflow: 'ECOFLOW-s3cret-0003',
   db: 'DB-s3cret-pw-0004',
+  redis: 'REDIS-s3cret-pw-0005',
 }
 
 describe('no secret reaches logs or error responses', () => {
@@ -55,16 +56,19 @@ describe('no secret reaches logs or error responses', () => {
     await ok.endAsync()
 
     const out: string[] = []
-    const io: CliIo = { env: { PAKU_DATABASE_URL: `postgres://paku:${SECRETS.db}@127.0.0.1:1/paku`, PAKU_ADMIN_API_KEY: SECRETS.admin, PAKU_MQTT_PASSWORD: SECRETS.mqtt, PAKU_ECOFLOW_SECRET_KEY: SECRETS.ecoflow, PAKU_ECOFLOW_ACCESS_KEY: 'AK' }, out: (l) => out.push(l), err: (l) => out.push(l), waitForStop: () => Promise.resolve('SIGTERM'), isTTY: false }
+    const io: CliIo = { env: { PAKU_DATABASE_URL: `postgres://paku:${SECRETS.db}@127.0.0.1:1/paku`, PAKU_ADMIN_API_KEY: SECRETS.admin, PAKU_MQTT_PASSWORD: SECRETS.mqtt, PAKU_ECOFLOW_SECRET_KEY: SECRETS.ecoflow, PAKU_ECOFLOW_ACCESS_KEY: 'AK', PAKU_CLUSTER_REDIS_URL: `redis://:${SECRETS.redis}@127.0.0.1:1/0` }, out: (l) => out.push(l), err: (l) => out.push(l), waitForStop: () => Promise.resolve('SIGTERM'), isTTY: false }
     assert.equal(await runCli(['check-config'], io), 0)
     assert.equal(await runCli(['serve'], { ...io, env: { ...io.env, PAKU_MQTT_PORT: '0', PAKU_HTTP_PORT: '0', PAKU_MQTT_WS_ENABLED: 'false' } }), 1, 'the database is unreachable')
     assert.equal(await runCli(['check-config'], { ...io, env: { ...io.env, PAKU_DATABASE_URL: `mysql://root:${SECRETS.db}@x/y` } }), 1)
+    assert.equal(await runCli(['check-config'], { ...io, env: { ...io.env, PAKU_CLUSTER_REDIS_URL: `http://:${SECRETS.redis}@x:6379` } }), 1)
 
     const everything = [...lines, ...bodies, ...out].join('\n')
     assert.ok(lines.some((l) => l.includes('EcoFlow polling failing')), 'the failing paths really ran')
     assert.ok(lines.some((l) => l.includes('MQTT login refused')))
     assert.match(out.join('\n'), /"secretKey": "\*\*\*"/, 'check-config printed the config, masked')
     assert.match(out.join('\n'), /postgres:\/\/paku:\*\*\*@127\.0\.0\.1:1\/paku/, 'the failed start named the database, masked')
+    assert.match(out.join('\n'), /"redisUrl": "redis:\/\/:\*\*\*@127\.0\.0\.1:1\/0"/, 'check-config printed the Redis URL, masked')
+    assert.match(out.join('\n'), /cluster\.redisUrl must be a redis:\/\/ or rediss:\/\/ URL/, 'a bad Redis URL is refused without echoing it')
     for (const [name, secret] of Object.entries(SECRETS)) assert.ok(!everything.includes(secret), `the ${name} secret leaked`)
   })
 })

@@ -42,6 +42,15 @@ describe('topic permissions', () => {
     assert.equal(canPublish(bridge, 'paku/edge/ESP32-1/cmd/ota'), true)
     assert.equal(canSubscribe(bridge, '#'), true)
   })
+  it("no one may publish to $SYS or subscribe where the cluster's broker state travels", () => {
+    for (const who of [bridge, { username: null, role: 'anonymous' as const }, { username: 'svc', role: 'service' as const }]) {
+      assert.equal(canPublish(who, '$SYS/paku-cluster/state'), false)
+      assert.equal(canPublish(who, '$SYS/x/new/clients'), false)
+      for (const f of ['$SYS/paku-cluster/state', '$SYS/paku-cluster/#', '$SYS/#', '$SYS/+/state', '$SYS']) assert.equal(canSubscribe(who, f), false, f)
+      assert.equal(canSubscribe(who, '$SYS/broker-1/heartbeat'), true, 'other $SYS topics stay readable')
+      assert.equal(canSubscribe(who, '#'), true, 'MQTT: # does not match $ topics [MQTT-4.7.2-1]')
+    }
+  })
   it('a device id with wildcard characters matches nothing', () => {
     assert.equal(canPublish({ username: '+', role: 'device' }, 'paku/edge/x/status'), false)
     assert.equal(canSubscribe({ username: '#', role: 'device' }, 'paku/edge/x/cmd/ota'), false)

@@ -46,12 +46,27 @@ function allowed(patterns: readonly string[], id: string, topic: string): boolea
   return patterns.some((p) => within(p.replaceAll('{id}', id), topic))
 }
 
+/**
+ * Where paku instances exchange broker state through the cluster's Redis (docs/scaling.md). No client
+ * may publish or subscribe there: it carries other clients' sessions and queued messages.
+ */
+export const CLUSTER_TOPIC_PREFIX = '$SYS/paku-cluster/'
+
+/** Whether a subscription filter could receive the cluster's internal messages ($SYS/#, $SYS/+/…). */
+function reachesCluster(filter: string): boolean {
+  const [first, second] = filter.split('/')
+  return first === '$SYS' && (second === undefined || second === '#' || second === '+' || second === 'paku-cluster')
+}
+
 export function canPublish(who: Identity, topic: string): boolean {
+  // $SYS/… is the broker's own (aedes' default authorizePublish refuses it too; paku's replaces it).
+  if (topic.startsWith('$SYS/')) return false
   if (who.role !== 'device') return true
   return allowed(DEVICE_PUBLISH, who.username ?? '', topic)
 }
 
 export function canSubscribe(who: Identity, topic: string): boolean {
+  if (reachesCluster(topic)) return false
   if (who.role !== 'device') return true
   return allowed(DEVICE_SUBSCRIBE, who.username ?? '', topic)
 }

@@ -46,6 +46,20 @@ export type BrokerOptions = {
   onMessage: (msg: BrokerMessage) => Promise<void> | undefined
   /** Keeps retained messages, sessions, queued messages and wills in PostgreSQL; without it, in memory. */
   db?: () => Kysely<DB>
+  /**
+   * One of several instances (docs/scaling.md): messages fan out through `mq` (mqemitter-redis), broker
+   * state changes are shared with the other instances, and messages other instances received are handed
+   * to onRemoteMessage (never to onMessage: the instance that received a message stores it).
+   */
+  cluster?: {
+    instanceId: string
+    mq: () => unknown
+    onRemoteMessage?: (msg: BrokerMessage) => void
+    /** The topic filters onRemoteMessage wants (not `#`: every instance would then decode every message). */
+    remoteFilters?: readonly string[]
+    /** A client connected here (it may have been connected to another instance before). */
+    onClientConnect?: (clientId: string) => void
+  }
 }
 
 /**
@@ -151,8 +165,11 @@ export function createBroker(opts: BrokerOptions) {
     /** Admin routes for MQTT credentials (only with a database). */
     routes: opts.db ? credentialRoutes(opts.db) : undefined,
     async start(): Promise<void> {
-      persistence = opts.db ? new PgPersistence({ db: opts.db, log }) : undefined
+      const cluster = opts.cluster
+      persistence = opts.db ? new PgPersistence({ db: opts.db, log, ...(cluster ? { replicate: { instanceId: cluster.instanceId } } : {}) }) : undefined
       const broker = await Aedes.createBroker({
+        // aedes' broker id marks the messages and wills of this instance (a dead broker's wills are published by the others).
+        ...(cluster ? { id: cluster.instanceId, mq: cluster.mq() as never } : {}),
         ...(persistence ? { persistence: persistence as never } : {}),
         connectTimeout: config.connectTimeoutMs,
         maxClientsIdLength: config.maxClientIdLength,
@@ -240,7 +257,46 @@ export function createBroker(opts: BrokerOptions) {
         },
       })
       aedes = broker
-      broker.on('client', () => counts.connections++)
+      const onRemote = cluster?.onRemoteMessage
+      // Messages other instances received (an acknowledgement for a command this instance sent) arrive
+      // through Redis; only the filters asked for, so the telemetry stream is not decoded everywhere.
+      const seen = new Set<string>()
+      for (const filter of onRemote ? (cluster?.remoteFilters ?? []) : []) {
+        await new Promise<void>((resolve) =>
+          (broker as unknown as { mq: { on(topic: string, fn: (p: AedesPublishPacket, done: () => void) => void, cb: () => void): void } }).mq.on(
+            filter,
+            (packet: AedesPublishPacket, done: () => void) => {
+              // A message matching two filters is handed over once.
+              const key = `${packet.brokerId}:${packet.brokerCounter}`
+              if (seen.has(key)) return done()
+              if (seen.size > 1000) seen.clear()
+              seen.add(key)
+              if (packet.brokerId !== broker.id && !packet.topic.startsWith('$')) {
+                try {
+                  onRemote?.({
+                    topic: packet.topic,
+                    payload: Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload),
+                    clientId: (packet as { clientId?: string }).clientId ?? '',
+                    qos: packet.qos,
+                    messageId: undefined,
+                    dup: false,
+                    retain: packet.retain,
+                    receivedAt: new Date(),
+                  })
+                } catch (err) {
+                  log.error('remote message handler failed', { topic: packet.topic, err: errorText(err) })
+                }
+              }
+              done()
+            },
+            resolve,
+          ),
+        )
+      }
+      broker.on('client', (client: Client) => {
+        counts.connections++
+        cluster?.onClientConnect?.(client.id)
+      })
       broker.on('clientError', (client: Client, err: Error) => {
         counts.clientErrors++
         log.debug('client error', { clientId: client?.id, err: err.message })

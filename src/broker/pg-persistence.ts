@@ -8,6 +8,35 @@ export type PgPersistenceOptions = {
   log: Logger
   /** Longest a state change waits in memory before it is written (coalesced with others). */
   flushDelayMs?: number
+  /**
+   * Several instances (docs/scaling.md): this instance's id. Every change is then also sent to the
+   * other instances through the broker's emitter (mqemitter-redis), which apply it to their memory
+   * only: the instance that made a change is the one that writes it to PostgreSQL.
+   */
+  replicate?: { instanceId: string }
+}
+
+/** The emitter topic of replicated changes; clients can neither publish nor subscribe there (acl.ts). */
+export const STATE_TOPIC = '$SYS/paku-cluster/state'
+
+/** One replicated change: the method and its arguments, as the instance that made it called it. */
+type Change =
+  | { op: 'storeRetained'; packet: AnyPacket }
+  | { op: 'addSubscriptions'; client: string; subs: SubscriptionRecord[] }
+  | { op: 'removeSubscriptions'; client: string; topics: string[] }
+  | { op: 'cleanSubscriptions'; client: string }
+  | { op: 'outgoingEnqueueCombi'; clients: string[]; packet: AnyPacket }
+  | { op: 'outgoingUpdate'; client: string; packet: AnyPacket }
+  | { op: 'outgoingClearMessageId'; client: string; packet: AnyPacket }
+  | { op: 'incomingStorePacket'; client: string; packet: AnyPacket }
+  | { op: 'incomingDelPacket'; client: string; packet: AnyPacket }
+  | { op: 'cleanIncoming'; client: string }
+  | { op: 'putWill'; client: string; packet: AnyPacket }
+  | { op: 'delWill'; client: string }
+
+type Emitter = {
+  emit(msg: Record<string, unknown> & { topic: string }, done?: (err?: Error) => void): void
+  on(topic: string, fn: (msg: Record<string, unknown>, done: () => void) => void, done?: () => void): void
 }
 
 type Op = RawBuilder<unknown>
@@ -28,6 +57,8 @@ export class PgPersistence extends AsyncMemoryPersistence {
   #loading = false
   #failing = false
   #destroyed = false
+  /** The broker's emitter, when changes are shared with other instances. */
+  #mq: Emitter | undefined
 
   constructor(opts: PgPersistenceOptions) {
     super()
@@ -41,7 +72,60 @@ export class PgPersistence extends AsyncMemoryPersistence {
 
   override async setup(broker: unknown): Promise<void> {
     await super.setup(broker)
+    if (this.#opts.replicate) {
+      this.#mq = (broker as { mq: Emitter }).mq
+      // Subscribed before the load, so nothing another instance changes meanwhile is missed (applying
+      // a change twice is harmless: every change is idempotent in aedes' memory persistence).
+      await new Promise<void>((resolve) => this.#mq?.on(STATE_TOPIC, (msg, done) => void this.#apply(msg).finally(done), resolve))
+    }
     await this.#load()
+  }
+
+  /** Sends a change to the other instances (no-op for a single instance). Ordered with the messages themselves: one Redis connection publishes both. */
+  #share(change: Change): void {
+    if (!this.#mq || this.#loading) return
+    this.#mq.emit({ topic: STATE_TOPIC, from: this.#opts.replicate?.instanceId, change: plain(change) }, (err) => {
+      if (err) this.#opts.log.warn('broker state change not shared with the other instances', { op: change.op, err: errorText(err) })
+    })
+  }
+
+  /** Applies another instance's change to memory only (that instance writes it to PostgreSQL). */
+  async #apply(msg: Record<string, unknown>): Promise<void> {
+    if (msg.from === this.#opts.replicate?.instanceId || this.#destroyed) return
+    const c = msg.change as Change
+    const ref = (id: string) => ({ id })
+    try {
+      switch (c.op) {
+        case 'storeRetained':
+          return await super.storeRetained(c.packet)
+        case 'addSubscriptions':
+          return await super.addSubscriptions(ref(c.client), c.subs)
+        case 'removeSubscriptions':
+          return await super.removeSubscriptions(ref(c.client), c.topics)
+        case 'cleanSubscriptions':
+          return await super.cleanSubscriptions(ref(c.client))
+        case 'outgoingEnqueueCombi':
+          return await super.outgoingEnqueueCombi(c.clients.map((clientId) => ({ clientId })), c.packet)
+        case 'outgoingUpdate':
+          return await super.outgoingUpdate(ref(c.client), c.packet).catch(() => undefined)
+        case 'outgoingClearMessageId':
+          await super.outgoingClearMessageId(ref(c.client), c.packet)
+          return
+        case 'incomingStorePacket':
+          return await super.incomingStorePacket(ref(c.client), c.packet)
+        case 'incomingDelPacket':
+          return await super.incomingDelPacket(ref(c.client), c.packet).catch(() => undefined)
+        case 'cleanIncoming':
+          return await super.cleanIncoming(ref(c.client))
+        case 'putWill':
+          return await super.putWill(ref(c.client), c.packet)
+        case 'delWill':
+          await super.delWill(ref(c.client))
+          return
+      }
+    } catch (err) {
+      this.#opts.log.warn('broker state change from another instance not applied', { op: c?.op, err: errorText(err) })
+    }
   }
 
   async #load(): Promise<void> {
@@ -135,6 +219,7 @@ export class PgPersistence extends AsyncMemoryPersistence {
 
   override async storeRetained(packet: AnyPacket): Promise<void> {
     await super.storeRetained(packet)
+    this.#share({ op: 'storeRetained', packet })
     const payload = toBuffer(packet.payload)
     this.#write(
       payload.length === 0
@@ -146,6 +231,7 @@ export class PgPersistence extends AsyncMemoryPersistence {
 
   override async addSubscriptions(client: ClientRef, subs: SubscriptionRecord[]): Promise<void> {
     await super.addSubscriptions(client, subs)
+    this.#share({ op: 'addSubscriptions', client: client.id, subs })
     for (const { topic, ...options } of subs) {
       this.#write(sql`INSERT INTO mqtt_subscriptions (client_id, topic, options) VALUES (${client.id}, ${topic}, ${JSON.stringify(options)}::jsonb)
         ON CONFLICT (client_id, topic) DO UPDATE SET options = EXCLUDED.options`)
@@ -154,22 +240,37 @@ export class PgPersistence extends AsyncMemoryPersistence {
 
   override async removeSubscriptions(client: ClientRef, subs: string[]): Promise<void> {
     await super.removeSubscriptions(client, subs)
+    this.#share({ op: 'removeSubscriptions', client: client.id, topics: subs })
     this.#write(sql`DELETE FROM mqtt_subscriptions WHERE client_id = ${client.id} AND topic = ANY(${subs}::text[])`)
   }
 
   override async cleanSubscriptions(client: ClientRef): Promise<void> {
     await super.cleanSubscriptions(client)
+    this.#share({ op: 'cleanSubscriptions', client: client.id })
     this.#write(sql`DELETE FROM mqtt_subscriptions WHERE client_id = ${client.id}`)
   }
 
   override async outgoingEnqueue(sub: { clientId: string }, packet: AnyPacket): Promise<void> {
     await super.outgoingEnqueue(sub, packet)
     this.#enqueueRow(sub.clientId, packet)
+    await this.#enqueued([sub.clientId], packet)
   }
 
   override async outgoingEnqueueCombi(subs: Array<{ clientId: string }>, packet: AnyPacket): Promise<void> {
     await super.outgoingEnqueueCombi(subs, packet)
     for (const sub of subs) this.#enqueueRow(sub.clientId, packet)
+    await this.#enqueued(subs.map((s) => s.clientId), packet)
+  }
+
+  /**
+   * With several instances, a queued message is written before it is sent on: the subscriber's
+   * instance updates and deletes the row when the client takes it, and must find it there. aedes
+   * waits for this before it emits the message, so the change reaches the others first.
+   */
+  async #enqueued(clientIds: string[], packet: AnyPacket): Promise<void> {
+    if (!this.#mq || clientIds.length === 0) return
+    this.#share({ op: 'outgoingEnqueueCombi', clients: clientIds, packet })
+    await this.flush()
   }
 
   #enqueueRow(clientId: string, packet: AnyPacket): void {
@@ -179,6 +280,7 @@ export class PgPersistence extends AsyncMemoryPersistence {
 
   override async outgoingUpdate(client: ClientRef, packet: AnyPacket): Promise<void> {
     await super.outgoingUpdate(client, packet)
+    this.#share({ op: 'outgoingUpdate', client: client.id, packet })
     // Mirrors the in-memory rule: the same broker packet gets its message id; a packet of another
     // broker (a PUBREL) replaces the entry that has its message id.
     this.#write(sql`WITH updated AS (
@@ -193,34 +295,40 @@ export class PgPersistence extends AsyncMemoryPersistence {
 
   override async outgoingClearMessageId(client: ClientRef, packet: AnyPacket): Promise<AnyPacket | undefined> {
     const cleared = await super.outgoingClearMessageId(client, packet)
+    if (cleared) this.#share({ op: 'outgoingClearMessageId', client: client.id, packet: { messageId: packet.messageId } })
     if (cleared) this.#write(sql`DELETE FROM mqtt_outgoing WHERE seq = (SELECT seq FROM mqtt_outgoing WHERE client_id = ${client.id} AND message_id = ${packet.messageId ?? null} ORDER BY seq LIMIT 1)`)
     return cleared
   }
 
   override async incomingStorePacket(client: ClientRef, packet: AnyPacket): Promise<void> {
     await super.incomingStorePacket(client, packet)
+    this.#share({ op: 'incomingStorePacket', client: client.id, packet })
     this.#write(sql`INSERT INTO mqtt_incoming (client_id, message_id, payload, packet) VALUES (${client.id}, ${packet.messageId}, ${toBuffer(packet.payload)}, ${meta(packet)}::jsonb)
       ON CONFLICT (client_id, message_id) DO UPDATE SET payload = EXCLUDED.payload, packet = EXCLUDED.packet`)
   }
 
   override async incomingDelPacket(client: ClientRef, packet: AnyPacket): Promise<void> {
     await super.incomingDelPacket(client, packet)
+    this.#share({ op: 'incomingDelPacket', client: client.id, packet: { messageId: packet.messageId } })
     this.#write(sql`DELETE FROM mqtt_incoming WHERE client_id = ${client.id} AND message_id = ${packet.messageId}`)
   }
 
   override async cleanIncoming(client: ClientRef): Promise<void> {
     await super.cleanIncoming(client)
+    this.#share({ op: 'cleanIncoming', client: client.id })
     this.#write(sql`DELETE FROM mqtt_incoming WHERE client_id = ${client.id}`)
   }
 
   override async putWill(client: ClientRef, packet: AnyPacket): Promise<void> {
     await super.putWill(client, packet)
+    this.#share({ op: 'putWill', client: client.id, packet })
     this.#write(sql`INSERT INTO mqtt_wills (client_id, payload, packet) VALUES (${client.id}, ${toBuffer(packet.payload)}, ${meta(packet)}::jsonb)
       ON CONFLICT (client_id) DO UPDATE SET payload = EXCLUDED.payload, packet = EXCLUDED.packet`)
   }
 
   override async delWill(client: ClientRef): Promise<AnyPacket | undefined> {
     const will = await super.delWill(client)
+    this.#share({ op: 'delWill', client: client.id })
     this.#write(sql`DELETE FROM mqtt_wills WHERE client_id = ${client.id}`)
     return will
   }
@@ -236,6 +344,14 @@ export class PgPersistence extends AsyncMemoryPersistence {
     if (this.#ops.length > 0) this.#opts.log.error('stopped with broker state changes not written', { changes: this.#ops.length })
     await super.destroy()
   }
+}
+
+/** A packet (aedes' Packet class, with its payload) as a plain object msgpack can carry. */
+function plain(change: Change): Change {
+  if (!('packet' in change)) return change
+  const packet: AnyPacket = {}
+  for (const [k, v] of Object.entries(change.packet)) if (v !== undefined && typeof v !== 'function') packet[k] = v
+  return { ...change, packet }
 }
 
 function toBuffer(payload: Buffer | string | undefined): Buffer {

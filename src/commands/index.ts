@@ -8,7 +8,7 @@ import { errorText, type Logger } from '../log/index.js'
 import { validate } from '../util/validate.js'
 import { MAX_DEVICE_MESSAGE, NewCommand, STATUSES, toWire, verdict, type Pending, type Verdict } from './protocol.js'
 
-export { NewCommand, toWire, verdict, contains, type Pending } from './protocol.js'
+export { ACK_FILTERS, NewCommand, toWire, verdict, contains, type Pending } from './protocol.js'
 
 export type CommandsOptions = {
   db: () => Kysely<DB>
@@ -19,6 +19,12 @@ export type CommandsOptions = {
   defaultTtlSeconds?: number
   /** How often pending commands are checked for expiry. */
   sweepMs?: number
+  /**
+   * With several instances (docs/scaling.md): how often to re-read the pending commands from the
+   * database, so commands sent through another instance (one that may have died since) are closed
+   * and expired here too. Off by default: a single instance knows every command it sent.
+   */
+  reloadMs?: number
 }
 
 export type CommandRow = {
@@ -154,6 +160,14 @@ export function createCommands(opts: CommandsOptions) {
     return c.json({ command: row })
   })
 
+  /** Adds the pending commands in the database that memory does not hold yet. */
+  async function load(): Promise<void> {
+    const r = await sql<{ id: string; site_id: string; device_id: string; type: Pending['type']; payload: Record<string, unknown>; expires_at: Date }>`
+      SELECT id, site_id, device_id, type, payload, expires_at FROM device_commands WHERE status = 'pending' ORDER BY created_at`.execute(db())
+    const known = new Set([...pending.values()].flat().map((p) => p.id))
+    for (const row of r.rows) if (!known.has(row.id)) add({ id: row.id, siteId: row.site_id, deviceId: row.device_id, type: row.type, payload: row.payload, expiresAt: row.expires_at.getTime() })
+  }
+
   async function get(id: string): Promise<CommandRow | undefined> {
     const r = await sql<CommandRow>`SELECT * FROM device_commands WHERE id = ${id}`.execute(db())
     return r.rows[0]
@@ -183,12 +197,14 @@ export function createCommands(opts: CommandsOptions) {
       }
     },
     async start(): Promise<void> {
-      const r = await sql<{ id: string; site_id: string; device_id: string; type: Pending['type']; payload: Record<string, unknown>; expires_at: Date }>`
-        SELECT id, site_id, device_id, type, payload, expires_at FROM device_commands WHERE status = 'pending' ORDER BY created_at`.execute(db())
-      for (const row of r.rows) add({ id: row.id, siteId: row.site_id, deviceId: row.device_id, type: row.type, payload: row.payload, expiresAt: row.expires_at.getTime() })
+      await load()
+      let loadedAt = Date.now()
       sweep = setInterval(() => {
         if (sweeping) return
-        sweeping = expire()
+        const reload = opts.reloadMs !== undefined && Date.now() - loadedAt >= opts.reloadMs
+        if (reload) loadedAt = Date.now()
+        sweeping = (reload ? load() : Promise.resolve())
+          .then(() => expire())
           .catch((err: unknown) => log.warn('command expiry failed', { err: errorText(err) }))
           .finally(() => (sweeping = undefined))
       }, opts.sweepMs ?? 1000)

@@ -95,6 +95,9 @@ export function contains(have: unknown, want: unknown): boolean {
  * Whether an incoming message closes a pending command of the same device. `levels` is the topic split
  * at `/`, `body` its payload parsed as JSON (undefined if it was not JSON).
  */
+/** Every topic verdict() can close a command by, as MQTT filters (an instance listens to these on the others). */
+export const ACK_FILTERS = ['+/+/+/ack', '+/edge/+/status', '+/edge/+/config/report', '+/edge/+/config', '+/heater/+/state'] as const
+
 export function verdict(cmd: Pending, levels: readonly string[], body: unknown): Verdict | undefined {
   const [site, system, device, ...rest] = levels
   if (site !== cmd.siteId || device !== cmd.deviceId || !isPlainObject(body)) return undefined

@@ -98,6 +98,12 @@ describe('loadConfig', () => {
     { name: 'rejects retention that is not a number', env: { PAKU_RETENTION_STATUS_DAYS: '30d' }, want: ['PAKU_RETENTION_STATUS_DAYS: expected an integer, got "30d"'] },
     { name: 'refuses EcoFlow retention shorter than what dashboards read raw', env: { PAKU_RETENTION_ECOFLOW_DAYS: '7' }, want: ['retention: retention.ecoflowDays must be 0 or at least 14: dashboards read EcoFlow rows up to 14 days back'] },
     { name: 'rejects a rollup interval of zero', file: '{"rollup":{"intervalSeconds":0}}', want: ['rollup.intervalSeconds: intervalSeconds must be at least 1'] },
+    { name: 'rejects a Redis URL of another scheme without echoing it', env: { PAKU_CLUSTER_REDIS_URL: 'http://:hunter2@redis:6379' }, want: ['cluster.redisUrl (from PAKU_CLUSTER_REDIS_URL): cluster.redisUrl must be a redis:// or rediss:// URL'] },
+    { name: 'rejects a Redis URL with spaces without echoing it', env: { PAKU_CLUSTER_REDIS_URL: 'redis://:hunter2@red is:6379' }, want: ['cluster.redisUrl (from PAKU_CLUSTER_REDIS_URL): cluster.redisUrl must be a redis:// or rediss:// URL'] },
+    { name: 'rejects a Redis URL without a host', env: { PAKU_CLUSTER_REDIS_URL: 'redis://' }, want: ['cluster.redisUrl (from PAKU_CLUSTER_REDIS_URL): cluster.redisUrl must be a redis:// or rediss:// URL'] },
+    { name: 'rejects a Redis URL with a path that is not a database number', env: { PAKU_CLUSTER_REDIS_URL: 'redis://:hunter2@redis:6379/x?y=1' }, want: ['cluster.redisUrl (from PAKU_CLUSTER_REDIS_URL): cluster.redisUrl must be a redis:// or rediss:// URL'] },
+    { name: 'rejects a Redis URL of the wrong type without echoing it', file: '{"cluster":{"redisUrl":12345}}', want: ['cluster.redisUrl: cluster.redisUrl must be a redis:// or rediss:// URL'] },
+    { name: 'rejects an instance id with odd characters', env: { PAKU_CLUSTER_INSTANCE_ID: 'a b' }, want: ['cluster.instanceId (from PAKU_CLUSTER_INSTANCE_ID): cluster.instanceId must be up to 64 letters, digits, . _ : -'] },
     { name: 'rejects a route prefix without a slash', file: '{"ota":{"routePrefix":"ota"}}', want: ['ota.routePrefix: must be like /ota'] },
   ]
   for (const c of bad) {
@@ -127,6 +133,18 @@ describe('loadConfig', () => {
     const r = loadConfig({ env: { PAKU_ADMIN_API_KEY: 'adm1n', PAKU_ECOFLOW_ACCESS_KEY: 'acc3ss', PAKU_ECOFLOW_SECRET_KEY: 's3cr3t' }, defaultPath: 'x', readFile: files({}) })
     assert.ok(r.ok)
     assert.doesNotMatch(JSON.stringify(maskSecrets(r.config)), /adm1n|acc3ss|s3cr3t/)
+  })
+
+  it('accepts redis:// and rediss:// URLs and masks their password for display', () => {
+    for (const url of ['redis://127.0.0.1:6379', 'rediss://:s3cret@redis.example.com:6380/2', 'redis://paku:s3cret@[::1]:6379/0']) {
+      const r = loadConfig({ env: { PAKU_CLUSTER_REDIS_URL: url }, defaultPath: 'x', readFile: files({}) })
+      assert.ok(r.ok, url)
+      assert.equal(r.config.cluster.redisUrl, url)
+      assert.doesNotMatch(JSON.stringify(maskSecrets(r.config)), /s3cret/)
+    }
+    const none = loadConfig({ env: {}, defaultPath: 'x', readFile: files({}) })
+    assert.ok(none.ok)
+    assert.deepEqual(none.config.cluster, { redisUrl: '', instanceId: '', leaderRetrySeconds: 2 })
   })
 
   it('masks the database password for display', () => {

@@ -102,6 +102,8 @@ export const ENV_TABLE: readonly EnvEntry[] = [
   { name: 'PAKU_ECOFLOW_DEVICES', path: ['ecoflow', 'devices'], parse: asList, description: 'serial numbers, comma-separated; empty = all' },
   { name: 'PAKU_ECOFLOW_POLL_SECONDS', path: ['ecoflow', 'pollSeconds'], parse: asInt, description: 'seconds between polls' },
   { name: 'PAKU_ECOFLOW_SIGNING', path: ['ecoflow', 'signing'], parse: asString, description: 'auto | documented | legacy' },
+  { name: 'PAKU_CLUSTER_REDIS_URL', path: ['cluster', 'redisUrl'], parse: asSecret, secret: true, description: 'redis:// URL for several instances; empty = one instance' },
+  { name: 'PAKU_CLUSTER_INSTANCE_ID', path: ['cluster', 'instanceId'], parse: asString, description: 'instance name (default hostname-pid)' },
   {
     name: 'PAKU_INGEST_SPOOL_MAX_BYTES',
     path: ['ingest', 'spoolMaxBytes'],

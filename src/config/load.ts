@@ -95,6 +95,7 @@ export function maskSecrets(config: Config): unknown {
   if (copy.mqtt.password) copy.mqtt.password = '***'
   if (copy.ecoflow.accessKey) copy.ecoflow.accessKey = '***'
   if (copy.ecoflow.secretKey) copy.ecoflow.secretKey = '***'
+  if (copy.cluster.redisUrl) copy.cluster.redisUrl = maskUrl(copy.cluster.redisUrl)
   return copy
 }
 

@@ -168,6 +168,38 @@ export const ConfigSchema = v.strictObject({
     }),
     {},
   ),
+  /** Several paku instances on one PostgreSQL (docs/scaling.md). Empty redisUrl: a single instance, no Redis. */
+  cluster: v.optional(
+    v.strictObject({
+      /** redis:// or rediss:// URL of the Redis that fans messages out between instances (aedes' mqemitter-redis). */
+      redisUrl: v.optional(
+        v.union(
+          [
+            v.literal(''),
+            v.pipe(
+              v.string('cluster.redisUrl must be a redis:// or rediss:// URL'),
+              // Scheme, [user:password@]host[:port], an optional database number; and a host URL() accepts.
+              v.check((u) => {
+                if (!/^rediss?:\/\/[^\s/?#]+(\/\d{0,5})?$/.test(u)) return false
+                try {
+                  return new URL(u).hostname !== ''
+                } catch {
+                  return false
+                }
+              }, 'cluster.redisUrl must be a redis:// or rediss:// URL'),
+            ),
+          ],
+          'cluster.redisUrl must be a redis:// or rediss:// URL',
+        ),
+        '',
+      ),
+      /** This instance's name in logs, /health and the aedes broker id; empty: hostname-pid. */
+      instanceId: v.optional(v.pipe(v.string('cluster.instanceId must be a string'), v.regex(/^[\w.:-]{0,64}$/, 'cluster.instanceId must be up to 64 letters, digits, . _ : -')), ''),
+      /** Seconds between a standby instance's attempts to take over singleton work (and the leader's connection checks). */
+      leaderRetrySeconds: v.optional(positiveInt('leaderRetrySeconds', 300), 2),
+    }),
+    {},
+  ),
   rollup: v.optional(
     v.strictObject({
       /** How often the 5-minute and hourly rollups catch up with new rows. */

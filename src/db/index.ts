@@ -50,6 +50,10 @@ export function createDatabase(opts: DatabaseOptions) {
       if (!pool) throw new Error('database not started')
       return pool
     },
+    /** The URL the pool connects to (with its password: for connections of paku's own, never for display). */
+    connectionString(): string {
+      return url()
+    },
     /** performance.now() when the database first answered (SELECT 1) in the last start(). */
     get answeredAt(): number | undefined {
       return answeredAt

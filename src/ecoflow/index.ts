@@ -18,6 +18,8 @@ export type EcoflowOptions = {
   log: Logger
   write: (row: EcoflowRow) => Promise<void>
   publish: (topic: string, payload: string, opts: { qos: 0 | 1; retain: boolean }) => Promise<void>
+  /** With several instances, whether this one polls now (one at a time; docs/scaling.md). Default: always. */
+  leads?: () => boolean
 }
 
 type DeviceState = {
@@ -45,6 +47,7 @@ export function createEcoflow(opts: EcoflowOptions) {
   const { config, log } = opts
   const enabled = config.accessKey !== '' && config.secretKey !== ''
   const devices = new Map<string, DeviceState>()
+  const leads = opts.leads ?? (() => true)
   let client: EcoflowClient | undefined
   let job: Cron | undefined
   let abort: AbortController | undefined
@@ -201,10 +204,11 @@ export function createEcoflow(opts: EcoflowOptions) {
         onSigningFallback: () => log.warn('EcoFlow refused the documented signature (8521); using the old collector form'),
       })
       abort = new AbortController()
-      // protect: a poll that outlasts the interval is not started twice.
-      job = new Cron('* * * * * *', { interval: config.pollSeconds, protect: true, catch: (err) => log.error('poll failed', { err: errorText(err) }) }, () => poll())
+      // protect: a poll that outlasts the interval is not started twice. startAt: without it croner
+      // fires at the next whole second, a second poll right after the start-up one below.
+      job = new Cron('* * * * * *', { interval: config.pollSeconds, protect: true, startAt: new Date(Date.now() + config.pollSeconds * 1000), catch: (err) => log.error('poll failed', { err: errorText(err) }) }, () => (leads() ? poll() : undefined))
       // The first poll runs at start-up, without holding up the rest of paku.
-      void poll()
+      if (leads()) void poll()
     },
     async stop(): Promise<void> {
       job?.stop()
@@ -214,7 +218,8 @@ export function createEcoflow(opts: EcoflowOptions) {
       client = undefined
     },
     health(): { enabled: boolean; state: string; devices: number; lastError: string | null } {
-      return { enabled, state, devices: devices.size, lastError }
+      // 'standby': another instance polls (docs/scaling.md).
+      return { enabled, state: enabled && !leads() ? 'standby' : state, devices: devices.size, lastError }
     },
   }
 }

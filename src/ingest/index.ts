@@ -94,6 +94,8 @@ export function createIngest(opts: IngestOptions) {
   // time this process sees the client, so a redelivery after a restart is recognised too.
   const recent = new Map<string, Map<number, { digest: string; done: Promise<void> | undefined }>>()
   const loading = new Map<string, Promise<void>>()
+  /** Clients to look up again (forget()): they may have published through another instance meanwhile. */
+  const stale = new Set<string>()
 
   const writer = createWriter({
     db: opts.db,
@@ -160,7 +162,8 @@ export function createIngest(opts: IngestOptions) {
 
   /** Loads a client's recent ids from the database once per process; messages wait for it in order. */
   function loadClient(clientId: string): Promise<void> | undefined {
-    if (recent.has(clientId)) return undefined
+    if (recent.has(clientId) && !stale.has(clientId)) return undefined
+    stale.delete(clientId)
     // While writes fail the lookup would only add an outage's worth of latency to every ack.
     if (writer.failing) {
       recent.set(clientId, new Map())
@@ -286,6 +289,14 @@ export function createIngest(opts: IngestOptions) {
     async stop(): Promise<void> {
       clearInterval(summary)
       await writer.stop()
+    },
+    /**
+     * With several instances: the client just connected here and may have published through another
+     * instance since this one last looked its message ids up; its next QoS 1/2 message merges them in
+     * from ingest_dedup again (what this instance remembers itself stays).
+     */
+    forget(clientId: string): void {
+      if (recent.has(clientId)) stale.add(clientId)
     },
     /** Writes what is pending now (tests and shutdown). */
     flush: () => writer.flush(),

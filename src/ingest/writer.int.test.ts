@@ -105,7 +105,11 @@ describe('batch writer backpressure', () => {
     for (let i = 0; i < 3; i++) void writer.push(measurement(`f${i}`))
     const wait = writer.room()
     assert.ok(wait instanceof Promise)
+    // The writer's timers are unref'd (they must not keep paku alive): hold the loop open while the
+    // refused connection fails, or node:test may find nothing left to run and cancel the test.
+    const keepAlive = setTimeout(() => undefined, 10_000)
     await wait
+    clearTimeout(keepAlive)
     assert.equal(writer.failing, true, 'released because writes fail')
     assert.equal(writer.room(), undefined)
   })

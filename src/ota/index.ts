@@ -32,6 +32,8 @@ export type OtaOptions = {
   /** Base URL for download links when ota.publicUrl is empty (app.ts knows the HTTP port). */
   fallbackPublicUrl: () => string
   now?: () => number
+  /** With several instances, whether this one runs rollout progression now (docs/scaling.md). Default: always. */
+  leads?: () => boolean
 }
 
 export type OtaCounters = {
@@ -62,6 +64,7 @@ const REBOOT_GRACE_MS = 15_000
  * reports never race each other inside this process.
  */
 export function createOta(opts: OtaOptions) {
+  const leads = opts.leads ?? (() => true)
   const { config, log } = opts
   const now = opts.now ?? Date.now
   const counters: OtaCounters = { uploads: 0, uploadsRejected: 0, downloads: 0, downloadsPartial: 0, downloadBytes: 0, pullChecks: 0, pullServed: 0, commandsSent: 0, updatesSucceeded: 0, updatesFailed: 0 }
@@ -119,7 +122,7 @@ export function createOta(opts: OtaOptions) {
    * register a new device in `devices` first (ingest.flushIntervalMs is 200 ms by default).
    */
   function tickSoon(): void {
-    if (soon || !running) return
+    if (soon || !running || !leads()) return
     soon = setTimeout(() => {
       soon = undefined
       void enqueue(() => tick())
@@ -165,7 +168,7 @@ export function createOta(opts: OtaOptions) {
           })
         }
       }
-      if (touched.size > 0) await tick([...touched])
+      if (touched.size > 0 && leads()) await tick([...touched])
     })
   }
 
@@ -202,7 +205,7 @@ export function createOta(opts: OtaOptions) {
         }
         if (to && (await recordOutcome(a, to, detail, percent))) touched.add(a.rollout_id)
       }
-      if (touched.size > 0) await tick([...touched])
+      if (touched.size > 0 && leads()) await tick([...touched])
     })
   }
 
@@ -309,8 +312,10 @@ export function createOta(opts: OtaOptions) {
     async start(): Promise<void> {
       running = true
       if (!config.publicUrl) log.warn('ota.publicUrl (PAKU_PUBLIC_URL) is not set; cmd/ota links use a local address devices may not reach', { url: publicUrl() })
-      await enqueue(() => tick())
-      timer = setInterval(() => void enqueue(() => tick()), config.rolloutTickSeconds * 1000)
+      if (leads()) await enqueue(() => tick())
+      // Device reports act at once on the instance that receives them; taking devices in, thresholds
+      // and time-outs run on the leader only, so two instances never notify the same device twice.
+      timer = setInterval(() => void (leads() ? enqueue(() => tick()) : undefined), config.rolloutTickSeconds * 1000)
       timer.unref()
     },
     async stop(): Promise<void> {

@@ -9,6 +9,8 @@ export type RollupOptions = {
   retention: Config['retention']
   db: () => Kysely<DB>
   log: Logger
+  /** With several instances, whether this one rolls up and applies retention now (docs/scaling.md). Default: always. */
+  leads?: () => boolean
 }
 
 const BUCKET_MS = 5 * 60_000
@@ -169,6 +171,7 @@ export function createRollup(opts: RollupOptions) {
   }
 
   async function tick(): Promise<void> {
+    if (opts.leads && !opts.leads()) return
     try {
       const r = await pass()
       lastPass = { ...r, at: new Date().toISOString() }
