@@ -160,7 +160,6 @@ function runPaku(args: string[], env: Record<string, string>): ChildProcess {
 }
 const exited = (p: ChildProcess) => new Promise<number>((r) => (p.exitCode !== null ? r(p.exitCode) : p.once('exit', (code) => r(code ?? 1))))
 
-if ((await exited(runPaku(['migrate'], {}))) !== 0) throw new Error('paku migrate failed')
 
 // ---------------------------------------------------------------- COPY ceiling
 
@@ -242,12 +241,19 @@ async function pakuStatement(chunk: number, qos1 = false): Promise<Writer> {
   }
 }
 
-say(`PostgreSQL on 127.0.0.1:${pgPort}; write ceilings with ${COPY_ROWS.toLocaleString('en')} rows`)
-const copy500 = await ceiling(() => copyRows(500))
-const copyStream = await ceiling(() => copyRows(COPY_ROWS))
-const statement1000 = await ceiling(() => pakuStatement(1000))
-const statementQos1 = await ceiling(() => pakuStatement(1000, true))
-say(`ceilings: ${JSON.stringify({ copy500, copyStream, pakuStatement1000: statement1000, pakuStatementQos1: statementQos1 })}`)
+/** paku's migrations, then the write ceilings of the fresh `measurements` table. */
+async function ceilings() {
+  if ((await exited(runPaku(['migrate'], {}))) !== 0) throw new Error('paku migrate failed')
+  say(`PostgreSQL on 127.0.0.1:${pgPort}; write ceilings with ${COPY_ROWS.toLocaleString('en')} rows`)
+  const c = {
+    copy500: await ceiling(() => copyRows(500)),
+    copyStream: await ceiling(() => copyRows(COPY_ROWS)),
+    statement1000: await ceiling(() => pakuStatement(1000)),
+    statementQos1: await ceiling(() => pakuStatement(1000, true)),
+  }
+  say(`ceilings: ${JSON.stringify(c)}`)
+  return c
+}
 
 // ---------------------------------------------------------------- one end-to-end run
 
@@ -444,7 +450,10 @@ async function peerSuite(variant: 'stock' | 'unbounded', peerLoads: Load[]): Pro
 }
 
 const stamp = new Date().toISOString().replaceAll(':', '').slice(0, 15)
+let measured: Awaited<ReturnType<typeof ceilings>> | undefined
+// Whatever fails, everything started (PostgreSQL included) is stopped.
 try {
+  measured = await ceilings()
   await pakuSuite()
   const missing = peerAvailable()
   if (missing) say(`old stack not run: ${missing}`)
@@ -455,6 +464,7 @@ try {
 } finally {
   await cleanup()
 }
+const { copy500, copyStream, statement1000, statementQos1 } = measured
 
 // ---------------------------------------------------------------- report
 
