@@ -15,7 +15,6 @@ export { freePort }
 
 const run = promisify(execFile)
 
-
 /** Why the Redis tests cannot run here, or false. In CI (CI=true) they always run: .ci/run installs redis-server. */
 export async function redisSkipReason(): Promise<string | false> {
   const available = await run('redis-server', ['--version']).then(
