@@ -257,8 +257,8 @@ export function createWriter(opts: WriterOptions) {
     /**
      * Backpressure for producers that need no acknowledgement (QoS 0): undefined while fewer than
      * highWaterRows rows wait, else a promise that resolves once the writer has caught up to half of
-     * that. The broker holds its publish callback on it, so aedes stops reading that connection and
-     * TCP slows the publisher down, instead of rows piling up in memory until maxPendingRows drops them.
+     * that. The broker stops reading the publishing connection until it resolves (packet-guard hold()),
+     * so TCP slows the publisher down, instead of rows piling up in memory until maxPendingRows drops them.
      * Not while writes fail: then the spool takes the rows.
      */
     room(): Promise<void> | undefined {
