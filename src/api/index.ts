@@ -4,7 +4,7 @@ import type { Kysely } from 'kysely'
 import type * as v from 'valibot'
 import type { DB } from '../db/index.js'
 import type { Logger } from '../log/index.js'
-import { validate } from '../util/validate.js'
+import { readJson, validate } from '../util/validate.js'
 import { toCsv } from './csv.js'
 import { LIVE_QUEUE, validFilter, type LiveHub } from './live.js'
 import { openApiDocument } from './openapi.js'
@@ -110,12 +110,7 @@ export function createApi(opts: ApiOptions) {
   })
 
   routes.post('/api/v1/telemetry', async (c) => {
-    let body: unknown
-    try {
-      body = await c.req.json()
-    } catch {
-      throw new HTTPException(400, { message: 'body must be JSON: {device_id, timestamp, metric, value, unit?} or {device_id, batch_timestamp, readings: [...]}' })
-    }
+    const body = await readJson(c.req, 'body must be JSON: {device_id, timestamp, metric, value, unit?} or {device_id, batch_timestamp, readings: [...]}')
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new HTTPException(400, { message: 'body must be a JSON object: one reading or a batch' })
     // A batch is told by its readings array; each shape then gets its own, precise messages.
     const parsed: v.InferOutput<typeof TelemetryBody> = 'readings' in body ? validate(BatchReadings, body) : validate(SingleReading, body)

@@ -5,6 +5,7 @@ import type { Kysely } from 'kysely'
 import * as v from 'valibot'
 import type { DB } from '../db/index.js'
 import { addCredential, listCredentials, removeCredential, ROLES, USERNAME } from './credentials.js'
+import { readJson } from '../util/validate.js'
 
 const NewCredential = v.strictObject({
   username: v.pipe(v.string('username must be a string'), v.regex(USERNAME, 'username must be 1–128 characters of A-Z a-z 0-9 _ . : -')),
@@ -17,12 +18,7 @@ export function credentialRoutes(db: () => Kysely<DB>): Hono {
   const routes = new Hono()
   routes.get('/api/admin/mqtt/credentials', async (c) => c.json({ credentials: await listCredentials(db()) }))
   routes.post('/api/admin/mqtt/credentials', async (c) => {
-    let body: unknown
-    try {
-      body = await c.req.json()
-    } catch {
-      throw new HTTPException(400, { message: 'body must be JSON: {"username": …, "password"?: …, "role"?: …}' })
-    }
+    const body = await readJson(c.req, 'body must be JSON: {"username": …, "password"?: …, "role"?: …}')
     const parsed = v.safeParse(NewCredential, body)
     if (!parsed.success) throw new HTTPException(400, { message: parsed.issues.map((i) => i.message).join('; ') })
     const password = parsed.output.password ?? randomBytes(18).toString('base64url')

@@ -5,7 +5,7 @@ import { sql, type Kysely } from 'kysely'
 import * as v from 'valibot'
 import type { DB } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
-import { validate } from '../util/validate.js'
+import { readJson, validate } from '../util/validate.js'
 import { MAX_DEVICE_MESSAGE, NewCommand, STATUSES, toWire, verdict, type Pending, type Verdict } from './protocol.js'
 
 export { ACK_FILTERS, NewCommand, toWire, verdict, contains, type Pending } from './protocol.js'
@@ -102,12 +102,7 @@ export function createCommands(opts: CommandsOptions) {
 
   const routes = new Hono()
   routes.post('/api/v1/commands', async (c) => {
-    let body: unknown
-    try {
-      body = await c.req.json()
-    } catch {
-      throw new HTTPException(400, { message: 'body must be JSON: {"device_id": …, "type": "control"|"config"|"heater", …}' })
-    }
+    const body = await readJson(c.req, 'body must be JSON: {"device_id": …, "type": "control"|"config"|"heater", …}')
     const cmd = validate(NewCommand, body)
     const id = `cmd_${randomBytes(12).toString('base64url')}`
     const wire = toWire(cmd, id)

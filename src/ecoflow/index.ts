@@ -3,7 +3,7 @@ import { Hono } from 'hono'
 import { HTTPException } from 'hono/http-exception'
 import type { Config } from '../config/index.js'
 import { errorText, type Logger } from '../log/index.js'
-import { validate } from '../util/validate.js'
+import { readJson, validate } from '../util/validate.js'
 import { createEcoflowClient, EcoflowError, type EcoflowClient } from './client.js'
 import { controlBody, ControlRequest } from './controls.js'
 import { detectFamily, mapQuota, type Columns, type Family, type PowerSummary } from './mapping.js'
@@ -168,12 +168,7 @@ export function createEcoflow(opts: EcoflowOptions) {
     const sn = c.req.param('sn')
     const d = devices.get(sn)
     if (!d) throw new HTTPException(404, { message: `no EcoFlow device ${sn}` })
-    let body: unknown
-    try {
-      body = await c.req.json()
-    } catch {
-      throw new HTTPException(400, { message: 'body must be JSON: {"action": …, "value": …}' })
-    }
+    const body = await readJson(c.req, 'body must be JSON: {"action": …, "value": …}')
     const request = validate(ControlRequest, body)
     if (!d.family) throw new HTTPException(409, { message: `device ${sn} has not been polled yet; its model is unknown` })
     const built = controlBody(d.family, sn, request)

@@ -7,3 +7,12 @@ export function validate<S extends v.GenericSchema>(schema: S, input: unknown): 
   if (!parsed.success) throw new HTTPException(400, { message: parsed.issues.map((i) => `${v.getDotPath(i) ?? 'body'}: ${i.message}`).join('; ') })
   return parsed.output
 }
+
+/** The request's JSON body; a body that is not JSON is a 400 with `message` (say which shape is expected). */
+export async function readJson(req: { json(): Promise<unknown> }, message: string): Promise<unknown> {
+  try {
+    return await req.json()
+  } catch {
+    throw new HTTPException(400, { message })
+  }
+}
