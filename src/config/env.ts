@@ -82,6 +82,12 @@ export const ENV_TABLE: readonly EnvEntry[] = [
     description: 'longest wait before a partial batch is written',
   },
   {
+    name: 'PAKU_INGEST_CONCURRENT_WRITES',
+    path: ['ingest', 'concurrentWrites'],
+    parse: asInt,
+    description: 'telemetry batches written at the same time (database connections)',
+  },
+  {
     name: 'PAKU_INGEST_MAX_PAYLOAD_BYTES',
     path: ['ingest', 'maxPayloadBytes'],
     parse: asInt,

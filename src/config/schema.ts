@@ -28,7 +28,7 @@ const LogLevel = v.picklist(LOG_LEVELS, `must be one of ${LOG_LEVELS.join(', ')}
  * The one description of paku's configuration: types, defaults and limits.
  * Secret-bearing fields have their own messages so a bad value is never echoed.
  */
-export const ConfigSchema = v.strictObject({
+const ConfigShape = v.strictObject({
   /** Where paku keeps local state: the embedded PostgreSQL cluster (and later the spool). */
   dataDir: v.optional(v.pipe(v.string(), v.minLength(1, 'must not be empty')), './.paku'),
   log: v.optional(
@@ -231,6 +231,11 @@ export const ConfigSchema = v.strictObject({
         batchSize: v.optional(positiveInt('batchSize', 50_000), 1000),
         /** A partial batch is flushed after at most this long. */
         flushIntervalMs: v.optional(positiveInt('flushIntervalMs', 60_000), 200),
+        /**
+         * Telemetry batches written at the same time, each on its own database connection: while one
+         * commits, the next is already being written (status, config and OTA rows are written alone).
+         */
+        concurrentWrites: v.optional(positiveInt('concurrentWrites', 8), 2),
         /** A message payload above this is rejected (and kept, truncated, in ingest_rejects). */
         maxPayloadBytes: v.optional(positiveInt('maxPayloadBytes', 268_435_455), 65_536),
         /** QoS 0 rows held in memory before new ones are dropped (counted); QoS 1/2 wait instead. */
@@ -248,6 +253,15 @@ export const ConfigSchema = v.strictObject({
     {},
   ),
 })
+
+export const ConfigSchema = v.pipe(
+  ConfigShape,
+  // The writers' connections come from the pool (the broker, the API and the jobs queue for theirs).
+  v.forward(
+    v.check((c) => c.ingest.concurrentWrites <= c.database.poolSize, 'concurrentWrites must not be above database.poolSize'),
+    ['ingest', 'concurrentWrites'],
+  ),
+)
 
 export type Config = v.InferOutput<typeof ConfigSchema>
 export type ConfigInput = v.InferInput<typeof ConfigSchema>

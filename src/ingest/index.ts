@@ -103,6 +103,7 @@ export function createIngest(opts: IngestOptions) {
     spool,
     batchSize: config.batchSize,
     flushIntervalMs: config.flushIntervalMs,
+    concurrency: config.concurrentWrites,
     maxPendingRows: config.maxPendingRows,
     highWaterRows: config.backpressureRows,
     toReject: (row, reason) =>

@@ -101,7 +101,9 @@ function rememberKeysSql(rows: readonly Row[]) {
   const last = new Map<string, DedupKey>()
   for (const r of rows) if (r.dedup) last.set(`${r.dedup.clientId}\u0000${r.dedup.messageId}`, r.dedup)
   if (last.size === 0) return undefined
-  const list = [...last.values()]
+  // Sorted: two batches written at the same time then lock conflicting ids in the same order and
+  // one waits for the other instead of deadlocking (only a client reusing an id in flight does that).
+  const list = [...last.values()].sort((a, b) => (a.clientId < b.clientId ? -1 : a.clientId > b.clientId ? 1 : a.messageId - b.messageId))
   return sql`
     INSERT INTO ingest_dedup (client_id, message_id, digest)
     SELECT * FROM unnest(${list.map((k) => k.clientId)}::text[], ${list.map((k) => k.messageId)}::int[], ${list.map((k) => k.digest)}::text[])

@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import { Kysely, PostgresDialect } from 'kysely'
 import pg from 'pg'
@@ -6,11 +9,16 @@ import { defer, sqlClient, testDatabase, testLogger } from '../../scripts/test-h
 import { sqlDir } from '../assets.js'
 import { migrate, readSqlDir, type DB } from '../db/index.js'
 import type { Reject, Row } from './records.js'
+import { createSpool } from './spool.js'
 import { createWriter } from './writer.js'
 
-async function database(t: Parameters<typeof testDatabase>[0]) {
+async function database(t: Parameters<typeof testDatabase>[0], max = 2) {
   const url = await testDatabase(t)
-  const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 2 }) }) })
+  const pool = new pg.Pool({ connectionString: url, max })
+  // As src/db does: a connection cut under a query fails that query; it must not crash the process.
+  pool.on('error', () => undefined)
+  pool.on('connect', (client) => client.on('error', () => undefined))
+  const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
   defer(t, () => db.destroy())
   await migrate(db, readSqlDir(sqlDir()))
   return { url, db }
@@ -112,5 +120,103 @@ describe('batch writer backpressure', () => {
     clearTimeout(keepAlive)
     assert.equal(writer.failing, true, 'released because writes fail')
     assert.equal(writer.room(), undefined)
+  })
+})
+
+describe('batch writer concurrency', () => {
+  const status = (deviceId: string): Row => ({
+    kind: 'status', siteId: 'paku', deviceId, status: '{"online":true}', ts: new Date(), receivedAt: new Date(), online: true, model: null, firmware: null,
+  })
+
+  /** Holds the measurements table (SHARE lock: every INSERT waits) until release() commits. */
+  async function blockInserts(t: Parameters<typeof testDatabase>[0], url: string) {
+    const locker = await sqlClient(t, url)
+    await locker.query('BEGIN')
+    await locker.query('LOCK TABLE measurements IN SHARE MODE')
+    return { release: () => locker.query('COMMIT') }
+  }
+
+  /** Backends of this database waiting for a lock, once `n` of them are (or the deadline passes). */
+  async function waitingInserts(url: string, t: Parameters<typeof testDatabase>[0], n: number, ms = 5000): Promise<number[]> {
+    const sql = await sqlClient(t, url)
+    const until = Date.now() + ms
+    for (;;) {
+      const r = await sql.query<{ pid: number }>(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO measurements%' ORDER BY pid",
+      )
+      if (r.rows.length >= n || Date.now() > until) return r.rows.map((x) => x.pid)
+      await new Promise((r) => setTimeout(r, 20))
+    }
+  }
+
+  it('writes two telemetry batches at the same time, each on its own connection', async (t) => {
+    const { url, db } = await database(t, 4)
+    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 2, flushIntervalMs: 60_000, concurrency: 2, maxPendingRows: 100, toReject })
+    writer.start()
+    defer(t, () => writer.stop())
+    const lock = await blockInserts(t, url)
+    const acks = ['a', 'b', 'c', 'd', 'e'].map((id) => writer.push(measurement(id), true))
+    // Two batches of two wait inside PostgreSQL; the fifth row waits for a free writer.
+    assert.equal((await waitingInserts(url, t, 2)).length, 2)
+    await new Promise((r) => setTimeout(r, 200))
+    assert.equal((await waitingInserts(url, t, 3, 0)).length, 2, 'no more than concurrency batches at once')
+    assert.equal(writer.stats().pending, 5)
+    assert.equal(writer.stats().waiting, 5)
+    await lock.release()
+    await Promise.all(acks)
+    const sql = await sqlClient(t, url)
+    const { rows } = await sql.query('SELECT device_id FROM measurements ORDER BY device_id')
+    assert.deepEqual(rows.map((r) => r.device_id), ['a', 'b', 'c', 'd', 'e'])
+    assert.equal(writer.stats().pending, 0)
+    assert.equal(writer.stats().waiting, 0)
+  })
+
+  it('writes a batch with a status row alone, after the telemetry before it', async (t) => {
+    const { url, db } = await database(t, 4)
+    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 2, flushIntervalMs: 60_000, concurrency: 2, maxPendingRows: 100, toReject })
+    writer.start()
+    defer(t, () => writer.stop())
+    const lock = await blockInserts(t, url)
+    const first = [writer.push(measurement('a'), true), writer.push(measurement('b'), true)]
+    assert.equal((await waitingInserts(url, t, 1)).length, 1)
+    const later = [writer.push(status('s1'), true), writer.push(measurement('c'), true)]
+    await new Promise((r) => setTimeout(r, 300))
+    const sql = await sqlClient(t, url)
+    // The status batch would not wait for the measurements lock: had it started, its row would be there.
+    assert.equal((await sql.query('SELECT 1 FROM edge_device_status')).rowCount, 0, 'status batch did not start beside the telemetry one')
+    assert.equal((await waitingInserts(url, t, 2, 0)).length, 1)
+    await lock.release()
+    await Promise.all([...first, ...later])
+    assert.equal((await sql.query('SELECT 1 FROM edge_device_status')).rowCount, 1)
+    assert.equal((await sql.query('SELECT 1 FROM measurements')).rowCount, 3)
+  })
+
+  it('loses and doubles nothing when one of two batches in flight fails and the other commits', async (t) => {
+    const { url, db } = await database(t, 4)
+    const dir = mkdtempSync(join(tmpdir(), 'paku-writer-'))
+    defer(t, () => rmSync(dir, { recursive: true, force: true }))
+    const spool = createSpool({ dir, maxBytes: 1 << 20, log: testLogger() })
+    spool.open()
+    const writer = createWriter({ db: () => db, log: testLogger(), spool, batchSize: 3, flushIntervalMs: 50, concurrency: 2, maxPendingRows: 100, toReject })
+    writer.start()
+    defer(t, () => writer.stop())
+    const lock = await blockInserts(t, url)
+    const ids = ['a', 'b', 'c', 'd', 'e', 'f']
+    const acks = ids.map((id) => writer.push(measurement(id), true))
+    const pids = await waitingInserts(url, t, 2)
+    assert.equal(pids.length, 2)
+    // Cut one writer's connection while both wait: its batch fails (and goes to the spool, acknowledged).
+    const admin = await sqlClient(t, url)
+    await admin.query('SELECT pg_terminate_backend($1)', [pids[0]])
+    await Promise.race([Promise.all(acks.slice(0, 3)), Promise.all(acks.slice(3))])
+    await lock.release()
+    await Promise.all(acks)
+    // Then the spooled batch is replayed once the database answers again.
+    const until = Date.now() + 10_000
+    while ((writer.degraded || writer.stats().pending > 0) && Date.now() < until) await new Promise((r) => setTimeout(r, 50))
+    const { rows } = await admin.query('SELECT device_id, count(*)::int AS n FROM measurements GROUP BY device_id ORDER BY device_id')
+    assert.deepEqual(rows, ids.map((id) => ({ device_id: id, n: 1 })))
+    assert.ok(writer.stats().spooled >= 3, `spooled ${writer.stats().spooled}`)
+    assert.equal(writer.stats().dropped, 0)
   })
 })

@@ -10,6 +10,12 @@ export type WriterOptions = {
   log: Logger
   batchSize: number
   flushIntervalMs: number
+  /**
+   * Telemetry batches written at the same time, each on its own pool connection (default 1). One
+   * writer leaves PostgreSQL idle while paku builds the next statement and waits for the commit; a
+   * second one keeps it busy. Batches with status, config or OTA rows are always written alone.
+   */
+  concurrency?: number
   /** In-memory bound: rows beyond it are dropped (counted) unless a producer waits for durability. */
   maxPendingRows: number
   /** From this many pending rows on, room() asks producers to wait (see there). */
@@ -36,6 +42,12 @@ export type WriterStats = {
 
 const MAX_BACKOFF_MS = 30_000
 
+/** Rows taken from the queue together, with the acknowledgements of those whose producer waits. */
+type Batch = { rows: Row[]; acks: Array<(() => void) | undefined>; durable: number; ordered: number }
+
+/** Measurements and rejects may be written in any order; every other kind keeps arrival order. */
+const unordered = (row: Row) => row.kind === 'measurement' || row.kind === 'reject'
+
 /**
  * The batch writer. Rows wait in memory and are written as one transaction per batch. A row whose
  * producer waits for durability (a QoS 1/2 PUBACK) makes the next flush start at once (group commit):
@@ -43,18 +55,30 @@ const MAX_BACKOFF_MS = 30_000
  *
  * "Durable" means committed in PostgreSQL, or fsynced to the spool when PostgreSQL is unreachable.
  * While the spool holds anything, new batches go to the spool too, so rows reach the database in
- * arrival order; the spool is replayed first. One flush at a time; failures back off exponentially
- * and only the transitions are logged.
+ * arrival order; the spool is replayed first. Up to `concurrency` telemetry-only batches are written
+ * at once (they may commit in either order: measurements carry their own time); anything else —
+ * a batch with status, config or OTA rows, the spool, a replay — runs alone. Failures back off
+ * exponentially and only the transitions are logged.
  */
 export function createWriter(opts: WriterOptions) {
   const { log, spool } = opts
+  const concurrency = Math.max(1, opts.concurrency ?? 1)
+  /** Rows not yet taken by a flush, oldest first, with the acknowledgement of each (parallel array). */
   let pending: Row[] = []
-  /** Sequence number of the first row in `pending`; rows before it are durable. */
-  let durableSeq = 0
-  let waiters: Array<{ seq: number; resolve: () => void }> = []
+  let pendingAcks: Array<(() => void) | undefined> = []
+  /** How many of the pending rows have a producer waiting, and how many must keep their order. */
+  let pendingDurable = 0
+  let pendingOrdered = 0
+  /** Rows taken by flushes in progress and not yet durable. */
+  let takenRows = 0
+  let takenDurable = 0
   let timer: NodeJS.Timeout | undefined
   let running = false
-  let inFlight: Promise<void> | undefined
+  const steps = new Set<Promise<void>>()
+  /** A step that must run alone (spool, replay, a batch with ordered rows) is in progress. */
+  let exclusive = false
+  /** toSpool() is moving rows; a second caller leaves it to the first. */
+  let spooling = false
   let failures = 0
   let failingSince: Date | undefined
   /** While failing, the database is tried again only from this time on; the spool meanwhile. */
@@ -62,7 +86,7 @@ export function createWriter(opts: WriterOptions) {
   let spoolFull = false
   let droppedSinceLog = 0
   const highWater = opts.highWaterRows ?? Infinity
-  /** Resolved once pending rows fall to half the high-water mark (or writes start failing). */
+  /** Resolved once queued rows fall to half the high-water mark (or writes start failing). */
   let room: { promise: Promise<void>; release: () => void } | undefined
   const releaseRoom = () => {
     room?.release()
@@ -70,71 +94,123 @@ export function createWriter(opts: WriterOptions) {
   }
   const stats = { written: 0, spooled: 0, replayed: 0, dropped: 0, flushes: 0, failedFlushes: 0, lastFlushMs: 0 }
 
+  /** Rows in memory that are not durable yet: waiting, or in a flush in progress. */
+  const queued = () => pending.length + takenRows
+
   const schedule = (delayMs: number) => {
     if (!running) return
     clearTimeout(timer)
     timer = setTimeout(() => {
       timer = undefined
-      void flush()
+      pump()
     }, delayMs)
     timer.unref?.()
   }
 
   const backoff = () => Math.min(MAX_BACKOFF_MS, Math.max(100, opts.flushIntervalMs) * 2 ** Math.min(failures - 1, 16))
 
-  /** Marks the first n pending rows durable and wakes the producers waiting on them. */
-  const advance = (n: number) => {
-    pending.splice(0, n)
-    durableSeq += n
-    let i = 0
-    while (i < waiters.length && (waiters[i] as { seq: number }).seq < durableSeq) (waiters[i++] as { resolve: () => void }).resolve()
-    if (i > 0) waiters = waiters.slice(i)
-    if (room && pending.length <= highWater / 2) releaseRoom()
+  /** Takes the oldest pending rows (at most one batch) out of the queue. */
+  function take(): Batch {
+    const n = Math.min(pending.length, opts.batchSize)
+    const rows = pending.splice(0, n)
+    const acks = pendingAcks.splice(0, n)
+    let durable = 0
+    let ordered = 0
+    for (let i = 0; i < n; i++) {
+      if (acks[i]) durable++
+      if (!unordered(rows[i] as Row)) ordered++
+    }
+    pendingDurable -= durable
+    pendingOrdered -= ordered
+    takenRows += n
+    takenDurable += durable
+    return { rows, acks, durable, ordered }
+  }
+
+  /** A taken batch that did not become durable goes back to the head of the queue. */
+  function putBack(b: Batch): void {
+    pending = b.rows.concat(pending)
+    pendingAcks = b.acks.concat(pendingAcks)
+    pendingDurable += b.durable
+    pendingOrdered += b.ordered
+    takenRows -= b.rows.length
+    takenDurable -= b.durable
+  }
+
+  /** The batch is committed or spooled: its producers hear so. */
+  function done(b: Batch): void {
+    takenRows -= b.rows.length
+    takenDurable -= b.durable
+    if (b.durable > 0) for (const ack of b.acks) ack?.()
+    if (room && queued() <= highWater / 2) releaseRoom()
   }
 
   const nextDelay = () => {
     if (failures > 0) {
       // Acknowledge waiting producers from the spool now; try the database when the backoff ends.
       const untilRetry = Math.max(0, retryAt - Date.now())
-      return spool && waiters.length > 0 && !spoolFull ? 0 : spool && pending.length > 0 ? Math.min(opts.flushIntervalMs, untilRetry) : untilRetry
+      return spool && pendingDurable > 0 && !spoolFull ? 0 : spool && pending.length > 0 ? Math.min(opts.flushIntervalMs, untilRetry) : untilRetry
     }
     if (spool && !spool.empty) return 0
-    return waiters.length > 0 || pending.length >= opts.batchSize ? 0 : opts.flushIntervalMs
+    return pendingDurable > 0 || pending.length >= opts.batchSize || room ? 0 : opts.flushIntervalMs
   }
 
-  /** Runs one step (replay or write); resolves when done, never rejects. */
-  function flush(): Promise<void> {
-    if (inFlight) return inFlight
-    inFlight = step().finally(() => {
-      inFlight = undefined
+  /** Whether one more flush may start now, beside those in progress. */
+  function mayStart(): boolean {
+    if (steps.size === 0) return true
+    return steps.size < concurrency && !exclusive && failures === 0 && (!spool || spool.empty) && pending.length > 0 && pendingOrdered === 0
+  }
+
+  /** Starts one step (replay, spool or write); resolves when it is done, never rejects. */
+  function start(): Promise<void> {
+    const p: Promise<void> = step().finally(() => {
+      steps.delete(p)
+      if (steps.size === 0) exclusive = false
       if (pending.length > 0 || (spool && !spool.empty)) schedule(nextDelay())
     })
-    return inFlight
+    steps.add(p)
+    return p
+  }
+
+  /** The timer's work: as many flushes as may run, while there are rows for them. */
+  function pump(): void {
+    if (steps.size === 0) void start()
+    while (pending.length > 0 && steps.size > 0 && mayStart()) void start()
+  }
+
+  /** Starts a step if one may start; resolves when it (or, if none may, those in progress) end. */
+  function flush(): Promise<void> {
+    if (mayStart()) return start()
+    return Promise.all(steps).then(() => undefined)
   }
 
   async function step(): Promise<void> {
     if (failures > 0 && Date.now() < retryAt) {
+      exclusive = true
       await toSpool()
       return
     }
     if (spool && !spool.empty) {
       // One segment per step, then new rows are spooled (and acknowledged) behind it: a long replay
       // never holds up acknowledgements.
+      exclusive = true
       await replaySegment()
       if (pending.length > 0) await toSpool()
       return
     }
     if (pending.length === 0) return
-    const batch = pending.slice(0, opts.batchSize)
+    const batch = take()
+    if (batch.ordered > 0) exclusive = true
     const t0 = performance.now()
     try {
-      await writeWithIsolation(batch)
-      stats.written += batch.length
+      await writeWithIsolation(batch.rows)
+      stats.written += batch.rows.length
       stats.flushes++
       stats.lastFlushMs = Math.round((performance.now() - t0) * 10) / 10
       recovered()
-      advance(batch.length)
+      done(batch)
     } catch (err) {
+      putBack(batch)
       failed(err)
       if (spool) await toSpool()
     }
@@ -157,25 +233,34 @@ export function createWriter(opts: WriterOptions) {
 
   /** Moves pending rows into the spool (fsynced) and acknowledges them; stops (rows stay pending) when it is full. */
   async function toSpool(): Promise<void> {
-    if (!spool) return
-    while (pending.length > 0) {
-      const batch = pending.slice(0, opts.batchSize)
-      let ok: boolean
-      try {
-        ok = await spool.append(batch)
-      } catch (err) {
-        log.error('spool write failed; holding rows in memory', { err: errorText(err) })
-        return
+    if (!spool || spooling) return
+    spooling = true
+    try {
+      while (pending.length > 0) {
+        // Taken out of the queue while the append runs: a concurrent flush that fails puts its rows
+        // back at the head meanwhile, and they must not be mistaken for these.
+        const batch = take()
+        let ok: boolean
+        try {
+          ok = await spool.append(batch.rows)
+        } catch (err) {
+          putBack(batch)
+          log.error('spool write failed; holding rows in memory', { err: errorText(err) })
+          return
+        }
+        if (!ok) {
+          putBack(batch)
+          if (!spoolFull) log.error('spool full: no longer acknowledging QoS 1/2 until the database is back', { bytes: spool.bytes })
+          spoolFull = true
+          return
+        }
+        if (spoolFull) log.info('spool has room again; acknowledging')
+        spoolFull = false
+        stats.spooled += batch.rows.length
+        done(batch)
       }
-      if (!ok) {
-        if (!spoolFull) log.error('spool full: no longer acknowledging QoS 1/2 until the database is back', { bytes: spool.bytes })
-        spoolFull = true
-        return
-      }
-      if (spoolFull) log.info('spool has room again; acknowledging')
-      spoolFull = false
-      stats.spooled += batch.length
-      advance(batch.length)
+    } finally {
+      spooling = false
     }
   }
 
@@ -216,7 +301,7 @@ export function createWriter(opts: WriterOptions) {
       failingSince = new Date()
       log.error(spool ? 'database writes failing; spooling to disk and retrying' : 'database writes failing; keeping rows in memory and retrying', {
         err: errorText(err),
-        pending: pending.length,
+        pending: queued(),
       })
     }
   }
@@ -235,24 +320,26 @@ export function createWriter(opts: WriterOptions) {
      * spooled; without, returns undefined, or false when the in-memory bound dropped the row.
      */
     push(row: Row, durable = false): Promise<void> | undefined | false {
-      if (!durable && pending.length >= opts.maxPendingRows) {
+      if (!durable && queued() >= opts.maxPendingRows) {
         stats.dropped++
         if (droppedSinceLog++ === 0) log.error('pending rows at the limit; dropping new QoS 0 rows', { limit: opts.maxPendingRows })
         return false
       }
       droppedSinceLog = 0
       pending.push(row)
-      const seq = durableSeq + pending.length - 1
+      if (!unordered(row)) pendingOrdered++
       if (!durable) {
-        if (pending.length === opts.batchSize && !inFlight && failures === 0) schedule(0)
+        pendingAcks.push(undefined)
+        if (pending.length === opts.batchSize && failures === 0 && mayStart()) schedule(0)
         // A flush in progress reschedules itself when it ends; otherwise make sure a timer is armed.
-        else if (!timer && !inFlight) schedule(failures > 0 ? Math.max(0, retryAt - Date.now()) : opts.flushIntervalMs)
+        else if (!timer && steps.size === 0) schedule(failures > 0 ? Math.max(0, retryAt - Date.now()) : opts.flushIntervalMs)
         return undefined
       }
-      const done = new Promise<void>((resolve) => waiters.push({ seq, resolve }))
-      // Group commit: start now if idle; a flush in progress reschedules itself at 0 when it ends.
-      if (!inFlight && (failures === 0 || spool)) schedule(0)
-      return done
+      pendingDurable++
+      const ack = new Promise<void>((resolve) => pendingAcks.push(resolve))
+      // Group commit: start now if a flush may start; one in progress reschedules itself at 0 when it ends.
+      if ((failures === 0 || spool) && mayStart()) schedule(0)
+      return ack
     },
     /**
      * Backpressure for producers that need no acknowledgement (QoS 0): undefined while fewer than
@@ -262,13 +349,13 @@ export function createWriter(opts: WriterOptions) {
      * Not while writes fail: then the spool takes the rows.
      */
     room(): Promise<void> | undefined {
-      if (pending.length < highWater || failures > 0 || !running) return undefined
+      if (queued() < highWater || failures > 0 || !running) return undefined
       if (!room) {
         let release = () => {}
         const promise = new Promise<void>((resolve) => (release = resolve))
         room = { promise, release }
         // Someone is waiting now: do not let a partial batch sit out the flush interval.
-        if (!inFlight) schedule(0)
+        if (mayStart()) schedule(0)
       }
       return room.promise
     },
@@ -287,11 +374,10 @@ export function createWriter(opts: WriterOptions) {
       releaseRoom()
       clearTimeout(timer)
       const until = Date.now() + deadlineMs
-      if (inFlight) await inFlight
+      await Promise.all(steps)
       while ((pending.length > 0 || (spool && !spool.empty && failures === 0)) && Date.now() < until) {
         const before = stats.written + stats.spooled + stats.replayed
-        inFlight = step().finally(() => (inFlight = undefined))
-        await inFlight
+        await start()
         if (stats.written + stats.spooled + stats.replayed === before) {
           if (spool) await toSpool()
           if (pending.length === 0) break
@@ -302,13 +388,16 @@ export function createWriter(opts: WriterOptions) {
         log.error('stopped with rows not written', { rows: pending.length })
         stats.dropped += pending.length
         pending = []
+        pendingAcks = []
+        pendingDurable = 0
+        pendingOrdered = 0
       }
     },
     stats(): WriterStats {
       return {
         ...stats,
-        pending: pending.length,
-        waiting: waiters.length,
+        pending: queued(),
+        waiting: pendingDurable + takenDurable,
         spoolBytes: spool?.bytes ?? 0,
         failingSince: failingSince?.toISOString() ?? null,
       }
