@@ -133,12 +133,14 @@ function groupByKind(rows: readonly Row[]) {
 }
 
 function insertMeasurementsSql(rows: Of<'measurement'>[]) {
+  // metrics (JSON.stringify output, which never holds a raw newline) go as one newline-joined text:
+  // node-postgres would otherwise escape every quote of every document into an array literal.
   return sql`
     INSERT INTO measurements (site_id, system, device_id, location, mac, ts, metrics)
-    SELECT * FROM unnest(
+    SELECT site_id, system, device_id, location, mac, ts, metrics::jsonb FROM unnest(
       ${rows.map((r) => r.siteId)}::text[], ${rows.map((r) => r.system)}::text[], ${rows.map((r) => r.deviceId)}::text[],
       ${rows.map((r) => r.location)}::text[], ${rows.map((r) => r.mac)}::text[], ${rows.map((r) => r.ts)}::timestamptz[],
-      ${rows.map((r) => r.metrics)}::jsonb[])`
+      string_to_array(${rows.map((r) => r.metrics).join('\n')}::text, E'\\n')) AS u(site_id, system, device_id, location, mac, ts, metrics)`
 }
 
 async function insertStatuses(tx: Tx, rows: Of<'status'>[]): Promise<void> {

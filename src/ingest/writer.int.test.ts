@@ -75,6 +75,19 @@ describe('batch writer', () => {
     assert.deepEqual(logged, ['error database writes failing; keeping rows in memory and retrying', 'info database writes recovered'])
   })
 
+  it('stores metrics exactly, whatever their strings hold (newlines, quotes, backslashes, braces, non-ASCII)', async (t) => {
+    const { url, db } = await database(t)
+    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
+    const docs = [{ note: 'a\nb\r\n"q" \\ {x,y} ü 🙂', n: 1 }, { note: '', n: 2, list: ['\n', '","'] }, { n: 3 }]
+    for (const [i, d] of docs.entries()) {
+      void writer.push({ kind: 'measurement', siteId: 'paku', system: 'sensors', deviceId: `m${i}`, location: null, mac: null, ts: new Date(), metrics: JSON.stringify(d) })
+    }
+    await writer.flush()
+    const sql = await sqlClient(t, url)
+    const { rows } = await sql.query('SELECT metrics FROM measurements ORDER BY device_id')
+    assert.deepEqual(rows.map((r) => r.metrics), docs)
+  })
+
   it('drops and counts rows beyond maxPendingRows instead of growing without bound', async (t) => {
     const { db } = await database(t)
     const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 3, toReject })
