@@ -289,9 +289,8 @@ async function e2e(target: Target, load: Load): Promise<Result> {
   )
   let out = ''
   gen.stdout?.on('data', (b: Buffer) => (out += b.toString()))
-  const genDone = exited(gen)
-  let genFinished = false
-  void genDone.then(() => (genFinished = true))
+  let genCode: number | undefined
+  void exited(gen).then((code) => (genCode = code))
 
   // Counting only the rows above the last id seen keeps each poll cheap on a million-row table.
   let rows = 0
@@ -309,8 +308,13 @@ async function e2e(target: Target, load: Load): Promise<Result> {
       maxId = r.rows[0].m as string
       lastProgress = doneAt = Date.now()
     }
-    if (genFinished && sent === Infinity) sent = (JSON.parse(out.trim().split('\n').pop() as string) as { sent: number }).sent
-    if (genFinished && (rows >= sent || Date.now() - lastProgress > STALL_S * 1000)) break
+    if (genCode !== undefined && genCode !== 0) {
+      // Its own message (e.g. the broker refused the connection) is already on stderr; stop cleanly.
+      await c.end()
+      throw new Error(`the load generator failed (exit code ${genCode})`)
+    }
+    if (genCode !== undefined && sent === Infinity) sent = (JSON.parse(out.trim().split('\n').pop() as string) as { sent: number }).sent
+    if (genCode !== undefined && (rows >= sent || Date.now() - lastProgress > STALL_S * 1000)) break
   }
   const gen1 = JSON.parse(out.trim().split('\n').pop() as string) as { sent: number; errors: number; firstPublishMs: number; lastDoneMs: number; publishRate: number; pubackP50Ms: number | null; pubackP99Ms: number | null; pubackMaxMs: number | null; cpuS: number }
   const cpu = Object.fromEntries(watched.map(([n, pid]) => [n, cpuOf(pid) - (cpu0[n] as number)]))
