@@ -176,7 +176,7 @@ export function createWriter(opts: WriterOptions) {
   /** The timer's work: as many flushes as may run, while there are rows for them. */
   function pump(): void {
     if (steps.size === 0) void start()
-    while (pending.length > 0 && steps.size > 0 && mayStart()) void start()
+    while (pending.length > 0 && mayStart()) void start()
   }
 
   /** Starts a step if one may start; resolves when it (or, if none may, those in progress) end. */
@@ -338,8 +338,8 @@ export function createWriter(opts: WriterOptions) {
       }
       pendingDurable++
       const ack = new Promise<void>((resolve) => pendingAcks.push(resolve))
-      // Group commit: a flush that may start starts in this turn of the event loop; one in progress
-      // reschedules itself at 0 when it ends. Once a fifth of a batch waits, a free writer starts at
+      // Group commit: a flush that may start is scheduled for the next timer tick, so the messages of
+      // this turn share it; one in progress reschedules itself at 0 when it ends. Once a fifth of a batch waits, a free writer starts at
       // once instead: PostgreSQL writes those rows while paku is still reading the rest of a burst
       // (100 devices' worth of QoS 1 messages arrive in one turn, and would otherwise make one batch
       // that PostgreSQL waits for and paku then waits on).
