@@ -339,10 +339,11 @@ export function createWriter(opts: WriterOptions) {
       pendingDurable++
       const ack = new Promise<void>((resolve) => pendingAcks.push(resolve))
       // Group commit: a flush that may start is scheduled for the next timer tick, so the messages of
-      // this turn share it; one in progress reschedules itself at 0 when it ends. Once a fifth of a batch waits, a free writer starts at
-      // once instead: PostgreSQL writes those rows while paku is still reading the rest of a burst
-      // (100 devices' worth of QoS 1 messages arrive in one turn, and would otherwise make one batch
-      // that PostgreSQL waits for and paku then waits on).
+      // this turn share it; one in progress reschedules itself at 0 when it ends. Once a fifth of a
+      // batch waits, a free writer starts at once instead: PostgreSQL writes those rows while paku is
+      // still reading the rest of a burst (100 devices' worth of QoS 1 messages arrive in one turn, and
+      // would otherwise make one batch that PostgreSQL waits for and paku then waits on). Starting it
+      // at half a batch made no measurable difference (docs/performance.md).
       if ((failures === 0 || spool) && mayStart()) {
         if (pendingDurable >= eagerRows && running) pump()
         else schedule(0)
