@@ -8,7 +8,7 @@ import { ACK_FILTERS, createCommands } from './commands/index.js'
 import type { Config } from './config/index.js'
 import { createDatabase, type SqlFile } from './db/index.js'
 import { createEcoflow } from './ecoflow/index.js'
-import { createHttp, lookupKey, type HealthReport, type Metric } from './http/index.js'
+import { createHttp, histogramMetric, lookupKey, type HealthReport, type Metric } from './http/index.js'
 import { createIngest, decodePayload, parseTimestamp, parseTopic, type IncomingMessage, type Row } from './ingest/index.js'
 import { errorText, type Logger } from './log/index.js'
 import { createOta } from './ota/index.js'
@@ -182,7 +182,11 @@ export function createApp(opts: AppOptions) {
     lookupKey: (key) => lookupKey(db.db, key),
     // Firmware images are larger than any other body; the multipart envelope adds a little.
     bodyLimits: [{ path: /^\/api\/admin\/firmware(\/|$)/, maxBytes: config.ota.maxFirmwareBytes + 65_536 }],
-    metrics: async () => [...ingestMetrics(ingest.stats()), ...(await ota.metrics())],
+    metrics: async () => [
+      ...ingestMetrics(ingest.stats()),
+      histogramMetric('paku_ingest_flush_duration_seconds', 'Duration of the batch writes that committed (a QoS 1 PUBACK waits for one).', ingest.flushDurations()),
+      ...(await ota.metrics()),
+    ],
   })
 
   // Start order (design §3.3): db → ingest → commands → [cluster] → broker → [leader] → ota → rollup →

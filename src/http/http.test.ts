@@ -5,6 +5,7 @@ import { HTTPException } from 'hono/http-exception'
 import { createLogger } from '../log/index.js'
 import { requiredScope } from './admin-keys.js'
 import { buildHttpApp, type HealthReport } from './index.js'
+import { histogramMetric, renderMetrics } from './metrics.js'
 
 const logged: string[] = []
 const log = createLogger({ level: 'error', format: 'json', write: (l) => logged.push(l) })
@@ -111,4 +112,23 @@ describe('requiredScope', () => {
     ['POST', '/api/v1/commandsx', 'admin'],
   ]
   for (const [method, path, scope] of table) it(`${method} ${path} needs ${scope}`, () => assert.equal(requiredScope(method, path), scope))
+})
+
+describe('renderMetrics', () => {
+  it('renders a histogram with cumulative buckets, le="+Inf" equal to the count, then sum and count', () => {
+    const text = renderMetrics([histogramMetric('x_seconds', 'How long.', { bounds: [0.1, 1], counts: [2, 3], sum: 4.5, count: 6 })])
+    assert.equal(
+      text,
+      [
+        '# HELP x_seconds How long.',
+        '# TYPE x_seconds histogram',
+        'x_seconds_bucket{le="0.1"} 2',
+        'x_seconds_bucket{le="1"} 5',
+        'x_seconds_bucket{le="+Inf"} 6',
+        'x_seconds_sum 4.5',
+        'x_seconds_count 6',
+        '',
+      ].join('\n'),
+    )
+  })
 })

@@ -2,8 +2,27 @@
 export type Metric = {
   name: string
   help: string
-  type: 'counter' | 'gauge'
-  samples: Array<{ labels?: Record<string, string>; value: number }>
+  type: 'counter' | 'gauge' | 'histogram'
+  /** A histogram's samples carry the suffix of the series they belong to (_bucket, _sum, _count). */
+  samples: Array<{ suffix?: '_bucket' | '_sum' | '_count'; labels?: Record<string, string>; value: number }>
+}
+
+/** Observations counted per upper bound (not cumulative); what falls above the last bound only adds to count. */
+export type Histogram = { bounds: readonly number[]; counts: readonly number[]; sum: number; count: number }
+
+/** A histogram as Prometheus wants it: cumulative buckets, le="+Inf" equal to the count, then sum and count. */
+export function histogramMetric(name: string, help: string, h: Histogram): Metric {
+  let cumulative = 0
+  const buckets = h.bounds.map((le, i) => {
+    cumulative += h.counts[i] ?? 0
+    return { suffix: '_bucket' as const, labels: { le: String(le) }, value: cumulative }
+  })
+  return {
+    name,
+    help,
+    type: 'histogram',
+    samples: [...buckets, { suffix: '_bucket', labels: { le: '+Inf' }, value: h.count }, { suffix: '_sum', value: h.sum }, { suffix: '_count', value: h.count }],
+  }
 }
 
 /** Prometheus text exposition format 0.0.4 (what every Prometheus, VictoriaMetrics and Telegraf scrape). */
@@ -12,7 +31,7 @@ export function renderMetrics(metrics: readonly Metric[]): string {
   for (const m of metrics) {
     lines.push(`# HELP ${m.name} ${m.help.replace(/\\/g, '\\\\').replace(/\n/g, '\\n')}`)
     lines.push(`# TYPE ${m.name} ${m.type}`)
-    for (const s of m.samples) lines.push(`${m.name}${labels(s.labels)} ${Number.isFinite(s.value) ? s.value : 'NaN'}`)
+    for (const s of m.samples) lines.push(`${m.name}${s.suffix ?? ''}${labels(s.labels)} ${Number.isFinite(s.value) ? s.value : 'NaN'}`)
   }
   return `${lines.join('\n')}\n`
 }

@@ -302,6 +302,8 @@ export function createIngest(opts: IngestOptions) {
     /** Writes what is pending now (tests and shutdown). */
     flush: () => writer.flush(),
     stats,
+    /** Durations of the committed batch writes (see the writer). */
+    flushDurations: () => writer.flushDurations(),
     health(): { ok: boolean; failing: boolean; degraded: boolean } {
       return { ok: !writer.degraded, failing: writer.failing, degraded: writer.degraded }
     },

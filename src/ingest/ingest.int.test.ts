@@ -173,6 +173,24 @@ describe('ingest through the real broker into PostgreSQL', () => {
     assert.equal(stats.ingest.received, 10)
   })
 
+  it('reports how long the batch writes took on /metrics, as a Prometheus histogram', async (t) => {
+    const c = await setup(t)
+    for (let i = 0; i < 3; i++) await c.client.publishAsync('paku/sensors/ruuvi_cabin/data', JSON.stringify({ metrics: { n: i } }), { qos: 1 })
+    const text = await (await fetch(`${c.httpUrl}/metrics`)).text()
+    const value = (series: string) => {
+      const line = text.split('\n').find((l) => l.startsWith(`${series} `))
+      assert.ok(line, `${series} in /metrics`)
+      return Number(line.slice(series.length + 1))
+    }
+    assert.match(text, /^# TYPE paku_ingest_flush_duration_seconds histogram$/m)
+    const count = value('paku_ingest_flush_duration_seconds_count')
+    // Each PUBACK came after its row's batch committed: at least one batch, as many as flushes counted.
+    assert.ok(count >= 1)
+    assert.equal(count, value('paku_ingest_flushes_total'))
+    assert.equal(value('paku_ingest_flush_duration_seconds_bucket{le="+Inf"}'), count)
+    assert.equal(value('paku_ingest_flush_duration_seconds_bucket{le="10"}'), count)
+    assert.ok(value('paku_ingest_flush_duration_seconds_sum') > 0)
+  })
 })
 
 describe('the broker', () => {

@@ -169,6 +169,28 @@ describe('batch writer concurrency', () => {
     }
   }
 
+  it('counts each committed batch in the duration histogram, one held inside PostgreSQL above 0.25 s', async (t) => {
+    const { url, db } = await database(t)
+    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 10, flushIntervalMs: 60_000, maxPendingRows: 100, toReject })
+    writer.start()
+    defer(t, () => writer.stop())
+    await durable(writer, measurement('quick'))
+    const lock = await blockInserts(t, url)
+    const held = durable(writer, measurement('held'))
+    assert.equal((await waitingInserts(url, t, 1)).length, 1)
+    await new Promise((r) => setTimeout(r, 300))
+    await lock.release()
+    await held
+    const h = writer.flushDurations()
+    assert.equal(h.count, 2)
+    assert.equal(h.count, writer.stats().flushes)
+    /** Batches that took at most `le` seconds (the histogram's cumulative bucket). */
+    const upTo = (le: number) => h.counts.slice(0, h.bounds.indexOf(le) + 1).reduce((a, b) => a + b, 0)
+    assert.ok(upTo(0.25) <= 1, 'the batch that waited 0.3 s for the lock is not in the 0.25 s bucket')
+    assert.equal(upTo(10), 2)
+    assert.ok(h.sum >= 0.3 && h.sum < 10, `sum ${h.sum} s`)
+  })
+
   it('writes two telemetry batches at the same time, each on its own connection', async (t) => {
     const { url, db } = await database(t, 4)
     const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 2, flushIntervalMs: 60_000, concurrency: 2, maxPendingRows: 100, toReject })

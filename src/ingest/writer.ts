@@ -41,6 +41,11 @@ export type WriterStats = {
 }
 
 const MAX_BACKOFF_MS = 30_000
+/**
+ * Upper bounds in seconds of the batch-write duration histogram. A healthy batch commits in 1–50 ms;
+ * a slow commit (fsync) or PostgreSQL's GIN merge shows as 0.1 s and up (docs/performance.md).
+ */
+const FLUSH_BOUNDS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
 /** Rows taken from the queue together, with the acknowledgements of those whose producer waits. */
 type Batch = { rows: Row[]; acks: Array<(() => void) | undefined>; durable: number; ordered: number }
@@ -94,6 +99,9 @@ export function createWriter(opts: WriterOptions) {
     room = undefined
   }
   const stats = { written: 0, spooled: 0, replayed: 0, dropped: 0, flushes: 0, failedFlushes: 0, lastFlushMs: 0 }
+  /** Committed batch writes per bucket of FLUSH_BOUNDS_S (not cumulative), and their total seconds. */
+  const flushCounts = FLUSH_BOUNDS_S.map(() => 0)
+  let flushSeconds = 0
 
   /** Rows in memory that are not durable yet: waiting, or in a flush in progress. */
   const queued = () => pending.length + takenRows
@@ -205,9 +213,13 @@ export function createWriter(opts: WriterOptions) {
     const t0 = performance.now()
     try {
       await writeWithIsolation(batch.rows)
+      const seconds = (performance.now() - t0) / 1000
       stats.written += batch.rows.length
       stats.flushes++
-      stats.lastFlushMs = Math.round((performance.now() - t0) * 10) / 10
+      stats.lastFlushMs = Math.round(seconds * 10_000) / 10
+      flushSeconds += seconds
+      const bucket = FLUSH_BOUNDS_S.findIndex((le) => seconds <= le)
+      if (bucket >= 0) flushCounts[bucket] = (flushCounts[bucket] ?? 0) + 1
       recovered()
       done(batch)
     } catch (err) {
@@ -410,6 +422,13 @@ export function createWriter(opts: WriterOptions) {
         spoolBytes: spool?.bytes ?? 0,
         failingSince: failingSince?.toISOString() ?? null,
       }
+    },
+    /**
+     * How long the committed batch writes took, for a histogram: what a QoS 1 PUBACK waits for besides
+     * the batch before it. `lastFlushMs` alone hides the rare slow one between two scrapes.
+     */
+    flushDurations(): { bounds: readonly number[]; counts: readonly number[]; sum: number; count: number } {
+      return { bounds: FLUSH_BOUNDS_S, counts: [...flushCounts], sum: flushSeconds, count: stats.flushes }
     },
     get failing(): boolean {
       return failingSince !== undefined
