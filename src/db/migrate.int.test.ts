@@ -43,6 +43,27 @@ describe('SQL migrations', () => {
     assert.deepEqual(rows, [{ device_id: 'van_inside', metrics: { temperature_c: 20 } }])
   })
 
+  it('moves QoS 1 redelivery ids to slots (0014), keeping the newest id of each slot', async (t) => {
+    const url = await testDatabase(t)
+    const db = await kysely(t, url)
+    await migrate(db, files.filter((f) => f.name < '0014'))
+    const c = await sqlClient(t, url)
+    // 5 and 1029 share slot 5 of ESP-A; 1029 is the newer.
+    await c.query(`INSERT INTO ingest_dedup (client_id, message_id, digest, seen_at) VALUES
+      ('ESP-A', 5, 'a5', NOW() - interval '2 minutes'), ('ESP-A', 1029, 'a1029', NOW() - interval '1 minute'),
+      ('ESP-A', 7, 'a7', NOW() - interval '3 minutes'), ('ESP-B', 5, 'b5', NOW())`)
+    assert.deepEqual((await migrate(db, files)).applied, files.filter((f) => f.name >= '0014').map((f) => f.name))
+    const { rows } = await c.query(`SELECT client_id, slot, message_id, digest FROM ingest_dedup ORDER BY client_id, slot`)
+    assert.deepEqual(rows, [
+      { client_id: 'ESP-A', slot: 5, message_id: 1029, digest: 'a1029' },
+      { client_id: 'ESP-A', slot: 7, message_id: 7, digest: 'a7' },
+      { client_id: 'ESP-B', slot: 5, message_id: 5, digest: 'b5' },
+    ])
+    // Half-empty pages: the update of a slot can stay on its page (HOT), the point of the change.
+    const { rows: opts } = await c.query(`SELECT reloptions FROM pg_class WHERE relname = 'ingest_dedup'`)
+    assert.deepEqual(opts, [{ reloptions: ['fillfactor=50'] }])
+  })
+
   it('names the failing file and applies nothing of that run', async (t) => {
     const url = await testDatabase(t)
     const db = await kysely(t, url)

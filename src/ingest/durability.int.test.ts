@@ -145,6 +145,33 @@ describe('zero loss', () => {
     assert.deepEqual(rows, [1, 2, 3])
     assert.equal(second.app.ingest.stats().duplicates, 1)
   })
+
+  it('remembers the newest 1,024 QoS 1 ids of a client across a restart, and no more', async (t) => {
+    const url = await testDatabase(t)
+    const db = await sqlClient(t, url)
+    const first = await startApp(t, testConfig({ databaseUrl: url }))
+    const raw = await rawClient(Number(new URL(first.mqttUrl).port), 'ESP32-MANY')
+    // 50 in flight at a time: the broker closes a client with more than mqtt.maxInflightInbound (100).
+    for (let from = 1; from <= 1100; from += 50) {
+      for (let id = from; id < from + 50; id++) raw.publish(id, data(id), false)
+      await eventually(async () => raw.acks.length === from + 49, { what: `PUBACKs up to ${from + 49}` })
+    }
+    raw.close()
+    await first.app.stop()
+    const kept = (await db.query(`SELECT count(*)::int AS n, min(message_id) AS lo, max(message_id) AS hi FROM ingest_dedup WHERE client_id = 'ESP32-MANY'`)).rows[0]
+    assert.deepEqual(kept, { n: 1024, lo: 77, hi: 1100 })
+    const second = await startApp(t, testConfig({ databaseUrl: url }))
+    const again = await rawClient(Number(new URL(second.mqttUrl).port), 'ESP32-MANY')
+    again.publish(1100, data(1100), true)
+    // 76 left the window 1,024 ids ago: stored again (at-least-once), as documented.
+    again.publish(76, data(76), true)
+    await eventually(async () => again.acks.length === 2, { what: 'two PUBACKs' })
+    again.close()
+    await second.app.stop()
+    const counts = (await db.query(`SELECT (metrics->>'i')::int AS i, count(*)::int AS n FROM measurements WHERE (metrics->>'i')::int IN (76, 1100) GROUP BY 1 ORDER BY 1`)).rows
+    assert.deepEqual(counts, [{ i: 76, n: 2 }, { i: 1100, n: 1 }])
+    assert.equal(second.app.ingest.stats().duplicates, 1)
+  })
 })
 
 describe('restarts', () => {

@@ -6,7 +6,7 @@ import type { Logger } from '../log/index.js'
 import type { DedupKey, Reject, Row } from './records.js'
 import { toRow } from './records.js'
 import { createSpool } from './spool.js'
-import { recentKeys } from './store.js'
+import { REDELIVERY_SLOTS, recentKeys } from './store.js'
 import { parseTopic, routeDevice } from './topic.js'
 import { createWriter, type WriterStats } from './writer.js'
 
@@ -44,8 +44,8 @@ export type IngestOptions = {
 
 /** Raw bytes kept per reject: enough to see what was wrong without storing a flood. */
 const REJECT_PAYLOAD_BYTES = 4096
-/** Message ids remembered per client for recognising redeliveries. */
-const RECENT_IDS = 1024
+/** Message ids remembered per client for recognising redeliveries: as many as the database keeps. */
+const RECENT_IDS = REDELIVERY_SLOTS
 /** A client's history lookup that takes longer is abandoned: its messages are stored without it. */
 const LOOKUP_TIMEOUT_MS = 2000
 

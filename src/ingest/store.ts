@@ -96,18 +96,30 @@ async function writeRows(tx: Tx, rows: readonly Row[]): Promise<void> {
   await rememberKeysSql(rows)?.execute(tx)
 }
 
+/**
+ * Message ids remembered per client in ingest_dedup: one row per slot (message id mod REDELIVERY_SLOTS),
+ * so the table holds a client's newest ids and no more (sql/0014_ingest_dedup_slots.sql).
+ */
+export const REDELIVERY_SLOTS = 1024
+
 /** Remembers the message ids of the QoS 1/2 rows (see ingest_dedup); undefined when there are none. */
 function rememberKeysSql(rows: readonly Row[]) {
-  const last = new Map<string, DedupKey>()
-  for (const r of rows) if (r.dedup) last.set(`${r.dedup.clientId}\u0000${r.dedup.messageId}`, r.dedup)
+  // One entry per slot, the batch's newest: PostgreSQL refuses an upsert that touches a row twice.
+  const last = new Map<string, { key: DedupKey; slot: number }>()
+  for (const r of rows) {
+    if (!r.dedup) continue
+    const slot = r.dedup.messageId % REDELIVERY_SLOTS
+    last.set(`${r.dedup.clientId}\u0000${slot}`, { key: r.dedup, slot })
+  }
   if (last.size === 0) return undefined
-  // Sorted: two batches written at the same time then lock conflicting ids in the same order and
-  // one waits for the other instead of deadlocking (only a client reusing an id in flight does that).
-  const list = [...last.values()].sort((a, b) => (a.clientId < b.clientId ? -1 : a.clientId > b.clientId ? 1 : a.messageId - b.messageId))
+  // Sorted: two batches written at the same time then lock conflicting slots in the same order and
+  // one waits for the other instead of deadlocking.
+  const list = [...last.values()].sort((a, b) => (a.key.clientId < b.key.clientId ? -1 : a.key.clientId > b.key.clientId ? 1 : a.slot - b.slot))
   return sql`
-    INSERT INTO ingest_dedup (client_id, message_id, digest)
-    SELECT * FROM unnest(${list.map((k) => k.clientId)}::text[], ${list.map((k) => k.messageId)}::int[], ${list.map((k) => k.digest)}::text[])
-    ON CONFLICT (client_id, message_id) DO UPDATE SET digest = EXCLUDED.digest, seen_at = NOW()`
+    INSERT INTO ingest_dedup (client_id, slot, message_id, digest)
+    SELECT * FROM unnest(${list.map((e) => e.key.clientId)}::text[], ${list.map((e) => e.slot)}::int2[], ${list.map((e) => e.key.messageId)}::int[],
+      ${list.map((e) => e.key.digest)}::text[])
+    ON CONFLICT (client_id, slot) DO UPDATE SET message_id = EXCLUDED.message_id, digest = EXCLUDED.digest, seen_at = NOW()`
 }
 
 /** The most recent message ids (and digests) of a client that reached the database, newest last. */

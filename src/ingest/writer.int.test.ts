@@ -88,6 +88,21 @@ describe('batch writer', () => {
     assert.deepEqual(rows.map((r) => r.metrics), docs)
   })
 
+  it('remembers one QoS 1 id per slot: ids 1,024 apart in one batch keep the newer, and the batch is written', async (t) => {
+    const { url, db } = await database(t)
+    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
+    const keyed = (messageId: number, digest: string): Row => ({ ...measurement('esp'), dedup: { clientId: 'ESP32-A', messageId, digest } })
+    // 5 and 1029 share slot 5: an upsert of both in one statement fails in PostgreSQL ("cannot affect row a second time").
+    for (const row of [keyed(5, 'old'), keyed(6, 'six'), keyed(1029, 'new')]) void writer.push(row, true)
+    await writer.flush()
+    // PostgreSQL's refusal is SQLSTATE 21000, not a row's fault: the batch would fail on every retry.
+    assert.equal(writer.stats().failedFlushes, 0)
+    const sql = await sqlClient(t, url)
+    const { rows } = await sql.query(`SELECT slot, message_id, digest FROM ingest_dedup WHERE client_id = 'ESP32-A' ORDER BY slot`)
+    assert.deepEqual(rows, [{ slot: 5, message_id: 1029, digest: 'new' }, { slot: 6, message_id: 6, digest: 'six' }])
+    assert.equal((await sql.query('SELECT 1 FROM measurements')).rowCount, 3)
+  })
+
   it('drops and counts rows beyond maxPendingRows instead of growing without bound', async (t) => {
     const { db } = await database(t)
     const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 3, toReject })
