@@ -82,8 +82,8 @@ describe('rollups', () => {
 
   it('forgets QoS 1 redelivery ids after a week, with retention otherwise off', async (t) => {
     const { rollup, sql } = await setup(t)
-    await sql.query(`INSERT INTO ingest_dedup (client_id, message_id, digest, seen_at) VALUES
-      ('gone', 1, 'a', NOW() - INTERVAL '8 days'), ('gone', 2, 'b', NOW() - INTERVAL '8 days'), ('here', 1, 'c', NOW() - INTERVAL '6 days')`)
+    await sql.query(`INSERT INTO ingest_dedup (client_id, slot, message_id, digest, seen_at) VALUES
+      ('gone', 1, 1, 'a', NOW() - INTERVAL '8 days'), ('gone', 2, 2, 'b', NOW() - INTERVAL '8 days'), ('here', 1, 1, 'c', NOW() - INTERVAL '6 days')`)
     assert.deepEqual(await rollup.applyRetention(), { ingest_dedup: 2 })
     assert.deepEqual((await sql.query(`SELECT client_id FROM ingest_dedup`)).rows, [{ client_id: 'here' }])
   })
