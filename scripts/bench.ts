@@ -379,7 +379,7 @@ const results: Result[] = []
 /**
  * An unmeasured QoS 0 and QoS 1 load right after a system starts, as a benchmark's warm-up run: a server
  * runs for weeks, and without it the first 3-second burst timed V8 compiling paku's hot paths (paku's CPU
- * per message was ~35 % higher in the first QoS 1 burst than in the same burst later, docs/performance.md).
+ * per message in the first QoS 1 burst was a median ~20 % higher cold than after a warm-up, docs/performance.md).
  * The old stack gets the same.
  */
 async function warmUp(target: Target): Promise<void> {
