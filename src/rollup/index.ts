@@ -87,7 +87,16 @@ export function createRollup(opts: RollupOptions) {
     const finest = source.fiveMinute ? 'rollup_5m' : 'rollup_1h'
     for (const [from, to] of dirtyRanges) {
       if (stopping) return { buckets: 0, rows }
-      const r = await upsert(finest, source.aggregate(new Date(from), new Date(to), width)).execute(conn)
+      const r = await conn.transaction().execute(async (tx) => {
+        // The planner takes jsonb_each for 100 rows a call and cannot tell how many metric keys there
+        // are, so it expects millions of groups where there are hundreds: it would sort every sample
+        // instead of hashing (sources.ts) and JIT-compile even a pass over a few rows (~0.6 s of CPU).
+        // No parallel workers either: a background pass takes one core, not the ones ingest runs on.
+        await sql`
+          SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true),
+            set_config('max_parallel_workers_per_gather', '0', true)`.execute(tx)
+        return upsert(finest, source.aggregate(new Date(from), new Date(to), width)).execute(tx)
+      })
       rows += Number(r.numAffectedRows ?? 0)
       for (let h = Math.floor(from / HOUR_MS) * HOUR_MS; h < to; h += HOUR_MS) hours.add(h)
     }

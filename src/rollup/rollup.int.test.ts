@@ -33,6 +33,8 @@ describe('rollups', () => {
       ['2026-11-01T11:01:00Z', 'heater', '{"heater_state": "Cooling", "coolant_temp_c": 60, "flag": true}'],
     ]
     for (const [ts, dev, m] of rows) await sql.query(`INSERT INTO measurements (site_id, system, device_id, location, ts, metrics) VALUES ('paku', 'sensors', $1, 'cabin', $2, $3)`, [dev, ts, m])
+    // The bucket's newest row has one metric only, from elsewhere: each metric keeps its own last value and location.
+    await sql.query(`INSERT INTO measurements (site_id, system, device_id, location, ts, metrics) VALUES ('paku', 'sensors', 'ruuvi_a', 'van', '2026-11-01T10:04:00Z', '{"humidity_percent": 44}')`)
     await sql.query(`INSERT INTO ecoflow_measurements (device_sn, ts, soc_percent, bms_temp, raw, model) VALUES ('SN1', '2026-11-01T10:01:00Z', 80, 25.5, '{}', 'delta_pro'), ('SN1', '2026-11-01T10:02:00Z', 78, 26.5, '{}', 'delta_pro')`)
     await sql.query(`INSERT INTO edge_device_status (site_id, device_id, ts, status) VALUES ('paku', 'ESP32-1', '2026-11-01T10:00:00Z', '{"signal_strength_dbm": -60, "uptime_seconds": 100, "firmware_version": "1.4.2"}'), ('paku', 'ESP32-1', '2026-11-01T10:04:00Z', '{"signal_strength_dbm": -70, "uptime_seconds": 340}')`)
 
@@ -42,6 +44,7 @@ describe('rollups', () => {
       (await sql.query(`SELECT n, sum / NULLIF(n, 0) AS avg, min, max, last, location FROM ${table} WHERE source = $1 AND device_id = $2 AND metric = $3 AND bucket = $4`, [source, device, metric, bucket])).rows[0]
     const five = (source: string, device: string, metric: string, bucket: string) => read('rollup_5m', source, device, metric, bucket)
     assert.deepEqual(await five('measurements', 'ruuvi_a', 'temperature_c', '2026-11-01T10:00:00Z'), { n: 2, avg: 21, min: 20, max: 22, last: '22', location: 'cabin' })
+    assert.deepEqual(await five('measurements', 'ruuvi_a', 'humidity_percent', '2026-11-01T10:00:00Z'), { n: 3, avg: 42, min: 40, max: 44, last: '44', location: 'van' })
     assert.deepEqual(await five('measurements', 'ruuvi_a', 'temperature_c', '2026-11-01T10:05:00Z'), { n: 1, avg: 30, min: 30, max: 30, last: '30', location: 'cabin' })
     assert.deepEqual(await five('measurements', 'heater', 'heater_state', '2026-11-01T11:00:00Z'), { n: 0, avg: null, min: null, max: null, last: 'Cooling', location: 'cabin' })
     // EcoFlow and status (sampled every 30 s to 5 min) get hourly buckets only, straight from their rows.
