@@ -16,7 +16,11 @@ export type RollupOptions = {
 const BUCKET_MS = 5 * 60_000
 const HOUR_MS = 3_600_000
 const SIX_HOURS_MS = 6 * HOUR_MS
-/** Rows are found by created_at; a transaction that began before the last pass may commit after it. */
+/**
+ * How far before the last pass the scan for new rows starts (created_at, BRIN): a row's created_at is
+ * its transaction's start, and a transaction that was running at the last pass commits after it. A
+ * writing transaction open for longer than this at a pass would have its rows left out of the rollups.
+ */
 const OVERLAP = '2 minutes'
 /** Backfill works through history a day at a time: bounded memory and statement size. */
 const MAX_RANGE_MS = 24 * HOUR_MS
@@ -29,13 +33,54 @@ const DELETE_SLICE = 10_000
  */
 const DEDUP_KEEP_DAYS = 7
 
+/**
+ * Whether a raw row (alias `x`) was written by a transaction with an id below `xid` (an xid8 as text):
+ * compared by age, which is right across the 32-bit wraparound of `xmin` (a frozen row's xmin reads as
+ * 2, infinitely old: counted).
+ */
+function below(xid: string): RawBuilder<unknown> {
+  return sql`age(x.xmin) > age((${xid}::xid8::text::numeric % 4294967296)::text::xid)`
+}
+
+/**
+ * The planner takes jsonb_each for 100 rows a call and cannot tell how many metric keys there are, so
+ * it expects millions of groups where there are hundreds: it would sort every sample instead of hashing
+ * (sources.ts) and JIT-compile even a pass over a few rows (~0.6 s of CPU). No parallel workers either:
+ * a background pass takes one core, not the ones ingest runs on. For the rest of the transaction.
+ */
+async function plannerHints(tx: Kysely<DB>): Promise<void> {
+  await sql`
+    SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true),
+      set_config('max_parallel_workers_per_gather', '0', true)`.execute(tx)
+}
+
+/** Writes aggregates into a rollup table, replacing the buckets' earlier values. */
+function upsert(source: Source, table: 'rollup_5m' | 'rollup_1h' | 'rollup_6h', select: RawBuilder<unknown>) {
+  return sql`
+    INSERT INTO ${sql.table(table)} (source, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last, last_at)
+    SELECT ${source.name}, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last, last_at FROM (${select}) a
+    ON CONFLICT (source, site_id, system, device_id, metric, bucket) DO UPDATE SET location = EXCLUDED.location, n = EXCLUDED.n,
+      sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last, last_at = EXCLUDED.last_at`
+}
+
+/** Widens rollup_series by (site_id, system, device_id, first_at, last_at) rows. */
+function upsertSeries(source: Source, select: RawBuilder<unknown>) {
+  return sql`
+    INSERT INTO rollup_series (source, site_id, system, device_id, first_at, last_at)
+    SELECT ${source.name}, site_id, system, device_id, first_at, last_at FROM (${select}) s
+    ON CONFLICT (source, site_id, system, device_id) DO UPDATE SET first_at = LEAST(rollup_series.first_at, EXCLUDED.first_at),
+      last_at = GREATEST(rollup_series.last_at, EXCLUDED.last_at)`
+}
+
 export type PassResult = { buckets: number; rows: number; ms: number; sources: Record<string, { buckets: number; ms: number }> }
 
 /**
- * Keeps rollup_5m, rollup_1h and rollup_6h current: each pass finds the buckets that received rows
- * since the last one (by created_at, so late and replayed rows count), recomputes them from the raw rows
- * and then the coarser buckets from the finer ones. Recomputing is idempotent. Also applies retention.
- * A PostgreSQL advisory lock keeps it to one instance at a time when several share the database.
+ * Keeps rollup_5m, rollup_1h and rollup_6h current. Each pass adds the rows that became visible since
+ * the last one (late and replayed rows too) to their buckets exactly once: the rows of the transactions
+ * with ids from the last pass's horizon (the oldest transaction then running) up to this pass's, so a
+ * row committed after a pass is in the next one and never in two. The coarser buckets are recomputed
+ * from the finer ones. Also applies retention. A PostgreSQL advisory lock keeps it to one instance at a
+ * time when several share the database.
  */
 export function createRollup(opts: RollupOptions) {
   const { config, log } = opts
@@ -67,68 +112,117 @@ export function createRollup(opts: RollupOptions) {
   }
 
   async function catchUp(conn: Kysely<DB>, source: Source): Promise<{ buckets: number; rows: number }> {
-    const state = await sql<{ watermark: Date; now: Date }>`
-      SELECT (SELECT watermark FROM rollup_state WHERE source = ${source.name}) AS watermark, statement_timestamp() AS now`.execute(conn)
-    const { watermark, now } = state.rows[0] as { watermark: Date | null; now: Date }
+    // The next watermark: rows created (their transaction begun) before it are counted by this pass. A
+    // transaction still open may write rows with an older created_at, so it is no later than the start
+    // of the oldest one this role can see; the rows of those are found by the next pass's scan.
+    const state = await sql<{ watermark: Date | null; counted_below: string | null; horizon: string; now: Date }>`
+      SELECT s.watermark, s.counted_below::text, pg_snapshot_xmin(pg_current_snapshot())::text AS horizon,
+        LEAST(statement_timestamp(), (SELECT min(xact_start) FROM pg_stat_activity
+          WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())) AS now
+      FROM (SELECT 1) one LEFT JOIN rollup_state s ON s.source = ${source.name}`.execute(conn)
+    const { watermark, counted_below: countedBelow, horizon, now } = state.rows[0] as { watermark: Date | null; counted_below: string | null; horizon: string; now: Date }
+    const save = (db: Kysely<DB>) => sql`
+      INSERT INTO rollup_state (source, watermark, counted_below) VALUES (${source.name}, ${now}, ${horizon}::xid8)
+      ON CONFLICT (source) DO UPDATE SET watermark = EXCLUDED.watermark, counted_below = EXCLUDED.counted_below, updated_at = NOW()`.execute(db)
+    if (countedBelow === null || watermark === null) {
+      const done = await recompute(conn, source, watermark, horizon)
+      if (done === undefined) return { buckets: 0, rows: 0 }
+      await save(conn)
+      return done
+    }
+    return conn.transaction().execute(async (tx) => {
+      const done = await merge(tx, source, watermark, countedBelow, horizon)
+      await save(tx)
+      return done
+    })
+  }
+
+  /**
+   * The usual pass, in one transaction with the state it moves on: the rows of the transactions that
+   * ended since the last pass (ids from the last horizon up to this one) are aggregated and merged into
+   * their buckets, so each row is aggregated once; the coarser tiers of the hours they touched are
+   * recomputed from the finer ones (twelve or six rows each).
+   */
+  async function merge(tx: Kysely<DB>, source: Source, watermark: Date, countedBelow: string, horizon: string) {
+    const width = source.fiveMinute ? '5 minutes' : '1 hour'
+    const finest = source.fiveMinute ? 'rollup_5m' : 'rollup_1h'
+    await plannerHints(tx)
+    // created_at only narrows the scan (BRIN); which rows count is decided by their transaction's id.
+    const where = sql`x.created_at > ${watermark}::timestamptz - ${OVERLAP}::interval AND NOT ${below(countedBelow)} AND ${below(horizon)}`
+    const touched = await sql<{ bucket: Date }>`
+      WITH up AS (
+        INSERT INTO ${sql.table(finest)} AS t (source, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last, last_at)
+        SELECT ${source.name}, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last, last_at FROM (${source.aggregate(where, width)}) a
+        ON CONFLICT (source, site_id, system, device_id, metric, bucket) DO UPDATE SET
+          n = t.n + EXCLUDED.n,
+          sum = CASE WHEN t.sum IS NULL THEN EXCLUDED.sum WHEN EXCLUDED.sum IS NULL THEN t.sum ELSE t.sum + EXCLUDED.sum END,
+          min = LEAST(t.min, EXCLUDED.min),
+          max = GREATEST(t.max, EXCLUDED.max),
+          location = CASE WHEN t.last_at IS NULL OR EXCLUDED.last_at >= t.last_at THEN EXCLUDED.location ELSE t.location END,
+          last = CASE WHEN t.last_at IS NULL OR EXCLUDED.last_at >= t.last_at THEN EXCLUDED.last ELSE t.last END,
+          last_at = GREATEST(t.last_at, EXCLUDED.last_at)
+        RETURNING site_id, system, device_id, bucket),
+      series AS (${upsertSeries(source, sql`SELECT site_id, system, device_id, min(bucket) AS first_at, max(bucket) AS last_at FROM up GROUP BY 1, 2, 3`)})
+      SELECT DISTINCT bucket FROM up`.execute(tx)
+    const buckets = touched.rows.map((r) => r.bucket.getTime())
+    await rollCoarser(tx, source, buckets, () => false)
+    return { buckets: buckets.length, rows: touched.rows.length }
+  }
+
+  /**
+   * The first pass (on an adopted database, or after the upgrade that brought merging): every bucket that
+   * got rows since the watermark (all, without one) is computed from all of its rows of transactions
+   * below the horizon. Each range commits on its own, as a year's backfill must not be one transaction
+   * of ten minutes; a pass cut short leaves the state as it was and the next one starts over.
+   */
+  async function recompute(conn: Kysely<DB>, source: Source, watermark: Date | null, horizon: string) {
     const step = source.fiveMinute ? BUCKET_MS : HOUR_MS
     const width = source.fiveMinute ? '5 minutes' : '1 hour'
+    const finest = source.fiveMinute ? 'rollup_5m' : 'rollup_1h'
     const dirty = await sql<{ b: Date }>`
       SELECT DISTINCT date_bin(${width}::interval, ts, TIMESTAMPTZ 'epoch') AS b FROM ${sql.table(source.table)}
       WHERE ${watermark === null ? sql`true` : sql`created_at > ${watermark}::timestamptz - ${OVERLAP}::interval`}
       ORDER BY 1`.execute(conn)
-    let rows = 0
-    const hours = new Set<number>()
-    const upsert = (table: 'rollup_5m' | 'rollup_1h' | 'rollup_6h', select: RawBuilder<unknown>) => sql`
-      INSERT INTO ${sql.table(table)} (source, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last)
-      SELECT ${source.name}, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last FROM (${select}) a
-      ON CONFLICT (source, site_id, system, device_id, metric, bucket) DO UPDATE SET location = EXCLUDED.location, n = EXCLUDED.n,
-        sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last`
     const dirtyRanges = ranges(dirty.rows.map((r) => r.b.getTime()), step)
-    const finest = source.fiveMinute ? 'rollup_5m' : 'rollup_1h'
+    let rows = 0
     for (const [from, to] of dirtyRanges) {
-      if (stopping) return { buckets: 0, rows }
+      if (stopping) return undefined
       const r = await conn.transaction().execute(async (tx) => {
-        // The planner takes jsonb_each for 100 rows a call and cannot tell how many metric keys there
-        // are, so it expects millions of groups where there are hundreds: it would sort every sample
-        // instead of hashing (sources.ts) and JIT-compile even a pass over a few rows (~0.6 s of CPU).
-        // No parallel workers either: a background pass takes one core, not the ones ingest runs on.
-        await sql`
-          SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true),
-            set_config('max_parallel_workers_per_gather', '0', true)`.execute(tx)
-        return upsert(finest, source.aggregate(new Date(from), new Date(to), width)).execute(tx)
+        await plannerHints(tx)
+        const where = sql`x.ts >= ${new Date(from)} AND x.ts < ${new Date(to)} AND ${below(horizon)}`
+        return upsert(source, finest, source.aggregate(where, width)).execute(tx)
       })
       rows += Number(r.numAffectedRows ?? 0)
-      for (let h = Math.floor(from / HOUR_MS) * HOUR_MS; h < to; h += HOUR_MS) hours.add(h)
     }
-    // Coarser tiers come from the finer ones: twelve or six rows each instead of every sample.
-    const coarser: Array<{ table: 'rollup_1h' | 'rollup_6h'; from: 'rollup_5m' | 'rollup_1h'; width: string; ms: number; periods: Set<number> }> = []
-    if (source.fiveMinute) coarser.push({ table: 'rollup_1h', from: 'rollup_5m', width: '1 hour', ms: HOUR_MS, periods: hours })
-    const sixHours = new Set([...hours].map((h) => Math.floor(h / SIX_HOURS_MS) * SIX_HOURS_MS))
-    coarser.push({ table: 'rollup_6h', from: 'rollup_1h', width: '6 hours', ms: SIX_HOURS_MS, periods: sixHours })
-    for (const tier of coarser) {
-      for (const [from, to] of ranges([...tier.periods].sort((a, b) => a - b), tier.ms)) {
-        if (stopping) return { buckets: 0, rows }
-        await upsert(tier.table, sql`
+    const buckets = dirty.rows.map((r) => r.b.getTime())
+    if (stopping) return undefined
+    await rollCoarser(conn, source, buckets, () => stopping)
+    for (const [from, to] of dirtyRanges) {
+      await upsertSeries(source, sql`
+        SELECT site_id, system, device_id, min(bucket) AS first_at, max(bucket) AS last_at FROM ${sql.table(finest)}
+        WHERE source = ${source.name} AND bucket >= ${new Date(from)} AND bucket < ${new Date(to)} GROUP BY 1, 2, 3`).execute(conn)
+    }
+    return stopping ? undefined : { buckets: buckets.length, rows }
+  }
+
+  /** Recomputes the coarser tiers of the periods that the given finest buckets fall in, unless told to stop. */
+  async function rollCoarser(db: Kysely<DB>, source: Source, buckets: readonly number[], stop: () => boolean): Promise<void> {
+    const hours = [...new Set(buckets.map((b) => Math.floor(b / HOUR_MS) * HOUR_MS))].sort((a, b) => a - b)
+    const sixHours = [...new Set(hours.map((h) => Math.floor(h / SIX_HOURS_MS) * SIX_HOURS_MS))]
+    const tiers: Array<{ table: 'rollup_1h' | 'rollup_6h'; from: 'rollup_5m' | 'rollup_1h'; width: string; ms: number; periods: number[] }> = []
+    if (source.fiveMinute) tiers.push({ table: 'rollup_1h', from: 'rollup_5m', width: '1 hour', ms: HOUR_MS, periods: hours })
+    tiers.push({ table: 'rollup_6h', from: 'rollup_1h', width: '6 hours', ms: SIX_HOURS_MS, periods: sixHours })
+    for (const tier of tiers) {
+      for (const [from, to] of ranges(tier.periods, tier.ms)) {
+        if (stop()) return
+        await upsert(source, tier.table, sql`
           SELECT site_id, system, device_id, metric, date_bin(${tier.width}::interval, bucket, TIMESTAMPTZ 'epoch') AS bucket,
             (array_agg(location ORDER BY bucket DESC))[1] AS location, sum(n)::int AS n, sum(sum) AS sum, min(min) AS min, max(max) AS max,
-            (array_agg(last ORDER BY bucket DESC))[1] AS last
+            (array_agg(last ORDER BY bucket DESC))[1] AS last, max(last_at) AS last_at
           FROM ${sql.table(tier.from)} WHERE source = ${source.name} AND bucket >= ${new Date(from)} AND bucket < ${new Date(to)}
-          GROUP BY site_id, system, device_id, metric, 5`).execute(conn)
+          GROUP BY site_id, system, device_id, metric, 5`).execute(db)
       }
     }
-    if (dirtyRanges.length > 0) {
-      await sql`
-        INSERT INTO rollup_series (source, site_id, system, device_id, first_at, last_at)
-        SELECT source, site_id, system, device_id, min(bucket), max(bucket) FROM ${sql.table(finest)}
-        WHERE source = ${source.name} AND bucket >= ${new Date(dirtyRanges[0]?.[0] as number)} AND bucket < ${new Date(dirtyRanges[dirtyRanges.length - 1]?.[1] as number)}
-        GROUP BY 1, 2, 3, 4
-        ON CONFLICT (source, site_id, system, device_id) DO UPDATE SET first_at = LEAST(rollup_series.first_at, EXCLUDED.first_at),
-          last_at = GREATEST(rollup_series.last_at, EXCLUDED.last_at)`.execute(conn)
-    }
-    await sql`
-      INSERT INTO rollup_state (source, watermark) VALUES (${source.name}, ${now})
-      ON CONFLICT (source) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = NOW()`.execute(conn)
-    return { buckets: dirty.rows.length, rows }
   }
 
   /** One pass over every source; returns what it recomputed. */

@@ -16,7 +16,7 @@ async function setup(t: Parameters<typeof testDatabase>[0], retention: Record<st
   await migrate(db, readSqlDir(sqlDir()))
   const config = v.parse(ConfigSchema, { retention })
   const rollup = createRollup({ config: config.rollup, retention: config.retention, db: () => db, log: testLogger() })
-  return { db, rollup, sql: await sqlClient(t, url) }
+  return { db, rollup, url, sql: await sqlClient(t, url) }
 }
 
 const H = (iso: string) => new Date(iso)
@@ -68,6 +68,82 @@ describe('rollups', () => {
     await rollup.pass()
     assert.deepEqual(await five('measurements', 'ruuvi_a', 'temperature_c', '2026-11-01T10:00:00Z'), { n: 3, avg: 23, min: 20, max: 27, last: '22', location: 'cabin' })
     assert.equal((await sql.query(`SELECT n FROM rollup_1h WHERE device_id = 'ruuvi_a' AND metric = 'temperature_c' AND bucket = '2026-11-01T10:00:00Z'`)).rows[0].n, 4)
+  })
+
+  it('adds each row once: a row committed after a pass is in the next one, rows already counted are not read again', async (t) => {
+    const { rollup, sql, url } = await setup(t)
+    const insert = (db: pg.Client, ts: string, m: string) =>
+      db.query(`INSERT INTO measurements (site_id, system, device_id, location, ts, metrics) VALUES ('paku', 'sensors', 'ruuvi_x', 'cabin', $1, $2)`, [ts, m])
+    const bucket = async () =>
+      (await sql.query(`SELECT n, sum, min, max, last, last_at FROM rollup_5m WHERE device_id = 'ruuvi_x' AND metric = 't' AND bucket = '2026-11-02T10:00:00Z'`)).rows[0]
+    await insert(sql, '2026-11-02T10:00:30Z', '{"t": 1}')
+    await rollup.pass()
+    // A transaction writes a row before the next pass and commits after it.
+    const other = await sqlClient(t, url)
+    const otherPid = (await other.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number
+    await other.query('BEGIN')
+    await insert(other, '2026-11-02T10:01:00Z', '{"t": 2}')
+    await insert(sql, '2026-11-02T10:02:00Z', '{"t": 3}')
+    await rollup.pass()
+    // The committed row waits too: its transaction is newer than the open one, and a pass counts the
+    // rows of the transactions older than the oldest one running, so that none is counted twice.
+    assert.deepEqual(await bucket(), { n: 1, sum: 1, min: 1, max: 1, last: '1', last_at: new Date('2026-11-02T10:00:30Z') })
+    // The watermark (where the API's raw part begins, and the next scan) stays at the open transaction's start.
+    const held = await sql.query(`SELECT (SELECT watermark FROM rollup_state WHERE source = 'measurements') <= xact_start AS held FROM pg_stat_activity WHERE pid = $1`, [otherPid])
+    assert.deepEqual(held.rows, [{ held: true }])
+    await other.query('COMMIT')
+    // The counted row is gone from the raw table: a pass that recomputed the bucket would lose it.
+    await sql.query(`DELETE FROM measurements WHERE metrics->>'t' = '1'`)
+    await rollup.pass()
+    assert.deepEqual(await bucket(), { n: 3, sum: 6, min: 1, max: 3, last: '3', last_at: new Date('2026-11-02T10:02:00Z') }, 'the older row merged in keeps the newest value last')
+    await rollup.pass()
+    assert.equal((await bucket())?.n, 3, 'nothing counted twice')
+    const hour = (await sql.query(`SELECT n, sum, last FROM rollup_1h WHERE device_id = 'ruuvi_x' AND metric = 't'`)).rows
+    assert.deepEqual(hour, [{ n: 3, sum: 6, last: '3' }])
+    assert.deepEqual((await sql.query(`SELECT n FROM rollup_6h WHERE device_id = 'ruuvi_x' AND metric = 't'`)).rows, [{ n: 3 }])
+
+    // A string metric merged into a bucket of numbers and the other way round: sums stay those of the numbers.
+    await insert(sql, '2026-11-02T10:03:00Z', '{"t": "off", "s": "a"}')
+    await insert(sql, '2026-11-02T10:03:30Z', '{"s": 5}')
+    await rollup.pass()
+    assert.deepEqual(await bucket(), { n: 3, sum: 6, min: 1, max: 3, last: 'off', last_at: new Date('2026-11-02T10:03:00Z') })
+    const s = (await sql.query(`SELECT n, sum, last FROM rollup_5m WHERE device_id = 'ruuvi_x' AND metric = 's'`)).rows
+    assert.deepEqual(s, [{ n: 1, sum: 5, last: '5' }])
+
+    // EcoFlow and status merge into their hourly buckets the same way.
+    await sql.query(`INSERT INTO ecoflow_measurements (device_sn, ts, soc_percent, raw, model) VALUES ('SN9', '2026-11-02T10:10:00Z', 80, '{}', 'delta_pro')`)
+    await rollup.pass()
+    await sql.query(`INSERT INTO ecoflow_measurements (device_sn, ts, soc_percent, raw, model) VALUES ('SN9', '2026-11-02T10:05:00Z', 90, '{}', 'delta_pro')`)
+    await rollup.pass()
+    const soc = (await sql.query(`SELECT n, sum, min, max, last FROM rollup_1h WHERE source = 'ecoflow' AND device_id = 'SN9' AND metric = 'soc_percent'`)).rows
+    assert.deepEqual(soc, [{ n: 2, sum: 170, min: 80, max: 90, last: '80' }])
+  })
+
+  it('after the upgrade to merging, the first pass recomputes the buckets written since the watermark, then merges', async (t) => {
+    const url = await testDatabase(t)
+    const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 3 }) }) })
+    defer(t, () => db.destroy())
+    const files = readSqlDir(sqlDir())
+    await migrate(db, files.filter((f) => f.name < '0015'))
+    const sql = await sqlClient(t, url)
+    const insert = (ts: string, t: number) =>
+      sql.query(`INSERT INTO measurements (site_id, system, device_id, ts, metrics) VALUES ('paku', 'sensors', 'ruuvi_u', $1, $2)`, [ts, JSON.stringify({ t })])
+    // What the recomputing code left: the bucket of one row and a watermark after it.
+    await insert('2026-11-03T10:00:30Z', 1)
+    await sql.query(`INSERT INTO rollup_5m (source, site_id, system, device_id, metric, bucket, n, sum, min, max, last)
+      VALUES ('measurements', 'paku', 'sensors', 'ruuvi_u', 't', '2026-11-03T10:00:00Z', 1, 1, 1, 1, '1')`)
+    await sql.query(`INSERT INTO rollup_state (source, watermark) VALUES ('measurements', NOW())`)
+    await migrate(db, files)
+    const config = v.parse(ConfigSchema, {})
+    const rollup = createRollup({ config: config.rollup, retention: config.retention, db: () => db, log: testLogger() })
+    await insert('2026-11-03T10:01:00Z', 2)
+    await rollup.pass()
+    const read = async () => (await sql.query(`SELECT n, sum, last FROM rollup_5m WHERE device_id = 'ruuvi_u' AND metric = 't'`)).rows
+    assert.deepEqual(await read(), [{ n: 2, sum: 3, last: '2' }], 'recomputed from its rows, not the new row added to the old figure twice')
+    assert.notEqual((await sql.query(`SELECT counted_below FROM rollup_state WHERE source = 'measurements'`)).rows[0].counted_below, null)
+    await insert('2026-11-03T10:02:00Z', 4)
+    await rollup.pass()
+    assert.deepEqual(await read(), [{ n: 3, sum: 7, last: '4' }])
   })
 
   it('retention deletes old raw rows in slices and keeps the rollups', async (t) => {

@@ -1,9 +1,10 @@
 import { sql, type RawBuilder } from 'kysely'
 
 /**
- * The tables rolled up. Each source yields its 5-minute aggregates as rows of (site_id, system,
- * device_id, location, metric, bucket, n, sum, min, max, last): `n`/`sum`/`min`/`max` over the numeric
- * samples, `last` the bucket's last value as text (strings such as heater_state keep theirs).
+ * The tables rolled up. Each source yields the aggregates of the raw rows (alias `x`) that a condition
+ * selects, per bucket, as rows of (site_id, system, device_id, location, metric, bucket, n, sum, min,
+ * max, last, last_at): `n`/`sum`/`min`/`max` over the numeric samples, `last` the bucket's last value as
+ * text (strings such as heater_state keep theirs) and `last_at` its time.
  */
 export type Width = '5 minutes' | '1 hour'
 export type Source = {
@@ -16,7 +17,8 @@ export type Source = {
    * up to 14 days.
    */
   fiveMinute: boolean
-  aggregate: (from: Date, to: Date, width: Width) => RawBuilder<unknown>
+  /** `where` is a condition on the raw rows, aliased `x`. */
+  aggregate: (where: RawBuilder<unknown>, width: Width) => RawBuilder<unknown>
 }
 
 const bucket = (width: Width) => sql`date_bin(${width}::interval, ts, TIMESTAMPTZ 'epoch')`
@@ -30,7 +32,7 @@ const bucket = (width: Width) => sql`date_bin(${width}::interval, ts, TIMESTAMPT
  */
 function fromSamples(samples: RawBuilder<unknown>, width: Width, lastRow: RawBuilder<unknown>): RawBuilder<unknown> {
   return sql`
-    SELECT a.site_id, a.system, a.device_id, l.location, a.metric, a.bucket, a.n, a.sum, a.min, a.max, l.last
+    SELECT a.site_id, a.system, a.device_id, l.location, a.metric, a.bucket, a.n, a.sum, a.min, a.max, l.last, a.last_ts AS last_at
     FROM (
       SELECT site_id, system, device_id, metric, ${bucket(width)} AS bucket, count(num)::int AS n, sum(num) AS sum,
         min(num) AS min, max(num) AS max, max(ts) AS last_ts
@@ -47,19 +49,21 @@ export const ECOFLOW_COLUMNS = [
   'inv_out_amp', 'bms_amp', 'bms_vol', 'bms_min_cell_vol', 'bms_max_cell_vol', 'bms_remain_cap', 'bms_full_cap', 'bms_cycles', 'wifi_rssi',
 ] as const
 
-function ecoflow(from: Date, to: Date, width: Width): RawBuilder<unknown> {
+function ecoflow(where: RawBuilder<unknown>, width: Width): RawBuilder<unknown> {
   // One pass over the wide rows (no per-value JSON): ~10× faster than unpacking each row.
   const aggs = ECOFLOW_COLUMNS.map((c) => {
     const col = sql.ref(c)
-    return sql`count(${col})::int, sum(${col})::float8, min(${col})::float8, max(${col})::float8, ((array_agg(${col} ORDER BY ts DESC) FILTER (WHERE ${col} IS NOT NULL))[1])::text`
+    return sql`count(${col})::int, sum(${col})::float8, min(${col})::float8, max(${col})::float8,
+      ((array_agg(${col} ORDER BY ts DESC) FILTER (WHERE ${col} IS NOT NULL))[1])::text, max(ts) FILTER (WHERE ${col} IS NOT NULL)`
   })
-  const values = ECOFLOW_COLUMNS.map((c, i) => sql`(${c}, a.${sql.raw(`c${i}_n`)}, a.${sql.raw(`c${i}_s`)}, a.${sql.raw(`c${i}_lo`)}, a.${sql.raw(`c${i}_hi`)}, a.${sql.raw(`c${i}_l`)})`)
-  const names = ECOFLOW_COLUMNS.map((_, i) => sql.raw(`c${i}_n, c${i}_s, c${i}_lo, c${i}_hi, c${i}_l`))
+  const cols = (i: number) => ['n', 's', 'lo', 'hi', 'l', 't'].map((k) => `c${i}_${k}`)
+  const values = ECOFLOW_COLUMNS.map((c, i) => sql`(${c}, ${sql.join(cols(i).map((n) => sql.ref(`a.${n}`)))})`)
+  const names = ECOFLOW_COLUMNS.map((_, i) => sql.raw(cols(i).join(', ')))
   return sql`
-    SELECT '' AS site_id, 'ecoflow' AS system, a.device_sn AS device_id, NULL::text AS location, v.metric, a.bucket, v.n, v.sum, v.min, v.max, v.last
-    FROM (SELECT device_sn, ${bucket(width)} AS bucket, ${sql.join(aggs)} FROM ecoflow_measurements WHERE ts >= ${from} AND ts < ${to} GROUP BY 1, 2)
+    SELECT '' AS site_id, 'ecoflow' AS system, a.device_sn AS device_id, NULL::text AS location, v.metric, a.bucket, v.n, v.sum, v.min, v.max, v.last, v.last_at
+    FROM (SELECT device_sn, ${bucket(width)} AS bucket, ${sql.join(aggs)} FROM ecoflow_measurements x WHERE ${where} GROUP BY 1, 2)
       AS a (device_sn, bucket, ${sql.join(names)})
-    CROSS JOIN LATERAL (VALUES ${sql.join(values)}) AS v (metric, n, sum, min, max, last)
+    CROSS JOIN LATERAL (VALUES ${sql.join(values)}) AS v (metric, n, sum, min, max, last, last_at)
     WHERE v.n > 0`
 }
 
@@ -68,12 +72,11 @@ export const SOURCES: readonly Source[] = [
     name: 'measurements',
     table: 'measurements',
     fiveMinute: true,
-    aggregate: (from, to, width) =>
+    aggregate: (where, width) =>
       fromSamples(
         sql`
-          SELECT m.ts, m.site_id, m.system, m.device_id, kv.key AS metric, kv.value
-          FROM measurements m CROSS JOIN LATERAL jsonb_each(m.metrics) kv
-          WHERE m.ts >= ${from} AND m.ts < ${to}`,
+          SELECT x.ts, x.site_id, x.system, x.device_id, kv.key AS metric, kv.value
+          FROM measurements x CROSS JOIN LATERAL jsonb_each(x.metrics) kv WHERE ${where}`,
         width,
         sql`
           SELECT r.location, r.metrics ->> a.metric AS last FROM measurements r
@@ -87,12 +90,12 @@ export const SOURCES: readonly Source[] = [
     table: 'edge_device_status',
     fiveMinute: false,
     // The readings the dashboards chart; the rest of a status (versions, names) is not a series.
-    aggregate: (from, to, width) =>
+    aggregate: (where, width) =>
       fromSamples(
         sql`
-          SELECT s.ts, s.site_id, 'edge' AS system, s.device_id, kv.key AS metric, kv.value
-          FROM edge_device_status s CROSS JOIN LATERAL jsonb_each(s.status) kv
-          WHERE s.ts >= ${from} AND s.ts < ${to} AND kv.key IN ('signal_strength_dbm', 'uptime_seconds', 'heater_status')`,
+          SELECT x.ts, x.site_id, 'edge' AS system, x.device_id, kv.key AS metric, kv.value
+          FROM edge_device_status x CROSS JOIN LATERAL jsonb_each(x.status) kv
+          WHERE ${where} AND kv.key IN ('signal_strength_dbm', 'uptime_seconds', 'heater_status')`,
         width,
         sql`
           SELECT NULL::text AS location, r.status ->> a.metric AS last FROM edge_device_status r
