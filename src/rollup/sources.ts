@@ -24,21 +24,25 @@ export type Source = {
 const bucket = (width: Width) => sql`date_bin(${width}::interval, ts, TIMESTAMPTZ 'epoch')`
 
 /**
- * Aggregates of (ts, site_id, system, device_id, metric, value jsonb) samples. n/sum/min/max and the
- * latest ts are one hash aggregation; `last` (and `location`) is then read from the row at that ts,
- * one index lookup per group. An ORDER BY inside an aggregate rules hashing out, and sorting every
- * sample (seven per telemetry row) cost more than the rest together: 5.1 s → 2.2 s for a bucket of
- * 200k rows (docs/performance.md). Among rows of one device with the same ts, `last` is any of them.
+ * Aggregates of (id, ts, site_id, system, device_id, metric, value jsonb) samples of `table`, whose
+ * JSON column is `json`. n/sum/min/max and the newest (ts, id) are one hash aggregation; `last` and
+ * `location` are then read from that row by its primary key. An ORDER BY inside an aggregate rules
+ * hashing out, and sorting every sample (seven per telemetry row) cost more than the rest together
+ * (docs/performance.md). A lookup by (device, ts) instead of id was planned on other indexes when the
+ * table had no statistics yet, scanning a whole site's rows for each group.
  */
-function fromSamples(samples: RawBuilder<unknown>, width: Width, lastRow: RawBuilder<unknown>): RawBuilder<unknown> {
+function fromSamples(samples: RawBuilder<unknown>, width: Width, table: 'measurements' | 'edge_device_status', json: 'metrics' | 'status'): RawBuilder<unknown> {
+  const location = table === 'measurements' ? sql`r.location` : sql`NULL::text`
   return sql`
-    SELECT a.site_id, a.system, a.device_id, l.location, a.metric, a.bucket, a.n, a.sum, a.min, a.max, l.last, a.last_ts AS last_at
+    SELECT a.site_id, a.system, a.device_id, l.location, a.metric, a.bucket, a.n, a.sum, a.min, a.max, l.last, a.last_at
     FROM (
       SELECT site_id, system, device_id, metric, ${bucket(width)} AS bucket, count(num)::int AS n, sum(num) AS sum,
-        min(num) AS min, max(num) AS max, max(ts) AS last_ts
+        min(num) AS min, max(num) AS max, max(ts) AS last_at, (max(ARRAY[date_part('epoch', ts), id::float8]))[2]::bigint AS last_id
       FROM (SELECT s.*, CASE WHEN jsonb_typeof(s.value) = 'number' THEN s.value::float8 END AS num FROM (${samples}) s) s
       GROUP BY 1, 2, 3, 4, 5) a
-    LEFT JOIN LATERAL (${lastRow}) l ON true`
+    LEFT JOIN LATERAL (
+      SELECT ${location} AS location, r.${sql.ref(json)} ->> a.metric AS last FROM ${sql.table(table)} r WHERE r.id = a.last_id LIMIT 1
+    ) l ON true`
 }
 
 /** ecoflow_measurements' reading columns (contract §2.2): aggregated column by column, then unpivoted. */
@@ -75,13 +79,11 @@ export const SOURCES: readonly Source[] = [
     aggregate: (where, width) =>
       fromSamples(
         sql`
-          SELECT x.ts, x.site_id, x.system, x.device_id, kv.key AS metric, kv.value
+          SELECT x.id, x.ts, x.site_id, x.system, x.device_id, kv.key AS metric, kv.value
           FROM measurements x CROSS JOIN LATERAL jsonb_each(x.metrics) kv WHERE ${where}`,
         width,
-        sql`
-          SELECT r.location, r.metrics ->> a.metric AS last FROM measurements r
-          WHERE r.site_id = a.site_id AND r.device_id = a.device_id AND r.ts = a.last_ts AND r.system = a.system AND r.metrics ? a.metric
-          LIMIT 1`,
+        'measurements',
+        'metrics',
       ),
   },
   { name: 'ecoflow', table: 'ecoflow_measurements', fiveMinute: false, aggregate: ecoflow },
@@ -93,14 +95,12 @@ export const SOURCES: readonly Source[] = [
     aggregate: (where, width) =>
       fromSamples(
         sql`
-          SELECT x.ts, x.site_id, 'edge' AS system, x.device_id, kv.key AS metric, kv.value
+          SELECT x.id, x.ts, x.site_id, 'edge' AS system, x.device_id, kv.key AS metric, kv.value
           FROM edge_device_status x CROSS JOIN LATERAL jsonb_each(x.status) kv
           WHERE ${where} AND kv.key IN ('signal_strength_dbm', 'uptime_seconds', 'heater_status')`,
         width,
-        sql`
-          SELECT NULL::text AS location, r.status ->> a.metric AS last FROM edge_device_status r
-          WHERE r.site_id = a.site_id AND r.device_id = a.device_id AND r.ts = a.last_ts AND r.status ? a.metric
-          LIMIT 1`,
+        'edge_device_status',
+        'status',
       ),
   },
 ]
