@@ -55,13 +55,25 @@ async function plannerHints(tx: Kysely<DB>, source: Source): Promise<void> {
       set_config('max_parallel_workers_per_gather', '0', true)`.execute(tx)
 }
 
-/** Writes aggregates into a rollup table, replacing the buckets' earlier values. */
-function upsert(source: Source, table: 'rollup_5m' | 'rollup_1h' | 'rollup_6h', select: RawBuilder<unknown>) {
+/** A bucket written again takes the new aggregates: they were computed from all of its rows. */
+const REPLACE = sql`location = EXCLUDED.location, n = EXCLUDED.n, sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max,
+  last = EXCLUDED.last, last_at = EXCLUDED.last_at`
+/** A bucket written again adds the new rows' aggregates to its own; the newer last value wins. */
+const MERGE = sql`
+  n = t.n + EXCLUDED.n,
+  sum = CASE WHEN t.sum IS NULL THEN EXCLUDED.sum WHEN EXCLUDED.sum IS NULL THEN t.sum ELSE t.sum + EXCLUDED.sum END,
+  min = LEAST(t.min, EXCLUDED.min),
+  max = GREATEST(t.max, EXCLUDED.max),
+  location = CASE WHEN t.last_at IS NULL OR EXCLUDED.last_at >= t.last_at THEN EXCLUDED.location ELSE t.location END,
+  last = CASE WHEN t.last_at IS NULL OR EXCLUDED.last_at >= t.last_at THEN EXCLUDED.last ELSE t.last END,
+  last_at = GREATEST(t.last_at, EXCLUDED.last_at)`
+
+/** Writes aggregates into a rollup table (alias `t`); `set` says what a bucket already there becomes. */
+function upsert(source: Source, table: 'rollup_5m' | 'rollup_1h' | 'rollup_6h', select: RawBuilder<unknown>, set: RawBuilder<unknown> = REPLACE) {
   return sql`
-    INSERT INTO ${sql.table(table)} (source, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last, last_at)
+    INSERT INTO ${sql.table(table)} AS t (source, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last, last_at)
     SELECT ${source.name}, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last, last_at FROM (${select}) a
-    ON CONFLICT (source, site_id, system, device_id, metric, bucket) DO UPDATE SET location = EXCLUDED.location, n = EXCLUDED.n,
-      sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last, last_at = EXCLUDED.last_at`
+    ON CONFLICT (source, site_id, system, device_id, metric, bucket) DO UPDATE SET ${set}`
 }
 
 /** Widens rollup_series by (site_id, system, device_id, first_at, last_at) rows. */
@@ -71,6 +83,13 @@ function upsertSeries(source: Source, select: RawBuilder<unknown>) {
     SELECT ${source.name}, site_id, system, device_id, first_at, last_at FROM (${select}) s
     ON CONFLICT (source, site_id, system, device_id) DO UPDATE SET first_at = LEAST(rollup_series.first_at, EXCLUDED.first_at),
       last_at = GREATEST(rollup_series.last_at, EXCLUDED.last_at)`
+}
+
+/** A source's finest buckets: 5-minute for telemetry, hourly for the rest (sources.ts). */
+function finestTier(source: Source) {
+  return source.fiveMinute
+    ? { width: '5 minutes' as const, finest: 'rollup_5m' as const, step: BUCKET_MS }
+    : { width: '1 hour' as const, finest: 'rollup_1h' as const, step: HOUR_MS }
 }
 
 export type PassResult = { buckets: number; rows: number; ms: number; sources: Record<string, { buckets: number; ms: number }> }
@@ -145,24 +164,12 @@ export function createRollup(opts: RollupOptions) {
    * recomputed from the finer ones (twelve or six rows each).
    */
   async function merge(tx: Kysely<DB>, source: Source, watermark: Date, countedBelow: string, horizon: string) {
-    const width = source.fiveMinute ? '5 minutes' : '1 hour'
-    const finest = source.fiveMinute ? 'rollup_5m' : 'rollup_1h'
+    const { width, finest } = finestTier(source)
     await plannerHints(tx, source)
     // created_at only narrows the scan (BRIN); which rows count is decided by their transaction's id.
     const where = sql`x.created_at > ${watermark}::timestamptz - ${OVERLAP}::interval AND NOT ${below(countedBelow)} AND ${below(horizon)}`
     const touched = await sql<{ bucket: Date; groups: number }>`
-      WITH up AS (
-        INSERT INTO ${sql.table(finest)} AS t (source, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last, last_at)
-        SELECT ${source.name}, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last, last_at FROM (${source.aggregate(where, width)}) a
-        ON CONFLICT (source, site_id, system, device_id, metric, bucket) DO UPDATE SET
-          n = t.n + EXCLUDED.n,
-          sum = CASE WHEN t.sum IS NULL THEN EXCLUDED.sum WHEN EXCLUDED.sum IS NULL THEN t.sum ELSE t.sum + EXCLUDED.sum END,
-          min = LEAST(t.min, EXCLUDED.min),
-          max = GREATEST(t.max, EXCLUDED.max),
-          location = CASE WHEN t.last_at IS NULL OR EXCLUDED.last_at >= t.last_at THEN EXCLUDED.location ELSE t.location END,
-          last = CASE WHEN t.last_at IS NULL OR EXCLUDED.last_at >= t.last_at THEN EXCLUDED.last ELSE t.last END,
-          last_at = GREATEST(t.last_at, EXCLUDED.last_at)
-        RETURNING site_id, system, device_id, bucket),
+      WITH up AS (${upsert(source, finest, source.aggregate(where, width), MERGE)} RETURNING site_id, system, device_id, bucket),
       series AS (${upsertSeries(source, sql`SELECT site_id, system, device_id, min(bucket) AS first_at, max(bucket) AS last_at FROM up GROUP BY 1, 2, 3`)})
       SELECT bucket, count(*)::int AS groups FROM up GROUP BY bucket`.execute(tx)
     // The coarser tiers need their sort (the ORDER BY in their aggregates): with sorting off the planner
@@ -180,9 +187,7 @@ export function createRollup(opts: RollupOptions) {
    * of ten minutes; a pass cut short leaves the state as it was and the next one starts over.
    */
   async function recompute(conn: Kysely<DB>, source: Source, watermark: Date | null, horizon: string) {
-    const step = source.fiveMinute ? BUCKET_MS : HOUR_MS
-    const width = source.fiveMinute ? '5 minutes' : '1 hour'
-    const finest = source.fiveMinute ? 'rollup_5m' : 'rollup_1h'
+    const { width, finest, step } = finestTier(source)
     const dirty = await sql<{ b: Date }>`
       SELECT DISTINCT date_bin(${width}::interval, ts, TIMESTAMPTZ 'epoch') AS b FROM ${sql.table(source.table)}
       WHERE ${watermark === null ? sql`true` : sql`created_at > ${watermark}::timestamptz - ${OVERLAP}::interval`}

@@ -111,7 +111,7 @@ describe('rollups', () => {
     const s = (await sql.query(`SELECT n, sum, last FROM rollup_5m WHERE device_id = 'ruuvi_x' AND metric = 's'`)).rows
     assert.deepEqual(s, [{ n: 1, sum: 5, last: '5' }])
 
-    // EcoFlow and status merge into their hourly buckets the same way.
+    // EcoFlow merges into its hourly buckets the same way.
     await sql.query(`INSERT INTO ecoflow_measurements (device_sn, ts, soc_percent, raw, model) VALUES ('SN9', '2026-11-02T10:10:00Z', 80, '{}', 'delta_pro')`)
     await rollup.pass()
     await sql.query(`INSERT INTO ecoflow_measurements (device_sn, ts, soc_percent, raw, model) VALUES ('SN9', '2026-11-02T10:05:00Z', 90, '{}', 'delta_pro')`)
