@@ -34,9 +34,10 @@ const DELETE_SLICE = 10_000
 const DEDUP_KEEP_DAYS = 7
 
 /**
- * Whether a raw row (alias `x`) was written by a transaction with an id below `xid` (an xid8 as text):
- * compared by age, which is right across the 32-bit wraparound of `xmin` (a frozen row's xmin reads as
- * 2, older than any).
+ * Whether a raw row (alias `x`) was written by a transaction with an id below `xid` (an xid8 as text),
+ * compared by age: right across the 32-bit wraparound of `xmin`, but only for rows written within the
+ * last 2^31 transactions. A frozen row keeps its raw xmin, and the age of an older one wraps (it can even
+ * read as negative, a transaction from the future), so callers decide such rows by created_at instead.
  */
 function below(xid: string): RawBuilder<unknown> {
   return sql`age(x.xmin) > age((${xid}::xid8::text::numeric % 4294967296)::text::xid)`
@@ -145,7 +146,7 @@ export function createRollup(opts: RollupOptions) {
       INSERT INTO rollup_state (source, watermark, counted_below) VALUES (${source.name}, ${now}, ${horizon}::xid8)
       ON CONFLICT (source) DO UPDATE SET watermark = EXCLUDED.watermark, counted_below = EXCLUDED.counted_below, updated_at = NOW()`.execute(db)
     if (countedBelow === null || watermark === null) {
-      const done = await recompute(conn, source, watermark, horizon)
+      const done = await recompute(conn, source, watermark, horizon, now)
       if (done === undefined) return { buckets: 0, rows: 0 }
       await save(conn)
       return done
@@ -182,11 +183,12 @@ export function createRollup(opts: RollupOptions) {
 
   /**
    * The first pass (on an adopted database, or after the upgrade that brought merging): every bucket that
-   * got rows since the watermark (all, without one) is computed from all of its rows of transactions
-   * below the horizon. Each range commits on its own, as a year's backfill must not be one transaction
-   * of ten minutes; a pass cut short leaves the state as it was and the next one starts over.
+   * got rows since the watermark (all, without one) is computed from all of its rows that no merge will
+   * read: those of transactions below the horizon, and those created before `next` (the watermark this
+   * pass saves) less the overlap. Each range commits on its own, as a year's backfill must not be one
+   * transaction of ten minutes; a pass cut short leaves the state as it was and the next one starts over.
    */
-  async function recompute(conn: Kysely<DB>, source: Source, watermark: Date | null, horizon: string) {
+  async function recompute(conn: Kysely<DB>, source: Source, watermark: Date | null, horizon: string, next: Date) {
     const { width, finest, step } = finestTier(source)
     const dirty = await sql<{ b: Date }>`
       SELECT DISTINCT date_bin(${width}::interval, ts, TIMESTAMPTZ 'epoch') AS b FROM ${sql.table(source.table)}
@@ -198,7 +200,11 @@ export function createRollup(opts: RollupOptions) {
       if (stopping) return undefined
       const r = await conn.transaction().execute(async (tx) => {
         await plannerHints(tx, source)
-        const where = sql`x.ts >= ${new Date(from)} AND x.ts < ${new Date(to)} AND ${below(horizon)}`
+        // A row created before the next watermark less the overlap is never read by a merge, and its
+        // transaction has ended: it counts whatever its xmin says. An adopted database's history may be
+        // older than 2^31 transactions (the old collector committed every message), which below() misreads.
+        const counted = sql`(x.created_at <= ${next}::timestamptz - ${OVERLAP}::interval OR ${below(horizon)})`
+        const where = sql`x.ts >= ${new Date(from)} AND x.ts < ${new Date(to)} AND ${counted}`
         return upsert(source, finest, source.aggregate(where, width)).execute(tx)
       })
       rows += Number(r.numAffectedRows ?? 0)
