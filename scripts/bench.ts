@@ -276,6 +276,9 @@ type Result = Record<string, unknown> & { system: string; label: string; rowsPer
 
 async function e2e(target: Target, load: Load): Promise<Result> {
   const c = await sqlClient(target.dbUrl)
+  // The harness's polling below must not compete for the cores it measures: planned as a parallel
+  // scan (a small table without statistics yet), each poll forked two workers, several times a second.
+  await c.query('SET max_parallel_workers_per_gather = 0')
   await c.query(`TRUNCATE ${target.table}`)
   await c.query('CHECKPOINT')
   const watched = Object.entries(target.watch)

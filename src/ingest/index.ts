@@ -233,7 +233,8 @@ export function createIngest(opts: IngestOptions) {
     }
     if (!result.ok) return reject(msg, deviceId, result.reason, receivedAt, dedup)
     counts.accepted++
-    const row: Row = dedup ? { ...result.row, dedup } : result.row
+    const row = result.row
+    if (dedup) row.dedup = dedup
     const done = push(row, msg)
     if (opts.observe && (row.kind === 'status' || row.kind === 'ota')) {
       try {

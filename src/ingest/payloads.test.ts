@@ -82,6 +82,13 @@ describe('parseTimestamp', () => {
     { name: 'millisecond UTC form: rejects hour 24', raw: '2026-02-03T24:00:00.000Z', want: /not a valid (time|date)/ },
     { name: 'millisecond UTC form: rejects second 60', raw: '2026-02-03T23:59:60.000Z', want: /not a valid time/ },
     { name: 'millisecond UTC form: lower-case z', raw: '2026-01-15T12:03:22.123z', want: '2026-01-15T12:03:22.123Z' },
+    { name: 'millisecond UTC form: rejects April 31st', raw: '2026-04-31T10:00:00.000Z', want: /not a valid date/ },
+    { name: 'millisecond UTC form: rejects February 29th of a common year', raw: '2025-02-29T10:00:00.000Z', want: /not a valid date/ },
+    { name: 'millisecond UTC form: February 29th of a leap year', raw: '2028-02-29T23:59:59.999Z', want: '2028-02-29T23:59:59.999Z' },
+    { name: 'millisecond UTC form: rejects day 0', raw: '2026-01-00T10:00:00.000Z', want: /not a valid date/ },
+    { name: 'millisecond UTC form: rejects month 13', raw: '2026-13-01T10:00:00.000Z', want: /not a valid date/ },
+    { name: 'millisecond UTC form: rejects minute 60', raw: '2026-01-01T10:60:00.000Z', want: /not a valid time/ },
+    { name: 'a 24-character form with an offset is not mistaken for UTC', raw: '2026-01-15T14:03:22+0200', want: '2026-01-15T12:03:22.000Z' },
   ]
   for (const c of cases) {
     it(c.name, () => {
