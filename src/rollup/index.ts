@@ -195,15 +195,15 @@ export function createRollup(opts: RollupOptions) {
       WHERE ${watermark === null ? sql`true` : sql`created_at > ${watermark}::timestamptz - ${OVERLAP}::interval`}
       ORDER BY 1`.execute(conn)
     const dirtyRanges = ranges(dirty.rows.map((r) => r.b.getTime()), step)
+    // A row created before the next watermark less the overlap is never read by a merge, and its
+    // transaction has ended: it counts whatever its xmin says. An adopted database's history may be
+    // older than 2^31 transactions (the old collector committed every message), which below() misreads.
+    const counted = sql`(x.created_at <= ${next}::timestamptz - ${OVERLAP}::interval OR ${below(horizon)})`
     let rows = 0
     for (const [from, to] of dirtyRanges) {
       if (stopping) return undefined
       const r = await conn.transaction().execute(async (tx) => {
         await plannerHints(tx, source)
-        // A row created before the next watermark less the overlap is never read by a merge, and its
-        // transaction has ended: it counts whatever its xmin says. An adopted database's history may be
-        // older than 2^31 transactions (the old collector committed every message), which below() misreads.
-        const counted = sql`(x.created_at <= ${next}::timestamptz - ${OVERLAP}::interval OR ${below(horizon)})`
         const where = sql`x.ts >= ${new Date(from)} AND x.ts < ${new Date(to)} AND ${counted}`
         return upsert(source, finest, source.aggregate(where, width)).execute(tx)
       })

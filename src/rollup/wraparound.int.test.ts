@@ -8,7 +8,7 @@ import { Kysely, PostgresDialect } from 'kysely'
 import pg from 'pg'
 import * as v from 'valibot'
 import { freePort } from '../../scripts/local-process.js'
-import { defer, testLogger } from '../../scripts/test-helpers.js'
+import { defer, sqlClient, testLogger } from '../../scripts/test-helpers.js'
 import { sqlDir } from '../assets.js'
 import { ConfigSchema } from '../config/index.js'
 import { createEmbeddedPostgres, migrate, readSqlDir, type DB } from '../db/index.js'
@@ -71,6 +71,7 @@ describe('rollups across transaction id wraparound', { skip }, () => {
       pool.on('error', () => undefined)
       return new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
     }
+    // Clients of the first server, ended before it stops (sqlClient's end comes with the test's teardown).
     const client = async (url: string) => {
       const c = new pg.Client({ connectionString: url })
       await c.connect()
@@ -105,8 +106,7 @@ describe('rollups across transaction id wraparound', { skip }, () => {
     defer(t, () => server.stop())
     const db = kysely(server.url())
     defer(t, () => db.destroy())
-    const sql = await client(server.url())
-    defer(t, () => sql.end())
+    const sql = await sqlClient(t, server.url())
     const config = v.parse(ConfigSchema, {})
     const rollup = createRollup({ config: config.rollup, retention: config.retention, db: () => db, log: testLogger() })
 
@@ -124,8 +124,7 @@ describe('rollups across transaction id wraparound', { skip }, () => {
     const xidOf = async (r: Promise<pg.QueryResult>) => BigInt((await r).rows[0].xid as string)
     assert.ok((await xidOf(insert(sql, '2026-11-02T10:00:10Z', 1))) < WRAP)
     await rollup.pass()
-    const other = await client(server.url())
-    defer(t, () => other.end())
+    const other = await sqlClient(t, server.url())
     await other.query('BEGIN')
     assert.ok((await xidOf(insert(other, '2026-11-02T10:01:00Z', 2))) < WRAP, 'the open transaction began before the wrap')
     // Each iteration commits, so each takes a transaction id of its own.
