@@ -35,7 +35,7 @@ import { parseArgs } from 'node:util'
 import { Kysely, PostgresDialect, sql } from 'kysely'
 import pg from 'pg'
 import { from as copyFrom } from 'pg-copy-streams'
-import { createEmbeddedPostgres, type DB } from '../src/db/index.js'
+import { createEmbeddedPostgres, preparingPool, type DB } from '../src/db/index.js'
 import type { Row } from '../src/ingest/index.js'
 import { writeBatch } from '../src/ingest/store.js'
 import { freePort, serveEnv } from './local-process.js'
@@ -227,7 +227,8 @@ async function copyRows(chunk: number): Promise<Writer> {
  * broker. With `qos1`, each row also carries the message id paku remembers for QoS 1 redeliveries.
  */
 async function pakuStatement(chunk: number, qos1 = false): Promise<Writer> {
-  const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: pakuUrl, max: 1 }) }) })
+  // As paku runs it: the batch statement prepared on its connection (src/db PREPARED).
+  const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: preparingPool(new pg.Pool({ connectionString: pakuUrl, max: 1 })) }) })
   await sql`SELECT 1`.execute(db) // opens the connection before the clock starts, as COPY's does
   return {
     write: async () => {
