@@ -110,7 +110,7 @@ export function createApp(opts: AppOptions) {
     },
   })
 
-  const rollup = createRollup({ config: config.rollup, retention: config.retention, db: () => db.db, log: log.child('rollup'), leads: leads('rollup') })
+  const rollup = createRollup({ config: config.rollup, retention: config.retention, db: () => db.db, log: log.child('rollup'), leads: leads('rollup'), busy: ingest.busy })
 
   function observeForOta(row: Row): void {
     if (row.kind === 'status') ota.deviceStatus({ deviceId: row.deviceId, model: row.model, firmware: row.firmware, online: row.online })

@@ -308,6 +308,8 @@ export function createIngest(opts: IngestOptions) {
     health(): { ok: boolean; failing: boolean; degraded: boolean } {
       return { ok: !writer.degraded, failing: writer.failing, degraded: writer.degraded }
     },
+    /** Rows are arriving faster than they are written (a burst): background work can wait for it to end. */
+    busy: (): boolean => writer.busy,
   }
 }
 

@@ -206,6 +206,23 @@ describe('batch writer concurrency', () => {
     assert.ok(h.sum >= 0.3 && h.sum < 10, `sum ${h.sum} s`)
   })
 
+  it('is busy while a fifth of a batch or more waits to be durable, and not once it is written', async (t) => {
+    const { url, db } = await database(t)
+    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 10, flushIntervalMs: 60_000, maxPendingRows: 100, toReject })
+    writer.start()
+    defer(t, () => writer.stop())
+    assert.equal(writer.busy, false, 'idle')
+    const lock = await blockInserts(t, url)
+    const first = durable(writer, measurement('a'))
+    assert.equal((await waitingInserts(url, t, 1)).length, 1)
+    assert.equal(writer.busy, false, 'one row in flight is below a fifth of a batch (2 of 10)')
+    const second = durable(writer, measurement('b'))
+    assert.equal(writer.busy, true, 'two rows not yet durable')
+    await lock.release()
+    await Promise.all([first, second])
+    assert.equal(writer.busy, false, 'written')
+  })
+
   it('writes two telemetry batches at the same time, each on its own connection', async (t) => {
     const { url, db } = await database(t, 4)
     const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 2, flushIntervalMs: 60_000, concurrency: 2, maxPendingRows: 100, toReject })

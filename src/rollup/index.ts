@@ -11,6 +11,12 @@ export type RollupOptions = {
   log: Logger
   /** With several instances, whether this one rolls up and applies retention now (docs/scaling.md). Default: always. */
   leads?: () => boolean
+  /**
+   * Whether ingest is catching up with a burst now. A pass that falls due meanwhile waits for it to end,
+   * for up to one interval: a pass over a burst's rows takes seconds of PostgreSQL CPU, which the burst's
+   * own writes (and their PUBACKs) would wait for on a small machine (docs/performance.md). Default: never.
+   */
+  busy?: () => boolean
 }
 
 const BUCKET_MS = 5 * 60_000
@@ -32,6 +38,8 @@ const DELETE_SLICE = 10_000
  * that was down for days. Without it the table only grew, by every client id ever seen.
  */
 const DEDUP_KEEP_DAYS = 7
+/** How often a pass waiting for a burst to end looks again. */
+const BUSY_RECHECK_MS = 1000
 
 /**
  * Whether a raw row (alias `x`) was written by a transaction with an id below `xid` (an xid8 as text),
@@ -110,7 +118,7 @@ export function createRollup(opts: RollupOptions) {
   let stopped = true
   /** Set by stop() only: a retention run in progress finishes its slice and leaves the rest for next time. */
   let stopping = false
-  let lastPass: (PassResult & { at: string }) | null = null
+  let lastPass: (PassResult & { at: string; waitedMs: number }) | null = null
   let lastError: string | null = null
   let lastRetention = 0
 
@@ -288,11 +296,11 @@ export function createRollup(opts: RollupOptions) {
     return deleted
   }
 
-  async function tick(): Promise<void> {
+  async function tick(waitedMs: number): Promise<void> {
     if (opts.leads && !opts.leads()) return
     try {
       const r = await pass()
-      lastPass = { ...r, at: new Date().toISOString() }
+      lastPass = { ...r, at: new Date().toISOString(), waitedMs }
       if (r.buckets > 100) log.info('rolled up', { buckets: r.buckets, rows: r.rows, ms: r.ms })
       if (Date.now() - lastRetention > HOUR_MS) {
         lastRetention = Date.now()
@@ -309,13 +317,23 @@ export function createRollup(opts: RollupOptions) {
 
   function schedule(): void {
     if (stopped) return
-    timer = setTimeout(() => {
-      running = tick().finally(() => {
-        running = undefined
-        schedule()
-      })
-    }, config.intervalSeconds * 1000)
+    timer = setTimeout(() => due(Date.now()), config.intervalSeconds * 1000)
     timer.unref()
+  }
+
+  /** A pass is due (since `since`): it runs now, unless ingest is busy and it has waited less than an interval. */
+  function due(since: number): void {
+    if (stopped) return
+    const waited = Date.now() - since
+    if (opts.busy?.() && waited < config.intervalSeconds * 1000) {
+      timer = setTimeout(() => due(since), BUSY_RECHECK_MS)
+      timer.unref()
+      return
+    }
+    running = tick(waited).finally(() => {
+      running = undefined
+      schedule()
+    })
   }
 
   return {
@@ -326,10 +344,7 @@ export function createRollup(opts: RollupOptions) {
       stopped = false
       stopping = false
       // The first pass (a backfill on an adopted database) runs in the background, not in start-up.
-      running = tick().finally(() => {
-        running = undefined
-        schedule()
-      })
+      due(Date.now())
     },
     async stop(): Promise<void> {
       stopped = true

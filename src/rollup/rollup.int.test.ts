@@ -3,19 +3,19 @@ import { describe, it } from 'node:test'
 import { Kysely, PostgresDialect } from 'kysely'
 import pg from 'pg'
 import * as v from 'valibot'
-import { defer, sqlClient, testDatabase, testLogger } from '../../scripts/test-helpers.js'
+import { defer, eventually, sqlClient, testDatabase, testLogger } from '../../scripts/test-helpers.js'
 import { sqlDir } from '../assets.js'
 import { ConfigSchema } from '../config/index.js'
 import { migrate, readSqlDir, type DB } from '../db/index.js'
 import { createRollup, ranges } from './index.js'
 
-async function setup(t: Parameters<typeof testDatabase>[0], retention: Record<string, number> = {}) {
+async function setup(t: Parameters<typeof testDatabase>[0], retention: Record<string, number> = {}, more: { intervalSeconds?: number; busy?: () => boolean } = {}) {
   const url = await testDatabase(t)
   const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 3 }) }) })
   defer(t, () => db.destroy())
   await migrate(db, readSqlDir(sqlDir()))
-  const config = v.parse(ConfigSchema, { retention })
-  const rollup = createRollup({ config: config.rollup, retention: config.retention, db: () => db, log: testLogger() })
+  const config = v.parse(ConfigSchema, { retention, rollup: { intervalSeconds: more.intervalSeconds } })
+  const rollup = createRollup({ config: config.rollup, retention: config.retention, db: () => db, log: testLogger(), busy: more.busy })
   return { db, rollup, url, sql: await sqlClient(t, url) }
 }
 
@@ -166,6 +166,26 @@ describe('rollups', () => {
       ('gone', 1, 1, 'a', NOW() - INTERVAL '8 days'), ('gone', 2, 2, 'b', NOW() - INTERVAL '8 days'), ('here', 1, 1, 'c', NOW() - INTERVAL '6 days')`)
     assert.deepEqual(await rollup.applyRetention(), { ingest_dedup: 2 })
     assert.deepEqual((await sql.query(`SELECT client_id FROM ingest_dedup`)).rows, [{ client_id: 'here' }])
+  })
+
+  it('a pass that falls due while ingest is busy waits for the burst to end, and for at most one interval', async (t) => {
+    let busy = true
+    const { rollup, sql } = await setup(t, {}, { intervalSeconds: 2, busy: () => busy })
+    await sql.query(`INSERT INTO measurements (site_id, system, device_id, ts, metrics) VALUES ('paku', 'sensors', 'ruuvi_a', '2026-11-01T10:00:10Z', '{"t": 1}')`)
+    await rollup.start()
+    defer(t, () => rollup.stop())
+    // Busy from the start: the first pass waits, and within its interval nothing is rolled up.
+    await new Promise((r) => setTimeout(r, 700))
+    assert.equal(rollup.health().lastPass, null)
+    assert.equal((await sql.query('SELECT count(*)::int AS n FROM rollup_5m')).rows[0].n, 0)
+    busy = false
+    const first = await eventually(async () => rollup.health().lastPass)
+    assert.ok(first.waitedMs >= 700 && first.waitedMs < 2000, `waited ${first.waitedMs} ms: until the burst ended (looked at once a second), less than the interval`)
+    assert.equal((await sql.query(`SELECT n FROM rollup_5m WHERE device_id = 'ruuvi_a' AND metric = 't'`)).rows[0]?.n, 1)
+    // Busy for good: the next pass still runs, one interval after it fell due.
+    busy = true
+    const next = await eventually(async () => (rollup.health().lastPass?.at !== first.at ? rollup.health().lastPass : null), { timeoutMs: 8000 })
+    assert.ok(next.waitedMs >= 2000 && next.waitedMs < 3500, `waited ${next.waitedMs} ms`)
   })
 
   it('merges consecutive buckets into ranges of at most a day', () => {
