@@ -36,14 +36,22 @@ export function preparingPool(pool: pg.Pool): PostgresPool {
     if (name === undefined && names.size < MAX_PREPARED) names.set(text, (name = `paku_${names.size + 1}`))
     return name
   }
+  // One wrapper per pg client, made when it first connects: Kysely keeps its own connection object per
+  // client it is given, so a new wrapper at every checkout would make it build a new one for every query.
+  const wrappers = new WeakMap<pg.PoolClient, PostgresPoolClient>()
+  const wrap = (client: pg.PoolClient): PostgresPoolClient => {
+    const query = (q: unknown, values?: unknown[]): unknown => {
+      const name = typeof q === 'string' && q.startsWith(PREPARED) ? nameOf(q) : undefined
+      return name ? client.query({ name, text: q as string, values }) : client.query(q as string, values)
+    }
+    return { query: query as PostgresPoolClient['query'], release: (destroy?: boolean) => client.release(destroy) }
+  }
   return {
     async connect(): Promise<PostgresPoolClient> {
       const client = await pool.connect()
-      const query = (q: unknown, values?: unknown[]): unknown => {
-        const name = typeof q === 'string' && q.startsWith(PREPARED) ? nameOf(q) : undefined
-        return name ? client.query({ name, text: q as string, values }) : client.query(q as string, values)
-      }
-      return { query: query as PostgresPoolClient['query'], release: (destroy?: boolean) => client.release(destroy) }
+      let wrapper = wrappers.get(client)
+      if (!wrapper) wrappers.set(client, (wrapper = wrap(client)))
+      return wrapper
     },
     end: () => pool.end(),
   }

@@ -38,6 +38,16 @@ describe('prepared statements (PREPARED)', () => {
     assert.equal(new Set(rows.map((r) => r.statement)).size, 32)
   })
 
+  it('hands out the same wrapper for the same pg client, so Kysely keeps one connection object per client', async (t) => {
+    const pool = preparingPool(new pg.Pool({ connectionString: await testDatabase(t), max: 1 }))
+    defer(t, () => pool.end())
+    const first = await pool.connect()
+    first.release()
+    const again = await pool.connect()
+    again.release()
+    assert.equal(again, first)
+  })
+
   it('a marked statement that fails leaves the connection usable and the statement prepared', async (t) => {
     const { db, prepared } = await oneConnection(t)
     const divide = (n: number) => sql<{ v: number }>`${sql.raw(PREPARED)}SELECT 10 / ${n}::int AS v`.execute(db)
