@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import mqttPacket from 'mqtt-packet'
-import { PacketSizeGuard, PacketTooLargeError } from './packet-guard.js'
+import { PacketSizeGuard, PacketTooLargeError, TurnBudget } from './packet-guard.js'
 
 const publish = (bytes: number) =>
   mqttPacket.generate({ cmd: 'publish', topic: 't/x', payload: Buffer.alloc(bytes, 0x61), qos: 0, retain: false, dup: false })
@@ -60,5 +60,79 @@ describe('PacketSizeGuard', () => {
     const r = await feed(3_000_000, [p])
     assert.equal(r.err, undefined)
     assert.equal(r.out.length, p.length)
+  })
+
+  describe('input spread over turns of the event loop', () => {
+    /** Counts turns of the event loop: an immediate that queues the next one runs once per turn. */
+    function turns(count: number) {
+      const t = { n: 0 }
+      const tick = () => {
+        if (++t.n < count) setImmediate(tick)
+      }
+      setImmediate(tick)
+      return t
+    }
+
+    /** A guard whose output records the turn each chunk came out in, and the bytes. */
+    function watched(budget: TurnBudget, turn: { n: number }) {
+      const guard = new PacketSizeGuard(10_000, budget)
+      const at: number[] = []
+      const bytes: Buffer[] = []
+      guard.on('data', (b: Buffer) => {
+        at.push(turn.n)
+        bytes.push(b)
+      })
+      return { guard, at, bytes }
+    }
+
+    const until = (cond: () => boolean) =>
+      new Promise<void>((resolve) => {
+        const check = () => (cond() ? resolve() : setImmediate(check))
+        check()
+      })
+
+    it('passes a turn\'s allowance at once, then one allowance a turn, in order and unchanged', async () => {
+      const turn = turns(20)
+      const w = watched(new TurnBudget(1000), turn)
+      const packets = [1, 2, 3, 4, 5].map(() => publish(580))
+      assert.ok(packets.every((p) => p.length > 500 && p.length < 1000))
+      for (const p of packets) w.guard.write(p)
+      await until(() => w.bytes.length === 5)
+      // 1,000 bytes a turn, the chunk that crosses it included: two chunks a turn.
+      assert.deepEqual(w.at, [0, 0, 1, 1, 2])
+      assert.deepEqual(Buffer.concat(w.bytes), Buffer.concat(packets))
+    })
+
+    it('shares one allowance between connections: a second one waits for the next turn', async () => {
+      const turn = turns(20)
+      const budget = new TurnBudget(1000)
+      const a = watched(budget, turn)
+      const b = watched(budget, turn)
+      for (const g of [a, b]) for (let i = 0; i < 2; i++) g.guard.write(publish(580))
+      await until(() => a.bytes.length === 2 && b.bytes.length === 2)
+      assert.deepEqual(a.at, [0, 0])
+      assert.deepEqual(b.at, [1, 1])
+    })
+
+    it('lets everything through in the same turn while under the allowance', async () => {
+      const turn = turns(20)
+      const w = watched(new TurnBudget(64 * 1024), turn)
+      for (let i = 0; i < 5; i++) w.guard.write(publish(580))
+      await until(() => w.bytes.length === 5)
+      assert.deepEqual(w.at, [0, 0, 0, 0, 0])
+    })
+
+    it('drops a deferred chunk quietly when the connection is destroyed meanwhile', async () => {
+      const turn = turns(20)
+      const w = watched(new TurnBudget(100), turn)
+      const errors: Error[] = []
+      w.guard.on('error', (e) => errors.push(e))
+      w.guard.write(publish(580))
+      w.guard.write(publish(580))
+      w.guard.destroy()
+      await until(() => turn.n >= 5)
+      assert.equal(w.bytes.length, 1)
+      assert.deepEqual(errors, [])
+    })
   })
 })

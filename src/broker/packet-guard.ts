@@ -1,13 +1,55 @@
 import { Duplex, Transform, type TransformCallback } from 'node:stream'
 
 /**
+ * How much MQTT input all connections together may pass to aedes in one turn of the event loop; what
+ * arrives beyond it waits for the next turn. Without a bound, a burst from many connections at once
+ * (or reading resumed after backpressure) was parsed and ingested in a single turn — each readable
+ * socket handing over its 64 KiB read, 100 of them 28,000 messages and 250–350 ms of work — while the
+ * answers to the batches already sent sat unread in the database's socket, so PostgreSQL waited idle
+ * for that long (docs/performance.md, seventh round). 256 KiB is ~20 ms of paku's work per turn.
+ */
+export const TURN_INPUT_BYTES = 256 * 1024
+
+/** A byte allowance per turn of the event loop, shared by the guards given it; it refills once a turn. */
+export class TurnBudget {
+  readonly bytes: number
+  #left: number
+  #refillQueued = false
+
+  constructor(bytes: number) {
+    this.bytes = bytes
+    this.#left = bytes
+  }
+
+  /** Whether this turn has room left; if so, takes `n` bytes of it (the last chunk of a turn may overdraw). */
+  take(n: number): boolean {
+    if (this.#left <= 0) return false
+    this.#left -= n
+    if (!this.#refillQueued) {
+      this.#refillQueued = true
+      // An immediate runs after the turn's I/O callbacks, so it refills once per turn; it is queued
+      // before any chunk deferred in this turn, so those find the new allowance when they run.
+      setImmediate(() => {
+        this.#left = this.bytes
+        this.#refillQueued = false
+      })
+    }
+    return true
+  }
+}
+
+/** The process's one budget: every connection's input draws on the same event loop. */
+const sharedBudget = new TurnBudget(TURN_INPUT_BYTES)
+
+/**
  * Watches the MQTT byte stream (fixed header + remaining length, MQTT 3.1.1 §2.2.3) and fails the
  * connection as soon as a packet announces more than maxBytes, before the parser buffers it.
  * Aedes has no packet size limit of its own, and MQTT 3.1.1 has no way to refuse one packet.
  *
  * It is also where reading a connection is held back (hold()): bytes stop passing through, its
  * buffer fills, the pipe pauses the socket and TCP slows the client down. Aedes keeps handling what
- * already passed, at most a buffer's worth.
+ * already passed, at most a buffer's worth. And where input is spread over turns of the event loop
+ * (TurnBudget): a chunk over this turn's allowance waits for the next turn, in arrival order.
  */
 export class PacketSizeGuard extends Transform {
   #max: number
@@ -17,10 +59,12 @@ export class PacketSizeGuard extends Transform {
   #lengthBytes = 0
   #remaining = 0
   #held: Promise<void> | undefined
+  #budget: TurnBudget
 
-  constructor(maxBytes: number) {
+  constructor(maxBytes: number, budget: TurnBudget = sharedBudget) {
     super()
     this.#max = maxBytes
+    this.#budget = budget
   }
 
   /** Lets no more bytes through until `until` settles (the first hold wins while one is active). */
@@ -35,6 +79,12 @@ export class PacketSizeGuard extends Transform {
   override _transform(chunk: Buffer, enc: BufferEncoding, done: TransformCallback): void {
     if (this.#held) {
       void this.#held.then(() => this._transform(chunk, enc, done))
+      return
+    }
+    if (!this.#budget.take(chunk.length)) {
+      setImmediate(() => {
+        if (!this.destroyed) this._transform(chunk, enc, done)
+      })
       return
     }
     this.#check(chunk, done)
