@@ -223,6 +223,42 @@ describe('batch writer concurrency', () => {
     assert.equal(writer.busy, false, 'written')
   })
 
+  /** Waits until `n` rows are written, or `ms` pass; returns the rows written. */
+  async function written(writer: ReturnType<typeof createWriter>, n: number, ms: number): Promise<number> {
+    const until = Date.now() + ms
+    while (writer.stats().written < n && Date.now() < until) await new Promise((r) => setTimeout(r, 20))
+    return writer.stats().written
+  }
+
+  it('writes the rows a full batch left behind at once when nothing more arrived (a burst that ended), not after the flush interval', async (t) => {
+    const { db } = await database(t)
+    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 60_000, maxPendingRows: 1000, toReject })
+    writer.start()
+    defer(t, () => writer.stop())
+    // QoS 0 rows (no producer waiting): the 100th starts a full batch; 50 are left behind it.
+    for (let i = 0; i < 150; i++) assert.equal(writer.push(measurement(`d${i}`)), undefined)
+    assert.equal(await written(writer, 150, 5000), 150, 'all written long before the 60 s flush interval')
+    assert.equal(writer.stats().flushes, 2)
+  })
+
+  it('keeps gathering the rows behind a full batch while more arrive during its write (the burst goes on)', async (t) => {
+    const { url, db } = await database(t)
+    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 60_000, maxPendingRows: 1000, toReject })
+    writer.start()
+    defer(t, () => writer.stop())
+    const lock = await blockInserts(t, url)
+    for (let i = 0; i < 150; i++) void writer.push(measurement(`d${i}`))
+    assert.equal((await waitingInserts(url, t, 1)).length, 1, 'the full batch waits inside PostgreSQL')
+    void writer.push(measurement('late'))
+    await lock.release()
+    assert.equal(await written(writer, 100, 5000), 100)
+    await new Promise((r) => setTimeout(r, 500))
+    assert.equal(writer.stats().written, 100, 'the 51 behind it wait for more rows or the flush interval')
+    assert.equal(writer.stats().pending, 51)
+    await writer.flush()
+    assert.equal(writer.stats().written, 151)
+  })
+
   it('writes two telemetry batches at the same time, each on its own connection', async (t) => {
     const { url, db } = await database(t, 4)
     const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 2, flushIntervalMs: 60_000, concurrency: 2, maxPendingRows: 100, toReject })

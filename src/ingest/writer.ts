@@ -75,6 +75,10 @@ export function createWriter(opts: WriterOptions) {
   /** How many of the pending rows have a producer waiting, and how many must keep their order. */
   let pendingDurable = 0
   let pendingOrdered = 0
+  /** Rows pushed so far: a flush that saw none arrive while it wrote knows the input has gone quiet. */
+  let arrivals = 0
+  /** A full batch ended a backlog and left rows behind: they go now, not after the flush interval. */
+  let backlogEnded = false
   /** Rows taken by flushes in progress and not yet durable. */
   let takenRows = 0
   let takenDurable = 0
@@ -161,6 +165,10 @@ export function createWriter(opts: WriterOptions) {
       return spool && pendingDurable > 0 && !spoolFull ? 0 : spool && pending.length > 0 ? Math.min(opts.flushIntervalMs, untilRetry) : untilRetry
     }
     if (spool && !spool.empty) return 0
+    if (backlogEnded) {
+      backlogEnded = false
+      return 0
+    }
     return pendingDurable > 0 || pending.length >= opts.batchSize || room ? 0 : opts.flushIntervalMs
   }
 
@@ -209,6 +217,7 @@ export function createWriter(opts: WriterOptions) {
     }
     if (pending.length === 0) return
     const batch = take()
+    const arrivedBefore = arrivals
     if (batch.ordered > 0) exclusive = true
     const t0 = performance.now()
     try {
@@ -222,6 +231,9 @@ export function createWriter(opts: WriterOptions) {
       if (bucket >= 0) flushCounts[bucket] = (flushCounts[bucket] ?? 0) + 1
       recovered()
       done(batch)
+      // The rows a full batch left behind, with nothing new arriving while it was written, are the end
+      // of a backlog (a burst that is over): the flush interval would gather nothing more for them.
+      if (batch.rows.length === opts.batchSize && arrivals === arrivedBefore && pending.length > 0) backlogEnded = true
     } catch (err) {
       putBack(batch)
       failed(err)
@@ -339,6 +351,7 @@ export function createWriter(opts: WriterOptions) {
         return false
       }
       droppedSinceLog = 0
+      arrivals++
       pending.push(row)
       if (!unordered(row)) pendingOrdered++
       if (!durable) {
