@@ -135,6 +135,7 @@ export function createWriter(opts: WriterOptions) {
     }
     pendingDurable -= durable
     pendingOrdered -= ordered
+    backlogEnded = false
     takenRows += n
     takenDurable += durable
     return { rows, acks, durable, ordered }
@@ -165,10 +166,7 @@ export function createWriter(opts: WriterOptions) {
       return spool && pendingDurable > 0 && !spoolFull ? 0 : spool && pending.length > 0 ? Math.min(opts.flushIntervalMs, untilRetry) : untilRetry
     }
     if (spool && !spool.empty) return 0
-    if (backlogEnded) {
-      backlogEnded = false
-      return 0
-    }
+    if (backlogEnded) return 0
     return pendingDurable > 0 || pending.length >= opts.batchSize || room ? 0 : opts.flushIntervalMs
   }
 
