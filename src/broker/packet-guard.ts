@@ -8,7 +8,7 @@ import { Duplex, Transform, type TransformCallback } from 'node:stream'
  * answers to the batches already sent sat unread in the database's socket, so PostgreSQL waited idle
  * for that long (docs/performance.md, seventh round). 256 KiB is ~20 ms of paku's work per turn.
  */
-export const TURN_INPUT_BYTES = 256 * 1024
+const TURN_INPUT_BYTES = 256 * 1024
 
 /** A byte allowance per turn of the event loop, shared by the guards given it; it refills once a turn. */
 export class TurnBudget {
