@@ -223,6 +223,23 @@ describe('batch writer concurrency', () => {
     assert.equal(writer.busy, false, 'written')
   })
 
+  it('stays busy for a second after a burst-sized batch, so a queue that runs dry for a moment is not the end of the burst', async (t) => {
+    const { db } = await database(t)
+    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 10, flushIntervalMs: 60_000, maxPendingRows: 100, toReject })
+    writer.start()
+    defer(t, () => writer.stop())
+    // Five rows at once: the flushes take them two and three at a time, a fifth of a batch (2 of 10) or more.
+    const acks = ['a', 'b', 'c', 'd', 'e'].map((id) => durable(writer, measurement(id)))
+    await Promise.all(acks)
+    const emptiedAt = performance.now()
+    assert.equal(writer.stats().pending, 0)
+    assert.equal(writer.busy, true, 'nothing waits, but a burst-sized batch was taken just now')
+    while (writer.busy && performance.now() - emptiedAt < 3000) await new Promise((r) => setTimeout(r, 20))
+    const held = performance.now() - emptiedAt
+    assert.equal(writer.busy, false)
+    assert.ok(held > 700 && held < 1500, `busy for ${Math.round(held)} ms after the queue emptied`)
+  })
+
   /** Waits until `n` rows are written, or `ms` pass; returns the rows written. */
   async function written(writer: ReturnType<typeof createWriter>, n: number, ms: number): Promise<number> {
     const until = Date.now() + ms

@@ -42,6 +42,13 @@ export type WriterStats = {
 
 const MAX_BACKOFF_MS = 30_000
 /**
+ * How long the writer still counts as busy after it last took a burst-sized batch: the queue of a burst
+ * can run dry for a moment between two reads (seen as a 10 s rollup pass in the middle of a 1M burst,
+ * docs/performance.md, seventh round), and background work asking once a second must not take that for
+ * the burst's end.
+ */
+const BUSY_HOLD_MS = 1000
+/**
  * Upper bounds in seconds of the batch-write duration histogram. A healthy batch commits in 1–50 ms;
  * a slow commit (fsync) or PostgreSQL's GIN merge shows as 0.1 s and up (docs/performance.md).
  */
@@ -79,6 +86,8 @@ export function createWriter(opts: WriterOptions) {
   let arrivals = 0
   /** A full batch ended a backlog and left rows behind: they go now, not after the flush interval. */
   let backlogEnded = false
+  /** When a flush last took a fifth of a batch or more (performance.now()). */
+  let burstBatchAt = -Infinity
   /** Rows taken by flushes in progress and not yet durable. */
   let takenRows = 0
   let takenDurable = 0
@@ -216,6 +225,7 @@ export function createWriter(opts: WriterOptions) {
     if (pending.length === 0) return
     const batch = take()
     const arrivedBefore = arrivals
+    if (batch.rows.length >= eagerRows) burstBatchAt = performance.now()
     if (batch.ordered > 0) exclusive = true
     const t0 = performance.now()
     try {
@@ -446,10 +456,11 @@ export function createWriter(opts: WriterOptions) {
     },
     /**
      * Rows are arriving faster than they are written: a fifth of a batch or more is in memory and not
-     * yet durable (at a steady 1,000 msg/s a handful are; in a burst, the whole of the senders' window).
+     * yet durable (at a steady 1,000 msg/s a handful are; in a burst, the whole of the senders' window),
+     * or a flush took that many within the last BUSY_HOLD_MS.
      */
     get busy(): boolean {
-      return queued() >= eagerRows
+      return queued() >= eagerRows || performance.now() - burstBatchAt < BUSY_HOLD_MS
     },
     /** Degraded: writes failing, or acknowledged rows still only in the spool. */
     get degraded(): boolean {
