@@ -225,9 +225,9 @@ export function createWriter(opts: WriterOptions) {
     if (pending.length === 0) return
     const batch = take()
     const arrivedBefore = arrivals
-    if (batch.rows.length >= eagerRows) burstBatchAt = performance.now()
     if (batch.ordered > 0) exclusive = true
     const t0 = performance.now()
+    if (batch.rows.length >= eagerRows) burstBatchAt = t0
     try {
       await writeWithIsolation(batch.rows)
       const seconds = (performance.now() - t0) / 1000
