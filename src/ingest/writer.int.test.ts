@@ -229,15 +229,18 @@ describe('batch writer concurrency', () => {
     writer.start()
     defer(t, () => writer.stop())
     // Five rows at once: the flushes take them two and three at a time, a fifth of a batch (2 of 10) or more.
+    const pushedAt = performance.now()
     const acks = ['a', 'b', 'c', 'd', 'e'].map((id) => durable(writer, measurement(id)))
     await Promise.all(acks)
     const emptiedAt = performance.now()
     assert.equal(writer.stats().pending, 0)
     assert.equal(writer.busy, true, 'nothing waits, but a burst-sized batch was taken just now')
     while (writer.busy && performance.now() - emptiedAt < 3000) await new Promise((r) => setTimeout(r, 20))
-    const held = performance.now() - emptiedAt
+    const idleAt = performance.now()
     assert.equal(writer.busy, false)
-    assert.ok(held > 700 && held < 1500, `busy for ${Math.round(held)} ms after the queue emptied`)
+    // The last such batch started after the pushes and before the queue emptied: a second from then.
+    assert.ok(idleAt - pushedAt >= 1000, `busy until ${Math.round(idleAt - pushedAt)} ms after the pushes`)
+    assert.ok(idleAt - emptiedAt < 1500, `busy for ${Math.round(idleAt - emptiedAt)} ms after the queue emptied`)
   })
 
   /** Waits until `n` rows are written, or `ms` pass; returns the rows written. */
