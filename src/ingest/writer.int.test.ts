@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import { Kysely, PostgresDialect } from 'kysely'
 import pg from 'pg'
-import { defer, sqlClient, testDatabase, testLogger } from '../../scripts/test-helpers.js'
+import { defer, eventually, sqlClient, testDatabase, testLogger } from '../../scripts/test-helpers.js'
 import { sqlDir } from '../assets.js'
 import { migrate, readSqlDir, type DB } from '../db/index.js'
 import type { Reject, Row } from './records.js'
@@ -235,20 +235,12 @@ describe('batch writer concurrency', () => {
     const emptiedAt = performance.now()
     assert.equal(writer.stats().pending, 0)
     assert.equal(writer.busy, true, 'nothing waits, but a burst-sized batch was taken just now')
-    while (writer.busy && performance.now() - emptiedAt < 3000) await new Promise((r) => setTimeout(r, 20))
+    await eventually(async () => !writer.busy, { timeoutMs: 3000, what: 'the writer no longer busy' })
     const idleAt = performance.now()
-    assert.equal(writer.busy, false)
     // The last such batch started after the pushes and before the queue emptied: a second from then.
     assert.ok(idleAt - pushedAt >= 1000, `busy until ${Math.round(idleAt - pushedAt)} ms after the pushes`)
     assert.ok(idleAt - emptiedAt < 1500, `busy for ${Math.round(idleAt - emptiedAt)} ms after the queue emptied`)
   })
-
-  /** Waits until `n` rows are written, or `ms` pass; returns the rows written. */
-  async function written(writer: ReturnType<typeof createWriter>, n: number, ms: number): Promise<number> {
-    const until = Date.now() + ms
-    while (writer.stats().written < n && Date.now() < until) await new Promise((r) => setTimeout(r, 20))
-    return writer.stats().written
-  }
 
   it('writes the rows a full batch left behind at once when nothing more arrived (a burst that ended), not after the flush interval', async (t) => {
     const { db } = await database(t)
@@ -257,7 +249,7 @@ describe('batch writer concurrency', () => {
     defer(t, () => writer.stop())
     // QoS 0 rows (no producer waiting): the 100th starts a full batch; 50 are left behind it.
     for (let i = 0; i < 150; i++) assert.equal(writer.push(measurement(`d${i}`)), undefined)
-    assert.equal(await written(writer, 150, 5000), 150, 'all written long before the 60 s flush interval')
+    await eventually(async () => writer.stats().written === 150, { timeoutMs: 5000, what: 'all 150 written long before the 60 s flush interval' })
     assert.equal(writer.stats().flushes, 2)
   })
 
@@ -271,7 +263,8 @@ describe('batch writer concurrency', () => {
     assert.equal((await waitingInserts(url, t, 1)).length, 1, 'the full batch waits inside PostgreSQL')
     void writer.push(measurement('late'))
     await lock.release()
-    assert.equal(await written(writer, 100, 5000), 100)
+    await eventually(async () => writer.stats().written >= 100, { timeoutMs: 5000, what: 'the full batch written' })
+    assert.equal(writer.stats().written, 100)
     await new Promise((r) => setTimeout(r, 500))
     assert.equal(writer.stats().written, 100, 'the 51 behind it wait for more rows or the flush interval')
     assert.equal(writer.stats().pending, 51)
