@@ -10,7 +10,7 @@
  * outstanding (QoS 0: not yet handed to the socket, which TCP backpressure bounds; QoS 1: not yet
  * acknowledged). --rate R: R msg/s in total, round-robin over the devices, no in-flight cap. Prints one
  * JSON object on stdout: sent, errors, first/last publish times (epoch ms) and, for QoS 1, PUBACK latency
- * percentiles.
+ * percentiles and the spells of PUBACKs over 50 ms.
  *
  * Hand-written on raw sockets rather than mqtt.js because this process shares the machine's two cores with
  * the system under test, so every microsecond of CPU it spends is taken from paku and PostgreSQL. Measured
@@ -149,6 +149,13 @@ type Conn = {
 const stats = { sent: 0, errors: 0, firstPublishMs: 0, lastDoneMs: 0 }
 const latencies = new Float64Array(QOS > 0 ? TOTAL : 0)
 let acked = 0
+/**
+ * At a fixed rate, the PUBACKs slower than SLOW_MS: when their message was written (performance.now())
+ * and how long the ack took. (At maximum rate most are: the window is full by design.)
+ */
+const SLOW_MS = 50
+const slow: Array<{ t0: number; ms: number }> = []
+let firstPublishPerf = 0
 // Messages neither sent nor counted as errors; the run ends when it reaches 0.
 let pending = TOTAL
 let live = 0
@@ -276,7 +283,9 @@ function ack(c: Conn, id: number): void {
   // An id not in flight (a duplicate PUBACK) acknowledges nothing; counting it would inflate "sent".
   if (!batch) return
   c.acks.delete(id)
-  latencies[acked++] = performance.now() - batch.t0
+  const ms = performance.now() - batch.t0
+  latencies[acked++] = ms
+  if (RATE > 0 && ms > SLOW_MS) slow.push({ t0: batch.t0, ms })
   settle(1, 0)
 }
 
@@ -298,7 +307,10 @@ function pump(c: Conn): void {
   const batch: Batch = { t0: 0 }
   const { buf, count } = publishes(c, room, batch)
   c.owed -= count
-  if (!stats.firstPublishMs) stats.firstPublishMs = Date.now()
+  if (!stats.firstPublishMs) {
+    stats.firstPublishMs = Date.now()
+    firstPublishPerf = performance.now()
+  }
   batch.t0 = c.lastWrite = performance.now()
   c.blocked = !c.sock.write(buf)
   if (QOS === 0) {
@@ -431,11 +443,32 @@ const result = {
   pubackP50Ms: pct(50),
   pubackP99Ms: pct(99),
   pubackMaxMs: pct(100),
+  slowPubacks: RATE > 0 ? slowSpells() : undefined,
   cpuS: Math.round((usage.user + usage.system) / 1e4) / 100,
 }
 await Promise.race([Promise.all(conns.map(close)), new Promise((r) => setTimeout(r, 5000))])
 console.log(JSON.stringify(result))
 process.exit(0)
+
+/**
+ * The PUBACKs over SLOW_MS grouped into spells (messages written less than a second apart), the five with
+ * the most: one stall of the system shows as one spell of many, a slow drift as many small ones.
+ */
+function slowSpells(): Array<{ atS: number; n: number; maxMs: number }> {
+  const spells: Array<{ atS: number; n: number; maxMs: number; last: number }> = []
+  for (const x of slow.sort((a, b) => a.t0 - b.t0)) {
+    const cur = spells.at(-1)
+    if (cur && x.t0 - cur.last < 1000) {
+      cur.n++
+      cur.maxMs = Math.max(cur.maxMs, x.ms)
+      cur.last = x.t0
+    } else spells.push({ atS: (x.t0 - firstPublishPerf) / 1000, n: 1, maxMs: x.ms, last: x.t0 })
+  }
+  return spells
+    .sort((a, b) => b.n - a.n)
+    .slice(0, 5)
+    .map((s) => ({ atS: Math.round(s.atS * 10) / 10, n: s.n, maxMs: Math.round(s.maxMs) }))
+}
 
 /** DISCONNECT, then FIN once everything written before it has gone out. */
 function close(c: Conn): Promise<void> {

@@ -269,8 +269,11 @@ type Target = {
   dbUrl: string
   table: string
   watch: Record<string, number>
-  /** paku's own counters (/health): batches written and MQTT client errors, for rows per flush and a sanity check. */
-  counters?: () => Promise<{ flushes: number; clientErrors: number }>
+  /**
+   * paku's own counters (/health): batches written and MQTT client errors, for rows per flush and a sanity
+   * check; and its /metrics series, for the stalls of a load (see stalls()).
+   */
+  counters?: () => Promise<{ flushes: number; clientErrors: number; metrics: Map<string, number> }>
 }
 type Load = { qos: 0 | 1; messages: number; rate: number; label: string }
 type Result = Record<string, unknown> & { system: string; label: string; rowsPerS: number; lost: number; duplicated: number }
@@ -325,7 +328,7 @@ async function e2e(target: Target, load: Load): Promise<Result> {
     if (genCode !== undefined && sent === Infinity) sent = (JSON.parse(out.trim().split('\n').pop() as string) as { sent: number }).sent
     if (genCode !== undefined && (rows >= sent || Date.now() - lastProgress > STALL_S * 1000)) break
   }
-  const gen1 = JSON.parse(out.trim().split('\n').pop() as string) as { sent: number; errors: number; firstPublishMs: number; lastDoneMs: number; publishRate: number; pubackP50Ms: number | null; pubackP99Ms: number | null; pubackMaxMs: number | null; cpuS: number }
+  const gen1 = JSON.parse(out.trim().split('\n').pop() as string) as { sent: number; errors: number; firstPublishMs: number; lastDoneMs: number; publishRate: number; pubackP50Ms: number | null; pubackP99Ms: number | null; pubackMaxMs: number | null; slowPubacks?: unknown; cpuS: number }
   const cpu = Object.fromEntries(watched.map(([n, pid]) => [n, cpuOf(pid) - (cpu0[n] as number)]))
   const pgCpu = treeCpu(postmasterPid) - pg0
   const self = process.cpuUsage(self0)
@@ -359,14 +362,53 @@ async function e2e(target: Target, load: Load): Promise<Result> {
     pubackP50Ms: gen1.pubackP50Ms,
     pubackP99Ms: gen1.pubackP99Ms,
     pubackMaxMs: gen1.pubackMaxMs,
+    slowPubacks: gen1.slowPubacks,
     cpuMsPer1000: Object.fromEntries([...Object.entries(cpu).map(([n, s]) => [n, per1000(s)]), ['postgres', per1000(pgCpu)], ['loadgen', per1000(gen1.cpuS)]]),
     peakRssMiB: peak,
     rowsPerFlush: flushes ? Math.round(stored / flushes) : undefined,
     clientErrors: counters0 && counters1 ? counters1.clientErrors - counters0.clientErrors : undefined,
+    ...(counters0 && counters1 ? stalls(counters0.metrics, counters1.metrics) : {}),
     otherHostCpuS: Math.max(0, Math.round(otherCpuS * 10) / 10),
   }
   say(JSON.stringify(result))
   return result
+}
+
+/** Prometheus text → value per series (`name{labels}`). */
+function parseMetrics(text: string): Map<string, number> {
+  const m = new Map<string, number>()
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue
+    const cut = line.lastIndexOf(' ')
+    m.set(line.slice(0, cut), Number(line.slice(cut + 1)))
+  }
+  return m
+}
+
+/**
+ * What held paku's answers up during a load, from its /metrics before and after: event-loop stalls over
+ * 0.1 s (paku itself busy: a long synchronous piece of work or a GC pause), batch writes over 0.1 s
+ * (PostgreSQL slow to commit), and the garbage collector's pauses in all. A PUBACK tail with neither
+ * came from outside paku and PostgreSQL (the load generator, or other work on the host).
+ */
+function stalls(m0: Map<string, number>, m1: Map<string, number>) {
+  const delta = (series: string) => (m1.get(series) ?? 0) - (m0.get(series) ?? 0)
+  /** Observations above `le` seconds, and the bound the longest of them stayed under (null: unbounded). */
+  const over = (name: string, le: string) => {
+    const total = delta(`${name}_bucket{le="+Inf"}`)
+    const bounds = [...m1.keys()].filter((k) => k.startsWith(`${name}_bucket{le="`) && !k.endsWith('"+Inf"}')).map((k) => Number(k.slice(name.length + 12, -2)))
+    const longest = bounds.sort((a, b) => a - b).find((b) => delta(`${name}_bucket{le="${b}"}`) === total)
+    return { count: total - delta(`${name}_bucket{le="${le}"}`), under: total === 0 ? 0 : (longest ?? null) }
+  }
+  const loop = over('paku_event_loop_delay_seconds', '0.1')
+  const batch = over('paku_ingest_flush_duration_seconds', '0.1')
+  return {
+    loopStallsOver100ms: loop.count,
+    longestLoopStallUnderS: loop.under,
+    slowBatchesOver100ms: batch.count,
+    longestBatchUnderS: batch.under,
+    gcPauseS: Math.round(delta('paku_gc_pause_seconds_sum') * 1000) / 1000,
+  }
 }
 
 // ---------------------------------------------------------------- the suites
@@ -416,7 +458,8 @@ async function pakuSuite(): Promise<void> {
   const target: Target = { system: 'paku', port: mqttPort, dbUrl: pakuUrl, table: 'measurements', watch: { paku: paku.pid as number },
     counters: async () => {
       const h = (await (await fetch(`http://127.0.0.1:${httpPort}/health`)).json()) as { ingest: { flushes: number }; broker: { clientErrors: number } }
-      return { flushes: h.ingest.flushes, clientErrors: h.broker.clientErrors }
+      const metrics = parseMetrics(await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text())
+      return { flushes: h.ingest.flushes, clientErrors: h.broker.clientErrors, metrics }
     },
   }
   say(`paku (pid ${paku.pid}) on 127.0.0.1:${mqttPort}`)
@@ -511,14 +554,17 @@ console.log(`| COPY, 500-row COPYs, one commit each (**the ceiling**; × COPY be
 console.log(`| COPY, one stream, one commit | ${fmt(copyStream.rowsPerS)} | ${copyStream.pgCpuMsPer1000} |`)
 console.log(`| paku's batch statement (INSERT … unnest), 1,000-row batches | ${fmt(statement1000.rowsPerS)} | ${statement1000.pgCpuMsPer1000} |`)
 console.log(`| the same with QoS 1 message ids remembered for redeliveries (ingest_dedup) | ${fmt(statementQos1.rowsPerS)} | ${statementQos1.pgCpuMsPer1000} |`)
-console.log('\n| system | load | sent | stored | lost | dup | e2e rows/s | × COPY | × old stack | PUBACK p50 / p99 / max ms | CPU ms per 1,000 msgs | peak RSS MiB | other CPU s |')
-console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+console.log('\n| system | load | sent | stored | lost | dup | e2e rows/s | × COPY | × old stack | PUBACK p50 / p99 / max ms | CPU ms per 1,000 msgs | peak RSS MiB | other CPU s | stalls > 0.1 s: event loop / batch; GC s |')
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+/** "n (≤ bound s)": how many, and the histogram bound the longest stayed under. */
+const stallText = (n: unknown, under: unknown) => (n === 0 ? '0' : `${fmt(n)} (${under === null ? '> 10' : `≤ ${String(under)}`} s)`)
 for (const r of results) {
   const cpu = Object.entries(r.cpuMsPer1000 as Record<string, number>).map(([n, v]) => `${n} ${v}`).join(', ')
   const rss = Object.entries(r.peakRssMiB as Record<string, number>).map(([n, v]) => `${n} ${v}`).join(', ')
   const lat = r.qos === 1 ? `${fmt(r.pubackP50Ms)} / ${fmt(r.pubackP99Ms)} / ${fmt(r.pubackMaxMs)}` : '—'
   const vsPeer = r.system === 'paku' && r.rate === 0 ? ratio(r.rowsPerS, peerDrain(r.qos as number)) : '—'
-  console.log(`| ${r.system} | ${r.label} | ${fmt(r.sent)} | ${fmt(r.stored)} | ${fmt(r.lost)} | ${fmt(r.duplicated)} | ${fmt(r.rowsPerS)} | ${r.rate === 0 ? ratio(r.rowsPerS, copy500.rowsPerS) : '—'} | ${vsPeer} | ${lat} | ${cpu} | ${rss} | ${r.otherHostCpuS} |`)
+  const stall = 'loopStallsOver100ms' in r ? `${stallText(r.loopStallsOver100ms, r.longestLoopStallUnderS)} / ${stallText(r.slowBatchesOver100ms, r.longestBatchUnderS)}; ${String(r.gcPauseS)}` : '—'
+  console.log(`| ${r.system} | ${r.label} | ${fmt(r.sent)} | ${fmt(r.stored)} | ${fmt(r.lost)} | ${fmt(r.duplicated)} | ${fmt(r.rowsPerS)} | ${r.rate === 0 ? ratio(r.rowsPerS, copy500.rowsPerS) : '—'} | ${vsPeer} | ${lat} | ${cpu} | ${rss} | ${r.otherHostCpuS} | ${stall} |`)
 }
 console.log(`\nraw results: ${file}`)
 const pakuBad = results.filter((r) => r.system === 'paku' && (r.lost > 0 || r.duplicated > 0))

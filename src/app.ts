@@ -8,7 +8,7 @@ import { ACK_FILTERS, createCommands } from './commands/index.js'
 import type { Config } from './config/index.js'
 import { createDatabase, type SqlFile } from './db/index.js'
 import { createEcoflow } from './ecoflow/index.js'
-import { createHttp, histogramMetric, lookupKey, type HealthReport, type Metric } from './http/index.js'
+import { createHttp, createRuntimeMonitor, histogramMetric, lookupKey, type HealthReport, type Metric } from './http/index.js'
 import { createIngest, decodePayload, parseTimestamp, parseTopic, type IncomingMessage, type Row } from './ingest/index.js'
 import { errorText, type Logger } from './log/index.js'
 import { createOta } from './ota/index.js'
@@ -150,6 +150,7 @@ export function createApp(opts: AppOptions) {
     },
   })
   const ui = createUi({ files: uiFiles })
+  const runtime = createRuntimeMonitor()
 
   async function health(): Promise<HealthReport> {
     const database = await db.health()
@@ -186,18 +187,20 @@ export function createApp(opts: AppOptions) {
       ...ingestMetrics(ingest.stats()),
       histogramMetric('paku_ingest_flush_duration_seconds', 'Duration of the batch writes that committed (a QoS 1 PUBACK waits for one).', ingest.flushDurations()),
       ...(await ota.metrics()),
+      ...runtime.metrics(),
     ],
   })
 
-  // Start order (design §3.3): db → ingest → commands → [cluster] → broker → [leader] → ota → rollup →
-  // ecoflow → http → live. The Redis emitter is up before aedes is handed it; the leader takes its
-  // locks before the singleton work starts, so a single instance starts its work at once.
+  // Start order (design §3.3): runtime (/metrics' event-loop and GC figures, from the start) → db →
+  // ingest → commands → [cluster] → broker → [leader] → ota → rollup → ecoflow → http → live. The Redis
+  // emitter is up before aedes is handed it; the leader takes its locks before the singleton work
+  // starts, so a single instance starts its work at once.
   // Stop is the reverse, so producers stop before the last flush and the flush happens before the pool
   // closes. Commands load their open ones before the broker delivers acknowledgements; OTA starts after
   // the broker because a rollout pass may publish cmd/ota. Live streams end before http closes (an
   // open event stream would hold the server's close() forever).
   const liveService: Service = { name: 'live', start: async () => undefined, stop: async () => live.closeAll() }
-  const services: Service[] = [db, ingest, commands, ...(emitter ? [emitter] : []), broker, ...(leader ? [leader] : []), ota, rollup, ecoflow, http, liveService]
+  const services: Service[] = [runtime, db, ingest, commands, ...(emitter ? [emitter] : []), broker, ...(leader ? [leader] : []), ota, rollup, ecoflow, http, liveService]
   const started: Service[] = []
   let stopping: Promise<void> | undefined
 

@@ -173,7 +173,7 @@ describe('ingest through the real broker into PostgreSQL', () => {
     assert.equal(stats.ingest.received, 10)
   })
 
-  it('reports how long the batch writes took on /metrics, as a Prometheus histogram', async (t) => {
+  it('reports how long the batch writes took on /metrics, as a Prometheus histogram, beside the process figures', async (t) => {
     const c = await setup(t)
     for (let i = 0; i < 3; i++) await c.client.publishAsync('paku/sensors/ruuvi_cabin/data', JSON.stringify({ metrics: { n: i } }), { qos: 1 })
     const text = await (await fetch(`${c.httpUrl}/metrics`)).text()
@@ -190,6 +190,12 @@ describe('ingest through the real broker into PostgreSQL', () => {
     assert.equal(value('paku_ingest_flush_duration_seconds_bucket{le="+Inf"}'), count)
     assert.equal(value('paku_ingest_flush_duration_seconds_bucket{le="10"}'), count)
     assert.ok(value('paku_ingest_flush_duration_seconds_sum') > 0)
+    // The process's own figures sit beside them: how late the event loop ran, GC pauses, CPU and memory.
+    assert.match(text, /^# TYPE paku_event_loop_delay_seconds histogram$/m)
+    assert.ok(value('paku_event_loop_delay_seconds_count') > 0, 'the app started the runtime monitor')
+    assert.match(text, /^# TYPE paku_gc_pause_seconds histogram$/m)
+    assert.ok(value('process_cpu_seconds_total') > 0)
+    assert.ok(value('process_resident_memory_bytes') > 0)
   })
 })
 

@@ -1,0 +1,72 @@
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import { renderMetrics } from './metrics.js'
+import { createRuntimeMonitor } from './runtime.js'
+
+/** The value of one series in Prometheus text, e.g. `paku_gc_pause_seconds_count`. */
+function value(text: string, series: string): number {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `))
+  assert.ok(line, `${series} in\n${text}`)
+  return Number(line.slice(series.length + 1))
+}
+
+const turn = () => new Promise((r) => setImmediate(r))
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+describe('runtime monitor', () => {
+  it('counts a blocked event loop as one late timer run of about that length', async () => {
+    const monitor = createRuntimeMonitor()
+    await monitor.start()
+    try {
+      await sleep(100)
+      const before = renderMetrics(monitor.metrics())
+      assert.equal(value(before, 'paku_event_loop_delay_seconds_bucket{le="+Inf"}') - value(before, 'paku_event_loop_delay_seconds_bucket{le="0.1"}'), 0)
+      const until = performance.now() + 300
+      while (performance.now() < until) {
+        // Blocks the loop, as a long synchronous piece of work would.
+      }
+      await sleep(60)
+      const after = renderMetrics(monitor.metrics())
+      const over = (t: string, le: string) => value(t, 'paku_event_loop_delay_seconds_bucket{le="+Inf"}') - value(t, `paku_event_loop_delay_seconds_bucket{le="${le}"}`)
+      assert.equal(over(after, '0.1'), 1, 'one stall over 0.1 s')
+      assert.equal(over(after, '0.5'), 0, 'and not over 0.5 s')
+      assert.ok(value(after, 'paku_event_loop_delay_seconds_sum') - value(before, 'paku_event_loop_delay_seconds_sum') >= 0.25)
+      assert.ok(value(after, 'paku_event_loop_delay_seconds_count') > value(before, 'paku_event_loop_delay_seconds_count'))
+    } finally {
+      await monitor.stop()
+    }
+  })
+
+  it('counts garbage-collector pauses', async () => {
+    const monitor = createRuntimeMonitor()
+    await monitor.start()
+    try {
+      let kept: unknown[] = []
+      for (let round = 0; round < 50 && value(renderMetrics(monitor.metrics()), 'paku_gc_pause_seconds_count') === 0; round++) {
+        // Short-lived garbage: enough of it makes V8 scavenge the young generation.
+        for (let i = 0; i < 200_000; i++) kept.push({ i, s: `x${i}` })
+        kept = []
+        await turn()
+      }
+      const text = renderMetrics(monitor.metrics())
+      assert.ok(value(text, 'paku_gc_pause_seconds_count') > 0)
+      assert.ok(value(text, 'paku_gc_pause_seconds_sum') > 0)
+      assert.equal(value(text, 'paku_gc_pause_seconds_bucket{le="+Inf"}'), value(text, 'paku_gc_pause_seconds_count'))
+    } finally {
+      await monitor.stop()
+    }
+  })
+
+  it('reports CPU and resident memory under their standard names, and stops its timer', async () => {
+    const monitor = createRuntimeMonitor()
+    await monitor.start()
+    const text = renderMetrics(monitor.metrics())
+    assert.match(text, /^# TYPE process_cpu_seconds_total counter$/m)
+    assert.ok(value(text, 'process_cpu_seconds_total') > 0)
+    assert.ok(value(text, 'process_resident_memory_bytes') > 10 * 1024 * 1024)
+    await monitor.stop()
+    const count = value(renderMetrics(monitor.metrics()), 'paku_event_loop_delay_seconds_count')
+    await sleep(100)
+    assert.equal(value(renderMetrics(monitor.metrics()), 'paku_event_loop_delay_seconds_count'), count)
+  })
+})
