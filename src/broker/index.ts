@@ -297,11 +297,18 @@ export function createBroker(opts: BrokerOptions) {
         counts.connections++
         cluster?.onClientConnect?.(client.id)
       })
+      // aedes ends a connection by destroying its stream (after a DISCONNECT, for one), and a stream made
+      // by guardStream (Node's Duplex.from) reports a destroy without an error as an AbortError, which
+      // aedes passes on as the client's error: every clean disconnect counted as one. Only a deliberate
+      // destroy makes an AbortError; what goes wrong on the wire (resets, bad packets) is counted.
+      const deliberate = (err: Error) => err.name === 'AbortError'
       broker.on('clientError', (client: Client, err: Error) => {
+        if (deliberate(err)) return
         counts.clientErrors++
         log.debug('client error', { clientId: client?.id, err: err.message })
       })
       broker.on('connectionError', (client: Client, err: Error) => {
+        if (deliberate(err)) return
         counts.clientErrors++
         log.debug('connection error', { clientId: client?.id, err: err.message })
       })

@@ -276,6 +276,31 @@ describe('the broker', () => {
     await waitCount(c, 'measurements', 1)
   })
 
+  it('counts a broken packet as a client error, and a clean DISCONNECT as none (and publishes no will for it)', async (t) => {
+    const c = await setup(t)
+    const clientErrors = async () => ((await (await fetch(`${c.httpUrl}/health`)).json()) as { broker: { clientErrors: number } }).broker.clientErrors
+    const device = await mqtt.connectAsync(c.mqttUrl, {
+      clientId: 'ESP32-CLEAN',
+      will: { topic: 'paku/edge/ESP32-CLEAN/status', payload: Buffer.from('{"online":false}'), qos: 1 },
+      reconnectPeriod: 0,
+    })
+    await device.publishAsync('paku/sensors/clean/data', JSON.stringify({ metrics: { t: 1 } }), { qos: 1 })
+    await device.endAsync()
+    await eventually(async () => (await (await fetch(`${c.httpUrl}/health`)).json()).broker.clients === 1, { what: 'the device gone' })
+    await c.app.ingest.flush()
+    assert.equal(await clientErrors(), 0)
+    assert.equal(await count(c, 'edge_device_status'), 0, 'no will after a clean disconnect')
+    // A packet type 0 is reserved (MQTT 3.1.1 §2.2.1): the parser fails the connection.
+    const { createConnection } = await import('node:net')
+    const s = createConnection(Number(new URL(c.mqttUrl).port), '127.0.0.1')
+    s.on('error', () => undefined)
+    await new Promise<void>((resolve) => {
+      s.on('close', () => resolve())
+      s.write(Buffer.from([0x00, 0x00]))
+    })
+    await eventually(async () => (await clientErrors()) === 1, { what: 'one client error' })
+  })
+
   it('closes sockets that never send CONNECT after connectTimeoutMs', async (t) => {
     const url = await testDatabase(t)
     const sut = await startApp(t, testConfig({ databaseUrl: url, mqtt: { connectTimeoutMs: 200 } }))
