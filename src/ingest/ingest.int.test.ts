@@ -278,7 +278,8 @@ describe('the broker', () => {
 
   it('counts a broken packet as a client error, and a clean DISCONNECT as none (and publishes no will for it)', async (t) => {
     const c = await setup(t)
-    const clientErrors = async () => ((await (await fetch(`${c.httpUrl}/health`)).json()) as { broker: { clientErrors: number } }).broker.clientErrors
+    const broker = async () => ((await (await fetch(`${c.httpUrl}/health`)).json()) as { broker: { clientErrors: number; clients: number } }).broker
+    const clientErrors = async () => (await broker()).clientErrors
     const device = await mqtt.connectAsync(c.mqttUrl, {
       clientId: 'ESP32-CLEAN',
       will: { topic: 'paku/edge/ESP32-CLEAN/status', payload: Buffer.from('{"online":false}'), qos: 1 },
@@ -286,7 +287,7 @@ describe('the broker', () => {
     })
     await device.publishAsync('paku/sensors/clean/data', JSON.stringify({ metrics: { t: 1 } }), { qos: 1 })
     await device.endAsync()
-    await eventually(async () => (await (await fetch(`${c.httpUrl}/health`)).json()).broker.clients === 1, { what: 'the device gone' })
+    await eventually(async () => (await broker()).clients === 1, { what: 'the device gone' })
     await c.app.ingest.flush()
     assert.equal(await clientErrors(), 0)
     assert.equal(await count(c, 'edge_device_status'), 0, 'no will after a clean disconnect')
