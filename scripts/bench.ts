@@ -290,6 +290,7 @@ async function e2e(target: Target, load: Load): Promise<Result> {
   const cpu0 = Object.fromEntries(watched.map(([n, pid]) => [n, cpuOf(pid)]))
   const pg0 = treeCpu(postmasterPid)
   const counters0 = await target.counters?.()
+  const background0 = await backgroundWork(c)
   const host0 = hostBusy()
   const self0 = process.cpuUsage()
   const rssMax: Record<string, number> = Object.fromEntries(watched.map(([n]) => [n, 0]))
@@ -338,6 +339,7 @@ async function e2e(target: Target, load: Load): Promise<Result> {
   const peak = Object.fromEntries(watched.map(([n, pid]) => [n, Math.round(Math.max(rssMax[n] as number, statusField(pid, 'VmHWM')) * 10) / 10]))
   const counters1 = await target.counters?.()
   const flushes = counters0 && counters1 ? counters1.flushes - counters0.flushes : undefined
+  const background1 = await backgroundWork(c)
   const q = await c.query(`SELECT count(*)::int AS n, count(DISTINCT (device_id, metrics->>'measurement_sequence'))::int AS d FROM ${target.table} WHERE device_id LIKE 'ruuvi_%'`)
   await c.end()
   const stored = q.rows[0].n as number
@@ -369,9 +371,21 @@ async function e2e(target: Target, load: Load): Promise<Result> {
     clientErrors: counters0 && counters1 ? counters1.clientErrors - counters0.clientErrors : undefined,
     ...(counters0 && counters1 ? stalls(counters0.metrics, counters1.metrics) : {}),
     otherHostCpuS: Math.max(0, Math.round(otherCpuS * 10) / 10),
+    autovacuums: background1.vacuums - background0.vacuums,
+    autoanalyzes: background1.analyzes - background0.analyzes,
   }
   say(JSON.stringify(result))
   return result
+}
+
+/**
+ * PostgreSQL's autovacuum and autoanalyze runs so far on the target's tables: background work that takes
+ * CPU from a load it lands in. The harness's TRUNCATE leaves an empty table, which autovacuum's insert
+ * threshold (1,000 rows plus a fifth of the table) makes due again after every load.
+ */
+async function backgroundWork(c: pg.Client): Promise<{ vacuums: number; analyzes: number }> {
+  const r = await c.query('SELECT coalesce(sum(autovacuum_count), 0)::int AS v, coalesce(sum(autoanalyze_count), 0)::int AS a FROM pg_stat_user_tables')
+  return { vacuums: r.rows[0].v as number, analyzes: r.rows[0].a as number }
 }
 
 /** Prometheus text → value per series (`name{labels}`). */
