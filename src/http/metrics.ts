@@ -1,3 +1,5 @@
+import type { HistogramSnapshot } from '../util/histogram.js'
+
 /** One Prometheus metric family; subsystems describe theirs and http renders them. */
 export type Metric = {
   name: string
@@ -7,8 +9,8 @@ export type Metric = {
   samples: Array<{ suffix?: '_bucket' | '_sum' | '_count'; labels?: Record<string, string>; value: number }>
 }
 
-/** Observations counted per upper bound (not cumulative); what falls above the last bound only adds to count. */
-export type Histogram = { bounds: readonly number[]; counts: readonly number[]; sum: number; count: number }
+/** What a histogram counted (src/util/histogram.ts). */
+export type Histogram = HistogramSnapshot
 
 /** A histogram as Prometheus wants it: cumulative buckets, le="+Inf" equal to the count, then sum and count. */
 export function histogramMetric(name: string, help: string, h: Histogram): Metric {

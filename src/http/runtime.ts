@@ -1,4 +1,5 @@
 import { PerformanceObserver } from 'node:perf_hooks'
+import { createHistogram } from '../util/histogram.js'
 import { histogramMetric, type Metric } from './metrics.js'
 
 /** How often the event loop is asked to run a timer; a stall shows as that timer running late. */
@@ -11,29 +12,14 @@ const SAMPLE_MS = 20
 const DELAY_BOUNDS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 const GC_BOUNDS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1]
 
-/** Observations counted per upper bound (not cumulative), as histogramMetric takes them. */
-function histogram(bounds: readonly number[]) {
-  const counts = bounds.map(() => 0)
-  const h = { bounds, counts, sum: 0, count: 0 }
-  return {
-    h,
-    observe(seconds: number): void {
-      const i = bounds.findIndex((le) => seconds <= le)
-      if (i >= 0) counts[i] = (counts[i] ?? 0) + 1
-      h.sum += seconds
-      h.count++
-    },
-  }
-}
-
 /**
  * The process's own health for /metrics: CPU and memory under their standard Prometheus names, how late
  * the event loop ran (every message, PUBACK and request waits for it) and how long the garbage collector
  * paused it.
  */
 export function createRuntimeMonitor() {
-  const delay = histogram(DELAY_BOUNDS_S)
-  const gc = histogram(GC_BOUNDS_S)
+  const delay = createHistogram(DELAY_BOUNDS_S)
+  const gc = createHistogram(GC_BOUNDS_S)
   let timer: NodeJS.Timeout | undefined
   let observer: PerformanceObserver | undefined
 
@@ -65,8 +51,8 @@ export function createRuntimeMonitor() {
       return [
         { name: 'process_cpu_seconds_total', help: 'User and system CPU time spent by paku.', type: 'counter', samples: [{ value: (cpu.user + cpu.system) / 1e6 }] },
         { name: 'process_resident_memory_bytes', help: 'Resident memory size of paku.', type: 'gauge', samples: [{ value: process.memoryUsage.rss() }] },
-        histogramMetric('paku_event_loop_delay_seconds', `How late a timer due every ${SAMPLE_MS} ms ran: a stall of the event loop shows as one late run.`, delay.h),
-        histogramMetric('paku_gc_pause_seconds', 'Pauses of the JavaScript garbage collector.', gc.h),
+        histogramMetric('paku_event_loop_delay_seconds', `How late a timer due every ${SAMPLE_MS} ms ran: a stall of the event loop shows as one late run.`, delay.snapshot()),
+        histogramMetric('paku_gc_pause_seconds', 'Pauses of the JavaScript garbage collector.', gc.snapshot()),
       ]
     },
   }

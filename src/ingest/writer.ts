@@ -1,6 +1,7 @@
 import type { Kysely } from 'kysely'
 import type { DB } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
+import { createHistogram, type HistogramSnapshot } from '../util/histogram.js'
 import type { Reject, Row } from './records.js'
 import type { Spool } from './spool.js'
 import { isDataError, writeBatch, writeIsolated, writeSpooled } from './store.js'
@@ -112,9 +113,8 @@ export function createWriter(opts: WriterOptions) {
     room = undefined
   }
   const stats = { written: 0, spooled: 0, replayed: 0, dropped: 0, flushes: 0, failedFlushes: 0, lastFlushMs: 0 }
-  /** Committed batch writes per bucket of FLUSH_BOUNDS_S (not cumulative), and their total seconds. */
-  const flushCounts = FLUSH_BOUNDS_S.map(() => 0)
-  let flushSeconds = 0
+  /** How long the committed batch writes took, in seconds. */
+  const flushDurations = createHistogram(FLUSH_BOUNDS_S)
 
   /** Rows in memory that are not durable yet: waiting, or in a flush in progress. */
   const queued = () => pending.length + takenRows
@@ -234,9 +234,7 @@ export function createWriter(opts: WriterOptions) {
       stats.written += batch.rows.length
       stats.flushes++
       stats.lastFlushMs = Math.round(seconds * 10_000) / 10
-      flushSeconds += seconds
-      const bucket = FLUSH_BOUNDS_S.findIndex((le) => seconds <= le)
-      if (bucket >= 0) flushCounts[bucket] = (flushCounts[bucket] ?? 0) + 1
+      flushDurations.observe(seconds)
       recovered()
       done(batch)
       // The rows a full batch left behind, with nothing new arriving while it was written, are the end
@@ -448,8 +446,8 @@ export function createWriter(opts: WriterOptions) {
      * How long the committed batch writes took, for a histogram: what a QoS 1 PUBACK waits for besides
      * the batch before it. `lastFlushMs` alone hides the rare slow one between two scrapes.
      */
-    flushDurations(): { bounds: readonly number[]; counts: readonly number[]; sum: number; count: number } {
-      return { bounds: FLUSH_BOUNDS_S, counts: [...flushCounts], sum: flushSeconds, count: stats.flushes }
+    flushDurations(): HistogramSnapshot {
+      return flushDurations.snapshot()
     },
     get failing(): boolean {
       return failingSince !== undefined
