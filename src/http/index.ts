@@ -10,7 +10,7 @@ import { errorHandler, notFound } from './errors.js'
 import { renderMetrics, type Metric } from './metrics.js'
 
 export { errorHandler, notFound, type ErrorBody } from './errors.js'
-export { histogramMetric, renderMetrics, type Histogram, type Metric } from './metrics.js'
+export { histogramMetric, renderMetrics, type Metric } from './metrics.js'
 export { createRuntimeMonitor, type RuntimeMonitor } from './runtime.js'
 export { createKey, listKeys, lookupKey, revokeKey, SCOPES, KEY_NAME, type Scope } from './admin-keys.js'
 

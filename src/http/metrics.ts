@@ -9,11 +9,8 @@ export type Metric = {
   samples: Array<{ suffix?: '_bucket' | '_sum' | '_count'; labels?: Record<string, string>; value: number }>
 }
 
-/** What a histogram counted (src/util/histogram.ts). */
-export type Histogram = HistogramSnapshot
-
 /** A histogram as Prometheus wants it: cumulative buckets, le="+Inf" equal to the count, then sum and count. */
-export function histogramMetric(name: string, help: string, h: Histogram): Metric {
+export function histogramMetric(name: string, help: string, h: HistogramSnapshot): Metric {
   let cumulative = 0
   const buckets = h.bounds.map((le, i) => {
     cumulative += h.counts[i] ?? 0
