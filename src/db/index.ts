@@ -10,6 +10,7 @@ import type { DB } from './types.js'
 export type { DB } from './types.js'
 export { migrate, readSqlDir, type SqlFile } from './migrate.js'
 export { createEmbeddedPostgres } from './embedded.js'
+export { intArray, textArray } from './arrays.js'
 
 // BIGINT and NUMERIC come back as strings by default; ids stay strings (they can exceed 2^53),
 // but COUNT(*) and friends are cast in SQL where numbers are wanted.

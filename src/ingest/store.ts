@@ -1,5 +1,5 @@
 import { sql, type Kysely, type Transaction } from 'kysely'
-import { PREPARED, type DB } from '../db/index.js'
+import { intArray, PREPARED, textArray, type DB } from '../db/index.js'
 import type { DedupKey, Reject, Row } from './records.js'
 
 type Tx = Transaction<DB>
@@ -118,8 +118,8 @@ function rememberKeysSql(rows: readonly Row[]) {
   const list = [...last.values()].sort((a, b) => (a.key.clientId < b.key.clientId ? -1 : a.key.clientId > b.key.clientId ? 1 : a.slot - b.slot))
   return sql`
     INSERT INTO ingest_dedup (client_id, slot, message_id, digest)
-    SELECT * FROM unnest(${list.map((e) => e.key.clientId)}::text[], ${list.map((e) => e.slot)}::int2[], ${list.map((e) => e.key.messageId)}::int[],
-      ${list.map((e) => e.key.digest)}::text[])
+    SELECT * FROM unnest(${textArray(list.map((e) => e.key.clientId))}::text[], ${intArray(list.map((e) => e.slot))}::int2[],
+      ${intArray(list.map((e) => e.key.messageId))}::int[], ${textArray(list.map((e) => e.key.digest))}::text[])
     ON CONFLICT (client_id, slot) DO UPDATE SET message_id = EXCLUDED.message_id, digest = EXCLUDED.digest, seen_at = NOW()`
 }
 
@@ -146,14 +146,19 @@ function groupByKind(rows: readonly Row[]) {
 }
 
 function insertMeasurementsSql(rows: Of<'measurement'>[]) {
-  // metrics (JSON.stringify output, which never holds a raw newline) go as one newline-joined text:
-  // node-postgres would otherwise escape every quote of every document into an array literal.
+  // Columns go as array literals built here (src/db/arrays.ts). ts goes as epoch milliseconds: no date
+  // text to print here or parse there (0.3 µs a row in PostgreSQL), and exact in whole seconds plus
+  // milliseconds (one interval product of ms alone rounds past 2^53 µs, from about the year 2255).
+  // metrics (JSON.stringify output, which never holds a raw newline) go as one newline-joined text: an
+  // array literal would escape every quote they hold.
   return sql`
     INSERT INTO measurements (site_id, system, device_id, location, mac, ts, metrics)
-    SELECT site_id, system, device_id, location, mac, ts, metrics::jsonb FROM unnest(
-      ${rows.map((r) => r.siteId)}::text[], ${rows.map((r) => r.system)}::text[], ${rows.map((r) => r.deviceId)}::text[],
-      ${rows.map((r) => r.location)}::text[], ${rows.map((r) => r.mac)}::text[], ${rows.map((r) => r.ts)}::timestamptz[],
-      string_to_array(${rows.map((r) => r.metrics).join('\n')}::text, E'\\n')) AS u(site_id, system, device_id, location, mac, ts, metrics)`
+    SELECT site_id, system, device_id, location, mac,
+      TIMESTAMPTZ 'epoch' + (ms / 1000) * INTERVAL '1 second' + (ms % 1000) * INTERVAL '1 millisecond', metrics::jsonb FROM unnest(
+      ${textArray(rows.map((r) => r.siteId))}::text[], ${textArray(rows.map((r) => r.system))}::text[],
+      ${textArray(rows.map((r) => r.deviceId))}::text[], ${textArray(rows.map((r) => r.location))}::text[],
+      ${textArray(rows.map((r) => r.mac))}::text[], ${intArray(rows.map((r) => r.ts.getTime()))}::int8[],
+      string_to_array(${rows.map((r) => r.metrics).join('\n')}::text, E'\\n')) AS u(site_id, system, device_id, location, mac, ms, metrics)`
 }
 
 async function insertStatuses(tx: Tx, rows: Of<'status'>[]): Promise<void> {

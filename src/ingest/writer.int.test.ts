@@ -88,6 +88,29 @@ describe('batch writer', () => {
     assert.deepEqual(rows.map((r) => r.metrics), docs)
   })
 
+  it('stores every column exactly: hostile text and NULLs in each, timestamps to the millisecond from 1 BC to 9999', async (t) => {
+    const { url, db } = await database(t)
+    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
+    const text = ['', 'NULL', 'a"b', 'back\\slash', '{x,y}', ' sp ', 'ü 🙂', 'line\nbreak']
+    const times = [
+      '2026-12-05T10:43:10.383Z', '1970-01-01T00:00:00.000Z', '1969-12-31T23:59:59.999Z', '1900-02-28T12:00:00.001Z',
+      '9999-12-31T23:59:59.999Z', '0000-06-15T08:30:00.250Z', '2255-06-01T00:00:00.007Z', '4321-01-01T00:00:00.999Z',
+    ].map((s) => new Date(s))
+    const rows = text.map((s, i): Row => ({
+      kind: 'measurement', siteId: `site${s}`, system: `sys${s}`, deviceId: `${i}${s}`, location: i % 2 === 0 ? s : null,
+      mac: i % 3 === 0 ? null : s, ts: times[i] as Date, metrics: '{}',
+    }))
+    for (const row of rows) void writer.push(row)
+    await writer.flush()
+    const sql = await sqlClient(t, url)
+    // Epoch milliseconds as text: exact for any year, with no time zone or date formatting in between.
+    const got = await sql.query(`SELECT site_id, system, device_id, location, mac, trim_scale(extract(epoch FROM ts) * 1000)::text AS ms
+      FROM measurements ORDER BY id`)
+    assert.deepEqual(got.rows, rows.map((r) => r.kind === 'measurement' && {
+      site_id: r.siteId, system: r.system, device_id: r.deviceId, location: r.location, mac: r.mac, ms: String(r.ts.getTime()),
+    }))
+  })
+
   it('remembers one QoS 1 id per slot: ids 1,024 apart in one batch keep the newer, and the batch is written', async (t) => {
     const { url, db } = await database(t)
     const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
