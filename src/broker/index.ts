@@ -16,6 +16,7 @@ import { checkCredential } from './credentials.js'
 import { createFailureLimiter } from '../util/failure-limiter.js'
 import { coalesceWrites } from './coalesce-writes.js'
 import { guardStream, holdReading } from './packet-guard.js'
+import { readPacketsWithoutSlicing } from './packet-reads.js'
 import { credentialRoutes } from './routes.js'
 import { PgPersistence } from './pg-persistence.js'
 
@@ -165,6 +166,7 @@ export function createBroker(opts: BrokerOptions) {
     /** Admin routes for MQTT credentials (only with a database). */
     routes: opts.db ? credentialRoutes(opts.db) : undefined,
     async start(): Promise<void> {
+      readPacketsWithoutSlicing()
       const cluster = opts.cluster
       persistence = opts.db ? new PgPersistence({ db: opts.db, log, ...(cluster ? { replicate: { instanceId: cluster.instanceId } } : {}) }) : undefined
       const broker = await Aedes.createBroker({
