@@ -7,7 +7,7 @@ import type { DedupKey, Reject, Row } from './records.js'
 import { toRow } from './records.js'
 import { createSpool } from './spool.js'
 import { REDELIVERY_SLOTS, recentKeys } from './store.js'
-import { parseTopic, routeDevice } from './topic.js'
+import { createTopicParser, routeDevice } from './topic.js'
 import { createWriter, type WriterStats } from './writer.js'
 
 export { parseTopic, type Route, type TopicResult } from './topic.js'
@@ -97,6 +97,7 @@ export function createIngest(opts: IngestOptions) {
   /** Clients to look up again (forget()): they may have published through another instance meanwhile. */
   const stale = new Set<string>()
 
+  const parseTopic = createTopicParser()
   const writer = createWriter({
     db: opts.db,
     log,

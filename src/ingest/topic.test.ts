@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { parseTopic, type TopicResult } from './topic.js'
+import { createTopicParser, parseTopic, type TopicResult } from './topic.js'
 
 const route = (r: object): TopicResult => ({ kind: 'route', route: r } as TopicResult)
 
@@ -44,4 +44,30 @@ describe('parseTopic', () => {
       }
     })
   }
+})
+
+describe('createTopicParser (parseTopic with its answers remembered)', () => {
+  it('answers as parseTopic does for every case, the second time from memory (the same frozen object)', () => {
+    const parse = createTopicParser()
+    for (const c of cases) {
+      const first = parse(c.topic)
+      assert.deepEqual(first, parseTopic(c.topic), c.name)
+      assert.equal(parse(c.topic), first, c.name)
+      assert.ok(Object.isFrozen(first), c.name)
+      if (first.kind === 'route') assert.ok(Object.isFrozen(first.route), c.name)
+    }
+  })
+
+  it('keeps at most maxTopics answers and never remembers an overlong topic', () => {
+    const parse = createTopicParser(2)
+    const a = parse('paku/heater/a/data')
+    parse('paku/heater/b/data')
+    assert.equal(parse('paku/heater/a/data'), a)
+    parse('paku/heater/c/data') // the third starts over
+    assert.notEqual(parse('paku/heater/a/data'), a)
+    const long = `paku/heater/${'x'.repeat(600)}/data`
+    const first = parse(long)
+    assert.equal(first.kind, 'reject')
+    assert.notEqual(parse(long), first)
+  })
 })

@@ -62,8 +62,36 @@ export function parseTopic(topic: string): TopicResult {
   return { kind: 'ignore' }
 }
 
+/**
+ * parseTopic that remembers its answers for up to maxTopics topics (then starts over): a device
+ * publishes to the same few topics all its life, and splitting and checking each message's topic
+ * again was ~7 % of what paku allocated under load (docs/performance.md, ninth round). The answers are
+ * frozen, since every message of a topic shares one.
+ */
+export function createTopicParser(maxTopics = 10_000): (topic: string) => TopicResult {
+  const known = new Map<string, TopicResult>()
+  return (topic) => {
+    let result = known.get(topic)
+    if (result === undefined) {
+      result = parseTopic(topic)
+      if (result.kind === 'route') Object.freeze(result.route)
+      Object.freeze(result)
+      // Longer topics are parsed each time: 10,000 topics of MQTT's 64 KiB would be 1.3 GB.
+      if (topic.length <= MAX_CACHED_TOPIC_LENGTH) {
+        if (known.size >= maxTopics) known.clear()
+        known.set(topic, result)
+      }
+    }
+    return result
+  }
+}
+
+// Four levels of the longest id and then some: every topic paku stores is shorter.
+const MAX_CACHED_TOPIC_LENGTH = 4 * MAX_LEVEL_LENGTH + 64
+
 function checked(idLevels: readonly string[], route: Route): TopicResult {
-  for (const [i, level] of idLevels.entries()) {
+  for (let i = 0; i < idLevels.length; i++) {
+    const level = idLevels[i] as string
     if (level === '') return reject(`topic level ${i + 1} is empty`)
     if (level.length > MAX_LEVEL_LENGTH) return reject(`topic level ${i + 1} is longer than ${MAX_LEVEL_LENGTH} characters`)
     if (CONTROL.test(level)) return reject(`topic level ${i + 1} contains a control character`)
