@@ -31,6 +31,10 @@ describe('dist/paku, the single executable', () => {
     assert.equal(a.sha256, b.sha256, 'same commit, same executable')
     assert.equal(await sha(a.path), a.sha256)
     assert.ok(a.bytes > 50 * 1048576, 'it contains a Node runtime')
+    // The bundle's `debug` is the stand-in (build/debug-when-enabled.cjs), not the package's own entry.
+    const bundle = await readFile(join('dist', 'sea', 'paku.cjs'), 'utf8')
+    assert.match(bundle, /"debugWhenEnabled"/)
+    assert.doesNotMatch(bundle, /Detect Electron renderer|process\.__nwjs/, "debug's own entry (src/index.js) is not bundled")
 
     const cwd = await mkdtemp(join(tmpdir(), 'paku-empty-'))
     t.after(() => rm(cwd, { recursive: true, force: true }))

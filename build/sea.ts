@@ -15,7 +15,7 @@ import { createHash } from 'node:crypto'
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { build } from 'esbuild'
+import { build, type Plugin } from 'esbuild'
 import { inject } from 'postject'
 import { gitCommit, type SeaManifest } from '../src/assets.js'
 
@@ -23,17 +23,33 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 const RUNTIME_DIR = join(ROOT, 'build', 'runtime')
 const NODE_SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2'
 /**
- * V8 flags baked into the executable. An 8 MiB semi-space (V8's default grows to 16 here): at
- * 1 MiB, idle RSS was 2 MiB lower, but under load the young generation overflowed so often that
- * paku spent ~20 % more CPU per message and promoted more garbage, with a higher peak RSS
- * (`npm run bench -- --bin`, 200k messages: QoS 0 29.3 → 23.7 ms CPU per 1,000, peak 305 → 248 MiB;
- * docs/performance.md). The young generation only grows to it under load.
+ * V8 flags baked into the executable: a 16 MiB semi-space (the young generation's half). Under a QoS 1
+ * burst ~1,000 messages wait for their commit at any time, and every scavenge copies them again, so GC
+ * cost follows how often the young generation fills. GC took 1.2–1.35 s of a 200k QoS 1 burst at 8 MiB
+ * and 0.87–0.96 s at 16, with the same peak RSS (32 MiB: a little less GC again, more memory at 50k;
+ * docs/performance.md, ninth round).
+ * At 1 MiB the young generation overflowed so often that paku spent ~20 % more CPU per message and had a
+ * higher peak RSS (second round). It only grows to the limit under load.
  */
-const SEA_EXEC_ARGV = ['--max-semi-space-size=8']
+const SEA_EXEC_ARGV = ['--max-semi-space-size=16']
+
+/**
+ * `debug` (mqtt-packet's, mqtt's and ioredis') allocates an array of its arguments at every call even
+ * when off, before it looks: mqtt-packet calls it ~20 times a PUBLISH, 8 % of everything paku
+ * allocated under a QoS 1 burst (docs/performance.md, ninth round). The executable bundles
+ * build/debug-when-enabled.cjs in its place; `DEBUG=mqtt-packet:*` still works, set at start.
+ */
+const debugWhenEnabled: Plugin = {
+  name: 'debug-when-enabled',
+  setup(b) {
+    b.onResolve({ filter: /^debug$/ }, () => ({ path: join(ROOT, 'build', 'debug-when-enabled.cjs') }))
+  },
+}
 
 /** The CommonJS bundle the executable runs. */
 export async function bundleForSea(outfile: string): Promise<void> {
   await build({
+    plugins: [debugWhenEnabled],
     entryPoints: [join(ROOT, 'src/main.ts')],
     outfile,
     bundle: true,
