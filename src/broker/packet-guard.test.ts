@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import mqttPacket from 'mqtt-packet'
-import { PacketSizeGuard, PacketTooLargeError, TurnBudget } from './packet-guard.js'
+import { createServer, connect, type Socket } from 'node:net'
+import { once } from 'node:events'
+import { guardStream, PacketSizeGuard, PacketTooLargeError, TurnBudget } from './packet-guard.js'
 
 const publish = (bytes: number) =>
   mqttPacket.generate({ cmd: 'publish', topic: 't/x', payload: Buffer.alloc(bytes, 0x61), qos: 0, retain: false, dup: false })
@@ -134,5 +136,49 @@ describe('PacketSizeGuard', () => {
       assert.equal(w.bytes.length, 1)
       assert.deepEqual(errors, [])
     })
+  })
+})
+
+describe('guardStream writes', () => {
+  /** A connected pair of TCP sockets on 127.0.0.1: the server's end, and the client's. */
+  async function socketPair(t: { after(fn: () => unknown): void }): Promise<{ server: Socket; client: Socket }> {
+    const srv = createServer()
+    srv.listen(0, '127.0.0.1')
+    await once(srv, 'listening')
+    const accepted = once(srv, 'connection') as Promise<[Socket]>
+    const client = connect((srv.address() as { port: number }).port, '127.0.0.1')
+    const [server] = await accepted
+    t.after(() => {
+      client.destroy()
+      server.destroy()
+      srv.close()
+    })
+    return { server, client }
+  }
+
+  it('go to the socket in order, report its backpressure, pass on its drain, and end after the last one', async (t) => {
+    const { server, client } = await socketPair(t)
+    const duplex = guardStream(server, 1024)
+    // As aedes does: the teardown's close of the socket ends the duplex early, which it reports as an error.
+    duplex.on('error', () => undefined)
+    const received: Buffer[] = []
+    client.pause()
+    const piece = Buffer.alloc(64 * 1024, 0x62)
+    let writes = 0
+    while (duplex.write(Buffer.concat([Buffer.from([writes % 256]), piece]))) writes++
+    writes++
+    assert.ok(server.writableNeedDrain, 'the socket itself is full')
+    assert.equal(duplex.writableLength, 0, "nothing waits in the duplex's own buffer: every write went to the socket")
+    const drained = once(duplex, 'drain')
+    client.on('data', (b: Buffer) => received.push(b))
+    client.resume()
+    await drained
+    duplex.write(Buffer.from('last'))
+    duplex.end()
+    await once(client, 'end')
+    const all = Buffer.concat(received)
+    assert.equal(all.length, writes * (piece.length + 1) + 4)
+    for (let i = 0; i < writes; i++) assert.equal(all[i * (piece.length + 1)], i % 256, `write ${i} in its place`)
+    assert.equal(all.subarray(-4).toString(), 'last')
   })
 })

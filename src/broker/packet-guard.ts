@@ -150,6 +150,13 @@ export function guardStream(socket: Duplex, maxBytes: number): Duplex {
   const guard = new PacketSizeGuard(maxBytes)
   socket.pipe(guard)
   const duplex = Duplex.from({ readable: guard, writable: socket })
+  // Writes go straight to the socket. aedes writes each outgoing packet in pieces (a PUBACK is three),
+  // and through Duplex.from's writable side each piece passed a second stream's bookkeeping and a
+  // nextTick first (docs/performance.md, ninth round). The socket's answer is the duplex's, and so is
+  // its 'drain', which aedes waits for when a write says the buffer is full. end() and destroy() still
+  // go through the duplex; nothing waits in its own buffer any more, so they follow every write.
+  duplex.write = ((...args: Parameters<Duplex['write']>) => socket.write(...args)) as Duplex['write']
+  socket.on('drain', () => duplex.emit('drain'))
   guards.set(duplex, guard)
   const destroyAll = (err?: Error) => {
     socket.destroy()
