@@ -1,27 +1,11 @@
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
-import { connect, createServer, type Socket } from 'node:net'
 import { test } from 'node:test'
+import { socketPair } from '../../scripts/socket-pair.js'
 import { coalesceWrites } from './coalesce-writes.js'
 
-/** A connected pair on 127.0.0.1; the server side is returned for writing. */
-async function pair(t: { after: (fn: () => void) => void }): Promise<{ server: Socket; client: Socket }> {
-  const srv = createServer()
-  srv.listen(0, '127.0.0.1')
-  await once(srv, 'listening')
-  const accepted = once(srv, 'connection')
-  const client = connect((srv.address() as { port: number }).port, '127.0.0.1')
-  const [server] = (await accepted) as [Socket]
-  t.after(() => {
-    client.destroy()
-    server.destroy()
-    srv.close()
-  })
-  return { server, client }
-}
-
 test('writes of one tick reach the socket as one writev, in order', async (t) => {
-  const { server, client } = await pair(t)
+  const { server, client } = await socketPair(t)
   coalesceWrites(server)
   const writev: number[] = []
   const writes: number[] = []
@@ -46,7 +30,7 @@ test('writes of one tick reach the socket as one writev, in order', async (t) =>
 })
 
 test('a later tick starts a new batch, and write callbacks and backpressure still work', async (t) => {
-  const { server, client } = await pair(t)
+  const { server, client } = await socketPair(t)
   coalesceWrites(server)
   client.pause()
   const first = await new Promise<boolean>((resolve) => resolve(server.write(Buffer.alloc(10))))

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import mqttPacket from 'mqtt-packet'
-import { createServer, connect, type Socket } from 'node:net'
 import { once } from 'node:events'
+import { socketPair } from '../../scripts/socket-pair.js'
 import { guardStream, PacketSizeGuard, PacketTooLargeError, TurnBudget } from './packet-guard.js'
 
 const publish = (bytes: number) =>
@@ -140,22 +140,6 @@ describe('PacketSizeGuard', () => {
 })
 
 describe('guardStream writes', () => {
-  /** A connected pair of TCP sockets on 127.0.0.1: the server's end, and the client's. */
-  async function socketPair(t: { after(fn: () => unknown): void }): Promise<{ server: Socket; client: Socket }> {
-    const srv = createServer()
-    srv.listen(0, '127.0.0.1')
-    await once(srv, 'listening')
-    const accepted = once(srv, 'connection') as Promise<[Socket]>
-    const client = connect((srv.address() as { port: number }).port, '127.0.0.1')
-    const [server] = await accepted
-    t.after(() => {
-      client.destroy()
-      server.destroy()
-      srv.close()
-    })
-    return { server, client }
-  }
-
   it('go to the socket in order, report its backpressure, pass on its drain, and end after the last one', async (t) => {
     const { server, client } = await socketPair(t)
     const duplex = guardStream(server, 1024)

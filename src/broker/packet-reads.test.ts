@@ -24,10 +24,12 @@ describe('packet reads without a Buffer per value (bl)', () => {
   readPacketsWithoutSlicing()
 
   it('replaces the read methods of the list mqtt-packet parses from, once however often it is called', () => {
+    const first = METHODS.map((m) => proto[m])
     readPacketsWithoutSlicing()
     const parser = mqttPacket.parser() as unknown as { _list: Record<string, unknown> }
-    for (const m of METHODS) {
+    for (const [i, m] of METHODS.entries()) {
       assert.notEqual(proto[m], original[m], m)
+      assert.equal(proto[m], first[i], `${m}: a second call wraps nothing again`)
       assert.equal(parser._list[m], proto[m], m)
     }
   })
