@@ -1,16 +1,11 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import fc from 'fast-check'
-import pg from 'pg'
-import { defer, testDatabase } from '../../scripts/test-helpers.js'
+import type pg from 'pg'
+import { sqlClient, testDatabase } from '../../scripts/test-helpers.js'
 import { intArray, textArray } from './arrays.js'
 
-async function client(t: Parameters<typeof testDatabase>[0]): Promise<pg.Client> {
-  const c = new pg.Client({ connectionString: await testDatabase(t) })
-  await c.connect()
-  defer(t, () => c.end())
-  return c
-}
+const client = async (t: Parameters<typeof testDatabase>[0]): Promise<pg.Client> => sqlClient(t, await testDatabase(t))
 
 // What PostgreSQL reads back from the literal, element by element, with NULLs told apart from the text "NULL".
 async function readText(c: pg.Client, literal: string): Promise<Array<string | null>> {
