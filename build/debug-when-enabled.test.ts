@@ -3,7 +3,14 @@ import { createRequire } from 'node:module'
 import { describe, it } from 'node:test'
 
 type Debug = ((...args: unknown[]) => void) & { enabled: boolean; namespace: string; extend(ns: string): Debug }
-type Factory = ((namespace: string) => Debug) & { enable(namespaces: string): void; disable(): string; enabled(namespace: string): boolean }
+type Factory = ((namespace: string) => Debug) & {
+  enable(namespaces: string): void
+  disable(): string
+  enabled(namespace: string): boolean
+  names: string[]
+  default: unknown
+  debug: unknown
+}
 const debug = createRequire(import.meta.url)('./debug-when-enabled.cjs') as Factory
 
 describe('the executable\'s stand-in for debug', () => {
@@ -31,5 +38,16 @@ describe('the executable\'s stand-in for debug', () => {
     }
     assert.match(lines.join(''), /paku-test:on hello there/)
     assert.equal(debug('paku-test:off').enabled, false)
+  })
+
+  it('reads debug\'s state through instead of a copy taken at load', (t) => {
+    t.after(() => debug.disable())
+    debug.enable('paku-test:first')
+    assert.deepEqual(debug.names, ['paku-test:first'])
+    // enable() replaces debug's arrays: a copy of them would still say 'paku-test:first'.
+    debug.enable('paku-test:second')
+    assert.deepEqual(debug.names, ['paku-test:second'])
+    assert.equal(debug.default, debug)
+    assert.equal(debug.debug, debug)
   })
 })
