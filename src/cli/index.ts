@@ -42,13 +42,14 @@ usage: paku <command> [--config FILE]
 config: --config FILE, else $PAKU_CONFIG, else ./paku.config.json; PAKU_* env overrides; docs: README.md`
 
 export const EMULATE_HELP = `usage: paku emulate ruuvi|heater [options]
-  --url URL         broker (default mqtt://127.0.0.1:<mqtt.port from config>)
+  --url URL         broker: mqtt://, mqtts://, ws:// or wss://host:port[/path], user:password@ allowed
+                    (default mqtt://127.0.0.1:<mqtt.port from config>)
   --site NAME       site id, first topic level (default paku)
   --device IDS      heater id (default emu01) or comma-separated Ruuvi locations (default van_inside,cabin)
   --legacy          ruuvi: also publish the old flat payload on {site}/ruuvi/{location}
   --interval SEC    seconds between rounds (default ruuvi 5, heater 5)
   --count N         rounds to publish, 0 = until Ctrl-C (default 0)
-  --username U --password P`
+  --username U --password P   (override those in --url)`
 
 /** Runs one command; returns the exit code. Never calls process.exit. */
 export async function runCli(argv: string[], io: CliIo): Promise<number> {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { parseTopic } from '../ingest/topic.js'
 import { toRow } from '../ingest/records.js'
-import { createHeaterEmulator, createRuuviEmulator } from './index.js'
+import { brokerOptions, createHeaterEmulator, createRuuviEmulator } from './index.js'
 
 /** Every message an emulator sends must pass the real ingest path, or it is not emulating a device. */
 function ingestable(topic: string, payload: string) {
@@ -71,5 +71,23 @@ describe('heater emulator', () => {
     assert.equal(emu.command('{"cmd":"explode"}'), 'ignored: unknown command "explode"')
     assert.equal(emu.command('{"cmd":"vent","power":99}'), 'ventilating')
     assert.equal(emu.command('{"cmd":"start"}'), 'ignored: start while Ventilation')
+  })
+})
+
+describe('brokerOptions (--url)', () => {
+  it('maps a URL to mqtt.js options, credentials percent-decoded and IPv6 unbracketed', () => {
+    assert.deepEqual(brokerOptions('mqtt://127.0.0.1:1883'), { protocol: 'mqtt', host: '127.0.0.1', port: 1883 })
+    assert.deepEqual(brokerOptions('mqtts://dev%40site:p%3Ass@[::1]:8883/ignored'), { protocol: 'mqtts', host: '::1', port: 8883, username: 'dev@site', password: 'p:ss' })
+    assert.deepEqual(brokerOptions('wss://broker.example/ws/mqtt?x=1'), { protocol: 'wss', host: 'broker.example', path: '/ws/mqtt?x=1' })
+    assert.deepEqual(brokerOptions('ws://broker.example:9001/'), { protocol: 'ws', host: 'broker.example', port: 9001 }, '"/" leaves mqtt.js its default path')
+  })
+
+  it('refuses what is not a broker URL, saying why', () => {
+    assert.throws(() => brokerOptions('127.0.0.1:1883'), /is not a URL \(example: mqtt:\/\//)
+    assert.throws(() => brokerOptions('not a url'), /is not a URL/)
+    assert.throws(() => brokerOptions('http://127.0.0.1:1883'), /must start with mqtt:\/\/.*not http:\/\//)
+    assert.throws(() => brokerOptions('mqtt://:1883'), /is not a URL|names no host/)
+    assert.throws(() => brokerOptions('mqtt://%E0%A4%A@127.0.0.1'), /not valid percent-encoding/)
+    assert.throws(() => brokerOptions('x'.repeat(100_000)), (err: Error) => err.message.length < 400)
   })
 })

@@ -32,12 +32,46 @@ export function createEmulator(opts: Pick<EmulateOptions, 'kind' | 'site' | 'dev
     : createRuuviEmulator({ site: opts.site, locations: opts.devices, legacy: opts.legacy })
 }
 
+const PROTOCOLS = ['mqtt', 'mqtts', 'tcp', 'ssl', 'ws', 'wss'] as const
+type BrokerOptions = { protocol: (typeof PROTOCOLS)[number]; host: string; port?: number; path?: string; username?: string; password?: string }
+
+/**
+ * The broker URL as mqtt.js connection options, parsed here with WHATWG URL: given the string, mqtt.js
+ * parses it with the legacy url.parse(), which Node 24 (the executable's runtime) warns about on stderr
+ * at every run (DEP0169).
+ */
+export function brokerOptions(raw: string): BrokerOptions {
+  let url: URL
+  try {
+    url = new URL(raw)
+  } catch {
+    throw new Error(`--url ${JSON.stringify(raw.slice(0, 200))} is not a URL (example: mqtt://127.0.0.1:1883)`)
+  }
+  const protocol = url.protocol.replace(/:$/, '') as BrokerOptions['protocol']
+  if (!PROTOCOLS.includes(protocol)) throw new Error(`--url must start with ${PROTOCOLS.map((p) => `${p}://`).join(', ')}, not ${url.protocol}//`)
+  // IPv6 literals come bracketed ([::1]); the socket wants the bare address.
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1')
+  if (host === '') throw new Error(`--url ${JSON.stringify(raw.slice(0, 200))} names no host`)
+  const opts: BrokerOptions = { protocol, host }
+  if (url.port !== '') opts.port = Number(url.port)
+  // Over WebSocket the path selects the endpoint; "/" alone leaves mqtt.js' default (/mqtt), as before.
+  if ((protocol === 'ws' || protocol === 'wss') && url.pathname !== '/' && url.pathname !== '') opts.path = url.pathname + url.search
+  try {
+    if (url.username !== '') opts.username = decodeURIComponent(url.username)
+    if (url.password !== '') opts.password = decodeURIComponent(url.password)
+  } catch {
+    throw new Error('--url has a user name or password that is not valid percent-encoding')
+  }
+  return opts
+}
+
 /** Connects to a broker and publishes the emulator's rounds (QoS 0, not retained, like the devices). */
 export async function runEmulator(opts: EmulateOptions): Promise<number> {
   const emulator = createEmulator(opts)
-  const client = await mqtt.connectAsync(opts.url, {
-    username: opts.username,
-    password: opts.password,
+  const client = await mqtt.connectAsync({
+    ...brokerOptions(opts.url),
+    ...(opts.username !== undefined ? { username: opts.username } : {}),
+    ...(opts.password !== undefined ? { password: opts.password } : {}),
     clientId: `paku-emulate-${opts.kind}-${process.pid}`,
     reconnectPeriod: 2000,
     connectTimeout: 10_000,
