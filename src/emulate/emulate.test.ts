@@ -79,7 +79,7 @@ describe('brokerOptions (--url)', () => {
     assert.deepEqual(brokerOptions('mqtt://127.0.0.1:1883'), { protocol: 'mqtt', host: '127.0.0.1', port: 1883 })
     assert.deepEqual(brokerOptions('mqtts://dev%40site:p%3Ass@[::1]:8883/ignored'), { protocol: 'mqtts', host: '::1', port: 8883, username: 'dev@site', password: 'p:ss' })
     assert.deepEqual(brokerOptions('wss://broker.example/ws/mqtt?x=1'), { protocol: 'wss', host: 'broker.example', path: '/ws/mqtt?x=1' })
-    assert.deepEqual(brokerOptions('ws://broker.example:9001/'), { protocol: 'ws', host: 'broker.example', port: 9001 }, '"/" leaves mqtt.js its default path')
+    assert.deepEqual(brokerOptions('ws://broker.example:9001'), { protocol: 'ws', host: 'broker.example', port: 9001, path: '/' })
   })
 
   it('refuses what is not a broker URL, saying why', () => {

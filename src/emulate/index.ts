@@ -54,8 +54,8 @@ export function brokerOptions(raw: string): BrokerOptions {
   if (host === '') throw new Error(`--url ${JSON.stringify(raw.slice(0, 200))} names no host`)
   const opts: BrokerOptions = { protocol, host }
   if (url.port !== '') opts.port = Number(url.port)
-  // Over WebSocket the path selects the endpoint; "/" alone leaves mqtt.js' default (/mqtt), as before.
-  if ((protocol === 'ws' || protocol === 'wss') && url.pathname !== '/' && url.pathname !== '') opts.path = url.pathname + url.search
+  // Over WebSocket the path selects the endpoint (paku's is ws.path, /mqtt by default).
+  if (protocol === 'ws' || protocol === 'wss') opts.path = url.pathname + url.search
   try {
     if (url.username !== '') opts.username = decodeURIComponent(url.username)
     if (url.password !== '') opts.password = decodeURIComponent(url.password)
