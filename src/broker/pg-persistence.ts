@@ -41,6 +41,9 @@ type Emitter = {
 
 type Op = RawBuilder<unknown>
 
+/** outgoingEnqueueCombi's answer when there is no subscriber to queue for (one shared resolved promise). */
+const NOTHING_TO_QUEUE = Promise.resolve()
+
 /**
  * aedes persistence on PostgreSQL: aedes' own in-memory implementation answers every read (its topic
  * trie included), and every change is written behind, in order, one transaction per flush. start-up
@@ -49,8 +52,6 @@ type Op = RawBuilder<unknown>
  * writes everything; a kill -9 can lose changes of that last window (never telemetry rows, which
  * ingest acknowledges only once durable).
  */
-const NOTHING_TO_QUEUE = Promise.resolve()
-
 export class PgPersistence extends AsyncMemoryPersistence {
   #opts: PgPersistenceOptions
   #ops: Op[] = []
