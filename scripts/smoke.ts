@@ -80,7 +80,7 @@ let idle: { rss: number; anon: number; file: number } | undefined
 try {
   await db.start()
   const [mqttPort, httpPort] = [await freePort(), await freePort()]
-  const key = 'smoke-admin-key-0123456789'
+  const key = 'smoke-admin-key-0123456789-abcdefghij'
   const env = {
     PATH: process.env.PATH ?? '',
     HOME: dir,

@@ -10,11 +10,12 @@ import { startFakeOpenApi } from './ecoflow/fake-open-api.js'
 import { createLogger } from './log/index.js'
 
 const SECRETS = {
-  admin: 'ADMIN-s3cret-key-0001',
+  admin: 'ADMIN-s3cret-key-0001-padded-to-32-chars',
   mqtt: 'MQTT-s3cret-pass-0002',
   ecoflow: 'ECOFLOW-s3cret-0003',
   db: 'DB-s3cret-pw-0004',
   redis: 'REDIS-s3cret-pw-0005',
+  dbQuery: 'DB-QUERY-s3cret-0006',
 }
 
 describe('no secret reaches logs or error responses', () => {
@@ -28,7 +29,7 @@ describe('no secret reaches logs or error responses', () => {
       databaseUrl: url,
       log: { level: 'debug' },
       http: { adminApiKey: SECRETS.admin },
-      mqtt: { allowAnonymous: false, username: 'edge', password: SECRETS.mqtt },
+      mqtt: { allowAnonymous: false, sharedCredential: { username: 'edge', password: SECRETS.mqtt } },
       // A wrong secret: EcoFlow answers 8521, which paku logs.
       ecoflow: { accessKey: 'AK', secretKey: SECRETS.ecoflow, apiUrl: fake.url, signing: 'documented' },
     })
@@ -59,6 +60,11 @@ describe('no secret reaches logs or error responses', () => {
     const io: CliIo = { env: { PAKU_DATABASE_URL: `postgres://paku:${SECRETS.db}@127.0.0.1:1/paku`, PAKU_ADMIN_API_KEY: SECRETS.admin, PAKU_MQTT_PASSWORD: SECRETS.mqtt, PAKU_ECOFLOW_SECRET_KEY: SECRETS.ecoflow, PAKU_ECOFLOW_ACCESS_KEY: 'AK', PAKU_CLUSTER_REDIS_URL: `redis://:${SECRETS.redis}@127.0.0.1:1/0` }, out: (l) => out.push(l), err: (l) => out.push(l), waitForStop: () => Promise.resolve('SIGTERM'), isTTY: false }
     assert.equal(await runCli(['check-config'], io), 0)
     assert.equal(await runCli(['serve'], { ...io, env: { ...io.env, PAKU_MQTT_PORT: '0', PAKU_HTTP_PORT: '0', PAKU_MQTT_WS_ENABLED: 'false' } }), 1, 'the database is unreachable')
+    // libpq and node-postgres also take the password as a query parameter.
+    const queryUrl = { ...io.env, PAKU_DATABASE_URL: `postgres://paku@127.0.0.1:1/paku?sslmode=disable&password=${SECRETS.dbQuery}` }
+    assert.equal(await runCli(['check-config'], { ...io, env: queryUrl }), 0)
+    assert.equal(await runCli(['serve'], { ...io, env: { ...queryUrl, PAKU_MQTT_PORT: '0', PAKU_HTTP_PORT: '0', PAKU_MQTT_WS_ENABLED: 'false' } }), 1, 'the database is unreachable')
+    assert.match(out.join('\n'), /127\.0\.0\.1:1\/paku\?sslmode=disable&password=\*\*\*/, 'the query-string password was masked where the URL was shown')
     assert.equal(await runCli(['check-config'], { ...io, env: { ...io.env, PAKU_DATABASE_URL: `mysql://root:${SECRETS.db}@x/y` } }), 1)
     assert.equal(await runCli(['check-config'], { ...io, env: { ...io.env, PAKU_CLUSTER_REDIS_URL: `http://:${SECRETS.redis}@x:6379` } }), 1)
 

@@ -4,7 +4,7 @@ import mqtt from 'mqtt'
 import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
 import { createKey } from '../http/index.js'
 
-const KEY = 'api-test-admin-key-0123456789'
+const KEY = 'api-test-admin-key-0123456789-padded-to-32-characters'
 
 async function setup(t: TestContext) {
   const databaseUrl = await testDatabase(t)

@@ -22,7 +22,7 @@ function refusal(url: string, opts: mqtt.IClientOptions): Promise<string> {
 describe('MQTT authentication and topic permissions', () => {
   async function setup(t: Parameters<typeof defer>[0]) {
     const url = await testDatabase(t)
-    const sut = await startApp(t, testConfig({ databaseUrl: url, mqtt: { allowAnonymous: false, username: 'edge', password: 'shared-secret' } }))
+    const sut = await startApp(t, testConfig({ databaseUrl: url, mqtt: { allowAnonymous: false, sharedCredential: { username: 'edge', password: 'shared-secret' } } }))
     await addCredential(sut.app.db.db, 'ESP32-AABBCCDD', 'device-pass-1', 'device')
     return { url, sut, db: await sqlClient(t, url) }
   }
@@ -129,7 +129,7 @@ describe('paku device add|list|remove', () => {
 describe('abuse limits per address', () => {
   it('refuses MQTT logins from an address after repeated failures, even with the right password', async (t) => {
     const url = await testDatabase(t)
-    const sut = await startApp(t, testConfig({ databaseUrl: url, mqtt: { allowAnonymous: false, username: 'edge', password: 'shared-secret', maxAuthFailuresPerMinute: 3 } }))
+    const sut = await startApp(t, testConfig({ databaseUrl: url, mqtt: { allowAnonymous: false, sharedCredential: { username: 'edge', password: 'shared-secret' }, maxAuthFailuresPerMinute: 3 } }))
     for (let i = 0; i < 3; i++) assert.match(await refusal(sut.mqttUrl, { username: 'edge', password: `guess-${i}` }), /Bad username or password/)
     assert.match(await refusal(sut.mqttUrl, { username: 'edge', password: 'shared-secret' }), /Not authorized/)
   })
@@ -149,11 +149,11 @@ describe('abuse limits per address', () => {
 
   it('answers 429 with Retry-After after repeated wrong admin keys from one address', async (t) => {
     const url = await testDatabase(t)
-    const sut = await startApp(t, testConfig({ databaseUrl: url, http: { adminApiKey: 'right-key', maxAuthFailuresPerMinute: 3 } }))
+    const sut = await startApp(t, testConfig({ databaseUrl: url, http: { adminApiKey: 'right-key-0123456789abcdefghijklmnop', maxAuthFailuresPerMinute: 3 } }))
     const get = (key: string) => fetch(`${sut.httpUrl}/api/admin/ecoflow/devices`, { headers: { 'x-api-key': key } })
-    assert.equal((await get('right-key')).status, 200)
+    assert.equal((await get('right-key-0123456789abcdefghijklmnop')).status, 200)
     for (let i = 0; i < 3; i++) assert.equal((await get(`wrong-${i}`)).status, 401)
-    const blocked = await get('right-key')
+    const blocked = await get('right-key-0123456789abcdefghijklmnop')
     assert.equal(blocked.status, 429)
     assert.ok(Number(blocked.headers.get('retry-after')) > 0)
     assert.match(((await blocked.json()) as { message: string }).message, /too many failed attempts/)
@@ -200,9 +200,9 @@ describe('named admin keys with scopes', () => {
 describe('MQTT credentials over the admin API', () => {
   it('adds (generated or given password), lists and removes credentials, validating input', async (t) => {
     const url = await testDatabase(t)
-    const sut = await startApp(t, testConfig({ databaseUrl: url, http: { adminApiKey: 'ops-key' }, mqtt: { allowAnonymous: false } }))
+    const sut = await startApp(t, testConfig({ databaseUrl: url, http: { adminApiKey: 'ops-key-0123456789abcdefghijklmnopqrs' }, mqtt: { allowAnonymous: false } }))
     const api = (method: string, path: string, body?: unknown) =>
-      fetch(`${sut.httpUrl}/api/admin/mqtt/credentials${path}`, { method, headers: { 'x-api-key': 'ops-key', 'content-type': 'application/json' }, body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body) })
+      fetch(`${sut.httpUrl}/api/admin/mqtt/credentials${path}`, { method, headers: { 'x-api-key': 'ops-key-0123456789abcdefghijklmnopqrs', 'content-type': 'application/json' }, body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body) })
     const gen = await api('POST', '', { username: 'ESP32-12345678' })
     assert.equal(gen.status, 201)
     const { password } = (await gen.json()) as { password: string }

@@ -111,7 +111,8 @@ export function createBroker(opts: BrokerOptions) {
   const counts = { connections: 0, messagesIn: 0, clientErrors: 0, authFailures: 0, denied: 0, refusedConnections: 0 }
   const identities = new WeakMap<Client, Identity>()
   const lastAuthLog = new Map<string, number>()
-  const shared = config.username && config.password ? { user: digest(config.username), pass: digest(config.password) } : undefined
+  const sc = config.sharedCredential
+  const shared = sc.username && sc.password ? { user: digest(sc.username), pass: digest(sc.password) } : undefined
 
   /** Logs an auth problem at most once a minute per key (a misconfigured device retries every few seconds). */
   const warnOnce = (key: string, msg: string, fields: Record<string, unknown>) => {

@@ -45,7 +45,7 @@ describe('MQTT over TLS', () => {
     const url = await testDatabase(t)
     const sut = await startApp(t, testConfig({
       databaseUrl: url,
-      mqtt: { allowAnonymous: false, username: 'edge', password: 'shared-secret', tls: { enabled: true, host: '127.0.0.1', port: 0, wsPort: 0, certFile: live.cert, keyFile: live.key, caFile: p.ca } },
+      mqtt: { allowAnonymous: false, sharedCredential: { username: 'edge', password: 'shared-secret' }, tls: { enabled: true, host: '127.0.0.1', port: 0, wsPort: 0, certFile: live.cert, keyFile: live.key, caFile: p.ca } },
     }))
     const db = await sqlClient(t, url)
     const { mqtts, wss } = sut.app.broker.addresses()

@@ -7,7 +7,7 @@ import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from
 // CI installs redis-server (.ci/run); on a developer machine without it these tests are skipped, loudly.
 const skip = await redisSkipReason()
 
-const KEY = 'cluster-test-key-0123456789'
+const KEY = 'cluster-test-key-0123456789-padded-to-32-characters'
 
 type T = Parameters<typeof testDatabase>[0]
 

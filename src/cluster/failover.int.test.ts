@@ -10,7 +10,7 @@ import { espImage } from '../ota/test-image.js'
 const skip = await redisSkipReason()
 
 type T = Parameters<typeof testDatabase>[0]
-const KEY = 'failover-test-key-0123456789'
+const KEY = 'failover-test-key-0123456789-padded-to-32-characters'
 
 /** Three paku processes (killable with SIGKILL) on one test database and one Redis. */
 async function processes(t: T, o: { env?: Record<string, string>; config?: Record<string, unknown> } = {}) {

@@ -3,7 +3,7 @@ import { describe, it, type TestContext } from 'node:test'
 import mqtt from 'mqtt'
 import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
 
-const KEY = 'commands-test-key-0123456789'
+const KEY = 'commands-test-key-0123456789-padded-to-32-characters'
 const DEV = 'ESP32-C0FFEE01'
 
 async function setup(t: TestContext) {

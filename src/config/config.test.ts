@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import { describe, it } from 'node:test'
-import { ENV_TABLE, loadConfig, maskSecrets } from './index.js'
+import { ENV_TABLE, loadConfig, maskSecrets, maskUrl } from './index.js'
 
 const files = (map: Record<string, string>) => (p: string) => {
   if (!(p in map)) throw Object.assign(new Error('ENOENT'), { code: 'ENOENT' })
@@ -109,6 +109,12 @@ describe('loadConfig', () => {
     { name: 'rejects a Redis URL of the wrong type without echoing it', file: '{"cluster":{"redisUrl":12345}}', want: ['cluster.redisUrl: cluster.redisUrl must be a redis:// or rediss:// URL'] },
     { name: 'rejects an instance id with odd characters', env: { PAKU_CLUSTER_INSTANCE_ID: 'a b' }, want: ['cluster.instanceId (from PAKU_CLUSTER_INSTANCE_ID): cluster.instanceId must be up to 64 letters, digits, . _ : -'] },
     { name: 'rejects a route prefix without a slash', file: '{"ota":{"routePrefix":"ota"}}', want: ['ota.routePrefix: must be like /ota'] },
+    { name: 'rejects an unknown shared-credential role', env: { PAKU_MQTT_SHARED_ROLE: 'admin' }, want: ['mqtt.sharedCredential.role (from PAKU_MQTT_SHARED_ROLE): must be one of full, device'] },
+    { name: 'rejects an unknown anonymous role', env: { PAKU_MQTT_ANONYMOUS_ROLE: 'everything' }, want: ['mqtt.anonymousRole (from PAKU_MQTT_ANONYMOUS_ROLE): must be one of readonly, device, full'] },
+    { name: 'rejects a WebSocket origin that is not an origin', env: { PAKU_MQTT_WS_ALLOWED_ORIGINS: 'https://ok.example,*' }, want: ['mqtt.ws.allowedOrigins.1 (from PAKU_MQTT_WS_ALLOWED_ORIGINS): must be an origin like https://example.com or http://localhost:3000'] },
+    { name: 'rejects a session expiry of zero', env: { PAKU_MQTT_SESSION_EXPIRY_HOURS: '0' }, want: ['mqtt.sessionExpiryHours (from PAKU_MQTT_SESSION_EXPIRY_HOURS): sessionExpiryHours must be at least 1'] },
+    { name: 'rejects a negative quota', file: '{"mqtt":{"quotas":{"device":{"retainedBytes":-1}}}}', want: ['mqtt.quotas.device.retainedBytes: retainedBytes must be 0 or more'] },
+    { name: 'rejects an unknown quota', file: '{"mqtt":{"quotas":{"device":{"retainedBytez":1}}}}', want: ['mqtt.quotas.device.retainedBytez: Invalid key: Expected never but received "retainedBytez"'] },
   ]
   for (const c of bad) {
     it(c.name, () => {
@@ -126,17 +132,28 @@ describe('loadConfig', () => {
   })
 
   it('takes the old OTA_API_KEY as PAKU_OTA_API_KEY; PAKU_ADMIN_API_KEY wins when both are set', () => {
-    const one = loadConfig({ env: { PAKU_OTA_API_KEY: 'old-key' }, defaultPath: 'x', readFile: files({}) })
-    const both = loadConfig({ env: { PAKU_OTA_API_KEY: 'old-key', PAKU_ADMIN_API_KEY: 'new-key' }, defaultPath: 'x', readFile: files({}) })
+    const old = 'old-key-0123456789abcdefghijklmnopq'
+    const neu = 'new-key-0123456789abcdefghijklmnopq'
+    const one = loadConfig({ env: { PAKU_OTA_API_KEY: old }, defaultPath: 'x', readFile: files({}) })
+    const both = loadConfig({ env: { PAKU_OTA_API_KEY: old, PAKU_ADMIN_API_KEY: neu }, defaultPath: 'x', readFile: files({}) })
     assert.ok(one.ok && both.ok)
-    assert.equal(one.config.http.adminApiKey, 'old-key')
-    assert.equal(both.config.http.adminApiKey, 'new-key')
+    assert.equal(one.config.http.adminApiKey, old)
+    assert.equal(both.config.http.adminApiKey, neu)
+  })
+
+  it('refuses an admin key shorter than 32 characters without echoing it', () => {
+    const r = loadConfig({ env: { PAKU_ADMIN_API_KEY: 'hunter2-is-too-short' }, defaultPath: 'x', readFile: files({}) })
+    assert.equal(r.ok, false)
+    assert.deepEqual((r as { issues: string[] }).issues, ['http.adminApiKey (from PAKU_ADMIN_API_KEY): http.adminApiKey must be at least 32 characters (e.g. openssl rand -hex 32)'])
+    assert.doesNotMatch(JSON.stringify(r), /hunter2/)
+    const exact = loadConfig({ env: { PAKU_ADMIN_API_KEY: 'k'.repeat(32) }, defaultPath: 'x', readFile: files({}) })
+    assert.ok(exact.ok, '32 characters are enough')
   })
 
   it('masks the admin and EcoFlow keys for display', () => {
-    const r = loadConfig({ env: { PAKU_ADMIN_API_KEY: 'adm1n', PAKU_ECOFLOW_ACCESS_KEY: 'acc3ss', PAKU_ECOFLOW_SECRET_KEY: 's3cr3t' }, defaultPath: 'x', readFile: files({}) })
+    const r = loadConfig({ env: { PAKU_ADMIN_API_KEY: 'adm1n-0123456789abcdefghijklmnopqr', PAKU_ECOFLOW_ACCESS_KEY: 'acc3ss', PAKU_ECOFLOW_SECRET_KEY: 's3cr3t', PAKU_MQTT_PASSWORD: 'mqtt-pa55' }, defaultPath: 'x', readFile: files({}) })
     assert.ok(r.ok)
-    assert.doesNotMatch(JSON.stringify(maskSecrets(r.config)), /adm1n|acc3ss|s3cr3t/)
+    assert.doesNotMatch(JSON.stringify(maskSecrets(r.config)), /adm1n|acc3ss|s3cr3t|mqtt-pa55/)
   })
 
   it('accepts redis:// and rediss:// URLs and masks their password for display', () => {
@@ -157,6 +174,35 @@ describe('loadConfig', () => {
     const shown = JSON.stringify(maskSecrets(r.config))
     assert.doesNotMatch(shown, /s3cret/)
     assert.match(shown, /postgres:\/\/paku:\*\*\*@db:5432\/paku/)
+  })
+
+  it('masks a password given in the URL query string (libpq and node-postgres take ?password=)', () => {
+    for (const url of ['postgres://paku@db:5432/paku?password=s3cret&sslmode=require', 'postgres://db/paku?sslmode=disable&PASSWORD=s3cret', 'postgres://db/paku?sslpassword=s3cret']) {
+      const r = loadConfig({ env: { PAKU_DATABASE_URL: url }, defaultPath: 'x', readFile: files({}) })
+      assert.ok(r.ok, url)
+      const shown = JSON.stringify(maskSecrets(r.config))
+      assert.doesNotMatch(shown, /s3cret/, url)
+      assert.doesNotMatch(maskUrl(url), /s3cret/, url)
+    }
+    assert.match(maskUrl('postgres://paku@db:5432/paku?password=s3cret&sslmode=require'), /sslmode=require/, 'other parameters stay readable')
+  })
+
+  it('reads the shared credential, its role, the anonymous role, origins and session expiry from the environment', () => {
+    const r = loadConfig({
+      env: { PAKU_MQTT_USERNAME: 'edge', PAKU_MQTT_PASSWORD: 'changeme', PAKU_MQTT_SHARED_ROLE: 'device', PAKU_MQTT_ANONYMOUS_ROLE: 'full', PAKU_MQTT_WS_ALLOWED_ORIGINS: 'https://a.example, http://localhost:3000', PAKU_MQTT_SESSION_EXPIRY_HOURS: '24' },
+      defaultPath: 'x',
+      readFile: files({}),
+    })
+    assert.ok(r.ok)
+    assert.deepEqual(r.config.mqtt.sharedCredential, { username: 'edge', password: 'changeme', role: 'device' })
+    assert.equal(r.config.mqtt.anonymousRole, 'full')
+    assert.deepEqual(r.config.mqtt.ws.allowedOrigins, ['https://a.example', 'http://localhost:3000'])
+    assert.equal(r.config.mqtt.sessionExpiryHours, 24)
+    const d = loadConfig({ env: {}, defaultPath: 'x', readFile: files({}) })
+    assert.ok(d.ok)
+    assert.equal(d.config.mqtt.sharedCredential.role, 'full', 'the old behaviour until an operator switches')
+    assert.equal(d.config.mqtt.anonymousRole, 'readonly')
+    assert.equal(d.config.mqtt.quotas.device.retainedBytes, 1024 * 1024, "a device's retained state is at most 1 MiB by default")
   })
 })
 

@@ -92,17 +92,22 @@ export function maskSecrets(config: Config): unknown {
   const copy = structuredClone(config) as Config
   if (copy.database.url) copy.database.url = maskUrl(copy.database.url)
   if (copy.http.adminApiKey) copy.http.adminApiKey = '***'
-  if (copy.mqtt.password) copy.mqtt.password = '***'
+  if (copy.mqtt.sharedCredential.password) copy.mqtt.sharedCredential.password = '***'
   if (copy.ecoflow.accessKey) copy.ecoflow.accessKey = '***'
   if (copy.ecoflow.secretKey) copy.ecoflow.secretKey = '***'
   if (copy.cluster.redisUrl) copy.cluster.redisUrl = maskUrl(copy.cluster.redisUrl)
   return copy
 }
 
+/**
+ * A URL for display: the password after the user name and any password-like query parameter (libpq and
+ * node-postgres read `?password=`, `?sslpassword=`; names compared case-insensitively) become ***.
+ */
 export function maskUrl(url: string): string {
   try {
     const u = new URL(url)
     if (u.password) u.password = '***'
+    for (const key of [...u.searchParams.keys()]) if (/pass|secret|token/i.test(key)) u.searchParams.set(key, '***')
     return u.toString()
   } catch {
     return '***'

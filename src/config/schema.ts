@@ -19,6 +19,37 @@ const positiveInt = (name: string, max: number) =>
 const days = (name: string) =>
   v.pipe(v.number(`${name} must be a number`), v.integer(`${name} must be an integer`), v.minValue(0, `${name} must be 0 (keep) or more`), v.maxValue(36_500, `${name} must be at most 36500`))
 
+const MiB = 1024 * 1024
+
+export const ANONYMOUS_ROLES = ['readonly', 'device', 'full'] as const
+export const SHARED_ROLES = ['full', 'device'] as const
+export const QUOTA_KINDS = ['device', 'bridge', 'service', 'anonymous'] as const
+
+/**
+ * What one login (a device, a bridge, a service, or all anonymous clients together) may keep in the
+ * broker. Over a quota a PUBLISH closes the connection, a SUBSCRIBE gets 0x80, a CONNECT for one more
+ * persistent session gets CONNACK 5, and a message for a full offline queue is dropped for that client.
+ */
+function quotaShape(kind: string, d: { retainedTopics: number; retainedBytes: number; persistentSessions: number; subscriptions: number; queuedMessages: number; queuedBytes: number; relayedSensors: number }) {
+  const n = (key: string, max: number, def: number) => v.optional(v.pipe(v.number(`${key} must be a number`), v.integer(`${key} must be an integer`), v.minValue(0, `${key} must be 0 or more`), v.maxValue(max, `${key} must be at most ${max}`)), def)
+  return v.strictObject({
+    /** Retained topics it may hold. */
+    retainedTopics: n('retainedTopics', 10_000_000, d.retainedTopics),
+    /** Bytes of retained payloads it may hold. */
+    retainedBytes: n('retainedBytes', 16 * 1024 * MiB, d.retainedBytes),
+    /** Persistent sessions (clean=false) it may keep. */
+    persistentSessions: n('persistentSessions', 1_000_000, d.persistentSessions),
+    /** Subscriptions one of its clients may hold at once. */
+    subscriptions: n('subscriptions', 1_000_000, d.subscriptions),
+    /** QoS 1/2 messages queued (or in flight) for one of its sessions; more are dropped for that session. */
+    queuedMessages: n('queuedMessages', 10_000_000, d.queuedMessages),
+    /** Bytes of those queued messages. */
+    queuedBytes: n('queuedBytes', 16 * 1024 * MiB, d.queuedBytes),
+    /** Relayed sensor ids (`+/sensors/{id}/data`, `+/fridge/{id}/data`) a device may claim (devices only). */
+    relayedSensors: n(`${kind}.relayedSensors`, 100_000, d.relayedSensors),
+  })
+}
+
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const
 export const LOG_FORMATS = ['auto', 'json', 'pretty'] as const
 
@@ -77,6 +108,11 @@ const ConfigShape = v.strictObject({
           host: v.optional(v.string(), '0.0.0.0'),
           port: v.optional(port('port'), 8083),
           path: v.optional(v.pipe(v.string(), v.startsWith('/', 'must start with /')), '/mqtt'),
+          /**
+           * Browser origins (scheme://host[:port]) allowed to open MQTT over WebSocket. A request with
+           * any other Origin header is refused; clients that send none (devices, scripts) are not affected.
+           */
+          allowedOrigins: v.optional(v.array(v.pipe(v.string(), v.regex(/^https?:\/\/[^\s/?#]+$/, 'must be an origin like https://example.com or http://localhost:3000'))), []),
         }),
         {},
       ),
@@ -108,15 +144,51 @@ const ConfigShape = v.strictObject({
       ),
       /** QoS 2 messages a client may have awaiting PUBREL; more closes the connection (aedes' guard). */
       maxInflightInbound: v.optional(positiveInt('maxInflightInbound', 65_535), 100),
-      /** Failed logins per address and minute before that address is refused for a minute. */
+      /**
+       * Failed logins per minute for one username from one address (an IPv6 /64 counts as one address)
+       * before that pair is refused for a minute. A success resets only its own pair.
+       */
       maxAuthFailuresPerMinute: v.optional(positiveInt('maxAuthFailuresPerMinute', 10_000), 10),
+      /** Failed logins per minute from one address, whatever the username, before it is refused for a minute. */
+      maxAuthFailuresPerAddressPerMinute: v.optional(positiveInt('maxAuthFailuresPerAddressPerMinute', 100_000), 30),
       /** Open connections per remote address (a NAT'd site with many devices may need more). */
       maxConnectionsPerAddress: v.optional(positiveInt('maxConnectionsPerAddress', 1_000_000), 256),
       /** Accept clients without a username (development only; the committed dev config binds 127.0.0.1). */
       allowAnonymous: v.optional(v.boolean('mqtt.allowAnonymous must be true or false'), false),
-      /** The old stack's one shared credential (MQTT_USER/MQTT_PASSWORD): full rights, for existing devices and the HA bridge. */
-      username: v.optional(v.string('mqtt.username must be a string'), ''),
-      password: v.optional(v.string('mqtt.password must be a string'), ''),
+      /**
+       * What an anonymous client may do: readonly (subscribe, never publish), device (scoped as the
+       * device named by its client id) or full.
+       */
+      anonymousRole: v.optional(v.picklist(ANONYMOUS_ROLES, `must be one of ${ANONYMOUS_ROLES.join(', ')}`), 'readonly'),
+      /**
+       * The old stack's one shared credential (MQTT_USER/MQTT_PASSWORD), compiled into every paku-core
+       * device. role full: today's rights for everyone holding it (warned at start); device: a login is
+       * scoped as the device named by its client id.
+       */
+      sharedCredential: v.optional(
+        v.strictObject({
+          username: v.optional(v.string('mqtt.sharedCredential.username must be a string'), ''),
+          password: v.optional(v.string('mqtt.sharedCredential.password must be a string'), ''),
+          role: v.optional(v.picklist(SHARED_ROLES, `must be one of ${SHARED_ROLES.join(', ')}`), 'full'),
+        }),
+        {},
+      ),
+      /** A persistent session (clean=false) whose client has been away this long is deleted, queued messages included. */
+      sessionExpiryHours: v.optional(positiveInt('sessionExpiryHours', 87_600), 168),
+      /** Limits on what each kind of login may keep in the broker (see quotaShape). */
+      quotas: v.optional(
+        v.strictObject({
+          device: v.optional(quotaShape('device', { retainedTopics: 100, retainedBytes: MiB, persistentSessions: 1, subscriptions: 64, queuedMessages: 1000, queuedBytes: MiB, relayedSensors: 32 }), {}),
+          bridge: v.optional(quotaShape('bridge', { retainedTopics: 10_000, retainedBytes: 32 * MiB, persistentSessions: 4, subscriptions: 1000, queuedMessages: 100_000, queuedBytes: 32 * MiB, relayedSensors: 0 }), {}),
+          service: v.optional(quotaShape('service', { retainedTopics: 1000, retainedBytes: 8 * MiB, persistentSessions: 4, subscriptions: 1000, queuedMessages: 10_000, queuedBytes: 8 * MiB, relayedSensors: 0 }), {}),
+          anonymous: v.optional(quotaShape('anonymous', { retainedTopics: 100, retainedBytes: MiB, persistentSessions: 10, subscriptions: 100, queuedMessages: 1000, queuedBytes: MiB, relayedSensors: 32 }), {}),
+          /** Retained and queued message bytes the broker holds in all (and loads at start-up), whoever owns them. */
+          totalBytes: v.optional(positiveInt('totalBytes', 16 * 1024 * MiB), 64 * MiB),
+          /** Persistent sessions in all. */
+          totalPersistentSessions: v.optional(positiveInt('totalPersistentSessions', 10_000_000), 1000),
+        }),
+        {},
+      ),
     }),
     {},
   ),
@@ -128,8 +200,14 @@ const ConfigShape = v.strictObject({
       maxBodyBytes: v.optional(positiveInt('maxBodyBytes', 1_073_741_824), 1_048_576),
       /** Failed admin-key attempts per address and minute before that address gets 429 for a minute. */
       maxAuthFailuresPerMinute: v.optional(positiveInt('maxAuthFailuresPerMinute', 10_000), 10),
-      /** Key for /api/admin/* (header X-API-Key or Authorization: Bearer). Empty: admin routes answer 503. */
-      adminApiKey: v.optional(v.string('http.adminApiKey must be a string'), ''),
+      /** Key for /api/admin/* (header X-API-Key or Authorization: Bearer), at least 32 characters. Empty: admin routes answer 503. */
+      adminApiKey: v.optional(
+        v.pipe(
+          v.string('http.adminApiKey must be a string'),
+          v.check((k) => k === '' || k.length >= 32, 'http.adminApiKey must be at least 32 characters (e.g. openssl rand -hex 32)'),
+        ),
+        '',
+      ),
     }),
     {},
   ),
@@ -165,6 +243,8 @@ const ConfigShape = v.strictObject({
       inProgressTimeoutMinutes: v.optional(positiveInt('inProgressTimeoutMinutes', 10_080), 60),
       /** A device that has not acknowledged cmd/ota gets it again when it shows up, at most this often. */
       renotifySeconds: v.optional(positiveInt('renotifySeconds', 86_400), 300),
+      /** Requests per minute one address may make to the open device routes (/api/firmware/check and /update). */
+      deviceRequestsPerMinute: v.optional(positiveInt('deviceRequestsPerMinute', 1_000_000), 60),
     }),
     {},
   ),

@@ -81,12 +81,12 @@ describe('EcoFlow in the running app', () => {
     const url = await testDatabase(t)
     const sut = await startApp(t, testConfig({
       databaseUrl: url,
-      http: { adminApiKey: 'admin-key' },
+      http: { adminApiKey: 'ecoflow-admin-key-0123456789abcdef' },
       ecoflow: { accessKey: AK, secretKey: SK, apiUrl: f.url, pollSeconds: 3600, requestTimeoutMs: 1000, ...ecoflow },
     }))
     const db = await sqlClient(t, url)
     const api = (path: string, init: RequestInit = {}) =>
-      fetch(`${sut.httpUrl}${path}`, { ...init, headers: { 'x-api-key': 'admin-key', 'content-type': 'application/json', ...(init.headers as Record<string, string>) } })
+      fetch(`${sut.httpUrl}${path}`, { ...init, headers: { 'x-api-key': 'ecoflow-admin-key-0123456789abcdef', 'content-type': 'application/json', ...(init.headers as Record<string, string>) } })
     return { f, sut, db, api }
   }
 
@@ -172,10 +172,10 @@ describe('EcoFlow in the running app', () => {
   it('is off and silent without keys', async (t) => {
     const f = await fake(t)
     const url = await testDatabase(t)
-    const sut = await startApp(t, testConfig({ databaseUrl: url, http: { adminApiKey: 'k' }, ecoflow: { apiUrl: f.url } }))
+    const sut = await startApp(t, testConfig({ databaseUrl: url, http: { adminApiKey: 'ecoflow-admin-key-0123456789abcdef' }, ecoflow: { apiUrl: f.url } }))
     const health = (await (await fetch(`${sut.httpUrl}/health`)).json()) as { ecoflow: unknown }
     assert.deepEqual(health.ecoflow, { enabled: false, state: 'off', devices: 0, lastError: null })
-    const poll = await fetch(`${sut.httpUrl}/api/admin/ecoflow/poll`, { method: 'POST', headers: { 'x-api-key': 'k' } })
+    const poll = await fetch(`${sut.httpUrl}/api/admin/ecoflow/poll`, { method: 'POST', headers: { 'x-api-key': 'ecoflow-admin-key-0123456789abcdef' } })
     assert.equal(poll.status, 409)
     assert.equal(f.state.requests, 0)
   })

@@ -6,7 +6,7 @@ import { runEmulator } from './index.js'
 describe('paku emulate against the real broker', () => {
   it('takes host, port, WebSocket path and percent-encoded credentials from --url', async (t) => {
     const databaseUrl = await testDatabase(t)
-    const config = testConfig({ databaseUrl, mqtt: { allowAnonymous: false, username: 'edge', password: 'p@ss:w/rd%', ws: { path: '/custom-mqtt' } } })
+    const config = testConfig({ databaseUrl, mqtt: { allowAnonymous: false, sharedCredential: { username: 'edge', password: 'p@ss:w/rd%' }, ws: { path: '/custom-mqtt' } } })
     const { wsUrl } = await startApp(t, config)
     const port = new URL(wsUrl).port
     const lines: string[] = []

@@ -17,7 +17,7 @@ import { espImage } from './test-image.js'
 import { PushDevice } from './test-device.js'
 
 const run = promisify(execFile)
-const KEY = 'ci-key-0123456789abcdef'
+const KEY = 'ci-key-0123456789abcdef-padded-to-32-characters'
 const MODEL = 'esp32-heater'
 const workflowPath = new URL('../../docs/firmware-ci/ota-update-esp.yaml', import.meta.url)
 

@@ -14,7 +14,7 @@ import { espImage } from './test-image.js'
 import { httpUpdateRequest, PushDevice } from './test-device.js'
 
 const run = promisify(execFile)
-const KEY = 'ota-test-key-0123456789'
+const KEY = 'ota-test-key-0123456789-padded-to-32-characters'
 const MODEL = 'esp32-heater'
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex')

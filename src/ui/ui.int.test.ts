@@ -9,7 +9,7 @@ import { chromium } from 'playwright-core'
 import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
 import { espImage } from '../ota/test-image.js'
 
-const KEY = 'ui-test-admin-key-0123456789'
+const KEY = 'ui-test-admin-key-0123456789-padded-to-32-characters'
 const MODEL = 'esp32-heater'
 const DEVICE = 'ESP32-0017AB01'
 const CHROMIUM = process.env.PAKU_CHROMIUM ?? '/usr/bin/chromium'
