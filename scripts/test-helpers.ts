@@ -62,7 +62,16 @@ export function testConfig(overrides: ConfigInput & { databaseUrl: string }): Co
     ...rest,
     dataDir: rest.dataDir ?? '.paku-test/data',
     database: { ...rest.database, url: databaseUrl },
-    mqtt: { host: '127.0.0.1', port: 0, allowAnonymous: true, ...rest.mqtt, ws: { host: '127.0.0.1', port: 0, ...rest.mqtt?.ws } },
+    // Like the committed development config: anonymous clients with full rights, on loopback only.
+    mqtt: {
+      host: '127.0.0.1',
+      port: 0,
+      allowAnonymous: true,
+      anonymousRole: 'full',
+      ...rest.mqtt,
+      ws: { host: '127.0.0.1', port: 0, ...rest.mqtt?.ws },
+      quotas: { ...rest.mqtt?.quotas, anonymous: { persistentSessions: 1000, ...rest.mqtt?.quotas?.anonymous } },
+    },
     http: { host: '127.0.0.1', port: 0, ...rest.http },
     ingest: { flushIntervalMs: 20, ...rest.ingest },
     log: { level: (process.env.PAKU_TEST_LOG_LEVEL as 'debug' | undefined) ?? 'silent', ...rest.log },
@@ -75,8 +84,8 @@ export function testLogger(): Logger {
 }
 
 /** Starts the real app (db, ingest, broker, http) on free ports and stops it after the test. */
-export async function startApp(t: After, config: Config) {
-  const app = createApp({ config, log: testLogger(), migrations: readSqlDir(sqlDir()), version: 'test' })
+export async function startApp(t: After, config: Config, o: { log?: Logger; now?: () => number } = {}) {
+  const app = createApp({ config, log: o.log ?? testLogger(), migrations: readSqlDir(sqlDir()), version: 'test', ...(o.now ? { now: o.now } : {}) })
   await app.start()
   defer(t, () => app.stop())
   const { mqtt, ws } = app.broker.addresses()

@@ -20,6 +20,8 @@ export type AppOptions = {
   log: Logger
   migrations: readonly SqlFile[]
   version: string
+  /** The broker's clock (session expiry); tests move it instead of waiting hours. */
+  now?: () => number
 }
 
 type Service = { name: string; start(): Promise<void>; stop(): Promise<void> }
@@ -74,6 +76,7 @@ export function createApp(opts: AppOptions) {
     log: log.child('broker'),
     onMessage: incoming,
     db: () => db.db,
+    ...(opts.now ? { now: opts.now } : {}),
     ...(emitter
       ? {
           cluster: {
@@ -179,13 +182,14 @@ export function createApp(opts: AppOptions) {
     config: config.http,
     log: log.child('http'),
     health,
-    routes: [ota.routes, ecoflow.routes, api.routes, commands.routes, ui.routes, ...(broker.routes ? [broker.routes] : [])],
+    routes: [ota.routes, ecoflow.routes, api.routes, commands.routes, ui.routes, broker.routes],
     lookupKey: (key) => lookupKey(db.db, key),
     // Firmware images are larger than any other body; the multipart envelope adds a little.
     bodyLimits: [{ path: /^\/api\/admin\/firmware(\/|$)/, maxBytes: config.ota.maxFirmwareBytes + 65_536 }],
     metrics: async () => [
       ...ingestMetrics(ingest.stats()),
       histogramMetric('paku_ingest_flush_duration_seconds', 'Duration of the batch writes that committed (a QoS 1 PUBACK waits for one).', ingest.flushDurations()),
+      ...broker.metrics(),
       ...(await ota.metrics()),
       ...runtime.metrics(),
     ],

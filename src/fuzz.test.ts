@@ -74,7 +74,7 @@ describe('property: broker boundaries', () => {
   it('a device never gets another device’s command topics, whatever its id', () => {
     fc.assert(fc.property(fc.string({ minLength: 1, maxLength: 20 }), fc.string({ minLength: 1, maxLength: 20 }), (me, other) => {
       fc.pre(me !== other && !other.includes('/'))
-      const who = { username: me, role: 'device' as const }
+      const who = { rights: 'device' as const, deviceId: me }
       assert.equal(canSubscribe(who, `paku/edge/${other}/cmd/ota`), false)
       assert.equal(canPublish(who, `paku/edge/${other}/status`), false)
     }), RUNS)

@@ -5,6 +5,8 @@ declare module 'aedes-persistence/asyncPersistence.js' {
   export type AnyPacket = Record<string, any> & { topic?: string; payload?: Buffer | string; messageId?: number; brokerId?: string; brokerCounter?: number }
   export type ClientRef = { id: string }
   export type SubscriptionRecord = { topic: string; qos: number; rh?: number; rap?: number; nl?: number; subscriptionIdentifier?: number }
+  /** aedes-packet's Packet, which the in-memory persistence queues (it copies the fields aedes needs). */
+  export const Packet: new (packet: AnyPacket) => AnyPacket
   export default class AsyncMemoryPersistence {
     constructor(opts?: Record<string, unknown>)
     get broker(): any

@@ -211,7 +211,7 @@ describe('MQTT credentials over the admin API', () => {
     assert.deepEqual(await given.json(), { username: 'ha-bridge', role: 'bridge' })
     const list = (await (await api('GET', '')).json()) as { credentials: Array<{ username: string; role: string }> }
     assert.deepEqual(list.credentials.map((c) => [c.username, c.role]), [['ESP32-12345678', 'device'], ['ha-bridge', 'bridge']])
-    assert.equal(await refusal(sut.mqttUrl, { username: 'ESP32-12345678', password }), 'connected')
+    assert.equal(await refusal(sut.mqttUrl, { username: 'ESP32-12345678', password, clientId: 'ESP32-12345678' }), 'connected')
     for (const [body, message] of [
       [{ username: 'bad id' }, /username must be/],
       [{ username: 'ok', password: 'short' }, /at least 8/],
@@ -225,6 +225,6 @@ describe('MQTT credentials over the admin API', () => {
     }
     assert.equal((await api('DELETE', '/ESP32-12345678')).status, 204)
     assert.equal((await api('DELETE', '/ESP32-12345678')).status, 404)
-    assert.match(await refusal(sut.mqttUrl, { username: 'ESP32-12345678', password }), /Bad username or password/)
+    assert.match(await refusal(sut.mqttUrl, { username: 'ESP32-12345678', password, clientId: 'ESP32-12345678' }), /Bad username or password/)
   })
 })

@@ -38,6 +38,12 @@ export async function addCredential(db: Kysely<DB>, username: string, password: 
     ON CONFLICT (username) DO UPDATE SET password_hash = EXCLUDED.password_hash, role = EXCLUDED.role`.execute(db)
 }
 
+/** Whether a username has its own credential (the shared credential may not claim such a client id). */
+export async function hasCredential(db: Kysely<DB>, username: string): Promise<boolean> {
+  const r = await sql<{ ok: number }>`SELECT 1 AS ok FROM mqtt_credentials WHERE username = ${username}`.execute(db)
+  return r.rows.length > 0
+}
+
 export async function removeCredential(db: Kysely<DB>, username: string): Promise<boolean> {
   const r = await sql`DELETE FROM mqtt_credentials WHERE username = ${username}`.execute(db)
   return Number(r.numAffectedRows ?? 0) > 0
@@ -49,11 +55,19 @@ export async function listCredentials(db: Kysely<DB>): Promise<Array<{ username:
   return r.rows
 }
 
+/**
+ * A well-formed hash of no password anyone knows. An unknown username is checked against it so that
+ * its refusal costs the same scrypt as a wrong password: the time of an answer does not tell which
+ * usernames exist.
+ */
+const UNKNOWN_USER_HASH = `scrypt$${PARAMS.N}$${PARAMS.r}$${PARAMS.p}$AAAAAAAAAAAAAAAAAAAAAA$${'A'.repeat(43)}`
+
 /** The role for a username/password pair, or undefined; records the use. */
 export async function checkCredential(db: Kysely<DB>, username: string, password: string): Promise<Role | undefined> {
   const r = await sql<{ password_hash: string; role: Role }>`SELECT password_hash, role FROM mqtt_credentials WHERE username = ${username}`.execute(db)
   const row = r.rows[0]
-  if (!row || !(await verifyPassword(password, row.password_hash))) return undefined
+  const ok = await verifyPassword(password, row?.password_hash ?? UNKNOWN_USER_HASH)
+  if (!row || !ok) return undefined
   await sql`UPDATE mqtt_credentials SET last_used_at = NOW() WHERE username = ${username}`.execute(db)
   return row.role
 }

@@ -2,7 +2,6 @@ import { readFileSync } from 'node:fs'
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer } from 'node:http'
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https'
 import { createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer, type TLSSocket } from 'node:tls'
-import { createHash, timingSafeEqual } from 'node:crypto'
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { Aedes, type AedesPublishPacket, type Client, type PublishPacket, type Subscription } from 'aedes'
@@ -11,13 +10,18 @@ import type { Kysely } from 'kysely'
 import type { Config } from '../config/index.js'
 import type { DB } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
-import { canPublish, canSubscribe, type Identity } from './acl.js'
-import { checkCredential } from './credentials.js'
+import { canPublish, canReceive, canSubscribe, discoveryProblem, type SensorKey } from './acl.js'
+import { checkCredential, hasCredential } from './credentials.js'
+import { addressKey } from '../util/address.js'
 import { createFailureLimiter } from '../util/failure-limiter.js'
 import { coalesceWrites } from './coalesce-writes.js'
+import { createIdentify, type Identity } from './identity.js'
+import { createLedger, QUOTA_NAMES, type QuotaName } from './ledger.js'
 import { guardStream, holdReading } from './packet-guard.js'
 import { readPacketsWithoutSlicing } from './packet-reads.js'
-import { credentialRoutes } from './routes.js'
+import { brokerRoutes } from './routes.js'
+import { createSensorClaims } from './sensors.js'
+import { openSettings } from './warnings.js'
 import { PgPersistence } from './pg-persistence.js'
 
 /** What the broker hands to ingest for every PUBLISH a client sends (wills included). */
@@ -38,15 +42,19 @@ function peerName(socket: TLSSocket): string | undefined {
   return typeof cn === 'string' && cn !== '' ? cn : Array.isArray(cn) ? cn[0] : undefined
 }
 
-const digest = (s: string) => createHash('sha256').update(s, 'utf8').digest()
+
+/** How often persistent sessions are checked for expiry (their expiry is counted in hours). */
+const EXPIRY_CHECK_MS = 3_600_000
 
 export type BrokerOptions = {
   config: Config['mqtt']
   log: Logger
   /** Called for every PUBLISH a client sends (wills included); a returned promise delays the acknowledgement until it resolves. */
   onMessage: (msg: BrokerMessage) => Promise<void> | undefined
-  /** Keeps retained messages, sessions, queued messages and wills in PostgreSQL; without it, in memory. */
-  db?: () => Kysely<DB>
+  /** Keeps retained messages, sessions, queued messages, wills and the broker's accounts in PostgreSQL. */
+  db: () => Kysely<DB>
+  /** The clock of session expiry and claim re-checks (tests move it). */
+  now?: () => number
   /**
    * One of several instances (docs/scaling.md): messages fan out through `mq` (mqemitter-redis), broker
    * state changes are shared with the other instances, and messages other instances received are handed
@@ -65,10 +73,12 @@ export type BrokerOptions = {
 
 /**
  * The embedded MQTT 3.1.1 broker (aedes) on TCP and WebSocket. QoS 0/1/2, retained messages, wills
- * and persistent sessions come from aedes; this adds listeners, abuse limits and the ingest hook.
+ * and persistent sessions come from aedes; this adds listeners, who may do what (identity.ts, acl.ts,
+ * sensors.ts), how much each login may keep (ledger.ts), abuse limits and the ingest hook.
  */
 export function createBroker(opts: BrokerOptions) {
   const { config, log } = opts
+  const now = opts.now ?? Date.now
   let aedes: Aedes | undefined
   let persistence: PgPersistence | undefined
   let tcp: Server | undefined
@@ -79,17 +89,20 @@ export function createBroker(opts: BrokerOptions) {
   let wssTls: WebSocketServer | undefined
   /** The verified client certificate's CN per connection stream, for certificate logins. */
   const certNames = new WeakMap<object, string>()
-  /** The remote address per connection stream, for the failed-login limiter. */
+  /** The remote address per connection stream, for the failed-login limiters. */
   const addresses = new WeakMap<object, string>()
   const perAddress = new Map<string, number>()
-  const limiter = createFailureLimiter({ maxFailures: config.maxAuthFailuresPerMinute })
+  // Failed logins are counted per (address, username) and per address; a success clears only its own
+  // pair, so one principal's successes never reset the count of guesses at another's password.
+  const pairLimiter = createFailureLimiter({ maxFailures: config.maxAuthFailuresPerMinute })
+  const addressLimiter = createFailureLimiter({ maxFailures: config.maxAuthFailuresPerAddressPerMinute })
 
   /**
-   * Admits a socket unless its address already holds maxConnectionsPerAddress; tracks it until it
-   * closes. Returns false (and destroys it) when refused.
+   * Admits a socket unless its address (an IPv6 /64 counts as one) already holds
+   * maxConnectionsPerAddress; tracks it until it closes. Returns false (and destroys it) when refused.
    */
   const admit = (socket: Socket): boolean => {
-    const ip = socket.remoteAddress ?? 'unknown'
+    const ip = addressKey(socket.remoteAddress ?? 'unknown')
     const open = perAddress.get(ip) ?? 0
     if (open >= config.maxConnectionsPerAddress) {
       counts.refusedConnections++
@@ -108,30 +121,114 @@ export function createBroker(opts: BrokerOptions) {
     return true
   }
   const sockets = new Set<Socket>()
-  const counts = { connections: 0, messagesIn: 0, clientErrors: 0, authFailures: 0, denied: 0, refusedConnections: 0 }
+  const counts = { connections: 0, messagesIn: 0, clientErrors: 0, authFailures: 0, denied: 0, refusedConnections: 0, refusedClientIds: 0, refusedOrigins: 0, expiredSessions: 0 }
   const identities = new WeakMap<Client, Identity>()
+  /** The topics each connection was granted (the subscription quota, and what the persistence may keep). */
+  const granted = new WeakMap<Client, Set<string>>()
   const lastAuthLog = new Map<string, number>()
-  const sc = config.sharedCredential
-  const shared = sc.username && sc.password ? { user: digest(sc.username), pass: digest(sc.password) } : undefined
+  const ledger = createLedger({ quotas: config.quotas, now })
+  const claims = createSensorClaims({ db: opts.db, now })
+  const identify = createIdentify({
+    config,
+    checkCredential: (username, password) => checkCredential(opts.db(), username, password),
+    hasCredential: (username) => hasCredential(opts.db(), username),
+  })
+  let connections = 0
+  let expiryTimer: NodeJS.Timeout | undefined
 
   /** Logs an auth problem at most once a minute per key (a misconfigured device retries every few seconds). */
   const warnOnce = (key: string, msg: string, fields: Record<string, unknown>) => {
-    const now = Date.now()
-    if ((lastAuthLog.get(key) ?? 0) + 60_000 > now) return
+    const t = now()
+    if ((lastAuthLog.get(key) ?? 0) + 60_000 > t) return
     if (lastAuthLog.size > 10_000) lastAuthLog.clear()
-    lastAuthLog.set(key, now)
+    lastAuthLog.set(key, t)
     log.warn(msg, fields)
   }
 
-  async function identify(username: string | undefined, password: Buffer | undefined, certName: string | undefined): Promise<Identity | undefined> {
-    // A client certificate signed by mqtt.tls.caFile identifies a device by its CN (no password needed).
-    if ((username === undefined || username === '' || username === certName) && certName) return { username: certName, role: 'device' }
-    if (username === undefined || username === '') return config.allowAnonymous ? { username: null, role: 'anonymous' } : undefined
-    const pass = password?.toString('utf8') ?? ''
-    if (shared && timingSafeEqual(digest(username), shared.user) && timingSafeEqual(digest(pass), shared.pass)) return { username, role: 'bridge' }
-    if (!opts.db) return undefined
-    const role = await checkCredential(opts.db(), username, pass)
-    return role ? { username, role } : undefined
+  /** A refusal for a quota: counted by the ledger, logged once a minute per principal. */
+  const quotaRefused = (principal: string, quota: QuotaName, fields: Record<string, unknown>) =>
+    warnOnce(`quota:${principal}`, 'MQTT quota reached; refused', { principal, quota, ...fields })
+
+  /**
+   * Hands an authorised PUBLISH to ingest. aedes sends the QoS 1 PUBACK (and the QoS 2 PUBREC) only
+   * after authorizePublish calls back, so waiting for the row to be durable makes the acknowledgement
+   * mean "stored" (design A4.1). Wills pass through here too. Packets of one socket read are authorised
+   * concurrently, so a pipelining client (a bridge with 20 in flight) shares one flush.
+   */
+  function accept(client: Client, packet: PublishPacket, payload: Buffer, callback: (error?: Error | null) => void): void {
+    counts.messagesIn++
+    let durable: Promise<void> | undefined
+    try {
+      durable = opts.onMessage({
+        topic: packet.topic,
+        payload,
+        clientId: client.id,
+        qos: packet.qos,
+        messageId: packet.messageId,
+        dup: packet.dup,
+        retain: packet.retain,
+        receivedAt: new Date(),
+      })
+    } catch (err) {
+      // The one catch at the MQTT boundary: an ingest bug must never reach aedes.
+      log.error('message handler failed', { topic: packet.topic, err: errorText(err) })
+    }
+    if (!durable) return callback(null)
+    if (packet.qos === 0) {
+      // Nothing to acknowledge: the promise is ingest asking to slow down (the database lags).
+      // Reading this connection pauses until it resolves; the message itself goes on now.
+      holdReading(client.conn as Duplex, durable)
+      return callback(null)
+    }
+    durable.then(
+      () => callback(null),
+      (err: unknown) => {
+        log.error('message not stored; not acknowledging it', { topic: packet.topic, err: errorText(err) })
+        callback(err instanceof Error ? err : new Error(String(err)))
+      },
+    )
+  }
+
+  /** Why a device may not publish for a relayed sensor (another gateway owns it, or it claimed its quota), or undefined. */
+  async function relayed(who: Identity, sensor: SensorKey): Promise<string | undefined> {
+    const limit = ledger.relayedSensorLimit(who.kind)
+    const result = await claims.publish(who.deviceId as string, sensor, limit)
+    if (result === 'owner') return undefined
+    if (result === 'claimed') {
+      log.info('relayed sensor claimed', { deviceId: who.deviceId, sensor: `${sensor.site}/${sensor.system}/${sensor.sensor}` })
+      return undefined
+    }
+    if (result === 'limit') {
+      ledger.refuse('relayedSensors')
+      quotaRefused(who.principal, 'relayedSensors', { sensor: sensor.sensor, limit })
+      return `claimed ${limit} relayed sensors already`
+    }
+    return `${sensor.sensor} is relayed by another gateway`
+  }
+
+  /** Deletes persistent sessions whose client has been away longer than mqtt.sessionExpiryHours. */
+  async function expireSessions(): Promise<number> {
+    const expired = ledger.expired(config.sessionExpiryHours)
+    for (const clientId of expired) await persistence?.dropSession(clientId)
+    if (expired.length > 0) {
+      counts.expiredSessions += expired.length
+      log.info('persistent sessions expired', { sessions: expired.length, afterHours: config.sessionExpiryHours })
+    }
+    return expired.length
+  }
+
+  /** Listening, clients, counters, and what the broker holds with the refusals per quota. */
+  function health() {
+    const l = ledger.stats()
+    return {
+      ok: aedes !== undefined && tcp?.listening === true,
+      clients: aedes?.connectedClients ?? 0,
+      ...counts,
+      pendingStateChanges: persistence?.pendingChanges ?? 0,
+      // What the broker holds, and the refusals per quota since start.
+      state: { sessions: l.sessions, persistentSessions: l.persistentSessions, retainedTopics: l.retainedTopics, retainedBytes: l.retainedBytes, queuedBytes: l.queuedBytes, totalBytes: config.quotas.totalBytes },
+      quotaRefusals: l.refused,
+    }
   }
 
   function tlsOptions(): SecureContextOptions & { requestCert: boolean; rejectUnauthorized: boolean } {
@@ -165,53 +262,127 @@ export function createBroker(opts: BrokerOptions) {
   return {
     name: 'broker',
     /** Admin routes for MQTT credentials (only with a database). */
-    routes: opts.db ? credentialRoutes(opts.db) : undefined,
+    routes: brokerRoutes({ db: opts.db, claims }),
     async start(): Promise<void> {
       readPacketsWithoutSlicing()
       const cluster = opts.cluster
-      persistence = opts.db ? new PgPersistence({ db: opts.db, log, ...(cluster ? { replicate: { instanceId: cluster.instanceId } } : {}) }) : undefined
+      persistence = new PgPersistence({
+        db: opts.db,
+        log,
+        ledger,
+        quotas: config.quotas,
+        sessionExpiryHours: config.sessionExpiryHours,
+        ...(cluster ? { replicate: { instanceId: cluster.instanceId } } : {}),
+        acceptSubscription: (clientId, topic) => {
+          const client = (aedes as unknown as { clients: Record<string, Client> } | undefined)?.clients[clientId]
+          return client !== undefined && (granted.get(client)?.has(topic) ?? false)
+        },
+        onQueueRefused: (clientId, quota) => quotaRefused(ledger.session(clientId)?.principal ?? clientId, quota, { clientId }),
+      })
+      await claims.load()
+      const state = persistence
       const broker = await Aedes.createBroker({
         // aedes' broker id marks the messages and wills of this instance (a dead broker's wills are published by the others).
         ...(cluster ? { id: cluster.instanceId, mq: cluster.mq() as never } : {}),
-        ...(persistence ? { persistence: persistence as never } : {}),
+        persistence: state as never,
         connectTimeout: config.connectTimeoutMs,
         maxClientsIdLength: config.maxClientIdLength,
         maxTopicLevels: config.maxTopicLevels,
         maxInflightInbound: config.maxInflightInbound,
         authenticate: (client: Client, username: string | undefined, password: Buffer | undefined, done: (error: (Error & { returnCode: number }) | null, success: boolean | null) => void) => {
-          const ip = addresses.get(client.conn as object) ?? 'unknown'
-          const wait = limiter.blockedFor(ip)
+          const ip = addressKey(addresses.get(client.conn as object) ?? 'unknown')
+          const pair = `${ip}\u0000${username ?? ''}`
+          const wait = Math.max(pairLimiter.blockedFor(pair), addressLimiter.blockedFor(ip))
+          const refuse = (code: 2 | 3 | 4 | 5, message: string) => done(Object.assign(new Error(message), { returnCode: code }), null)
           if (wait > 0) {
             counts.authFailures++
             warnOnce(`blocked:${ip}`, 'MQTT logins from this address refused after repeated failures', { address: ip, retryInSeconds: Math.ceil(wait / 1000) })
-            return done(Object.assign(new Error('too many failed logins'), { returnCode: 5 }), null)
+            return refuse(5, 'too many failed logins')
           }
-          identify(username, password, certNames.get(client.conn as object)).then(
-            (who) => {
-              if (who) {
-                if (username) limiter.succeed(ip)
-                identities.set(client, who)
-                return done(null, true)
+          identify({ username, password, certName: certNames.get(client.conn as object), clientId: client.id }).then(
+            (result) => {
+              if ('code' in result) {
+                if (result.code === 2) {
+                  counts.refusedClientIds++
+                  warnOnce(`id:${client.id}`, 'MQTT client id refused', { clientId: client.id, username: username ?? null, reason: result.reason })
+                } else {
+                  pairLimiter.fail(pair)
+                  addressLimiter.fail(ip)
+                  counts.authFailures++
+                  warnOnce(`auth:${username ?? ''}`, 'MQTT login refused', { clientId: client.id, username: username ?? null, reason: result.reason })
+                }
+                // CONNACK 2 (identifier rejected), 4 (bad user name or password) or 5 (not authorized), MQTT 3.1.1 §3.2.2.3.
+                return refuse(result.code, result.reason)
               }
-              limiter.fail(ip)
-              counts.authFailures++
-              warnOnce(`auth:${username ?? ''}`, 'MQTT login refused', { clientId: client.id, username: username ?? null, reason: username ? 'bad username or password' : 'anonymous not allowed' })
-              // CONNACK 4 (bad user name or password) or 5 (not authorized) — MQTT 3.1.1 §3.2.2.3.
-              done(Object.assign(new Error('not authorized'), { returnCode: username ? 4 : 5 }), null)
+              if (username) pairLimiter.succeed(pair)
+              const who = result.who
+              // A client id belongs to the principal that holds it (connected, or a kept persistent session).
+              const connId = `${connections++}`
+              const wasPersistent = ledger.session(client.id)?.persistent === true
+              const claimed = ledger.claim(client.id, { principal: who.principal, kind: who.kind, persistent: !client.clean, connId })
+              if (claimed === 'identifier') {
+                counts.refusedClientIds++
+                warnOnce(`id:${client.id}`, 'MQTT client id held by another login; refused', { clientId: client.id, principal: who.principal })
+                return refuse(2, 'client id in use by another login')
+              }
+              if (claimed) {
+                quotaRefused(who.principal, claimed, { clientId: client.id, limit: config.quotas[who.kind].persistentSessions })
+                return refuse(5, 'persistent session quota reached')
+              }
+              const release = () => {
+                const after = ledger.release(client.id, connId)
+                if (after) state.recordSession(client.id, ledger.session(client.id), after === 'kept')
+              }
+              // A socket that closed while its password was being checked releases at once.
+              if ((client.conn as Duplex).destroyed) {
+                release()
+                return refuse(3, 'connection closed')
+              }
+              ;(client.conn as Duplex).once('close', release)
+              // Persistent sessions are written (owner, last seen); a clean one only replaces a persistent one's row.
+              state.recordSession(client.id, ledger.session(client.id), !client.clean || wasPersistent)
+              identities.set(client, who)
+              granted.set(client, new Set())
+              done(null, true)
             },
             (err: unknown) => {
               log.error('MQTT login check failed', { err: errorText(err) })
-              done(Object.assign(new Error('server unavailable'), { returnCode: 3 }), null)
+              refuse(3, 'server unavailable')
             },
           )
         },
+        // Delivery is authorised for the receiving login when it happens, queued messages included.
+        authorizeForward: (client: Client, packet: AedesPublishPacket) => {
+          const who = identities.get(client)
+          if (!who || who.rights !== 'device') return packet
+          return canReceive(who, packet.topic, (k) => claims.ownerNow(k) === who.deviceId) ? packet : null
+        },
         authorizeSubscribe: (client: Client, sub: Subscription, callback: (error: Error | null, subscription?: Subscription | null) => void) => {
           const who = identities.get(client)
-          if (who && canSubscribe(who, sub.topic)) return callback(null, sub)
-          counts.denied++
-          warnOnce(`sub:${client.id}`, 'MQTT subscribe denied', { clientId: client.id, topic: sub.topic })
+          const topics = granted.get(client)
           // A null subscription is answered with SUBACK 0x80 (failure), MQTT 3.1.1 §3.9.3.
-          callback(null, null)
+          const deny = () => {
+            counts.denied++
+            warnOnce(`sub:${client.id}`, 'MQTT subscribe denied', { clientId: client.id, topic: sub.topic })
+            callback(null, null)
+          }
+          if (!who || !topics) return deny()
+          const verdict = canSubscribe(who, sub.topic)
+          if (verdict === false) return deny()
+          if (!topics.has(sub.topic) && topics.size >= ledger.subscriptionLimit(who.kind)) {
+            ledger.refuse('subscriptions')
+            quotaRefused(who.principal, 'subscriptions', { clientId: client.id, topic: sub.topic, limit: ledger.subscriptionLimit(who.kind) })
+            return callback(null, null)
+          }
+          const grant = () => {
+            topics.add(sub.topic)
+            callback(null, sub)
+          }
+          if (verdict === true) return grant()
+          claims.owns(who.deviceId as string, verdict.sensor).then(
+            (owns) => (owns ? grant() : deny()),
+            (err: unknown) => callback(err instanceof Error ? err : new Error(String(err))),
+          )
         },
         // Ingest happens here, not in the 'publish' event: aedes sends the QoS 1 PUBACK (and the QoS 2
         // PUBREC) only after this callback, so waiting for the row to be durable makes the acknowledgement
@@ -220,42 +391,36 @@ export function createBroker(opts: BrokerOptions) {
         authorizePublish: (client: Client | null, packet: PublishPacket, callback: (error?: Error | null) => void) => {
           if (!client) return callback(null)
           const who = identities.get(client)
-          if (!who || !canPublish(who, packet.topic)) {
+          // MQTT 3.1.1 has no negative PUBACK: the server closes the connection [MQTT-3.3.5-2].
+          const deny = (reason: string) => {
             counts.denied++
-            warnOnce(`pub:${client.id}`, 'MQTT publish denied; closing the connection', { clientId: client.id, topic: packet.topic })
-            // MQTT 3.1.1 has no negative PUBACK: the server closes the connection [MQTT-3.3.5-2].
-            return callback(new Error(`not authorized to publish to ${packet.topic}`))
+            warnOnce(`pub:${client.id}`, 'MQTT publish denied; closing the connection', { clientId: client.id, topic: packet.topic, reason })
+            callback(new Error(`not authorized to publish to ${packet.topic}`))
           }
-          counts.messagesIn++
-          let durable: Promise<void> | undefined
-          try {
-            durable = opts.onMessage({
-              topic: packet.topic,
-              payload: Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload),
-              clientId: client.id,
-              qos: packet.qos,
-              messageId: packet.messageId,
-              dup: packet.dup,
-              retain: packet.retain,
-              receivedAt: new Date(),
-            })
-          } catch (err) {
-            // The one catch at the MQTT boundary: an ingest bug must never reach aedes.
-            log.error('message handler failed', { topic: packet.topic, err: errorText(err) })
+          if (!who) return deny('not logged in')
+          const verdict = canPublish(who, packet.topic)
+          if (verdict === false) return deny('outside its rights')
+          const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload)
+          if (who.rights === 'device' && packet.topic.startsWith('homeassistant/')) {
+            const problem = discoveryProblem(who.deviceId as string, payload)
+            if (problem) return deny(problem)
           }
-          if (!durable) return callback(null)
-          if (packet.qos === 0) {
-            // Nothing to acknowledge: the promise is ingest asking to slow down (the database lags).
-            // Reading this connection pauses until it resolves; the message itself goes on now.
-            holdReading(client.conn as Duplex, durable)
-            return callback(null)
+          // The persistence learns whose retained message it stores from the packet's client id.
+          ;(packet as { clientId?: string }).clientId = client.id
+          const admitted = () => {
+            if (packet.retain) {
+              const quota = ledger.checkRetained(client.id, who.principal, who.kind, packet.topic, payload.length)
+              if (quota) {
+                quotaRefused(who.principal, quota, { clientId: client.id, topic: packet.topic, bytes: payload.length })
+                return callback(new Error(`retained message over the ${quota} quota`))
+              }
+            }
+            accept(client, packet, payload, callback)
           }
-          durable.then(
-            () => callback(null),
-            (err: unknown) => {
-              log.error('message not stored; not acknowledging it', { topic: packet.topic, err: errorText(err) })
-              callback(err instanceof Error ? err : new Error(String(err)))
-            },
+          if (verdict === true || claims.ownerNow(verdict.sensor) === who.deviceId) return admitted()
+          relayed(who, verdict.sensor).then(
+            (problem) => (problem ? deny(problem) : admitted()),
+            (err: unknown) => callback(err instanceof Error ? err : new Error(String(err))),
           )
         },
       })
@@ -300,6 +465,10 @@ export function createBroker(opts: BrokerOptions) {
         counts.connections++
         cluster?.onClientConnect?.(client.id)
       })
+      broker.on('unsubscribe', (topics: string[], client: Client) => {
+        const set = granted.get(client)
+        for (const t of topics) set?.delete(t)
+      })
       // aedes ends a connection by destroying its stream (after a DISCONNECT, for one), and a stream made
       // by guardStream (Node's Duplex.from) reports a destroy without an error as an AbortError, which
       // aedes passes on as the client's error: every clean disconnect counted as one. Only a deliberate
@@ -332,8 +501,18 @@ export function createBroker(opts: BrokerOptions) {
           s.setNoDelay(true)
           admit(s)
         })
+        // A browser sends its page's Origin: only allow-listed pages may open MQTT here, so a web page a
+        // user happens to open cannot talk to the broker behind their back. Devices and scripts send none.
+        const allowed = new Set(config.ws.allowedOrigins.map((o) => o.toLowerCase().replace(/\/+$/, '')))
+        const verifyClient = (info: { origin: string | undefined; req: IncomingMessage }, done: (ok: boolean, code?: number, message?: string) => void) => {
+          const origin = info.origin ?? info.req.headers.origin
+          if (origin === undefined || allowed.has(origin.toLowerCase())) return done(true)
+          counts.refusedOrigins++
+          warnOnce(`origin:${origin}`, 'MQTT over WebSocket refused for a browser origin not in mqtt.ws.allowedOrigins', { origin: origin.slice(0, 200) })
+          done(false, 403, 'origin not allowed')
+        }
         // ws enforces the packet limit itself (close code 1009) for WebSocket frames.
-        const w = new WebSocketServer({ server, path: config.ws.path, maxPayload: config.maxPacketBytes })
+        const w = new WebSocketServer({ server, path: config.ws.path, maxPayload: config.maxPacketBytes, verifyClient })
         w.on('connection', (ws, req) => {
           const wsStream = createWebSocketStream(ws)
           wsStream.on('error', (err) => log.debug('websocket error', { err: err.message }))
@@ -368,7 +547,14 @@ export function createBroker(opts: BrokerOptions) {
           await listen(https, config.tls.host, config.tls.wsPort)
         }
       }
+      for (const w of openSettings(config)) log.warn(w.msg, w.fields)
+      expiryTimer = setInterval(() => {
+        expireSessions().catch((err: unknown) => log.warn('session expiry failed', { err: errorText(err) }))
+      }, Math.min(EXPIRY_CHECK_MS, config.sessionExpiryHours * 3_600_000))
+      expiryTimer.unref()
     },
+    /** Expires persistent sessions now (the hourly check; tests call it after moving the clock). */
+    expireSessions,
     /**
      * Re-reads the certificate files (SIGHUP): new connections get the new certificate, open ones
      * keep theirs. A bad file leaves the old certificate in place and throws.
@@ -400,15 +586,40 @@ export function createBroker(opts: BrokerOptions) {
         wss: (https?.address() as AddressInfo | null) ?? undefined,
       }
     },
-    health(): { ok: boolean; clients: number; pendingStateChanges: number } & typeof counts {
-      return {
-        ok: aedes !== undefined && tcp?.listening === true,
-        clients: aedes?.connectedClients ?? 0,
-        ...counts,
-        pendingStateChanges: persistence?.pendingChanges ?? 0,
-      }
+    health,
+    /** The broker's counters and state as Prometheus metrics. */
+    metrics() {
+      const h = health()
+      const counter = (name: string, help: string, value: number) => ({ name: `paku_mqtt_${name}`, help, type: 'counter' as const, samples: [{ value }] })
+      const gauge = (name: string, help: string, value: number) => ({ name: `paku_mqtt_${name}`, help, type: 'gauge' as const, samples: [{ value }] })
+      return [
+        gauge('clients', 'Connected MQTT clients.', h.clients),
+        counter('connections_total', 'MQTT connections accepted.', h.connections),
+        counter('messages_in_total', 'PUBLISH packets accepted from clients.', h.messagesIn),
+        counter('auth_failures_total', 'Refused MQTT logins (bad credentials, anonymous, blocked after failures).', h.authFailures),
+        counter('denied_total', 'PUBLISH and SUBSCRIBE refused by topic permissions.', h.denied),
+        counter('refused_client_ids_total', 'CONNECTs refused for their client id (not the device’s own, or held by another login).', h.refusedClientIds),
+        counter('refused_origins_total', 'WebSocket upgrades refused for their browser Origin.', h.refusedOrigins),
+        counter('refused_connections_total', 'Connections refused over mqtt.maxConnectionsPerAddress.', h.refusedConnections),
+        counter('expired_sessions_total', 'Persistent sessions deleted after mqtt.sessionExpiryHours.', h.expiredSessions),
+        {
+          name: 'paku_mqtt_quota_refusals_total',
+          help: 'Refusals per broker quota (retained topics and bytes, persistent sessions, subscriptions, queued messages, relayed sensors, total state).',
+          type: 'counter' as const,
+          samples: QUOTA_NAMES.map((q) => ({ labels: { quota: q }, value: h.quotaRefusals[q] })),
+        },
+        gauge('persistent_sessions', 'Persistent MQTT sessions kept.', h.state.persistentSessions),
+        gauge('retained_bytes', 'Bytes of retained messages held.', h.state.retainedBytes),
+        gauge('queued_bytes', 'Bytes of QoS 1/2 messages queued for sessions.', h.state.queuedBytes),
+      ]
     },
+    /** Messages queued for a session (tests). */
+    queueOf: (clientId: string) => persistence?.queueOf(clientId) ?? { messages: 0, bytes: 0 },
+    /** Retained usage of a principal (tests). */
+    retainedOf: (principal: string) => ledger.retainedOf(principal),
     async stop(): Promise<void> {
+      clearInterval(expiryTimer)
+      expiryTimer = undefined
       const broker = aedes
       aedes = undefined
       const closing: Array<Promise<void>> = []

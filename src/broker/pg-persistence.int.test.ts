@@ -6,8 +6,11 @@ import mqemitter from 'mqemitter'
 import pg from 'pg'
 import { defer, testDatabase, testLogger } from '../../scripts/test-helpers.js'
 import { sqlDir } from '../assets.js'
+import * as v from 'valibot'
+import { ConfigSchema } from '../config/index.js'
 import { migrate, readSqlDir, type DB } from '../db/index.js'
-import { PgPersistence } from './pg-persistence.js'
+import { createLedger } from './ledger.js'
+import { PgPersistence, type PgPersistenceOptions } from './pg-persistence.js'
 
 // The abstract test suite that aedes-persistence ships for every persistence implementation.
 const abstractPersistence = createRequire(import.meta.url)('aedes-persistence/abstract.js') as (opts: Record<string, unknown>) => void
@@ -17,7 +20,14 @@ const url = await testDatabase(file)
 const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 4 }) }) })
 defer(file, () => db.destroy())
 await migrate(db, readSqlDir(sqlDir()))
-const TABLES = sql`TRUNCATE mqtt_retained, mqtt_subscriptions, mqtt_outgoing, mqtt_incoming, mqtt_wills`
+const TABLES = sql`TRUNCATE mqtt_retained, mqtt_subscriptions, mqtt_outgoing, mqtt_incoming, mqtt_wills, mqtt_sessions`
+const DEFAULTS = v.parse(ConfigSchema, {}).mqtt
+
+/** A persistence on the test database with the default quotas and its own ledger. */
+function persistence(o: Partial<PgPersistenceOptions> = {}): PgPersistence {
+  const quotas = o.quotas ?? DEFAULTS.quotas
+  return new PgPersistence({ db: () => db, log: testLogger(), ledger: createLedger({ quotas, now: Date.now }), quotas, sessionExpiryHours: DEFAULTS.sessionExpiryHours, ...o })
+}
 
 describe('aedes-persistence abstract suite on PostgreSQL', () => {
   abstractPersistence({
@@ -26,7 +36,7 @@ describe('aedes-persistence abstract suite on PostgreSQL', () => {
     // Each test expects an empty persistence: start every instance on empty tables.
     persistence: async () => {
       await TABLES.execute(db)
-      return new PgPersistence({ db: () => db, log: testLogger(), flushDelayMs: 1 })
+      return persistence({ flushDelayMs: 1 })
     },
   })
 })
@@ -45,7 +55,7 @@ const read = async (stream: AsyncIterable<unknown>) => {
 describe('PgPersistence across a restart', () => {
   it('reloads retained messages, subscriptions, queued messages, inbound QoS 2 and wills from PostgreSQL', async () => {
     await TABLES.execute(db)
-    const first = new PgPersistence({ db: () => db, log: testLogger() })
+    const first = persistence()
     await first.setup(fakeBroker('broker-1'))
     const client = { id: 'ha-bridge' }
     await first.storeRetained({ cmd: 'publish', topic: 'paku/edge/E1/config/set', payload: Buffer.from('{"a":1}'), qos: 1, retain: true })
@@ -63,7 +73,7 @@ describe('PgPersistence across a restart', () => {
     await first.putWill({ id: 'ESP32-1' }, { cmd: 'publish', topic: 'paku/edge/ESP32-1/status', payload: Buffer.from('{"online":false}'), qos: 1, retain: true })
     await first.destroy()
 
-    const second = new PgPersistence({ db: () => db, log: testLogger() })
+    const second = persistence()
     await second.setup(fakeBroker('broker-2'))
     const retained = await read(second.createRetainedStream('#'))
     assert.deepEqual(retained.map((p) => [p.topic, String(p.payload)]), [['paku/edge/E1/config/set', '{"a":1}']])

@@ -1,7 +1,9 @@
-import AsyncMemoryPersistence, { type AnyPacket, type ClientRef, type SubscriptionRecord } from 'aedes-persistence/asyncPersistence.js'
+import { Readable } from 'node:stream'
+import AsyncMemoryPersistence, { Packet, type AnyPacket, type ClientRef, type SubscriptionRecord } from 'aedes-persistence/asyncPersistence.js'
 import { sql, type Kysely, type RawBuilder } from 'kysely'
 import type { DB } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
+import { kindOf, type Ledger, type QuotaKind, type QuotaName, type Quotas, type SessionEntry } from './ledger.js'
 
 export type PgPersistenceOptions = {
   db: () => Kysely<DB>
@@ -14,6 +16,18 @@ export type PgPersistenceOptions = {
    * only: the instance that made a change is the one that writes it to PostgreSQL.
    */
   replicate?: { instanceId: string }
+  /** The broker's accounts: owners of sessions and retained messages, and the quotas they are held to. */
+  ledger: Ledger
+  quotas: Quotas
+  /** Persistent sessions whose client has been away this long are deleted at start-up. */
+  sessionExpiryHours: number
+  /**
+   * Whether a subscription was authorised (aedes hands the persistence every topic of a SUBSCRIBE,
+   * refused ones included, for a session that has at least one granted); refused ones are not kept.
+   */
+  acceptSubscription?: (clientId: string, topic: string) => boolean
+  /** A QoS 1/2 message was not queued for a session over its quota (or the broker's total). */
+  onQueueRefused?: (clientId: string, quota: QuotaName) => void
 }
 
 /** The emitter topic of replicated changes; clients can neither publish nor subscribe there (acl.ts). */
@@ -33,6 +47,8 @@ type Change =
   | { op: 'cleanIncoming'; client: string }
   | { op: 'putWill'; client: string; packet: AnyPacket }
   | { op: 'delWill'; client: string }
+  | { op: 'session'; client: string; entry: SessionEntry | null }
+  | { op: 'dropSession'; client: string }
 
 type Emitter = {
   emit(msg: Record<string, unknown> & { topic: string }, done?: (err?: Error) => void): void
@@ -43,6 +59,10 @@ type Op = RawBuilder<unknown>
 
 /** outgoingEnqueueCombi's answer when there is no subscriber to queue for (one shared resolved promise). */
 const NOTHING_TO_QUEUE = Promise.resolve()
+const QUOTA_KINDS: readonly QuotaKind[] = ['device', 'bridge', 'service', 'anonymous']
+
+/** A queued QoS 1/2 message and the payload bytes it was counted with (a PUBREL replacing it keeps them). */
+type Queued = { packet: AnyPacket; bytes: number }
 
 /**
  * aedes persistence on PostgreSQL: aedes' own in-memory implementation answers every read (its topic
@@ -51,6 +71,12 @@ const NOTHING_TO_QUEUE = Promise.resolve()
  * survive a restart. Changes are coalesced for up to flushDelayMs (default 20 ms): a graceful stop
  * writes everything; a kill -9 can lose changes of that last window (never telemetry rows, which
  * ingest acknowledges only once durable).
+ *
+ * It also keeps the broker's accounts (the ledger): who owns each retained message and persistent
+ * session, and how much each session has queued. The outgoing queues are kept here rather than in the
+ * in-memory implementation so that each message's bytes are counted exactly. start-up loads at most
+ * what the quotas allow: expired sessions, and the oldest state beyond a quota or the broker's total,
+ * are deleted first (and logged), so memory stays bounded whatever the tables hold.
  */
 export class PgPersistence extends AsyncMemoryPersistence {
   #opts: PgPersistenceOptions
@@ -62,6 +88,8 @@ export class PgPersistence extends AsyncMemoryPersistence {
   #destroyed = false
   /** The broker's emitter, when changes are shared with other instances. */
   #mq: Emitter | undefined
+  /** Outgoing QoS 1/2 messages per client id, in order. */
+  #queues = new Map<string, { items: Queued[]; bytes: number }>()
 
   constructor(opts: PgPersistenceOptions) {
     super()
@@ -100,6 +128,7 @@ export class PgPersistence extends AsyncMemoryPersistence {
     try {
       switch (c.op) {
         case 'storeRetained':
+          this.#opts.ledger.storeRetained(c.packet.topic as string, this.#opts.ledger.takeRetainedOwner(c.packet.clientId as string | undefined, c.packet.topic as string), toBuffer(c.packet.payload).length)
           return await super.storeRetained(c.packet)
         case 'addSubscriptions':
           return await super.addSubscriptions(ref(c.client), c.subs)
@@ -108,11 +137,13 @@ export class PgPersistence extends AsyncMemoryPersistence {
         case 'cleanSubscriptions':
           return await super.cleanSubscriptions(ref(c.client))
         case 'outgoingEnqueueCombi':
-          return await super.outgoingEnqueueCombi(c.clients.map((clientId) => ({ clientId })), c.packet)
+          for (const client of c.clients) this.#push(client, c.packet)
+          return
         case 'outgoingUpdate':
-          return await super.outgoingUpdate(ref(c.client), c.packet).catch(() => undefined)
+          this.#update(c.client, c.packet)
+          return
         case 'outgoingClearMessageId':
-          await super.outgoingClearMessageId(ref(c.client), c.packet)
+          this.#clear(c.client, c.packet.messageId)
           return
         case 'incomingStorePacket':
           return await super.incomingStorePacket(ref(c.client), c.packet)
@@ -125,6 +156,12 @@ export class PgPersistence extends AsyncMemoryPersistence {
         case 'delWill':
           await super.delWill(ref(c.client))
           return
+        case 'session':
+          this.#opts.ledger.restore(c.client, c.entry ?? undefined)
+          return
+        case 'dropSession':
+          await this.#forget(c.client)
+          return
       }
     } catch (err) {
       this.#opts.log.warn('broker state change from another instance not applied', { op: c?.op, err: errorText(err) })
@@ -133,10 +170,22 @@ export class PgPersistence extends AsyncMemoryPersistence {
 
   async #load(): Promise<void> {
     const db = this.#opts.db()
+    const { ledger, quotas } = this.#opts
     this.#loading = true
     try {
-      const retained = await sql<{ payload: Buffer; packet: AnyPacket }>`SELECT payload, packet FROM mqtt_retained ORDER BY topic`.execute(db)
-      for (const r of retained.rows) await super.storeRetained(decode(r.packet, r.payload))
+      const bounded = await this.#bound()
+      const sessions = await sql<{ client_id: string; principal: string | null; kind: string | null; last_seen: Date }>`
+        SELECT client_id, principal, kind, last_seen FROM mqtt_sessions`.execute(db)
+      for (const s of sessions.rows) {
+        const kind = (QUOTA_KINDS as readonly string[]).includes(s.kind ?? '') ? (s.kind as QuotaKind) : kindOf(s.principal)
+        ledger.restore(s.client_id, { principal: s.principal, kind, persistent: true, connId: null, lastSeen: s.last_seen.getTime() })
+      }
+      const retained = await sql<{ payload: Buffer; packet: AnyPacket; owner: string | null }>`SELECT payload, packet, owner FROM mqtt_retained ORDER BY topic`.execute(db)
+      for (const r of retained.rows) {
+        const packet = decode(r.packet, r.payload)
+        await super.storeRetained(packet)
+        ledger.storeRetained(packet.topic as string, r.owner, r.payload.length)
+      }
       const subs = await sql<{ client_id: string; topic: string; options: Omit<SubscriptionRecord, 'topic'> }>`
         SELECT client_id, topic, options FROM mqtt_subscriptions ORDER BY client_id, topic`.execute(db)
       const byClient = new Map<string, SubscriptionRecord[]>()
@@ -146,8 +195,7 @@ export class PgPersistence extends AsyncMemoryPersistence {
         SELECT client_id, message_id, payload, packet FROM mqtt_outgoing ORDER BY seq`.execute(db)
       for (const o of outgoing.rows) {
         const packet = decode(o.packet, o.payload)
-        await super.outgoingEnqueue({ clientId: o.client_id }, packet)
-        if (o.message_id !== null) await super.outgoingUpdate({ id: o.client_id }, { ...packet, messageId: o.message_id })
+        this.#push(o.client_id, packet, o.message_id ?? undefined)
       }
       const incoming = await sql<{ client_id: string; payload: Buffer | null; packet: AnyPacket }>`SELECT client_id, payload, packet FROM mqtt_incoming`.execute(db)
       for (const i of incoming.rows) await super.incomingStorePacket({ id: i.client_id }, decode(i.packet, i.payload))
@@ -161,13 +209,129 @@ export class PgPersistence extends AsyncMemoryPersistence {
       }
       this.#opts.log.info('broker state loaded', {
         retained: retained.rows.length,
-        sessions: byClient.size,
+        sessions: sessions.rows.length,
         queued: outgoing.rows.length,
         wills: wills.rows.length,
       })
+      if (Object.values(bounded).some((n) => n > 0)) {
+        this.#opts.log.warn('broker state over its quotas was deleted at start-up', { ...bounded, totalBytes: quotas.totalBytes })
+      }
     } finally {
       this.#loading = false
     }
+  }
+
+  /**
+   * Deletes what start-up must not load: sessions whose client has been away longer than the expiry,
+   * sessions beyond a principal's or the broker's count, and the newest queued messages, subscriptions
+   * and oldest retained messages beyond their quotas or the broker's total. What is left fits the
+   * quotas, so loading it keeps memory bounded whatever the tables held.
+   */
+  async #bound(): Promise<Record<string, number>> {
+    const db = this.#opts.db()
+    const q = this.#opts.quotas
+    const byKind = (pick: (kind: QuotaKind) => number) =>
+      sql`CASE s.kind ${sql.join(QUOTA_KINDS.map((k) => sql`WHEN ${k} THEN ${pick(k)}::bigint`), sql` `)} ELSE ${pick('bridge')}::bigint END`
+    const count = (r: { numAffectedRows?: bigint }) => Number(r.numAffectedRows ?? 0)
+    // State that outlived its session row (a write that never reached the database) gets one, owner unknown, so it expires too.
+    await sql`INSERT INTO mqtt_sessions (client_id) SELECT client_id FROM mqtt_subscriptions UNION SELECT client_id FROM mqtt_outgoing ON CONFLICT DO NOTHING`.execute(db)
+    const expired = await this.#dropSessions(sql`last_seen < NOW() - make_interval(hours => ${this.#opts.sessionExpiryHours})`)
+    const rows = await sql<{ client_id: string; principal: string | null; kind: QuotaKind | null }>`
+      SELECT client_id, principal, kind FROM mqtt_sessions ORDER BY last_seen DESC, client_id LIMIT ${q.totalPersistentSessions}`.execute(db)
+    const over = await this.#dropSessions(sql`client_id NOT IN (SELECT client_id FROM mqtt_sessions ORDER BY last_seen DESC, client_id LIMIT ${q.totalPersistentSessions})`)
+    const perPrincipal = new Map<string, number>()
+    const surplus: string[] = []
+    for (const r of rows.rows) {
+      if (r.principal === null) continue
+      const n = (perPrincipal.get(r.principal) ?? 0) + 1
+      perPrincipal.set(r.principal, n)
+      if (n > q[r.kind ?? kindOf(r.principal) ?? 'bridge'].persistentSessions) surplus.push(r.client_id)
+    }
+    const overPrincipal = surplus.length > 0 ? await this.#dropSessions(sql`client_id = ANY(${surplus}::text[])`) : 0
+    const subscriptions = count(
+      await sql`
+        WITH ranked AS (
+          SELECT m.client_id, m.topic, row_number() OVER (PARTITION BY m.client_id ORDER BY m.topic) AS n, ${byKind((k) => q[k].subscriptions)} AS cap
+          FROM mqtt_subscriptions m LEFT JOIN mqtt_sessions s USING (client_id))
+        DELETE FROM mqtt_subscriptions m USING ranked r WHERE m.client_id = r.client_id AND m.topic = r.topic AND r.n > r.cap`.execute(db),
+    )
+    const retained = count(
+      await sql`
+        WITH ranked AS (SELECT topic, sum(octet_length(payload)) OVER (ORDER BY updated_at DESC, topic) AS running FROM mqtt_retained)
+        DELETE FROM mqtt_retained m USING ranked r WHERE m.topic = r.topic AND r.running > ${q.totalBytes}`.execute(db),
+    )
+    // Per owner, within what is left (at most totalBytes of it): the newest messages up to its quota.
+    const owned = await sql<{ topic: string; owner: string; bytes: number }>`
+      SELECT topic, owner, octet_length(payload) AS bytes FROM mqtt_retained WHERE owner IS NOT NULL ORDER BY updated_at DESC, topic`.execute(db)
+    const used = new Map<string, { topics: number; bytes: number }>()
+    const beyond: string[] = []
+    for (const r of owned.rows) {
+      const kind = kindOf(r.owner)
+      const u = used.get(r.owner) ?? { topics: 0, bytes: 0 }
+      if (kind && (u.topics + 1 > q[kind].retainedTopics || u.bytes + r.bytes > q[kind].retainedBytes)) beyond.push(r.topic)
+      else used.set(r.owner, { topics: u.topics + 1, bytes: u.bytes + r.bytes })
+    }
+    const retainedOverOwner = beyond.length > 0 ? count(await sql`DELETE FROM mqtt_retained WHERE topic = ANY(${beyond}::text[])`.execute(db)) : 0
+    const retainedBytes = Number((await sql<{ n: string }>`SELECT COALESCE(sum(octet_length(payload)), 0) AS n FROM mqtt_retained`.execute(db)).rows[0]?.n ?? 0)
+    // The oldest queued messages of each session are kept (a full queue drops new ones, as at run time).
+    const queued = count(
+      await sql`
+        WITH ranked AS (
+          SELECT o.seq,
+            row_number() OVER w AS n, sum(octet_length(COALESCE(o.payload, ''::bytea))) OVER w AS bytes,
+            sum(octet_length(COALESCE(o.payload, ''::bytea))) OVER (ORDER BY o.seq) AS running,
+            ${byKind((k) => q[k].queuedMessages)} AS max_n, ${byKind((k) => q[k].queuedBytes)} AS max_bytes
+          FROM mqtt_outgoing o LEFT JOIN mqtt_sessions s USING (client_id)
+          WINDOW w AS (PARTITION BY o.client_id ORDER BY o.seq))
+        DELETE FROM mqtt_outgoing o USING ranked r
+        WHERE o.seq = r.seq AND (r.n > r.max_n OR r.bytes > r.max_bytes OR r.running > ${Math.max(0, q.totalBytes - retainedBytes)})`.execute(db),
+    )
+    return { expiredSessions: expired, sessions: over + overPrincipal, subscriptions, retained: retained + retainedOverOwner, queued }
+  }
+
+  /** Deletes sessions matching `where` with everything they hold (not their wills: aedes publishes those). */
+  async #dropSessions(where: RawBuilder<unknown>): Promise<number> {
+    const r = await sql<{ n: number }>`
+      WITH gone AS (DELETE FROM mqtt_sessions WHERE ${where} RETURNING client_id),
+        s AS (DELETE FROM mqtt_subscriptions WHERE client_id IN (SELECT client_id FROM gone)),
+        o AS (DELETE FROM mqtt_outgoing WHERE client_id IN (SELECT client_id FROM gone)),
+        i AS (DELETE FROM mqtt_incoming WHERE client_id IN (SELECT client_id FROM gone))
+      SELECT count(*)::int AS n FROM gone`.execute(this.#opts.db())
+    return r.rows[0]?.n ?? 0
+  }
+
+  /**
+   * Records a session's owner as the broker decided it and shares it with other instances. With
+   * `write`, a persistent session's owner and last-seen time are written (a clean one deletes the row
+   * it may have left as a persistent session before).
+   */
+  recordSession(clientId: string, entry: SessionEntry | undefined, write: boolean): void {
+    this.#share({ op: 'session', client: clientId, entry: entry ?? null })
+    if (!write) return
+    this.#write(
+      entry?.persistent
+        ? sql`INSERT INTO mqtt_sessions (client_id, principal, kind, last_seen) VALUES (${clientId}, ${entry.principal}, ${entry.kind}, to_timestamp(${entry.lastSeen / 1000}))
+            ON CONFLICT (client_id) DO UPDATE SET principal = EXCLUDED.principal, kind = EXCLUDED.kind, last_seen = EXCLUDED.last_seen`
+        : sql`DELETE FROM mqtt_sessions WHERE client_id = ${clientId}`,
+    )
+  }
+
+  /** Deletes a persistent session with its subscriptions, queued and inbound messages (expiry). */
+  async dropSession(clientId: string): Promise<void> {
+    await this.#forget(clientId)
+    this.#share({ op: 'dropSession', client: clientId })
+    this.#write(sql`DELETE FROM mqtt_subscriptions WHERE client_id = ${clientId}`)
+    this.#write(sql`DELETE FROM mqtt_outgoing WHERE client_id = ${clientId}`)
+    this.#write(sql`DELETE FROM mqtt_incoming WHERE client_id = ${clientId}`)
+    this.#write(sql`DELETE FROM mqtt_sessions WHERE client_id = ${clientId}`)
+  }
+
+  async #forget(clientId: string): Promise<void> {
+    await super.cleanSubscriptions({ id: clientId })
+    await super.cleanIncoming({ id: clientId })
+    this.#opts.ledger.queued(-(this.#queues.get(clientId)?.bytes ?? 0))
+    this.#queues.delete(clientId)
+    this.#opts.ledger.restore(clientId, undefined)
   }
 
   #write(op: Op): void {
@@ -222,17 +386,22 @@ export class PgPersistence extends AsyncMemoryPersistence {
 
   override async storeRetained(packet: AnyPacket): Promise<void> {
     await super.storeRetained(packet)
-    this.#share({ op: 'storeRetained', packet })
     const payload = toBuffer(packet.payload)
+    const owner = this.#opts.ledger.takeRetainedOwner(packet.clientId as string | undefined, packet.topic as string)
+    this.#opts.ledger.storeRetained(packet.topic as string, owner, payload.length)
+    this.#share({ op: 'storeRetained', packet })
     this.#write(
       payload.length === 0
         ? sql`DELETE FROM mqtt_retained WHERE topic = ${packet.topic}`
-        : sql`INSERT INTO mqtt_retained (topic, payload, packet) VALUES (${packet.topic}, ${payload}, ${meta(packet)}::jsonb)
-              ON CONFLICT (topic) DO UPDATE SET payload = EXCLUDED.payload, packet = EXCLUDED.packet, updated_at = NOW()`,
+        : sql`INSERT INTO mqtt_retained (topic, payload, packet, owner) VALUES (${packet.topic}, ${payload}, ${meta(packet)}::jsonb, ${owner})
+              ON CONFLICT (topic) DO UPDATE SET payload = EXCLUDED.payload, packet = EXCLUDED.packet, owner = EXCLUDED.owner, updated_at = NOW()`,
     )
   }
 
-  override async addSubscriptions(client: ClientRef, subs: SubscriptionRecord[]): Promise<void> {
+  override async addSubscriptions(client: ClientRef, all: SubscriptionRecord[]): Promise<void> {
+    const accept = this.#opts.acceptSubscription
+    const subs = accept ? all.filter((s) => accept(client.id, s.topic)) : all
+    if (subs.length === 0) return
     await super.addSubscriptions(client, subs)
     this.#share({ op: 'addSubscriptions', client: client.id, subs })
     for (const { topic, ...options } of subs) {
@@ -254,22 +423,103 @@ export class PgPersistence extends AsyncMemoryPersistence {
   }
 
   override async outgoingEnqueue(sub: { clientId: string }, packet: AnyPacket): Promise<void> {
-    await super.outgoingEnqueue(sub, packet)
+    if (!this.#mayQueue(sub.clientId, packet)) return
+    this.#push(sub.clientId, packet)
     this.#enqueueRow(sub.clientId, packet)
     await this.#enqueued([sub.clientId], packet)
   }
 
   override outgoingEnqueueCombi(subs: Array<{ clientId: string }>, packet: AnyPacket): Promise<void> {
     // aedes asks for every QoS 1/2 message, and telemetry has no offline subscriber: answering that case
-    // without an async call saves two promises and their frames per message (docs/performance.md, ninth round).
+    // without an async call saves two promises and their frames per message.
     if (subs.length === 0) return NOTHING_TO_QUEUE
     return this.#enqueueCombi(subs, packet)
   }
 
   async #enqueueCombi(subs: Array<{ clientId: string }>, packet: AnyPacket): Promise<void> {
-    await super.outgoingEnqueueCombi(subs, packet)
-    for (const sub of subs) this.#enqueueRow(sub.clientId, packet)
-    await this.#enqueued(subs.map((s) => s.clientId), packet)
+    // Once per client: overlapping subscriptions would queue copies of one broker packet, which share
+    // its id, so only the first could ever be matched and cleared; the others would stay, counted
+    // against the quota, forever. MQTT 3.1.1 §3.3.5 asks for one delivery (further copies are optional).
+    const ids = [...new Set(subs.map((s) => s.clientId))].filter((id) => this.#mayQueue(id, packet))
+    for (const id of ids) {
+      this.#push(id, packet)
+      this.#enqueueRow(id, packet)
+    }
+    await this.#enqueued(ids, packet)
+  }
+
+  /** Whether one more message fits the session's queue quota and the broker's total; a refusal is counted and reported. */
+  #mayQueue(clientId: string, packet: AnyPacket): boolean {
+    const { ledger } = this.#opts
+    const q = this.#queues.get(clientId)
+    const bytes = toBuffer(packet.payload).length
+    const limits = ledger.queueLimits(clientId)
+    const refused: QuotaName | undefined =
+      (q?.items.length ?? 0) + 1 > limits.messages || (q?.bytes ?? 0) + bytes > limits.bytes ? 'queued' : !ledger.totalFits(bytes) ? 'total' : undefined
+    if (refused === undefined) return true
+    ledger.refuse(refused)
+    this.#opts.onQueueRefused?.(clientId, refused)
+    return false
+  }
+
+  /**
+   * Queues a copy of the packet in memory and counts its bytes. The copy (aedes-packet, as aedes'
+   * in-memory persistence makes it) has no message id: aedes assigns one when it sends the message;
+   * start-up passes the one a message already had.
+   */
+  #push(clientId: string, packet: AnyPacket, messageId?: number): void {
+    let q = this.#queues.get(clientId)
+    if (!q) {
+      q = { items: [], bytes: 0 }
+      this.#queues.set(clientId, q)
+    }
+    const bytes = toBuffer(packet.payload).length
+    const copy = new Packet(packet)
+    if (messageId !== undefined) copy.messageId = messageId
+    q.items.push({ packet: copy, bytes })
+    q.bytes += bytes
+    this.#opts.ledger.queued(bytes)
+  }
+
+  /**
+   * aedes-persistence's rule: the same broker packet gets its message id; a packet of another broker
+   * (a PUBREL) replaces the entry that has its message id. Throws like it when nothing matches.
+   */
+  #update(clientId: string, packet: AnyPacket): void {
+    for (const item of this.#queues.get(clientId)?.items ?? []) {
+      if (item.packet.brokerId === packet.brokerId) {
+        if (item.packet.brokerCounter === packet.brokerCounter) {
+          item.packet.messageId = packet.messageId
+          return
+        }
+      } else if (item.packet.messageId === packet.messageId) {
+        item.packet = packet
+        return
+      }
+    }
+    throw new Error('no such packet')
+  }
+
+  #clear(clientId: string, messageId: number | undefined): AnyPacket | undefined {
+    const q = this.#queues.get(clientId)
+    const i = q?.items.findIndex((item) => item.packet.messageId === messageId) ?? -1
+    if (!q || i < 0) return undefined
+    const [item] = q.items.splice(i, 1) as [Queued]
+    q.bytes -= item.bytes
+    this.#opts.ledger.queued(-item.bytes)
+    if (q.items.length === 0) this.#queues.delete(clientId)
+    return item.packet
+  }
+
+  override outgoingStream(client: ClientRef): Readable {
+    // A copy: aedes clears entries while it streams them.
+    return Readable.from((this.#queues.get(client.id)?.items ?? []).map((item) => item.packet))
+  }
+
+  /** Messages and bytes queued for a client (tests and /health). */
+  queueOf(clientId: string): { messages: number; bytes: number } {
+    const q = this.#queues.get(clientId)
+    return { messages: q?.items.length ?? 0, bytes: q?.bytes ?? 0 }
   }
 
   /**
@@ -289,7 +539,7 @@ export class PgPersistence extends AsyncMemoryPersistence {
   }
 
   override async outgoingUpdate(client: ClientRef, packet: AnyPacket): Promise<void> {
-    await super.outgoingUpdate(client, packet)
+    this.#update(client.id, packet)
     this.#share({ op: 'outgoingUpdate', client: client.id, packet })
     // Mirrors the in-memory rule: the same broker packet gets its message id; a packet of another
     // broker (a PUBREL) replaces the entry that has its message id.
@@ -304,7 +554,7 @@ export class PgPersistence extends AsyncMemoryPersistence {
   }
 
   override async outgoingClearMessageId(client: ClientRef, packet: AnyPacket): Promise<AnyPacket | undefined> {
-    const cleared = await super.outgoingClearMessageId(client, packet)
+    const cleared = this.#clear(client.id, packet.messageId)
     if (cleared) this.#share({ op: 'outgoingClearMessageId', client: client.id, packet: { messageId: packet.messageId } })
     if (cleared) this.#write(sql`DELETE FROM mqtt_outgoing WHERE seq = (SELECT seq FROM mqtt_outgoing WHERE client_id = ${client.id} AND message_id = ${packet.messageId ?? null} ORDER BY seq LIMIT 1)`)
     return cleared

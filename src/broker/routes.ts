@@ -5,6 +5,7 @@ import type { Kysely } from 'kysely'
 import * as v from 'valibot'
 import type { DB } from '../db/index.js'
 import { addCredential, listCredentials, removeCredential, ROLES, USERNAME } from './credentials.js'
+import type { SensorClaims } from './sensors.js'
 import { readJson } from '../util/validate.js'
 
 const NewCredential = v.strictObject({
@@ -13,8 +14,18 @@ const NewCredential = v.strictObject({
   role: v.optional(v.picklist(ROLES, `role must be one of ${ROLES.join(', ')}`), 'device'),
 })
 
-/** /api/admin/mqtt/credentials: the same management as `paku device add|list|remove`, over HTTP. */
-export function credentialRoutes(db: () => Kysely<DB>): Hono {
+const Assignment = v.strictObject({
+  device_id: v.pipe(v.string('device_id must be a string'), v.regex(USERNAME, 'device_id must be 1–128 characters of A-Z a-z 0-9 _ . : -')),
+})
+/** A topic level as the sensor key names it: no wildcards or separators. */
+const LEVEL = /^[^/+#\u0000-\u001f]{1,128}$/
+
+/**
+ * /api/admin/mqtt/credentials: the same management as `paku device add|list|remove`, over HTTP;
+ * /api/admin/mqtt/sensors: which gateway relays which sensor, and moving or releasing a claim.
+ */
+export function brokerRoutes(o: { db: () => Kysely<DB>; claims: SensorClaims }): Hono {
+  const { db, claims } = o
   const routes = new Hono()
   routes.get('/api/admin/mqtt/credentials', async (c) => c.json({ credentials: await listCredentials(db()) }))
   routes.post('/api/admin/mqtt/credentials', async (c) => {
@@ -28,6 +39,28 @@ export function credentialRoutes(db: () => Kysely<DB>): Hono {
   })
   routes.delete('/api/admin/mqtt/credentials/:username', async (c) => {
     if (!(await removeCredential(db(), c.req.param('username')))) throw new HTTPException(404, { message: `no credential for ${c.req.param('username')}` })
+    return c.body(null, 204)
+  })
+
+  routes.get('/api/admin/mqtt/sensors', async (c) => c.json({ sensors: await claims.list({ deviceId: c.req.query('device_id') || undefined }) }))
+  const sensorKey = (site: string, system: string, sensor: string) => {
+    for (const [name, value] of [['site', site], ['system', system], ['sensor', sensor]] as const) {
+      if (!LEVEL.test(value)) throw new HTTPException(400, { message: `${name}: must be one topic level (no / + #)` })
+    }
+    if (system !== 'sensors' && system !== 'fridge') throw new HTTPException(400, { message: 'system: relayed sensors are under sensors or fridge' })
+    return { site, system, sensor }
+  }
+  routes.put('/api/admin/mqtt/sensors/:site/:system/:sensor', async (c) => {
+    const k = sensorKey(c.req.param('site'), c.req.param('system'), c.req.param('sensor'))
+    const parsed = v.safeParse(Assignment, await readJson(c.req, 'body must be JSON: {"device_id": …}'))
+    if (!parsed.success) throw new HTTPException(400, { message: parsed.issues.map((i) => i.message).join('; ') })
+    const by = (c.get as (k: string) => unknown)('keyName')
+    await claims.assign(k, parsed.output.device_id, typeof by === 'string' ? by : 'admin')
+    return c.json({ sensor: (await claims.list()).find((s) => s.site_id === k.site && s.system === k.system && s.sensor_id === k.sensor) })
+  })
+  routes.delete('/api/admin/mqtt/sensors/:site/:system/:sensor', async (c) => {
+    const k = sensorKey(c.req.param('site'), c.req.param('system'), c.req.param('sensor'))
+    if (!(await claims.release(k))) throw new HTTPException(404, { message: `no claim for ${k.site}/${k.system}/${k.sensor}` })
     return c.body(null, 204)
   })
   return routes

@@ -56,8 +56,10 @@ describe('MQTT over TLS', () => {
     defer(t, () => bridge.endAsync())
     await bridge.publishAsync('paku/sensors/tls/data', JSON.stringify({ device_id: 'tls', metrics: { t: 1 } }), { qos: 1 })
 
-    // A device with a client certificate needs no password; its CN is its device id and scope.
-    const device = await mqtt.connectAsync(`mqtts://127.0.0.1:${mqtts?.port}`, { ca, cert: readFileSync(p.deviceCert), key: readFileSync(p.deviceKey), reconnectPeriod: 0 })
+    // A device with a client certificate needs no password; its CN is its device id (and its client id) and scope.
+    const deviceTls = { ca, cert: readFileSync(p.deviceCert), key: readFileSync(p.deviceKey), reconnectPeriod: 0 }
+    await assert.rejects(mqtt.connectAsync(`mqtts://127.0.0.1:${mqtts?.port}`, { ...deviceTls, clientId: 'ESP32-00000000' }), /Identifier rejected/)
+    const device = await mqtt.connectAsync(`mqtts://127.0.0.1:${mqtts?.port}`, { ...deviceTls, clientId: 'ESP32-CAFEBABE' })
     defer(t, () => device.endAsync(true))
     await device.publishAsync('paku/edge/ESP32-CAFEBABE/status', JSON.stringify({ online: true, device_model: 'lilygo-t-display-s3' }), { qos: 1 })
 

@@ -1,0 +1,107 @@
+import { sql, type Kysely } from 'kysely'
+import type { DB } from '../db/index.js'
+import type { SensorKey } from './acl.js'
+
+export type SensorClaim = { site_id: string; system: string; sensor_id: string; device_id: string; claimed_at: Date; assigned_by: string | null }
+
+const keyOf = (k: SensorKey) => `${k.site}/${k.system}/${k.sensor}`
+/** A cached owner is asked of the database again after this long (another instance, or an admin, may have moved it). */
+const RECHECK_MS = 60_000
+
+/**
+ * Which gateway relays which sensor (`{site}/sensors/{id}/data`, `{site}/fridge/{id}/data`): the first
+ * device that publishes a sensor owns it, and another device publishing it is refused, so one device's
+ * credential cannot forge another's readings. An admin can move or release a claim. The database is the
+ * truth (several instances share it); owners are cached for the hot path and looked up again before
+ * a refusal and after RECHECK_MS.
+ */
+export function createSensorClaims(opts: { db: () => Kysely<DB>; now?: () => number }) {
+  const now = opts.now ?? Date.now
+  const cache = new Map<string, { owner: string; checkedAt: number }>()
+  const counts = new Map<string, number>()
+
+  async function lookup(k: SensorKey): Promise<string | undefined> {
+    const r = await sql<{ device_id: string }>`
+      SELECT device_id FROM mqtt_sensor_claims WHERE site_id = ${k.site} AND system = ${k.system} AND sensor_id = ${k.sensor}`.execute(opts.db())
+    const owner = r.rows[0]?.device_id
+    remember(k, owner)
+    return owner
+  }
+
+  function remember(k: SensorKey, owner: string | undefined): void {
+    const key = keyOf(k)
+    const before = cache.get(key)?.owner
+    if (before !== undefined) counts.set(before, (counts.get(before) ?? 1) - 1)
+    if (owner === undefined) cache.delete(key)
+    else {
+      cache.set(key, { owner, checkedAt: now() })
+      counts.set(owner, (counts.get(owner) ?? 0) + 1)
+    }
+  }
+
+  return {
+    /** Loads every claim (one row per relayed sensor: a fleet's worth, not a telemetry stream). */
+    async load(): Promise<void> {
+      cache.clear()
+      counts.clear()
+      const r = await sql<{ site_id: string; system: string; sensor_id: string; device_id: string }>`
+        SELECT site_id, system, sensor_id, device_id FROM mqtt_sensor_claims`.execute(opts.db())
+      for (const row of r.rows) remember({ site: row.site_id, system: row.system, sensor: row.sensor_id }, row.device_id)
+    },
+
+    /** The cached owner, for decisions that cannot wait (delivery of a message). */
+    ownerNow: (k: SensorKey): string | undefined => cache.get(keyOf(k))?.owner,
+
+    /**
+     * Whether `deviceId` may publish for this sensor: it owns it, or nobody does and it may claim one
+     * more (`limit` claims per device). The claim is written before the answer.
+     */
+    async publish(deviceId: string, k: SensorKey, limit: number): Promise<'owner' | 'claimed' | 'taken' | 'limit'> {
+      const cached = cache.get(keyOf(k))
+      if (cached && cached.owner === deviceId && now() - cached.checkedAt < RECHECK_MS) return 'owner'
+      const owner = await lookup(k)
+      if (owner === deviceId) return 'owner'
+      if (owner !== undefined) return 'taken'
+      if ((counts.get(deviceId) ?? 0) >= limit) return 'limit'
+      const r = await sql<{ device_id: string }>`
+        INSERT INTO mqtt_sensor_claims (site_id, system, sensor_id, device_id) VALUES (${k.site}, ${k.system}, ${k.sensor}, ${deviceId})
+        ON CONFLICT (site_id, system, sensor_id) DO UPDATE SET site_id = mqtt_sensor_claims.site_id
+        RETURNING device_id`.execute(opts.db())
+      const won = r.rows[0]?.device_id
+      remember(k, won)
+      return won === deviceId ? 'claimed' : 'taken'
+    },
+
+    /** Whether `deviceId` owns the sensor (subscribing to its commands); never claims. */
+    async owns(deviceId: string, k: SensorKey): Promise<boolean> {
+      const cached = cache.get(keyOf(k))
+      if (cached && now() - cached.checkedAt < RECHECK_MS) return cached.owner === deviceId
+      return (await lookup(k)) === deviceId
+    },
+
+    async list(filter: { deviceId?: string | undefined } = {}): Promise<SensorClaim[]> {
+      const r = await sql<SensorClaim>`
+        SELECT site_id, system, sensor_id, device_id, claimed_at, assigned_by FROM mqtt_sensor_claims
+        WHERE ${filter.deviceId ?? null}::text IS NULL OR device_id = ${filter.deviceId ?? null}::text
+        ORDER BY site_id, system, sensor_id`.execute(opts.db())
+      return r.rows
+    },
+
+    /** Gives a sensor to another gateway (an admin's decision, recorded with who made it). */
+    async assign(k: SensorKey, deviceId: string, by: string): Promise<void> {
+      await sql`
+        INSERT INTO mqtt_sensor_claims (site_id, system, sensor_id, device_id, assigned_by) VALUES (${k.site}, ${k.system}, ${k.sensor}, ${deviceId}, ${by})
+        ON CONFLICT (site_id, system, sensor_id) DO UPDATE SET device_id = EXCLUDED.device_id, assigned_by = EXCLUDED.assigned_by, claimed_at = NOW()`.execute(opts.db())
+      remember(k, deviceId)
+    },
+
+    /** Frees a sensor: the next gateway to publish it claims it. */
+    async release(k: SensorKey): Promise<boolean> {
+      const r = await sql`DELETE FROM mqtt_sensor_claims WHERE site_id = ${k.site} AND system = ${k.system} AND sensor_id = ${k.sensor}`.execute(opts.db())
+      remember(k, undefined)
+      return Number(r.numAffectedRows ?? 0) > 0
+    },
+  }
+}
+
+export type SensorClaims = ReturnType<typeof createSensorClaims>
