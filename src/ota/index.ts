@@ -2,6 +2,7 @@ import type { Config } from '../config/index.js'
 import { errorText, type Logger } from '../log/index.js'
 import {
   advanceDevice,
+  initialState,
   liveRolloutIds,
   markNotified,
   openActions,
@@ -10,6 +11,7 @@ import {
   tickRollout,
   TERMINAL,
   trackedDevices,
+  unverifiedMark,
   type DeviceState,
   type OpenAction,
   type Rollout,
@@ -18,6 +20,12 @@ import { createOtaRoutes } from './routes.js'
 import { gauges, getRelease, insertEvent, recordUpdateStatus, type Db, type Release } from './store.js'
 
 export { importFirmwareDir } from './import.js'
+export { createPullToken, deletePullToken, PULL_TOKEN_PREFIX } from './pull-tokens.js'
+
+/** A pull (HTTPUpdate) check-in; `verified`: it carried the device's pull token. */
+export type PullRequest = { deviceId: string; model: string; version: string | null; sha256?: string | undefined; md5?: string | undefined; freeSpace?: number | undefined; verified: boolean }
+/** An old-style /check; `verified`: it carried the device's pull token. */
+export type CheckRequest = { deviceId: string; model: string; current: string; verified: boolean }
 
 /** What ingest saw from a device, handed over by app.ts (subsystems never import each other). */
 export type DeviceStatusEvent = { deviceId: string; model: string | null; firmware: string | null; online: boolean }
@@ -47,6 +55,8 @@ export type OtaCounters = {
   commandsSent: number
   updatesSucceeded: number
   updatesFailed: number
+  /** Outcomes of unverified rollout rows (unauthenticated pull or check requests): recorded, never judged. */
+  updatesUnverified: number
 }
 
 /**
@@ -67,7 +77,7 @@ export function createOta(opts: OtaOptions) {
   const leads = opts.leads ?? (() => true)
   const { config, log } = opts
   const now = opts.now ?? Date.now
-  const counters: OtaCounters = { uploads: 0, uploadsRejected: 0, downloads: 0, downloadsPartial: 0, downloadBytes: 0, pullChecks: 0, pullServed: 0, commandsSent: 0, updatesSucceeded: 0, updatesFailed: 0 }
+  const counters: OtaCounters = { uploads: 0, uploadsRejected: 0, downloads: 0, downloadsPartial: 0, downloadBytes: 0, pullChecks: 0, pullServed: 0, commandsSent: 0, updatesSucceeded: 0, updatesFailed: 0, updatesUnverified: 0 }
   let chain: Promise<void> = Promise.resolve()
   let timer: NodeJS.Timeout | undefined
   let soon: NodeJS.Timeout | undefined
@@ -94,6 +104,12 @@ export function createOta(opts: OtaOptions) {
 
   function downloadUrl(model: string, version: string): string {
     return `${publicUrl()}/api/firmware/download/${encodeURIComponent(version)}?device_model=${encodeURIComponent(model)}`
+  }
+
+  /** The URL a polling device gives httpUpdate.update(): its model, id and pull token in the query. */
+  function updateUrl(model: string, deviceId: string, token: string): string {
+    const q = new URLSearchParams({ device_model: model, device_id: deviceId, token })
+    return `${publicUrl()}/api/firmware/update?${q.toString()}`
   }
 
   async function notify(r: Pick<Rollout, 'id' | 'device_model' | 'firmware_version'>, release: Release | undefined, deviceId: string): Promise<void> {
@@ -132,9 +148,21 @@ export function createOta(opts: OtaOptions) {
 
   async function recordOutcome(a: Pick<OpenAction, 'rollout_id' | 'device_id' | 'state' | 'firmware_version'>, to: DeviceState, detail: string | null, percent?: number | null): Promise<boolean> {
     const changed = await advanceDevice(opts.db(), a, to, detail, percent)
-    if (changed && to === 'failed') counters.updatesFailed++
-    if (changed && to === 'succeeded') counters.updatesSucceeded++
-    return changed
+    if (changed && (to === 'failed' || to === 'succeeded')) {
+      if (!changed.verified) counters.updatesUnverified++
+      else if (to === 'failed') counters.updatesFailed++
+      else counters.updatesSucceeded++
+    }
+    return changed !== undefined
+  }
+
+  /** Ends a polling device's action (and its device_update_status row) through the queue, then re-judges the rollout. */
+  function finishPolled(r: Rollout, row: { state: DeviceState }, deviceId: string, to: 'succeeded' | 'failed', detail: string): Promise<void> {
+    const action = { rollout_id: r.id, device_id: deviceId, state: row.state, firmware_version: r.firmware_version }
+    return enqueue(async () => {
+      if (await recordOutcome(action, to, detail)) await recordUpdateStatus(opts.db(), deviceId, r.firmware_version, to === 'succeeded' ? 'success' : 'failed', to === 'failed' ? detail : null)
+      await tick([r.id])
+    })
   }
 
   /** A device's status message (every wake): success by version, rollback detection, re-sending a missed command. */
@@ -213,58 +241,63 @@ export function createOta(opts: OtaOptions) {
    * A polling (Arduino HTTPUpdate) device asks for an update: the rollout it belongs to decides.
    * Success is inferred from the next check-in reporting the new image; a device that was served the
    * image and still runs the old one has failed and is not offered it again (no update loops).
+   * `verified` says the request carried the device's pull token: only then does its outcome count
+   * toward the rollout's thresholds (an unauthenticated one moves an unverified row).
    */
-  async function pullDecision(d: { deviceId: string; model: string; version: string | null; sha256?: string | undefined; md5?: string | undefined; freeSpace?: number | undefined }): Promise<{ release: Release } | { reason: string }> {
+  async function pullDecision(d: PullRequest): Promise<{ release: Release } | { reason: string }> {
     const db = opts.db()
     const r = await rolloutFor(db, d.deviceId, d.model)
     if (!r) return { reason: 'no running rollout targets this device' }
     const release = await getRelease(db, r.device_model, r.firmware_version)
     if (!release) return { reason: `release ${r.firmware_version} is gone` }
     const runsTarget = d.version === r.firmware_version || (d.sha256 !== undefined && d.sha256 === release.checksum_sha256) || (d.md5 !== undefined && d.md5 === release.checksum_md5)
-    const row = await takeIn(db, r, d.deviceId, runsTarget ? r.firmware_version : d.version)
+    const row = await takeIn(db, r, d.deviceId, runsTarget ? r.firmware_version : d.version, d.verified)
+    if (!d.verified && row.verified) return { reason: `rollout ${r.name} counts this device's outcome: pull with its token` }
     const action = { rollout_id: r.id, device_id: d.deviceId, state: row.state, firmware_version: r.firmware_version }
-    /** Ends the device's action (and its device_update_status row) through the queue, then re-judges the rollout. */
-    const finish = (to: 'succeeded' | 'failed', detail: string) =>
-      enqueue(async () => {
-        if (await recordOutcome(action, to, detail)) await recordUpdateStatus(db, d.deviceId, r.firmware_version, to === 'succeeded' ? 'success' : 'failed', to === 'failed' ? detail : null)
-        await tick([r.id])
-      })
     if (runsTarget) {
-      if (!TERMINAL.includes(row.state)) await finish('succeeded', 'checked in with the new image')
+      if (!TERMINAL.includes(row.state)) await finishPolled(r, row, d.deviceId, 'succeeded', 'checked in with the new image')
       return { reason: `up to date (${r.firmware_version})` }
     }
     if (TERMINAL.includes(row.state)) return { reason: `${row.state} in rollout ${r.name}${row.detail ? `: ${row.detail}` : ''}` }
     if (row.state === 'downloading') {
       const detail = `still runs ${d.version ?? 'the old image'} after the image was served`
-      await finish('failed', detail)
+      await finishPolled(r, row, d.deviceId, 'failed', detail)
       return { reason: `failed in rollout ${r.name}: ${detail}` }
     }
     if (d.freeSpace !== undefined && release.file_size > d.freeSpace) {
       const detail = `image is ${release.file_size} bytes, the device has ${d.freeSpace} free`
-      await finish('failed', detail)
+      await finishPolled(r, row, d.deviceId, 'failed', detail)
       return { reason: detail }
     }
     await advanceDevice(db, action, 'downloading', 'image served to the polling device')
     await markNotified(db, r.id, d.deviceId)
-    await insertEvent(db, 'update_started', d.deviceId, r.firmware_version, r.id, { from_version: d.version, via: 'http-update' })
+    await insertEvent(db, 'update_started', d.deviceId, r.firmware_version, r.id, { from_version: d.version, via: 'http-update', ...unverifiedMark(row.verified) })
     await recordUpdateStatus(db, d.deviceId, r.firmware_version, 'downloading')
     return { release }
   }
 
-  /** The old GET /api/firmware/check (contract §4.4), answered from the same rollouts. */
-  async function checkDecision(deviceId: string, model: string, current: string): Promise<{ rollout: Rollout; release: Release } | undefined> {
+  /**
+   * The old GET /api/firmware/check (contract §4.4), answered from the same rollouts. A check-in that
+   * reports the rollout's version ends the device's action as succeeded (counted only when `verified`).
+   */
+  async function checkDecision(c: CheckRequest): Promise<{ rollout: Rollout; release: Release } | undefined> {
     const db = opts.db()
-    const r = await rolloutFor(db, deviceId, model)
+    const r = await rolloutFor(db, c.deviceId, c.model)
     if (!r) return undefined
-    const row = await takeIn(db, r, deviceId, current)
+    const row = await takeIn(db, r, c.deviceId, c.current, c.verified)
+    if (!c.verified && row.verified) return undefined
     if (TERMINAL.includes(row.state)) return undefined
+    if (initialState(r, c.current).state === 'succeeded') {
+      await finishPolled(r, row, c.deviceId, 'succeeded', 'checked in with the new version')
+      return undefined
+    }
     const release = await getRelease(db, r.device_model, r.firmware_version)
     if (!release) return undefined
     if (row.state === 'pending') {
       // Once per device and rollout, not on every poll as the old service did.
-      await advanceDevice(db, { rollout_id: r.id, device_id: deviceId, state: row.state, firmware_version: r.firmware_version }, 'notified', 'offered by /api/firmware/check')
-      await markNotified(db, r.id, deviceId)
-      await insertEvent(db, 'update_started', deviceId, r.firmware_version, r.id, { from_version: current, via: 'check' })
+      await advanceDevice(db, { rollout_id: r.id, device_id: c.deviceId, state: row.state, firmware_version: r.firmware_version }, 'notified', 'offered by /api/firmware/check')
+      await markNotified(db, r.id, c.deviceId)
+      await insertEvent(db, 'update_started', c.deviceId, r.firmware_version, r.id, { from_version: c.current, via: 'check', ...unverifiedMark(row.verified) })
     }
     return { rollout: r, release }
   }
@@ -275,9 +308,11 @@ export function createOta(opts: OtaOptions) {
     log,
     counters,
     downloadUrl,
+    updateUrl,
     pullDecision,
     checkDecision,
     rolloutChanged: (id) => enqueue(() => tick(id === undefined ? undefined : [id])),
+    now,
   })
 
   async function metrics() {
@@ -294,6 +329,7 @@ export function createOta(opts: OtaOptions) {
       c('commands_sent_total', 'cmd/ota messages published.', counters.commandsSent),
       c('updates_succeeded_total', 'Device updates confirmed by the device reporting the new version.', counters.updatesSucceeded),
       c('updates_failed_total', 'Device updates failed, timed out or rolled back.', counters.updatesFailed),
+      c('updates_unverified_total', 'Outcomes reported by unauthenticated pull or check requests (never counted toward rollout thresholds).', counters.updatesUnverified),
       { name: 'paku_devices', help: 'Registered devices by model.', type: 'gauge' as const, samples: g.devicesByModel.map((d) => ({ labels: { model: d.model }, value: d.n })) },
       { name: 'paku_ota_rollouts', help: 'Rollouts by status.', type: 'gauge' as const, samples: g.rolloutsByStatus.map((r) => ({ labels: { status: r.status }, value: r.n })) },
       { name: 'paku_ota_releases', help: 'Firmware releases stored.', type: 'gauge' as const, samples: [{ value: g.releases }] },

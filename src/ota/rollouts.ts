@@ -1,5 +1,6 @@
 import { sql } from 'kysely'
 import { compareVersions, percentageMatch } from './versions.js'
+import { UNPROVEN_DEVICE } from './pull-tokens.js'
 import { insertEvent, type Db, type Release } from './store.js'
 
 export const ROLLOUT_STATUSES = ['running', 'paused', 'completed', 'cancelled'] as const
@@ -105,13 +106,18 @@ export async function listRollouts(db: Db, filter: { status?: string | undefined
   return r.rows
 }
 
-export async function countsOf(db: Db, rolloutIds: string[]): Promise<Map<string, Counts>> {
+/**
+ * Devices per state for each rollout. By default only verified rows: what judges a rollout (thresholds,
+ * stages, completion). `{ verified: false }` counts the rows taken in through unauthenticated pull or
+ * check requests instead, which the API shows beside them.
+ */
+export async function countsOf(db: Db, rolloutIds: string[], o: { verified: boolean } = { verified: true }): Promise<Map<string, Counts>> {
   const out = new Map<string, Counts>()
   for (const id of rolloutIds) out.set(id, emptyCounts())
   if (rolloutIds.length === 0) return out
   const r = await sql<{ rollout_id: string; state: DeviceState; n: number }>`
     SELECT rollout_id::text AS rollout_id, state, count(*)::int AS n FROM rollout_devices
-    WHERE rollout_id = ANY(${rolloutIds}::bigint[]) GROUP BY 1, 2`.execute(db)
+    WHERE rollout_id = ANY(${rolloutIds}::bigint[]) AND verified = ${o.verified} GROUP BY 1, 2`.execute(db)
   for (const row of r.rows) {
     const c = out.get(row.rollout_id)
     if (!c) continue
@@ -130,6 +136,8 @@ function emptyCounts(): Counts {
 export type RolloutDevice = {
   device_id: string
   state: DeviceState
+  /** false: taken in through an unauthenticated pull or check; it does not count toward the rollout's thresholds. */
+  verified: boolean
   stage: number
   from_version: string | null
   progress_percent: number | null
@@ -142,7 +150,7 @@ export type RolloutDevice = {
 
 export async function rolloutDevices(db: Db, id: string, state: string | undefined): Promise<RolloutDevice[]> {
   const r = await sql<RolloutDevice>`
-    SELECT device_id, state, stage, from_version, progress_percent, detail, attempts, notified_at, created_at, updated_at
+    SELECT device_id, state, verified, stage, from_version, progress_percent, detail, attempts, notified_at, created_at, updated_at
     FROM rollout_devices WHERE rollout_id = ${id}::bigint AND (${state ?? null}::text IS NULL OR state = ${state ?? null}::text)
     ORDER BY device_id`.execute(db)
   return r.rows
@@ -273,13 +281,17 @@ export async function applyAction(db: Db, id: string, action: Action, opts: { pe
   })
 }
 
-/** Devices a rollout could reach: registered devices of its models (or named ones), with their groups. */
-async function candidates(db: Db, r: Rollout): Promise<TargetDevice[]> {
+/**
+ * Devices a rollout could reach: registered devices of its models (or named ones), with their groups.
+ * `trusted` is false for devices only unauthenticated pull requests know: their rows are unverified.
+ */
+async function candidates(db: Db, r: Rollout): Promise<Array<TargetDevice & { trusted: boolean }>> {
   const f = r.target_filter ?? {}
   const models = f.device_models && f.device_models.length > 0 ? f.device_models : [r.device_model]
-  const rows = await sql<TargetDevice>`
+  const rows = await sql<TargetDevice & { trusted: boolean }>`
     SELECT d.device_id, d.device_model, d.current_firmware_version, d.mac_address, d.metadata->>'protocol' AS protocol,
-      COALESCE((SELECT array_agg(m.group_name) FROM device_group_members m WHERE m.device_id = d.device_id), '{}') AS groups
+      COALESCE((SELECT array_agg(m.group_name) FROM device_group_members m WHERE m.device_id = d.device_id), '{}') AS groups,
+      NOT ${UNPROVEN_DEVICE} AS trusted
     FROM devices d
     WHERE ${r.target_type === 'specific'
       ? sql`d.device_id = ANY(${f.device_ids ?? []}::text[]) OR upper(regexp_replace(COALESCE(d.mac_address, ''), '[^0-9A-Fa-f]', '', 'g')) = ANY(${(f.mac_addresses ?? []).map(normalMac)}::text[])`
@@ -288,7 +300,7 @@ async function candidates(db: Db, r: Rollout): Promise<TargetDevice[]> {
   if (r.target_type === 'specific') {
     // Named devices that never registered still get the command: it waits in their persistent session.
     const known = new Set(found.map((d) => d.device_id))
-    for (const id of f.device_ids ?? []) if (!known.has(id)) found.push({ device_id: id, device_model: null, current_firmware_version: null, mac_address: null, protocol: null, groups: [] })
+    for (const id of f.device_ids ?? []) if (!known.has(id)) found.push({ device_id: id, device_model: null, current_firmware_version: null, mac_address: null, protocol: null, groups: [], trusted: true })
   }
   return found.filter((d) => isTarget(r, d))
 }
@@ -305,12 +317,12 @@ export async function tickRollout(db: Db, id: string, timeoutMinutes: number): P
     const r = (await sql<Rollout>`SELECT ${ROLLOUT_COLUMNS} FROM rollout_configurations WHERE id = ${id}::bigint FOR UPDATE`.execute(tx)).rows[0]
     if (!r || !isLive(r)) return undefined
     const changes: string[] = []
-    const timedOut = await sql<{ device_id: string }>`
+    const timedOut = await sql<{ device_id: string; verified: boolean }>`
       UPDATE rollout_devices SET state = 'failed', detail = ${`no report for ${timeoutMinutes} min while updating (timed out)`}, updated_at = NOW()
       WHERE rollout_id = ${id}::bigint AND state = ANY(${[...IN_FLIGHT]}::text[]) AND updated_at < NOW() - make_interval(mins => ${timeoutMinutes})
-      RETURNING device_id`.execute(tx)
+      RETURNING device_id, verified`.execute(tx)
     for (const d of timedOut.rows) {
-      await insertEvent(tx, 'update_failed', d.device_id, r.firmware_version, id, { reason: 'timed out' })
+      await insertEvent(tx, 'update_failed', d.device_id, r.firmware_version, id, { reason: 'timed out', ...unverifiedMark(d.verified) })
       changes.push(`${d.device_id} timed out`)
     }
     if (r.status === 'running' || r.status === 'completed') {
@@ -319,9 +331,10 @@ export async function tickRollout(db: Db, id: string, timeoutMinutes: number): P
       if (fresh.length > 0) {
         const init = fresh.map((d) => initialState(r, d.current_firmware_version))
         await sql`
-          INSERT INTO rollout_devices (rollout_id, device_id, state, stage, from_version, detail)
+          INSERT INTO rollout_devices (rollout_id, device_id, state, stage, from_version, detail, verified)
           SELECT ${id}::bigint, * FROM unnest(${fresh.map((d) => d.device_id)}::text[], ${init.map((s) => s.state)}::text[],
-            ${fresh.map(() => r.stage_index)}::int[], ${fresh.map((d) => d.current_firmware_version)}::text[], ${init.map((s) => s.detail)}::text[])
+            ${fresh.map(() => r.stage_index)}::int[], ${fresh.map((d) => d.current_firmware_version)}::text[], ${init.map((s) => s.detail)}::text[],
+            ${fresh.map((d) => d.trusted)}::bool[])
           ON CONFLICT DO NOTHING`.execute(tx)
         changes.push(`${fresh.length} devices taken in at ${currentPercentage(r)} %`)
       }
@@ -330,7 +343,8 @@ export async function tickRollout(db: Db, id: string, timeoutMinutes: number): P
     const recent = (await sql<Recent>`
       SELECT count(*) FILTER (WHERE state = 'failed')::int AS failed,
         count(*) FILTER (WHERE state IN ('failed', 'installed', 'succeeded') AND detail IS DISTINCT FROM 'already runs this version')::int AS executed
-      FROM rollout_devices WHERE rollout_id = ${id}::bigint AND (${r.errors_since}::timestamptz IS NULL OR updated_at >= ${r.errors_since}::timestamptz)`.execute(tx)).rows[0] as Recent
+      FROM rollout_devices WHERE rollout_id = ${id}::bigint AND verified
+        AND (${r.errors_since}::timestamptz IS NULL OR updated_at >= ${r.errors_since}::timestamptz)`.execute(tx)).rows[0] as Recent
     const decision = judge(r, counts, recent)
     if (decision) {
       await sql`UPDATE rollout_configurations SET status = ${decision.status}, status_reason = ${decision.reason}, stage_index = ${decision.stageIndex},
@@ -344,14 +358,16 @@ export async function tickRollout(db: Db, id: string, timeoutMinutes: number): P
         ? (
             await sql<{ device_id: string }>`
               SELECT rd.device_id FROM rollout_devices rd LEFT JOIN devices d ON d.device_id = rd.device_id
-              WHERE rd.rollout_id = ${id}::bigint AND rd.state = 'pending' AND COALESCE(d.metadata->>'protocol', 'mqtt') <> 'http'`.execute(tx)
+              WHERE rd.rollout_id = ${id}::bigint AND rd.state = 'pending'
+                -- A device heard over MQTT (its status set site_id) gets the push, whatever a pull request once wrote into its protocol.
+                AND (COALESCE(d.metadata->>'protocol', 'mqtt') <> 'http' OR d.site_id IS NOT NULL)`.execute(tx)
           ).rows.map((d) => ({ deviceId: d.device_id }))
         : []
     return { rollout: after, toNotify, changes }
   })
 }
 
-/** Updates finished since the error threshold last started counting (creation or the last resume). */
+/** Updates of verified rows finished since the error threshold last started counting (creation or the last resume). */
 export type Recent = { failed: number; executed: number }
 
 /**
@@ -404,21 +420,32 @@ export async function openActions(db: Db, deviceId: string): Promise<OpenAction[
   return r.rows
 }
 
-/** Moves a device's action forward (never back); failed ends it from any open state. Returns whether it changed. */
-export async function advanceDevice(db: Db, a: Pick<OpenAction, 'rollout_id' | 'device_id' | 'state' | 'firmware_version'>, to: DeviceState, detail: string | null, percent?: number | null): Promise<boolean> {
-  if (TERMINAL.includes(a.state)) return false
-  if (to !== 'failed' && to !== 'cancelled' && RANK[to] < RANK[a.state]) return false
-  if (to === a.state && percent === undefined) return false
-  const r = await sql`
+/**
+ * Moves a device's action forward (never back); failed ends it from any open state. Returns undefined
+ * when nothing changed, else whether the row is verified (an unverified outcome is recorded, and its
+ * event says so, but it does not count toward the rollout's thresholds).
+ */
+export async function advanceDevice(db: Db, a: Pick<OpenAction, 'rollout_id' | 'device_id' | 'state' | 'firmware_version'>, to: DeviceState, detail: string | null, percent?: number | null): Promise<{ verified: boolean } | undefined> {
+  if (TERMINAL.includes(a.state)) return undefined
+  if (to !== 'failed' && to !== 'cancelled' && RANK[to] < RANK[a.state]) return undefined
+  if (to === a.state && percent === undefined) return undefined
+  const r = await sql<{ verified: boolean }>`
     UPDATE rollout_devices SET state = ${to}, detail = COALESCE(${detail}, detail),
       progress_percent = COALESCE(${percent ?? null}::int, CASE WHEN ${to} IN ('installed', 'succeeded') THEN 100 ELSE progress_percent END),
       updated_at = NOW()
-    WHERE rollout_id = ${a.rollout_id}::bigint AND device_id = ${a.device_id} AND state = ${a.state}`.execute(db)
-  const changed = Number(r.numAffectedRows ?? 0) > 0
-  if (changed && (to === 'failed' || to === 'succeeded')) {
-    await insertEvent(db, to === 'failed' ? 'update_failed' : 'update_completed', a.device_id, a.firmware_version, a.rollout_id, { reason: detail })
+    WHERE rollout_id = ${a.rollout_id}::bigint AND device_id = ${a.device_id} AND state = ${a.state}
+    RETURNING verified`.execute(db)
+  const row = r.rows[0]
+  if (!row) return undefined
+  if (to === 'failed' || to === 'succeeded') {
+    await insertEvent(db, to === 'failed' ? 'update_failed' : 'update_completed', a.device_id, a.firmware_version, a.rollout_id, { reason: detail, ...unverifiedMark(row.verified) })
   }
-  return changed
+  return { verified: row.verified }
+}
+
+/** What ota_events add for an outcome that does not count: `verified: false`; nothing for a verified one. */
+export function unverifiedMark(verified: boolean): { verified?: false } {
+  return verified ? {} : { verified: false }
 }
 
 /**
@@ -455,16 +482,29 @@ export async function trackedDevices(db: Db): Promise<{ devices: Set<string>; mo
   return { devices: new Set(d.rows.map((x) => x.device_id)), models: new Set(m.rows.map((x) => x.model)) }
 }
 
-/** Inserts a device's first row in a rollout (a polling device reaching it) and returns its state. */
-export async function takeIn(db: Db, r: Rollout, deviceId: string, current: string | null): Promise<{ state: DeviceState; notified_at: Date | null; detail: string | null }> {
+export type TakenIn = { state: DeviceState; notified_at: Date | null; detail: string | null; verified: boolean }
+
+/**
+ * Inserts a device's first row in a rollout (a polling device reaching it) and returns its row. A
+ * `verified` request (the device's pull token) makes an unverified row verified: the device proved
+ * itself. An outcome unauthenticated requests reported for it (succeeded, failed, skipped) does not
+ * stand then: the row starts again from what the authenticated request says. Never the other way.
+ */
+export async function takeIn(db: Db, r: Rollout, deviceId: string, current: string | null, verified = true): Promise<TakenIn> {
   const init = initialState(r, current)
+  if (verified) {
+    await sql`
+      DELETE FROM rollout_devices WHERE rollout_id = ${r.id}::bigint AND device_id = ${deviceId} AND NOT verified
+        AND state IN ('succeeded', 'failed', 'skipped')`.execute(db)
+    await sql`UPDATE rollout_devices SET verified = true WHERE rollout_id = ${r.id}::bigint AND device_id = ${deviceId} AND NOT verified`.execute(db)
+  }
   await sql`
-    INSERT INTO rollout_devices (rollout_id, device_id, state, stage, from_version, detail)
-    VALUES (${r.id}::bigint, ${deviceId}, ${init.state}, ${r.stage_index}, ${current}, ${init.detail})
+    INSERT INTO rollout_devices (rollout_id, device_id, state, stage, from_version, detail, verified)
+    VALUES (${r.id}::bigint, ${deviceId}, ${init.state}, ${r.stage_index}, ${current}, ${init.detail}, ${verified})
     ON CONFLICT DO NOTHING`.execute(db)
-  const row = (await sql<{ state: DeviceState; notified_at: Date | null; detail: string | null }>`
-    SELECT state, notified_at, detail FROM rollout_devices WHERE rollout_id = ${r.id}::bigint AND device_id = ${deviceId}`.execute(db)).rows[0]
-  return row ?? { state: init.state, notified_at: null, detail: init.detail }
+  const row = (await sql<TakenIn>`
+    SELECT state, notified_at, detail, verified FROM rollout_devices WHERE rollout_id = ${r.id}::bigint AND device_id = ${deviceId}`.execute(db)).rows[0]
+  return row ?? { state: init.state, notified_at: null, detail: init.detail, verified }
 }
 
 /** The rollout that delivers to this device now (the newest delivering one that targets it), if any. */

@@ -1,4 +1,4 @@
-import { Hono, type Context } from 'hono'
+import { Hono, type Context, type MiddlewareHandler } from 'hono'
 import { HTTPException } from 'hono/http-exception'
 import type { Config } from '../config/index.js'
 import type { Logger } from '../log/index.js'
@@ -8,9 +8,14 @@ import { deviceIdFromMac, parseUpdateHeaders } from './pull.js'
 import { ActionBody, DeviceBody, DeviceId, GroupBody, jsonBody, MembersBody, queryBool, queryInt, RolloutBody, RolloutStatusQuery, UpdateStatusBody } from './requests.js'
 import { applyAction, countsOf, createRollout, currentPercentage, getRollout, listRollouts, rolloutDevices, stagesOf, DEVICE_STATES, type Action, type Rollout } from './rollouts.js'
 import * as store from './store.js'
+import { addressKey, remoteAddress } from '../util/address.js'
+import { createFailureLimiter } from '../util/failure-limiter.js'
 import { validate } from '../util/validate.js'
 import { parseVersion, SLUG } from './versions.js'
-import type { OtaCounters } from './index.js'
+import type { CheckRequest, OtaCounters, PullRequest } from './index.js'
+import { createPullToken, deletePullToken, pullTokenDevice, pullTokenInfo } from './pull-tokens.js'
+import { admitChecked, admitPolled, requestToken } from './pull-trust.js'
+import { createRateLimiter } from './rate-limit.js'
 
 type RoutesOptions = {
   config: Config['ota']
@@ -18,10 +23,16 @@ type RoutesOptions = {
   log: Logger
   counters: OtaCounters
   downloadUrl: (model: string, version: string) => string
-  pullDecision: (d: { deviceId: string; model: string; version: string | null; sha256?: string | undefined; md5?: string | undefined; freeSpace?: number | undefined }) => Promise<{ release: store.Release } | { reason: string }>
-  checkDecision: (deviceId: string, model: string, current: string) => Promise<{ rollout: Rollout; release: store.Release } | undefined>
+  updateUrl: (model: string, deviceId: string, token: string) => string
+  pullDecision: (d: PullRequest) => Promise<{ release: store.Release } | { reason: string }>
+  checkDecision: (c: CheckRequest) => Promise<{ rollout: Rollout; release: store.Release } | undefined>
   rolloutChanged: (id?: string) => Promise<void>
+  /** The rate limiters' clock (tests). */
+  now?: () => number
 }
+
+/** Unknown pull tokens one address may send per minute before the device routes refuse it for a minute. */
+const MAX_BAD_TOKENS_PER_MINUTE = 10
 
 const slug = (raw: string | undefined, name: string): string => {
   if (raw === undefined || raw === '') throw new HTTPException(400, { message: `${name}: required` })
@@ -36,7 +47,8 @@ const optionalText = (raw: string | undefined, name: string, max = 10_000): stri
 
 /**
  * Admin routes (under /api/admin, behind the admin key) and device routes (open, as devices carry no
- * key; also under ota.routePrefix for a proxy that keeps /ota).
+ * admin key; also under ota.routePrefix for a proxy that keeps /ota). The check and update routes are
+ * rate-limited per address and trust a request only as far as it proves itself (pull-trust.ts).
  */
 export function createOtaRoutes(o: RoutesOptions): Hono {
   const routes = new Hono()
@@ -189,7 +201,8 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
     const r = await getRollout(db(), id)
     if (!r) throw new HTTPException(404, { message: `no rollout ${id}` })
     const counts = (await countsOf(db(), [id])).get(id)
-    return { ...r, id: Number(r.id), stages: stagesOf(r), current_percentage: currentPercentage(r), counts }
+    const unverified = (await countsOf(db(), [id], { verified: false })).get(id)
+    return { ...r, id: Number(r.id), stages: stagesOf(r), current_percentage: currentPercentage(r), counts, unverified_counts: unverified }
   }
 
   routes.get('/api/admin/rollouts', async (c) => {
@@ -197,7 +210,8 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
     const model = c.req.query('device_model') || undefined
     const list = await listRollouts(db(), { status, model, limit: queryInt(c.req.query('limit'), 'limit', 50, 1, 500) })
     const counts = await countsOf(db(), list.map((r) => r.id))
-    return c.json({ rollouts: list.map((r) => ({ ...r, id: Number(r.id), stages: stagesOf(r), current_percentage: currentPercentage(r), counts: counts.get(r.id) })) })
+    const unverified = await countsOf(db(), list.map((r) => r.id), { verified: false })
+    return c.json({ rollouts: list.map((r) => ({ ...r, id: Number(r.id), stages: stagesOf(r), current_percentage: currentPercentage(r), counts: counts.get(r.id), unverified_counts: unverified.get(r.id) })) })
   })
 
   routes.get('/api/admin/rollouts/:id', async (c) => c.json({ rollout: await rolloutView(c.req.param('id')) }))
@@ -233,7 +247,7 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
   routes.get('/api/admin/devices/:id', async (c) => {
     const d = await store.getDevice(db(), c.req.param('id'))
     if (!d) throw new HTTPException(404, { message: `no device ${c.req.param('id')}` })
-    return c.json({ device: d })
+    return c.json({ device: { ...d, pull_token: (await pullTokenInfo(db(), d.device_id)) ?? null } })
   })
   routes.put('/api/admin/devices/:id', async (c) => {
     const id = validate(DeviceId, c.req.param('id'))
@@ -243,6 +257,23 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
     for (const g of b.groups ?? []) await store.addMembers(db(), g, [id])
     await o.rolloutChanged()
     return c.json({ device: await store.getDevice(db(), id) })
+  })
+
+  // A polling device's pull token: shown once here, only its SHA-256 is kept. Creating one replaces the old one.
+  routes.post('/api/admin/devices/:id/pull-token', async (c) => {
+    const id = validate(DeviceId, c.req.param('id'))
+    const d = await store.getDevice(db(), id)
+    if (!d) throw new HTTPException(404, { message: `no device ${id}; register it first with PUT /api/admin/devices/${id}` })
+    const token = await createPullToken(db(), id)
+    if (token === undefined) throw new HTTPException(404, { message: `no device ${id}` })
+    o.log.info('pull token created', { deviceId: id, by: keyName(c) })
+    return c.json({ device_id: id, token, update_url: o.updateUrl(d.device_model, id, token) }, 201)
+  })
+  routes.delete('/api/admin/devices/:id/pull-token', async (c) => {
+    const id = c.req.param('id')
+    if (!(await deletePullToken(db(), id))) throw new HTTPException(404, { message: `device ${id} has no pull token` })
+    o.log.info('pull token revoked', { deviceId: id, by: keyName(c) })
+    return c.body(null, 204)
   })
 
   routes.get('/api/admin/groups', async (c) => c.json({ groups: await store.listGroups(db()) }))
@@ -287,7 +318,38 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
     return c.json({ status: 'ok', message: 'Status reported successfully' })
   })
 
-  // ---- device-facing (no key: devices have none) ------------------------------------------------
+  // ---- device-facing (no admin key: devices have none) ------------------------------------------
+
+  // One budget per address (an IPv6 /64) across check and update, with and without the prefix.
+  const perAddress = createRateLimiter({ limit: config.deviceRequestsPerMinute, ...(o.now ? { now: o.now } : {}) })
+  const badTokens = createFailureLimiter({ maxFailures: MAX_BAD_TOKENS_PER_MINUTE, ...(o.now ? { now: o.now } : {}) })
+  const tooMany = (c: Context, waitMs: number, what: string): never => {
+    const seconds = Math.max(1, Math.ceil(waitMs / 1000))
+    c.header('retry-after', String(seconds))
+    throw new HTTPException(429, { message: `${what}; retry in ${seconds} s` })
+  }
+  const limited: MiddlewareHandler = async (c, next) => {
+    const key = addressKey(remoteAddress(c.env))
+    const blocked = badTokens.blockedFor(key)
+    if (blocked > 0) tooMany(c, blocked, 'too many unknown pull tokens')
+    const wait = perAddress.hit(key)
+    if (wait > 0) tooMany(c, wait, `more than ${config.deviceRequestsPerMinute} device requests a minute from this address`)
+    await next()
+  }
+  /**
+   * The device a request's pull token authenticates: the token is the device, so a `device_id` naming
+   * another one is a 403. An unknown token is a 401 and counts against the address (a valid one does not
+   * clear the count: one device's own token must not pay for guesses at others).
+   */
+  const authenticated = async (c: Context, token: string, givenId: string | undefined): Promise<string> => {
+    const deviceId = await pullTokenDevice(db(), token)
+    if (deviceId === undefined) {
+      badTokens.fail(addressKey(remoteAddress(c.env)))
+      throw new HTTPException(401, { message: 'unknown pull token' })
+    }
+    if (givenId !== undefined && givenId !== deviceId) throw new HTTPException(403, { message: `this pull token belongs to another device than ${givenId}` })
+    return deviceId
+  }
 
   for (const prefix of config.routePrefix ? ['', config.routePrefix] : ['']) {
     routes.get(`${prefix}/api/firmware/download/:version`, async (c) => {
@@ -308,8 +370,8 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
       return imageResponse(c.req, release, (off, len) => store.readImage(db(), id, off, len), (bytes, partial) => served(bytes, partial))
     })
 
-    // Arduino HTTPUpdate / ESP8266httpUpdate: httpUpdate.update(client, "http://host/api/firmware/update?device_model=…")
-    routes.get(`${prefix}/api/firmware/update`, async (c) => {
+    // Arduino HTTPUpdate / ESP8266httpUpdate: httpUpdate.update(client, "http://host/api/firmware/update?device_model=…&device_id=…&token=…")
+    routes.get(`${prefix}/api/firmware/update`, limited, async (c) => {
       counters.pullChecks++
       const model = slug(c.req.query('device_model'), 'device_model')
       const h = parseUpdateHeaders((n) => c.req.header(n))
@@ -317,33 +379,43 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
       const given = c.req.query('device_id')
       if (given !== undefined) validate(DeviceId, given)
       const mac = h.staMac as string
-      const deviceId = given ?? (await store.deviceByMac(db(), mac)) ?? deviceIdFromMac(h.family, mac)
+      const token = requestToken(c.req.query('token'), c.req.header('authorization'))
       const running = h.version ?? (await store.releaseByHash(db(), model, { md5: h.sketchMd5, sha256: h.sketchSha256 }))?.version ?? null
-      await store.upsertPolledDevice(db(), {
-        deviceId,
-        model,
-        mac,
-        version: running,
-        metadata: { protocol: 'http', chip_family: h.family, free_space: h.freeSpace ?? null, sketch_size: h.sketchSize ?? null, sketch_md5: h.sketchMd5 ?? null, chip_size: h.chipSize ?? null, sdk_version: h.sdkVersion ?? null },
-      })
+      const metadata = { protocol: 'http', chip_family: h.family, free_space: h.freeSpace ?? null, sketch_size: h.sketchSize ?? null, sketch_md5: h.sketchMd5 ?? null, chip_size: h.chipSize ?? null, sdk_version: h.sdkVersion ?? null }
+      let deviceId: string
+      if (token !== undefined) {
+        // The token is the device, whatever the MAC says; its MAC and version follow the request.
+        deviceId = await authenticated(c, token, given)
+        await store.refreshPolledDevice(db(), { deviceId, model, mac, version: running, metadata }, { claimMac: true })
+      } else {
+        deviceId = given ?? (await store.deviceByMac(db(), mac)) ?? deviceIdFromMac(h.family, mac)
+        await admitPolled(db(), { deviceId, model, mac, version: running, metadata })
+      }
       const notModified = (reason: string) => new Response(null, { status: 304, headers: { 'x-paku-reason': reason.replace(/[^\x20-\x7e]/g, '?').slice(0, 300) } })
       if (h.mode !== 'sketch') return notModified('only application (sketch) images are served')
-      const decision = await o.pullDecision({ deviceId, model, version: running, sha256: h.sketchSha256, md5: h.sketchMd5, freeSpace: h.freeSpace })
+      const decision = await o.pullDecision({ deviceId, model, version: running, sha256: h.sketchSha256, md5: h.sketchMd5, freeSpace: h.freeSpace, verified: token !== undefined })
       if ('reason' in decision) return notModified(decision.reason)
       counters.pullServed++
       const release = decision.release
-      o.log.info('firmware offered to a polling device', { deviceId, model, version: release.version, from: running })
+      o.log.info('firmware offered to a polling device', { deviceId, model, version: release.version, from: running, verified: token !== undefined })
       return imageResponse(c.req, release, (off, len) => store.readImage(db(), release.id, off, len), (bytes, partial) => served(bytes, partial))
     })
 
     // The old service's JSON check (contract §4.4), kept for the examples that use it.
-    routes.get(`${prefix}/api/firmware/check`, async (c) => {
-      const deviceId = validate(DeviceId, required(c.req.query('device_id'), 'device_id'))
+    routes.get(`${prefix}/api/firmware/check`, limited, async (c) => {
+      const given = validate(DeviceId, required(c.req.query('device_id'), 'device_id'))
       const model = slug(c.req.query('device_model'), 'device_model')
       const current = required(c.req.query('current_version'), 'current_version')
       if (current.length > 64) throw new HTTPException(400, { message: 'current_version: at most 64 characters' })
-      await store.upsertCheckedDevice(db(), deviceId, model, current)
-      const hit = await o.checkDecision(deviceId, model, current)
+      const token = requestToken(c.req.query('token'), c.req.header('authorization'))
+      let deviceId = given
+      if (token !== undefined) {
+        deviceId = await authenticated(c, token, given)
+        await store.refreshCheckedDevice(db(), deviceId, current)
+      } else {
+        await admitChecked(db(), deviceId, model, current)
+      }
+      const hit = await o.checkDecision({ deviceId, model, current, verified: token !== undefined })
       if (!hit) {
         const latest = (await store.listReleases(db(), model, 1))[0]
         return c.json({ update_available: false, current_version: current, latest_version: latest?.version ?? null, download_url: null, file_size: null, checksum_sha256: null, release_notes: null })

@@ -175,12 +175,17 @@ export async function getDevice(db: Db, deviceId: string): Promise<Device | unde
   return r.rows[0]
 }
 
-/** Registers a device by hand (before it ever connects) or changes its model/metadata. */
+/**
+ * Registers a device by hand (before it ever connects) or changes its model/metadata. A device an admin
+ * registers is recorded as `registered_via: 'admin'`: unauthenticated pull requests may not change it.
+ * How a device was registered is paku's to say, so the admin's metadata cannot set it.
+ */
 export async function putDevice(db: Db, deviceId: string, model: string, metadata: Record<string, unknown> | null): Promise<void> {
+  const { registered_via: _ignored, ...given } = metadata ?? {}
   await sql`
-    INSERT INTO devices (device_id, device_model, metadata) VALUES (${deviceId}, ${model}, ${metadata === null ? null : JSON.stringify(metadata)}::jsonb)
+    INSERT INTO devices (device_id, device_model, metadata) VALUES (${deviceId}, ${model}, ${JSON.stringify({ ...given, registered_via: 'admin' })}::jsonb)
     ON CONFLICT (device_id) DO UPDATE SET device_model = EXCLUDED.device_model,
-      metadata = COALESCE(devices.metadata, '{}'::jsonb) || COALESCE(EXCLUDED.metadata, '{}'::jsonb)`.execute(db)
+      metadata = COALESCE(devices.metadata, '{}'::jsonb) || ${JSON.stringify(given)}::jsonb`.execute(db)
 }
 
 export type Group = { name: string; description: string | null; created_at: Date; device_ids: string[] }
@@ -226,22 +231,35 @@ export async function groupExists(db: Db, name: string): Promise<boolean> {
   return r.rows.length > 0
 }
 
+/** What a polling (HTTPUpdate) device's request says about it; `metadata` is merged into the row's. */
+export type PolledDevice = { deviceId: string; model: string; mac: string; version: string | null; metadata: Record<string, unknown> }
+
 /**
- * A polling device's check-in: registers it (or refreshes it) with what its headers said. The MAC
- * stays with the device that has it; a device id given in the URL wins over the MAC-derived one.
+ * Registers a polling device that paku does not know yet, recorded as `registered_via: 'http'`. The MAC
+ * stays with the device that has it. Returns false when the id exists already (nothing is written).
  */
-export async function upsertPolledDevice(
-  db: Db,
-  d: { deviceId: string; model: string; mac: string; version: string | null; metadata: Record<string, unknown> },
-): Promise<void> {
-  await sql`
+export async function registerPolledDevice(db: Db, d: PolledDevice): Promise<boolean> {
+  const r = await sql`
     INSERT INTO devices (device_id, device_model, mac_address, current_firmware_version, last_seen, online, metadata)
-    VALUES (${d.deviceId}, ${d.model}, (SELECT ${d.mac}::text WHERE NOT EXISTS (SELECT 1 FROM devices WHERE mac_address = ${d.mac}::text)),
-      ${d.version}, NOW(), true, ${JSON.stringify(d.metadata)}::jsonb)
-    ON CONFLICT (device_id) DO UPDATE SET device_model = EXCLUDED.device_model,
-      mac_address = COALESCE(devices.mac_address, EXCLUDED.mac_address),
-      current_firmware_version = COALESCE(EXCLUDED.current_firmware_version, devices.current_firmware_version),
-      last_seen = NOW(), online = true, metadata = COALESCE(devices.metadata, '{}'::jsonb) || EXCLUDED.metadata`.execute(db)
+    VALUES (${d.deviceId}, ${d.model}, (SELECT ${d.mac}::text WHERE NOT EXISTS (SELECT 1 FROM devices WHERE upper(mac_address) = ${d.mac}::text)),
+      ${d.version}, NOW(), true, ${JSON.stringify({ ...d.metadata, registered_via: 'http' })}::jsonb)
+    ON CONFLICT (device_id) DO NOTHING`.execute(db)
+  return Number(r.numAffectedRows ?? 0) > 0
+}
+
+/**
+ * A known polling device's check-in, once the request has proved it is that device (its pull token, or
+ * the MAC stored for a device registered over HTTP). With `claimMac` (a token) the MAC moves to the
+ * request's, unless another device has it.
+ */
+export async function refreshPolledDevice(db: Db, d: PolledDevice, o: { claimMac: boolean }): Promise<void> {
+  await sql`
+    UPDATE devices SET device_model = ${d.model},
+      mac_address = CASE WHEN ${o.claimMac} AND NOT EXISTS (SELECT 1 FROM devices o WHERE upper(o.mac_address) = ${d.mac}::text AND o.device_id <> ${d.deviceId})
+        THEN ${d.mac}::text ELSE COALESCE(mac_address, (SELECT ${d.mac}::text WHERE NOT EXISTS (SELECT 1 FROM devices o WHERE upper(o.mac_address) = ${d.mac}::text))) END,
+      current_firmware_version = COALESCE(${d.version}::text, current_firmware_version),
+      last_seen = NOW(), online = true, metadata = COALESCE(metadata, '{}'::jsonb) || ${JSON.stringify(d.metadata)}::jsonb
+    WHERE device_id = ${d.deviceId}`.execute(db)
 }
 
 /** The device id that already owns a MAC address, if any. */
@@ -251,15 +269,24 @@ export async function deviceByMac(db: Db, mac: string): Promise<string | undefin
 }
 
 /**
- * The old /check upsert (contract §4.4): insert, or refresh only version and last_seen. A device that
- * asks over HTTP polls for its updates: it is marked so rollouts do not also push cmd/ota to it.
+ * The old /check registering a device paku does not know yet (contract §4.4). A device that asks over
+ * HTTP polls for its updates: it is marked so rollouts do not also push cmd/ota to it. Returns false
+ * when the id exists already (nothing is written).
  */
-export async function upsertCheckedDevice(db: Db, deviceId: string, model: string, version: string): Promise<void> {
-  await sql`
+export async function registerCheckedDevice(db: Db, deviceId: string, model: string, version: string): Promise<boolean> {
+  const r = await sql`
     INSERT INTO devices (device_id, device_model, current_firmware_version, last_seen, metadata)
-    VALUES (${deviceId}, ${model}, ${version}, NOW(), '{"protocol": "http"}'::jsonb)
-    ON CONFLICT (device_id) DO UPDATE SET current_firmware_version = EXCLUDED.current_firmware_version, last_seen = NOW(),
-      metadata = COALESCE(devices.metadata, '{}'::jsonb) || '{"protocol": "http"}'::jsonb`.execute(db)
+    VALUES (${deviceId}, ${model}, ${version}, NOW(), '{"protocol": "http", "registered_via": "http"}'::jsonb)
+    ON CONFLICT (device_id) DO NOTHING`.execute(db)
+  return Number(r.numAffectedRows ?? 0) > 0
+}
+
+/** A token-authenticated /check: refreshes version and last_seen (as the old service did) and marks the device as polling. */
+export async function refreshCheckedDevice(db: Db, deviceId: string, version: string): Promise<void> {
+  await sql`
+    UPDATE devices SET current_firmware_version = ${version}, last_seen = NOW(),
+      metadata = COALESCE(metadata, '{}'::jsonb) || '{"protocol": "http"}'::jsonb
+    WHERE device_id = ${deviceId}`.execute(db)
 }
 
 export type UpdateStatus = 'pending' | 'downloading' | 'downloaded' | 'installing' | 'success' | 'failed' | 'rolled_back'
