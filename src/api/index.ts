@@ -1,4 +1,5 @@
 import { Hono, type Context } from 'hono'
+import { scope } from '../util/scope.js'
 import { HTTPException } from 'hono/http-exception'
 import type { Kysely } from 'kysely'
 import type * as v from 'valibot'
@@ -45,7 +46,7 @@ export function createApi(opts: ApiOptions) {
 
   routes.get('/api/v1/openapi.json', (c) => c.json(doc))
 
-  routes.get('/api/v1/measurements', async (c) => {
+  routes.get('/api/v1/measurements', scope('read'), async (c) => {
     const q = parseQuery(ListQuery, c.req.queries())
     const { from, to } = timeRange(q)
     const order = q.order ?? 'desc'
@@ -61,7 +62,7 @@ export function createApi(opts: ApiOptions) {
     return c.json({ from, to, order, items, next })
   })
 
-  routes.get('/api/v1/measurements/series', async (c) => {
+  routes.get('/api/v1/measurements/series', scope('read'), async (c) => {
     const q = parseQuery(SeriesQuery, c.req.queries())
     const range = timeRange(q)
     const r = await series(db(), { ...q, ...range })
@@ -78,7 +79,7 @@ export function createApi(opts: ApiOptions) {
     return c.json({ metric: q.metric, bucket: q.bucket, agg: q.agg, from: r.from, to: r.to, series: [...bySeries.values()] })
   })
 
-  routes.get('/api/v1/latest', async (c) => {
+  routes.get('/api/v1/latest', scope('read'), async (c) => {
     const q = parseQuery(LatestQuery, c.req.queries())
     const r = await latest(db(), { ...q, limit: q.limit ?? 1000, after: decodeCursor(q.cursor, 3) })
     const last = r.rows[r.rows.length - 1]
@@ -89,7 +90,7 @@ export function createApi(opts: ApiOptions) {
     return c.json({ items: r.rows, next })
   })
 
-  routes.get('/api/v1/devices', async (c) => {
+  routes.get('/api/v1/devices', scope('read'), async (c) => {
     const q = parseQuery(DevicesQuery, c.req.queries())
     const after = decodeCursor(q.cursor, 1)
     const r = await devices(db(), { site_id: q.site_id, limit: q.limit ?? 1000, after: after?.[0] })
@@ -102,14 +103,14 @@ export function createApi(opts: ApiOptions) {
     return c.json({ items: r.rows, next })
   })
 
-  routes.get('/api/v1/devices/:id', async (c) => {
+  routes.get('/api/v1/devices/:id', scope('read'), async (c) => {
     const r = await devices(db(), { device_id: c.req.param('id'), limit: 1 })
     const device = r.rows[0]
     if (!device) throw new HTTPException(404, { message: `no device ${c.req.param('id').slice(0, 128)}` })
     return c.json({ device })
   })
 
-  routes.post('/api/v1/telemetry', async (c) => {
+  routes.post('/api/v1/telemetry', scope('ingest'), async (c) => {
     const body = await readJson(c.req, 'body must be JSON: {device_id, timestamp, metric, value, unit?} or {device_id, batch_timestamp, readings: [...]}')
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new HTTPException(400, { message: 'body must be a JSON object: one reading or a batch' })
     // A batch is told by its readings array; each shape then gets its own, precise messages.
@@ -132,7 +133,7 @@ export function createApi(opts: ApiOptions) {
     return c.json({ stored: messages.reduce((n, m) => n + m.readings, 0), rows: messages.length, topic: messages[0]?.topic })
   })
 
-  routes.get('/api/v1/live', (c) => {
+  routes.get('/api/v1/live', scope('read'), (c) => {
     const filter = c.req.query('topic') ?? '#'
     if (!validFilter(filter)) throw new HTTPException(400, { message: 'topic must be an MQTT topic filter (+ and # wildcards), at most 256 characters' })
     const enc = new TextEncoder()

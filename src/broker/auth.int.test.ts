@@ -3,7 +3,7 @@ import { describe, it } from 'node:test'
 import mqtt from 'mqtt'
 import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
 import { runCli, type CliIo } from '../cli/index.js'
-import { addCredential, hashPassword, verifyPassword } from './credentials.js'
+import { addCredential, checkCredential, hashPassword, verifyPassword } from './credentials.js'
 
 /** 'connected', the refusal message, or 'closed' when the server dropped the socket before CONNACK. */
 function refusal(url: string, opts: mqtt.IClientOptions): Promise<string> {
@@ -118,6 +118,28 @@ describe('paku device add|list|remove', () => {
       assert.match(x.err.join('\n'), message)
     })
   }
+
+  it('checks an unknown username with scrypt too, so a refusal does not tell which usernames exist', async (t) => {
+    const url = await testDatabase(t)
+    const sut = await startApp(t, testConfig({ databaseUrl: url }))
+    const db = sut.app.db.db
+    await addCredential(db, 'ESP32-0000KNOWN', 'the-right-password', 'device')
+    const took = async (username: string) => {
+      const t0 = performance.now()
+      assert.equal(await checkCredential(db, username, 'a-wrong-password'), undefined)
+      return performance.now() - t0
+    }
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number
+    await took('ESP32-0000KNOWN')
+    const known: number[] = []
+    const unknown: number[] = []
+    for (let i = 0; i < 5; i++) {
+      known.push(await took('ESP32-0000KNOWN'))
+      unknown.push(await took(`ESP32-NOBODY-${i}`))
+    }
+    // scrypt (N=2^14) costs tens of ms; a bare lookup well under one. Both answers cost the scrypt.
+    assert.ok(median(unknown) >= 0.3 * median(known), `unknown ${median(unknown).toFixed(1)} ms, known ${median(known).toFixed(1)} ms`)
+  })
 
   it('verifyPassword rejects malformed hashes instead of throwing', async () => {
     assert.equal(await verifyPassword('x', 'plain-text'), false)

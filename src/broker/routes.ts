@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { scope } from '../util/scope.js'
 import { Hono } from 'hono'
 import { HTTPException } from 'hono/http-exception'
 import type { Kysely } from 'kysely'
@@ -27,8 +28,8 @@ const LEVEL = /^[^/+#\u0000-\u001f]{1,128}$/
 export function brokerRoutes(o: { db: () => Kysely<DB>; claims: SensorClaims }): Hono {
   const { db, claims } = o
   const routes = new Hono()
-  routes.get('/api/admin/mqtt/credentials', async (c) => c.json({ credentials: await listCredentials(db()) }))
-  routes.post('/api/admin/mqtt/credentials', async (c) => {
+  routes.get('/api/admin/mqtt/credentials', scope('read'), async (c) => c.json({ credentials: await listCredentials(db()) }))
+  routes.post('/api/admin/mqtt/credentials', scope('admin'), async (c) => {
     const body = await readJson(c.req, 'body must be JSON: {"username": …, "password"?: …, "role"?: …}')
     const parsed = v.safeParse(NewCredential, body)
     if (!parsed.success) throw new HTTPException(400, { message: parsed.issues.map((i) => i.message).join('; ') })
@@ -37,12 +38,12 @@ export function brokerRoutes(o: { db: () => Kysely<DB>; claims: SensorClaims }):
     // A generated password is returned once; a given one is never echoed.
     return c.json({ username: parsed.output.username, role: parsed.output.role, ...(parsed.output.password ? {} : { password }) }, 201)
   })
-  routes.delete('/api/admin/mqtt/credentials/:username', async (c) => {
+  routes.delete('/api/admin/mqtt/credentials/:username', scope('admin'), async (c) => {
     if (!(await removeCredential(db(), c.req.param('username')))) throw new HTTPException(404, { message: `no credential for ${c.req.param('username')}` })
     return c.body(null, 204)
   })
 
-  routes.get('/api/admin/mqtt/sensors', async (c) => c.json({ sensors: await claims.list({ deviceId: c.req.query('device_id') || undefined }) }))
+  routes.get('/api/admin/mqtt/sensors', scope('read'), async (c) => c.json({ sensors: await claims.list({ deviceId: c.req.query('device_id') || undefined }) }))
   const sensorKey = (site: string, system: string, sensor: string) => {
     for (const [name, value] of [['site', site], ['system', system], ['sensor', sensor]] as const) {
       if (!LEVEL.test(value)) throw new HTTPException(400, { message: `${name}: must be one topic level (no / + #)` })
@@ -50,7 +51,7 @@ export function brokerRoutes(o: { db: () => Kysely<DB>; claims: SensorClaims }):
     if (system !== 'sensors' && system !== 'fridge') throw new HTTPException(400, { message: 'system: relayed sensors are under sensors or fridge' })
     return { site, system, sensor }
   }
-  routes.put('/api/admin/mqtt/sensors/:site/:system/:sensor', async (c) => {
+  routes.put('/api/admin/mqtt/sensors/:site/:system/:sensor', scope('admin'), async (c) => {
     const k = sensorKey(c.req.param('site'), c.req.param('system'), c.req.param('sensor'))
     const parsed = v.safeParse(Assignment, await readJson(c.req, 'body must be JSON: {"device_id": …}'))
     if (!parsed.success) throw new HTTPException(400, { message: parsed.issues.map((i) => i.message).join('; ') })
@@ -58,7 +59,7 @@ export function brokerRoutes(o: { db: () => Kysely<DB>; claims: SensorClaims }):
     await claims.assign(k, parsed.output.device_id, typeof by === 'string' ? by : 'admin')
     return c.json({ sensor: (await claims.list()).find((s) => s.site_id === k.site && s.system === k.system && s.sensor_id === k.sensor) })
   })
-  routes.delete('/api/admin/mqtt/sensors/:site/:system/:sensor', async (c) => {
+  routes.delete('/api/admin/mqtt/sensors/:site/:system/:sensor', scope('admin'), async (c) => {
     const k = sensorKey(c.req.param('site'), c.req.param('system'), c.req.param('sensor'))
     if (!(await claims.release(k))) throw new HTTPException(404, { message: `no claim for ${k.site}/${k.system}/${k.sensor}` })
     return c.body(null, 204)

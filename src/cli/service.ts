@@ -15,13 +15,15 @@ export const PRODUCTION_CONFIG = {
 const ENV_TEMPLATE = `# paku's secrets (systemd EnvironmentFile, mode 0600). Every variable: README.md, Configuration.
 # PostgreSQL (empty = an embedded cluster under /var/lib/paku, from the distribution's postgresql binaries)
 PAKU_DATABASE_URL=postgres://paku:CHANGE-ME@127.0.0.1:5432/paku
-# Admin API key (or create named keys: paku key create NAME --scopes …)
+# Admin API key, at least 32 characters: openssl rand -hex 32 (or named keys: paku key create NAME --scopes …)
 # PAKU_ADMIN_API_KEY=
 # Base URL devices download firmware from
 # PAKU_PUBLIC_URL=https://iot.example.com/ota
-# The old shared MQTT credential, while devices migrate to their own
+# The old shared MQTT credential compiled into the devices. Role full lets anyone holding it do anything;
+# once the HA bridge and CI have their own (paku device add ha-bridge --role bridge), set device.
 # PAKU_MQTT_USERNAME=
 # PAKU_MQTT_PASSWORD=
+# PAKU_MQTT_SHARED_ROLE=full
 # TLS for MQTT (port 8883)
 # PAKU_MQTT_TLS_ENABLED=true
 # PAKU_MQTT_TLS_CERT_FILE=/etc/paku/tls/server.crt

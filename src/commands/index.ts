@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { scope } from '../util/scope.js'
 import { Hono } from 'hono'
 import { HTTPException } from 'hono/http-exception'
 import { sql, type Kysely } from 'kysely'
@@ -101,7 +102,7 @@ export function createCommands(opts: CommandsOptions) {
   }
 
   const routes = new Hono()
-  routes.post('/api/v1/commands', async (c) => {
+  routes.post('/api/v1/commands', scope('command'), async (c) => {
     const body = await readJson(c.req, 'body must be JSON: {"device_id": …, "type": "control"|"config"|"heater", …}')
     const cmd = validate(NewCommand, body)
     const id = `cmd_${randomBytes(12).toString('base64url')}`
@@ -131,7 +132,7 @@ export function createCommands(opts: CommandsOptions) {
     return c.json({ command: await get(id) }, 202)
   })
 
-  routes.get('/api/v1/commands', async (c) => {
+  routes.get('/api/v1/commands', scope('read'), async (c) => {
     const q = validate(ListQuery, c.req.query())
     const limit = q.limit ?? 100
     let after = sql`true`
@@ -149,7 +150,7 @@ export function createCommands(opts: CommandsOptions) {
     return c.json({ items: rows.map(({ key: _k, ...row }) => row), next })
   })
 
-  routes.get('/api/v1/commands/:id', async (c) => {
+  routes.get('/api/v1/commands/:id', scope('read'), async (c) => {
     const row = await get(c.req.param('id'))
     if (!row) throw new HTTPException(404, { message: `no command ${c.req.param('id').slice(0, 64)}` })
     return c.json({ command: row })

@@ -1,4 +1,5 @@
 import { Cron } from 'croner'
+import { scope } from '../util/scope.js'
 import { Hono } from 'hono'
 import { HTTPException } from 'hono/http-exception'
 import type { Config } from '../config/index.js'
@@ -156,14 +157,14 @@ export function createEcoflow(opts: EcoflowOptions) {
   }
 
   const routes = new Hono()
-  routes.get('/api/admin/ecoflow/devices', (c) => c.json({ enabled, state, lastError, devices: [...devices.values()] }))
-  routes.post('/api/admin/ecoflow/poll', async (c) => {
+  routes.get('/api/admin/ecoflow/devices', scope('read'), (c) => c.json({ enabled, state, lastError, devices: [...devices.values()] }))
+  routes.post('/api/admin/ecoflow/poll', scope('admin'), async (c) => {
     if (!enabled) throw new HTTPException(409, { message: 'EcoFlow is not configured: set PAKU_ECOFLOW_ACCESS_KEY and PAKU_ECOFLOW_SECRET_KEY' })
     backoffUntil = 0
     await poll()
     return c.json({ state, lastError, devices: [...devices.values()] })
   })
-  routes.post('/api/admin/ecoflow/devices/:sn/control', async (c) => {
+  routes.post('/api/admin/ecoflow/devices/:sn/control', scope('admin'), async (c) => {
     if (!enabled || !client) throw new HTTPException(409, { message: 'EcoFlow is not configured: set PAKU_ECOFLOW_ACCESS_KEY and PAKU_ECOFLOW_SECRET_KEY' })
     const sn = c.req.param('sn')
     const d = devices.get(sn)

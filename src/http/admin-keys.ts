@@ -2,12 +2,9 @@ import { createHash, randomBytes } from 'node:crypto'
 import { sql, type Kysely } from 'kysely'
 import type { DB } from '../db/index.js'
 
-/**
- * What a key may do; `admin` includes all the others. `ingest` is for devices posting telemetry over
- * HTTP (a key that can do nothing else); `command` sends device commands.
- */
-export const SCOPES = ['read', 'upload', 'rollout', 'ingest', 'command', 'admin'] as const
-export type Scope = (typeof SCOPES)[number]
+import type { Scope } from '../util/scope.js'
+
+export { SCOPES, type Scope } from '../util/scope.js'
 
 export const KEY_NAME = /^[a-z0-9][a-z0-9_.-]{0,63}$/
 
@@ -36,17 +33,4 @@ export async function lookupKey(db: Kysely<DB>, key: string): Promise<{ name: st
   const r = await sql<{ name: string; scopes: Scope[] }>`
     UPDATE admin_keys SET last_used_at = NOW() WHERE key_sha256 = ${sha256(key)} AND revoked_at IS NULL RETURNING name, scopes`.execute(db)
   return r.rows[0]
-}
-
-/**
- * The scope a request needs: reads need `read`; firmware uploads `upload`; rollouts and device status
- * reports `rollout`; HTTP telemetry `ingest`; device commands `command`; the rest `admin`.
- */
-export function requiredScope(method: string, path: string): Scope {
-  if (method === 'GET' || method === 'HEAD') return 'read'
-  if (path === '/api/v1/telemetry') return 'ingest'
-  if (/^\/api\/v1\/commands(\/|$)/.test(path)) return 'command'
-  if (/\/firmware(\/|$)/.test(path) && (method === 'POST' || method === 'PUT')) return 'upload'
-  if (/\/rollouts?(\/|$)/.test(path) || path.startsWith('/api/device/')) return 'rollout'
-  return 'admin'
 }

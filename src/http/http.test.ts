@@ -3,7 +3,7 @@ import { describe, it } from 'node:test'
 import { Hono } from 'hono'
 import { HTTPException } from 'hono/http-exception'
 import { createLogger } from '../log/index.js'
-import { requiredScope } from './admin-keys.js'
+import { scope } from '../util/scope.js'
 import { buildHttpApp, type HealthReport } from './index.js'
 import { histogramMetric, renderMetrics } from './metrics.js'
 
@@ -21,7 +21,7 @@ function app(status: HealthReport['status'] = 'ok') {
   routes.post('/limited', () => {
     throw new HTTPException(413)
   })
-  routes.get('/api/admin/thing', (c) => c.json({ secret: 42 }))
+  routes.get('/api/admin/thing', scope('read'), (c) => c.json({ secret: 42 }))
   return buildHttpApp({ log, health: async () => ({ status, database: { ok: status === 'ok' } }), routes: [routes], adminApiKey: 'k3y' })
 }
 
@@ -90,28 +90,30 @@ describe('http app', () => {
   })
 })
 
-describe('requiredScope', () => {
-  const table: Array<[string, string, string]> = [
-    ['GET', '/api/admin/firmware/releases', 'read'],
-    ['HEAD', '/api/admin/rollouts/1', 'read'],
-    ['POST', '/api/admin/firmware/upload', 'upload'],
-    ['PUT', '/api/admin/firmware/esp32-heater/1.4.2', 'upload'],
-    ['DELETE', '/api/admin/firmware/esp32-heater/1.4.2', 'admin'],
-    ['POST', '/api/admin/rollout/create', 'rollout'],
-    ['POST', '/api/admin/rollouts', 'rollout'],
-    ['POST', '/api/admin/rollouts/3/pause', 'rollout'],
-    ['POST', '/api/device/ESP32-1/update-status', 'rollout'],
-    ['PUT', '/api/admin/groups/van', 'admin'],
-    ['PUT', '/api/admin/devices/ESP32-1', 'admin'],
-    ['POST', '/api/admin/ecoflow/poll', 'admin'],
-    ['GET', '/api/v1/measurements', 'read'],
-    ['GET', '/api/v1/live', 'read'],
-    ['GET', '/api/v1/commands', 'read'],
-    ['POST', '/api/v1/telemetry', 'ingest'],
-    ['POST', '/api/v1/commands', 'command'],
-    ['POST', '/api/v1/commandsx', 'admin'],
-  ]
-  for (const [method, path, scope] of table) it(`${method} ${path} needs ${scope}`, () => assert.equal(requiredScope(method, path), scope))
+describe('route scopes', () => {
+  it('refuses to build an app with a key route that declares no scope', () => {
+    const routes = new Hono()
+    routes.get('/api/admin/ok', scope('read'), (c) => c.json({}))
+    routes.delete('/api/admin/forgot/:name', (c) => c.json({}))
+    routes.get('/api/v1/openapi.json', (c) => c.json({}))
+    routes.get('/public', (c) => c.json({}))
+    assert.throws(() => buildHttpApp({ log, health: async () => ({ status: 'ok' }), routes: [routes], adminApiKey: 'k3y' }), /routes without a declared scope: DELETE \/api\/admin\/forgot\/:name$/)
+  })
+
+  it('a route checks its own scope; without the key middleware in front it refuses', async () => {
+    const a = app()
+    const keys = async (key: string) => ({ name: 'reader', scopes: key === 'reader-key' ? (['read'] as const) : (['ingest'] as const) })
+    const withKeys = buildHttpApp({ log, health: async () => ({ status: 'ok' }), routes: [(() => { const r = new Hono(); r.get('/api/admin/thing', scope('read'), (c) => c.json({ ok: true })); return r })()], adminApiKey: '', lookupKey: keys })
+    assert.equal((await withKeys.request('/api/admin/thing', { headers: { 'x-api-key': 'reader-key' } })).status, 200)
+    const denied = await withKeys.request('/api/admin/thing', { headers: { 'x-api-key': 'ingest-key' } })
+    assert.equal(denied.status, 403)
+    assert.deepEqual(await denied.json(), { status: 403, message: 'this key lacks the "read" scope' })
+    assert.equal((await a.request('/api/admin/thing', { headers: { 'x-api-key': 'k3y' } })).status, 200)
+    const bare = new Hono()
+    bare.onError((err, c) => c.json({ status: (err as HTTPException).status }, (err as HTTPException).status))
+    bare.get('/api/admin/thing', scope('read'), (c) => c.json({ ok: true }))
+    assert.equal((await bare.request('/api/admin/thing')).status, 401, 'fails closed when no key was checked')
+  })
 })
 
 describe('renderMetrics', () => {

@@ -8,11 +8,13 @@ import type { Logger } from '../log/index.js'
 import { adminAuth, type KeyLookup } from './auth.js'
 import { errorHandler, notFound } from './errors.js'
 import { renderMetrics, type Metric } from './metrics.js'
+import { routeScopes } from '../util/scope.js'
 
 export { errorHandler, notFound, type ErrorBody } from './errors.js'
 export { histogramMetric, renderMetrics, type Metric } from './metrics.js'
 export { createRuntimeMonitor, type RuntimeMonitor } from './runtime.js'
 export { createKey, listKeys, lookupKey, revokeKey, SCOPES, KEY_NAME, type Scope } from './admin-keys.js'
+export { routeScopes } from '../util/scope.js'
 
 export type HealthStatus = 'ok' | 'degraded' | 'down'
 export type HealthReport = { status: HealthStatus } & Record<string, unknown>
@@ -46,7 +48,7 @@ export function buildHttpApp(opts: Omit<HttpOptions, 'config'> & { adminApiKey: 
   // The old service's device status report took the same X-API-Key.
   app.use('/api/device/*', auth)
   // /api/v1 (telemetry API, HTTP ingest, commands): the same keys by scope; its OpenAPI document is public.
-  app.use('/api/v1/*', (c, next) => (c.req.path === '/api/v1/openapi.json' ? next() : auth(c, next)))
+  app.use('/api/v1/*', (c, next) => (c.req.path === OPEN_API ? next() : auth(c, next)))
   app.get('/health', async (c) => {
     const report = await opts.health()
     // degraded still serves devices, so load balancers keep it; only down is 503.
@@ -58,8 +60,16 @@ export function buildHttpApp(opts: Omit<HttpOptions, 'config'> & { adminApiKey: 
     app.get('/metrics', async (c) => c.body(renderMetrics(await metrics()), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }))
   }
   for (const routes of opts.routes ?? []) app.route('/', routes)
+  // Every route behind a key declares the scope it needs (util/scope.ts); one that does not would
+  // be open to any valid key, so the app refuses to be built with it.
+  const undeclared = routeScopes(app).filter((r) => KEY_ROUTE.test(r.path) && r.path !== OPEN_API && r.scope === undefined)
+  if (undeclared.length > 0) throw new Error(`routes without a declared scope: ${undeclared.map((r) => `${r.method} ${r.path}`).join(', ')}`)
   return app
 }
+
+/** Paths behind the key middleware (the public OpenAPI document aside). */
+const KEY_ROUTE = /^\/api\/(admin|device|v1)\//
+const OPEN_API = '/api/v1/openapi.json'
 
 /** The HTTP service: listens on config.http, closes (and drains) on stop. */
 export function createHttp(opts: HttpOptions) {

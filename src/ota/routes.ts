@@ -1,4 +1,5 @@
 import { Hono, type Context, type MiddlewareHandler } from 'hono'
+import { scope } from '../util/scope.js'
 import { HTTPException } from 'hono/http-exception'
 import type { Config } from '../config/index.js'
 import type { Logger } from '../log/index.js'
@@ -87,7 +88,7 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
   }
 
   // The old multipart upload (contract §4.4): fields in the query (as the CI workflow sends them) or the form.
-  routes.post('/api/admin/firmware/upload', async (c) => {
+  routes.post('/api/admin/firmware/upload', scope('upload'), async (c) => {
     const type = c.req.header('content-type') ?? ''
     if (!/^multipart\/form-data/i.test(type)) {
       throw new HTTPException(415, { message: 'expected multipart/form-data with a "file" field (curl -F file=@firmware.bin), or PUT the raw image to /api/admin/firmware/{device_model}/{version}' })
@@ -121,7 +122,7 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
   })
 
   // Raw body: curl -T firmware.bin -H 'X-API-Key: …' …/api/admin/firmware/{model}/{version}
-  routes.put('/api/admin/firmware/:model/:version', async (c) => {
+  routes.put('/api/admin/firmware/:model/:version', scope('upload'), async (c) => {
     const release = await storeUpload(c, {
       version: slug(c.req.param('version'), 'version'),
       model: slug(c.req.param('model'), 'device_model'),
@@ -134,20 +135,20 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
     return c.json({ status: 'ok', message: 'Firmware uploaded successfully', version: release.version, file_size: release.file_size, checksum_sha256: release.checksum_sha256, checksum_md5: release.checksum_md5, release: releaseView(release) }, 201)
   })
 
-  routes.get('/api/admin/firmware/releases', async (c) => {
+  routes.get('/api/admin/firmware/releases', scope('read'), async (c) => {
     const model = c.req.query('device_model') || undefined
     if (model !== undefined) slug(model, 'device_model')
     const releases = await store.listReleases(db(), model, queryInt(c.req.query('limit'), 'limit', 10, 1, 100))
     return c.json({ releases: releases.map(releaseView) })
   })
 
-  routes.get('/api/admin/firmware/:model/:version', async (c) => {
+  routes.get('/api/admin/firmware/:model/:version', scope('read'), async (c) => {
     const r = await store.getRelease(db(), c.req.param('model'), c.req.param('version'))
     if (!r) throw new HTTPException(404, { message: `no firmware ${c.req.param('model')} ${c.req.param('version')}` })
     return c.json({ release: { ...releaseView(r), stored: await store.hasImage(db(), r.id), download_url: o.downloadUrl(r.device_model, r.version) } })
   })
 
-  routes.delete('/api/admin/firmware/:model/:version', async (c) => {
+  routes.delete('/api/admin/firmware/:model/:version', scope('admin'), async (c) => {
     const { deleted, blockedBy } = await store.deleteRelease(db(), c.req.param('model'), c.req.param('version'))
     if (blockedBy.length > 0) throw new HTTPException(409, { message: `firmware is delivered by live rollouts (${blockedBy.join(', ')}); cancel them first` })
     if (!deleted) throw new HTTPException(404, { message: `no firmware ${c.req.param('model')} ${c.req.param('version')}` })
@@ -194,8 +195,8 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
     const view = await rolloutView(created.rollout.id)
     return c.json({ status: 'ok', message: 'Rollout created successfully', id: Number(created.rollout.id), rollout: view, superseded: created.superseded })
   }
-  routes.post('/api/admin/rollout/create', create)
-  routes.post('/api/admin/rollouts', create)
+  routes.post('/api/admin/rollout/create', scope('rollout'), create)
+  routes.post('/api/admin/rollouts', scope('rollout'), create)
 
   async function rolloutView(id: string) {
     const r = await getRollout(db(), id)
@@ -205,7 +206,7 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
     return { ...r, id: Number(r.id), stages: stagesOf(r), current_percentage: currentPercentage(r), counts, unverified_counts: unverified }
   }
 
-  routes.get('/api/admin/rollouts', async (c) => {
+  routes.get('/api/admin/rollouts', scope('read'), async (c) => {
     const status = validate(RolloutStatusQuery, c.req.query('status') || undefined)
     const model = c.req.query('device_model') || undefined
     const list = await listRollouts(db(), { status, model, limit: queryInt(c.req.query('limit'), 'limit', 50, 1, 500) })
@@ -214,9 +215,9 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
     return c.json({ rollouts: list.map((r) => ({ ...r, id: Number(r.id), stages: stagesOf(r), current_percentage: currentPercentage(r), counts: counts.get(r.id), unverified_counts: unverified.get(r.id) })) })
   })
 
-  routes.get('/api/admin/rollouts/:id', async (c) => c.json({ rollout: await rolloutView(c.req.param('id')) }))
+  routes.get('/api/admin/rollouts/:id', scope('read'), async (c) => c.json({ rollout: await rolloutView(c.req.param('id')) }))
 
-  routes.get('/api/admin/rollouts/:id/devices', async (c) => {
+  routes.get('/api/admin/rollouts/:id/devices', scope('read'), async (c) => {
     const id = c.req.param('id')
     if (!(await getRollout(db(), id))) throw new HTTPException(404, { message: `no rollout ${id}` })
     const state = c.req.query('state') || undefined
@@ -225,7 +226,7 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
   })
 
   for (const action of ['pause', 'resume', 'cancel', 'advance', 'retry'] as const satisfies readonly Action[]) {
-    routes.post(`/api/admin/rollouts/:id/${action}`, async (c) => {
+    routes.post(`/api/admin/rollouts/:id/${action}`, scope('rollout'), async (c) => {
       const id = c.req.param('id')
       if (!(await getRollout(db(), id))) throw new HTTPException(404, { message: `no rollout ${id}` })
       const body = action === 'advance' ? await jsonBody(c.req, ActionBody) : {}
@@ -239,17 +240,17 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
 
   // ---- devices and groups ---------------------------------------------------------------------
 
-  routes.get('/api/admin/devices', async (c) => {
+  routes.get('/api/admin/devices', scope('read'), async (c) => {
     const model = c.req.query('device_model') || undefined
     const group = c.req.query('group') || undefined
     return c.json({ devices: await store.listDevices(db(), { model, group, limit: queryInt(c.req.query('limit'), 'limit', 50, 1, 500) }) })
   })
-  routes.get('/api/admin/devices/:id', async (c) => {
+  routes.get('/api/admin/devices/:id', scope('read'), async (c) => {
     const d = await store.getDevice(db(), c.req.param('id'))
     if (!d) throw new HTTPException(404, { message: `no device ${c.req.param('id')}` })
     return c.json({ device: { ...d, pull_token: (await pullTokenInfo(db(), d.device_id)) ?? null } })
   })
-  routes.put('/api/admin/devices/:id', async (c) => {
+  routes.put('/api/admin/devices/:id', scope('admin'), async (c) => {
     const id = validate(DeviceId, c.req.param('id'))
     const b = await jsonBody(c.req, DeviceBody)
     for (const g of b.groups ?? []) if (!(await store.groupExists(db(), g))) throw new HTTPException(400, { message: `groups: no group ${JSON.stringify(g)}` })
@@ -260,7 +261,7 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
   })
 
   // A polling device's pull token: shown once here, only its SHA-256 is kept. Creating one replaces the old one.
-  routes.post('/api/admin/devices/:id/pull-token', async (c) => {
+  routes.post('/api/admin/devices/:id/pull-token', scope('admin'), async (c) => {
     const id = validate(DeviceId, c.req.param('id'))
     const d = await store.getDevice(db(), id)
     if (!d) throw new HTTPException(404, { message: `no device ${id}; register it first with PUT /api/admin/devices/${id}` })
@@ -269,22 +270,22 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
     o.log.info('pull token created', { deviceId: id, by: keyName(c) })
     return c.json({ device_id: id, token, update_url: o.updateUrl(d.device_model, id, token) }, 201)
   })
-  routes.delete('/api/admin/devices/:id/pull-token', async (c) => {
+  routes.delete('/api/admin/devices/:id/pull-token', scope('admin'), async (c) => {
     const id = c.req.param('id')
     if (!(await deletePullToken(db(), id))) throw new HTTPException(404, { message: `device ${id} has no pull token` })
     o.log.info('pull token revoked', { deviceId: id, by: keyName(c) })
     return c.body(null, 204)
   })
 
-  routes.get('/api/admin/groups', async (c) => c.json({ groups: await store.listGroups(db()) }))
-  routes.put('/api/admin/groups/:name', async (c) => {
+  routes.get('/api/admin/groups', scope('read'), async (c) => c.json({ groups: await store.listGroups(db()) }))
+  routes.put('/api/admin/groups/:name', scope('admin'), async (c) => {
     const name = slug(c.req.param('name'), 'group name')
     const b = await jsonBody(c.req, GroupBody)
     await store.putGroup(db(), name, b.description ?? null, b.device_ids)
     await o.rolloutChanged()
     return c.json({ group: (await store.listGroups(db())).find((g) => g.name === name) })
   })
-  routes.post('/api/admin/groups/:name/devices', async (c) => {
+  routes.post('/api/admin/groups/:name/devices', scope('admin'), async (c) => {
     const name = c.req.param('name')
     if (!(await store.groupExists(db(), name))) throw new HTTPException(404, { message: `no group ${name}` })
     const b = await jsonBody(c.req, MembersBody)
@@ -292,16 +293,16 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
     await o.rolloutChanged()
     return c.json({ group: (await store.listGroups(db())).find((g) => g.name === name) })
   })
-  routes.delete('/api/admin/groups/:name/devices/:id', async (c) => {
+  routes.delete('/api/admin/groups/:name/devices/:id', scope('admin'), async (c) => {
     if (!(await store.removeMember(db(), c.req.param('name'), c.req.param('id')))) throw new HTTPException(404, { message: `device ${c.req.param('id')} is not in group ${c.req.param('name')}` })
     return c.json({ status: 'ok' })
   })
-  routes.delete('/api/admin/groups/:name', async (c) => {
+  routes.delete('/api/admin/groups/:name', scope('admin'), async (c) => {
     if (!(await store.deleteGroup(db(), c.req.param('name')))) throw new HTTPException(404, { message: `no group ${c.req.param('name')}` })
     return c.json({ status: 'ok' })
   })
 
-  routes.get('/api/admin/update-status', async (c) => {
+  routes.get('/api/admin/update-status', scope('read'), async (c) => {
     const updates = await store.listUpdateStatus(db(), {
       deviceId: c.req.query('device_id') || undefined,
       version: c.req.query('firmware_version') || undefined,
@@ -310,7 +311,7 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
     return c.json({ updates })
   })
 
-  routes.post('/api/device/:id/update-status', async (c) => {
+  routes.post('/api/device/:id/update-status', scope('rollout'), async (c) => {
     const id = validate(DeviceId, c.req.param('id'))
     const b = await jsonBody(c.req, UpdateStatusBody)
     await store.reportUpdateStatus(db(), id, b)
