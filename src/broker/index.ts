@@ -317,7 +317,8 @@ export function createBroker(opts: BrokerOptions) {
               if (username) pairLimiter.succeed(pair)
               const who = result.who
               // A client id belongs to the principal that holds it (connected, or a kept persistent session).
-              const connId = `${connections++}`
+              // Unique across instances: a release from one must not end a connection another made.
+              const connId = `${cluster?.instanceId ?? ''}:${connections++}`
               const wasPersistent = ledger.session(client.id)?.persistent === true
               const claimed = ledger.claim(client.id, { principal: who.principal, kind: who.kind, persistent: !client.clean, connId })
               if (claimed === 'identifier') {
@@ -417,7 +418,7 @@ export function createBroker(opts: BrokerOptions) {
             }
             accept(client, packet, payload, callback)
           }
-          if (verdict === true || claims.ownerNow(verdict.sensor) === who.deviceId) return admitted()
+          if (verdict === true || claims.ownsNow(who.deviceId as string, verdict.sensor)) return admitted()
           relayed(who, verdict.sensor).then(
             (problem) => (problem ? deny(problem) : admitted()),
             (err: unknown) => callback(err instanceof Error ? err : new Error(String(err))),

@@ -52,6 +52,12 @@ export function createSensorClaims(opts: { db: () => Kysely<DB>; now?: () => num
     /** The cached owner, for decisions that cannot wait (delivery of a message). */
     ownerNow: (k: SensorKey): string | undefined => cache.get(keyOf(k))?.owner,
 
+    /** Whether the cache says, recently enough, that `deviceId` owns the sensor (the publish path's fast answer). */
+    ownsNow(deviceId: string, k: SensorKey): boolean {
+      const cached = cache.get(keyOf(k))
+      return cached !== undefined && cached.owner === deviceId && now() - cached.checkedAt < RECHECK_MS
+    },
+
     /**
      * Whether `deviceId` may publish for this sensor: it owns it, or nobody does and it may claim one
      * more (`limit` claims per device). The claim is written before the answer.
