@@ -13,6 +13,7 @@ import { errorText, type Logger } from '../log/index.js'
 import { canPublish, canReceive, canSubscribe, discoveryProblem, type SensorKey } from './acl.js'
 import { checkCredential, hasCredential } from './credentials.js'
 import { addressKey } from '../util/address.js'
+import { counter, gauge, type Metric } from '../util/metric.js'
 import { createFailureLimiter } from '../util/failure-limiter.js'
 import { coalesceWrites } from './coalesce-writes.js'
 import { createIdentify, type Identity } from './identity.js'
@@ -261,7 +262,7 @@ export function createBroker(opts: BrokerOptions) {
 
   return {
     name: 'broker',
-    /** Admin routes for MQTT credentials (only with a database). */
+    /** Admin routes for MQTT credentials and relayed-sensor claims. */
     routes: brokerRoutes({ db: opts.db, claims }),
     async start(): Promise<void> {
       readPacketsWithoutSlicing()
@@ -385,10 +386,8 @@ export function createBroker(opts: BrokerOptions) {
             (err: unknown) => callback(err instanceof Error ? err : new Error(String(err))),
           )
         },
-        // Ingest happens here, not in the 'publish' event: aedes sends the QoS 1 PUBACK (and the QoS 2
-        // PUBREC) only after this callback, so waiting for the row to be durable makes the acknowledgement
-        // mean "stored" (design A4.1). Wills pass through here too. Packets of one socket read are
-        // authorised concurrently, so a pipelining client (a bridge with 20 in flight) shares one flush.
+        // Rights, Home Assistant discovery, relayed-sensor ownership and the retained quota, then ingest
+        // (accept(): here, not in the 'publish' event, so that a PUBACK means "stored").
         authorizePublish: (client: Client | null, packet: PublishPacket, callback: (error?: Error | null) => void) => {
           if (!client) return callback(null)
           const who = identities.get(client)
@@ -589,29 +588,27 @@ export function createBroker(opts: BrokerOptions) {
     },
     health,
     /** The broker's counters and state as Prometheus metrics. */
-    metrics() {
+    metrics(): Metric[] {
       const h = health()
-      const counter = (name: string, help: string, value: number) => ({ name: `paku_mqtt_${name}`, help, type: 'counter' as const, samples: [{ value }] })
-      const gauge = (name: string, help: string, value: number) => ({ name: `paku_mqtt_${name}`, help, type: 'gauge' as const, samples: [{ value }] })
       return [
-        gauge('clients', 'Connected MQTT clients.', h.clients),
-        counter('connections_total', 'MQTT connections accepted.', h.connections),
-        counter('messages_in_total', 'PUBLISH packets accepted from clients.', h.messagesIn),
-        counter('auth_failures_total', 'Refused MQTT logins (bad credentials, anonymous, blocked after failures).', h.authFailures),
-        counter('denied_total', 'PUBLISH and SUBSCRIBE refused by topic permissions.', h.denied),
-        counter('refused_client_ids_total', 'CONNECTs refused for their client id (not the device’s own, or held by another login).', h.refusedClientIds),
-        counter('refused_origins_total', 'WebSocket upgrades refused for their browser Origin.', h.refusedOrigins),
-        counter('refused_connections_total', 'Connections refused over mqtt.maxConnectionsPerAddress.', h.refusedConnections),
-        counter('expired_sessions_total', 'Persistent sessions deleted after mqtt.sessionExpiryHours.', h.expiredSessions),
+        gauge('paku_mqtt_clients', 'Connected MQTT clients.', h.clients),
+        counter('paku_mqtt_connections_total', 'MQTT connections accepted.', h.connections),
+        counter('paku_mqtt_messages_in_total', 'PUBLISH packets accepted from clients.', h.messagesIn),
+        counter('paku_mqtt_auth_failures_total', 'Refused MQTT logins (bad credentials, anonymous, blocked after failures).', h.authFailures),
+        counter('paku_mqtt_denied_total', 'PUBLISH and SUBSCRIBE refused by topic permissions.', h.denied),
+        counter('paku_mqtt_refused_client_ids_total', 'CONNECTs refused for their client id (not the device’s own, or held by another login).', h.refusedClientIds),
+        counter('paku_mqtt_refused_origins_total', 'WebSocket upgrades refused for their browser Origin.', h.refusedOrigins),
+        counter('paku_mqtt_refused_connections_total', 'Connections refused over mqtt.maxConnectionsPerAddress.', h.refusedConnections),
+        counter('paku_mqtt_expired_sessions_total', 'Persistent sessions deleted after mqtt.sessionExpiryHours.', h.expiredSessions),
         {
           name: 'paku_mqtt_quota_refusals_total',
           help: 'Refusals per broker quota (retained topics and bytes, persistent sessions, subscriptions, queued messages, relayed sensors, total state).',
-          type: 'counter' as const,
+          type: 'counter',
           samples: QUOTA_NAMES.map((q) => ({ labels: { quota: q }, value: h.quotaRefusals[q] })),
         },
-        gauge('persistent_sessions', 'Persistent MQTT sessions kept.', h.state.persistentSessions),
-        gauge('retained_bytes', 'Bytes of retained messages held.', h.state.retainedBytes),
-        gauge('queued_bytes', 'Bytes of QoS 1/2 messages queued for sessions.', h.state.queuedBytes),
+        gauge('paku_mqtt_persistent_sessions', 'Persistent MQTT sessions kept.', h.state.persistentSessions),
+        gauge('paku_mqtt_retained_bytes', 'Bytes of retained messages held.', h.state.retainedBytes),
+        gauge('paku_mqtt_queued_bytes', 'Bytes of QoS 1/2 messages queued for sessions.', h.state.queuedBytes),
       ]
     },
     /** Messages queued for a session (tests). */

@@ -1,13 +1,8 @@
 import type { HistogramSnapshot } from '../util/histogram.js'
+import type { Metric } from '../util/metric.js'
 
-/** One Prometheus metric family; subsystems describe theirs and http renders them. */
-export type Metric = {
-  name: string
-  help: string
-  type: 'counter' | 'gauge' | 'histogram'
-  /** A histogram's samples carry the suffix of the series they belong to (_bucket, _sum, _count). */
-  samples: Array<{ suffix?: '_bucket' | '_sum' | '_count'; labels?: Record<string, string>; value: number }>
-}
+export type { Metric } from '../util/metric.js'
+
 
 /** A histogram as Prometheus wants it: cumulative buckets, le="+Inf" equal to the count, then sum and count. */
 export function histogramMetric(name: string, help: string, h: HistogramSnapshot): Metric {

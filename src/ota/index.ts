@@ -1,4 +1,5 @@
 import type { Config } from '../config/index.js'
+import { counter, gauge, type Metric } from '../util/metric.js'
 import { errorText, type Logger } from '../log/index.js'
 import {
   advanceDevice,
@@ -315,24 +316,23 @@ export function createOta(opts: OtaOptions) {
     now,
   })
 
-  async function metrics() {
+  async function metrics(): Promise<Metric[]> {
     const g = await gauges(opts.db())
-    const c = (name: string, help: string, value: number) => ({ name: `paku_ota_${name}`, help, type: 'counter' as const, samples: [{ value }] })
     return [
-      c('uploads_total', 'Firmware images stored.', counters.uploads),
-      c('uploads_rejected_total', 'Firmware uploads refused (bad image, duplicate, unknown model).', counters.uploadsRejected),
-      c('downloads_total', 'Firmware downloads completed (whole image or range).', counters.downloads),
-      c('downloads_partial_total', 'Range (206) downloads completed.', counters.downloadsPartial),
-      c('download_bytes_total', 'Firmware bytes sent.', counters.downloadBytes),
-      c('pull_checks_total', 'HTTPUpdate check-ins.', counters.pullChecks),
-      c('pull_served_total', 'HTTPUpdate check-ins answered with an image.', counters.pullServed),
-      c('commands_sent_total', 'cmd/ota messages published.', counters.commandsSent),
-      c('updates_succeeded_total', 'Device updates confirmed by the device reporting the new version.', counters.updatesSucceeded),
-      c('updates_failed_total', 'Device updates failed, timed out or rolled back.', counters.updatesFailed),
-      c('updates_unverified_total', 'Outcomes reported by unauthenticated pull or check requests (never counted toward rollout thresholds).', counters.updatesUnverified),
-      { name: 'paku_devices', help: 'Registered devices by model.', type: 'gauge' as const, samples: g.devicesByModel.map((d) => ({ labels: { model: d.model }, value: d.n })) },
-      { name: 'paku_ota_rollouts', help: 'Rollouts by status.', type: 'gauge' as const, samples: g.rolloutsByStatus.map((r) => ({ labels: { status: r.status }, value: r.n })) },
-      { name: 'paku_ota_releases', help: 'Firmware releases stored.', type: 'gauge' as const, samples: [{ value: g.releases }] },
+      counter('paku_ota_uploads_total', 'Firmware images stored.', counters.uploads),
+      counter('paku_ota_uploads_rejected_total', 'Firmware uploads refused (bad image, duplicate, unknown model).', counters.uploadsRejected),
+      counter('paku_ota_downloads_total', 'Firmware downloads completed (whole image or range).', counters.downloads),
+      counter('paku_ota_downloads_partial_total', 'Range (206) downloads completed.', counters.downloadsPartial),
+      counter('paku_ota_download_bytes_total', 'Firmware bytes sent.', counters.downloadBytes),
+      counter('paku_ota_pull_checks_total', 'HTTPUpdate check-ins.', counters.pullChecks),
+      counter('paku_ota_pull_served_total', 'HTTPUpdate check-ins answered with an image.', counters.pullServed),
+      counter('paku_ota_commands_sent_total', 'cmd/ota messages published.', counters.commandsSent),
+      counter('paku_ota_updates_succeeded_total', 'Device updates confirmed by the device reporting the new version.', counters.updatesSucceeded),
+      counter('paku_ota_updates_failed_total', 'Device updates failed, timed out or rolled back.', counters.updatesFailed),
+      counter('paku_ota_updates_unverified_total', 'Outcomes reported by unauthenticated pull or check requests (never counted toward rollout thresholds).', counters.updatesUnverified),
+      { name: 'paku_devices', help: 'Registered devices by model.', type: 'gauge', samples: g.devicesByModel.map((d) => ({ labels: { model: d.model }, value: d.n })) },
+      { name: 'paku_ota_rollouts', help: 'Rollouts by status.', type: 'gauge', samples: g.rolloutsByStatus.map((r) => ({ labels: { status: r.status }, value: r.n })) },
+      gauge('paku_ota_releases', 'Firmware releases stored.', g.releases),
     ]
   }
 
