@@ -286,7 +286,12 @@ export class PgPersistence extends AsyncMemoryPersistence {
         DELETE FROM mqtt_outgoing o USING ranked r
         WHERE o.seq = r.seq AND (r.n > r.max_n OR r.bytes > r.max_bytes OR r.running > ${Math.max(0, q.totalBytes - retainedBytes)})`.execute(db),
     )
-    return { expiredSessions: expired, sessions: over + overPrincipal, subscriptions, retained: retained + retainedOverOwner, queued }
+    // Inbound QoS 2 messages of clean sessions, left by a crash (a clean session ends with its connection,
+    // [MQTT-3.1.2-6]). With several instances another one may hold such a session now: only alone.
+    const incoming = this.#opts.replicate
+      ? 0
+      : count(await sql`DELETE FROM mqtt_incoming i WHERE NOT EXISTS (SELECT 1 FROM mqtt_sessions s WHERE s.client_id = i.client_id)`.execute(db))
+    return { expiredSessions: expired, sessions: over + overPrincipal, subscriptions, retained: retained + retainedOverOwner, queued, incoming }
   }
 
   /** Deletes sessions matching `where` with everything they hold (not their wills: aedes publishes those). */
