@@ -13,10 +13,17 @@ export type Identity = Rights & { principal: string; kind: QuotaKind; username: 
 /** CONNACK return codes of MQTT 3.1.1 §3.2.2.3 that a login can get. */
 export type Refusal = { code: 2 | 4 | 5; reason: string }
 
-export type Login = { username: string | undefined; password: Buffer | undefined; certName: string | undefined; clientId: string }
+export type Login = {
+  username: string | undefined
+  password: Buffer | undefined
+  certName: string | undefined
+  clientId: string
+  /** Whether the listener the client came in on takes anonymous clients. */
+  anonymous: boolean
+}
 
 export type IdentityOptions = {
-  config: Pick<Config['mqtt'], 'allowAnonymous' | 'anonymousRole' | 'sharedCredential'>
+  config: Pick<Config['mqtt'], 'anonymousRole' | 'sharedCredential'>
   /** The role of a stored credential, or undefined (checked with scrypt either way). */
   checkCredential: (username: string, password: string) => Promise<Role | undefined>
   /** Whether an id has a credential of its own (then neither the shared credential nor anonymous may use it as a device). */
@@ -50,7 +57,7 @@ export function createIdentify(opts: IdentityOptions) {
       return { who: { rights: 'device', deviceId: l.certName, principal: `device:${l.certName}`, kind: 'device', username: l.certName } }
     }
     if (l.username === undefined || l.username === '') {
-      if (!config.allowAnonymous) return { code: 5, reason: 'anonymous not allowed' }
+      if (!l.anonymous) return { code: 5, reason: 'anonymous not allowed' }
       if (config.anonymousRole === 'device') {
         const refused = await clientAsDevice(l.clientId)
         if (refused) return refused

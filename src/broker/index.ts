@@ -4,7 +4,7 @@ import { createServer as createHttpsServer, type Server as HttpsServer } from 'n
 import { createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer, type TLSSocket } from 'node:tls'
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
-import { Aedes, type AedesPublishPacket, type Client, type PublishPacket, type Subscription } from 'aedes'
+import { Aedes, type AedesPublishPacket, type Client, type ConnectPacket, type PublishPacket, type Subscription } from 'aedes'
 import { createWebSocketStream, WebSocketServer } from 'ws'
 import type { Kysely } from 'kysely'
 import type { Config } from '../config/index.js'
@@ -92,6 +92,8 @@ export function createBroker(opts: BrokerOptions) {
   const certNames = new WeakMap<object, string>()
   /** The remote address per connection stream, for the failed-login limiters. */
   const addresses = new WeakMap<object, string>()
+  /** Whether the listener a connection stream came in on takes anonymous clients. */
+  const anonymousOn = new WeakMap<object, boolean>()
   const perAddress = new Map<string, number>()
   // Failed logins are counted per (address, username) and per address; a success clears only its own
   // pair, so one principal's successes never reset the count of guesses at another's password.
@@ -126,6 +128,8 @@ export function createBroker(opts: BrokerOptions) {
   const identities = new WeakMap<Client, Identity>()
   /** The topics each connection was granted (the subscription quota, and what the persistence may keep). */
   const granted = new WeakMap<Client, Set<string>>()
+  /** Connections that said they are a bridge (Mosquitto's try_private: the protocol version's high bit). */
+  const bridges = new WeakSet<Client>()
   const lastAuthLog = new Map<string, number>()
   const ledger = createLedger({ quotas: config.quotas, now })
   const claims = createSensorClaims({ db: opts.db, now })
@@ -290,6 +294,11 @@ export function createBroker(opts: BrokerOptions) {
         maxClientsIdLength: config.maxClientIdLength,
         maxTopicLevels: config.maxTopicLevels,
         maxInflightInbound: config.maxInflightInbound,
+        preConnect: (client: Client, packet: ConnectPacket, callback: (error: Error | null, ok: boolean) => void) => {
+          // mqtt-packet takes the bridge bit off the protocol version and says so here.
+          if ((packet as ConnectPacket & { bridgeMode?: boolean }).bridgeMode) bridges.add(client)
+          callback(null, true)
+        },
         authenticate: (client: Client, username: string | undefined, password: Buffer | undefined, done: (error: (Error & { returnCode: number }) | null, success: boolean | null) => void) => {
           const ip = addressKey(addresses.get(client.conn as object) ?? 'unknown')
           const pair = `${ip}\u0000${username ?? ''}`
@@ -300,7 +309,7 @@ export function createBroker(opts: BrokerOptions) {
             warnOnce(`blocked:${ip}`, 'MQTT logins from this address refused after repeated failures', { address: ip, retryInSeconds: Math.ceil(wait / 1000) })
             return refuse(5, 'too many failed logins')
           }
-          identify({ username, password, certName: certNames.get(client.conn as object), clientId: client.id }).then(
+          identify({ username, password, certName: certNames.get(client.conn as object), clientId: client.id, anonymous: anonymousOn.get(client.conn as object) ?? false }).then(
             (result) => {
               if ('code' in result) {
                 if (result.code === 2) {
@@ -355,6 +364,9 @@ export function createBroker(opts: BrokerOptions) {
         },
         // Delivery is authorised for the receiving login when it happens, queued messages included.
         authorizeForward: (client: Client, packet: AedesPublishPacket) => {
+          // A bridge must not get back what it sent: its broker would deliver it locally a second time,
+          // and send it back here again (the no-local a Mosquitto bridge asks for with try_private).
+          if ((packet as { clientId?: string }).clientId === client.id && bridges.has(client)) return null
           const who = identities.get(client)
           if (!who || who.rights !== 'device') return packet
           return canReceive(who, packet.topic, (k) => claims.ownerNow(k) === who.deviceId) ? packet : null
@@ -398,6 +410,8 @@ export function createBroker(opts: BrokerOptions) {
             callback(new Error(`not authorized to publish to ${packet.topic}`))
           }
           if (!who) return deny('not logged in')
+          // A Mosquitto bridge announces its own state there on connect (notifications, on by default).
+          if (packet.topic === `$SYS/broker/connection/${client.id}/state`) return callback(null)
           const verdict = canPublish(who, packet.topic)
           if (verdict === false) return deny('outside its rights')
           const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload)
@@ -485,16 +499,17 @@ export function createBroker(opts: BrokerOptions) {
         log.debug('connection error', { clientId: client?.id, err: err.message })
       })
 
-      /** Hands a connection's MQTT stream to aedes, remembering its address and verified certificate CN. */
-      const attach = (stream: Duplex, socket: Socket, req?: IncomingMessage) => {
+      /** Hands a connection's MQTT stream to aedes, remembering its address, listener policy and verified certificate CN. */
+      const attach = (stream: Duplex, socket: Socket, anonymous: boolean, req?: IncomingMessage) => {
         addresses.set(stream, socket.remoteAddress ?? 'unknown')
+        anonymousOn.set(stream, anonymous)
         const cn = (socket as TLSSocket).authorized ? peerName(socket as TLSSocket) : undefined
         if (cn) certNames.set(stream, cn)
         coalesceWrites(socket)
         broker.handle(stream, req as never)
       }
       /** MQTT over WebSocket on an HTTP(S) server; plain HTTP requests get 426 Upgrade Required. */
-      const serveWebSocket = (server: HttpServer | HttpsServer): WebSocketServer => {
+      const serveWebSocket = (server: HttpServer | HttpsServer, anonymous: boolean): WebSocketServer => {
         server.on('request', (_req, res) => res.writeHead(426, { 'content-type': 'text/plain' }).end(`MQTT over WebSocket: connect to ${config.ws.path}\n`))
         // Counted from the TCP accept, before any TLS handshake spends CPU.
         server.on('connection', (s: Socket) => {
@@ -517,33 +532,34 @@ export function createBroker(opts: BrokerOptions) {
           const wsStream = createWebSocketStream(ws)
           wsStream.on('error', (err) => log.debug('websocket error', { err: err.message }))
           // ws already enforces the size limit; the guard is here so reading can be held back too.
-          attach(guardStream(wsStream, config.maxPacketBytes), req.socket, req)
+          attach(guardStream(wsStream, config.maxPacketBytes), req.socket, anonymous, req)
         })
         return w
       }
 
       // noDelay: without it Nagle's algorithm holds each PUBACK ~40 ms waiting for more bytes.
       tcp = createServer({ noDelay: true }, (socket) => {
-        if (admit(socket)) attach(guardStream(socket, config.maxPacketBytes), socket)
+        if (admit(socket)) attach(guardStream(socket, config.maxPacketBytes), socket, config.allowAnonymous)
       })
       await listen(tcp, config.host, config.port)
 
       if (config.ws.enabled) {
         http = createHttpServer()
-        wss = serveWebSocket(http)
+        wss = serveWebSocket(http, config.ws.allowAnonymous ?? config.allowAnonymous)
         await listen(http, config.ws.host, config.ws.port)
       }
 
       if (config.tls.enabled) {
         const secure = tlsOptions()
-        tlsServer = createTlsServer({ ...secure, noDelay: true }, (socket) => attach(guardStream(socket, config.maxPacketBytes), socket))
+        const tlsAnonymous = config.tls.allowAnonymous ?? config.allowAnonymous
+        tlsServer = createTlsServer({ ...secure, noDelay: true }, (socket) => attach(guardStream(socket, config.maxPacketBytes), socket, tlsAnonymous))
         // Counted from the TCP accept, before the TLS handshake spends CPU.
         tlsServer.on('connection', (s: Socket) => admit(s))
         tlsServer.on('tlsClientError', (err) => log.debug('TLS handshake failed', { err: err.message }))
         await listen(tlsServer, config.tls.host, config.tls.port)
         if (config.ws.enabled) {
           https = createHttpsServer(secure)
-          wssTls = serveWebSocket(https)
+          wssTls = serveWebSocket(https, tlsAnonymous)
           await listen(https, config.tls.host, config.tls.wsPort)
         }
       }

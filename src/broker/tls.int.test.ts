@@ -88,6 +88,26 @@ describe('MQTT over TLS', () => {
     assert.equal(await peerCN(mqtts?.port as number, p.ca), 'paku-mqtt-renewed')
   })
 
+  it("takes anonymous clients per listener, as the old stack did: plain 1883 open on the LAN, 8883 TLS with a password", async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'paku-tls-'))
+    defer(t, () => rmSync(dir, { recursive: true, force: true }))
+    const p = pki(dir)
+    const url = await testDatabase(t)
+    const sut = await startApp(t, testConfig({
+      databaseUrl: url,
+      mqtt: { allowAnonymous: true, sharedCredential: { username: 'edge', password: 'shared-secret' }, ws: { allowAnonymous: false }, tls: { enabled: true, host: '127.0.0.1', port: 0, wsPort: 0, certFile: p.cert, keyFile: p.key, allowAnonymous: false } },
+    }))
+    const { mqtt: plain, mqtts, wss } = sut.app.broker.addresses()
+    const ca = readFileSync(p.ca)
+    const anonymous = await mqtt.connectAsync(`mqtt://127.0.0.1:${plain?.port}`, { reconnectPeriod: 0 })
+    await anonymous.endAsync()
+    await assert.rejects(mqtt.connectAsync(`mqtts://127.0.0.1:${mqtts?.port}`, { ca, reconnectPeriod: 0, connectTimeout: 3000 }), /Not authorized/)
+    await assert.rejects(mqtt.connectAsync(`wss://127.0.0.1:${wss?.port}/mqtt`, { ca, reconnectPeriod: 0, connectTimeout: 3000 }), /Not authorized/)
+    await assert.rejects(mqtt.connectAsync(sut.wsUrl, { reconnectPeriod: 0, connectTimeout: 3000 }), /Not authorized/, 'plain WebSocket closed too')
+    const withPassword = await mqtt.connectAsync(`mqtts://127.0.0.1:${mqtts?.port}`, { ca, username: 'edge', password: 'shared-secret', reconnectPeriod: 0 })
+    await withPassword.endAsync()
+  })
+
   it('refuses to start with a missing certificate file, naming it', async (t) => {
     const url = await testDatabase(t)
     const { createApp } = await import('../app.js')

@@ -22,5 +22,7 @@ describe('start-up warnings about an open broker', () => {
     assert.deepEqual(messages({ host: '127.0.0.1', ws: { host: '::1' }, allowAnonymous: true }), [], 'loopback only: no warning')
     assert.equal(messages({ host: '::', ws: { enabled: false }, allowAnonymous: true }).length, 1, 'all IPv6 interfaces')
     assert.equal(messages({ host: '127.0.0.1', ws: { enabled: false }, tls: { enabled: true, certFile: 'c', keyFile: 'k' }, allowAnonymous: true }).length, 1, 'the TLS listener binds 0.0.0.0 by default')
+    assert.deepEqual(messages({ host: '127.0.0.1', ws: { enabled: false }, tls: { enabled: true, certFile: 'c', keyFile: 'k', allowAnonymous: false }, allowAnonymous: true }), [], 'anonymous on loopback TCP only, TLS closed')
+    assert.equal(messages({ host: '127.0.0.1', ws: { host: '0.0.0.0', allowAnonymous: true }, allowAnonymous: false }).length, 1, 'a listener that opens itself')
   })
 })

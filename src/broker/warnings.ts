@@ -16,9 +16,14 @@ export function openSettings(config: Config['mqtt']): Array<{ msg: string; field
       fields: { username: sc.username },
     })
   }
-  const listeners = [config.host, ...(config.ws.enabled ? [config.ws.host] : []), ...(config.tls.enabled ? [config.tls.host] : [])]
-  const open = [...new Set(listeners.filter((h) => !loopback(h)))]
-  if (config.allowAnonymous && open.length > 0) {
+  // Each listener with its own anonymous policy (the WebSocket and TLS ones follow mqtt.allowAnonymous unless set).
+  const listeners: Array<[string, boolean]> = [
+    [config.host, config.allowAnonymous],
+    ...(config.ws.enabled ? ([[config.ws.host, config.ws.allowAnonymous ?? config.allowAnonymous]] as Array<[string, boolean]>) : []),
+    ...(config.tls.enabled ? ([[config.tls.host, config.tls.allowAnonymous ?? config.allowAnonymous]] as Array<[string, boolean]>) : []),
+  ]
+  const open = [...new Set(listeners.filter(([h, anonymous]) => anonymous && !loopback(h)).map(([h]) => h))]
+  if (open.length > 0) {
     out.push({ msg: 'anonymous MQTT clients are allowed on a listener other hosts can reach', fields: { listeners: open, anonymousRole: config.anonymousRole } })
   }
   return out

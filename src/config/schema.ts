@@ -113,6 +113,8 @@ const ConfigShape = v.strictObject({
            * any other Origin header is refused; clients that send none (devices, scripts) are not affected.
            */
           allowedOrigins: v.optional(v.array(v.pipe(v.string(), v.regex(/^https?:\/\/[^\s/?#]+$/, 'must be an origin like https://example.com or http://localhost:3000'))), []),
+          /** Anonymous clients on this listener; unset: as mqtt.allowAnonymous. */
+          allowAnonymous: v.optional(v.boolean('mqtt.ws.allowAnonymous must be true or false')),
         }),
         {},
       ),
@@ -136,6 +138,11 @@ const ConfigShape = v.strictObject({
             /** CA that signs client certificates; with requireClientCert a valid client certificate is required. */
             caFile: v.optional(v.string(), ''),
             requireClientCert: v.optional(v.boolean(), false),
+            /**
+             * Anonymous clients on the TLS listeners (MQTT and WebSocket over TLS); unset: as
+             * mqtt.allowAnonymous. The old stack: plain 1883 anonymous on the LAN, 8883 password only.
+             */
+            allowAnonymous: v.optional(v.boolean('mqtt.tls.allowAnonymous must be true or false')),
           }),
           v.check((t) => !t.enabled || (t.certFile !== '' && t.keyFile !== ''), 'mqtt.tls needs certFile and keyFile when enabled'),
           v.check((t) => !t.requireClientCert || t.caFile !== '', 'mqtt.tls.requireClientCert needs caFile'),
@@ -153,7 +160,10 @@ const ConfigShape = v.strictObject({
       maxAuthFailuresPerAddressPerMinute: v.optional(positiveInt('maxAuthFailuresPerAddressPerMinute', 100_000), 30),
       /** Open connections per remote address (a NAT'd site with many devices may need more). */
       maxConnectionsPerAddress: v.optional(positiveInt('maxConnectionsPerAddress', 1_000_000), 256),
-      /** Accept clients without a username (development only; the committed dev config binds 127.0.0.1). */
+      /**
+       * Accept clients without a username on the plain TCP listener, and on the others unless they say
+       * otherwise (mqtt.ws.allowAnonymous, mqtt.tls.allowAnonymous). Development or a closed LAN only.
+       */
       allowAnonymous: v.optional(v.boolean('mqtt.allowAnonymous must be true or false'), false),
       /**
        * What an anonymous client may do: readonly (subscribe, never publish), device (scoped as the
@@ -243,6 +253,12 @@ const ConfigShape = v.strictObject({
       inProgressTimeoutMinutes: v.optional(positiveInt('inProgressTimeoutMinutes', 10_080), 60),
       /** A device that has not acknowledged cmd/ota gets it again when it shows up, at most this often. */
       renotifySeconds: v.optional(positiveInt('renotifySeconds', 86_400), 300),
+      /**
+       * The old OTA service's firmware directory (its `paku_firmware` volume: `{model}_{version}.bin`).
+       * At start, releases adopted from the old database whose image is not stored yet are read from it
+       * (each checked against its recorded SHA-256). Empty: none.
+       */
+      firmwareDir: v.optional(v.string('ota.firmwareDir must be a path'), ''),
       /** Requests per minute one address may make to the open device routes (/api/firmware/check and /update). */
       deviceRequestsPerMinute: v.optional(positiveInt('deviceRequestsPerMinute', 1_000_000), 60),
     }),
