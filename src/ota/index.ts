@@ -1,3 +1,4 @@
+import { access, constants } from 'node:fs/promises'
 import type { Config } from '../config/index.js'
 import { counter, gauge, type Metric } from '../util/metric.js'
 import { errorText, type Logger } from '../log/index.js'
@@ -20,7 +21,9 @@ import {
 import { createOtaRoutes } from './routes.js'
 import { gauges, getRelease, insertEvent, recordUpdateStatus, type Db, type Release } from './store.js'
 
-export { importFirmwareDir } from './import.js'
+import { importFirmwareDir } from './import.js'
+
+export { importFirmwareDir }
 export { createPullToken, deletePullToken, PULL_TOKEN_PREFIX } from './pull-tokens.js'
 
 /** A pull (HTTPUpdate) check-in; `verified`: it carried the device's pull token. */
@@ -303,6 +306,23 @@ export function createOta(opts: OtaOptions) {
     return { rollout: r, release }
   }
 
+  /**
+   * Reads the old service's firmware volume into the database for releases adopted without their
+   * image, so they can be downloaded and rolled out at once. Already stored ones are not read again;
+   * a directory that cannot be read stops the start (a typo would otherwise go unnoticed).
+   */
+  async function adoptFirmwareDir(dir: string): Promise<void> {
+    try {
+      await access(dir, constants.R_OK | constants.X_OK)
+    } catch (err) {
+      throw new Error(`ota.firmwareDir: cannot read ${dir} (${(err as NodeJS.ErrnoException).code ?? errorText(err)})`, { cause: err })
+    }
+    const r = await importFirmwareDir(opts.db(), dir)
+    if (r.imported.length > 0) log.info('firmware read from the old firmware volume', { dir, releases: r.imported })
+    if (r.missing.length > 0) log.warn('adopted releases without their file in ota.firmwareDir; they cannot be downloaded until uploaded again', { dir, releases: r.missing })
+    if (r.mismatched.length > 0) log.error('files in ota.firmwareDir do not match the SHA-256 recorded for them; not imported', { dir, releases: r.mismatched })
+  }
+
   const routes = createOtaRoutes({
     config,
     db: opts.db,
@@ -348,6 +368,7 @@ export function createOta(opts: OtaOptions) {
     async start(): Promise<void> {
       running = true
       if (!config.publicUrl) log.warn('ota.publicUrl (PAKU_PUBLIC_URL) is not set; cmd/ota links use a local address devices may not reach', { url: publicUrl() })
+      if (config.firmwareDir) await adoptFirmwareDir(config.firmwareDir)
       if (leads()) await enqueue(() => tick())
       // Device reports act at once on the instance that receives them; taking devices in, thresholds
       // and time-outs run on the leader only, so two instances never notify the same device twice.

@@ -8,7 +8,11 @@ import { describe, it, type TestContext } from 'node:test'
 import { promisify } from 'node:util'
 import mqtt from 'mqtt'
 import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
+import { createApp } from '../app.js'
+import { sqlDir } from '../assets.js'
 import { runCli } from '../cli/index.js'
+import { readSqlDir } from '../db/index.js'
+import { createLogger } from '../log/index.js'
 import { hashBucket } from './versions.js'
 import { espImage } from './test-image.js'
 import { httpUpdateRequest, PushDevice } from './test-device.js'
@@ -555,5 +559,40 @@ describe('paku firmware import', () => {
     const stored = (await db.query(`SELECT f.version, f.checksum_md5 FROM firmware_images i JOIN firmware_releases f ON f.id = i.release_id`)).rows
     assert.deepEqual(stored, [{ version: '1.4.2', checksum_md5: md5(good) }])
     assert.equal(await runCli(['firmware', 'import'], io), 2)
+  })
+
+  it('reads the old firmware volume at start (ota.firmwareDir): adopted releases are downloadable and rollout-ready', async (t) => {
+    const databaseUrl = await testDatabase(t)
+    const io = { env: { ...process.env, PAKU_DATABASE_URL: databaseUrl, PAKU_LOG_LEVEL: 'silent' }, out: () => undefined, err: () => undefined, waitForStop: () => new Promise<string>(() => undefined), isTTY: false }
+    assert.equal(await runCli(['migrate'], io), 0)
+    const db = await sqlClient(t, databaseUrl)
+    const dir = await mkdtemp(join(tmpdir(), 'paku-vol-'))
+    defer(t, () => rm(dir, { recursive: true, force: true }))
+    const good = espImage({ size: 6000 })
+    await writeFile(join(dir, `${MODEL}_1.4.2.bin`), good)
+    await writeFile(join(dir, `${MODEL}_1.4.3.bin`), espImage({ size: 10 }))
+    // The old service's rows: bare file names, no bytes in the database.
+    await db.query(`INSERT INTO firmware_releases (version, device_model, file_path, file_size, checksum_sha256, created_by) VALUES
+      ('1.4.2', $1, $2, $3, $4, 'admin'), ('1.4.3', $1, $5, 10, $6, 'admin'), ('1.4.4', $1, $7, 10, $6, 'admin')`,
+    [MODEL, `${MODEL}_1.4.2.bin`, good.length, sha256(good), `${MODEL}_1.4.3.bin`, 'f'.repeat(64), `${MODEL}_1.4.4.bin`])
+    const lines: string[] = []
+    const log = createLogger({ level: 'info', format: 'json', write: (l) => lines.push(l) })
+    const s = await startApp(t, testConfig({ databaseUrl, http: { adminApiKey: KEY }, ota: { firmwareDir: dir } }), { log })
+    const res = await fetch(`${s.httpUrl}/ota/api/firmware/download/1.4.2?device_model=${MODEL}`)
+    assert.equal(res.status, 200)
+    assert.equal(res.headers.get('content-length'), String(good.length))
+    assert.deepEqual(Buffer.from(await res.arrayBuffer()), good)
+    const rollout = await fetch(`${s.httpUrl}/api/admin/rollout/create`, { method: 'POST', headers: { 'x-api-key': KEY, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'adopted', firmware_version: '1.4.2', device_model: MODEL, target_type: 'all' }) })
+    assert.equal(rollout.status, 200, await rollout.text())
+    assert.equal((await fetch(`${s.httpUrl}/api/firmware/download/1.4.3?device_model=${MODEL}`)).status, 404, 'a mismatched file is not served')
+    assert.ok(lines.some((l) => l.includes('firmware read from the old firmware volume') && l.includes('1.4.2')))
+    assert.ok(lines.some((l) => l.includes('do not match the SHA-256') && l.includes('1.4.3')))
+    assert.ok(lines.some((l) => l.includes('without their file in ota.firmwareDir') && l.includes('1.4.4')))
+  })
+
+  it('refuses to start when ota.firmwareDir cannot be read, naming it', async (t) => {
+    const databaseUrl = await testDatabase(t)
+    const app = createApp({ config: testConfig({ databaseUrl, ota: { firmwareDir: '/nonexistent/paku_firmware' } }), log: createLogger({ level: 'silent', format: 'json' }), migrations: readSqlDir(sqlDir()), version: 't' })
+    await assert.rejects(app.start(), /start ota: ota\.firmwareDir: cannot read \/nonexistent\/paku_firmware \(ENOENT\)/)
   })
 })
