@@ -95,7 +95,6 @@ try {
     PAKU_HTTP_PORT: String(httpPort),
     PAKU_ADMIN_API_KEY: key,
     PAKU_PUBLIC_URL: `http://127.0.0.1:${httpPort}`,
-    PAKU_OTA_MODELS: 'esp32-heater',
     PAKU_LOG_FORMAT: 'json',
     // As the systemd unit runs it (build/systemd/paku.service).
     MALLOC_ARENA_MAX: '2',

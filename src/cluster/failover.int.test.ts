@@ -102,7 +102,7 @@ describe('several paku processes: failures', { skip, timeout: 120_000 }, () => {
     defer(t, () => fake.close())
     const { nodes, db } = await processes(t, {
       env: { PAKU_ECOFLOW_ACCESS_KEY: 'AK', PAKU_ECOFLOW_SECRET_KEY: 'SK', PAKU_ECOFLOW_API_URL: fake.url, PAKU_ECOFLOW_DEVICES: SN, PAKU_ECOFLOW_POLL_SECONDS: '5' },
-      config: { ota: { models: [MODEL], rolloutTickSeconds: 1 }, cluster: { leaderRetrySeconds: 1 } },
+      config: { ota: { rolloutTickSeconds: 1 }, cluster: { leaderRetrySeconds: 1 } },
     })
     const [a, b, c] = nodes as [Instance, Instance, Instance]
     for (const task of ['rollouts', 'ecoflow', 'rollup']) {

@@ -108,7 +108,6 @@ export const ENV_TABLE: readonly EnvEntry[] = [
   { name: 'PAKU_PUBLIC_URL', path: ['ota', 'publicUrl'], parse: asString, description: 'public base URL for firmware download links' },
   { name: 'PAKU_OTA_MAX_FIRMWARE_BYTES', path: ['ota', 'maxFirmwareBytes'], parse: asInt, description: 'largest firmware image accepted' },
   { name: 'PAKU_OTA_FIRMWARE_DIR', path: ['ota', 'firmwareDir'], parse: asString, description: "the old OTA service's firmware directory, read at start" },
-  { name: 'PAKU_OTA_MODELS', path: ['ota', 'models'], parse: asList, description: 'device models accepted for upload, comma-separated' },
   { name: 'PAKU_ECOFLOW_ACCESS_KEY', path: ['ecoflow', 'accessKey'], parse: asSecret, secret: true, description: 'EcoFlow Open API access key' },
   { name: 'PAKU_ECOFLOW_SECRET_KEY', path: ['ecoflow', 'secretKey'], parse: asSecret, secret: true, description: 'EcoFlow Open API secret key' },
   { name: 'PAKU_ECOFLOW_API_URL', path: ['ecoflow', 'apiUrl'], parse: asString, description: 'eu | us | global | base URL' },

@@ -243,8 +243,6 @@ const ConfigShape = v.strictObject({
       publicUrl: v.optional(v.union([v.literal(''), v.pipe(v.string(), v.regex(/^https?:\/\/[^\s?#]+$/, 'must be an http(s):// URL without query'))], 'must be an http(s):// URL without query'), ''),
       /** Largest firmware image accepted (ESP32 app partitions are at most a few MB). */
       maxFirmwareBytes: v.optional(positiveInt('maxFirmwareBytes', 67_108_864), 16_777_216),
-      /** Device models accepted for upload besides those devices have reported or releases already use. */
-      models: v.optional(v.array(v.pipe(v.string(), v.regex(/^[A-Za-z0-9._-]{1,64}$/, 'must be a model slug (letters, digits, . _ -)'))), []),
       /** Path prefix a reverse proxy may leave on device routes (the old stack's /ota); '' for none. */
       routePrefix: v.optional(v.union([v.literal(''), v.pipe(v.string(), v.regex(/^\/[A-Za-z0-9._-]+$/, 'must be like /ota'))], 'must be like /ota'), '/ota'),
       /** How often running rollouts take in new devices, check thresholds and time-outs. */

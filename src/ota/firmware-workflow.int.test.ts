@@ -32,7 +32,7 @@ async function steps(): Promise<Map<string, string>> {
 
 async function setup(t: TestContext) {
   const databaseUrl = await testDatabase(t)
-  const s = await startApp(t, testConfig({ databaseUrl, http: { adminApiKey: KEY }, ota: { models: [MODEL, 'lilygo-t-display-s3-heater'], rolloutTickSeconds: 1 } }))
+  const s = await startApp(t, testConfig({ databaseUrl, http: { adminApiKey: KEY }, ota: { rolloutTickSeconds: 1 } }))
   const db = await sqlClient(t, databaseUrl)
   const dir = await mkdtemp(join(tmpdir(), 'paku-ci-'))
   defer(t, () => rm(dir, { recursive: true, force: true }))

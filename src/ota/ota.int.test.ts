@@ -24,14 +24,14 @@ const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex')
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-async function setup(t: TestContext, ota: Record<string, unknown> = {}) {
+async function setup(t: TestContext, ota: Record<string, unknown> = {}, log?: ReturnType<typeof createLogger>) {
   const databaseUrl = await testDatabase(t)
   const config = testConfig({
     databaseUrl,
     http: { adminApiKey: KEY },
-    ota: { models: [MODEL, 'esp8266-wired-sensors'], rolloutTickSeconds: 1, renotifySeconds: 1, maxFirmwareBytes: 2_000_000, ...ota },
+    ota: { rolloutTickSeconds: 1, renotifySeconds: 1, maxFirmwareBytes: 2_000_000, ...ota },
   })
-  const s = await startApp(t, config)
+  const s = await startApp(t, config, log ? { log } : {})
   const db = await sqlClient(t, databaseUrl)
   const api = async (method: string, path: string, body?: unknown, headers: Record<string, string> = {}) => {
     const res = await fetch(`${s.httpUrl}${path}`, {
@@ -144,9 +144,9 @@ describe('OTA firmware store', () => {
       ['the wrong magic byte', () => post(q(), form(Buffer.from('PK\u0003\u0004 a zip file, not firmware'))), 400, /0xe9/],
       ['an empty file', () => post(q(), form(Buffer.alloc(0))), 400, /empty/],
       ['an oversize image', () => post(q(), form(espImage({ size: 70_000 }))), 413, /more than the limit|over/],
-      ['an unknown model', () => post(q('1.0.0', 'esp32-typo'), form(good)), 400, /unknown model "esp32-typo".*PAKU_OTA_MODELS/],
-      ['a version that is not semver', () => post(q('latest'), form(good)), 400, /not a semantic version/],
       ['a path in the version', () => post(q('../../etc/passwd'), form(good)), 400, /version: must be/],
+      ['a path in the model', () => post(q('1.0.0', '../firmware'), form(good)), 400, /device_model: must be/],
+      ['a path in min_version', () => post(`${q()}&min_version=${encodeURIComponent('../x')}`, form(good)), 400, /min_version: must be/],
       ['a missing version', () => post(`device_model=${MODEL}`, form(good)), 400, /version: required/],
       ['a bad is_signed', () => post(`${q()}&is_signed=maybe`, form(good)), 400, /is_signed/],
       ['a raw PUT with the wrong magic', () => fetch(`${s.httpUrl}/api/admin/firmware/${MODEL}/1.0.0`, { method: 'PUT', headers: { 'x-api-key': KEY }, body: Buffer.from('#!/bin/sh\nrm -rf /') }), 400, /0xe9/],
@@ -164,6 +164,24 @@ describe('OTA firmware store', () => {
     assert.equal(health.status, 200)
     // And the real thing still works afterwards.
     assert.equal((await post(q(), form(good))).status, 200)
+  })
+
+  it("stores a first build for a model no device has reported, and opaque versions ordered by upload time", async (t) => {
+    const lines: string[] = []
+    const s = await setup(t, {}, createLogger({ level: 'info', format: 'json', write: (l) => lines.push(l) }))
+    const NEW = 'esp32-newboard'
+    await s.upload('test-20260115-140322', espImage({ size: 1000 }), NEW)
+    assert.ok(lines.some((l) => l.includes('no device has reported') && l.includes(NEW)), 'a new model is logged')
+    await s.upload('abc1234-20260116-090000', espImage({ size: 1000 }), NEW)
+    await s.upload('1.5.0', espImage({ size: 1000 }), NEW)
+    const releases = ((await s.api('GET', `/api/admin/firmware/releases?device_model=${NEW}`)).json.releases as Array<{ version: string }>).map((r) => r.version)
+    assert.deepEqual(releases, ['1.5.0', 'abc1234-20260116-090000', 'test-20260115-140322'], 'newest upload first')
+    // A device on the later opaque build: a rollout of the earlier one would be a downgrade (by upload time).
+    await s.device('ESP32-0PAQUE01', 'abc1234-20260116-090000', { model: NEW })
+    const back = await s.api('POST', '/api/admin/rollouts', { name: 'older', firmware_version: 'test-20260115-140322', device_model: NEW, target_type: 'all' })
+    assert.equal(back.status, 200, JSON.stringify(back.json))
+    await eventually(async () => (await s.rolloutState(back.json.id, 'ESP32-0PAQUE01'))?.state === 'skipped', { what: 'skipped as a downgrade' })
+    assert.match((await s.rolloutState(back.json.id, 'ESP32-0PAQUE01'))?.detail ?? '', /runs newer abc1234-20260116-090000/)
   })
 
   it('refuses hostile rollout requests', async (t) => {

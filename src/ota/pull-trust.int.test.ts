@@ -23,7 +23,7 @@ async function setup(t: TestContext, ota: Record<string, unknown> = {}) {
   const config = testConfig({
     databaseUrl,
     http: { adminApiKey: KEY },
-    ota: { models: [MODEL, OTHER_MODEL], rolloutTickSeconds: 1, renotifySeconds: 1, maxFirmwareBytes: 2_000_000, ...ota },
+    ota: { rolloutTickSeconds: 1, renotifySeconds: 1, maxFirmwareBytes: 2_000_000, ...ota },
   })
   const s = await startApp(t, config)
   const db = await sqlClient(t, databaseUrl)

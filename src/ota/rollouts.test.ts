@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { initialState, isTarget, judge, stagesOf, DEVICE_STATES, type Counts, type Rollout, type TargetDevice } from './rollouts.js'
+import { compareReleases, initialState, isTarget, judge, stagesOf, DEVICE_STATES, type Counts, type Rollout, type TargetDevice } from './rollouts.js'
 
 function rollout(o: Partial<Rollout> = {}): Rollout {
   return {
@@ -65,6 +65,15 @@ describe('initialState', () => {
   it('newer → skipped (no downgrade)', () => assert.match(initialState(r, '1.10.0').detail ?? '', /runs newer 1.10.0/))
   it('newer with allow_downgrade → pending', () => assert.equal(initialState({ ...r, allow_downgrade: true }, '1.10.0').state, 'pending'))
   it('not semver and different → pending', () => assert.equal(initialState(r, 'test-20260101').state, 'pending'))
+  it('opaque versions compare by upload time where both were uploaded', () => {
+    const uploaded = new Map([['test-20260101-120000', 1000], ['abc1234-20260102', 2000], [r.firmware_version, 1500]])
+    assert.equal(compareReleases('test-20260101-120000', 'abc1234-20260102', uploaded), -1)
+    assert.equal(compareReleases('abc1234-20260102', 'test-20260101-120000', uploaded), 1)
+    assert.equal(compareReleases('1.4.2', '1.10.0', uploaded), -1, 'semver where both are semver')
+    assert.equal(compareReleases('test-x', 'test-y', uploaded), undefined, 'unknown without upload times')
+    assert.equal(initialState(r, 'abc1234-20260102', uploaded).state, 'skipped', 'a later upload runs: a downgrade')
+    assert.equal(initialState(r, 'test-20260101-120000', uploaded).state, 'pending')
+  })
 })
 
 describe('judge', () => {

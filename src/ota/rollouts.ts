@@ -72,18 +72,44 @@ export function isTarget(r: Rollout, d: TargetDevice): boolean {
     const named = (f.device_ids ?? []).includes(d.device_id) || (d.mac_address !== null && (f.mac_addresses ?? []).map(normalMac).includes(normalMac(d.mac_address)))
     return named && percentageMatch(d.device_id, currentPercentage(r))
   }
-  const models = f.device_models && f.device_models.length > 0 ? f.device_models : [r.device_model]
-  if (d.device_model === null || !models.includes(d.device_model)) return false
+  if (d.device_model === null || !modelsOf(r).includes(d.device_model)) return false
   if (r.target_type === 'group' && !(f.groups ?? []).some((g) => d.groups.includes(g))) return false
   return percentageMatch(d.device_id, currentPercentage(r))
 }
 
 const normalMac = (mac: string) => mac.replace(/[^0-9a-f]/gi, '').toUpperCase()
 
+/**
+ * How two versions of a model compare: by semver where both are semver, else by upload time where
+ * both were uploaded (opaque versions such as `test-20260115-140322` or `abc1234-20260115`, which the
+ * old service ordered by upload), else unknown (undefined).
+ */
+export function compareReleases(a: string, b: string, uploaded?: ReadonlyMap<string, number>): -1 | 0 | 1 | undefined {
+  const semverOrder = compareVersions(a, b)
+  if (semverOrder !== undefined) return semverOrder
+  const x = uploaded?.get(a)
+  const y = uploaded?.get(b)
+  if (x === undefined || y === undefined) return a === b ? 0 : undefined
+  return x < y ? -1 : x > y ? 1 : 0
+}
+
+/** When each version of these models was uploaded (epoch ms), for compareReleases. */
+export async function uploadTimes(db: Db, models: readonly string[]): Promise<Map<string, number>> {
+  const r = await sql<{ version: string; at: Date }>`
+    SELECT version, max(created_at) AS at FROM firmware_releases WHERE device_model = ANY(${[...models]}::text[]) GROUP BY version`.execute(db)
+  return new Map(r.rows.map((x) => [x.version, x.at.getTime()]))
+}
+
+/** The models a rollout delivers to: its target filter's, else its firmware's. */
+export function modelsOf(r: Pick<Rollout, 'target_filter' | 'device_model'>): string[] {
+  const f = r.target_filter ?? {}
+  return f.device_models && f.device_models.length > 0 ? f.device_models : [r.device_model]
+}
+
 /** Where a newly targeted device starts: already there, a downgrade to skip, or waiting for the command. */
-export function initialState(r: Pick<Rollout, 'firmware_version' | 'allow_downgrade'>, current: string | null): { state: DeviceState; detail: string | null } {
+export function initialState(r: Pick<Rollout, 'firmware_version' | 'allow_downgrade'>, current: string | null, uploaded?: ReadonlyMap<string, number>): { state: DeviceState; detail: string | null } {
   if (current !== null && current === r.firmware_version) return { state: 'succeeded', detail: 'already runs this version' }
-  const cmp = current === null ? undefined : compareVersions(current, r.firmware_version)
+  const cmp = current === null ? undefined : compareReleases(current, r.firmware_version, uploaded)
   if (cmp === 0) return { state: 'succeeded', detail: 'already runs this version' }
   if (cmp === 1 && !r.allow_downgrade) return { state: 'skipped', detail: `runs newer ${current}; set allow_downgrade to go back` }
   return { state: 'pending', detail: null }
@@ -287,7 +313,7 @@ export async function applyAction(db: Db, id: string, action: Action, opts: { pe
  */
 async function candidates(db: Db, r: Rollout): Promise<Array<TargetDevice & { trusted: boolean }>> {
   const f = r.target_filter ?? {}
-  const models = f.device_models && f.device_models.length > 0 ? f.device_models : [r.device_model]
+  const models = modelsOf(r)
   const rows = await sql<TargetDevice & { trusted: boolean }>`
     SELECT d.device_id, d.device_model, d.current_firmware_version, d.mac_address, d.metadata->>'protocol' AS protocol,
       COALESCE((SELECT array_agg(m.group_name) FROM device_group_members m WHERE m.device_id = d.device_id), '{}') AS groups,
@@ -329,7 +355,8 @@ export async function tickRollout(db: Db, id: string, timeoutMinutes: number): P
       const existing = new Set((await sql<{ device_id: string }>`SELECT device_id FROM rollout_devices WHERE rollout_id = ${id}::bigint`.execute(tx)).rows.map((d) => d.device_id))
       const fresh = (await candidates(tx, r)).filter((d) => !existing.has(d.device_id))
       if (fresh.length > 0) {
-        const init = fresh.map((d) => initialState(r, d.current_firmware_version))
+        const uploaded = await uploadTimes(tx, modelsOf(r))
+        const init = fresh.map((d) => initialState(r, d.current_firmware_version, uploaded))
         await sql`
           INSERT INTO rollout_devices (rollout_id, device_id, state, stage, from_version, detail, verified)
           SELECT ${id}::bigint, * FROM unnest(${fresh.map((d) => d.device_id)}::text[], ${init.map((s) => s.state)}::text[],
@@ -491,7 +518,7 @@ export type TakenIn = { state: DeviceState; notified_at: Date | null; detail: st
  * stand then: the row starts again from what the authenticated request says. Never the other way.
  */
 export async function takeIn(db: Db, r: Rollout, deviceId: string, current: string | null, verified = true): Promise<TakenIn> {
-  const init = initialState(r, current)
+  const init = initialState(r, current, await uploadTimes(db, modelsOf(r)))
   if (verified) {
     await sql`
       DELETE FROM rollout_devices WHERE rollout_id = ${r.id}::bigint AND device_id = ${deviceId} AND NOT verified

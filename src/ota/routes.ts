@@ -65,14 +65,14 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
       if (data === undefined) throw new HTTPException(status, { message })
       throw new HTTPException(status, { res: c.json({ status, message, data }, status) })
     }
-    if (!parseVersion(f.version)) refuse(400, `version: ${JSON.stringify(f.version.slice(0, 64))} is not a semantic version (like 1.4.2 or 1.5.0-rc.1); paku orders releases by semver`)
-    if (f.minVersion !== null && !parseVersion(f.minVersion)) refuse(400, 'min_version: must be a semantic version')
+    // Versions are semver or opaque (the old workflow's test-YYYYMMDD-HHMMSS, {commit7}-{date}); opaque
+    // ones are ordered by upload time, as the old service ordered all of them.
+    if (f.minVersion !== null && !SLUG.test(f.minVersion)) refuse(400, 'min_version: must be 1–64 letters, digits, . _ + or -')
     const image = inspectImage(f.data, config.maxFirmwareBytes)
     if ('error' in image) refuse(f.data.length > config.maxFirmwareBytes ? 413 : 400, image.error)
     const info = image as Exclude<typeof image, { error: string }>
-    if (!(await store.isKnownModel(db(), f.model, config.models))) {
-      refuse(400, `device_model: unknown model ${JSON.stringify(f.model)}: no device has reported it and no release uses it; add it to ota.models (PAKU_OTA_MODELS) first`)
-    }
+    // A first build for a model no device has reported yet (a new board) is stored like any other.
+    const newModel = !(await store.isKnownModel(db(), f.model))
     const result = await store.insertRelease(db(), { ...f, image: info, createdBy: keyName(c) })
     if ('conflict' in result) {
       const same = result.conflict.checksum_sha256 === info.sha256
@@ -83,7 +83,8 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
     }
     const release = (result as { release: store.Release }).release
     counters.uploads++
-    o.log.info('firmware uploaded', { model: f.model, version: f.version, bytes: info.size, sha256: info.sha256, chip: info.chip })
+    o.log.info('firmware uploaded', { model: f.model, version: f.version, bytes: info.size, sha256: info.sha256, chip: info.chip, semver: parseVersion(f.version) !== undefined })
+    if (newModel) o.log.info('firmware uploaded for a model no device has reported and no release used before', { model: f.model, version: f.version })
     return release
   }
 

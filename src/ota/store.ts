@@ -118,9 +118,8 @@ export async function deleteRelease(db: Db, model: string, version: string): Pro
   })
 }
 
-/** Models an upload may name: configured ones, those devices reported, and those releases already use. */
-export async function isKnownModel(db: Db, model: string, configured: readonly string[]): Promise<boolean> {
-  if (configured.includes(model)) return true
+/** Whether a device has reported this model or a release already uses it. */
+export async function isKnownModel(db: Db, model: string): Promise<boolean> {
   const r = await sql<{ ok: number }>`
     SELECT 1 AS ok WHERE EXISTS (SELECT 1 FROM devices WHERE device_model = ${model})
       OR EXISTS (SELECT 1 FROM firmware_releases WHERE device_model = ${model})`.execute(db)
