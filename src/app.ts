@@ -75,6 +75,8 @@ export function createApp(opts: AppOptions) {
     config: config.mqtt,
     log: log.child('broker'),
     onMessage: incoming,
+    // A client's cmd/ota (the old CI workflow publishes its own) reaches each device once per version.
+    vetCommand: (deviceId, payload) => ota.vetCommand(deviceId, payload),
     db: () => db.db,
     ...(opts.now ? { now: opts.now } : {}),
     ...(emitter

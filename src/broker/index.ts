@@ -22,6 +22,7 @@ import { guardStream, holdReading } from './packet-guard.js'
 import { readPacketsWithoutSlicing } from './packet-reads.js'
 import { brokerRoutes } from './routes.js'
 import { createSensorClaims } from './sensors.js'
+import { isSuppressed, suppress } from './suppress.js'
 import { openSettings } from './warnings.js'
 import { PgPersistence } from './pg-persistence.js'
 
@@ -44,6 +45,9 @@ function peerName(socket: TLSSocket): string | undefined {
 }
 
 
+/** A device's OTA command topic, `{site}/edge/{device}/cmd/ota`. */
+const OTA_COMMAND = /^[^/]+\/edge\/([^/]+)\/cmd\/ota$/
+
 /** How often persistent sessions are checked for expiry (their expiry is counted in hours). */
 const EXPIRY_CHECK_MS = 3_600_000
 
@@ -56,6 +60,11 @@ export type BrokerOptions = {
   db: () => Kysely<DB>
   /** The clock of session expiry and claim re-checks (tests move it). */
   now?: () => number
+  /**
+   * Whether a cmd/ota a client published (`{site}/edge/{device}/cmd/ota`) goes on to the device: OTA
+   * sends each device one per version. Without it every command goes on.
+   */
+  vetCommand?: (deviceId: string, payload: Buffer) => Promise<{ deliver: boolean; reason: string }>
   /**
    * One of several instances (docs/scaling.md): messages fan out through `mq` (mqemitter-redis), broker
    * state changes are shared with the other instances, and messages other instances received are handed
@@ -124,7 +133,7 @@ export function createBroker(opts: BrokerOptions) {
     return true
   }
   const sockets = new Set<Socket>()
-  const counts = { connections: 0, messagesIn: 0, clientErrors: 0, authFailures: 0, denied: 0, refusedConnections: 0, refusedClientIds: 0, refusedOrigins: 0, expiredSessions: 0 }
+  const counts = { connections: 0, messagesIn: 0, clientErrors: 0, authFailures: 0, denied: 0, refusedConnections: 0, refusedClientIds: 0, refusedOrigins: 0, expiredSessions: 0, commandsNotDelivered: 0 }
   const identities = new WeakMap<Client, Identity>()
   /** The topics each connection was granted (the subscription quota, and what the persistence may keep). */
   const granted = new WeakMap<Client, Set<string>>()
@@ -141,14 +150,16 @@ export function createBroker(opts: BrokerOptions) {
   let connections = 0
   let expiryTimer: NodeJS.Timeout | undefined
 
-  /** Logs an auth problem at most once a minute per key (a misconfigured device retries every few seconds). */
-  const warnOnce = (key: string, msg: string, fields: Record<string, unknown>) => {
+  /** Whether a line for this key may be logged now: at most once a minute per key (a misconfigured device retries every few seconds). */
+  const due = (key: string) => {
     const t = now()
-    if ((lastAuthLog.get(key) ?? 0) + 60_000 > t) return
+    if ((lastAuthLog.get(key) ?? 0) + 60_000 > t) return false
     if (lastAuthLog.size > 10_000) lastAuthLog.clear()
     lastAuthLog.set(key, t)
-    log.warn(msg, fields)
+    return true
   }
+  const warnOnce = (key: string, msg: string, fields: Record<string, unknown>) => due(key) && log.warn(msg, fields)
+  const infoOnce = (key: string, msg: string, fields: Record<string, unknown>) => due(key) && log.info(msg, fields)
 
   /** A refusal for a quota: counted by the ledger, logged once a minute per principal. */
   const quotaRefused = (principal: string, quota: QuotaName, fields: Record<string, unknown>) =>
@@ -364,6 +375,7 @@ export function createBroker(opts: BrokerOptions) {
         },
         // Delivery is authorised for the receiving login when it happens, queued messages included.
         authorizeForward: (client: Client, packet: AedesPublishPacket) => {
+          if (isSuppressed(packet)) return null
           // A bridge must not get back what it sent: its broker would deliver it locally a second time,
           // and send it back here again (the no-local a Mosquitto bridge asks for with try_private).
           if ((packet as { clientId?: string }).clientId === client.id && bridges.has(client)) return null
@@ -421,7 +433,8 @@ export function createBroker(opts: BrokerOptions) {
           }
           // The persistence learns whose retained message it stores from the packet's client id.
           ;(packet as { clientId?: string }).clientId = client.id
-          const admitted = () => {
+          // Then: a client's cmd/ota goes by OTA (one per device and version), the retained quota, ingest.
+          const finish = () => {
             if (packet.retain) {
               const quota = ledger.checkRetained(client.id, who.principal, who.kind, packet.topic, payload.length)
               if (quota) {
@@ -431,9 +444,25 @@ export function createBroker(opts: BrokerOptions) {
             }
             accept(client, packet, payload, callback)
           }
-          if (verdict === true || claims.ownsNow(who.deviceId as string, verdict.sensor)) return admitted()
+          const command = opts.vetCommand ? OTA_COMMAND.exec(packet.topic) : null
+          const vetted = () => {
+            if (!command || !opts.vetCommand) return finish()
+            const deviceId = command[1] as string
+            opts.vetCommand(deviceId, payload).then(
+              (v) => {
+                if (!v.deliver) {
+                  suppress(packet, v.reason)
+                  counts.commandsNotDelivered++
+                  infoOnce(`cmd:${deviceId}`, 'cmd/ota acknowledged but not delivered', { deviceId, clientId: client.id, reason: v.reason })
+                }
+                finish()
+              },
+              (err: unknown) => callback(err instanceof Error ? err : new Error(String(err))),
+            )
+          }
+          if (verdict === true || claims.ownsNow(who.deviceId as string, verdict.sensor)) return vetted()
           relayed(who, verdict.sensor).then(
-            (problem) => (problem ? deny(problem) : admitted()),
+            (problem) => (problem ? deny(problem) : vetted()),
             (err: unknown) => callback(err instanceof Error ? err : new Error(String(err))),
           )
         },
@@ -616,6 +645,7 @@ export function createBroker(opts: BrokerOptions) {
         counter('paku_mqtt_refused_origins_total', 'WebSocket upgrades refused for their browser Origin.', h.refusedOrigins),
         counter('paku_mqtt_refused_connections_total', 'Connections refused over mqtt.maxConnectionsPerAddress.', h.refusedConnections),
         counter('paku_mqtt_expired_sessions_total', 'Persistent sessions deleted after mqtt.sessionExpiryHours.', h.expiredSessions),
+        counter('paku_mqtt_commands_not_delivered_total', 'cmd/ota messages from clients acknowledged but not delivered (a duplicate for the device and version, or a device the rollout does not target).', h.commandsNotDelivered),
         {
           name: 'paku_mqtt_quota_refusals_total',
           help: 'Refusals per broker quota (retained topics and bytes, persistent sessions, subscriptions, queued messages, relayed sensors, total state).',

@@ -4,6 +4,7 @@ import { sql, type Kysely, type RawBuilder } from 'kysely'
 import type { DB } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
 import { kindOf, type Ledger, type QuotaKind, type QuotaName, type Quotas, type SessionEntry } from './ledger.js'
+import { isSuppressed } from './suppress.js'
 
 export type PgPersistenceOptions = {
   db: () => Kysely<DB>
@@ -455,6 +456,8 @@ export class PgPersistence extends AsyncMemoryPersistence {
 
   /** Whether one more message fits the session's queue quota and the broker's total; a refusal is counted and reported. */
   #mayQueue(clientId: string, packet: AnyPacket): boolean {
+    // Acknowledged but not for delivery: nobody gets it, online or later.
+    if (isSuppressed(packet)) return false
     const { ledger } = this.#opts
     const q = this.#queues.get(clientId)
     const bytes = toBuffer(packet.payload).length

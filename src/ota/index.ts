@@ -4,9 +4,13 @@ import { counter, gauge, type Metric } from '../util/metric.js'
 import { errorText, type Logger } from '../log/index.js'
 import {
   advanceDevice,
+  deviceTarget,
   initialState,
+  isTarget,
   liveRolloutIds,
+  liveRollouts,
   markNotified,
+  modelsOf,
   openActions,
   rolloutFor,
   takeIn,
@@ -19,9 +23,8 @@ import {
   type Rollout,
 } from './rollouts.js'
 import { createOtaRoutes } from './routes.js'
-import { gauges, getRelease, insertEvent, recordUpdateStatus, type Db, type Release } from './store.js'
-
 import { importFirmwareDir } from './import.js'
+import { gauges, getRelease, insertEvent, recordUpdateStatus, type Db, type Release } from './store.js'
 
 export { importFirmwareDir }
 export { createPullToken, deletePullToken, PULL_TOKEN_PREFIX } from './pull-tokens.js'
@@ -307,6 +310,46 @@ export function createOta(opts: OtaOptions) {
   }
 
   /**
+   * A cmd/ota that a client published (the old CI workflow's mosquitto_pub, an operator): each device
+   * gets one per version. For a version a live rollout delivers to the device's model, only a device the
+   * rollout targets gets it, and only the first one (paku may have sent it already, or sends none now
+   * that the client did); a version no rollout delivers there passes as it is. Decided in the rollout
+   * queue, so a rollout pass and a client's command never both send.
+   */
+  async function vetCommand(deviceId: string, payload: Buffer): Promise<{ deliver: boolean; reason: string }> {
+    const version = commandVersion(payload)
+    if (version === undefined) return { deliver: true, reason: 'the command names no version' }
+    let verdict: { deliver: boolean; reason: string } | undefined
+    await enqueue(async () => {
+      const db = opts.db()
+      const target = await deviceTarget(db, deviceId, null)
+      const live = (await liveRollouts(db)).filter((r) => r.firmware_version === version && ((target.device_model !== null && modelsOf(r).includes(target.device_model)) || isTarget(r, target)))
+      if (live.length === 0) {
+        verdict = { deliver: true, reason: `no rollout delivers ${version} to ${deviceId}` }
+        return
+      }
+      const r = live.find((x) => isTarget(x, target))
+      if (!r) {
+        verdict = { deliver: false, reason: `${deviceId} is not targeted by rollout ${(live[0] as Rollout).name}` }
+        return
+      }
+      if (r.status === 'paused') {
+        verdict = { deliver: false, reason: `rollout ${r.name} is paused` }
+        return
+      }
+      const row = await takeIn(db, r, deviceId, target.current_firmware_version)
+      if (row.state !== 'pending') {
+        verdict = { deliver: false, reason: `${deviceId} is ${row.state} in rollout ${r.name}: its cmd/ota for ${version} went out already` }
+        return
+      }
+      await markNotified(db, r.id, deviceId)
+      verdict = { deliver: true, reason: `the first cmd/ota for ${version} in rollout ${r.name}` }
+    })
+    // Rollout work failing (the database away): the command goes as it would have without paku.
+    return verdict ?? { deliver: true, reason: 'rollout state unavailable' }
+  }
+
+  /**
    * Reads the old service's firmware volume into the database for releases adopted without their
    * image, so they can be downloaded and rolled out at once. Already stored ones are not read again;
    * a directory that cannot be read stops the start (a typo would otherwise go unnoticed).
@@ -359,6 +402,7 @@ export function createOta(opts: OtaOptions) {
   return {
     name: 'ota',
     routes,
+    vetCommand,
     counters,
     deviceStatus,
     deviceReport,
@@ -389,3 +433,14 @@ export function createOta(opts: OtaOptions) {
 }
 
 export type Ota = ReturnType<typeof createOta>
+
+/** The version a paku-core cmd/ota names (`{"url","version","checksum"}`), if any. */
+function commandVersion(payload: Buffer): string | undefined {
+  try {
+    const p = JSON.parse(payload.toString('utf8')) as unknown
+    const v = typeof p === 'object' && p !== null ? (p as { version?: unknown }).version : undefined
+    return typeof v === 'string' && v !== '' ? v : undefined
+  } catch {
+    return undefined
+  }
+}

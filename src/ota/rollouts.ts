@@ -491,6 +491,12 @@ export async function runningRollouts(db: Db): Promise<Rollout[]> {
   return r.rows
 }
 
+/** Live rollouts (running, paused, or completed and current), newest first. */
+export async function liveRollouts(db: Db): Promise<Rollout[]> {
+  const r = await sql<Rollout>`SELECT ${ROLLOUT_COLUMNS} FROM rollout_configurations WHERE ${LIVE} ORDER BY created_at DESC, id DESC`.execute(db)
+  return r.rows
+}
+
 export async function liveRolloutIds(db: Db): Promise<string[]> {
   const r = await sql<{ id: string }>`SELECT id::text AS id FROM rollout_configurations WHERE ${LIVE} ORDER BY id`.execute(db)
   return r.rows.map((x) => x.id)

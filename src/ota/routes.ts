@@ -159,7 +159,14 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
 
   // ---- rollouts -------------------------------------------------------------------------------
 
-  async function create(c: Context) {
+  /**
+   * The old workflow names a rollout after the build (`lilygo-t-display-s3-heater`) while the devices
+   * report their board (`lilygo-t-display-s3`), and picked devices by that family: the old route targets
+   * both, unless the request says which models.
+   */
+  const familyOf = (model: string) => model.replace(/-heater(-emu)?$/, '')
+
+  async function create(c: Context, legacy = false) {
     const b = await jsonBody(c.req, RolloutBody)
     const release = await store.getRelease(db(), b.device_model, b.firmware_version)
     if (!release) throw new HTTPException(404, { message: `no firmware ${b.device_model} ${b.firmware_version}: upload it before creating the rollout` })
@@ -172,7 +179,11 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
       ...(deviceIds.length > 0 ? { device_ids: deviceIds } : {}),
       ...(f.mac_addresses && f.mac_addresses.length > 0 ? { mac_addresses: f.mac_addresses } : {}),
       ...(groups.length > 0 ? { groups } : {}),
-      ...(f.device_models && f.device_models.length > 0 ? { device_models: f.device_models } : {}),
+      ...(f.device_models && f.device_models.length > 0
+        ? { device_models: f.device_models }
+        : legacy && familyOf(b.device_model) !== b.device_model
+          ? { device_models: [b.device_model, familyOf(b.device_model)] }
+          : {}),
     }
     const created = await createRollout(db(), {
       name: b.name,
@@ -196,8 +207,8 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
     const view = await rolloutView(created.rollout.id)
     return c.json({ status: 'ok', message: 'Rollout created successfully', id: Number(created.rollout.id), rollout: view, superseded: created.superseded })
   }
-  routes.post('/api/admin/rollout/create', scope('rollout'), create)
-  routes.post('/api/admin/rollouts', scope('rollout'), create)
+  routes.post('/api/admin/rollout/create', scope('rollout'), (c) => create(c, true))
+  routes.post('/api/admin/rollouts', scope('rollout'), (c) => create(c))
 
   async function rolloutView(id: string) {
     const r = await getRollout(db(), id)
