@@ -14,7 +14,7 @@ import pg from 'pg'
 import * as v from 'valibot'
 import { grafanaDir, migrationFiles } from '../src/assets.js'
 import { ConfigSchema } from '../src/config/index.js'
-import { createEmbeddedPostgres, migrate, type DB } from '../src/db/index.js'
+import { buildIndexes, createEmbeddedPostgres, migrate, type DB } from '../src/db/index.js'
 import { createLogger } from '../src/log/index.js'
 import { createRollup } from '../src/rollup/index.js'
 import { expandGrafanaSql, grafanaInterval } from './grafana-sql.js'
@@ -50,6 +50,7 @@ const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
 const q = (text: string, params: unknown[] = []) => pool.query(text, params)
 try {
   await migrate(db, migrationFiles())
+  await buildIndexes({ pool, db, log })
   const end = new Date(Math.floor(Date.now() / 60_000) * 60_000)
   const start = new Date(end.getTime() - YEAR_S * 1000)
   console.log(`one year ${start.toISOString().slice(0, 10)} … ${end.toISOString().slice(0, 10)}, ${DEVICES} devices, one message per ${stepS} s per device`)

@@ -11,15 +11,11 @@ CREATE TABLE IF NOT EXISTS measurements (
   metrics     JSONB       NOT NULL,
   created_at  TIMESTAMPTZ NOT NULL DEFAULT NOW()
 );
--- Production databases migrated by hand in 2025-12 may lack these two columns (contract §2.1).
-ALTER TABLE measurements ADD COLUMN IF NOT EXISTS mac TEXT;
-ALTER TABLE measurements ADD COLUMN IF NOT EXISTS created_at TIMESTAMPTZ NOT NULL DEFAULT NOW();
-
-CREATE INDEX IF NOT EXISTS idx_measurements_ts ON measurements (ts DESC);
-CREATE INDEX IF NOT EXISTS idx_measurements_site_device_ts ON measurements (site_id, device_id, ts DESC);
-CREATE INDEX IF NOT EXISTS idx_measurements_system_ts ON measurements (system, ts DESC);
-CREATE INDEX IF NOT EXISTS idx_measurements_site_system ON measurements (site_id, system);
-CREATE INDEX IF NOT EXISTS idx_measurements_metrics ON measurements USING GIN (metrics);
+-- Production databases migrated by hand in 2025-12 may lack mac and created_at (contract §2.1), and the
+-- old EcoFlow table paku's raw, model and created_at: src/db/adopt.ts adds them after the migrations,
+-- each in a short transaction of its own, so that an adopted table is never locked (and its writers
+-- never blocked) for as long as this whole migration takes. Its indexes are built after the migrations
+-- too, concurrently (src/db/indexes.ts): an adopted table may hold millions of rows.
 
 COMMENT ON TABLE measurements IS 'One row per {site}/{system}/{device}/data message; identity comes from the topic.';
 COMMENT ON COLUMN measurements.metrics IS 'The payload''s metrics object, verbatim.';
@@ -62,8 +58,8 @@ CREATE TABLE IF NOT EXISTS ecoflow_measurements (
   bms_remain_cap     NUMERIC,
   bms_full_cap       NUMERIC,
   bms_cycles         INTEGER,
-  wifi_rssi          INTEGER
+  wifi_rssi          INTEGER,
+  raw                JSONB,
+  model              TEXT,
+  created_at         TIMESTAMPTZ NOT NULL DEFAULT NOW()
 );
-CREATE INDEX IF NOT EXISTS idx_ecoflow_measurements_ts ON ecoflow_measurements (ts);
-CREATE INDEX IF NOT EXISTS idx_ecoflow_measurements_device_sn ON ecoflow_measurements (device_sn);
-CREATE INDEX IF NOT EXISTS idx_ecoflow_measurements_device_ts ON ecoflow_measurements (device_sn, ts DESC);

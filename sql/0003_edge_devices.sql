@@ -18,9 +18,7 @@ CREATE TABLE IF NOT EXISTS edge_device_status (
   ts          TIMESTAMPTZ NOT NULL DEFAULT NOW(),
   created_at  TIMESTAMPTZ NOT NULL DEFAULT NOW()
 );
-CREATE INDEX IF NOT EXISTS idx_edge_status_site_device_ts ON edge_device_status (site_id, device_id, ts DESC);
-CREATE INDEX IF NOT EXISTS idx_edge_status_ts ON edge_device_status (ts DESC);
-CREATE INDEX IF NOT EXISTS idx_edge_status_status ON edge_device_status USING GIN (status);
+-- Its indexes are built after the migrations, concurrently (src/db/indexes.ts), as for measurements.
 
 -- paku additions (a superset; no dashboard of the old stack reads them):
 -- the LWT {"online":false} now marks a device offline instead of being ignored (contract §10.2).

@@ -1,4 +1,4 @@
 -- The whole quota/all answer beside the normalised columns (EcoFlow adds fields per model and
--- firmware; the columns cover what the dashboards read), and the device family used for mapping.
-ALTER TABLE ecoflow_measurements ADD COLUMN IF NOT EXISTS raw JSONB;
-ALTER TABLE ecoflow_measurements ADD COLUMN IF NOT EXISTS model TEXT;
+-- firmware; the columns cover what the dashboards read), and the device family used for mapping:
+-- ecoflow_measurements.raw and .model. A new table has them (0001); an adopted one gets them from
+-- src/db/adopt.ts after the migrations, in a transaction of its own.

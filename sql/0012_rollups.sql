@@ -26,10 +26,8 @@ CREATE INDEX IF NOT EXISTS idx_rollup_6h_source_bucket ON rollup_6h (source, buc
 
 -- Which rows are new since the last pass: created_at, indexed with BRIN (a few pages for a year of an
 -- append-only table, nearly free on insert, unlike a b-tree on the ingest hot path).
-ALTER TABLE ecoflow_measurements ADD COLUMN IF NOT EXISTS created_at TIMESTAMPTZ NOT NULL DEFAULT NOW();
-CREATE INDEX IF NOT EXISTS idx_measurements_created_brin ON measurements USING BRIN (created_at);
-CREATE INDEX IF NOT EXISTS idx_ecoflow_measurements_created_brin ON ecoflow_measurements USING BRIN (created_at);
-CREATE INDEX IF NOT EXISTS idx_edge_status_created_brin ON edge_device_status USING BRIN (created_at);
+-- The BRIN indexes are built after the migrations, concurrently (src/db/indexes.ts); an adopted
+-- EcoFlow table gets its created_at from src/db/adopt.ts.
 
 CREATE TABLE IF NOT EXISTS rollup_state (
   source     TEXT        PRIMARY KEY,

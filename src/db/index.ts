@@ -3,12 +3,15 @@ import pg from 'pg'
 import type { Config } from '../config/index.js'
 import { maskUrl } from '../config/index.js'
 import type { Logger } from '../log/index.js'
+import { addMissingColumns, rescaleOldEcoflowSolar } from './adopt.js'
 import { createEmbeddedPostgres } from './embedded.js'
+import { buildIndexes } from './indexes.js'
 import { migrate, type SqlFile } from './migrate.js'
 import type { DB } from './types.js'
 
 export type { DB } from './types.js'
 export { migrate, readSqlDir, type SqlFile } from './migrate.js'
+export { buildIndexes, planIndexes, INDEXES, type IndexSpec } from './indexes.js'
 export { createEmbeddedPostgres } from './embedded.js'
 export { intArray, textArray } from './arrays.js'
 
@@ -65,6 +68,11 @@ export type DatabaseOptions = {
   migrations: readonly SqlFile[]
   /** Skip migrations at start (the `migrate` command runs them itself). */
   migrateOnStart?: boolean
+  /**
+   * The indexes of the big tables (src/db/indexes.ts), built CONCURRENTLY after the migrations:
+   * `background` (serve: paku serves meanwhile), `wait` (`paku migrate`), or `skip` (other commands).
+   */
+  indexes?: 'background' | 'wait' | 'skip'
 }
 
 /**
@@ -80,6 +88,10 @@ export function createDatabase(opts: DatabaseOptions) {
   let applied: string[] = []
   /** When the database first answered in the last start() (performance.now()), for the ready figure. */
   let answeredAt: number | undefined
+  /** The background index build, and how to stop it. */
+  let indexTask: Promise<void> | undefined
+  let indexAbort: AbortController | undefined
+  let indexState: { state: 'building' | 'done' | 'failed'; built?: string[]; error?: string } | undefined
 
   const url = () => opts.config.url || (embedded ? embedded.url() : '')
 
@@ -134,20 +146,47 @@ export function createDatabase(opts: DatabaseOptions) {
       if (opts.migrateOnStart !== false) {
         applied = (await migrate(kysely, opts.migrations)).applied
         for (const name of applied) opts.log.info('applied migration', { name })
+        await addMissingColumns(kysely, opts.log)
+        await rescaleOldEcoflowSolar(kysely, opts.log)
+      }
+      const mode = opts.indexes ?? 'background'
+      if (mode !== 'skip') {
+        indexAbort = new AbortController()
+        indexState = { state: 'building' }
+        const k = kysely
+        const run = buildIndexes({ pool, db: kysely, log: opts.log, signal: indexAbort.signal }).then(
+          (r) => {
+            indexState = { state: 'done', built: r.built }
+          },
+          (err: unknown) => {
+            indexState = { state: 'failed', error: (err as Error).message }
+            // Cancelled by stop(): the next start builds it again.
+            if (!indexAbort?.signal.aborted) opts.log.error('building indexes failed; queries stay slower until the next start builds them', { err: (err as Error).message })
+            if (mode === 'wait' && k) throw err
+          },
+        )
+        if (mode === 'wait') await run
+        else indexTask = run
       }
     },
+    /** The background index build (tests, /health). */
+    indexes: () => indexState,
     /** Cheap liveness probe for /health; never throws. */
-    async health(): Promise<{ ok: boolean; error?: string; latencyMs?: number }> {
+    async health(): Promise<{ ok: boolean; error?: string; latencyMs?: number; indexes?: string }> {
       if (!kysely) return { ok: false, error: 'not started' }
       const t0 = performance.now()
       try {
         await sql`SELECT 1`.execute(kysely)
-        return { ok: true, latencyMs: Math.round((performance.now() - t0) * 10) / 10 }
+        return { ok: true, latencyMs: Math.round((performance.now() - t0) * 10) / 10, ...(indexState ? { indexes: indexState.state } : {}) }
       } catch (err) {
         return { ok: false, error: (err as Error).message }
       }
     },
     async stop(): Promise<void> {
+      // A build in progress is cancelled (it leaves an invalid index, dropped and rebuilt next time).
+      indexAbort?.abort()
+      await indexTask?.catch(() => undefined)
+      indexTask = undefined
       const k = kysely
       kysely = undefined
       pool = undefined

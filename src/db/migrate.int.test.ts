@@ -2,9 +2,10 @@ import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { Kysely, PostgresDialect } from 'kysely'
 import pg from 'pg'
-import { defer, sqlClient, testDatabase } from '../../scripts/test-helpers.js'
+import { defer, sqlClient, testDatabase, testLogger } from '../../scripts/test-helpers.js'
 import { sqlDir } from '../assets.js'
-import { migrate, readSqlDir } from './index.js'
+import { addMissingColumns } from './adopt.js'
+import { buildIndexes, INDEXES, migrate, readSqlDir } from './index.js'
 
 async function kysely(t: Parameters<typeof testDatabase>[0], url: string) {
   const db = new Kysely<Record<string, never>>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 2 }) }) })
@@ -24,9 +25,16 @@ describe('SQL migrations', () => {
     assert.deepEqual((await migrate(db, files)).applied, [])
     const c = await sqlClient(t, url)
     const tables = (await c.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' AND table_name NOT LIKE 'kysely%' ORDER BY 1`)).rows.map((r) => r.table_name)
-    assert.deepEqual(tables, ['admin_keys', 'device_commands', 'device_group_members', 'device_groups', 'device_pull_tokens', 'device_update_status', 'devices', 'ecoflow_measurements', 'edge_device_configs', 'edge_device_status', 'firmware_images', 'firmware_releases', 'ingest_dedup', 'ingest_rejects', 'ingest_spool_batches', 'measurements', 'mqtt_credentials', 'mqtt_incoming', 'mqtt_outgoing', 'mqtt_retained', 'mqtt_sensor_claims', 'mqtt_sessions', 'mqtt_subscriptions', 'mqtt_wills', 'ota_events', 'rollout_configurations', 'rollout_devices', 'rollup_1h', 'rollup_5m', 'rollup_6h', 'rollup_series', 'rollup_state'])
-    const indexes = (await c.query(`SELECT indexname FROM pg_indexes WHERE tablename = 'measurements' ORDER BY 1`)).rows.map((r) => r.indexname)
-    assert.deepEqual(indexes, ['idx_measurements_created_brin', 'idx_measurements_metrics', 'idx_measurements_site_device_ts', 'idx_measurements_site_system', 'idx_measurements_system_ts', 'idx_measurements_ts', 'measurements_pkey'])
+    assert.deepEqual(tables, ['admin_keys', 'adoption_steps', 'device_commands', 'device_group_members', 'device_groups', 'device_pull_tokens', 'device_update_status', 'devices', 'ecoflow_measurements', 'edge_device_configs', 'edge_device_status', 'firmware_images', 'firmware_releases', 'ingest_dedup', 'ingest_rejects', 'ingest_spool_batches', 'measurements', 'mqtt_credentials', 'mqtt_incoming', 'mqtt_outgoing', 'mqtt_retained', 'mqtt_sensor_claims', 'mqtt_sessions', 'mqtt_subscriptions', 'mqtt_wills', 'ota_events', 'rollout_configurations', 'rollout_devices', 'rollup_1h', 'rollup_5m', 'rollup_6h', 'rollup_series', 'rollup_state'])
+    // The big tables' indexes come after the migrations, concurrently.
+    const indexes = async () => (await c.query(`SELECT indexname FROM pg_indexes WHERE tablename = 'measurements' ORDER BY 1`)).rows.map((r) => r.indexname)
+    assert.deepEqual(await indexes(), ['measurements_pkey'])
+    const pool = new pg.Pool({ connectionString: url, max: 2 })
+    defer(t, () => pool.end())
+    const r = await buildIndexes({ pool, db, log: testLogger() })
+    assert.deepEqual(r.built, INDEXES.map((i) => i.name))
+    assert.deepEqual(await indexes(), ['idx_measurements_created_brin', 'idx_measurements_metrics', 'idx_measurements_site_device_ts', 'idx_measurements_site_system', 'idx_measurements_system_ts', 'idx_measurements_ts', 'measurements_pkey'])
+    assert.deepEqual((await buildIndexes({ pool, db, log: testLogger() })).built, [], 'a second run builds nothing')
   })
 
   it('adopts an existing paku-iot database whose measurements table lacks mac and created_at', async (t) => {
@@ -36,9 +44,13 @@ describe('SQL migrations', () => {
     await c.query(`CREATE TABLE measurements (id BIGSERIAL PRIMARY KEY, site_id TEXT NOT NULL, system TEXT NOT NULL, device_id TEXT NOT NULL,
       location TEXT, ts TIMESTAMPTZ NOT NULL DEFAULT NOW(), metrics JSONB NOT NULL)`)
     await c.query(`INSERT INTO measurements (site_id, system, device_id, metrics) VALUES ('paku', 'sensors', 'van_inside', '{"temperature_c": 20}')`)
-    await migrate(await kysely(t, url), files)
+    const db = await kysely(t, url)
+    await migrate(db, files)
+    // The columns paku writes come after the migrations, each in a short transaction of its own.
+    assert.deepEqual(await addMissingColumns(db, testLogger()), ['measurements.mac', 'measurements.created_at'], 'ecoflow_measurements was made new, with all its columns')
     const cols = (await c.query(`SELECT column_name FROM information_schema.columns WHERE table_name = 'measurements' ORDER BY ordinal_position`)).rows.map((r) => r.column_name)
     assert.deepEqual(cols, ['id', 'site_id', 'system', 'device_id', 'location', 'ts', 'metrics', 'mac', 'created_at'])
+    assert.deepEqual(await addMissingColumns(db, testLogger()), [], 'nothing the second time')
     const { rows } = await c.query(`SELECT device_id, metrics FROM measurements`)
     assert.deepEqual(rows, [{ device_id: 'van_inside', metrics: { temperature_c: 20 } }])
   })

@@ -1,0 +1,89 @@
+import { sql, type Kysely } from 'kysely'
+import type { Logger } from '../log/index.js'
+
+/**
+ * One-time rewrites of data an adopted database brings from the old stack, each recorded in
+ * `adoption_steps` (sql/0018_adoption.sql) with how far it got, so it runs once and resumes where it
+ * stopped. They run in batches, each its own short transaction: no table is locked for long.
+ */
+
+const BATCH = 10_000
+
+/**
+ * Columns paku writes that an adopted table may lack: added with a constant default (a change of the
+ * catalogue only, instant whatever the table holds). Rows adopted without created_at get -infinity:
+ * their insert time is unknown, and stamping them with NOW() would date every old row at the
+ * migration; new rows then get their insert time.
+ */
+const COLUMNS: ReadonlyArray<{ table: string; column: string; type: string; insertTime?: boolean }> = [
+  { table: 'measurements', column: 'mac', type: 'TEXT' },
+  { table: 'measurements', column: 'created_at', type: "TIMESTAMPTZ NOT NULL DEFAULT '-infinity'", insertTime: true },
+  { table: 'ecoflow_measurements', column: 'raw', type: 'JSONB' },
+  { table: 'ecoflow_measurements', column: 'model', type: 'TEXT' },
+  { table: 'ecoflow_measurements', column: 'created_at', type: "TIMESTAMPTZ NOT NULL DEFAULT '-infinity'", insertTime: true },
+]
+
+/**
+ * Adds the missing columns, each in a transaction of its own that waits at most half a second for the
+ * table's lock (a writer's open transaction) and tries again: the table is locked for milliseconds, and
+ * never queues every other writer behind a long wait.
+ */
+export async function addMissingColumns(db: Kysely<any>, log: Logger): Promise<string[]> {
+  const added: string[] = []
+  for (const c of COLUMNS) {
+    const exists = await sql<{ ok: number }>`
+      SELECT 1 AS ok FROM information_schema.columns WHERE table_schema = 'public' AND table_name = ${c.table} AND column_name = ${c.column}`.execute(db)
+    if (exists.rows.length > 0) continue
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await db.transaction().execute(async (tx) => {
+          await sql`SET LOCAL lock_timeout = '500ms'`.execute(tx)
+          await sql.raw(`ALTER TABLE ${c.table} ADD COLUMN IF NOT EXISTS ${c.column} ${c.type}`).execute(tx)
+          if (c.insertTime) await sql.raw(`ALTER TABLE ${c.table} ALTER COLUMN ${c.column} SET DEFAULT NOW()`).execute(tx)
+        })
+        break
+      } catch (err) {
+        // 55P03 lock_not_available: a writer held the table; let it finish and try again.
+        if ((err as { code?: string }).code !== '55P03' || attempt >= 60) throw err
+        await new Promise((r) => setTimeout(r, 500))
+      }
+    }
+    added.push(`${c.table}.${c.column}`)
+  }
+  if (added.length > 0) log.info('added the columns paku writes to adopted tables', { columns: added })
+  return added
+}
+
+/**
+ * The old EcoFlow poller stored the Delta Pro's `mppt.inWatts` as it comes, in tenths of a watt; paku
+ * stores watts. Rows the old poller wrote (no `model`, which paku always sets) are divided by ten once,
+ * so charts have no tenfold step at the cut-over. The rows are those present when the step first runs.
+ */
+export async function rescaleOldEcoflowSolar(db: Kysely<any>, log: Logger): Promise<{ rows: number } | undefined> {
+  const step = 'ecoflow pv_in_watts to watts'
+  await sql`
+    INSERT INTO adoption_steps (step, upto_id, done_id)
+    SELECT ${step}, COALESCE((SELECT max(id) FROM ecoflow_measurements WHERE model IS NULL), 0), 0
+    ON CONFLICT (step) DO NOTHING`.execute(db)
+  const state = (await sql<{ upto_id: string; done_id: string; done_at: Date | null }>`
+    SELECT upto_id, done_id, done_at FROM adoption_steps WHERE step = ${step}`.execute(db)).rows[0]
+  if (!state || state.done_at !== null) return undefined
+  const upto = BigInt(state.upto_id)
+  let done = BigInt(state.done_id)
+  let rows = 0
+  if (done < upto) log.info('rescaling the old EcoFlow poller\'s solar input (tenths of a watt) to watts', { upToId: String(upto), fromId: String(done) })
+  while (done < upto) {
+    const next = done + BigInt(BATCH) < upto ? done + BigInt(BATCH) : upto
+    rows += await db.transaction().execute(async (tx) => {
+      const r = await sql`
+        UPDATE ecoflow_measurements SET pv_in_watts = round(pv_in_watts / 10.0)
+        WHERE id > ${String(done)}::bigint AND id <= ${String(next)}::bigint AND model IS NULL AND pv_in_watts IS NOT NULL`.execute(tx)
+      await sql`UPDATE adoption_steps SET done_id = ${String(next)}::bigint WHERE step = ${step}`.execute(tx)
+      return Number(r.numAffectedRows ?? 0)
+    })
+    done = next
+  }
+  await sql`UPDATE adoption_steps SET done_at = NOW(), rows = ${rows} WHERE step = ${step}`.execute(db)
+  if (upto > 0n) log.info('rescaled the old EcoFlow poller\'s solar input to watts', { rows })
+  return { rows }
+}
