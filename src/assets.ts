@@ -1,5 +1,5 @@
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { dirname, join } from 'node:path'
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { dirname, join, relative, sep } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { SqlFile } from './db/index.js'
 import { readSqlDir } from './db/index.js'
@@ -58,18 +58,39 @@ export function migrationFiles(): SqlFile[] {
   return manifest(s).sql.map((name) => ({ name, sql: s.getAsset(`sql/${name}`, 'utf8') }))
 }
 
-/** Writes the Grafana provisioning tree (datasources/, dashboards/) into `dir`. */
-export function exportGrafana(dir: string): void {
+/** The "EcoFlow — Legacy" folder in the provisioning tree: its dashboard provider and its dashboards. */
+export const GRAFANA_LEGACY = ['dashboards/ecoflow-legacy.yaml', 'dashboards/ecoflow-legacy'] as const
+
+const isLegacy = (rel: string) => GRAFANA_LEGACY.some((l) => rel === l || rel.startsWith(`${l}/`))
+
+/**
+ * Writes the Grafana provisioning tree (datasources/, dashboards/) into `dir`. With `legacy: false` the
+ * "EcoFlow — Legacy" folder's provider and dashboards are left out, and removed from `dir` if an earlier
+ * export put them there (Grafana then drops those dashboards when it reloads); returns what it removed.
+ */
+export function exportGrafana(dir: string, opts: { legacy?: boolean } = {}): string[] {
+  const legacy = opts.legacy ?? true
+  const removed: string[] = []
+  if (!legacy) {
+    for (const rel of GRAFANA_LEGACY) {
+      if (!existsSync(join(dir, rel))) continue
+      rmSync(join(dir, rel), { recursive: true, force: true })
+      removed.push(rel)
+    }
+  }
   const s = seaModule()
   if (!s) {
-    cpSync(grafanaDir(), dir, { recursive: true })
-    return
+    const root = grafanaDir()
+    cpSync(root, dir, { recursive: true, filter: (src) => legacy || !isLegacy(relative(root, src).split(sep).join('/')) })
+    return removed
   }
   for (const rel of manifest(s).grafana) {
+    if (!legacy && isLegacy(rel)) continue
     const target = join(dir, rel)
     mkdirSync(dirname(target), { recursive: true })
     writeFileSync(target, Buffer.from(s.getAsset(`grafana/${rel}`)))
   }
+  return removed
 }
 
 /** The systemd unit `paku install-service` writes (build/systemd/paku.service in the repository). */

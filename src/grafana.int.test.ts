@@ -27,6 +27,10 @@ const expand = (sql: string) => expandGrafanaSql(sql, { from: FROM, to: TO, inte
 
 const NUMERIC = new Set([20, 21, 23, 700, 701, 1700])
 const TIMESTAMPTZ = 1184
+// Stats that show text: the newest release, each device's state.
+const TEXT_STATS = new Set(['Latest Firmware', 'Current Device States'])
+// paku's dashboards, then the "EcoFlow — Legacy" folder (its file names differ from paku's).
+const DIRS = [join('dashboards', 'paku'), join('dashboards', 'ecoflow-legacy')]
 
 describe('Grafana dashboards against a database filled through the real ingest path', () => {
   it('every panel query runs and returns what its panel needs (time first, numeric values)', async (t) => {
@@ -49,19 +53,22 @@ describe('Grafana dashboards against a database filled through the real ingest p
     await eventually(async () => (await db.query('SELECT 1 FROM device_update_status')).rowCount === 1, { what: 'seeded rows' })
 
     await sut.app.rollup.pass()
-    const dir = join(grafanaDir(), 'dashboards', 'paku')
     let checked = 0
     for (const [range, ms] of RANGES) {
       FROM = new Date(Date.parse(TO) - ms).toISOString()
       const withRows: string[] = []
-      for (const file of readdirSync(dir).filter((f) => f.endsWith('.json'))) {
-        const dash = JSON.parse(readFileSync(join(dir, file), 'utf8')) as { panels: Panel[]; templating: { list: Array<{ query: string }> } }
-        vars = { ...VARS, ...VARS_BY_FILE[file] }
+      const legacyPanels: string[] = []
+      for (const file of DIRS.flatMap((d) => readdirSync(join(grafanaDir(), d)).filter((f) => f.endsWith('.json')).map((f) => join(d, f)))) {
+        const name = file.split('/').pop() as string
+        const legacy = file.startsWith(DIRS[1] as string)
+        const dash = JSON.parse(readFileSync(join(grafanaDir(), file), 'utf8')) as { panels: Panel[]; templating: { list: Array<{ query: string }> } }
+        vars = { ...VARS, ...VARS_BY_FILE[name] }
         for (const v of dash.templating.list) await db.query(expand(v.query))
         for (const p of dash.panels) {
+          if (legacy) legacyPanels.push(`${name} / ${p.title}`)
           for (const target of p.targets ?? []) {
-            const where = `${file} / ${p.title} / ${target.refId}`
-            const at = `${where} (${range})`
+            const where = `${name} / ${p.title} / ${target.refId}`
+            const at = `${file} / ${p.title} / ${target.refId} (${range})`
             let result
             try {
               result = await db.query(expand(target.rawSql))
@@ -75,19 +82,49 @@ describe('Grafana dashboards against a database filled through the real ingest p
               assert.equal(result.fields[0]?.dataTypeID, TIMESTAMPTZ, `${at}: time is a timestamp`)
               const values = result.fields.filter((f) => f.name !== 'time' && f.name !== 'metric')
               assert.ok(values.length > 0 && values.every((f) => NUMERIC.has(f.dataTypeID)), `${at}: numeric values`)
-            } else if (['stat', 'gauge'].includes(p.type) && result.fields.some((f) => f.name === 'value')) {
+            } else if (['stat', 'gauge'].includes(p.type) && !TEXT_STATS.has(p.title)) {
+              // The `value` column, or else the stat's columns (one per value), are numbers.
               const value = result.fields.find((f) => f.name === 'value')
-              assert.ok(NUMERIC.has(value?.dataTypeID as number) || p.title === 'Latest firmware', `${at}: numeric stat`)
+              const shown = value ? [value] : result.fields.filter((f) => !['time', 'Device'].includes(f.name))
+              assert.ok(shown.length > 0 && shown.every((f) => NUMERIC.has(f.dataTypeID)), `${at}: numeric stat`)
             }
           }
         }
       }
       // The seeded data shows in every range: from the raw rows, then from the rollups.
-      for (const expected of ['ruuvi-overview.json / Temperature (°C) / A', 'heater-overview.json / Coolant and core temperature / A', 'heater-overview.json / Heater state history / A', 'edge-devices.json / Wi-Fi signal (RSSI) / A', 'edge-devices.json / Devices / A', 'ota-monitoring.json / Recent updates / A', 'ecoflow-overview.json / Battery level / A', 'ecoflow-full.json / Temperatures / A', 'ecoflow-full.json / Latest polls / A']) {
-        assert.ok(withRows.includes(expected), `${expected} shows the seeded data at ${range}`)
-      }
+      const expected = [
+        'ruuvi-overview.json / Temperature (°C) / A',
+        'ruuvi-overview.json / Dew Point (°C) / A',
+        'ruuvi-overview.json / Absolute Humidity (g/m³) / A',
+        'ruuvi-overview.json / EcoFlow Temperatures (°C) / B',
+        'heater-overview.json / Coolant Temperature History / A',
+        'heater-overview.json / Heater State History / A',
+        'edge-devices.json / WiFi Signal Strength (RSSI) / A',
+        'edge-devices.json / Device Uptime Trends / A',
+        'edge-devices.json / Status Update Rate (Messages/5min) / A',
+        'edge-devices.json / Device Status Overview / A',
+        'edge-devices.json / Recent Status Updates (Last 50) / A',
+        'edge-devices.json / Device Update History / A',
+        'edge-devices.json / Current Device States / A',
+        'edge-devices.json / Device Uptime / A',
+        'ota-monitoring.json / Recent Updates (Last 20) / A',
+        'ota-monitoring.json / Device Status & Update Progress / A',
+        'ota-monitoring.json / Update Timeline (Last 30 Days) / A',
+        'ecoflow-overview.json / Akkutaso (%) / A',
+        'ecoflow-overview.json / Tehovirta: Sisään / Ulos / Netto / C',
+        'ecoflow-overview.json / Netto / A',
+        'ecoflow-full.json / Lämpötilat / A',
+        'ecoflow-full.json / Akkutaso & Aika jäljellä / B',
+        'ecoflow-full.json / Lähdöt: AC & DC / D',
+        'ecoflow-full.json / Cell Max V / A',
+        'ecoflow-full.json / Latest polls / A',
+      ]
+      for (const e of expected) assert.ok(withRows.includes(e), `${e} shows the seeded data at ${range}`)
+      // Every legacy panel shows the seeded poll (a chart in at least one of its lines).
+      assert.equal(legacyPanels.length, 94)
+      for (const panel of legacyPanels) assert.ok(withRows.some((w) => w.startsWith(`${panel} / `)), `${panel} shows the seeded poll at ${range}`)
     }
-    assert.ok(checked >= 200, `checked ${checked} queries`)
+    assert.ok(checked >= 500, `checked ${checked} queries`)
   })
 })
 

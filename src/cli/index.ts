@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto'
+import { closeSync, fchmodSync, openSync, readFileSync, writeSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { createApp } from '../app.js'
 import { exportGrafana, migrationFiles, versionInfo } from '../assets.js'
-import { loadConfig, maskSecrets, type Config } from '../config/index.js'
+import { importEnv, loadConfig, maskSecrets, renderEnvFile, type Config } from '../config/index.js'
 import { addCredential, listCredentials, removeCredential, ROLES, USERNAME, type Role } from '../broker/credentials.js'
 import { createDatabase, type Database } from '../db/index.js'
 import { createKey, KEY_NAME, listKeys, revokeKey, SCOPES, type Scope } from '../http/index.js'
@@ -36,8 +37,9 @@ usage: paku <command> [--config FILE]
   device add|list|remove   MQTT credentials: device add ID [--password P] [--role device|bridge|service]
   key create|list|revoke   admin API keys: key create NAME --scopes read,upload,rollout,ingest,command,admin
   firmware import DIR      load the old OTA service's firmware volume ({model}_{version}.bin) into the database
+  import-env OLD_ENV       the old stack's compose/.env as PAKU_* variables (--write FILE [--force], --show-secrets)
   install-service | wait-ready   systemd: install executable, user, unit, config (--dry-run) | wait for /health
-  grafana export DIR       write the Grafana provisioning files (datasource, dashboards) to DIR
+  grafana export DIR       write the Grafana provisioning files to DIR (--no-legacy: without the EcoFlow — Legacy folder)
   version                  print version and commit
 config: --config FILE, else $PAKU_CONFIG, else ./paku.config.json; PAKU_* env overrides; docs: README.md`
 
@@ -76,7 +78,11 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
         bin: { type: 'string' },
         root: { type: 'string' },
         'dry-run': { type: 'boolean' },
+        'no-legacy': { type: 'boolean' },
         timeout: { type: 'string' },
+        write: { type: 'string' },
+        force: { type: 'boolean' },
+        'show-secrets': { type: 'boolean' },
       },
     })
   } catch (err) {
@@ -93,7 +99,8 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     io.out(EMULATE_HELP)
     return 0
   }
-  if (command === 'grafana') return grafanaCommand(positionals.slice(1), io)
+  if (command === 'grafana') return grafanaCommand(positionals.slice(1), { legacy: !values['no-legacy'] }, io)
+  if (command === 'import-env') return importEnvCommand(positionals.slice(1), values, io)
   if (command === 'install-service') return installServiceCommand(values, io)
   if (command === 'version') {
     const v = versionInfo(io.env)
@@ -194,19 +201,27 @@ async function serveCommand(config: Config, path: string | undefined, io: CliIo)
 }
 
 async function migrateCommand(config: Config, io: CliIo): Promise<number> {
-  return withDatabase(config, io, 'migrate', async (db) => {
-    io.out(db.applied.length === 0 ? 'no pending migrations' : db.applied.map((n) => `applied ${n}`).join('\n'))
-    return 0
-  })
+  return withDatabase(
+    config,
+    io,
+    'migrate',
+    async (db) => {
+      io.out(db.applied.length === 0 ? 'no pending migrations' : db.applied.map((n) => `applied ${n}`).join('\n'))
+      return 0
+    },
+    undefined,
+    // `paku migrate` before a cut-over builds the big tables' indexes too, and waits for them.
+    'wait',
+  )
 }
 
 /**
  * Runs a command against the configured database (migrations applied), always closing it;
  * a failure prints `WHAT failed: …` (or `describe(err)`) and returns 1.
  */
-async function withDatabase(config: Config, io: CliIo, what: string, fn: (db: Database) => Promise<number>, describe?: (err: unknown) => string | undefined): Promise<number> {
+async function withDatabase(config: Config, io: CliIo, what: string, fn: (db: Database) => Promise<number>, describe?: (err: unknown) => string | undefined, indexes: 'wait' | 'skip' = 'skip'): Promise<number> {
   const log = logger(config, io)
-  const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: migrationFiles() })
+  const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: migrationFiles(), indexes })
   try {
     await db.start()
     return await fn(db)
@@ -218,21 +233,72 @@ async function withDatabase(config: Config, io: CliIo, what: string, fn: (db: Da
   }
 }
 
-/** `paku grafana export DIR`: the provisioning tree paku carries, for a Grafana install. */
-function grafanaCommand(args: string[], io: CliIo): number {
+/**
+ * `paku grafana export DIR [--no-legacy]`: the provisioning tree paku carries, for a Grafana install;
+ * --no-legacy leaves out (and removes from DIR) the "EcoFlow — Legacy" folder.
+ */
+function grafanaCommand(args: string[], opts: { legacy: boolean }, io: CliIo): number {
   const [action, dir] = args
   if (action !== 'export' || !dir) {
-    io.err('usage: paku grafana export DIR   (e.g. /etc/grafana/provisioning)')
+    io.err('usage: paku grafana export DIR [--no-legacy]   (e.g. /etc/grafana/provisioning)')
     return 2
   }
+  let removed: string[]
   try {
-    exportGrafana(dir)
+    removed = exportGrafana(dir, opts)
   } catch (err) {
     io.err(`grafana export failed: ${errorText(err)}`)
     return 1
   }
-  io.out(`wrote the Grafana provisioning files to ${dir} (datasources/, dashboards/); see README.md, Grafana`)
+  for (const rel of removed) io.out(`removed ${rel} (--no-legacy)`)
+  const legacy = opts.legacy ? ', the EcoFlow — Legacy folder' : ''
+  io.out(`wrote the Grafana provisioning files to ${dir} (datasources/, dashboards/${legacy}); see README.md, Grafana`)
   return 0
+}
+
+/**
+ * `paku import-env OLD_ENV`: the old stack's compose/.env as a paku env file, secrets masked on the
+ * terminal unless --show-secrets; --write FILE puts the real values into FILE (mode 0600, an existing
+ * one only with --force). Exits 1 when the file cannot be read, a line of it was skipped, or paku would
+ * refuse the result (the output is still printed and written); 2 on usage errors.
+ */
+function importEnvCommand(args: string[], values: Record<string, string | boolean | undefined>, io: CliIo): number {
+  const [file, ...extra] = args
+  const write = typeof values.write === 'string' ? values.write : undefined
+  if (!file || extra.length > 0 || write === '' || (values.force && write === undefined)) {
+    io.err('usage: paku import-env OLD_ENV_FILE [--write FILE [--force]] [--show-secrets]   (e.g. compose/.env)')
+    return 2
+  }
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (err) {
+    io.err(`import-env: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? errorText(err)})`)
+    return 1
+  }
+  const r = importEnv(text)
+  for (const p of r.problems) io.err(`${file}:${p.line}: ${p.message}`)
+  for (const w of r.warnings) io.err(`warning: ${w}`)
+  for (const i of r.configIssues) io.err(`paku would refuse this configuration: ${i}`)
+  if (write !== undefined) {
+    try {
+      // Created 0600 (exclusive unless --force), and narrowed before any secret is written to it.
+      const fd = openSync(write, values.force ? 'w' : 'wx', 0o600)
+      try {
+        fchmodSync(fd, 0o600)
+        writeSync(fd, renderEnvFile(r, { source: file, showSecrets: true }))
+      } finally {
+        closeSync(fd)
+      }
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      io.err(code === 'EEXIST' ? `import-env: ${write} exists; --force replaces it` : `import-env: cannot write ${write} (${code ?? errorText(err)})`)
+      return 1
+    }
+  }
+  io.out(renderEnvFile(r, { source: file, showSecrets: values['show-secrets'] === true }).trimEnd())
+  if (write !== undefined) io.out(`written to ${write} (mode 0600)`)
+  return r.problems.some((p) => p.skipped) || r.configIssues.length > 0 ? 1 : 0
 }
 
 /** `paku install-service`: the executable, a system user, the hardened unit, a closed config; prints each step. */

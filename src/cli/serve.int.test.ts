@@ -1,59 +1,13 @@
 import assert from 'node:assert/strict'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import pg from 'pg'
-import { defer, eventually, pgProxy, testDatabase, testLogger } from '../../scripts/test-helpers.js'
+import { freePort, logRecords as logs, runPaku as paku, signalGroup as killGroup, stopGroup } from '../../scripts/local-process.js'
+import { defer, eventually, pakuReady as ready, pgProxy, testDatabase, testLogger } from '../../scripts/test-helpers.js'
 import { sqlDir } from '../assets.js'
 import { createEmbeddedPostgres, readSqlDir } from '../db/index.js'
-
-const MAIN = join(import.meta.dirname, '..', 'main.ts')
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number }
-      s.close(() => resolve(port))
-    })
-  })
-}
-
-/** Runs `paku <args>` from source as a user would, in its own process group (like a shell job). */
-function paku(args: string[], env: Record<string, string>) {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
-    env: { ...process.env, ...env },
-    detached: true,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  const lines: string[] = []
-  child.stdout.on('data', (b: Buffer) => lines.push(...b.toString().split('\n').filter(Boolean)))
-  child.stderr.on('data', (b: Buffer) => lines.push(...b.toString().split('\n').filter(Boolean)))
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
-  return { child, lines, exited }
-}
-
-function logs(lines: string[]): Array<Record<string, unknown>> {
-  return lines.flatMap((l) => {
-    try {
-      return [JSON.parse(l) as Record<string, unknown>]
-    } catch {
-      return []
-    }
-  })
-}
-
-async function ready(p: ReturnType<typeof paku>): Promise<Record<string, unknown>> {
-  return eventually(async () => logs(p.lines).find((l) => String(l.msg).endsWith('ready')), { timeoutMs: 60_000, what: () => `the ready banner; output so far:\n${p.lines.join('\n')}` })
-}
-
-const killGroup = (child: ChildProcess, signal: NodeJS.Signals) => process.kill(-(child.pid as number), signal)
-/** Cleanup: kills what is still running of a test's process group. */
-const stopGroup = (child: ChildProcess) => {
-  if (child.exitCode === null && child.signalCode === null) killGroup(child, 'SIGKILL')
-}
 
 describe('paku serve as a process', () => {
   it('fresh machine: embedded PostgreSQL, emulator rows, Ctrl-C flushes everything and leaves no postgres behind', async (t) => {
