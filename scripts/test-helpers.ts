@@ -9,6 +9,7 @@ import { sqlDir } from '../src/assets.js'
 import { ConfigSchema, deepFreeze, type Config, type ConfigInput } from '../src/config/index.js'
 import { readSqlDir } from '../src/db/index.js'
 import { createLogger, type Logger } from '../src/log/index.js'
+import { logRecords, type PakuProcess } from './local-process.js'
 
 type After = { after: (fn: () => Promise<void>) => void }
 const stacks = new WeakMap<After, Array<() => Promise<unknown> | unknown>>()
@@ -156,4 +157,9 @@ export async function pgProxy(t: After, url: string) {
       up = true
     },
   }
+}
+
+/** The ready banner of a `paku serve` started with runPaku (its log record), once it is out. */
+export async function pakuReady(p: PakuProcess): Promise<Record<string, unknown>> {
+  return eventually(async () => logRecords(p.lines).find((l) => String(l.msg).endsWith('ready')), { timeoutMs: 60_000, what: () => `the ready banner; output so far:\n${p.lines.join('\n')}` })
 }
