@@ -74,9 +74,9 @@ function listening(port: number): Promise<boolean> {
 
 /**
  * Home Assistant's Mosquitto: a local MQTT 5 listener on a free loopback port, anonymous, with the
- * bridge to paku. Persistence is on, as in Home Assistant's Mosquitto add-on: Home Assistant's own
- * session (clean start false) has to outlive a restart of its broker for a command that paku queued
- * during the restart to reach it. Stopped by its pid when the test ends.
+ * bridge to paku. Persistence is on, as in Home Assistant's Mosquitto add-on: a local subscriber's
+ * persistent session (clean start false) has to outlive a restart of its broker for a command that paku
+ * queued during the restart to reach it. Killed by its pid when the test ends.
  */
 async function startMosquitto(t: TestContext, pakuPort: number) {
   const dir = mkdtempSync(join(tmpdir(), 'paku-mosquitto-'))
@@ -133,20 +133,21 @@ type Health = {
 
 /**
  * paku with anonymous MQTT off and a bridge credential, and Home Assistant's Mosquitto bridged to it.
- * With `watch`, a service client on paku subscribes to the bridge's state topic before Mosquitto starts.
+ * With `watch`, a service client on paku subscribes to the bridge's state topic and to the readings
+ * before Mosquitto starts.
  */
 async function home(t: TestContext, o: { watch?: boolean } = {}) {
   const url = await testDatabase(t)
   const sut = await startApp(t, testConfig({ databaseUrl: url, mqtt: { allowAnonymous: false } }))
   await addCredential(sut.app.db.db, BRIDGE, PASSWORD, 'bridge')
   const db = await sqlClient(t, url)
-  let states: Message[] = []
+  let watched: Message[] = []
   if (o.watch) {
     await addCredential(sut.app.db.db, 'watcher', 'watcher-password', 'service')
     const watcher = await mqtt.connectAsync(sut.mqttUrl, { username: 'watcher', password: 'watcher-password', clientId: 'watcher', reconnectPeriod: 0 })
     defer(t, () => watcher.endAsync(true))
-    states = inbox(watcher)
-    await watcher.subscribeAsync(STATE, { qos: 1 })
+    watched = inbox(watcher)
+    await watcher.subscribeAsync([STATE, 'paku/sensors/#'], { qos: 1 })
   }
   const mosquitto = await startMosquitto(t, Number(new URL(sut.mqttUrl).port))
   const clients: MqttClient[] = []
@@ -175,45 +176,58 @@ async function home(t: TestContext, o: { watch?: boolean } = {}) {
   /** The temperatures stored for ruuvi_cabin, oldest first. */
   const stored = async () =>
     (await db.query(`SELECT (metrics->>'temperature_c')::float8 AS t FROM measurements WHERE device_id = 'ruuvi_cabin' ORDER BY id`)).rows.map((r) => r.t as number)
-  /** The bridge states a subscriber on paku received, oldest first (with `watch`). */
-  const notifications = () => states.map((m) => m.payload).join('')
-  return { sut, db, mosquitto, local, health, bridgeUp, stored, notifications }
+  /** The bridge states the subscriber on paku received, oldest first (with `watch`). */
+  const notifications = () => watched.filter((m) => m.topic === STATE).map((m) => m.payload).join('')
+  /** The readings the subscriber on paku received (with `watch`). */
+  const relayed = () => watched.filter((m) => m.topic === DATA).map((m) => m.payload)
+  return { sut, db, mosquitto, local, health, bridgeUp, stored, notifications, relayed }
 }
 
 describe('a Mosquitto bridge from Home Assistant (MQTT 5 on its side, MQTT 3.1.1 to paku)', { skip, timeout: 60_000 }, () => {
   it('a reading an MQTT 5 client publishes on the local side is stored once, and delivered there once: paku sends nothing back', async (t) => {
-    const h = await home(t)
+    const h = await home(t, { watch: true })
     const ha = await h.local({ clientId: 'homeassistant' })
     const seen = inbox(ha)
     await ha.subscribeAsync('paku/#', { qos: 1 })
     await h.bridgeUp(1, seen)
     const sensor = await h.local({ clientId: 'ruuvi-gateway' })
+    /** paku publishes a marker once it has handed the last reading to its subscribers; waits for it locally. */
+    const marker = async (n: string) => {
+      await eventually(async () => h.relayed().length === Number(n), { what: `reading ${n} relayed by paku` })
+      await h.sut.app.broker.publish('paku/edge/ESP32-AABBCCDD/cmd/marker', n, { qos: 1 })
+      await eventually(async () => seen.some((m) => m.payload === n && m.topic.endsWith('/marker')), {
+        what: () => `marker ${n}; received ${JSON.stringify(seen)}; mosquitto:\n${h.mosquitto.log()}`,
+      })
+    }
 
     await sensor.publishAsync(DATA, reading(21.5), { qos: 1 })
     await eventually(async () => (await h.stored()).length === 1, { what: 'the reading stored by paku' })
-    // An echo from paku would come back over the bridge ahead of anything paku publishes after storing
-    // the reading; so once this marker has arrived locally, an echo would have too.
-    await h.sut.app.broker.publish('paku/edge/ESP32-AABBCCDD/cmd/marker', '1', { qos: 1 })
-    await eventually(async () => seen.some((m) => m.payload === '1' && m.topic.endsWith('/marker')), { what: 'the first marker' })
+    // paku would send an echo to the bridge when it hands the reading to its subscribers, ahead of anything
+    // it publishes after that on the same connection: once this marker has arrived locally, an echo would have too.
+    await marker('1')
     assert.deepEqual(seen.filter((m) => m.topic === DATA), [{ topic: DATA, payload: reading(21.5), qos: 1 }], 'delivered locally once')
 
     // And a copy Mosquitto sent back to paku would reach paku ahead of the next reading.
     await sensor.publishAsync(DATA, reading(22), { qos: 1 })
     await eventually(async () => (await h.stored()).length === 2, { what: 'the second reading stored' })
-    await h.sut.app.broker.publish('paku/edge/ESP32-AABBCCDD/cmd/marker', '2', { qos: 1 })
-    await eventually(async () => seen.some((m) => m.payload === '2' && m.topic.endsWith('/marker')), { what: 'the second marker' })
+    await marker('2')
 
     assert.deepEqual(await h.stored(), [21.5, 22], 'each reading stored once')
+    assert.deepEqual(h.relayed(), [reading(21.5), reading(22)], 'each reading published once on paku')
     assert.deepEqual(seen.filter((m) => m.topic === DATA).map((m) => m.payload), [reading(21.5), reading(22)], 'each reading delivered locally once')
     const { broker, ingest } = await h.health()
-    assert.equal(broker.messagesIn, 2, 'paku received the two readings and nothing else from the bridge')
-    assert.deepEqual({ received: ingest.received, duplicates: ingest.duplicates, rejected: ingest.rejected }, { received: 2, duplicates: 0, rejected: 0 })
-    assert.deepEqual({ connections: broker.connections, clients: broker.clients, clientErrors: broker.clientErrors, denied: broker.denied }, { connections: 1, clients: 1, clientErrors: 0, denied: 0 })
+    assert.equal(broker.messagesIn, 3, 'paku received its connection state and the two readings from the bridge, nothing else')
+    assert.deepEqual({ received: ingest.received, accepted: ingest.accepted, ignored: ingest.ignored, duplicates: ingest.duplicates, rejected: ingest.rejected }, { received: 3, accepted: 2, ignored: 1, duplicates: 0, rejected: 0 }, 'the readings stored, the state not')
+    assert.deepEqual(
+      { connections: broker.connections, clients: broker.clients, clientErrors: broker.clientErrors, denied: broker.denied },
+      { connections: 2, clients: 2, clientErrors: 0, denied: 0 },
+      "the watcher's connection and the bridge's, which stayed up",
+    )
   })
 
   it('a command paku publishes while the bridge is down reaches an MQTT 5 subscriber on the local side when the bridge returns', async (t) => {
     const h = await home(t)
-    // Home Assistant's session: clean start false, kept for an hour; mqtt.js reconnects on its own.
+    // A persistent MQTT 5 session (clean start false, kept for an hour); mqtt.js reconnects on its own.
     const ha = await h.local({ clientId: 'homeassistant', clean: false, properties: { sessionExpiryInterval: 3600 }, reconnectPeriod: 100 })
     const seen = inbox(ha)
     await ha.subscribeAsync('paku/#', { qos: 1 })
@@ -228,7 +242,7 @@ describe('a Mosquitto bridge from Home Assistant (MQTT 5 on its side, MQTT 3.1.1
 
     const resumed = new Promise<IConnackPacket>((resolve) => ha.once('connect', resolve))
     await h.mosquitto.start()
-    assert.equal((await resumed).sessionPresent, true, "Home Assistant's session survived its broker's restart")
+    assert.equal((await resumed).sessionPresent, true, 'the subscriber’s session survived its broker’s restart (persistence)')
     await eventually(async () => seen.some((m) => m.topic === OTA), { what: () => `the command on the local side; mosquitto:\n${h.mosquitto.log()}` })
     await eventually(async () => h.sut.app.broker.queueOf(BRIDGE).messages === 0, { what: 'the queue emptied' })
     // Positive control: anything after the command comes after a second copy of it.
@@ -272,5 +286,23 @@ describe('a Mosquitto bridge from Home Assistant (MQTT 5 on its side, MQTT 3.1.1
       { connections: 4, clients: 2, clientErrors: 0, authFailures: 0, denied: 0, refusedClientIds: 0, refusedConnections: 0 },
       "the watcher's connection and one per start of Mosquitto: none refused, none closed by paku",
     )
+  })
+
+  it('stays connected when paku publishes to the bridge while it hands out a reading from that bridge', async (t) => {
+    const h = await home(t)
+    const ha = await h.local({ clientId: 'homeassistant' })
+    const seen = inbox(ha)
+    await ha.subscribeAsync('paku/#', { qos: 1 })
+    await h.bridgeUp(1, seen)
+    const sensor = await h.local({ clientId: 'ruuvi-gateway' })
+    for (let i = 0; i < 20; i++) {
+      await sensor.publishAsync(DATA, reading(i), { qos: 1 })
+      // A command published the moment the reading is stored, while paku may still be handing the reading out.
+      while ((await h.stored()).length <= i) await new Promise((r) => setImmediate(r))
+      await h.sut.app.broker.publish('paku/edge/ESP32-AABBCCDD/cmd/n', String(i), { qos: 1 })
+      await eventually(async () => seen.some((m) => m.topic.endsWith('/cmd/n') && m.payload === String(i)), { timeoutMs: 2000, what: `command ${i} on the local side` })
+    }
+    const { broker } = await h.health()
+    assert.deepEqual({ connections: broker.connections, clientErrors: broker.clientErrors }, { connections: 1, clientErrors: 0 })
   })
 })

@@ -93,3 +93,27 @@ describe('PgPersistence across a restart', () => {
   })
 })
 
+
+describe('PgPersistence clearing a message not sent yet', () => {
+  it('removes that broker packet, not another one still waiting for its message id', async () => {
+    await TABLES.execute(db)
+    const p = persistence({ flushDelayMs: 1 })
+    await p.setup(fakeBroker('broker-1'))
+    const client = { id: 'ha-bridge' }
+    const command = { cmd: 'publish', topic: 'paku/edge/E1/cmd/n', payload: Buffer.from('cmd'), qos: 1, retain: false, brokerId: 'broker-1', brokerCounter: 7 }
+    const own = { ...command, topic: 'paku/sensors/ruuvi_cabin/data', payload: Buffer.from('own reading'), brokerCounter: 8 }
+    await p.outgoingEnqueueCombi([{ clientId: client.id }], command)
+    await p.outgoingEnqueueCombi([{ clientId: client.id }], own)
+    // aedes leaves the bridge's own reading out (authorizeForward: no-local) and clears it, with no id yet.
+    const cleared = await p.outgoingClearMessageId(client, { ...own })
+    assert.equal(String(cleared?.payload), 'own reading')
+    // The command is still there, and gets its message id as it is sent.
+    await p.outgoingUpdate(client, { ...command, messageId: 1 })
+    assert.deepEqual((await read(p.outgoingStream(client))).map((x) => [String(x.payload), x.messageId]), [['cmd', 1]])
+    assert.equal(await p.outgoingClearMessageId(client, { messageId: undefined }), undefined, 'no id and no broker packet: nothing is guessed')
+    await p.flush()
+    const rows = await sql<{ payload: Buffer; message_id: number | null }>`SELECT payload, message_id FROM mqtt_outgoing ORDER BY seq`.execute(db)
+    assert.deepEqual(rows.rows.map((r) => [String(r.payload), r.message_id]), [['cmd', 1]])
+    await p.destroy()
+  })
+})

@@ -144,7 +144,7 @@ export class PgPersistence extends AsyncMemoryPersistence {
           this.#update(c.client, c.packet)
           return
         case 'outgoingClearMessageId':
-          this.#clear(c.client, c.packet.messageId)
+          this.#clear(c.client, c.packet)
           return
         case 'incomingStorePacket':
           return await super.incomingStorePacket(ref(c.client), c.packet)
@@ -508,9 +508,19 @@ export class PgPersistence extends AsyncMemoryPersistence {
     throw new Error('no such packet')
   }
 
-  #clear(clientId: string, messageId: number | undefined): AnyPacket | undefined {
+  /**
+   * Removes a queued message: the one with this message id (an acknowledgement), or, for a message not
+   * sent yet (no id: aedes drops a queued copy that authorizeForward refused), the one of this broker
+   * packet. aedes-persistence matches the missing id itself, and would remove whichever message waits for
+   * its id first: another one, whose outgoingUpdate then fails and closes the connection.
+   */
+  #clear(clientId: string, packet: Pick<AnyPacket, 'messageId' | 'brokerId' | 'brokerCounter'>): AnyPacket | undefined {
     const q = this.#queues.get(clientId)
-    const i = q?.items.findIndex((item) => item.packet.messageId === messageId) ?? -1
+    const fresh = packet.messageId === undefined
+    if (fresh && (packet.brokerId === undefined || packet.brokerCounter === undefined)) return undefined
+    const i = q?.items.findIndex((item) => fresh
+      ? item.packet.messageId === undefined && item.packet.brokerId === packet.brokerId && item.packet.brokerCounter === packet.brokerCounter
+      : item.packet.messageId === packet.messageId) ?? -1
     if (!q || i < 0) return undefined
     const [item] = q.items.splice(i, 1) as [Queued]
     q.bytes -= item.bytes
@@ -562,9 +572,14 @@ export class PgPersistence extends AsyncMemoryPersistence {
   }
 
   override async outgoingClearMessageId(client: ClientRef, packet: AnyPacket): Promise<AnyPacket | undefined> {
-    const cleared = this.#clear(client.id, packet.messageId)
-    if (cleared) this.#share({ op: 'outgoingClearMessageId', client: client.id, packet: { messageId: packet.messageId } })
-    if (cleared) this.#write(sql`DELETE FROM mqtt_outgoing WHERE seq = (SELECT seq FROM mqtt_outgoing WHERE client_id = ${client.id} AND message_id = ${packet.messageId ?? null} ORDER BY seq LIMIT 1)`)
+    const cleared = this.#clear(client.id, packet)
+    if (!cleared) return undefined
+    const { messageId, brokerId, brokerCounter } = packet
+    this.#share({ op: 'outgoingClearMessageId', client: client.id, packet: { messageId, brokerId, brokerCounter } })
+    const which = messageId === undefined
+      ? sql`message_id IS NULL AND broker_id = ${brokerId ?? null} AND broker_counter = ${brokerCounter ?? null}`
+      : sql`message_id = ${messageId}`
+    this.#write(sql`DELETE FROM mqtt_outgoing WHERE seq = (SELECT seq FROM mqtt_outgoing WHERE client_id = ${client.id} AND ${which} ORDER BY seq LIMIT 1)`)
     return cleared
   }
 

@@ -306,6 +306,22 @@ describe('broker quotas', () => {
     assert.ok(f.lines.some((l) => l.includes('MQTT quota reached') && l.includes(`device:${A}`) && l.includes('retainedBytes')))
   })
 
+  it("takes a bridge's connection state only as \"0\" or \"1\" on its own client id's topic, owned and counted like any retained message", async (t) => {
+    const f = await fleet(t)
+    const bridge = await f.connect({ ...cred('ha-bridge'), clientId: 'ha-bridge' })
+    await bridge.publishAsync('$SYS/broker/connection/ha-bridge/state', '1', { qos: 1, retain: true })
+    await eventually(async () => (await f.db.query(`SELECT owner, payload FROM mqtt_retained WHERE topic = '$SYS/broker/connection/ha-bridge/state'`)).rows[0], { what: 'the retained state' })
+    const [row] = (await f.db.query(`SELECT owner, convert_from(payload, 'UTF8') AS payload FROM mqtt_retained WHERE topic = '$SYS/broker/connection/ha-bridge/state'`)).rows
+    assert.deepEqual(row, { owner: 'bridge:ha-bridge', payload: '1' })
+    assert.deepEqual(f.app.broker.retainedOf('bridge:ha-bridge'), { topics: 1, bytes: 1 })
+    // Anything else there is not a state: a megabyte would otherwise be stored outside every quota.
+    await refused(bridge, '$SYS/broker/connection/ha-bridge/state', blob(1024), { retain: true })
+    // Nor may a client announce another's state.
+    const a = await f.connect({ ...cred(A), clientId: A })
+    await refused(a, '$SYS/broker/connection/ha-bridge/state', '0', { retain: true })
+    assert.deepEqual(f.app.broker.retainedOf('bridge:ha-bridge'), { topics: 1, bytes: 1 })
+  })
+
   it('counts retained topics, and logs a principal’s refusals once a minute', async (t) => {
     const f = await fleet(t, { quotas: { device: { retainedTopics: 2 } } })
     for (let round = 0; round < 3; round++) {
