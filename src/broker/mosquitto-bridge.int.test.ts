@@ -128,7 +128,7 @@ async function startMosquitto(t: TestContext, pakuPort: number) {
 
 type Health = {
   broker: { clients: number; connections: number; messagesIn: number; clientErrors: number; authFailures: number; denied: number; refusedClientIds: number; refusedConnections: number }
-  ingest: { received: number; duplicates: number; rejected: number }
+  ingest: { received: number; accepted: number; ignored: number; duplicates: number; rejected: number }
 }
 
 /**
