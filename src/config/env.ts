@@ -88,6 +88,12 @@ export const ENV_TABLE: readonly EnvEntry[] = [
     description: 'longest wait before a partial batch is written',
   },
   {
+    name: 'PAKU_INGEST_COMMIT_WINDOW_MS',
+    path: ['ingest', 'commitWindowMs'],
+    parse: asInt,
+    description: 'longest wait of a QoS 1/2 message for others to share its commit',
+  },
+  {
     name: 'PAKU_INGEST_CONCURRENT_WRITES',
     path: ['ingest', 'concurrentWrites'],
     parse: asInt,

@@ -326,6 +326,14 @@ const ConfigShape = v.strictObject({
         /** A partial batch is flushed after at most this long. */
         flushIntervalMs: v.optional(positiveInt('flushIntervalMs', 60_000), 200),
         /**
+         * How long a QoS 1/2 message may wait for others to share its commit (and so its PUBACK waits),
+         * while they arrive often enough to; 0 commits each as soon as it can. See createCommitWindow.
+         */
+        commitWindowMs: v.optional(
+          v.pipe(v.number('commitWindowMs must be a number'), v.integer('commitWindowMs must be an integer'), v.minValue(0, 'commitWindowMs must be 0 or more'), v.maxValue(1000, 'commitWindowMs must be at most 1000')),
+          20,
+        ),
+        /**
          * Telemetry batches written at the same time, each on its own database connection: while one
          * commits, the next is already being written (status, config and OTA rows are written alone).
          */

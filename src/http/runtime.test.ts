@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { renderMetrics } from './metrics.js'
-import { createRuntimeMonitor } from './runtime.js'
+import { createRuntimeMonitor, nextSampleMs } from './runtime.js'
 
 /** The value of one series in Prometheus text, e.g. `paku_gc_pause_seconds_count`. */
 function value(text: string, series: string): number {
@@ -18,7 +18,9 @@ describe('runtime monitor', () => {
     const monitor = createRuntimeMonitor()
     await monitor.start()
     try {
-      await sleep(100)
+      // Work for the loop, as traffic would be: the monitor samples every 20 ms while there is some.
+      const busyUntil = performance.now() + 100
+      while (performance.now() < busyUntil) await turn()
       const before = renderMetrics(monitor.metrics())
       const until = performance.now() + 300
       while (performance.now() < until) {
@@ -38,6 +40,17 @@ describe('runtime monitor', () => {
     } finally {
       await monitor.stop()
     }
+  })
+
+  it('samples every 20 ms while the loop has work, once a second while it has next to none', () => {
+    const cases: Array<[string, number, number, number]> = [
+      ['a busy loop', 15, 20, 20],
+      ['1 % busy over 20 ms', 0.2, 20, 20],
+      ['idle over 20 ms', 0.05, 20, 1000],
+      ['keep-alives of 100 devices over a second', 2, 1000, 1000],
+      ['traffic arriving after an idle second', 40, 1000, 20],
+    ]
+    for (const [name, active, elapsed, want] of cases) assert.equal(nextSampleMs(active, elapsed), want, name)
   })
 
   it('counts garbage-collector pauses', async () => {

@@ -2,8 +2,16 @@ import { PerformanceObserver } from 'node:perf_hooks'
 import { createHistogram } from '../util/histogram.js'
 import { histogramMetric, type Metric } from './metrics.js'
 
-/** How often the event loop is asked to run a timer; a stall shows as that timer running late. */
+/** How often the event loop is asked to run a timer while it has work; a stall shows as that timer running late. */
 const SAMPLE_MS = 20
+/**
+ * How often while it has next to none (idle, or a few devices' keep-alives): a 20 ms timer would be most of
+ * an idle paku's wakeups. A stall then shows only when it holds up this timer, but there is no traffic
+ * for it to hold up either.
+ */
+const IDLE_SAMPLE_MS = 1000
+/** Event-loop work per second below which the loop counts as idle. */
+const IDLE_ACTIVE_MS_PER_S = 5
 /**
  * Upper bounds in seconds. A healthy loop answers within a few ms; a stall of 0.1 s and up delays every
  * PUBACK and HTTP answer by as much, which is what these histograms are for: telling paku's own stalls
@@ -11,6 +19,11 @@ const SAMPLE_MS = 20
  */
 const DELAY_BOUNDS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 const GC_BOUNDS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1]
+
+/** The next sampling interval, from how much work the loop did (ms) in the last one (ms long). */
+export function nextSampleMs(activeMs: number, elapsedMs: number): number {
+  return activeMs > (IDLE_ACTIVE_MS_PER_S * elapsedMs) / 1000 ? SAMPLE_MS : IDLE_SAMPLE_MS
+}
 
 /**
  * The process's own health for /metrics: CPU and memory under their standard Prometheus names, how late
@@ -21,27 +34,36 @@ export function createRuntimeMonitor() {
   const delay = createHistogram(DELAY_BOUNDS_S)
   const gc = createHistogram(GC_BOUNDS_S)
   let timer: NodeJS.Timeout | undefined
+  let running = false
   let observer: PerformanceObserver | undefined
 
   return {
     name: 'runtime',
     async start(): Promise<void> {
-      if (timer) return
-      let last = performance.now()
-      timer = setInterval(() => {
-        const now = performance.now()
-        delay.observe(Math.max(0, now - last - SAMPLE_MS) / 1000)
-        last = now
-      }, SAMPLE_MS)
-      // Never the reason the process stays alive.
-      timer.unref()
+      if (running) return
+      running = true
+      let elu = performance.eventLoopUtilization()
+      const sample = (interval: number) => {
+        const last = performance.now()
+        timer = setTimeout(() => {
+          const now = performance.now()
+          delay.observe(Math.max(0, now - last - interval) / 1000)
+          const since = performance.eventLoopUtilization(elu)
+          elu = performance.eventLoopUtilization()
+          if (running) sample(nextSampleMs(since.active, now - last))
+        }, interval)
+        // Never the reason the process stays alive.
+        timer.unref()
+      }
+      sample(SAMPLE_MS)
       observer = new PerformanceObserver((list) => {
         for (const entry of list.getEntries()) gc.observe(entry.duration / 1000)
       })
       observer.observe({ entryTypes: ['gc'] })
     },
     async stop(): Promise<void> {
-      clearInterval(timer)
+      running = false
+      clearTimeout(timer)
       timer = undefined
       observer?.disconnect()
       observer = undefined
@@ -51,7 +73,7 @@ export function createRuntimeMonitor() {
       return [
         { name: 'process_cpu_seconds_total', help: 'User and system CPU time spent by paku.', type: 'counter', samples: [{ value: (cpu.user + cpu.system) / 1e6 }] },
         { name: 'process_resident_memory_bytes', help: 'Resident memory size of paku.', type: 'gauge', samples: [{ value: process.memoryUsage.rss() }] },
-        histogramMetric('paku_event_loop_delay_seconds', `How late a timer due every ${SAMPLE_MS} ms ran: a stall of the event loop shows as one late run.`, delay.snapshot()),
+        histogramMetric('paku_event_loop_delay_seconds', `How late a timer due every ${SAMPLE_MS} ms (every ${IDLE_SAMPLE_MS} ms while idle) ran: a stall of the event loop shows as one late run.`, delay.snapshot()),
         histogramMetric('paku_gc_pause_seconds', 'Pauses of the JavaScript garbage collector.', gc.snapshot()),
       ]
     },

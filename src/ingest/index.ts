@@ -104,6 +104,7 @@ export function createIngest(opts: IngestOptions) {
     spool,
     batchSize: config.batchSize,
     flushIntervalMs: config.flushIntervalMs,
+    commitWindowMs: config.commitWindowMs,
     concurrency: config.concurrentWrites,
     maxPendingRows: config.maxPendingRows,
     highWaterRows: config.backpressureRows,

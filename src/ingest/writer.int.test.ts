@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { describe, it } from 'node:test'
+import { describe, it, type TestContext } from 'node:test'
 import { Kysely, PostgresDialect } from 'kysely'
 import pg from 'pg'
 import { defer, eventually, sqlClient, testDatabase, testLogger } from '../../scripts/test-helpers.js'
@@ -10,7 +10,7 @@ import { sqlDir } from '../assets.js'
 import { migrate, readSqlDir, type DB } from '../db/index.js'
 import type { Reject, Row } from './records.js'
 import { createSpool } from './spool.js'
-import { createWriter } from './writer.js'
+import { createCommitWindow, createWriter } from './writer.js'
 
 async function database(t: Parameters<typeof testDatabase>[0], max = 2) {
   const url = await testDatabase(t)
@@ -134,6 +134,75 @@ describe('batch writer', () => {
     assert.equal(writer.stats().dropped, 2)
     await writer.stop()
     assert.equal(writer.stats().written, 3)
+  })
+})
+
+describe('commit window', () => {
+  it('opens only while rows arrive often enough for two more to share it, and ends with its first row', () => {
+    const w = createCommitWindow(20)
+    let at = 0
+    // Rows 500 ms apart: a row would wait for nothing.
+    for (let i = 0; i < 5; i++) w.arrived((at += 500), true)
+    assert.equal(w.delay(at), 0)
+    // A thousand a second: the window opens once the estimate has caught up with the new rate.
+    const delays: number[] = []
+    for (let i = 0; i < 60; i++) {
+      w.arrived((at += 1), i === 0)
+      delays.push(w.delay(at))
+    }
+    assert.equal(delays[0], 0, 'the first fast row commits at once: the rate is not known yet')
+    const opened = at - 59
+    assert.equal(w.delay(at), Math.max(0, opened + 20 - at), 'measured from the first row that waits')
+    const w2 = createCommitWindow(20)
+    for (let i = 0; i < 60; i++) w2.arrived(1000 + i, i === 50)
+    assert.equal(w2.delay(1055), 15, 'a row arriving later does not move the end')
+    assert.equal(w2.delay(1080), 0, 'past the end: now')
+    assert.equal(createCommitWindow(0).delay(5), 0, '0: never waits')
+  })
+
+  /** A writer on mocked timers and a clock the test moves: nothing fires unless the test advances time. */
+  async function windowed(t: TestContext, commitWindowMs: number) {
+    const { db } = await database(t)
+    let clock = 1_000_000
+    t.mock.timers.enable({ apis: ['setTimeout'] })
+    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 1000, flushIntervalMs: 60_000, maxPendingRows: 10_000, toReject, commitWindowMs, now: () => clock })
+    writer.start()
+    defer(t, () => writer.stop())
+    const advance = (ms: number) => {
+      clock += ms
+      t.mock.timers.tick(ms)
+    }
+    // Warm the rate estimate: 50 rows a millisecond apart (one commit, started by a timer due now).
+    const warm = Array.from({ length: 50 }, (_, i) => writer.push(measurement(`w${i}`), true))
+    for (let i = 0; i < 50; i++) clock += 1
+    advance(0)
+    await Promise.all(warm)
+    return { writer, advance, push: (id: string) => writer.push(measurement(id), true) as Promise<void> }
+  }
+
+  it('gathers the QoS 1 rows of a window into one commit, ending it at the first row plus the window', { timeout: 20_000 }, async (t) => {
+    const { writer, advance, push } = await windowed(t, 30)
+    const before = writer.stats().flushes
+    const first = [push('a'), push('b')]
+    advance(20)
+    const later = [push('c')]
+    advance(9)
+    // The window ends 30 ms after "a", however long rows keep arriving.
+    advance(1)
+    await Promise.all([...first, ...later])
+    assert.equal(writer.stats().flushes - before, 1, 'a, b and c share one commit')
+  })
+
+  it('without a window, rows of different turns go in different commits (the control)', async (t) => {
+    const { writer, advance, push } = await windowed(t, 0)
+    const before = writer.stats().flushes
+    const first = [push('a'), push('b')]
+    advance(0)
+    await Promise.all(first)
+    const later = [push('c')]
+    advance(0)
+    await Promise.all(later)
+    assert.equal(writer.stats().flushes - before, 2)
   })
 })
 
