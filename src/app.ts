@@ -155,7 +155,7 @@ export function createApp(opts: AppOptions) {
     },
   })
   const ui = createUi({ files: uiFiles })
-  const runtime = createRuntimeMonitor()
+  const runtime = createRuntimeMonitor({ quiet: () => ingest.stats().pending === 0 })
 
   async function health(): Promise<HealthReport> {
     const database = await db.health()

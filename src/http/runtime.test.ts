@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
+import { eventually } from '../../scripts/test-helpers.js'
 import { renderMetrics } from './metrics.js'
 import { createRuntimeMonitor, nextSampleMs } from './runtime.js'
 
@@ -68,6 +69,33 @@ describe('runtime monitor', () => {
       assert.ok(value(text, 'paku_gc_pause_seconds_count') > 0)
       assert.ok(value(text, 'paku_gc_pause_seconds_sum') > 0)
       assert.equal(value(text, 'paku_gc_pause_seconds_bucket{le="+Inf"}'), value(text, 'paku_gc_pause_seconds_count'))
+    } finally {
+      await monitor.stop()
+    }
+  })
+
+  it('hands the memory of a burst back once the loop is idle and nothing waits to be written', { timeout: 30_000 }, async () => {
+    let quiet = false
+    const monitor = createRuntimeMonitor({ quiet: () => quiet })
+    await monitor.start()
+    try {
+      const series = (name: string) => value(renderMetrics(monitor.metrics()), name)
+      // A burst's garbage: buffers no longer referenced, which only a collection frees.
+      let garbage: Buffer[] | undefined = Array.from({ length: 64 }, () => Buffer.alloc(1024 * 1024, 1))
+      garbage = undefined
+      assert.equal(garbage, undefined)
+      const external = () => process.memoryUsage().external
+      assert.ok(external() > 64 * 1024 * 1024)
+      // Idle, but rows still wait: no collection while samples go by.
+      const samples = series('paku_event_loop_delay_seconds_count')
+      await eventually(async () => series('paku_event_loop_delay_seconds_count') >= samples + 2 || undefined, { timeoutMs: 10_000, what: 'two samples' })
+      assert.equal(series('paku_memory_releases_total'), 0)
+      assert.ok(external() > 64 * 1024 * 1024, 'the buffers are still held')
+      // Nothing waits any more: the same idle loop collects, once.
+      quiet = true
+      await eventually(async () => series('paku_memory_releases_total') === 1 || undefined, { timeoutMs: 10_000, what: 'a release' })
+      // Freed buffers are swept off the loop, just after the collection.
+      await eventually(async () => external() < 16 * 1024 * 1024 || undefined, { timeoutMs: 10_000, what: () => `external ${external()} down after the release` })
     } finally {
       await monitor.stop()
     }

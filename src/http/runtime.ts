@@ -1,4 +1,6 @@
 import { PerformanceObserver } from 'node:perf_hooks'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import { createHistogram } from '../util/histogram.js'
 import { histogramMetric, type Metric } from './metrics.js'
 
@@ -20,6 +22,29 @@ const IDLE_ACTIVE_MS_PER_S = 5
 const DELAY_BOUNDS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 const GC_BOUNDS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1]
 
+/**
+ * Memory a burst leaves behind is garbage V8 collects only when it next needs room, or when its memory
+ * reducer notices the quiet (a minute and more after a burst, or never while a few devices keep the loop
+ * ticking): until then the process keeps its peak. While the loop is idle and the heap and buffers have
+ * grown this much since the last collection, one full collection hands it back (a few tens of ms, with
+ * nothing waiting for the loop).
+ */
+const RELEASE_GROWTH_BYTES = 32 * 1024 * 1024
+/** Not more often than this, whatever the loop does. */
+const RELEASE_EVERY_MS = 10_000
+
+/** A full garbage collection on demand (V8's gc(), without --expose-gc on the command line). */
+function fullCollection(): () => void {
+  setFlagsFromString('--expose-gc')
+  return runInNewContext('gc') as () => void
+}
+
+/** The memory V8 holds for the heap and the buffers outside it (garbage included), and what of it is in use, in bytes. */
+const held = () => {
+  const m = process.memoryUsage()
+  return { total: m.heapTotal + m.external, used: m.heapUsed + m.external }
+}
+
 /** The next sampling interval, from how much work the loop did (ms) in the last one (ms long). */
 export function nextSampleMs(activeMs: number, elapsedMs: number): number {
   return activeMs > (IDLE_ACTIVE_MS_PER_S * elapsedMs) / 1000 ? SAMPLE_MS : IDLE_SAMPLE_MS
@@ -30,12 +55,32 @@ export function nextSampleMs(activeMs: number, elapsedMs: number): number {
  * the event loop ran (every message, PUBACK and request waits for it) and how long the garbage collector
  * paused it.
  */
-export function createRuntimeMonitor() {
+export type RuntimeOptions = {
+  /** Whether nothing waits to be written (a collection while a burst drains would find it all alive). */
+  quiet?: () => boolean
+}
+
+export function createRuntimeMonitor(opts: RuntimeOptions = {}) {
   const delay = createHistogram(DELAY_BOUNDS_S)
   const gc = createHistogram(GC_BOUNDS_S)
   let timer: NodeJS.Timeout | undefined
   let running = false
   let observer: PerformanceObserver | undefined
+
+  let collect: (() => void) | undefined
+  /** What the last collection left in use (the live size then). */
+  let baseline = held().used
+  let releasedAt = -Infinity
+  let releases = 0
+  /** The loop is idle: a full collection if what V8 holds grew enough beyond the live size of the last one. */
+  const release = (now: number) => {
+    if (now - releasedAt < RELEASE_EVERY_MS || held().total - baseline < RELEASE_GROWTH_BYTES || !(opts.quiet?.() ?? true)) return
+    collect ??= fullCollection()
+    collect()
+    releases++
+    releasedAt = now
+    baseline = held().used
+  }
 
   return {
     name: 'runtime',
@@ -50,7 +95,9 @@ export function createRuntimeMonitor() {
           delay.observe(Math.max(0, now - last - interval) / 1000)
           const since = performance.eventLoopUtilization(elu)
           elu = performance.eventLoopUtilization()
-          if (running) sample(nextSampleMs(since.active, now - last))
+          const next = nextSampleMs(since.active, now - last)
+          if (next === IDLE_SAMPLE_MS) release(now)
+          if (running) sample(next)
         }, interval)
         // Never the reason the process stays alive.
         timer.unref()
@@ -75,6 +122,7 @@ export function createRuntimeMonitor() {
         { name: 'process_resident_memory_bytes', help: 'Resident memory size of paku.', type: 'gauge', samples: [{ value: process.memoryUsage.rss() }] },
         histogramMetric('paku_event_loop_delay_seconds', `How late a timer due every ${SAMPLE_MS} ms (every ${IDLE_SAMPLE_MS} ms while idle) ran: a stall of the event loop shows as one late run.`, delay.snapshot()),
         histogramMetric('paku_gc_pause_seconds', 'Pauses of the JavaScript garbage collector.', gc.snapshot()),
+        { name: 'paku_memory_releases_total', help: 'Full collections run when the event loop went idle after a burst, to hand its memory back.', type: 'counter', samples: [{ value: releases }] },
       ]
     },
   }
