@@ -12,6 +12,17 @@
  * JSON object on stdout: sent, errors, first/last publish times (epoch ms) and, for QoS 1, PUBACK latency
  * percentiles and the spells of PUBACKs over 50 ms.
  *
+ * --hold S: once the messages are done (at once with --messages 0), every device stays connected for S
+ * more seconds and then disconnects, sending nothing but a PINGREQ every 30 s, each on its own cycle from
+ * a random phase, as a fleet of independent idle devices does (the broker's idle cost). With --hold, a line
+ * {"connected": N, "atMs": epoch ms} comes first on stdout, once every device is connected.
+ *
+ * --gated: for a harness that measures only the messages, not the connecting and disconnecting: once every
+ * device is connected it prints the "connected" line and waits for a line on stdin before publishing; once
+ * the messages are done it prints its result (cpuS then counts from that line on stdin) and keeps the
+ * devices connected until stdin ends. A stdin that ends before the first line (the harness is gone) ends
+ * the process.
+ *
  * Hand-written on raw sockets rather than mqtt.js because this process shares the machine's two cores with
  * the system under test, so every microsecond of CPU it spends is taken from paku and PostgreSQL. Measured
  * here (2 vCPU VM, 50k messages from 100 devices to Mosquitto on loopback, cpuS less the start-up and
@@ -39,6 +50,8 @@ const { values: o } = parseArgs({
     inflight: { type: 'string', default: '10' },
     site: { type: 'string', default: 'bench' },
     prefix: { type: 'string', default: 'ruuvi' },
+    hold: { type: 'string', default: '0' },
+    gated: { type: 'boolean', default: false },
   },
 })
 const PORT = Number(o.port)
@@ -47,6 +60,9 @@ const TOTAL = Number(o.messages)
 const RATE = Number(o.rate)
 const QOS = Number(o.qos) as 0 | 1
 const INFLIGHT = Math.max(1, Number(o.inflight))
+const HOLD_S = Number(o.hold)
+/** Half the keepalive (60 s) the CONNECT promises, as many device clients ping. */
+const PING_MS = 30_000
 // Paced runs have no in-flight cap of their own; 65535 packet ids per connection are the hard one.
 const CAP = Math.min(RATE > 0 ? Infinity : INFLIGHT, 65535)
 // One socket.write per pump carries up to this much: big enough to amortise the system call (at QoS 0
@@ -389,21 +405,54 @@ try {
   console.error(`bench-load: cannot connect to the broker at 127.0.0.1:${PORT}: ${(err as Error).message}`)
   process.exit(1)
 }
+if (HOLD_S > 0 || o.gated) console.log(JSON.stringify({ connected: conns.length, atMs: Date.now() }))
+const gate = o.gated ? gateOnStdin() : undefined
+let cpuFrom: NodeJS.CpuUsage | undefined
+if (gate) {
+  await gate.opened
+  cpuFrom = process.cpuUsage()
+}
 
 // Keepalive 60 promises the broker a packet at least every minute, and slow paced runs may not publish that
 // often. It also finds a broker that stopped answering (QoS 1 waiting for PUBACKs that never come): with
 // no reply to a PINGREQ for 30 s the connection is given up, so the run ends instead of hanging.
-setInterval(() => {
+const keepalive = setInterval(() => {
   const now = performance.now()
   for (const c of conns) {
     if (c.state !== 'open') continue
-    if (c.pingSent > 0 && now - c.pingSent > 30_000) giveUp(c, 'no answer to PINGREQ within 30 s')
-    else if (c.pingSent === 0 && !c.blocked && now - c.lastWrite > 30_000) {
-      c.pingSent = c.lastWrite = now
-      c.sock.write(PINGREQ)
-    }
+    if (c.pingSent > 0 && now - c.pingSent > PING_MS) giveUp(c, 'no answer to PINGREQ within 30 s')
+    else if (c.pingSent === 0 && !c.blocked && now - c.lastWrite > PING_MS) ping(c, now)
   }
 }, 5_000).unref()
+
+function ping(c: Conn, now: number): void {
+  c.pingSent = c.lastWrite = now
+  c.sock.write(PINGREQ)
+}
+
+/**
+ * --hold: the devices sit idle. The shared 5 s check above would ping them all in the same tick; real
+ * devices are not in step, so each gets its own 30 s cycle from a random phase and the broker sees one
+ * PINGREQ at a time, as from a fleet. A ping still unanswered when the next is due ends the connection.
+ */
+async function hold(): Promise<void> {
+  clearInterval(keepalive)
+  const timers: NodeJS.Timeout[] = []
+  for (const c of conns) {
+    const cycle = () => {
+      if (c.state !== 'open') return
+      if (c.pingSent > 0) return giveUp(c, 'no answer to PINGREQ within 30 s')
+      ping(c, performance.now())
+    }
+    const start = () => {
+      cycle()
+      timers.push(setInterval(cycle, PING_MS))
+    }
+    timers.push(setTimeout(start, Math.random() * PING_MS))
+  }
+  await new Promise((r) => setTimeout(r, HOLD_S * 1000))
+  for (const t of timers) clearInterval(t)
+}
 
 async function paced(): Promise<void> {
   let issued = 0
@@ -412,7 +461,12 @@ async function paced(): Promise<void> {
     const due = Math.min(TOTAL, Math.floor(((performance.now() - t0) / 1000) * RATE) + 1)
     for (; issued < due; issued++) give(conns[issued % N] as Conn, 1)
     for (const c of conns) pump(c)
-    await new Promise((r) => setTimeout(r, 2))
+    // Every 2 ms, or at a low rate until the next message is due: at 50 msg/s, waking every 2 ms cost this
+    // process more CPU than its messages, on the core it shares with paku in the bench's 1-vCPU loads. The
+    // extra millisecond: the event loop's clock is in whole milliseconds, so a timer may fire up to one early,
+    // find nothing due and wake again.
+    const untilNext = t0 + (issued * 1000) / RATE - performance.now()
+    await new Promise((r) => setTimeout(r, Math.max(2, Math.ceil(untilNext) + 1)))
   }
   // With no connection left, the messages not yet due cannot be sent either; waiting for them would only
   // stretch the run to its planned length.
@@ -428,11 +482,12 @@ else {
   for (const c of conns) pump(c)
 }
 await finished
+if (HOLD_S > 0) await hold()
 if (lost > 0) console.error(`bench-load: ${lost} connection(s) dropped before their messages were done (first: ${firstLoss})`)
 
 const sorted = latencies.subarray(0, acked).sort()
 const pct = (p: number) => (sorted.length === 0 ? null : Math.round((sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number) * 10) / 10)
-const usage = process.cpuUsage()
+const usage = process.cpuUsage(cpuFrom)
 const result = {
   messages: TOTAL,
   sent: stats.sent,
@@ -446,9 +501,27 @@ const result = {
   slowPubacks: RATE > 0 ? slowSpells() : undefined,
   cpuS: Math.round((usage.user + usage.system) / 1e4) / 100,
 }
+if (gate) {
+  console.log(JSON.stringify(result))
+  await gate.closed
+}
 await Promise.race([Promise.all(conns.map(close)), new Promise((r) => setTimeout(r, 5000))])
-console.log(JSON.stringify(result))
+if (!gate) console.log(JSON.stringify(result))
 process.exit(0)
+
+/** --gated: the first line on stdin opens the gate, the end of stdin closes the run (before the gate opened: exits). */
+function gateOnStdin(): { opened: Promise<void>; closed: Promise<void> } {
+  let open = false
+  const opened = new Promise<void>((resolve) =>
+    process.stdin.once('data', () => {
+      open = true
+      resolve()
+    }),
+  )
+  const closed = new Promise<void>((resolve) => process.stdin.once('end', () => (open ? resolve() : process.exit(1))))
+  process.stdin.resume()
+  return { opened, closed }
+}
 
 /**
  * The PUBACKs over SLOW_MS grouped into spells (messages written less than a second apart), the five with

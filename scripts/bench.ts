@@ -1,6 +1,7 @@
 /**
  * `npm run bench`: paku's ingest throughput side by side with PostgreSQL's own ceiling and with the old
- * stack, in one run on one machine (the machines are noisy: compare ratios within a run).
+ * stack, and what paku costs a small machine, in one run on one machine (the machines are noisy: compare
+ * ratios within a run).
  *
  *  1. Starts a fresh PostgreSQL (embedded binaries, default settings: fsync and synchronous_commit on)
  *     and applies paku's migrations.
@@ -9,26 +10,40 @@
  *  3. paku as a user runs it (`paku serve`, default ingest settings) under scripts/bench-load.ts:
  *     100 devices, QoS 0 and QoS 1 at maximum rate (50k and 200k messages), fixed rates for 30 s
  *     each (QoS 1 at 1,000 msg/s for the PUBACK latency target, QoS 0 at 1,000 msg/s, QoS 1 at
- *     5,000 msg/s), and a 1M-message QoS 0 burst (peak RSS: backpressure, not OOM).
- *  4. When the old stack is available (Debian's `mosquitto`, `python3-paho-mqtt`, `python3-psycopg` and
+ *     5,000 msg/s), and a 1M-message QoS 0 burst (peak RSS: backpressure, not OOM). After the 200k and
+ *     the 1M QoS 0 bursts, paku's RSS once a second for 60 s from the last row stored: what it keeps, and
+ *     how soon it is under 120 MiB.
+ *  4. What a small fleet costs paku, on this machine's cores:
+ *     - 50 and 200 msg/s at QoS 0 and QoS 1, 30 s each: with the 1,000 msg/s loads above, CPU per 1,000
+ *       messages of paku and PostgreSQL (timers and idle work included) and the PUBACK latency at three
+ *       fleet sizes;
+ *     - idle: 100 connected devices that only ping (keepalive 60), 60 s after 5 s of settling: paku's and
+ *       PostgreSQL's CPU per minute and paku's wakeups per second (context switches of all its threads);
+ *     - the six steady loads (50, 200 and 1,000 msg/s × QoS 0 and 1) again with paku, PostgreSQL and the
+ *       load generator pinned to one core (taskset), as on a 1-vCPU VM; the affinities are restored after.
+ *  5. When the old stack is available (Debian's `mosquitto`, `python3-paho-mqtt`, `python3-psycopg` and
  *     ../shared/bench/seed_collector.py, or PEER_DIR), Mosquitto + the old collector under the same loads,
  *     writing to a database of the same cluster with the old schema.
  *
  * Each run starts from an empty table; it prints rows/s end to end (first publish → last row
  * committed), the ratio to the COPY ceiling and to the peer, messages lost (acknowledged or written
- * to the socket but not stored) and duplicated, CPU per 1,000 messages of each process and peak RSS.
+ * to the socket but not stored) and duplicated, CPU per 1,000 messages of each process and peak RSS;
+ * then the memory after the bursts, the idle figures, and a summary of the small-machine figures with
+ * the machine they were measured on (CPU model, cores, RAM).
  *
  * Each system first gets an unmeasured warm-up load (10k messages at QoS 0, then at QoS 1; --no-warmup
  * to measure it cold).
  *
- * Options: --quick (a tenth of the messages, no 1M burst), --no-peer, --no-million, --no-warmup, --devices N,
- * --bin dist/paku (the single executable instead of the sources), --pg-bin DIR (other PostgreSQL
- * binaries, e.g. Debian's /usr/lib/postgresql/15/bin as in ../shared/bench), --only TEXT, --profile DIR.
+ * Options: --quick (a tenth of the messages and of each fixed rate's 30 s, no 1M burst, 10 s instead of
+ * 60 s after the bursts and idle), --no-peer, --no-million, --no-warmup, --no-idle, --no-1cpu,
+ * --devices N, --bin dist/paku (the single executable instead of the sources), --pg-bin DIR (other
+ * PostgreSQL binaries, e.g. Debian's /usr/lib/postgresql/15/bin as in ../shared/bench), --only TEXT
+ * (the paku loads whose label contains it: e.g. "200k", "msg/s", "idle", "1 vCPU"), --profile DIR.
  * Results also go to bench-results/<time>.jsonl. Loopback only; everything it starts it stops.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, appendFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { cpus, tmpdir, totalmem } from 'node:os'
 import { join, resolve } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import { Readable } from 'node:stream'
@@ -58,6 +73,10 @@ const { values: flags } = parseArgs({
     'pg-bin': { type: 'string' },
     /** Measures each system cold: no unmeasured warm-up load after it starts. */
     'no-warmup': { type: 'boolean', default: false },
+    /** Skips the idle measurement (100 connected devices that only ping). */
+    'no-idle': { type: 'boolean', default: false },
+    /** Skips the steady loads on one core. */
+    'no-1cpu': { type: 'boolean', default: false },
   },
 })
 const SCALE = flags.quick ? 0.1 : 1
@@ -95,17 +114,54 @@ function treeCpu(pid: number): number {
   } catch {
     return 0
   }
+  for (const child of childrenOf(pid)) total += cpuOf(child)
+  return total
+}
+
+/** The live processes whose parent is `pid`. */
+function childrenOf(pid: number): number[] {
+  const children: number[] = []
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue
     try {
       const stat = readFileSync(`/proc/${name}/stat`, 'utf8')
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
-      if (ppid === pid) total += cpuOf(Number(name))
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) children.push(Number(name))
     } catch {
       // gone meanwhile
     }
   }
-  return total
+  return children
+}
+
+/**
+ * Context switches so far of each thread of a process, by thread id: voluntary (it slept and something
+ * woke it: a timer, a socket, another thread) plus nonvoluntary (preempted).
+ */
+function switchesOf(pid: number): Map<string, number> {
+  const byThread = new Map<string, number>()
+  let tids: string[] = []
+  try {
+    tids = readdirSync(`/proc/${pid}/task`)
+  } catch {
+    return byThread
+  }
+  for (const tid of tids) {
+    try {
+      const status = readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8')
+      const n = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? 0)
+      byThread.set(tid, n('voluntary_ctxt_switches') + n('nonvoluntary_ctxt_switches'))
+    } catch {
+      // thread gone meanwhile
+    }
+  }
+  return byThread
+}
+
+/** The switches between two readings, over the threads alive at the second (one that exited took its count along). */
+function switchesBetween(before: Map<string, number>, after: Map<string, number>): number {
+  let sum = 0
+  for (const [tid, n] of after) sum += n - (before.get(tid) ?? 0)
+  return sum
 }
 
 function statusField(pid: number, field: 'VmRSS' | 'VmHWM'): number {
@@ -115,6 +171,22 @@ function statusField(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   } catch {
     return 0
   }
+}
+
+/** The cores a process may run on (taskset's list, e.g. "0-1"). */
+function cpusAllowed(pid: number): string {
+  return /^Cpus_allowed_list:\s+(\S+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? ''
+}
+
+/** Sets the cores of processes and of all their threads (taskset -a); false if any of them failed. */
+function pin(pids: number[], cores: string): boolean {
+  return pids.map((pid) => spawnSync('taskset', ['-a', '-p', '-c', cores, String(pid)], { stdio: 'ignore' }).status === 0).every(Boolean)
+}
+
+/** What the figures were measured on. */
+function machine(): { cpu: string; cores: number; ramMiB: number } {
+  const model = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]
+  return { cpu: model ?? 'unknown CPU', cores: cpus().length, ramMiB: Math.round(totalmem() / 2 ** 20) }
 }
 
 /** CPU seconds the whole host has spent busy (all cores), from /proc/stat. */
@@ -279,11 +351,21 @@ type Target = {
   watch: Record<string, number>
   /**
    * paku's own counters (/health): batches written and MQTT client errors, for rows per flush and a sanity
-   * check; and its /metrics series, for the stalls of a load (see stalls()).
+   * check, and when its last rollup pass finished; and its /metrics series, for the stalls of a load (see
+   * stalls()).
    */
-  counters?: () => Promise<{ flushes: number; clientErrors: number; metrics: Map<string, number> }>
+  counters?: () => Promise<{ flushes: number; clientErrors: number; metrics: Map<string, number>; rollupAt: string | null }>
 }
-type Load = { qos: 0 | 1; messages: number; rate: number; label: string }
+type Load = {
+  qos: 0 | 1
+  messages: number
+  rate: number
+  label: string
+  /** Samples the RSS of paku for AFTER_S seconds after the last row is stored (see rssAfter()). */
+  rssAfter?: boolean
+  /** The cores the load generator runs on (taskset -c), when the phase pins the system under test. */
+  cores?: string
+}
 type Result = Record<string, unknown> & { system: string; label: string; rowsPerS: number; lost: number; duplicated: number }
 
 async function e2e(target: Target, load: Load): Promise<Result> {
@@ -295,23 +377,36 @@ async function e2e(target: Target, load: Load): Promise<Result> {
   await c.query('CHECKPOINT')
   const watched = Object.entries(target.watch)
   for (const [, pid] of watched) resetPeak(pid)
-  const cpu0 = Object.fromEntries(watched.map(([n, pid]) => [n, cpuOf(pid)]))
-  const pg0 = treeCpu(postmasterPid)
-  const counters0 = await target.counters?.()
-  const background0 = await backgroundWork(c)
-  const host0 = hostBusy()
-  const self0 = process.cpuUsage()
+  const begin = async () => ({
+    cpu0: Object.fromEntries(watched.map(([n, pid]) => [n, cpuOf(pid)])),
+    pg0: treeCpu(postmasterPid),
+    counters0: await target.counters?.(),
+    background0: await backgroundWork(c),
+    host0: hostBusy(),
+    self0: process.cpuUsage(),
+  })
   const rssMax: Record<string, number> = Object.fromEntries(watched.map(([n]) => [n, 0]))
 
-  const gen = spawn(
-    process.execPath,
-    ['--import', 'tsx', 'scripts/bench-load.ts', '--port', String(target.port), '--devices', String(DEVICES), '--messages', String(load.messages), '--qos', String(load.qos), '--rate', String(load.rate)],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
-  )
-  let out = ''
-  gen.stdout?.on('data', (b: Buffer) => (out += b.toString()))
+  // A burst is measured from before its generator starts to after it exits, as it always was. A fixed rate
+  // is the steady state of a fleet that stays connected: measured from a second after its devices are
+  // connected to its last row stored, with them still connected, so that connecting and disconnecting 100
+  // devices (~0.1 s of paku's CPU) do not weigh on 1,500 messages at 50 msg/s.
+  const gated = load.rate > 0
+  const early = gated ? undefined : await begin()
+  const gen = loadgen(target.port, ['--messages', String(load.messages), '--qos', String(load.qos), '--rate', String(load.rate)], load.cores, gated)
   let genCode: number | undefined
-  void exited(gen).then((code) => (genCode = code))
+  void gen.exit.then((code) => (genCode = code))
+  const openGate = async () => {
+    if (!(await gen.connected)) {
+      await c.end()
+      throw new Error(`the load generator failed (exit code ${await gen.exit})`)
+    }
+    await sleep(1000)
+    const start = await begin()
+    gen.go()
+    return start
+  }
+  const { cpu0, pg0, counters0, background0, host0, self0 } = early ?? (await openGate())
 
   // Counting only the rows above the last id seen keeps each poll cheap on a million-row table.
   let rows = 0
@@ -320,7 +415,9 @@ async function e2e(target: Target, load: Load): Promise<Result> {
   let doneAt = Date.now()
   let sent = Infinity
   for (;;) {
-    await sleep(100)
+    // At a fixed rate only the end needs to be seen soon: polling once a second until the generator is done
+    // keeps the harness's own queries (PostgreSQL CPU) out of the low rates' CPU per 1,000 messages.
+    await sleep(gated && !gen.done() ? 1000 : 100)
     for (const [n, pid] of watched) rssMax[n] = Math.max(rssMax[n] as number, statusField(pid, 'VmRSS'))
     const r = await c.query(`SELECT count(*)::int AS n, max(id)::text AS m FROM ${target.table} WHERE id > $1`, [maxId])
     const n = r.rows[0].n as number
@@ -334,16 +431,19 @@ async function e2e(target: Target, load: Load): Promise<Result> {
       await c.end()
       throw new Error(`the load generator failed (exit code ${genCode})`)
     }
-    if (genCode !== undefined && sent === Infinity) sent = (JSON.parse(out.trim().split('\n').pop() as string) as { sent: number }).sent
-    if (genCode !== undefined && (rows >= sent || Date.now() - lastProgress > STALL_S * 1000)) break
+    if (gen.done() && sent === Infinity) sent = gen.result<{ sent: number }>().sent
+    if (gen.done() && (rows >= sent || Date.now() - lastProgress > STALL_S * 1000)) break
   }
-  const gen1 = JSON.parse(out.trim().split('\n').pop() as string) as { sent: number; errors: number; firstPublishMs: number; lastDoneMs: number; publishRate: number; pubackP50Ms: number | null; pubackP99Ms: number | null; pubackMaxMs: number | null; slowPubacks?: unknown; cpuS: number }
+  const memoryAfter = load.rssAfter && target.watch.paku ? rssAfter(target.watch.paku, doneAt) : undefined
+  const gen1 = gen.result<{ sent: number; errors: number; firstPublishMs: number; lastDoneMs: number; publishRate: number; pubackP50Ms: number | null; pubackP99Ms: number | null; pubackMaxMs: number | null; slowPubacks?: unknown; cpuS: number }>()
   const cpu = Object.fromEntries(watched.map(([n, pid]) => [n, cpuOf(pid) - (cpu0[n] as number)]))
   const pgCpu = treeCpu(postmasterPid) - pg0
   const self = process.cpuUsage(self0)
   // Busy CPU of the host that was none of the processes measured (nor this harness): other work on a
   // shared machine, which the figures of that run suffer from.
   const otherCpuS = hostBusy() - host0 - Object.values(cpu).reduce((a, b) => a + b, 0) - pgCpu - gen1.cpuS - (self.user + self.system) / 1e6
+  gen.release()
+  if ((await gen.exit) !== 0) throw new Error('the load generator failed after its result')
   const peak = Object.fromEntries(watched.map(([n, pid]) => [n, Math.round(Math.max(rssMax[n] as number, statusField(pid, 'VmHWM')) * 10) / 10]))
   const counters1 = await target.counters?.()
   const flushes = counters0 && counters1 ? counters1.flushes - counters0.flushes : undefined
@@ -384,13 +484,69 @@ async function e2e(target: Target, load: Load): Promise<Result> {
     peakRssMiB: peak,
     rowsPerFlush: flushes ? Math.round(stored / flushes) : undefined,
     clientErrors: counters0 && counters1 ? counters1.clientErrors - counters0.clientErrors : undefined,
+    /**
+     * Whether one of paku's rollup passes (every 60 s) finished during the load: at a low rate its work is a
+     * good part of the CPU per 1,000 messages, and a 30 s load holds one or none.
+     */
+    rollupPass: counters0 && counters1 ? counters1.rollupAt !== counters0.rollupAt : undefined,
     ...(counters0 && counters1 ? stalls(counters0.metrics, counters1.metrics) : {}),
     otherHostCpuS: Math.max(0, Math.round(otherCpuS * 10) / 10),
     autovacuums: background1.vacuums - background0.vacuums,
     autoanalyzes: background1.analyzes - background0.analyzes,
+    loadgenCores: load.cores,
+    ...(memoryAfter ? await memoryAfter : {}),
   }
   say(JSON.stringify(result))
   return result
+}
+
+/**
+ * The load generator as a child process (under `taskset -c cores` when given): its stdout and its exit.
+ * `gated` (bench-load.ts --gated): it publishes on go() and disconnects on release().
+ */
+function loadgen(port: number, args: string[], cores?: string, gated = false) {
+  const argv = ['--import', 'tsx', 'scripts/bench-load.ts', '--port', String(port), '--devices', String(DEVICES), ...args, ...(gated ? ['--gated'] : [])]
+  const [cmd, cmdArgs] = cores ? ['taskset', ['-c', cores, process.execPath, ...argv]] : [process.execPath, argv]
+  const child = spawn(cmd, cmdArgs, { stdio: [gated ? 'pipe' : 'ignore', 'pipe', 'inherit'] })
+  child.stdin?.on('error', () => {}) // it exited early: its exit code says why
+  const exit = exited(child)
+  let out = ''
+  /** With --hold or --gated: true once it says every device is connected, false if it exits before. */
+  const connected = new Promise<boolean>((resolve) => {
+    child.stdout?.on('data', (b: Buffer) => {
+      out += b.toString()
+      if (out.includes('"connected"')) resolve(true)
+    })
+    void exit.then(() => resolve(false))
+  })
+  const lastLine = () => out.trim().split('\n').pop() as string
+  return {
+    exit,
+    connected,
+    go: () => child.stdin?.write('go\n'),
+    release: () => child.stdin?.end(),
+    /** Whether it printed its result (its last line, with `sent`). */
+    done: () => out.endsWith('\n') && lastLine().includes('"sent"'),
+    result: <T>() => JSON.parse(lastLine()) as T,
+  }
+}
+
+const AFTER_S = Math.max(10, Math.round(60 * SCALE))
+const LOW_RSS_MIB = 120
+
+/**
+ * paku's RSS once a second for AFTER_S seconds from `fromMs` (when the harness saw a burst's last row
+ * stored): what it keeps of the burst's memory, and how many seconds until it was first under
+ * LOW_RSS_MIB (null: not within AFTER_S).
+ */
+async function rssAfter(pid: number, fromMs: number) {
+  const mib: number[] = []
+  for (let s = 0; s <= AFTER_S; s++) {
+    await sleep(fromMs + s * 1000 - Date.now())
+    mib.push(Math.round(statusField(pid, 'VmRSS')))
+  }
+  const under = mib.findIndex((m) => m < LOW_RSS_MIB)
+  return { rssAfterMiB: mib, rssAfterEndMiB: mib.at(-1), rssAfterS: AFTER_S, sUnderLowRss: under < 0 ? null : under, lowRssMiB: LOW_RSS_MIB }
 }
 
 /**
@@ -454,12 +610,24 @@ const big = Math.round(200_000 * SCALE)
  * at 5,000 msg/s (latency at a sustained rate well below the maximum; not for the old stack, which drains
  * ~2–4k rows/s).
  */
-const fixed: Load[] = [
-  { label: '1,000 msg/s QoS 1', qos: 1, messages: Math.round(30_000 * SCALE), rate: 1000 },
-  { label: '1,000 msg/s QoS 0', qos: 0, messages: Math.round(30_000 * SCALE), rate: 1000 },
-  { label: '5,000 msg/s QoS 1', qos: 1, messages: Math.round(150_000 * SCALE), rate: 5000 },
-]
+const fixed: Load[] = [steady(1000, 1), steady(1000, 0), steady(5000, 1)]
+/** `rate` msg/s in total for 30 s (a tenth with --quick), labelled e.g. "1,000 msg/s QoS 1" after `prefix`. */
+function steady(rate: number, qos: 0 | 1, prefix = ''): Load {
+  return { label: `${prefix}${rate.toLocaleString('en')} msg/s QoS ${qos}`, qos, messages: Math.round(rate * 30 * SCALE), rate }
+}
+/**
+ * A small fleet's steady rates: with the 1,000 msg/s loads of `fixed`, CPU per 1,000 messages at three fleet
+ * sizes. At 50 msg/s, 30 s is 1,500 messages; the figure includes paku's timers and idle work over the
+ * load, which is what that rate costs.
+ */
+const STEADY_RATES = [50, 200, 1000]
+const smallFleet: Load[] = [steady(50, 0), steady(50, 1), steady(200, 0), steady(200, 1)]
+const ONE_CPU = '1 vCPU · '
+const oneCpuLoads: Load[] = STEADY_RATES.flatMap((rate) => [0, 1].map((qos) => ({ ...steady(rate, qos as 0 | 1, ONE_CPU), cores: '0' })))
+const IDLE_LABEL = `idle, ${DEVICES} devices`
+const selected = (label: string) => !flags.only || label.includes(flags.only)
 const results: Result[] = []
+let idleResult: Idle | undefined
 
 /**
  * An unmeasured QoS 0 and QoS 1 load right after a system starts, as a benchmark's warm-up run: a server
@@ -496,18 +664,100 @@ async function pakuSuite(): Promise<void> {
   }
   const target: Target = { system: 'paku', port: mqttPort, dbUrl: pakuUrl, table: 'measurements', watch: { paku: paku.pid as number },
     counters: async () => {
-      const h = (await (await fetch(`http://127.0.0.1:${httpPort}/health`)).json()) as { ingest: { flushes: number }; broker: { clientErrors: number } }
+      const h = (await (await fetch(`http://127.0.0.1:${httpPort}/health`)).json()) as { ingest: { flushes: number }; broker: { clientErrors: number }; rollup?: { lastPass: { at: string } | null } }
       const metrics = parseMetrics(await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text())
-      return { flushes: h.ingest.flushes, clientErrors: h.broker.clientErrors, metrics }
+      return { flushes: h.ingest.flushes, clientErrors: h.broker.clientErrors, metrics, rollupAt: h.rollup?.lastPass?.at ?? null }
     },
   }
   say(`paku (pid ${paku.pid}) on 127.0.0.1:${mqttPort}`)
   await warmUp(target)
-  const all = [...loads(burst), ...loads(big), ...fixed]
-  if (!flags.quick && !flags['no-million']) all.push({ label: '1M QoS 0, max rate', qos: 0, messages: 1_000_000, rate: 0 })
-  for (const load of all.filter((l) => !flags.only || l.label.includes(flags.only))) results.push(await e2e(target, load))
+  const [big0, big1] = loads(big) as [Load, Load]
+  const all = [...loads(burst), { ...big0, rssAfter: true }, big1, ...fixed]
+  if (!flags.quick && !flags['no-million']) all.push({ label: '1M QoS 0, max rate', qos: 0, messages: 1_000_000, rate: 0, rssAfter: true })
+  all.push(...smallFleet)
+  for (const load of all.filter((l) => selected(l.label))) results.push(await e2e(target, load))
+  if (!flags['no-idle'] && selected(IDLE_LABEL)) idleResult = await idle(target, paku.pid as number)
+  if (!flags['no-1cpu']) await oneCpu(target, paku.pid as number, oneCpuLoads.filter((l) => selected(l.label)))
   await stop()
   started.pop()
+}
+
+const IDLE_SETTLE_S = 5
+const IDLE_S = Math.max(10, Math.round(60 * SCALE))
+type Idle = Record<string, unknown> & { pakuCpuMsPerMin: number; postgresCpuMsPerMin: number; pakuWakeupsPerS: number }
+
+/**
+ * paku with DEVICES connected devices that only ping (bench-load.ts --hold): over IDLE_S seconds after
+ * IDLE_SETTLE_S of settling, paku's CPU per minute and wakeups per second (context switches of all its
+ * threads), and PostgreSQL's CPU per minute. The loads before leave rows that would make autovacuum due in
+ * the window, which an idle fleet's database would not have: the table is emptied, vacuumed and
+ * checkpointed first (autovacuum runs in the window are still reported).
+ */
+async function idle(target: Target, pakuPid: number): Promise<Idle> {
+  const c = await sqlClient(target.dbUrl)
+  await c.query(`TRUNCATE ${target.table}`)
+  await c.query('VACUUM (ANALYZE)')
+  await c.query('CHECKPOINT')
+  const background0 = await backgroundWork(c)
+  const connect0 = cpuOf(pakuPid)
+  const gen = loadgen(target.port, ['--messages', '0', '--hold', String(IDLE_SETTLE_S + IDLE_S + 2)])
+  if (!(await gen.connected)) throw new Error(`the load generator failed (exit code ${await gen.exit})`)
+  const connectCpuS = cpuOf(pakuPid) - connect0
+  await sleep(IDLE_SETTLE_S * 1000)
+  const read = () => ({ at: performance.now(), paku: cpuOf(pakuPid), pg: treeCpu(postmasterPid), host: hostBusy(), switches: switchesOf(pakuPid) })
+  const w0 = read()
+  await sleep(IDLE_S * 1000)
+  const w1 = read()
+  const code = await gen.exit
+  if (code !== 0) throw new Error(`the load generator failed (exit code ${code})`)
+  const background1 = await backgroundWork(c)
+  await c.end()
+  const windowS = (w1.at - w0.at) / 1000
+  const perMin = (s: number) => Math.round((s / windowS) * 60 * 1000)
+  const result: Idle = {
+    kind: 'idle',
+    system: 'paku',
+    label: IDLE_LABEL,
+    devices: DEVICES,
+    windowS: Math.round(windowS * 10) / 10,
+    pakuCpuMsPerMin: perMin(w1.paku - w0.paku),
+    postgresCpuMsPerMin: perMin(w1.pg - w0.pg),
+    pakuWakeupsPerS: Math.round((switchesBetween(w0.switches, w1.switches) / windowS) * 10) / 10,
+    pakuThreads: w1.switches.size,
+    /** paku's CPU from starting the generator until every device was connected: a fleet (re)connecting. */
+    connectPakuCpuMs: Math.round(connectCpuS * 1000),
+    loadgenErrors: gen.result<{ errors: number }>().errors,
+    /** Busy CPU of the host in the window that was neither paku nor PostgreSQL (the generator's pings, other work). */
+    otherHostCpuS: Math.max(0, Math.round((w1.host - w0.host - (w1.paku - w0.paku) - (w1.pg - w0.pg)) * 10) / 10),
+    autovacuums: background1.vacuums - background0.vacuums,
+    autoanalyzes: background1.analyzes - background0.analyzes,
+  }
+  say(JSON.stringify(result))
+  return result
+}
+
+/**
+ * The steady loads on one core, as on a 1-vCPU VM: paku (every thread), PostgreSQL (the postmaster and
+ * every backend; backends forked later inherit the postmaster's affinity) and the load generator on
+ * core 0. The harness moves to core 1 meanwhile: its polls and /proc reads would otherwise take time from
+ * the core measured, which the VM would not have to give. Every affinity is restored afterwards.
+ */
+async function oneCpu(target: Target, pakuPid: number, pinnedLoads: Load[]): Promise<void> {
+  if (pinnedLoads.length === 0) return
+  if (spawnSync('sh', ['-c', 'command -v taskset']).status !== 0) return say('1 vCPU loads not run: no taskset (util-linux)')
+  const saved = { paku: cpusAllowed(pakuPid), pg: cpusAllowed(postmasterPid), self: cpusAllowed(process.pid) }
+  try {
+    if (!pin([pakuPid, postmasterPid], '0')) throw new Error('taskset could not pin paku or PostgreSQL to core 0')
+    pin(childrenOf(postmasterPid), '0') // the backends of this moment; one that exits meanwhile needs no pin
+    if (cpus().length > 1) pin([process.pid], '1')
+    say(`1 vCPU: paku, PostgreSQL and the load generator on core 0 (paku ${cpusAllowed(pakuPid)}, postmaster ${cpusAllowed(postmasterPid)}), this harness on ${cpusAllowed(process.pid)}`)
+    for (const load of pinnedLoads) results.push(await e2e(target, load))
+  } finally {
+    pin([postmasterPid, ...childrenOf(postmasterPid)], saved.pg)
+    pin([pakuPid], saved.paku)
+    pin([process.pid], saved.self)
+    say(`1 vCPU done: paku back on ${cpusAllowed(pakuPid)}, PostgreSQL on ${cpusAllowed(postmasterPid)}, this harness on ${cpusAllowed(process.pid)}`)
+  }
 }
 
 function peerAvailable(): string | undefined {
@@ -582,7 +832,9 @@ const { copy500, copyStream, statement1000, statementQos1 } = measured
 mkdirSync('bench-results', { recursive: true })
 const file = join('bench-results', `${stamp}.jsonl`)
 appendFileSync(file, JSON.stringify({ kind: 'ceilings', rows: COPY_ROWS, copy500, copyStream, statement1000, statementQos1 }) + '\n')
+appendFileSync(file, JSON.stringify({ kind: 'machine', ...machine() }) + '\n')
 for (const r of results) appendFileSync(file, JSON.stringify(r) + '\n')
+if (idleResult) appendFileSync(file, JSON.stringify(idleResult) + '\n')
 
 const peerDrain = (qos: number) => results.find((r) => r.system.includes('unbounded') && r.qos === qos && r.rate === 0)?.rowsPerS
 const ratio = (a: number, b: number | undefined) => (b ? `${(a / b).toFixed(2)}×` : '—')
@@ -605,6 +857,76 @@ for (const r of results) {
   const stall = 'loopStallsOver100ms' in r ? `${stallText(r.loopStallsOver100ms, r.longestLoopStallUnderS)} / ${stallText(r.slowBatchesOver100ms, r.longestBatchUnderS)}; ${String(r.gcPauseS)}` : '—'
   console.log(`| ${r.system} | ${r.label} | ${fmt(r.sent)} | ${fmt(r.stored)} | ${fmt(r.lost)} | ${fmt(r.duplicated)} | ${fmt(r.rowsPerS)} | ${r.rate === 0 ? ratio(r.rowsPerS, copy500.rowsPerS) : '—'} | ${vsPeer} | ${lat} | ${cpu} | ${rss} | ${r.otherHostCpuS} | ${stall} |`)
 }
+
+/** paku's peak RSS in a load. */
+function peakRss(r: Result): number | undefined {
+  return (r.peakRssMiB as Record<string, number>).paku
+}
+/** "12" or "> 60": the seconds until paku's RSS was under LOW_RSS_MIB after a burst. */
+function untilLow(r: Result): string {
+  return r.sUnderLowRss === null ? `> ${String(r.rssAfterS)}` : fmt(r.sUnderLowRss)
+}
+
+/** The bursts after which paku's RSS was sampled (rssAfter()). */
+function printMemoryAfter(): void {
+  const bursts = results.filter((r) => r.rssAfterMiB)
+  if (bursts.length === 0) return
+  console.log(`\n| paku after a burst (RSS once a second from the last row stored) | peak RSS MiB | RSS at the last row MiB | RSS ${AFTER_S} s after MiB | s until under ${LOW_RSS_MIB} MiB |`)
+  console.log('|---|---|---|---|---|')
+  for (const r of bursts) console.log(`| ${r.label} | ${fmt(peakRss(r))} | ${fmt((r.rssAfterMiB as number[])[0])} | ${fmt(r.rssAfterEndMiB)} | ${untilLow(r)} |`)
+}
+
+function printIdle(): void {
+  const i = idleResult
+  if (!i) return
+  console.log(`\n| paku idle: devices connected, each only a PINGREQ every 30 s (keepalive 60) | window s | paku CPU ms per minute | paku wakeups/s (${fmt(i.pakuThreads)} threads) | PostgreSQL CPU ms per minute | paku CPU ms to connect them | other CPU s | autovacuum / autoanalyze runs |`)
+  console.log('|---|---|---|---|---|---|---|---|')
+  console.log(`| ${i.label} | ${fmt(i.windowS)} | ${fmt(i.pakuCpuMsPerMin)} | ${fmt(i.pakuWakeupsPerS)} | ${fmt(i.postgresCpuMsPerMin)} | ${fmt(i.connectPakuCpuMs)} | ${fmt(i.otherHostCpuS)} | ${fmt(i.autovacuums)} / ${fmt(i.autoanalyzes)} |`)
+}
+
+/**
+ * CPU ms per 1,000 messages of paku, PostgreSQL and both, and the PUBACK p99, of a steady load (— if not
+ * run); ROLLUP_MARK after the sum when a rollup pass landed in it.
+ */
+function costCells(r: Result | undefined): string[] {
+  if (!r) return ['—', '—', '—', '—']
+  const cpu = r.cpuMsPer1000 as Record<string, number>
+  const [paku = 0, postgres = 0] = [cpu.paku, cpu.postgres]
+  const sum = `**${fmt(Math.round((paku + postgres) * 10) / 10)}**${r.rollupPass ? ROLLUP_MARK : ''}`
+  return [fmt(paku), fmt(postgres), sum, r.qos === 1 ? fmt(r.pubackP99Ms) : '—']
+}
+const ROLLUP_MARK = ' ʳ'
+
+/** What a small machine cares about, short enough to quote: steady cost per fleet size, memory after bursts, idle. */
+function printSummary(): void {
+  const host = machine()
+  const cores = `${host.cores} cores`
+  console.log(`\n**Summary** — ${host.cpu}, ${cores}, ${(host.ramMiB / 1024).toFixed(1)} GiB RAM; paku ${flags.bin ?? 'from source'}, ${DEVICES} devices`)
+  const find = (label: string) => results.find((r) => r.system === 'paku' && r.label === label)
+  const rows = STEADY_RATES.flatMap((rate) => ([0, 1] as const).map((qos) => steady(rate, qos).label))
+  if (rows.some((l) => find(l) || find(ONE_CPU + l))) {
+    console.log(`\n| paku, steady load | ${cores}: CPU ms per 1,000 msgs, paku | PostgreSQL | sum | PUBACK p99 ms | 1 vCPU: CPU ms per 1,000 msgs, paku | PostgreSQL | sum | PUBACK p99 ms |`)
+    console.log('|---|---|---|---|---|---|---|---|---|')
+    for (const l of rows) console.log(`| ${l} | ${[...costCells(find(l)), ...costCells(find(ONE_CPU + l))].join(' | ')} |`)
+    if (rows.some((l) => find(l)?.rollupPass || find(ONE_CPU + l)?.rollupPass)) {
+      console.log(`\n${ROLLUP_MARK.trim()} a rollup pass (every 60 s) ran in that load; at a low rate it is a good part of the figure.`)
+    }
+  }
+  const lines = results.filter((r) => r.rssAfterMiB).map((r) => `| ${r.label.replace(', max rate', '')} burst: peak RSS; ${String(r.rssAfterS)} s after | ${fmt(peakRss(r))} MiB; ${fmt(r.rssAfterEndMiB)} MiB (under ${LOW_RSS_MIB} MiB after ${untilLow(r)} s) |`)
+  const i = idleResult
+  if (i) {
+    lines.push(`| idle, ${fmt(i.devices)} devices connected: CPU per minute, paku / PostgreSQL | ${fmt(i.pakuCpuMsPerMin)} / ${fmt(i.postgresCpuMsPerMin)} ms |`)
+    lines.push(`| idle, ${fmt(i.devices)} devices connected: paku's wakeups per second | ${fmt(i.pakuWakeupsPerS)} |`)
+  }
+  if (lines.length === 0) return
+  console.log(`\n| paku, ${cores} | |`)
+  console.log('|---|---|')
+  for (const l of lines) console.log(l)
+}
+
+printMemoryAfter()
+printIdle()
+printSummary()
 console.log(`\nraw results: ${file}`)
 const pakuBad = results.filter((r) => r.system === 'paku' && (r.lost > 0 || r.duplicated > 0))
 process.exit(pakuBad.length > 0 ? 1 : 0)
