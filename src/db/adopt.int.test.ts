@@ -90,6 +90,26 @@ describe('adopting the old database', () => {
   })
 })
 
+describe('adopting an old OTA schema', () => {
+  it('drops a unique version of its own (the first OTA schema), so one version can be uploaded for two models', async (t) => {
+    const url = await testDatabase(t)
+    const c = await sqlClient(t, url)
+    // The first ota_schema.sql: version unique by itself; the hand migration that fixed it never ran here.
+    await c.query(`CREATE TABLE firmware_releases (id BIGSERIAL PRIMARY KEY, version TEXT NOT NULL UNIQUE, device_model TEXT NOT NULL, min_version TEXT,
+      file_path TEXT NOT NULL, file_size BIGINT NOT NULL, checksum_sha256 TEXT NOT NULL, changelog TEXT, release_notes TEXT, is_signed BOOLEAN DEFAULT false,
+      created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(), created_by TEXT, metadata JSONB)`)
+    await c.query(`CREATE UNIQUE INDEX firmware_releases_model_only ON firmware_releases (device_model) WHERE false`)
+    const insert = (model: string) => c.query(`INSERT INTO firmware_releases (version, device_model, file_path, file_size, checksum_sha256) VALUES ('1.4.2', $1, $1 || '_1.4.2.bin', 1, 'aa')`, [model])
+    await insert('lilygo-t-display-s3')
+    await assert.rejects(insert('esp32-heater'), /firmware_releases_version_key/, 'the old schema refuses it (the control)')
+    const { lines } = await start(t, url)
+    await insert('esp32-heater')
+    const uniques = (await c.query(`SELECT indexname FROM pg_indexes WHERE tablename = 'firmware_releases' AND indexdef LIKE 'CREATE UNIQUE%' ORDER BY 1`)).rows.map((r) => r.indexname)
+    assert.deepEqual(uniques, ['firmware_releases_model_only', 'firmware_releases_pkey', 'firmware_releases_version_model_key'], 'other unique indexes stay')
+    assert.ok(lines.some((l) => l.includes('dropped the old unique version') && l.includes('firmware_releases_version_key')))
+  })
+})
+
 describe('which existing index serves a wanted one', () => {
   const want = (columns: IndexSpec['columns'], method: IndexSpec['method'] = 'btree'): IndexSpec => ({ name: 'w', table: 't', method, columns })
   const have = (columns: ExistingIndex['columns'], o: Partial<ExistingIndex> = {}): ExistingIndex => ({ name: 'h', method: 'btree', valid: true, partial: false, defaultOpclasses: true, columns, ...o })

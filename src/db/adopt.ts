@@ -87,3 +87,29 @@ export async function rescaleOldEcoflowSolar(db: Kysely<any>, log: Logger): Prom
   if (upto > 0n) log.info('rescaled the old EcoFlow poller\'s solar input to watts', { rows })
   return { rows }
 }
+
+/**
+ * The old OTA schema first made `version` unique on its own, and a hand migration that not every
+ * installation ran replaced it with (version, device_model). Left in place, the same version for a second
+ * model fails to upload. Dropped when found (a small table: locked for a moment).
+ */
+export async function dropVersionOnlyUnique(db: Kysely<any>, log: Logger): Promise<string[]> {
+  const found = await sql<{ index: string; constraint: string | null }>`
+    SELECT i.relname AS index, c.conname AS constraint
+    FROM pg_index x
+    JOIN pg_class i ON i.oid = x.indexrelid
+    JOIN pg_class t ON t.oid = x.indrelid
+    JOIN pg_namespace n ON n.oid = t.relnamespace AND n.nspname = 'public'
+    LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = t.oid
+    WHERE t.relname = 'firmware_releases' AND x.indisunique AND NOT x.indisprimary AND x.indnatts = 1
+      AND x.indkey[0] = (SELECT attnum FROM pg_attribute WHERE attrelid = t.oid AND attname = 'version')`.execute(db)
+  const dropped: string[] = []
+  for (const r of found.rows) {
+    if (r.constraint) await sql`ALTER TABLE firmware_releases DROP CONSTRAINT IF EXISTS ${sql.id(r.constraint)}`.execute(db)
+    else await sql`DROP INDEX IF EXISTS ${sql.id(r.index)}`.execute(db)
+    dropped.push(r.constraint ?? r.index)
+  }
+  if (dropped.length > 0) log.info('dropped the old unique version of firmware_releases (a version is unique per model)', { dropped })
+  return dropped
+}
+

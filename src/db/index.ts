@@ -3,7 +3,7 @@ import pg from 'pg'
 import type { Config } from '../config/index.js'
 import { maskUrl } from '../config/index.js'
 import type { Logger } from '../log/index.js'
-import { addMissingColumns, rescaleOldEcoflowSolar } from './adopt.js'
+import { addMissingColumns, dropVersionOnlyUnique, rescaleOldEcoflowSolar } from './adopt.js'
 import { createEmbeddedPostgres } from './embedded.js'
 import { buildIndexes } from './indexes.js'
 import { migrate, type SqlFile } from './migrate.js'
@@ -147,6 +147,7 @@ export function createDatabase(opts: DatabaseOptions) {
         applied = (await migrate(kysely, opts.migrations)).applied
         for (const name of applied) opts.log.info('applied migration', { name })
         await addMissingColumns(kysely, opts.log)
+        await dropVersionOnlyUnique(kysely, opts.log)
         await rescaleOldEcoflowSolar(kysely, opts.log)
       }
       const mode = opts.indexes ?? 'background'

@@ -119,9 +119,12 @@ export function createOta(opts: OtaOptions) {
     return `${publicUrl()}/api/firmware/update?${q.toString()}`
   }
 
-  async function notify(r: Pick<Rollout, 'id' | 'device_model' | 'firmware_version'>, release: Release | undefined, deviceId: string): Promise<void> {
-    // The paku-core command (contract §1.3.6): the device acks on ota/status and downloads the URL.
-    const payload = JSON.stringify({ url: downloadUrl(r.device_model, r.firmware_version), version: r.firmware_version, checksum: release?.checksum_sha256 ?? '' })
+  /**
+   * Sends the paku-core command (contract §1.3.6): the device acks on ota/status, downloads the URL and
+   * checks the image against `checksum` (the release's SHA-256; an empty one skips its check).
+   */
+  async function notify(r: Pick<Rollout, 'id' | 'device_model' | 'firmware_version'>, checksum: string | null | undefined, deviceId: string): Promise<void> {
+    const payload = JSON.stringify({ url: downloadUrl(r.device_model, r.firmware_version), version: r.firmware_version, checksum: checksum ?? '' })
     await opts.publish(`paku/edge/${deviceId}/cmd/ota`, payload, { qos: 1, retain: false })
     await markNotified(opts.db(), r.id, deviceId)
     counters.commandsSent++
@@ -135,7 +138,7 @@ export function createOta(opts: OtaOptions) {
       for (const change of result.changes) log.info('rollout', { rollout: result.rollout.name, change })
       if (result.toNotify.length === 0) continue
       const release = await getRelease(db, result.rollout.device_model, result.rollout.firmware_version)
-      for (const d of result.toNotify) await notify(result.rollout, release, d.deviceId)
+      for (const d of result.toNotify) await notify(result.rollout, release?.checksum_sha256, d.deviceId)
     }
     tracked = await trackedDevices(db)
   }
@@ -198,7 +201,7 @@ export function createOta(opts: OtaOptions) {
           (a.notified_at === null || now() - a.notified_at.getTime() >= config.renotifySeconds * 1000)
         ) {
           // Devices subscribe with clean sessions: a command sent while they slept is gone; send it again now they are awake.
-          await notify({ id: a.rollout_id, device_model: a.device_model, firmware_version: a.firmware_version }, undefined, e.deviceId).catch((err: unknown) => {
+          await notify({ id: a.rollout_id, device_model: a.device_model, firmware_version: a.firmware_version }, a.checksum_sha256, e.deviceId).catch((err: unknown) => {
             log.warn('cmd/ota not sent', { deviceId: e.deviceId, err: errorText(err) })
           })
         }

@@ -258,7 +258,8 @@ describe('OTA push over MQTT (paku-core devices)', () => {
 
   it('sends the command again to a device that was offline, and does not retry a failed device in a loop', async (t) => {
     const s = await setup(t)
-    await s.upload('1.5.0', espImage({ size: 4000 }))
+    const image = espImage({ size: 4000 })
+    await s.upload('1.5.0', image)
     const sleeper = await s.device('ESP32-AA000002', '1.4.2')
     await sleeper.disconnect()
     const broken = await s.device('ESP32-AA000003', '1.4.2', { failWith: { code: 4, message: 'Installation failed' } })
@@ -278,6 +279,9 @@ describe('OTA push over MQTT (paku-core devices)', () => {
     await sleeper.connect()
     await eventually(async () => sleeper.version === '1.5.0', { timeoutMs: 10_000, what: 'sleeper updated after waking' })
     await eventually(async () => (await s.rolloutState(id, sleeper.id))?.state === 'succeeded', { what: 'sleeper succeeded' })
+    // The command sent again carries the image's SHA-256 as the first did: the device checks what it downloads.
+    assert.equal(sleeper.commands.length, 1)
+    assert.equal(sleeper.commands[0]?.checksum, createHash('sha256').update(image).digest('hex'))
 
     // Retry re-queues failed devices only.
     const retry = await s.api('POST', `/api/admin/rollouts/${String(id)}/retry`)

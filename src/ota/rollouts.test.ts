@@ -45,6 +45,10 @@ describe('isTarget', () => {
     const r = rollout({ target_type: 'group', target_filter: { groups: ['van'] } })
     assert.equal(isTarget(r, dev({ groups: ['van'] })), true)
     assert.equal(isTarget(r, dev({ groups: ['cabin'] })), false)
+    // The old service's shape, in rollouts adopted from it.
+    const old = rollout({ target_type: 'group', target_filter: { group: 'van' } })
+    assert.equal(isTarget(old, dev({ groups: ['van'] })), true)
+    assert.equal(isTarget(old, dev({ groups: ['cabin'] })), false)
   })
   it('device_models widens the model match (firmware env ≠ reported model)', () => {
     const r = rollout({ device_model: 'lilygo-t-display-s3-heater', target_filter: { device_models: ['lilygo-t-display-s3'] } })

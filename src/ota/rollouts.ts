@@ -20,7 +20,8 @@ export const TERMINAL: readonly DeviceState[] = ['succeeded', 'failed', 'cancell
 // An installed device that never reports the new version also times out: it may have rolled back.
 const IN_FLIGHT: readonly DeviceState[] = ['accepted', 'downloading', 'installing', 'installed']
 
-export type TargetFilter = { device_ids?: string[]; mac_addresses?: string[]; groups?: string[]; device_models?: string[] }
+/** `group` (one name) is the old OTA service's documented shape, kept in adopted rollouts; paku writes `groups`. */
+export type TargetFilter = { device_ids?: string[]; mac_addresses?: string[]; groups?: string[]; group?: string; device_models?: string[] }
 
 export type Rollout = {
   id: string
@@ -73,7 +74,8 @@ export function isTarget(r: Rollout, d: TargetDevice): boolean {
     return named && percentageMatch(d.device_id, currentPercentage(r))
   }
   if (d.device_model === null || !modelsOf(r).includes(d.device_model)) return false
-  if (r.target_type === 'group' && !(f.groups ?? []).some((g) => d.groups.includes(g))) return false
+  const groups = f.groups ?? (typeof f.group === 'string' ? [f.group] : [])
+  if (r.target_type === 'group' && !groups.some((g) => d.groups.includes(g))) return false
   return percentageMatch(d.device_id, currentPercentage(r))
 }
 
