@@ -124,6 +124,19 @@ describe('PacketSizeGuard', () => {
       assert.deepEqual(w.at, [0, 0, 0, 0, 0])
     })
 
+    it('gives a turn at least half the allowance however much earlier turns took', async () => {
+      const turn = turns(20)
+      const w = watched(new TurnBudget(1000), turn)
+      // ~450 bytes leave ~550, more than half: no refill. A later turn passes those 550 and the chunk
+      // crossing them; the chunk after waits for the refill at the end of that turn.
+      w.guard.write(publish(430))
+      await until(() => w.bytes.length === 1)
+      for (let i = 0; i < 3; i++) w.guard.write(publish(430))
+      await until(() => w.bytes.length === 4)
+      const [, a, b, c] = w.at as [number, number, number, number]
+      assert.deepEqual([b - a, c - a], [0, 1], 'two chunks in one turn, the third in the next')
+    })
+
     it('drops a deferred chunk quietly when the connection is destroyed meanwhile', async () => {
       const turn = turns(20)
       const w = watched(new TurnBudget(100), turn)

@@ -10,7 +10,12 @@ import { Duplex, Transform, type TransformCallback } from 'node:stream'
  */
 const TURN_INPUT_BYTES = 256 * 1024
 
-/** A byte allowance per turn of the event loop, shared by the guards given it; it refills once a turn. */
+/**
+ * A byte allowance per turn of the event loop, shared by the guards given it. Once less than half of it
+ * is left, it refills at the end of the turn: a turn may pass between half and all of it (and the chunk
+ * that crosses it). A steady trickle, a few hundred bytes a turn, never queues the refill (an immediate
+ * is one more pass of the event loop for every message).
+ */
 export class TurnBudget {
   readonly bytes: number
   #left: number
@@ -25,7 +30,7 @@ export class TurnBudget {
   take(n: number): boolean {
     if (this.#left <= 0) return false
     this.#left -= n
-    if (!this.#refillQueued) {
+    if (!this.#refillQueued && this.#left < this.bytes / 2) {
       this.#refillQueued = true
       // An immediate runs after the turn's I/O callbacks, so it refills once per turn; it is queued
       // before any chunk deferred in this turn, so those find the new allowance when they run.
