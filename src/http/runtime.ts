@@ -76,6 +76,9 @@ export function createRuntimeMonitor(opts: RuntimeOptions = {}) {
   const release = (now: number) => {
     if (now - releasedAt < RELEASE_EVERY_MS || held().total - baseline < RELEASE_GROWTH_BYTES || !(opts.quiet?.() ?? true)) return
     collect ??= fullCollection()
+    // Twice: the buffers a collection finds dead are freed (and their memory counted as gone) by a
+    // sweeper that the next collection finishes; with one, a burst's buffers could stay for minutes.
+    collect()
     collect()
     releases++
     releasedAt = now

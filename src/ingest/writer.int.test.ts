@@ -173,7 +173,7 @@ describe('commit window', () => {
       t.mock.timers.tick(ms)
     }
     // Warm the rate estimate: 50 rows a millisecond apart (one commit, started by a timer due now).
-    const warm = Array.from({ length: 50 }, (_, i) => writer.push(measurement(`w${i}`), true))
+    const warm = Array.from({ length: 50 }, (_, i) => writer.push(measurement(`w${i}`), true) as Promise<void>)
     for (let i = 0; i < 50; i++) clock += 1
     advance(0)
     await Promise.all(warm)
