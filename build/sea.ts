@@ -17,7 +17,7 @@ import { dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { build, type Plugin } from 'esbuild'
 import { inject } from 'postject'
-import { gitCommit, type SeaManifest } from '../src/assets.js'
+import { gitCommit, UI_VENDOR, uiVendorPath, type SeaManifest } from '../src/assets.js'
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 const RUNTIME_DIR = join(ROOT, 'build', 'runtime')
@@ -99,13 +99,13 @@ export async function buildExecutable(out = join(ROOT, 'dist', 'paku')): Promise
   const grafana = files(grafanaRoot).map((f) => relative(grafanaRoot, f))
   const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }
   const uiRoot = join(ROOT, 'src', 'ui', 'static')
-  const ui = readdirSync(uiRoot).sort()
+  const ui = [...readdirSync(uiRoot), ...Object.keys(UI_VENDOR)].sort()
   const manifest: SeaManifest = { version: pkg.version, commit: process.env.PAKU_COMMIT ?? gitCommit(ROOT), sql: sqlNames, grafana, ui }
   writeFileSync(join(work, 'manifest.json'), JSON.stringify(manifest))
   const assets: Record<string, string> = { 'manifest.json': join(work, 'manifest.json'), 'systemd/paku.service': join(ROOT, 'build', 'systemd', 'paku.service') }
   for (const n of sqlNames) assets[`sql/${n}`] = join(ROOT, 'sql', n)
   for (const g of grafana) assets[`grafana/${g}`] = join(grafanaRoot, g)
-  for (const u of ui) assets[`ui/${u}`] = join(uiRoot, u)
+  for (const u of ui) assets[`ui/${u}`] = u in UI_VENDOR ? uiVendorPath(u) : join(uiRoot, u)
   const blob = join(work, 'sea-prep.blob')
   // No snapshot or code cache: both vary from build to build; start-up is fast enough without them.
   writeFileSync(join(work, 'sea-config.json'), JSON.stringify({ main, output: blob, disableExperimentalSEAWarning: true, useSnapshot: false, useCodeCache: false, execArgv: SEA_EXEC_ARGV, assets }, null, 2))

@@ -135,6 +135,8 @@ try {
   // The admin UI's files come out of the executable's assets.
   const ui = await run('curl', ['-sS', '--fail-with-body', `http://127.0.0.1:${httpPort}/ui/app.js`])
   check(ui.stdout.includes("const SECTIONS = ['devices'"), 'admin UI served from the executable')
+  const chart = await run('curl', ['-sS', '--fail-with-body', `http://127.0.0.1:${httpPort}/ui/uplot.js`])
+  check(chart.stdout.includes('var uPlot='), 'the charting library (uPlot) served from the executable')
   const telemetry = await run('curl', ['-sS', '--fail-with-body', '-H', `Authorization: Bearer ${key}`, '-H', 'content-type: application/json', '-d', '{"device_id":"smoke-http","metric":"temperature_c","value":20.5}', `http://127.0.0.1:${httpPort}/api/v1/telemetry`])
   check(JSON.parse(telemetry.stdout).stored === 1, 'HTTP telemetry stored')
   await client.end()

@@ -8,11 +8,11 @@ import { ACK_FILTERS, createCommands } from './commands/index.js'
 import type { Config } from './config/index.js'
 import { createDatabase, type SqlFile } from './db/index.js'
 import { createEcoflow } from './ecoflow/index.js'
-import { createHttp, createRuntimeMonitor, histogramMetric, lookupKey, type HealthReport, type Metric } from './http/index.js'
+import { createFirstKey, createHttp, createRuntimeMonitor, createSetup, hasNamedKey, histogramMetric, lookupKey, type HealthReport, type Metric } from './http/index.js'
 import { createIngest, decodePayload, parseTimestamp, parseTopic, type IncomingMessage, type Row } from './ingest/index.js'
 import { errorText, type Logger } from './log/index.js'
 import { createOta } from './ota/index.js'
-import { createRollup } from './rollup/index.js'
+import { createRollup, ECOFLOW_COLUMNS } from './rollup/index.js'
 import { createUi } from './ui/index.js'
 
 export type AppOptions = {
@@ -20,7 +20,7 @@ export type AppOptions = {
   log: Logger
   migrations: readonly SqlFile[]
   version: string
-  /** The broker's clock (session expiry); tests move it instead of waiting hours. */
+  /** The broker's clock (session expiry) and the setup link's; tests move it instead of waiting hours. */
   now?: () => number
 }
 
@@ -135,6 +135,7 @@ export function createApp(opts: AppOptions) {
     log: log.child('api'),
     live,
     version: opts.version,
+    ecoflowColumns: ECOFLOW_COLUMNS,
     telemetry: {
       // The checks MQTT ingest applies to a data message (toRow's), so HTTP gets the same 400 reasons.
       check: (topic, payload) => {
@@ -155,6 +156,18 @@ export function createApp(opts: AppOptions) {
     },
   })
   const ui = createUi({ files: uiFiles })
+  // First run: with no admin key at all, a one-time link to create one (http/setup.ts).
+  const setup = createSetup({
+    log: log.child('http'),
+    hasKey: async () => config.http.adminApiKey !== '' || (await hasNamedKey(db.db)),
+    createFirstKey: (name) => createFirstKey(db.db, name),
+    baseUrl: () => {
+      const host = ['0.0.0.0', '::', ''].includes(config.http.host) ? hostname() : config.http.host
+      return `http://${host.includes(':') ? `[${host}]` : host}:${http.address()?.port ?? config.http.port}`
+    },
+    maxFailuresPerMinute: config.http.maxAuthFailuresPerMinute,
+    ...(opts.now ? { now: opts.now } : {}),
+  })
   const runtime = createRuntimeMonitor({ quiet: () => ingest.stats().pending === 0 })
 
   async function health(): Promise<HealthReport> {
@@ -184,7 +197,7 @@ export function createApp(opts: AppOptions) {
     config: config.http,
     log: log.child('http'),
     health,
-    routes: [ota.routes, ecoflow.routes, api.routes, commands.routes, ui.routes, broker.routes],
+    routes: [ota.routes, ecoflow.routes, api.routes, commands.routes, ui.routes, broker.routes, setup.routes],
     lookupKey: (key) => lookupKey(db.db, key),
     // Firmware images are larger than any other body; the multipart envelope adds a little.
     bodyLimits: [{ path: /^\/api\/admin\/firmware(\/|$)/, maxBytes: config.ota.maxFirmwareBytes + 65_536 }],
@@ -198,15 +211,16 @@ export function createApp(opts: AppOptions) {
   })
 
   // Start order (design §3.3): runtime (/metrics' event-loop and GC figures, from the start) → db →
-  // ingest → commands → [cluster] → broker → [leader] → ota → rollup → ecoflow → http → live. The Redis
+  // ingest → commands → [cluster] → broker → [leader] → ota → rollup → ecoflow → http → setup → live. The Redis
   // emitter is up before aedes is handed it; the leader takes its locks before the singleton work
   // starts, so a single instance starts its work at once.
   // Stop is the reverse, so producers stop before the last flush and the flush happens before the pool
   // closes. Commands load their open ones before the broker delivers acknowledgements; OTA starts after
   // the broker because a rollout pass may publish cmd/ota. Live streams end before http closes (an
-  // open event stream would hold the server's close() forever).
+  // open event stream would hold the server's close() forever). The setup link is made once HTTP listens
+  // (it names the port).
   const liveService: Service = { name: 'live', start: async () => undefined, stop: async () => live.closeAll() }
-  const services: Service[] = [runtime, db, ingest, commands, ...(emitter ? [emitter] : []), broker, ...(leader ? [leader] : []), ota, rollup, ecoflow, http, liveService]
+  const services: Service[] = [runtime, db, ingest, commands, ...(emitter ? [emitter] : []), broker, ...(leader ? [leader] : []), ota, rollup, ecoflow, http, setup, liveService]
   const started: Service[] = []
   let stopping: Promise<void> | undefined
 
@@ -234,6 +248,7 @@ export function createApp(opts: AppOptions) {
     commands,
     live,
     http,
+    setup,
     health,
     leader,
     instanceId,

@@ -1,4 +1,5 @@
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import { dirname, join, relative, sep } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { SqlFile } from './db/index.js'
@@ -44,11 +45,26 @@ export function uiDir(): string {
   return join(root(), 'src', 'ui', 'static')
 }
 
-/** The admin UI's files by name (flat: index.html, app.js, style.css). */
+/**
+ * Files of npm packages that the UI serves under its own names: uPlot, the charting library (README,
+ * "Dependencies and why"). They come from node_modules, so npm pins and updates them; the executable
+ * embeds them like the UI's own files.
+ */
+export const UI_VENDOR: Readonly<Record<string, string>> = { 'uplot.js': 'uplot/dist/uPlot.iife.min.js', 'uplot.css': 'uplot/dist/uPlot.min.css' }
+
+/** Where a UI_VENDOR file is in node_modules (source checkouts, the build). */
+export function uiVendorPath(name: string): string {
+  const spec = UI_VENDOR[name]
+  if (!spec) throw new Error(`no vendored UI file ${name}`)
+  return createRequire(import.meta.url).resolve(spec)
+}
+
+/** The admin UI's files by name (flat: index.html, app.js, style.css, …, and the UI_VENDOR files). */
 export function uiFiles(): Map<string, Buffer> {
   const s = seaModule()
   if (s) return new Map(manifest(s).ui.map((name) => [name, Buffer.from(s.getAsset(`ui/${name}`))]))
-  return new Map(readdirSync(uiDir()).map((name) => [name, readFileSync(join(uiDir(), name))]))
+  const own: Array<[string, Buffer]> = readdirSync(uiDir()).map((name) => [name, readFileSync(join(uiDir(), name))])
+  return new Map([...own, ...Object.keys(UI_VENDOR).map((name): [string, Buffer] => [name, readFileSync(uiVendorPath(name))])])
 }
 
 /** The SQL migrations, in apply order. */

@@ -35,7 +35,7 @@ describe('/api/v1', () => {
     const documented = new Set<string>()
     for (const [path, ops] of Object.entries(r.json.paths as Record<string, Record<string, unknown>>)) for (const m of Object.keys(ops)) documented.add(`${m.toUpperCase()} ${path}`)
     const registered = new Set(
-      s.app.http.app.routes.filter((x) => x.path.startsWith('/api/v1/') && x.method !== 'ALL').map((x) => `${x.method} ${x.path.replace(/:([a-z_]+)/g, '{$1}')}`),
+      s.app.http.app.routes.filter((x) => (x.path.startsWith('/api/v1/') || x.path === '/api/setup') && x.method !== 'ALL').map((x) => `${x.method} ${x.path.replace(/:([a-z_]+)/g, '{$1}')}`),
     )
     assert.deepEqual([...registered].sort(), [...documented].sort())
   })
@@ -181,7 +181,7 @@ describe('/api/v1', () => {
       ['/api/v1/measurements?order=sideways', /order must be asc or desc/],
       ['/api/v1/measurements?device_id=' + 'x'.repeat(200), /device_id must be 1–128/],
       ['/api/v1/measurements/series', /metric/],
-      ['/api/v1/measurements/series?metric=t&bucket=5m', /bucket must be 1m, 1h or 1d/],
+      ['/api/v1/measurements/series?metric=t&bucket=2m', /bucket must be 1m, 5m, 1h, 6h or 1d/],
       ['/api/v1/measurements/series?metric=t&agg=median', /agg must be avg, min, max or last/],
       ['/api/v1/measurements/series?metric=t&bucket=1m&from=2025-01-01T00:00:00Z&to=2026-01-01T00:00:00Z', /at most 10000/],
       ['/api/v1/latest?cursor=' + Buffer.from('[1,2,3]').toString('base64url'), /cursor/],

@@ -9,8 +9,9 @@ import { readJson, validate } from '../util/validate.js'
 import { toCsv } from './csv.js'
 import { LIVE_QUEUE, validFilter, type LiveHub } from './live.js'
 import { openApiDocument } from './openapi.js'
-import { decodeCursor, DevicesQuery, encodeCursor, LatestQuery, ListQuery, parseQuery, SeriesQuery, timeRange, wantsCsv } from './params.js'
-import { devices, latest, listMeasurements, pointValue, series } from './queries.js'
+import { fleet, matches, MAX_FLEET } from './fleet.js'
+import { decodeCursor, DevicesQuery, encodeCursor, FleetQuery, HistoryQuery, LatestQuery, ListQuery, parseQuery, SeriesQuery, timeRange, wantsCsv } from './params.js'
+import { deviceHistory, devices, latest, listMeasurements, pointValue, series } from './queries.js'
 import { BatchReadings, SingleReading, type TelemetryBody, toMessages } from './telemetry.js'
 
 export { createLiveHub, topicMatches, type LiveHub, type LiveMessage } from './live.js'
@@ -30,6 +31,8 @@ export type ApiOptions = {
   }
   /** Where readings without site_id/system go: `{siteId}/{system}/{device_id}/data`. */
   defaults?: { siteId: string; system: string }
+  /** The ecoflow_measurements columns that are readings, for series of source=ecoflow (src/rollup's list). */
+  ecoflowColumns?: readonly string[]
   version: string
 }
 
@@ -64,19 +67,21 @@ export function createApi(opts: ApiOptions) {
 
   routes.get('/api/v1/measurements/series', scope('read'), async (c) => {
     const q = parseQuery(SeriesQuery, c.req.queries())
+    if ((q.metric === undefined) === (q.metrics === undefined)) throw new HTTPException(400, { message: 'metric is required (or metrics, a comma-separated list; not both)' })
+    const metrics = q.metric !== undefined ? [q.metric] : [...new Set((q.metrics as string).split(','))]
     const range = timeRange(q)
-    const r = await series(db(), { ...q, ...range })
+    const r = await series(db(), { ...q, metrics, ...range, ecoflowColumns: opts.ecoflowColumns })
     if (wantsCsv(q.format, c.req.header('accept'))) {
-      return csv(c, toCsv(['t', 'site_id', 'system', 'device_id', 'metric', 'value', 'n'], r.rows.map((p) => [p.t, p.site_id, p.system, p.device_id, q.metric, pointValue(p, q.agg), p.n])), null)
+      return csv(c, toCsv(['t', 'site_id', 'system', 'device_id', 'metric', 'value', 'n'], r.rows.map((p) => [p.t, p.site_id, p.system, p.device_id, p.metric, pointValue(p, q.agg), p.n])), null)
     }
     const bySeries = new Map<string, { site_id: string; system: string; device_id: string; metric: string; points: Array<{ t: Date; value: number | string | null; n: number }> }>()
     for (const p of r.rows) {
-      const key = JSON.stringify([p.site_id, p.system, p.device_id])
+      const key = JSON.stringify([p.site_id, p.system, p.device_id, p.metric])
       let s = bySeries.get(key)
-      if (!s) bySeries.set(key, (s = { site_id: p.site_id, system: p.system, device_id: p.device_id, metric: q.metric, points: [] }))
+      if (!s) bySeries.set(key, (s = { site_id: p.site_id, system: p.system, device_id: p.device_id, metric: p.metric, points: [] }))
       s.points.push({ t: p.t, value: pointValue(p, q.agg), n: p.n })
     }
-    return c.json({ metric: q.metric, bucket: q.bucket, agg: q.agg, from: r.from, to: r.to, series: [...bySeries.values()] })
+    return c.json({ metric: q.metric ?? metrics.join(','), source: q.source, bucket: q.bucket, agg: q.agg, from: r.from, to: r.to, series: [...bySeries.values()] })
   })
 
   routes.get('/api/v1/latest', scope('read'), async (c) => {
@@ -101,6 +106,21 @@ export function createApi(opts: ApiOptions) {
       return csv(c, toCsv(['device_id', 'site_id', 'device_model', 'firmware', 'online', 'last_seen', 'active_scenario', 'signal_strength_dbm'], rows), next)
     }
     return c.json({ items: r.rows, next })
+  })
+
+  // Every device of every kind with its newest readings: the console's fleet page.
+  routes.get('/api/v1/fleet', scope('read'), async (c) => {
+    const q = parseQuery(FleetQuery, c.req.queries())
+    const r = await fleet(db(), { site_id: q.site_id, device_id: q.device_id })
+    const items = r.devices.filter((d) => matches(d, q))
+    return c.json({ items, truncated: r.truncated, max: MAX_FLEET })
+  })
+
+  routes.get('/api/v1/devices/:id/history', scope('read'), async (c) => {
+    const q = parseQuery(HistoryQuery, c.req.queries())
+    const id = c.req.param('id')
+    if (id.length > 128) throw new HTTPException(400, { message: 'device id is longer than 128 characters' })
+    return c.json(await deviceHistory(db(), { device_id: id, site_id: q.site_id, limit: q.limit ?? 50 }))
   })
 
   routes.get('/api/v1/devices/:id', scope('read'), async (c) => {

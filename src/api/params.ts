@@ -27,11 +27,11 @@ const intParam = (name: string, min: number, max: number) =>
   v.optional(v.pipe(v.string(), v.regex(/^\d{1,9}$/, `${name} must be an integer`), v.transform(Number), v.minValue(min, `${name} must be at least ${min}`), v.maxValue(max, `${name} must be at most ${max}`)))
 
 export const MAX_PAGE = 10_000
-export const BUCKETS = { '1m': 60_000, '1h': 3_600_000, '1d': 86_400_000 } as const
+export const BUCKETS = { '1m': 60_000, '5m': 300_000, '1h': 3_600_000, '6h': 21_600_000, '1d': 86_400_000 } as const
 export type Bucket = keyof typeof BUCKETS
 export const AGGS = ['avg', 'min', 'max', 'last'] as const
 export type Agg = (typeof AGGS)[number]
-/** Points per series a downsampled query may ask for (range ÷ bucket): 1m covers ~7 days, 1h ~14 months. */
+/** Points per series a downsampled query may ask for (range ÷ bucket): 1m covers ~7 days, 5m ~34 days, 1h ~14 months. */
 export const MAX_POINTS = 10_000
 
 const common = {
@@ -46,16 +46,35 @@ const page = {
 }
 
 export const ListQuery = v.strictObject({ ...common, ...page, metric: segment('metric'), from: instant('from'), to: instant('to'), order: v.optional(v.picklist(['asc', 'desc'], 'order must be asc or desc')) })
+/** Metrics one series request may name. */
+export const MAX_METRICS = 32
+const METRIC_NAME = '[^/+#,\\u0000-\\u001f]{1,128}'
+const METRIC_LIST = new RegExp(`^${METRIC_NAME}(,${METRIC_NAME}){0,${MAX_METRICS - 1}}$`)
+
+/** What a series is read from: telemetry (measurements), EcoFlow polls, or edge devices' status readings. */
+export const SOURCES = ['measurements', 'ecoflow', 'status'] as const
+export type SeriesSource = (typeof SOURCES)[number]
+
 export const SeriesQuery = v.strictObject({
   ...common,
-  metric: v.pipe(v.string('metric is required'), v.regex(SEGMENT, 'metric must be 1–128 characters without / + # or control characters')),
+  source: v.optional(v.picklist(SOURCES, 'source must be measurements, ecoflow or status'), 'measurements'),
+  metric: v.optional(v.pipe(v.string(), v.regex(SEGMENT, 'metric must be 1–128 characters without / + # or control characters'))),
+  // Several metrics of the same devices in one request (a device page's charts): comma-separated.
+  metrics: v.optional(v.pipe(v.string(), v.regex(METRIC_LIST, `metrics must be 1–${MAX_METRICS} comma-separated metric names (each 1–128 characters without , / + # or control characters)`))),
   from: instant('from'),
   to: instant('to'),
-  bucket: v.optional(v.picklist(Object.keys(BUCKETS) as Bucket[], 'bucket must be 1m, 1h or 1d'), '1h'),
+  bucket: v.optional(v.picklist(Object.keys(BUCKETS) as Bucket[], 'bucket must be 1m, 5m, 1h, 6h or 1d'), '1h'),
   agg: v.optional(v.picklist(AGGS, 'agg must be avg, min, max or last'), 'avg'),
 })
 export const LatestQuery = v.strictObject({ ...common, ...page })
 export const DevicesQuery = v.strictObject({ site_id: segment('site_id'), format: common.format, ...page })
+export const FleetQuery = v.strictObject({
+  site_id: segment('site_id'),
+  system: segment('system'),
+  device_id: segment('device_id'),
+  q: v.optional(v.pipe(v.string(), v.maxLength(128, 'q must be at most 128 characters'))),
+})
+export const HistoryQuery = v.strictObject({ site_id: segment('site_id'), limit: intParam('limit', 1, 500) })
 
 /** Parses a query string against a schema; repeated parameters are an error (one value each). */
 export function parseQuery<S extends v.GenericSchema>(schema: S, queries: Record<string, string[]>): v.InferOutput<S> {

@@ -11,6 +11,7 @@ import type { Config } from '../config/index.js'
 import type { DB } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
 import { canPublish, canReceive, canSubscribe, discoveryProblem, type SensorKey } from './acl.js'
+import { listClients, type LiveClient } from './clients.js'
 import { checkCredential, hasCredential } from './credentials.js'
 import { addressKey } from '../util/address.js'
 import { counter, gauge, type Metric } from '../util/metric.js'
@@ -139,6 +140,8 @@ export function createBroker(opts: BrokerOptions) {
   const granted = new WeakMap<Client, Set<string>>()
   /** Connections that said they are a bridge (Mosquitto's try_private: the protocol version's high bit). */
   const bridges = new WeakSet<Client>()
+  /** When each connection logged in (for the console's client view). */
+  const connectedAt = new WeakMap<Client, number>()
   const lastAuthLog = new Map<string, number>()
   const ledger = createLedger({ quotas: config.quotas, now })
   const claims = createSensorClaims({ db: opts.db, now })
@@ -275,10 +278,45 @@ export function createBroker(opts: BrokerOptions) {
       })
     })
 
+  /** This instance's connections as the console shows them (clients.ts). */
+  function liveClients(): LiveClient[] {
+    const clients = Object.values((aedes as unknown as { clients: Record<string, Client> } | undefined)?.clients ?? {})
+    return clients.map((client) => {
+      const who = identities.get(client)
+      const c = client as Client & { version?: number; _keepaliveInterval?: number; subscriptions?: Record<string, { qos: number }> }
+      return {
+        id: client.id,
+        connectedAt: connectedAt.get(client),
+        address: addresses.get(client.conn as object),
+        principal: who?.principal,
+        kind: who?.kind,
+        username: who?.username,
+        rights: who?.rights,
+        bridge: bridges.has(client),
+        clean: client.clean,
+        // aedes keeps 1.5 × the keep-alive (MQTT 3.1.1 §3.1.2.10) in milliseconds.
+        keepaliveSeconds: c._keepaliveInterval && c._keepaliveInterval > 0 ? Math.round((c._keepaliveInterval - 1) / 1500) : undefined,
+        version: c.version,
+        subscriptions: Object.entries(c.subscriptions ?? {}).map(([topic, sub]) => ({ topic, qos: sub.qos })),
+      }
+    })
+  }
+
   return {
     name: 'broker',
-    /** Admin routes for MQTT credentials and relayed-sensor claims. */
-    routes: brokerRoutes({ db: opts.db, claims }),
+    /** Admin routes for MQTT credentials, relayed-sensor claims and the clients. */
+    routes: brokerRoutes({
+      db: opts.db,
+      claims,
+      clients: (filter) =>
+        listClients({
+          db: opts.db(),
+          live: liveClients(),
+          session: (id) => ledger.session(id),
+          queueOf: (id) => persistence?.queueOf(id) ?? { messages: 0, bytes: 0 },
+          filter,
+        }),
+    }),
     async start(): Promise<void> {
       readPacketsWithoutSlicing()
       const cluster = opts.cluster
@@ -508,6 +546,7 @@ export function createBroker(opts: BrokerOptions) {
       }
       broker.on('client', (client: Client) => {
         counts.connections++
+        connectedAt.set(client, now())
         cluster?.onClientConnect?.(client.id)
       })
       broker.on('unsubscribe', (topics: string[], client: Client) => {

@@ -6,8 +6,9 @@ import type { Kysely } from 'kysely'
 import * as v from 'valibot'
 import type { DB } from '../db/index.js'
 import { addCredential, listCredentials, removeCredential, ROLES, USERNAME } from './credentials.js'
+import type { ClientFilter, ClientView } from './clients.js'
 import type { SensorClaims } from './sensors.js'
-import { readJson } from '../util/validate.js'
+import { readJson, validate } from '../util/validate.js'
 
 const NewCredential = v.strictObject({
   username: v.pipe(v.string('username must be a string'), v.regex(USERNAME, 'username must be 1–128 characters of A-Z a-z 0-9 _ . : -')),
@@ -21,13 +22,24 @@ const Assignment = v.strictObject({
 /** A topic level as the sensor key names it: no wildcards or separators. */
 const LEVEL = /^[^/+#\u0000-\u001f]{1,128}$/
 
+const ClientsQuery = v.strictObject({
+  client_id: v.optional(v.pipe(v.string(), v.minLength(1, 'client_id must not be empty'), v.maxLength(256, 'client_id is too long'))),
+  device_id: v.optional(v.pipe(v.string(), v.regex(LEVEL, 'device_id must be one topic level (no / + #), 1–128 characters'))),
+  limit: v.optional(v.pipe(v.string(), v.regex(/^\d{1,4}$/, 'limit must be an integer'), v.transform(Number), v.minValue(1, 'limit must be at least 1'), v.maxValue(1000, 'limit must be at most 1000'))),
+})
+
 /**
  * /api/admin/mqtt/credentials: the same management as `paku device add|list|remove`, over HTTP;
- * /api/admin/mqtt/sensors: which gateway relays which sensor, and moving or releasing a claim.
+ * /api/admin/mqtt/sensors: which gateway relays which sensor, and moving or releasing a claim;
+ * /api/admin/mqtt/clients: connections and persistent sessions, with their subscriptions.
  */
-export function brokerRoutes(o: { db: () => Kysely<DB>; claims: SensorClaims }): Hono {
+export function brokerRoutes(o: { db: () => Kysely<DB>; claims: SensorClaims; clients: (filter: ClientFilter) => Promise<ClientView[]> }): Hono {
   const { db, claims } = o
   const routes = new Hono()
+  routes.get('/api/admin/mqtt/clients', scope('read'), async (c) => {
+    const q = validate(ClientsQuery, c.req.query())
+    return c.json({ clients: await o.clients({ clientId: q.client_id, deviceId: q.device_id, limit: q.limit ?? 200 }) })
+  })
   routes.get('/api/admin/mqtt/credentials', scope('read'), async (c) => c.json({ credentials: await listCredentials(db()) }))
   routes.post('/api/admin/mqtt/credentials', scope('admin'), async (c) => {
     const body = await readJson(c.req, 'body must be JSON: {"username": …, "password"?: …, "role"?: …}')

@@ -1,8 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { sql, type Kysely } from 'kysely'
 import type { DB } from '../db/index.js'
-
-import type { Scope } from '../util/scope.js'
+import { SCOPES, type Scope } from '../util/scope.js'
 
 export { SCOPES, type Scope } from '../util/scope.js'
 
@@ -15,6 +14,25 @@ export async function createKey(db: Kysely<DB>, name: string, scopes: Scope[]): 
   const key = `paku_${randomBytes(32).toString('base64url')}`
   await sql`INSERT INTO admin_keys (name, key_sha256, scopes) VALUES (${name}, ${sha256(key)}, ${scopes}::text[])`.execute(db)
   return key
+}
+
+/** Whether a named key that is not revoked exists (the configured PAKU_ADMIN_API_KEY is not in the table). */
+export async function hasNamedKey(db: Kysely<DB>): Promise<boolean> {
+  const r = await sql<{ one: number }>`SELECT 1 AS one FROM admin_keys WHERE revoked_at IS NULL LIMIT 1`.execute(db)
+  return r.rows.length > 0
+}
+
+/**
+ * Creates the first admin key (every scope) for the setup link, unless a key that is not revoked exists
+ * by then: undefined in that case. One transaction under an advisory lock, so two setup requests (on
+ * two instances, say) cannot both create a first key.
+ */
+export async function createFirstKey(db: Kysely<DB>, name: string): Promise<string | undefined> {
+  return db.transaction().execute(async (tx) => {
+    await sql`SELECT pg_advisory_xact_lock(hashtext('paku.first-admin-key'))`.execute(tx)
+    if (await hasNamedKey(tx)) return undefined
+    return createKey(tx, name, [...SCOPES])
+  })
 }
 
 export async function revokeKey(db: Kysely<DB>, name: string): Promise<boolean> {

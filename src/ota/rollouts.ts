@@ -174,13 +174,27 @@ export type RolloutDevice = {
   notified_at: Date | null
   created_at: Date
   updated_at: Date
+  /** Each state the action entered and when (sql/0019_rollout_device_steps.sql). */
+  steps: Array<{ state: DeviceState; at: string }>
 }
 
 export async function rolloutDevices(db: Db, id: string, state: string | undefined): Promise<RolloutDevice[]> {
   const r = await sql<RolloutDevice>`
-    SELECT device_id, state, verified, stage, from_version, progress_percent, detail, attempts, notified_at, created_at, updated_at
+    SELECT device_id, state, verified, stage, from_version, progress_percent, detail, attempts, notified_at, created_at, updated_at, steps
     FROM rollout_devices WHERE rollout_id = ${id}::bigint AND (${state ?? null}::text IS NULL OR state = ${state ?? null}::text)
     ORDER BY device_id`.execute(db)
+  return r.rows
+}
+
+export type DeviceAction = RolloutDevice & { rollout_id: number; rollout_name: string; firmware_version: string; device_model: string; rollout_status: RolloutStatus }
+
+/** A device's actions in every rollout that took it in, newest first: its OTA history with the time of each step. */
+export async function deviceActions(db: Db, deviceId: string, limit: number): Promise<DeviceAction[]> {
+  const r = await sql<DeviceAction>`
+    SELECT rd.device_id, rd.state, rd.verified, rd.stage, rd.from_version, rd.progress_percent, rd.detail, rd.attempts, rd.notified_at,
+      rd.created_at, rd.updated_at, rd.steps, r.id::int AS rollout_id, r.name AS rollout_name, r.firmware_version, r.device_model, r.status AS rollout_status
+    FROM rollout_devices rd JOIN rollout_configurations r ON r.id = rd.rollout_id
+    WHERE rd.device_id = ${deviceId} ORDER BY rd.created_at DESC LIMIT ${limit}`.execute(db)
   return r.rows
 }
 

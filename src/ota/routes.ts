@@ -7,7 +7,7 @@ import { imageResponse } from './download.js'
 import { inspectImage } from './image.js'
 import { deviceIdFromMac, parseUpdateHeaders } from './pull.js'
 import { ActionBody, DeviceBody, DeviceId, GroupBody, jsonBody, MembersBody, queryBool, queryInt, RolloutBody, RolloutStatusQuery, UpdateStatusBody } from './requests.js'
-import { applyAction, countsOf, createRollout, currentPercentage, getRollout, listRollouts, rolloutDevices, stagesOf, DEVICE_STATES, type Action, type Rollout } from './rollouts.js'
+import { applyAction, countsOf, createRollout, currentPercentage, deviceActions, getRollout, listRollouts, rolloutDevices, stagesOf, DEVICE_STATES, type Action, type Rollout } from './rollouts.js'
 import * as store from './store.js'
 import { addressKey, remoteAddress } from '../util/address.js'
 import { createFailureLimiter } from '../util/failure-limiter.js'
@@ -261,6 +261,20 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
     const d = await store.getDevice(db(), c.req.param('id'))
     if (!d) throw new HTTPException(404, { message: `no device ${c.req.param('id')}` })
     return c.json({ device: { ...d, pull_token: (await pullTokenInfo(db(), d.device_id)) ?? null } })
+  })
+  // A device's firmware history: each rollout's action with the time of each step, the update reports
+  // (device_update_status) and the OTA events about it. A device that sends only telemetry has none.
+  routes.get('/api/admin/devices/:id/ota', scope('read'), async (c) => {
+    const id = c.req.param('id')
+    if (id.length > 128) throw new HTTPException(400, { message: 'device id is longer than 128 characters' })
+    const limit = queryInt(c.req.query('limit'), 'limit', 50, 1, 500)
+    const [device, actions, updates, events] = await Promise.all([
+      store.getDevice(db(), id),
+      deviceActions(db(), id, limit),
+      store.listUpdateStatus(db(), { deviceId: id, version: undefined, limit }),
+      store.deviceEvents(db(), id, limit),
+    ])
+    return c.json({ device: device ?? null, actions, updates, events })
   })
   routes.put('/api/admin/devices/:id', scope('admin'), async (c) => {
     const id = validate(DeviceId, c.req.param('id'))

@@ -319,6 +319,14 @@ export async function listUpdateStatus(db: Db, f: { deviceId?: string | undefine
   return r.rows
 }
 
+/** A device's OTA events (uploads of nothing, rollouts taking it in, outcomes), newest first. */
+export async function deviceEvents(db: Db, deviceId: string, limit: number) {
+  const r = await sql<{ event_type: string; firmware_version: string | null; rollout_id: number | null; event_data: Record<string, unknown> | null; created_at: Date }>`
+    SELECT event_type, firmware_version, rollout_id::int AS rollout_id, event_data, created_at FROM ota_events
+    WHERE device_id = ${deviceId} ORDER BY created_at DESC, id DESC LIMIT ${limit}`.execute(db)
+  return r.rows
+}
+
 /** The old report endpoint's effects (contract §4.4), with success also moving the device's version. */
 export async function reportUpdateStatus(db: Db, deviceId: string, b: { firmware_version: string; status: UpdateStatus; error_message?: string | null | undefined; progress_percent?: number | null | undefined }): Promise<void> {
   await db.transaction().execute(async (tx) => {

@@ -101,6 +101,8 @@ function finestTier(source: Source) {
     : { width: '1 hour' as const, finest: 'rollup_1h' as const, step: HOUR_MS }
 }
 
+export { ECOFLOW_COLUMNS } from './sources.js'
+
 export type PassResult = { buckets: number; rows: number; ms: number; sources: Record<string, { buckets: number; ms: number }> }
 
 /**

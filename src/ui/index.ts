@@ -2,9 +2,10 @@ import { Hono } from 'hono'
 import { HTTPException } from 'hono/http-exception'
 
 /**
- * The admin web UI at /ui/: static HTML, CSS and vanilla JS served by paku itself (no CDN, no build
- * step). The page holds no secret; it asks for an admin key, keeps it in sessionStorage and sends it
- * as X-API-Key to the same /api routes curl uses.
+ * The console at /ui/: static HTML, CSS and vanilla JS modules (and uPlot, src/assets.ts) served by paku
+ * itself (no CDN, no build step). The page holds no secret; it asks for an admin key (or creates the
+ * first one from the setup link, src/http/setup.ts), keeps it in sessionStorage and sends it as
+ * X-API-Key to the same /api routes curl uses.
  */
 
 const TYPES: Record<string, string> = {
