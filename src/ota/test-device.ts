@@ -1,6 +1,7 @@
 /**
  * ESP device simulators for the OTA tests: real MQTT and real HTTP clients that behave like the
- * devices do (paku-core's cmd/ota handling, contract §1.3.6; Arduino HTTPUpdate's request, peer-systems §1.5).
+ * devices do (paku-core's cmd/ota handling, docs/compatibility.md, "The OTA command push"; Arduino
+ * HTTPUpdate's request, peer-systems §1.5).
  */
 import { createHash } from 'node:crypto'
 import { connect as tcpConnect } from 'node:net'
@@ -15,6 +16,8 @@ export type PushDeviceOptions = {
   failWith?: { code: number; message: string }
   /** Install but boot the old image again (an app that never marks itself valid). */
   rollBack?: boolean
+  /** Acts on a command only once this settles (a device busy elsewhere; lets a test look first). */
+  actAfter?: Promise<void>
 }
 
 /** paku-core over MQTT: clean session, QoS 0 subscription to cmd/ota, acks, downloads, reports, reboots. */
@@ -77,6 +80,7 @@ export class PushDevice {
     if (!cmd.url) return
     const target = cmd.version ?? 'unknown'
     this.commands.push({ url: cmd.url, version: target, checksum: cmd.checksum ?? '' })
+    await this.o.actAfter
     const ts = ''
     await this.pub('ota/status', { timestamp: ts, status: 'accepted', current_version: this.version, target_version: target })
     await this.pub('ota/progress', { timestamp: ts, state: 'Checking', percent: 0, downloaded: 0, total: 0, elapsed_ms: 0 })

@@ -159,12 +159,15 @@ describe('the console in a real browser', { skip }, () => {
     const databaseUrl = await testDatabase(t)
     const s = await startApp(t, testConfig({ databaseUrl, http: { adminApiKey: KEY }, ota: { rolloutTickSeconds: 1, renotifySeconds: 1 } }))
     const db = await sqlClient(t, databaseUrl)
-    // Hash buckets 3 and 82: in the first stage (50 %) and not.
-    const inStage = new PushDevice({ mqttUrl: s.mqttUrl, id: 'ESP32-0017AB01', model: MODEL, version: '1.0.0' })
+    // Hash buckets 3 and 82: in the first stage (50 %) and not. The first acts on its command only
+    // once the page has shown the first stage; otherwise the rollout can be past it before the page looks.
+    let act = () => {}
+    const actAfter = new Promise<void>((resolve) => (act = resolve))
+    const inStage = new PushDevice({ mqttUrl: s.mqttUrl, id: 'ESP32-0017AB01', model: MODEL, version: '1.0.0', actAfter })
     const later = new PushDevice({ mqttUrl: s.mqttUrl, id: 'ESP32-C0FFEE', model: MODEL, version: '1.0.0' })
     for (const d of [inStage, later]) {
       await d.connect()
-      defer(t, () => d.disconnect())
+      defer(t, () => (act(), d.disconnect()))
     }
     await eventually(async () => (await db.query('SELECT 1 FROM devices')).rowCount === 2 || undefined, { what: 'both devices registered' })
     // The second device is away (asleep, its command lost): the rollout stays running in its second stage.
@@ -188,6 +191,7 @@ describe('the console in a real browser', { skip }, () => {
     await page.getByRole('heading', { name: `staged: ${MODEL} 1.1.0, running` }).waitFor()
     await page.locator('#rd-stages .stage.current').filter({ hasText: '50 %' }).waitFor()
     await page.locator('#rd-thresholds').filter({ hasText: /the next stage starts at 100 %/ }).waitFor()
+    act()
     // The device in the first stage goes through every step while the page watches.
     const steps = page.getByRole('row', { name: /ESP32-0017AB01 succeeded 50 % 1\.0\.0/ }).locator('.steps li')
     await steps.filter({ hasText: /^succeeded \d/ }).waitFor({ timeout: 15_000 })
