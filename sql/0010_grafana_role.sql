@@ -1,8 +1,10 @@
--- A read-only role for Grafana, instead of the database owner the old stack gave it (contract §10.2).
+-- A read-only role for Grafana, instead of the database owner the old stack gave it (docs/compatibility.md,
+-- "Old bugs and what paku does instead").
 -- Created where the migrating user may create roles (the embedded database; a superuser elsewhere);
 -- otherwise a NOTICE says to create it. It cannot log in until the operator gives it a password:
 --   ALTER ROLE paku_grafana LOGIN PASSWORD '…';
--- Credential tables stay out of its reach; a new table holding secrets must be revoked here too.
+-- Its rights are given again at every start (src/db/grafana-role.ts), which also keeps the tables that
+-- may hold secrets out of its reach.
 DO $$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'paku_grafana') THEN
@@ -13,7 +15,7 @@ BEGIN
         NULL; -- created meanwhile by another database's migration in the same cluster
       END;
     ELSE
-      RAISE NOTICE 'role paku_grafana not created: % may not create roles; create it as a superuser (README, Grafana)', current_user;
+      RAISE NOTICE 'role paku_grafana not created: % may not create roles; create it as a superuser (docs/grafana.md)', current_user;
     END IF;
   END IF;
   IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'paku_grafana') THEN

@@ -6,6 +6,7 @@ import mqtt from 'mqtt'
 import { expandGrafanaSql } from '../scripts/grafana-sql.js'
 import { eventually, sqlClient, startApp, testConfig, testDatabase } from '../scripts/test-helpers.js'
 import { grafanaDir } from './assets.js'
+import { GRAFANA_HIDDEN } from './db/grafana-role.js'
 import { mapQuota } from './ecoflow/mapping.js'
 import { createHeaterEmulator, createRuuviEmulator } from './emulate/index.js'
 
@@ -53,6 +54,12 @@ describe('Grafana dashboards against a database filled through the real ingest p
     await eventually(async () => (await db.query('SELECT 1 FROM device_update_status')).rowCount === 1, { what: 'seeded rows' })
 
     await sut.app.rollup.pass()
+    // Every query runs as Grafana's own role, paku_grafana, with what it may read.
+    await db.query(`ALTER ROLE paku_grafana LOGIN PASSWORD 'grafana-test-pw'`)
+    const asGrafana = new URL(url)
+    asGrafana.username = 'paku_grafana'
+    asGrafana.password = 'grafana-test-pw'
+    const grafana = await sqlClient(t, asGrafana.toString())
     let checked = 0
     for (const [range, ms] of RANGES) {
       FROM = new Date(Date.parse(TO) - ms).toISOString()
@@ -63,7 +70,7 @@ describe('Grafana dashboards against a database filled through the real ingest p
         const legacy = file.startsWith(DIRS[1] as string)
         const dash = JSON.parse(readFileSync(join(grafanaDir(), file), 'utf8')) as { panels: Panel[]; templating: { list: Array<{ query: string }> } }
         vars = { ...VARS, ...VARS_BY_FILE[name] }
-        for (const v of dash.templating.list) await db.query(expand(v.query))
+        for (const v of dash.templating.list) await grafana.query(expand(v.query))
         for (const p of dash.panels) {
           if (legacy) legacyPanels.push(`${name} / ${p.title}`)
           for (const target of p.targets ?? []) {
@@ -71,7 +78,7 @@ describe('Grafana dashboards against a database filled through the real ingest p
             const at = `${file} / ${p.title} / ${target.refId} (${range})`
             let result
             try {
-              result = await db.query(expand(target.rawSql))
+              result = await grafana.query(expand(target.rawSql))
             } catch (err) {
               assert.fail(`${at}: ${(err as Error).message}\n${expand(target.rawSql)}`)
             }
@@ -129,7 +136,7 @@ describe('Grafana dashboards against a database filled through the real ingest p
 })
 
 describe('the Grafana database role', () => {
-  it('paku_grafana can read telemetry but not write, and cannot read credentials', async (t) => {
+  it('paku_grafana can read telemetry but not write, and cannot read credentials or payloads that may hold secrets', async (t) => {
     const url = await testDatabase(t)
     await startApp(t, testConfig({ databaseUrl: url }))
     const admin = await sqlClient(t, url)
@@ -142,5 +149,29 @@ describe('the Grafana database role', () => {
     await assert.rejects(grafana.query(`INSERT INTO measurements (site_id, system, device_id, metrics) VALUES ('a', 'b', 'c', '{}')`), /permission denied/)
     await assert.rejects(grafana.query('SELECT * FROM mqtt_credentials'), /permission denied/)
     await assert.rejects(grafana.query('SELECT * FROM admin_keys'), /permission denied/)
+    // Nor what may hold secrets: image bytes, pull tokens, command payloads, retained and queued messages.
+    for (const table of GRAFANA_HIDDEN) {
+      await assert.rejects(grafana.query(`SELECT * FROM ${table} LIMIT 1`), /permission denied/, table)
+    }
+    // What the dashboards read stays readable (the test above runs every panel's query as paku_grafana).
+    await grafana.query('SELECT count(*) FROM rollup_5m, rollup_1h, rollup_6h, rollup_series, rollout_devices, rollout_configurations, ota_events')
+    assert.ok(GRAFANA_HIDDEN.includes('firmware_images') && GRAFANA_HIDDEN.includes('mqtt_retained'))
+  })
+
+  it('a role that had no rights when paku started (made by hand later) gets them at the next start', async (t) => {
+    const url = await testDatabase(t)
+    const first = await startApp(t, testConfig({ databaseUrl: url }))
+    const admin = await sqlClient(t, url)
+    await admin.query(`ALTER ROLE paku_grafana LOGIN PASSWORD 'grafana-test-pw'`)
+    await admin.query('REVOKE ALL ON ALL TABLES IN SCHEMA public FROM paku_grafana')
+    const u = new URL(url)
+    u.username = 'paku_grafana'
+    u.password = 'grafana-test-pw'
+    const grafana = await sqlClient(t, u.toString())
+    await assert.rejects(grafana.query('SELECT count(*) FROM measurements'), /permission denied/, 'positive control: the rights are gone')
+    await first.app.stop()
+    await startApp(t, testConfig({ databaseUrl: url }))
+    await grafana.query('SELECT count(*) FROM measurements, rollup_1h, devices')
+    await assert.rejects(grafana.query('SELECT * FROM firmware_images'), /permission denied/)
   })
 })

@@ -5,6 +5,7 @@ import { maskUrl } from '../config/index.js'
 import type { Logger } from '../log/index.js'
 import { addMissingColumns, dropVersionOnlyUnique, rescaleOldEcoflowSolar } from './adopt.js'
 import { createEmbeddedPostgres } from './embedded.js'
+import { grantGrafanaRole } from './grafana-role.js'
 import { buildIndexes } from './indexes.js'
 import { migrate, type SqlFile } from './migrate.js'
 import type { DB } from './types.js'
@@ -23,7 +24,8 @@ pg.types.setTypeParser(pg.types.builtins.INT8, (v) => v)
  * Leading a statement's text, makes it a prepared statement of each connection that runs it: parsed and
  * planned once per connection instead of at every execution. For the ingest batch, which runs hundreds
  * of times a second with the same text: ~9 % less PostgreSQL CPU per row in 276-row batches
- * (docs/performance.md). Only for texts that repeat: each distinct one stays prepared on every connection.
+ * (docs/performance.md, "The prepared batch statement"). Only for texts that repeat: each distinct one
+ * stays prepared on every connection.
  */
 export const PREPARED = '/* paku:prepared */ '
 /** Distinct prepared texts at most; beyond that a marked statement runs unprepared, as any other. */
@@ -149,6 +151,7 @@ export function createDatabase(opts: DatabaseOptions) {
         await addMissingColumns(kysely, opts.log)
         await dropVersionOnlyUnique(kysely, opts.log)
         await rescaleOldEcoflowSolar(kysely, opts.log)
+        await grantGrafanaRole(kysely, opts.log)
       }
       const mode = opts.indexes ?? 'background'
       if (mode !== 'skip') {
