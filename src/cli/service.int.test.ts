@@ -24,7 +24,7 @@ describe('paku install-service', () => {
     assert.equal(await runCli(['install-service', '--root', root], first.cli), 0, first.err.join('\n'))
     const unit = await readFile(join(root, 'etc/systemd/system/paku.service'), 'utf8')
     assert.equal(unit, await readFile('build/systemd/paku.service', 'utf8'))
-    for (const line of ['Type=exec', 'User=paku', 'NoNewPrivileges=true', 'ProtectSystem=strict', 'StateDirectory=paku', 'ConfigurationDirectory=paku', 'Restart=on-failure', 'ExecStartPost=/usr/local/bin/paku wait-ready --timeout 120', 'KillMode=mixed']) {
+    for (const line of ['Type=exec', 'User=paku', 'NoNewPrivileges=true', 'ProtectSystem=strict', 'StateDirectory=paku', 'ConfigurationDirectory=paku', 'Restart=on-failure', 'ExecStartPost=/usr/local/bin/paku wait-ready --timeout 120', 'TimeoutStartSec=150', 'KillMode=mixed']) {
       assert.match(unit, new RegExp(`^${line.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'), line)
     }
     const config = JSON.parse(await readFile(join(root, 'etc/paku/paku.config.json'), 'utf8')) as unknown
