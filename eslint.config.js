@@ -1,4 +1,4 @@
-// Lint exists for one class of bug above all: promises nobody awaits (design §3.5), which cause
+// Lint exists for one class of bug above all: promises nobody awaits, which cause
 // most silent failures in timer- and event-driven code like a broker and a batch writer.
 import tseslint from 'typescript-eslint'
 

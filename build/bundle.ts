@@ -1,7 +1,7 @@
 /**
  * `npm run bundle`: src/main.ts and every runtime dependency → dist/paku.mjs, one ESM file that runs
  * with plain `node dist/paku.mjs` next to sql/ and grafana-provisioning/. The single executable
- * (issue #7) wraps this bundle. Deterministic: no timestamps, sorted inputs, the same commit gives the
+ * (build/sea.ts) wraps this bundle. Deterministic: no timestamps, sorted inputs, the same commit gives the
  * same bytes.
  */
 import { build } from 'esbuild'

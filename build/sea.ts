@@ -26,10 +26,10 @@ const NODE_SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2'
  * V8 flags baked into the executable: a 16 MiB semi-space (the young generation's half). Under a QoS 1
  * burst ~1,000 messages wait for their commit at any time, and every scavenge copies them again, so GC
  * cost follows how often the young generation fills. GC took 1.2–1.35 s of a 200k QoS 1 burst at 8 MiB
- * and 0.87–0.96 s at 16, with the same peak RSS (32 MiB: a little less GC again, more memory at 50k;
- * docs/performance.md, ninth round).
+ * and 0.87–0.96 s at 16, with the same peak RSS (32 MiB: a little less GC again, more memory at 50k).
  * At 1 MiB the young generation overflowed so often that paku spent ~20 % more CPU per message and had a
- * higher peak RSS (second round). It only grows to the limit under load.
+ * higher peak RSS. It only grows to the limit under load (docs/performance.md, "The V8 semi-space and
+ * the heap").
  *
  * And a heap that grows by a quarter, not V8's up to fourfold, before its next full collection: a burst's
  * garbage is then collected as it goes rather than piled up (peak RSS in the 200k QoS 0 burst 167–171 MiB
@@ -40,8 +40,9 @@ const SEA_EXEC_ARGV = ['--max-semi-space-size=16', '--heap-growing-percent=25']
 /**
  * `debug` (mqtt-packet's, mqtt's and ioredis') allocates an array of its arguments at every call even
  * when off, before it looks: mqtt-packet calls it ~20 times a PUBLISH, 8 % of everything paku
- * allocated under a QoS 1 burst (docs/performance.md, ninth round). The executable bundles
- * build/debug-when-enabled.cjs in its place; `DEBUG=mqtt-packet:*` still works, set at start.
+ * allocated under a QoS 1 burst (docs/performance.md, "Allocations per message, and the debug() shim").
+ * The executable bundles build/debug-when-enabled.cjs in its place; `DEBUG=mqtt-packet:*` still works,
+ * set at start.
  */
 const debugWhenEnabled: Plugin = {
   name: 'debug-when-enabled',

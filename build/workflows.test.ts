@@ -1,4 +1,4 @@
-/** The GitHub workflows parse and do what the README and docs/deployment.md say they do. */
+/** The GitHub workflows parse and do what the README and docs/operations.md, "The GitHub workflows" say they do. */
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import { describe, it } from 'node:test'
@@ -23,7 +23,13 @@ describe('GitHub workflows', () => {
     assert.match(files, /linux-x64\n.*linux-x64\.sha256/)
   })
   it('deploy checks the SHA-256, restarts, waits for /health and rolls back', () => {
-    const text = runs(load('deploy.yml'))
+    const w = load('deploy.yml')
+    const text = runs(w)
     for (const want of [/sha256sum -c/, /systemctl restart paku/, /paku wait-ready/, /curl -fsS http:\/\/127\.0\.0\.1:8080\/health/, /paku\.previous \/usr\/local\/bin\/paku/]) assert.match(text, want)
+    // Started by hand with a release tag, with the secrets docs/operations.md lists.
+    assert.deepEqual(Object.keys(w.on), ['workflow_dispatch'])
+    assert.equal((w.on.workflow_dispatch as { inputs: { tag: { required: boolean } } }).inputs.tag.required, true)
+    const secrets = [...new Set(readFileSync('.github/workflows/deploy.yml', 'utf8').match(/secrets\.\w+/g))].sort()
+    assert.deepEqual(secrets, ['secrets.DEPLOY_HOST', 'secrets.DEPLOY_KNOWN_HOSTS', 'secrets.DEPLOY_SSH_KEY', 'secrets.DEPLOY_USER'])
   })
 })

@@ -1,8 +1,8 @@
 /**
  * The benchmark's load generator (scripts/bench.ts runs it as a child process, so its CPU is its own):
  * N simulated Ruuvi-style devices, one MQTT connection each, publishing to {site}/sensors/{device}/data
- * with the same payload shape as ../shared/bench/loadgen.mjs (per-device `measurement_sequence`, so the
- * harness can tell lost rows from duplicated ones).
+ * with the same payload shape as the old stack's own load generator (loadgen.mjs among its bench files;
+ * per-device `measurement_sequence`, so the harness can tell lost rows from duplicated ones).
  *
  *   node --import tsx scripts/bench-load.ts --port 1883 --devices 100 --messages 50000 --qos 1 [--rate 1000]
  *

@@ -22,8 +22,8 @@
  *     - the six steady loads (50, 200 and 1,000 msg/s × QoS 0 and 1) again with paku, PostgreSQL and the
  *       load generator pinned to one core (taskset), as on a 1-vCPU VM; the affinities are restored after.
  *  5. When the old stack is available (Debian's `mosquitto`, `python3-paho-mqtt`, `python3-psycopg` and
- *     ../shared/bench/seed_collector.py, or PEER_DIR), Mosquitto + the old collector under the same loads,
- *     writing to a database of the same cluster with the old schema.
+ *     the old collector's seed_collector.py in PEER_DIR, see below), Mosquitto + the old collector under
+ *     the same loads, writing to a database of the same cluster with the old schema.
  *
  * Each run starts from an empty table; it prints rows/s end to end (first publish → last row
  * committed), the ratio to the COPY ceiling and to the peer, messages lost (acknowledged or written
@@ -37,7 +37,7 @@
  * Options: --quick (a tenth of the messages and of each fixed rate's 30 s, no 1M burst, 10 s instead of
  * 60 s after the bursts and idle), --no-peer, --no-million, --no-warmup, --no-idle, --no-1cpu,
  * --devices N, --bin dist/paku (the single executable instead of the sources), --pg-bin DIR (other
- * PostgreSQL binaries, e.g. Debian's /usr/lib/postgresql/15/bin as in ../shared/bench), --only TEXT
+ * PostgreSQL binaries, e.g. Debian's /usr/lib/postgresql/15/bin, as the old stack's bench ran), --only TEXT
  * (the paku loads whose label contains it: e.g. "200k", "msg/s", "idle", "1 vCPU"), --profile DIR.
  * Results also go to bench-results/<time>.jsonl. Loopback only; everything it starts it stops.
  */
@@ -82,6 +82,11 @@ const { values: flags } = parseArgs({
 const SCALE = flags.quick ? 0.1 : 1
 const DEVICES = Number(flags.devices)
 const STALL_S = 15
+/**
+ * Where the old stack's bench files are (its collector seed_collector.py, schema.sql, the Mosquitto
+ * scripts mosq-up.sh and mosq-down.sh): PEER_DIR, by default ../shared/bench, a directory beside this
+ * checkout where the development setup keeps them. Without them the old stack is skipped.
+ */
 const PEER_DIR = resolve(process.env.PEER_DIR ?? '../shared/bench')
 const CLK_TCK = 100
 
@@ -473,7 +478,7 @@ async function e2e(target: Target, load: Load): Promise<Result> {
     duplicated: stored - distinct,
     seconds: Math.round(seconds * 100) / 100,
     rowsPerS: Math.round(stored / seconds),
-    /** The same timed by the first poll that saw the last row, as before the eighth round. */
+    /** The same timed by the first of the 100 ms polls that saw the last row (up to a poll later). */
     rowsPerSPolled: Math.round(stored / polledSeconds),
     publishRate: gen1.publishRate,
     pubackP50Ms: gen1.pubackP50Ms,
@@ -632,7 +637,8 @@ let idleResult: Idle | undefined
 /**
  * An unmeasured QoS 0 and QoS 1 load right after a system starts, as a benchmark's warm-up run: a server
  * runs for weeks, and without it the first 3-second burst timed V8 compiling paku's hot paths (paku's CPU
- * per message in the first QoS 1 burst was a median ~20 % higher cold than after a warm-up, docs/performance.md).
+ * per message in the first QoS 1 burst was a median ~20 % higher cold than after a warm-up; docs/performance.md,
+ * "How the benchmark measures").
  * The old stack gets the same.
  */
 async function warmUp(target: Target): Promise<void> {

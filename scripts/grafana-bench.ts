@@ -1,6 +1,6 @@
 /**
  * `npm run grafana-bench [-- --rows N]`: one year of data for 20 devices, then every dashboard panel's
- * query at 24 h, 7 d and 365 d, as Grafana would send it (issue #6). The full rate — one message per
+ * query at 24 h, 7 d and 365 d, as Grafana would send it. The full rate — one message per
  * 10 s per device — is ~63M rows; the default fills 10M rows over the same year (one message per ~63 s)
  * and prints the factor. EcoFlow (one station polled every 30 s) and device status (every 5 min) are at
  * their real rates. A throwaway PostgreSQL with default memory settings (shared_buffers 128 MB, as a

@@ -1,4 +1,5 @@
--- Generic telemetry, exactly as the old stack's init.sql (contract §2.2), so existing dashboards keep working.
+-- Generic telemetry, exactly as the old stack's init.sql (docs/compatibility.md, "Tables kept"), so existing
+-- dashboards keep working.
 -- IF NOT EXISTS everywhere: paku can be pointed at an existing paku-iot database and adopts its tables.
 CREATE TABLE IF NOT EXISTS measurements (
   id          BIGSERIAL PRIMARY KEY,
@@ -11,16 +12,18 @@ CREATE TABLE IF NOT EXISTS measurements (
   metrics     JSONB       NOT NULL,
   created_at  TIMESTAMPTZ NOT NULL DEFAULT NOW()
 );
--- Production databases migrated by hand in 2025-12 may lack mac and created_at (contract §2.1), and the
--- old EcoFlow table paku's raw, model and created_at: src/db/adopt.ts adds them after the migrations,
--- each in a short transaction of its own, so that an adopted table is never locked (and its writers
--- never blocked) for as long as this whole migration takes. Its indexes are built after the migrations
--- too, concurrently (src/db/indexes.ts): an adopted table may hold millions of rows.
+-- Production databases migrated by hand in 2025-12 may lack mac and created_at (docs/compatibility.md,
+-- "Adopting an existing database"), and the old EcoFlow table paku's raw, model and created_at:
+-- src/db/adopt.ts adds them after the migrations, each in a short transaction of its own, so that an
+-- adopted table is never locked (and its writers never blocked) for as long as this whole migration takes.
+-- Its indexes are built after the migrations too, concurrently (src/db/indexes.ts): an adopted table may
+-- hold millions of rows.
 
 COMMENT ON TABLE measurements IS 'One row per {site}/{system}/{device}/data message; identity comes from the topic.';
 COMMENT ON COLUMN measurements.metrics IS 'The payload''s metrics object, verbatim.';
 
--- One row per EcoFlow poll (contract §2.2, §5.4). Units are EcoFlow's raw units.
+-- One row per EcoFlow poll (docs/compatibility.md, "Tables kept" and "Quota columns and units"): watts,
+-- percent and minutes, whatever unit a device family reports them in (docs/ecoflow.md, "Units and quirks").
 CREATE TABLE IF NOT EXISTS ecoflow_measurements (
   id                 BIGSERIAL PRIMARY KEY,
   device_sn          TEXT        NOT NULL,

@@ -1,5 +1,5 @@
--- OTA tables of the old ota_schema.sql (contract §2.2). No foreign keys, as in the old stack:
--- status rows may name devices or versions that were never registered.
+-- OTA tables of the old ota_schema.sql (docs/compatibility.md, "Tables kept"). No foreign keys, as in the
+-- old stack: status rows may name devices or versions that were never registered.
 CREATE TABLE IF NOT EXISTS firmware_releases (
   id               BIGSERIAL PRIMARY KEY,
   version          TEXT        NOT NULL,

@@ -1,4 +1,4 @@
--- Edge device config and status history (old edge_devices_schema.sql, contract §2.2).
+-- Edge device config and status history (old edge_devices_schema.sql; docs/compatibility.md, "Tables kept").
 CREATE TABLE IF NOT EXISTS edge_device_configs (
   id          BIGSERIAL PRIMARY KEY,
   site_id     TEXT        NOT NULL,
@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS edge_device_status (
 -- Its indexes are built after the migrations, concurrently (src/db/indexes.ts), as for measurements.
 
 -- paku additions (a superset; no dashboard of the old stack reads them):
--- the LWT {"online":false} now marks a device offline instead of being ignored (contract §10.2).
+-- the LWT {"online":false} marks a device offline instead of being ignored (docs/compatibility.md, "Old bugs
+-- and what paku does instead").
 ALTER TABLE devices ADD COLUMN IF NOT EXISTS online BOOLEAN;
 ALTER TABLE devices ADD COLUMN IF NOT EXISTS site_id TEXT;

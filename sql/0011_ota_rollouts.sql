@@ -1,5 +1,6 @@
--- OTA subsystem (issue #4): firmware images in PostgreSQL, rollouts with stages and thresholds,
--- per-device actions, device groups. The contract's tables and columns stay as they are; this only adds.
+-- OTA subsystem: firmware images in PostgreSQL, rollouts with stages and thresholds, per-device
+-- actions, device groups. The old stack's OTA tables and columns stay as they are (docs/compatibility.md,
+-- "Tables kept"); this only adds.
 
 -- The image bytes live beside their release, so the binary stays stateless. STORAGE EXTERNAL keeps
 -- them uncompressed in TOAST, which lets substring() read just the chunks a Range request asks for.

@@ -210,7 +210,7 @@ export function createApp(opts: AppOptions) {
     ],
   })
 
-  // Start order (design §3.3): runtime (/metrics' event-loop and GC figures, from the start) → db →
+  // Start order: runtime (/metrics' event-loop and GC figures, from the start) → db →
   // ingest → commands → [cluster] → broker → [leader] → ota → rollup → ecoflow → http → setup → live. The Redis
   // emitter is up before aedes is handed it; the leader takes its locks before the singleton work
   // starts, so a single instance starts its work at once.

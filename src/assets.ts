@@ -46,8 +46,8 @@ export function uiDir(): string {
 }
 
 /**
- * Files of npm packages that the UI serves under its own names: uPlot, the charting library (README,
- * "Dependencies and why"). They come from node_modules, so npm pins and updates them; the executable
+ * Files of npm packages that the UI serves under its own names: uPlot, the charting library
+ * (docs/development.md, "Dependencies and why"). They come from node_modules, so npm pins and updates them; the executable
  * embeds them like the UI's own files.
  */
 export const UI_VENDOR: Readonly<Record<string, string>> = { 'uplot.js': 'uplot/dist/uPlot.iife.min.js', 'uplot.css': 'uplot/dist/uPlot.min.css' }

@@ -30,7 +30,7 @@ const readDashboard = (f: string) => JSON.parse(readFileSync(f, 'utf8')) as Dash
 const PROVISIONING = '/etc/grafana/provisioning/'
 
 /**
- * The old stack's dashboards (contract §6.2 and §6.3; titles the contract only summarises are the old JSON's):
+ * The old stack's dashboards (docs/compatibility.md, "Grafana"; the panel titles are the old dashboards' JSON's):
  * each must exist under its uid with every one of these panel titles (a title listed twice, twice).
  * paku's dashboards may have more panels; the legacy ones have exactly these.
  */

@@ -2,7 +2,7 @@ import * as v from 'valibot'
 import { SEGMENT } from './params.js'
 
 /**
- * paku-core's HTTP telemetry transport (contract §10.1 item 15, `PakuIotClient`): one reading
+ * paku-core's HTTP telemetry transport (`PakuIotClient`; docs/compatibility.md, "Telemetry over HTTP"): one reading
  * `{device_id, timestamp, metric, value, unit?}` or a batch `{device_id, batch_timestamp, readings[]}`.
  * Readings become `{site}/{system}/{device}/data` messages, one per distinct timestamp, which then take
  * the MQTT path (same payload schema, batching, spool and durability).
@@ -43,7 +43,10 @@ function iso(t: string | number | null | undefined): string | null {
   return new Date(t > 1e11 ? t : t * 1000).toISOString()
 }
 
-/** Groups readings by timestamp into data payloads (contract §1.3.2). Units are not stored: measurements has no unit column. */
+/**
+ * Groups readings by timestamp into data payloads (docs/compatibility.md, "Sensor data"). Units are not stored:
+ * measurements has no unit column.
+ */
 export function toMessages(body: v.InferOutput<typeof TelemetryBody>, defaults: { siteId: string; system: string }): TelemetryMessage[] {
   const readings = 'readings' in body
     ? body.readings.map((r) => ({ metric: r.metric, value: r.value, ts: iso(r.timestamp ?? body.batch_timestamp) }))

@@ -6,7 +6,8 @@ import { Duplex, Transform, type TransformCallback } from 'node:stream'
  * (or reading resumed after backpressure) was parsed and ingested in a single turn — each readable
  * socket handing over its 64 KiB read, 100 of them 28,000 messages and 250–350 ms of work — while the
  * answers to the batches already sent sat unread in the database's socket, so PostgreSQL waited idle
- * for that long (docs/performance.md, seventh round). 256 KiB is ~20 ms of paku's work per turn.
+ * for that long (docs/performance.md, "Input spread over event-loop turns"). 256 KiB is ~20 ms of
+ * paku's work per turn.
  */
 const TURN_INPUT_BYTES = 256 * 1024
 
@@ -156,10 +157,10 @@ export function guardStream(socket: Duplex, maxBytes: number): Duplex {
   socket.pipe(guard)
   const duplex = Duplex.from({ readable: guard, writable: socket })
   // Writes go straight to the socket. aedes writes each outgoing packet in pieces (a PUBACK is three),
-  // and through Duplex.from's writable side each piece passed a second stream's bookkeeping and a
-  // nextTick first (docs/performance.md, ninth round). The socket's answer is the duplex's, and so is
-  // its 'drain', which aedes waits for when a write says the buffer is full. end() and destroy() still
-  // go through the duplex; nothing waits in its own buffer any more, so they follow every write.
+  // and through Duplex.from's writable side each piece would pass a second stream's bookkeeping and a
+  // nextTick first (docs/performance.md, "Writes straight to the socket"). The socket's answer is the
+  // duplex's, and so is its 'drain', which aedes waits for when a write says the buffer is full. end()
+  // and destroy() still go through the duplex; nothing waits in its own buffer, so they follow every write.
   duplex.write = ((...args: Parameters<Duplex['write']>) => socket.write(...args)) as Duplex['write']
   socket.on('drain', () => duplex.emit('drain'))
   guards.set(duplex, guard)

@@ -10,7 +10,8 @@ type Reads = {
 /**
  * mqtt-packet's parser reads each header byte, length byte and message id through `bl`, whose read
  * methods slice a new Buffer for every value read (`this.slice(o, o + 1).readUInt8(0)`): 5–8 Buffers a
- * PUBLISH, 9 % of everything paku allocated under a QoS 1 burst (docs/performance.md, ninth round).
+ * PUBLISH, 9 % of everything paku allocated under a QoS 1 burst (docs/performance.md, "Allocations per
+ * message, and the debug() shim").
  * These read the byte where it lies instead. An offset they do not handle (past the end, not a
  * non-negative integer) goes to bl's own method, so errors stay exactly bl's. Idempotent.
  */

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
+import { readFileSync } from 'node:fs'
+import { cliPage, COMMANDS, commandHelp } from './help.js'
 import { runCli, type CliIo } from './index.js'
 
 function io(env: Record<string, string> = {}) {
@@ -20,8 +22,34 @@ describe('paku cli', () => {
     const t = io({ PAKU_CONFIG: '/does/not/exist.json', PAKU_MQTT_PORT: 'abc' })
     assert.equal(await runCli(['--help'], t.io), 0)
     const text = t.out.join('\n')
-    for (const word of ['serve', 'migrate', 'check-config', 'emulate', 'version', 'README']) assert.match(text, new RegExp(word))
-    assert.ok(text.split('\n').length <= 15, 'help stays short')
+    for (const name of Object.keys(COMMANDS)) assert.match(text, new RegExp(`^  ${name} `, 'm'), `${name} in the overview`)
+    assert.match(text, /docs\/cli\.md/)
+    assert.ok(text.split('\n').length <= 20, 'help stays short')
+  })
+
+  it('<command> --help and help <command>: usage, options, an example and the docs page, for every command', async () => {
+    for (const [name, h] of Object.entries(COMMANDS)) {
+      const a = io({ PAKU_CONFIG: '/does/not/exist.json' })
+      assert.equal(await runCli([name, '--help'], a.io), 0, name)
+      const text = a.out.join('\n')
+      assert.match(text, new RegExp(`^usage: ${h.usage.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'), name)
+      assert.match(text, /^example:\n {2}(\S+ )*(\.\/)?paku /m, `${name}: an example that runs paku`)
+      assert.match(text, new RegExp(`^docs: ${h.docs}$`, 'm'))
+      const b = io()
+      assert.equal(await runCli(['help', name], b.io), 0)
+      assert.deepEqual(b.out, a.out, `help ${name} is the same text`)
+    }
+    const c = io()
+    assert.equal(await runCli(['help', 'nonsense'], c.io), 0)
+    assert.match(c.out.join('\n'), /^usage: paku <command>/m, 'an unknown name gets the overview')
+  })
+
+  it('docs/cli.md holds each command\'s help text as paku prints it', () => {
+    const page = readFileSync('docs/cli.md', 'utf8')
+    assert.equal(page, cliPage(), 'docs/cli.md is what `npm run cli-docs` writes')
+    for (const name of Object.keys(COMMANDS)) {
+      assert.ok(page.includes(`## ${name}\n\n\`\`\`text\n${commandHelp(name) ?? ''}\n\`\`\`\n`), `docs/cli.md: the section of ${name} matches paku ${name} --help`)
+    }
   })
 
   it('version prints version and commit', async () => {
@@ -46,7 +74,7 @@ describe('paku cli', () => {
       'invalid configuration (paku.config.json):',
       '  PAKU_MQTT_PORT: expected an integer, got "abc"',
       '  http.port (from PAKU_HTTP_PORT): port must be between 0 and 65535',
-      'see the configuration table in README.md',
+      'every key and variable: docs/configuration.md',
     ])
   })
 

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { closeSync, fchmodSync, openSync, readFileSync, writeSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { createApp } from '../app.js'
+import { commandHelp, overview } from './help.js'
 import { exportGrafana, migrationFiles, versionInfo } from '../assets.js'
 import { importEnv, loadConfig, maskSecrets, renderEnvFile, type Config } from '../config/index.js'
 import { addCredential, listCredentials, removeCredential, ROLES, USERNAME, type Role } from '../broker/credentials.js'
@@ -27,31 +28,9 @@ export type CliIo = {
   onReload?: (fn: () => void) => void
 }
 
-export const HELP = `paku — MQTT broker + PostgreSQL ingest + OTA + EcoFlow in one process
+export const HELP = overview()
 
-usage: paku <command> [--config FILE]
-  serve                    run the broker, ingest and HTTP API (default)
-  migrate                  apply pending SQL migrations and exit
-  check-config             validate the config and print it with secrets masked
-  emulate ruuvi|heater     publish realistic device data (see --help-emulate)
-  device add|list|remove   MQTT credentials: device add ID [--password P] [--role device|bridge|service]
-  key create|list|revoke   admin API keys: key create NAME --scopes read,upload,rollout,ingest,command,admin
-  firmware import DIR      load the old OTA service's firmware volume ({model}_{version}.bin) into the database
-  import-env OLD_ENV       the old stack's compose/.env as PAKU_* variables (--write FILE [--force], --show-secrets)
-  install-service | wait-ready   systemd: install executable, user, unit, config (--dry-run) | wait for /health
-  grafana export DIR       write the Grafana provisioning files to DIR (--no-legacy: without the EcoFlow — Legacy folder)
-  version                  print version and commit
-config: --config FILE, else $PAKU_CONFIG, else ./paku.config.json; PAKU_* env overrides; docs: README.md`
-
-export const EMULATE_HELP = `usage: paku emulate ruuvi|heater [options]
-  --url URL         broker: mqtt://, mqtts://, ws:// or wss://host:port[/path], user:password@ allowed
-                    (default mqtt://127.0.0.1:<mqtt.port from config>)
-  --site NAME       site id, first topic level (default paku)
-  --device IDS      heater id (default emu01) or comma-separated Ruuvi locations (default van_inside,cabin)
-  --legacy          ruuvi: also publish the old flat payload on {site}/ruuvi/{location}
-  --interval SEC    seconds between rounds (default ruuvi 5, heater 5)
-  --count N         rounds to publish, 0 = until Ctrl-C (default 0)
-  --username U --password P   (override those in --url)`
+export const EMULATE_HELP = commandHelp('emulate') as string
 
 /** Runs one command; returns the exit code. Never calls process.exit. */
 export async function runCli(argv: string[], io: CliIo): Promise<number> {
@@ -92,7 +71,9 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parsed
   const command = positionals[0] ?? 'serve'
   if (values.help || command === 'help') {
-    io.out(HELP)
+    // `paku CMD --help`, `paku help CMD`, `paku --help`
+    const about = commandHelp(command === 'help' ? (positionals[1] ?? '') : positionals.length > 0 ? command : '')
+    io.out(about ?? HELP)
     return 0
   }
   if (values['help-emulate']) {
@@ -116,7 +97,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   if (!loaded.ok) {
     io.err(`invalid configuration${loaded.path ? ` (${loaded.path})` : ''}:`)
     for (const line of loaded.issues) io.err(`  ${line}`)
-    io.err('see the configuration table in README.md')
+    io.err('every key and variable: docs/configuration.md')
     return 1
   }
   const config = loaded.config
@@ -166,7 +147,8 @@ async function serveCommand(config: Config, path: string | undefined, io: CliIo)
     http: http ? `http://${http.address}:${http.port}/health` : undefined,
     database: app.db.describe(),
     migrationsApplied: app.db.applied.length,
-    // From process start, and from the database's first answer (migrations, broker, HTTP): issue #7's figure.
+    // From process start, and from the database's first answer (migrations, broker, HTTP): the start-up
+    // figures `npm run smoke` reports.
     startupMs: Math.round(performance.now()),
     readyAfterDatabaseMs: app.db.answeredAt === undefined ? undefined : Math.round(performance.now() - app.db.answeredAt),
   })
@@ -252,7 +234,7 @@ function grafanaCommand(args: string[], opts: { legacy: boolean }, io: CliIo): n
   }
   for (const rel of removed) io.out(`removed ${rel} (--no-legacy)`)
   const legacy = opts.legacy ? ', the EcoFlow — Legacy folder' : ''
-  io.out(`wrote the Grafana provisioning files to ${dir} (datasources/, dashboards/${legacy}); see README.md, Grafana`)
+  io.out(`wrote the Grafana provisioning files to ${dir} (datasources/, dashboards/${legacy}); see docs/grafana.md`)
   return 0
 }
 

@@ -12,7 +12,7 @@ export const PRODUCTION_CONFIG = {
   http: { host: '0.0.0.0', port: 8080 },
 }
 
-const ENV_TEMPLATE = `# paku's secrets (systemd EnvironmentFile, mode 0600). Every variable: README.md, Configuration.
+const ENV_TEMPLATE = `# paku's secrets (systemd EnvironmentFile, mode 0600). Every variable: docs/configuration.md.
 # PostgreSQL (empty = an embedded cluster under /var/lib/paku, from the distribution's postgresql binaries)
 PAKU_DATABASE_URL=postgres://paku:CHANGE-ME@127.0.0.1:5432/paku
 # Admin API key, at least 32 characters: openssl rand -hex 32 (or named keys: paku key create NAME --scopes …)

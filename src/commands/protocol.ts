@@ -1,8 +1,8 @@
 import * as v from 'valibot'
 
 /**
- * What a command looks like on the wire and what closes it (contract §1.3.4, §1.3.5). paku-core has no
- * acknowledgement topic, so a command is closed by the first of:
+ * What a command looks like on the wire and what closes it (docs/compatibility.md, "Commands to devices").
+ * paku-core has no acknowledgement topic, so a command is closed by the first of:
  *  - an explicit ack on `{site}/{system}/{device}/ack`: `{"command_id": "<id>", "ok"?: bool, "error"?: string}`
  *    (`ok: false` or a non-empty `error` → failed, otherwise acknowledged); paku sends the id as `command_id`;
  *  - the device's own report of the requested state, for firmware as it exists:
@@ -16,9 +16,9 @@ export const COMMAND_TYPES = ['control', 'config', 'heater'] as const
 export const STATUSES = ['pending', 'acknowledged', 'failed', 'expired'] as const
 export type CommandStatus = (typeof STATUSES)[number]
 
-/** The device's MQTT buffer is 1024 bytes, topic and payload together (contract §1.3.4). */
+/** The device's MQTT buffer is 1024 bytes, topic and payload together (docs/compatibility.md, "Commands to devices"). */
 export const MAX_DEVICE_MESSAGE = 1024
-/** Scenarios the firmware knows; anything else means `default` (contract §1.3.5). */
+/** Scenarios the firmware knows; anything else means `default` (docs/compatibility.md, "Commands to devices"). */
 const SCENARIOS = ['heater_active', 'power_save', 'default'] as const
 const CONFIG_SECTIONS = ['timing', 'sensors', 'power', 'peripherals', 'ha'] as const
 
@@ -77,7 +77,7 @@ export function toWire(c: NewCommand, id: string): Wire {
 export type Pending = { id: string; siteId: string; deviceId: string; type: (typeof COMMAND_TYPES)[number]; payload: Record<string, unknown>; expiresAt: number }
 export type Verdict = { status: 'acknowledged' | 'failed'; error?: string; ack: unknown }
 
-/** States a heater passes through after each cmd (contract §7.2 state machine). */
+/** States a heater passes through after each cmd (the old emulator's state machine: docs/compatibility.md, "Emulators"). */
 const HEATER_STATES: Record<string, readonly string[]> = {
   start: ['Starting', 'Warming', 'Running'],
   stop: ['ShuttingDown', 'Cooling', 'Off'],

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import { describe, it } from 'node:test'
-import { ENV_TABLE, loadConfig, maskSecrets, maskUrl } from './index.js'
+import * as v from 'valibot'
+import { ConfigSchema, ENV_TABLE, loadConfig, maskSecrets, maskUrl } from './index.js'
 
 const files = (map: Record<string, string>) => (p: string) => {
   if (!(p in map)) throw Object.assign(new Error('ENOENT'), { code: 'ENOENT' })
@@ -205,17 +206,145 @@ describe('loadConfig', () => {
   })
 })
 
-describe('documentation of the env table', () => {
+/** A key of the config schema (a value a config file may set) and its default; `hasDefault` false: none (unset). */
+type SchemaKey = { key: string; default: unknown; hasDefault: boolean }
+type SchemaNode = { type: string; entries?: Record<string, SchemaNode>; wrapped?: SchemaNode; default?: unknown }
+
+/** Every key of the schema, walking nested objects; records, arrays and unions are values, not sections. */
+function schemaKeys(node: SchemaNode = ConfigSchema as unknown as SchemaNode, path: string[] = [], optional?: SchemaNode): SchemaKey[] {
+  if (node.type === 'optional') return schemaKeys(node.wrapped as SchemaNode, path, node)
+  if (node.type === 'strict_object' && node.entries) return Object.entries(node.entries).flatMap(([k, child]) => schemaKeys(child, [...path, k]))
+  const def: unknown = optional ? v.getDefault(optional as never) : undefined
+  return [{ key: path.join('.'), default: def, hasDefault: def !== undefined }]
+}
+
+/** How docs/configuration.md writes a default: strings as they are (empty as ""), everything else as JSON. */
+const shownDefault = (d: unknown) => `\`${typeof d === 'string' && d !== '' ? d : JSON.stringify(d)}\``
+
+const TABLE_HEADER = '| key | env variable | default | what it does |'
+
+/**
+ * What is wrong with the tables under "## Every key": each row is one schema key (in backticks), the
+ * exact set of PAKU_* variables that set it ("—" for none), its default exactly as the schema has it
+ * ("unset …" for a key without one) and a description; every schema key has a row, and nothing else does.
+ */
+function keyTableProblems(markdown: string, keys: readonly SchemaKey[], env: readonly { name: string; path: readonly string[] }[]): string[] {
+  const problems: string[] = []
+  const lines = markdown.split('\n')
+  const start = lines.indexOf('## Every key')
+  if (start < 0) return ['no "## Every key" section']
+  const end = lines.findIndex((l, i) => i > start && /^## /.test(l))
+  const section = lines.slice(start + 1, end < 0 ? undefined : end)
+  const rows = new Map<string, string[]>()
+  let tables = 0
+  for (const [i, line] of section.entries()) {
+    if (!line.startsWith('|')) continue
+    if (!section[i - 1]?.startsWith('|')) {
+      tables++
+      if (line !== TABLE_HEADER) problems.push(`table header ${JSON.stringify(line)}, want ${JSON.stringify(TABLE_HEADER)}`)
+      continue
+    }
+    if (/^\|(\s*:?-+:?\s*\|)+$/.test(line)) continue
+    const cells = line.slice(1, line.endsWith('|') ? -1 : undefined).split(/(?<!\\)\|/).map((c) => c.trim())
+    const keyCell = /^`([\w.]+)`$/.exec(cells[0] ?? '')?.[1]
+    if (cells.length !== 4 || keyCell === undefined) {
+      problems.push(`not a row of one key: ${line}`)
+      continue
+    }
+    if (rows.has(keyCell)) problems.push(`${keyCell}: listed twice`)
+    rows.set(keyCell, cells)
+  }
+  if (tables === 0) problems.push('no table under "## Every key"')
+  const byKey = new Map(keys.map((k) => [k.key, k]))
+  for (const key of rows.keys()) if (!byKey.has(key)) problems.push(`${key}: not a key of the schema`)
+  for (const k of keys) {
+    const cells = rows.get(k.key)
+    if (!cells) {
+      problems.push(`${k.key}: missing`)
+      continue
+    }
+    const [, envCell = '', defaultCell = '', meaning = ''] = cells
+    const want = env.filter((e) => e.path.join('.') === k.key).map((e) => e.name).sort()
+    const listed = envCell === '—' ? [] : envCell.split(',').map((x) => /^`(PAKU_\w+)`$/.exec(x.trim())?.[1] ?? `(not a variable: ${x.trim()})`).sort()
+    if (JSON.stringify(listed) !== JSON.stringify(want)) problems.push(`${k.key}: env variable ${JSON.stringify(envCell)}, want ${want.length ? want.map((n) => `\`${n}\``).join(', ') : '—'}`)
+    if (k.hasDefault ? defaultCell !== shownDefault(k.default) : !/^unset\b/.test(defaultCell)) problems.push(`${k.key}: default ${JSON.stringify(defaultCell)}, want ${k.hasDefault ? shownDefault(k.default) : 'unset …'}`)
+    if (meaning === '') problems.push(`${k.key}: says nothing about what it does`)
+  }
+  return problems
+}
+
+describe('documentation of the configuration', () => {
   const example = readFileSync('.env.example', 'utf8')
-  const readme = readFileSync('README.md', 'utf8')
+  const page = readFileSync('docs/configuration.md', 'utf8')
+  const keys = schemaKeys()
+
+  it('finds every key of the schema with its default (positive control)', () => {
+    assert.ok(keys.length >= 100, `keys found: ${keys.length}`)
+    const defaults = loadConfig({ env: {}, defaultPath: 'x', readFile: files({}) })
+    assert.ok(defaults.ok)
+    const at = (key: string) => key.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown>)[k], defaults.config)
+    for (const k of keys) assert.deepEqual(at(k.key), k.default, k.key)
+    assert.deepEqual(keys.filter((k) => !k.hasDefault).map((k) => k.key), ['mqtt.ws.allowAnonymous', 'mqtt.tls.allowAnonymous'])
+    for (const e of ENV_TABLE) assert.ok(keys.some((k) => k.key === e.path.join('.')), `${e.name} sets ${e.path.join('.')}, a key of the schema`)
+  })
+
+  it('finds what is wrong with a key table (positive control)', () => {
+    const sample = [
+      '## Every key',
+      '',
+      TABLE_HEADER,
+      '|---|---|---|---|',
+      '| `a.port` | `PAKU_A_PORT` | `1883` | the port |',
+      '| `a.host` | — | `::` | the address |',
+      '| `a.open` | — | `false` | unset |',
+      '| `a.gone` | — | `1` | no such key |',
+      '| `a.note` | `PAKU_A_NOTE` | unset (as `a.open`) | |',
+      '',
+      '| key | env | default | meaning |',
+      '|---|---|---|---|',
+      '| `a.port` | — | `1883` | again |',
+      '',
+      '## Later',
+      '| `a.list` | — | `[]` | outside the section |',
+    ].join('\n')
+    const sampleKeys: SchemaKey[] = [
+      { key: 'a.port', default: 1883, hasDefault: true },
+      { key: 'a.host', default: '0.0.0.0', hasDefault: true },
+      { key: 'a.open', default: undefined, hasDefault: false },
+      { key: 'a.note', default: undefined, hasDefault: false },
+      { key: 'a.list', default: [], hasDefault: true },
+    ]
+    const sampleEnv = [
+      { name: 'PAKU_A_PORT', path: ['a', 'port'] },
+      { name: 'PAKU_A_HOST', path: ['a', 'host'] },
+      { name: 'PAKU_A_NOTE', path: ['a', 'note'] },
+    ]
+    assert.deepEqual(keyTableProblems(sample, sampleKeys, sampleEnv), [
+      'table header "| key | env | default | meaning |", want "| key | env variable | default | what it does |"',
+      'a.port: listed twice',
+      'a.gone: not a key of the schema',
+      'a.port: env variable "—", want `PAKU_A_PORT`',
+      'a.host: env variable "—", want `PAKU_A_HOST`',
+      'a.host: default "`::`", want `0.0.0.0`',
+      'a.open: default "`false`", want unset …',
+      'a.note: says nothing about what it does',
+      'a.list: missing',
+    ])
+    assert.deepEqual(keyTableProblems('# Nothing', sampleKeys, sampleEnv), ['no "## Every key" section'])
+  })
+
+  it('docs/configuration.md lists every key of the schema, its env variables and its default, and nothing else', () => {
+    assert.deepEqual(keyTableProblems(page, keys, ENV_TABLE), [])
+  })
+
   for (const entry of ENV_TABLE) {
-    it(`${entry.name} is in .env.example and README.md`, () => {
+    it(`${entry.name} is in .env.example and docs/configuration.md`, () => {
       assert.match(example, new RegExp(`^#? ?${entry.name}=`, 'm'))
-      assert.match(readme, new RegExp(`\\b${entry.name}\\b`))
+      assert.match(page, new RegExp(`\\b${entry.name}\\b`))
     })
   }
   it('PAKU_CONFIG is documented too', () => {
     assert.match(example, /^#? ?PAKU_CONFIG=/m)
-    assert.match(readme, /PAKU_CONFIG/)
+    assert.match(page, /PAKU_CONFIG/)
   })
 })

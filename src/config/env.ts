@@ -30,8 +30,8 @@ export type EnvEntry = {
 }
 
 /**
- * The one explicit table of PAKU_* overrides. The README's table is generated from the same rows
- * (see scripts/env-table.ts), so grep finds every variable here.
+ * The one explicit table of PAKU_* overrides, so grep finds every variable here; docs/configuration.md
+ * lists each with its key (src/config/config.test.ts compares them).
  */
 export const ENV_TABLE: readonly EnvEntry[] = [
   { name: 'PAKU_DATA_DIR', path: ['dataDir'], parse: asString, description: 'local state directory (embedded PostgreSQL)' },

@@ -9,8 +9,8 @@ import { derivePublicUrl, ecoflowRegion, importEnv, NOT_CARRIED, parseComposeEnv
 import { loadConfig } from './load.js'
 
 /**
- * A compose/.env as the old deploy workflow wrote it (contract §8.6), plus what .env.example added
- * (§8.2), edited by hand: quotes, comments, an `export`.
+ * A compose/.env as the old deploy workflow wrote it, plus what .env.example added, edited by hand:
+ * quotes, comments, an `export` (docs/compatibility.md, "Configuration").
  */
 const OLD_ENV = `# compose/.env, written by the deploy workflow (chmod 600)
 POSTGRES_USER=paku

@@ -4,7 +4,7 @@ import { loadConfig, maskUrl } from './load.js'
 /**
  * `paku import-env`: the old Docker Compose stack's `compose/.env` as paku's PAKU_* variables.
  * Pure functions: parse the old file the way Docker Compose does, map it, render the new file.
- * The old variables, their defaults and users: paku-iot's compatibility contract, §8.2 and §8.6.
+ * The old variables, their defaults and users: docs/compatibility.md, "Configuration".
  */
 
 /** A variable of the old file, with the line it was (last) set on. */
@@ -237,7 +237,7 @@ export const NOT_CARRIED: ReadonlyArray<{ names: readonly string[]; reason: stri
   { names: ['HEATER_DEVICE_ID', 'HEATER_PUBLISH_INTERVAL'], reason: 'the old heater emulator; paku emulate heater --device ID --interval SEC instead' },
   {
     names: ['HETZNER_HOST', 'HETZNER_USER', 'HETZNER_SSH_PUB_KEY_PATH', 'HETZNER_SSH_PRIV_KEY_PATH', 'HETZNER_PAKU_DIR'],
-    reason: "the old deploy tooling's SSH target; paku's Deploy workflow has secrets of its own (docs/deployment.md)",
+    reason: "the old deploy tooling's SSH target; paku's Deploy workflow has secrets of its own (docs/operations.md)",
   },
   {
     names: ['COLLECTOR_MQTT_TOPIC', 'COLLECTOR_DB_HOST', 'COLLECTOR_DB_PORT', 'EMULATOR_MQTT_TOPIC', 'EMULATOR_PUBLISH_INTERVAL'],
@@ -303,7 +303,7 @@ export function importEnv(text: string): ImportResult {
     }
     if (!password) b.push(warning('POSTGRES_PASSWORD is empty or missing: add the database password to PAKU_DATABASE_URL'))
     if (password) b.push(comment('The password is the old one: if the database role on the new VM has another, put that one in.'))
-    b.push(comment('Grafana reads the database as the read-only role paku_grafana instead (docs/deployment.md, Grafana).'))
+    b.push(comment('Grafana reads the database as the read-only role paku_grafana instead (docs/grafana.md).'))
     const auth = encodeURIComponent(user) + (password ? `:${encodeURIComponent(password)}` : '')
     b.push(set('PAKU_DATABASE_URL', `postgres://${auth}@${host}:${port}/${encodeURIComponent(db)}`))
   }
@@ -327,7 +327,7 @@ export function importEnv(text: string): ImportResult {
   block(
     comment(`MQTT over TLS (port 8883).${cn ? ` From MQTT_CN: ${oneLine(cn)} is the name in the old broker's certificate.` : ''}`),
     comment("That certificate and its key are in the old host's Docker volume paku_mqttcerts (server.crt, server.key,"),
-    comment('signed by the ca.crt the devices trust): copy them to /etc/paku/tls (docs/deployment.md) and uncomment:'),
+    comment('signed by the ca.crt the devices trust): copy them to /etc/paku/tls (docs/operations.md, "TLS") and uncomment:'),
     example('PAKU_MQTT_TLS_ENABLED', 'true'),
     example('PAKU_MQTT_TLS_CERT_FILE', '/etc/paku/tls/server.crt'),
     example('PAKU_MQTT_TLS_KEY_FILE', '/etc/paku/tls/server.key'),
@@ -357,7 +357,7 @@ export function importEnv(text: string): ImportResult {
   if (publicUrl) {
     block(
       comment('From PAKU_DOMAIN: the old Caddy served the OTA service under /ota of it. A reverse proxy in front of paku'),
-      comment('keeps those URLs working (docs/deployment.md); or change this to where devices reach paku.'),
+      comment('keeps those URLs working (docs/operations.md); or change this to where devices reach paku.'),
       set('PAKU_PUBLIC_URL', publicUrl),
     )
   } else {
@@ -466,7 +466,7 @@ export function producedEnv(r: Pick<ImportResult, 'blocks'>): Record<string, str
 export function renderEnvFile(r: ImportResult, opts: { source: string; showSecrets: boolean }): string {
   const out: string[] = [
     `# paku's configuration from ${oneLine(opts.source)}, the old Docker Compose stack's .env (paku import-env).`,
-    '# For /etc/paku/paku.env (systemd EnvironmentFile, mode 0600); every variable: README.md, Configuration.',
+    '# For /etc/paku/paku.env (systemd EnvironmentFile, mode 0600); every variable: docs/configuration.md.',
   ]
   if (!opts.showSecrets) out.push('# Secrets are shown as ***: --write FILE writes the real values.')
   if (r.configIssues.length > 0) {

@@ -210,7 +210,7 @@ const ConfigShape = v.strictObject({
       maxBodyBytes: v.optional(positiveInt('maxBodyBytes', 1_073_741_824), 1_048_576),
       /** Failed admin-key attempts per address and minute before that address gets 429 for a minute. */
       maxAuthFailuresPerMinute: v.optional(positiveInt('maxAuthFailuresPerMinute', 10_000), 10),
-      /** Key for /api/admin/* (header X-API-Key or Authorization: Bearer), at least 32 characters. Empty: admin routes answer 503. */
+      /** Key for /api/admin/* (header X-API-Key or Authorization: Bearer), at least 32 characters. Empty: only named keys count (`paku key create`, the setup link). */
       adminApiKey: v.optional(
         v.pipe(
           v.string('http.adminApiKey must be a string'),

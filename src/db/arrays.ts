@@ -2,8 +2,8 @@
  * PostgreSQL array literals for the batch statements' `unnest` columns, built with one `join` per column.
  * node-postgres turns a JS array into the same literal by appending to a string element by element and
  * escaping each element with two regular expressions: that was 14 % of everything paku allocated under
- * a QoS 1 burst, ~2.5 KB per stored row (docs/performance.md, ninth round). PostgreSQL parses the same
- * text either way.
+ * a QoS 1 burst, ~2.5 KB per stored row (docs/performance.md, "Array literals and timestamps").
+ * PostgreSQL parses the same text either way.
  */
 
 // Inside a double-quoted element only the backslash and the double quote need escaping.

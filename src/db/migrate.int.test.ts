@@ -40,7 +40,8 @@ describe('SQL migrations', () => {
   it('adopts an existing paku-iot database whose measurements table lacks mac and created_at', async (t) => {
     const url = await testDatabase(t)
     const c = await sqlClient(t, url)
-    // The shape the old one-off migration left on production (contract §2.1).
+    // The shape the old one-off migration left on production (docs/compatibility.md, "Adopting an existing
+    // database").
     await c.query(`CREATE TABLE measurements (id BIGSERIAL PRIMARY KEY, site_id TEXT NOT NULL, system TEXT NOT NULL, device_id TEXT NOT NULL,
       location TEXT, ts TIMESTAMPTZ NOT NULL DEFAULT NOW(), metrics JSONB NOT NULL)`)
     await c.query(`INSERT INTO measurements (site_id, system, device_id, metrics) VALUES ('paku', 'sensors', 'van_inside', '{"temperature_c": 20}')`)

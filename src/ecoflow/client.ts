@@ -1,6 +1,6 @@
 import { signedHeaders, type SigningForm } from './sign.js'
 
-/** Region shortcuts for the Open API host (peer-systems §2.1); keys are region-bound (wrong host → 8513). */
+/** Region shortcuts for the Open API host (docs/ecoflow.md, "Regions"); keys are region-bound (wrong host → 8513). */
 export const REGION_HOSTS = { eu: 'https://api-e.ecoflow.com', us: 'https://api-a.ecoflow.com', global: 'https://api.ecoflow.com' } as const
 
 export function resolveApiUrl(apiUrl: string): string {

@@ -19,7 +19,7 @@ export type ControlRequest = v.InferOutput<typeof ControlRequest>
 const MAX_AC_CHARGE: Partial<Record<Family, number>> = { delta_pro: 2900, delta2: 2400 }
 
 /**
- * The PUT /iot-open/sign/device/quota body for a control on a device family (peer-systems §2.4:
+ * The PUT /iot-open/sign/device/quota body for a control on a device family (docs/ecoflow.md, "Controls":
  * Delta Pro uses cmdSet/id, the Delta 2 / River 2 family moduleType/operateType). Returns an error
  * message for a control the family does not have.
  */

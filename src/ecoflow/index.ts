@@ -35,7 +35,7 @@ type DeviceState = {
 }
 
 const MAX_BACKOFF_MS = 15 * 60_000
-// "current device is not allowed to get device info" and friends (peer-systems §2.2): EcoFlow's allow-list.
+// "current device is not allowed to get device info" and friends (docs/ecoflow.md, "Errors"): EcoFlow's allow-list.
 const NOT_ALLOWED = /not allowed|no permission/i
 
 /**

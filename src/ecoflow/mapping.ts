@@ -1,7 +1,8 @@
 /**
- * Quota (flat dotted keys from `quota/all`) → the contract's ecoflow_measurements columns (§5.4),
+ * Quota (flat dotted keys from `quota/all`) → the old stack's ecoflow_measurements columns
+ * (docs/compatibility.md, "Quota columns and units"),
  * normalised per device family so every row is in the same units: W, °C, mV, mA, mAh, minutes.
- * Quirks (peer-systems §2.3): Delta Pro reports solar input in deci-watts; PowerStream reports
+ * Quirks (docs/ecoflow.md, "Units and quirks"): Delta Pro reports solar input in deci-watts; PowerStream reports
  * watts, volts and temperatures ×10. A missing or null field is NULL, never an aborted row.
  */
 export const FAMILIES = ['delta_pro', 'delta2', 'powerstream', 'unknown'] as const
@@ -17,7 +18,7 @@ export const COLUMNS = [
 export type Column = (typeof COLUMNS)[number]
 export type Columns = Record<Column, number | null>
 
-/** The retained `paku/ecoflow/{sn}/power` payload (contract §1.3.7); Waveshare boards read it. */
+/** The retained `paku/ecoflow/{sn}/power` payload (docs/compatibility.md, "The power summary topic"); Waveshare boards read it. */
 export type PowerSummary = { soc: number; solar_w: number; ac_in_w: number; ac_out_w: number; dc_out_w: number; watts_in: number; watts_out: number }
 
 // Integer columns in the schema; the rest are NUMERIC.
@@ -64,7 +65,8 @@ function pdOutputs(g: Get) {
   const c2 = g('pd.typec2Watts')
   return {
     car_watts: car, usb1_watts: usb1, usb2_watts: usb2, qcusb1_watts: qc1, qcusb2_watts: qc2, typec1_watts: c1, typec2_watts: c2,
-    // As the old collector and its dashboards define them: DC excludes Type-C (contract §5.4).
+    // As the old collector and its dashboards define them: DC excludes Type-C (docs/compatibility.md,
+    // "Quota columns and units").
     dc_out_watts: sum(car, usb1, usb2, qc1, qc2),
     typec_out_watts: sum(c1, c2),
     usb_out_watts: sum(usb1, usb2, qc1, qc2),
@@ -146,7 +148,7 @@ export function mapQuota(family: Family, quota: Record<string, unknown>): { colu
     solar_w: z(columns.pv_in_watts),
     ac_in_w: z(columns.inv_input_watts),
     ac_out_w: z(columns.ac_out_watts),
-    // The MQTT summary has always included Type-C in DC out (contract §5.5).
+    // The MQTT summary has always included Type-C in DC out (docs/compatibility.md, "The power summary topic").
     dc_out_w: z(columns.dc_out_watts) + z(columns.typec_out_watts),
     watts_in: z(columns.watts_in_sum),
     watts_out: z(columns.watts_out_sum),

@@ -3,7 +3,7 @@ import { describe, it } from 'node:test'
 import { flatten, sign, signedHeaders, signingString } from './sign.js'
 
 describe('EcoFlow signing', () => {
-  it('reproduces the contract §5.2 test vector (legacy form, as the old collector signed)', () => {
+  it('reproduces the test vector of docs/compatibility.md, "Request signing" (legacy form, as the old collector signed)', () => {
     const text = signingString({ accessKey: 'AK_TEST', nonce: 'abcdEFGH12345678', timestamp: '1700000000000', form: 'legacy', params: { sn: 'X' } })
     assert.equal(text, 'accessKey=AK_TEST&nonce=abcdEFGH12345678&timestamp=1700000000000')
     assert.equal(sign(text, 'SK_TEST'), '7b1d70efadc552f6af827a238a3e059d8458296c97c48e1a81803785841a4af5')

@@ -1,7 +1,7 @@
 import { createHmac, randomInt } from 'node:crypto'
 
 /**
- * The two signing forms (contract §5.2, peer-systems §2.1):
+ * The two signing forms (docs/ecoflow.md, "Request signing"):
  * - `documented`: EcoFlow's generalInfo steps — the request parameters (GET query, or PUT/POST JSON body)
  *   flattened (`a.b=1`, `list[0]=x`), sorted by key (ASCII), joined with `&`, then
  *   `accessKey=…&nonce=…&timestamp=…` appended.

@@ -9,7 +9,7 @@ export type HeaterOptions = {
   random?: () => number
 }
 
-// Timed transitions of the old heater emulator (contract §7.2), in seconds.
+// Timed transitions of the old heater emulator (docs/compatibility.md, "Emulators"), in seconds.
 const TIMED: Partial<Record<HeaterState, [number, HeaterState]>> = {
   Starting: [8, 'Warming'],
   Warming: [12, 'Running'],

@@ -11,7 +11,8 @@ type SensorState = { t: number; rh: number; p: number; battery: number; movement
 
 /**
  * RuuviTag-like readings: a slow random walk per sensor, in the canonical `…/data` shape paku-core sends
- * (contract §1.3.2) and, with `legacy`, the old emulator's flat payload (contract §1.3.8, §7.1).
+ * (docs/compatibility.md, "Sensor data") and, with `legacy`, the old emulator's flat payload
+ * ("Legacy flat Ruuvi payloads" and "Emulators" there).
  */
 export function createRuuviEmulator(opts: RuuviOptions) {
   const rnd = opts.random ?? Math.random

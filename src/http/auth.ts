@@ -12,8 +12,8 @@ export type KeyLookup = (key: string) => Promise<{ name: string; scopes: readonl
 /**
  * Checks the key on /api/admin/*, /api/device/* and /api/v1/*: it comes as `X-API-Key` (the old OTA
  * service's header, which the firmware CI workflow sends) or `Authorization: Bearer`. Compared in
- * constant time over fixed-length digests; never logged. With no key configured the admin API is off
- * (503), as in the old service. What the key may do is each route's own check (util/scope.ts): this
+ * constant time over fixed-length digests; never logged. With neither a configured key nor a key store
+ * the admin API is off (503), as in the old service; `paku serve` always has the store of named keys. What the key may do is each route's own check (util/scope.ts): this
  * puts the key's name and scopes in the context for it.
  *
  * Wrong keys are counted per address (an IPv6 /64 is one address) and a success clears nothing: a key

@@ -64,7 +64,7 @@ const LOG_EVERY_MS = 60_000
 
 /**
  * Turns broker messages into rows: topic → route, payload → validated row, into the batch writer.
- * accept() never throws and never writes per message (design §3.9.1); for QoS 1/2 it returns a promise
+ * accept() never throws and never writes per message; for QoS 1/2 it returns a promise
  * that the next batch (or the spool) resolves. Bad input becomes a reject row.
  */
 export function createIngest(opts: IngestOptions) {
@@ -73,7 +73,7 @@ export function createIngest(opts: IngestOptions) {
   const counts = { received: 0, accepted: 0, rejected: 0, ignored: 0, duplicates: 0 }
   const lastRejectLog = new Map<string, number>()
   // Retained status messages come back whenever a bridge reconnects; storing the same bytes again made
-  // offline devices look online in the old stack (contract §3.5).
+  // offline devices look online in the old stack (docs/compatibility.md, "Edge status and the last will").
   const lastRetainedStatus = new Map<string, string>()
   let summary: NodeJS.Timeout | undefined
   let lastSummary = ''

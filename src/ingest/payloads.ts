@@ -10,7 +10,7 @@ const optString = (name: string) => v.optional(v.nullable(v.string(`${name} must
 const optNumber = (name: string) =>
   v.optional(v.nullable(v.pipe(v.number(`${name} must be a number`), v.finite(`${name} must be finite`))))
 
-/** `…/data` (contract §1.3.2): `device_id` must be present (its value is not used), `metrics` a non-empty object. */
+/** `…/data` (docs/compatibility.md, "Sensor data"): `device_id` must be present (its value is not used), `metrics` a non-empty object. */
 export const DataPayload = v.looseObject({
   device_id: v.unknown(),
   metrics: v.pipe(
@@ -22,7 +22,7 @@ export const DataPayload = v.looseObject({
   mac: optString('mac'),
 })
 
-/** `{site}/edge/{dev}/status` (contract §1.3.3); stored whole, these keys drive the devices registry. */
+/** `{site}/edge/{dev}/status` (docs/compatibility.md, "Edge status and the last will"); stored whole, these keys drive the devices registry. */
 export const StatusPayload = v.looseObject({
   online: v.optional(v.boolean('online must be true or false')),
   device_model: optString('device_model'),
@@ -30,7 +30,7 @@ export const StatusPayload = v.looseObject({
   timestamp: optString('timestamp'),
 })
 
-/** `config` and `config/report` (contract §1.3.4): any object, stored whole. */
+/** `config` and `config/report` (docs/compatibility.md, "Edge configuration reports"): any object, stored whole. */
 export const ConfigPayload = jsonObject('config must be a JSON object')
 
 export const OtaStatusPayload = v.looseObject({
@@ -55,7 +55,7 @@ export const OtaResultPayload = v.looseObject({
   version: optString('version'),
 })
 
-/** Numeric members of the legacy flat Ruuvi payload that go into metrics (contract §1.3.8 mapping). */
+/** Numeric members of the legacy flat Ruuvi payload that go into metrics (docs/compatibility.md, "Legacy flat Ruuvi payloads"). */
 export const LEGACY_RUUVI_METRICS = [
   'temperature_c',
   'humidity_percent',

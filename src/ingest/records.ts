@@ -69,7 +69,7 @@ function decodeTimed<T extends 'data' | 'legacy_ruuvi' | 'status'>(type: T, payl
   return ts.ok ? { ok: true as const, value: d.value, ts: ts.ts } : ts
 }
 
-/** Validates one message for its route and turns it into the row to write (contract §3.3, §3.4). */
+/** Validates one message for its route and turns it into the row to write (docs/compatibility.md, "Topics and payloads"). */
 export function toRow(route: Route, payload: Uint8Array, receivedAt: Date): RowResult {
   switch (route.type) {
     case 'data': {
@@ -92,7 +92,8 @@ export function toRow(route: Route, payload: Uint8Array, receivedAt: Date): RowR
     case 'legacy_ruuvi': {
       const d = decodeTimed('legacy_ruuvi', payload, receivedAt)
       if (!d.ok) return d
-      // The old one-off migration's mapping (contract §1.3.8): nulls stripped, `mac` into metrics.
+      // The old one-off migration's mapping (docs/compatibility.md, "Legacy flat Ruuvi payloads"): nulls
+      // stripped, `mac` into metrics.
       const metrics: Record<string, unknown> = {}
       const p = d.value as Record<string, unknown>
       for (const key of [...LEGACY_RUUVI_METRICS, 'mac'] as const) {

@@ -172,8 +172,9 @@ type DeviceFold = { siteId: string; model: string | null; firmware: string | nul
 
 /**
  * The devices registry from status messages, folded per device in arrival order so one statement touches
- * each device once. Fixes of contract §10.2: a status without firmware_version keeps the known version,
- * and the LWT `{"online":false}` marks the device offline without refreshing last_seen.
+ * each device once. It fixes two of the old collector's bugs (docs/compatibility.md, "Old bugs and what paku
+ * does instead"): a status without firmware_version keeps the known version, and the LWT
+ * `{"online":false}` marks the device offline without refreshing last_seen.
  */
 async function upsertDevices(tx: Tx, rows: Of<'status'>[]): Promise<void> {
   const fold = new Map<string, DeviceFold>()
@@ -240,7 +241,8 @@ async function upsertConfigs(tx: Tx, rows: Of<'config'>[]): Promise<void> {
 }
 
 // ota/progress `state` → device_update_status.status. The old collector mapped everything but
-// installing/verifying to 'downloading' (contract §10.2); unknown states leave the status as it is.
+// installing/verifying to 'downloading' (docs/compatibility.md, "Old bugs and what paku does instead");
+// unknown states leave the status as it is.
 const PROGRESS_STATE: Record<string, string> = {
   idle: 'pending',
   checking: 'pending',
@@ -255,7 +257,10 @@ const PROGRESS_STATE: Record<string, string> = {
 
 const str = (x: unknown): string | null => (typeof x === 'string' && x !== '' ? x : null)
 
-/** Mirrors the device's OTA reports into device_update_status and ota_events (contract §3.4, with its bugs fixed). */
+/**
+ * Mirrors the device's OTA reports into device_update_status and ota_events as the old collector did, with
+ * its bugs fixed (docs/compatibility.md, "OTA reports from devices").
+ */
 async function applyOta(tx: Tx, row: Of<'ota'>): Promise<void> {
   const p = row.payload
   const fw = str(p.target_version) ?? str(p.version)

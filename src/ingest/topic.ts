@@ -2,7 +2,7 @@
 export type Route =
   | { type: 'data'; siteId: string; system: string; deviceId: string }
   | { type: 'status' | 'config' | 'ota_status' | 'ota_progress' | 'ota_result'; siteId: string; deviceId: string }
-  /** The legacy flat Ruuvi topic `paku/ruuvi/van_inside` (contract §1.3.8). */
+  /** The legacy flat Ruuvi topic `paku/ruuvi/van_inside` (docs/compatibility.md, "Legacy flat Ruuvi payloads"). */
   | { type: 'legacy_ruuvi'; siteId: string; sensorId: string }
 
 export type TopicType = Route['type']
@@ -22,7 +22,8 @@ const OTA_TYPES = { status: 'ota_status', progress: 'ota_progress', result: 'ota
 const CONTROL = /[\u0000-\u001f\u007f-\u009f]/
 
 /**
- * Maps a topic to an ingest route. The one place that knows the topic scheme (contract §1.2, §1.4):
+ * Maps a topic to an ingest route. The one place that knows the topic scheme (docs/compatibility.md,
+ * "Topic catalogue"):
  * `{site}/{system}/{device}/data`, `{site}/edge/{device}/status|config`, `{site}/edge/{device}/config/report`,
  * `{site}/edge/{device}/ota/status|progress|result` and the legacy `{site}/ruuvi/{sensor}`.
  */
@@ -65,8 +66,8 @@ export function parseTopic(topic: string): TopicResult {
 /**
  * parseTopic that remembers its answers for up to maxTopics topics (then starts over): a device
  * publishes to the same few topics all its life, and splitting and checking each message's topic
- * again was ~7 % of what paku allocated under load (docs/performance.md, ninth round). The answers are
- * frozen, since every message of a topic shares one.
+ * again was ~7 % of what paku allocated under load (docs/performance.md, "Allocations per message, and
+ * the debug() shim"). The answers are frozen, since every message of a topic shares one.
  */
 export function createTopicParser(maxTopics = 10_000): (topic: string) => TopicResult {
   const known = new Map<string, TopicResult>()

@@ -51,14 +51,15 @@ export type WriterStats = {
 const MAX_BACKOFF_MS = 30_000
 /**
  * How long the writer still counts as busy after it last took a burst-sized batch: the queue of a burst
- * can run dry for a moment between two reads (seen as a 10 s rollup pass in the middle of a 1M burst,
- * docs/performance.md, seventh round), and background work asking once a second must not take that for
- * the burst's end.
+ * can run dry for a moment between two reads (seen as a 10 s rollup pass in the middle of a 1M burst;
+ * docs/performance.md, "Rollup passes: each row once, and out of bursts"), and background work asking
+ * once a second must not take that for the burst's end.
  */
 const BUSY_HOLD_MS = 1000
 /**
  * Upper bounds in seconds of the batch-write duration histogram. A healthy batch commits in 1–50 ms;
- * a slow commit (fsync) or PostgreSQL's GIN merge shows as 0.1 s and up (docs/performance.md).
+ * a slow commit (fsync) or PostgreSQL's GIN merge shows as 0.1 s and up (docs/performance.md, "Where the
+ * PUBACK tail comes from").
  */
 const FLUSH_BOUNDS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
@@ -388,7 +389,7 @@ export function createWriter(opts: WriterOptions) {
       // batch waits, a free writer starts at once instead: PostgreSQL writes those rows while paku is
       // still reading the rest of a burst (100 devices' worth of QoS 1 messages arrive in one turn, and
       // would otherwise make one batch that PostgreSQL waits for and paku then waits on). Starting it
-      // at half a batch made no measurable difference (docs/performance.md).
+      // at half a batch made no measurable difference (docs/performance.md, "Two writers").
       if ((failures === 0 || spool) && mayStart()) {
         const delay = window.delay(now())
         if (pendingDurable >= eagerRows && running) pump()

@@ -37,7 +37,7 @@ async function setup(t: TestContext) {
   const dir = await mkdtemp(join(tmpdir(), 'paku-ci-'))
   defer(t, () => rm(dir, { recursive: true, force: true }))
   const all = await steps()
-  // The key the README tells CI to use: read, upload and rollout, not admin.
+  // The key docs/ota.md, "Firmware CI", tells CI to use: read, upload and rollout, not admin.
   const ciKey = await createKey(s.app.db.db, 'firmware-ci', ['read', 'upload', 'rollout'])
   /** Runs one step's script as Actions would: bash, the job env, GITHUB_OUTPUT; returns exit code, output and the step outputs. */
   const step = async (id: string, env: Record<string, string>) => {

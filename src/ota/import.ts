@@ -7,9 +7,9 @@ import type { Db } from './store.js'
 export type ImportResult = { imported: string[]; missing: string[]; mismatched: string[] }
 
 /**
- * Moves the old OTA service's firmware volume (flat `{model}_{version}.bin` files, contract §4.5)
- * into the database: every release row without stored bytes gets its file, if the file's SHA-256 is
- * the one recorded. Safe to run again; nothing already stored is touched.
+ * Moves the old OTA service's firmware volume (flat `{model}_{version}.bin` files; docs/compatibility.md,
+ * "Firmware storage and naming") into the database: every release row without stored bytes gets its file,
+ * if the file's SHA-256 is the one recorded. Safe to run again; nothing already stored is touched.
  */
 export async function importFirmwareDir(db: Db, dir: string): Promise<ImportResult> {
   const root = resolve(dir)

@@ -67,8 +67,9 @@ export type OtaCounters = {
 }
 
 /**
- * progress `state` → device action state (contract §1.3.6 states). Idle/Checking say nothing new;
- * Failed waits for the ota/result that follows it (it carries the reason; a lost one times out).
+ * progress `state` → device action state (the states of docs/compatibility.md, "OTA reports from
+ * devices"). Idle/Checking say nothing new; Failed waits for the ota/result that follows it (it carries
+ * the reason; a lost one times out).
  */
 const PROGRESS: Record<string, DeviceState> = { downloading: 'downloading', verifying: 'installing', installing: 'installing', complete: 'installed', 'rolled back': 'failed', rolled_back: 'failed' }
 const TICK_SOON_MS = 1000
@@ -120,8 +121,9 @@ export function createOta(opts: OtaOptions) {
   }
 
   /**
-   * Sends the paku-core command (contract §1.3.6): the device acks on ota/status, downloads the URL and
-   * checks the image against `checksum` (the release's SHA-256; an empty one skips its check).
+   * Sends the paku-core command (docs/compatibility.md, "The OTA command push"): the device acks on
+   * ota/status, downloads the URL and checks the image against `checksum` (the release's SHA-256; an empty
+   * one skips its check).
    */
   async function notify(r: Pick<Rollout, 'id' | 'device_model' | 'firmware_version'>, checksum: string | null | undefined, deviceId: string): Promise<void> {
     const payload = JSON.stringify({ url: downloadUrl(r.device_model, r.firmware_version), version: r.firmware_version, checksum: checksum ?? '' })
@@ -210,7 +212,7 @@ export function createOta(opts: OtaOptions) {
     })
   }
 
-  /** ota/status, ota/progress, ota/result from a device: moves its action (ingest mirrors them into the contract tables). */
+  /** ota/status, ota/progress, ota/result from a device: moves its action (ingest mirrors them into the old stack's OTA tables). */
   function deviceReport(e: DeviceReportEvent): void {
     if (!running) return
     void enqueue(async () => {
@@ -287,8 +289,9 @@ export function createOta(opts: OtaOptions) {
   }
 
   /**
-   * The old GET /api/firmware/check (contract §4.4), answered from the same rollouts. A check-in that
-   * reports the rollout's version ends the device's action as succeeded (counted only when `verified`).
+   * The old GET /api/firmware/check (docs/compatibility.md, "The old routes"), answered from the same
+   * rollouts. A check-in that reports the rollout's version ends the device's action as succeeded (counted
+   * only when `verified`).
    */
   async function checkDecision(c: CheckRequest): Promise<{ rollout: Rollout; release: Release } | undefined> {
     const db = opts.db()

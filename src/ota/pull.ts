@@ -1,6 +1,6 @@
 /**
  * What an Arduino HTTPUpdate (ESP32) or ESP8266httpUpdate client tells about itself in its request
- * headers (peer-systems §1.5). Every value is checked: the headers come from the network.
+ * headers (docs/ota.md, "Device protocols"). Every value is checked: the headers come from the network.
  */
 export type UpdateRequest = {
   family: 'ESP32' | 'ESP8266'

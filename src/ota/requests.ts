@@ -10,9 +10,10 @@ const Percent = (min: number) => v.pipe(v.number('must be a number'), v.integer(
 const Count = v.pipe(v.number('must be a number'), v.integer('must be an integer'), v.minValue(1, 'must be at least 1'), v.maxValue(1_000_000, 'too large'))
 
 /**
- * The old `/api/admin/rollout/create` body (contract §4.4) and what paku adds: stages, thresholds, groups,
- * downgrade permission. Unknown fields are ignored as before; `target_device_ids` (what the old CI
- * workflow sent for single-device rollouts) counts as `target_filter.device_ids`.
+ * The old `/api/admin/rollout/create` body (docs/compatibility.md, "The old routes") and what paku adds:
+ * stages, thresholds, groups, downgrade permission. Unknown fields are ignored as before;
+ * `target_device_ids` (what the old CI workflow sent for single-device rollouts) counts as
+ * `target_filter.device_ids`.
  */
 export const RolloutBody = v.pipe(
   v.object({
@@ -72,7 +73,7 @@ export const GroupBody = v.object({
 
 export const MembersBody = v.object({ device_ids: v.pipe(v.array(DeviceId), v.minLength(1, 'must list at least one device'), v.maxLength(100_000, 'too many devices')) }, 'body must be a JSON object')
 
-/** The old `POST /api/device/{id}/update-status` body (contract §4.4). */
+/** The old `POST /api/device/{id}/update-status` body (docs/compatibility.md, "The old routes"). */
 export const UpdateStatusBody = v.object({
   device_id: v.optional(v.string()),
   firmware_version: v.pipe(v.string('must be a string'), v.minLength(1, 'must not be empty'), v.maxLength(64, 'must be at most 64 characters')),

@@ -50,9 +50,10 @@ describe('isTarget', () => {
     assert.equal(isTarget(old, dev({ groups: ['van'] })), true)
     assert.equal(isTarget(old, dev({ groups: ['cabin'] })), false)
   })
-  it('device_models widens the model match (firmware env ≠ reported model)', () => {
+  it('device_models replaces the release\'s model in the match (firmware env ≠ reported model)', () => {
     const r = rollout({ device_model: 'lilygo-t-display-s3-heater', target_filter: { device_models: ['lilygo-t-display-s3'] } })
     assert.equal(isTarget(r, dev({ device_model: 'lilygo-t-display-s3' })), true)
+    assert.equal(isTarget(r, dev({ device_model: 'lilygo-t-display-s3-heater' })), false)
   })
   it('one-stage defaults: the old rollout_percentage; specific ignores it', () => {
     assert.deepEqual(stagesOf(rollout({ rollout_percentage: 25 })), [25])

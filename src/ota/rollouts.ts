@@ -66,7 +66,10 @@ export function currentPercentage(r: Rollout): number {
 
 export type TargetDevice = { device_id: string; device_model: string | null; current_firmware_version: string | null; mac_address: string | null; protocol: string | null; groups: string[] }
 
-/** Whether a device belongs to the rollout's target at its current stage (contract §4.6, plus groups and stages). */
+/**
+ * Whether a device belongs to the rollout's target at its current stage (docs/compatibility.md, "Rollout
+ * targeting and the canary hash", plus groups and stages).
+ */
 export function isTarget(r: Rollout, d: TargetDevice): boolean {
   const f = r.target_filter ?? {}
   if (r.target_type === 'specific') {

@@ -88,7 +88,8 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
     return release
   }
 
-  // The old multipart upload (contract §4.4): fields in the query (as the CI workflow sends them) or the form.
+  // The old multipart upload (docs/compatibility.md, "The old routes"): fields in the query (as the CI
+  // workflow sends them) or the form.
   routes.post('/api/admin/firmware/upload', scope('upload'), async (c) => {
     const type = c.req.header('content-type') ?? ''
     if (!/^multipart\/form-data/i.test(type)) {
@@ -428,7 +429,8 @@ export function createOtaRoutes(o: RoutesOptions): Hono {
       return imageResponse(c.req, release, (off, len) => store.readImage(db(), release.id, off, len), (bytes, partial) => served(bytes, partial))
     })
 
-    // The old service's JSON check (contract §4.4), kept for the examples that use it.
+    // The old service's JSON check (docs/compatibility.md, "The old routes"), kept for the examples that
+    // use it.
     routes.get(`${prefix}/api/firmware/check`, limited, async (c) => {
       const given = validate(DeviceId, required(c.req.query('device_id'), 'device_id'))
       const model = slug(c.req.query('device_model'), 'device_model')

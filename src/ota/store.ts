@@ -268,9 +268,9 @@ export async function deviceByMac(db: Db, mac: string): Promise<string | undefin
 }
 
 /**
- * The old /check registering a device paku does not know yet (contract §4.4). A device that asks over
- * HTTP polls for its updates: it is marked so rollouts do not also push cmd/ota to it. Returns false
- * when the id exists already (nothing is written).
+ * The old /check registering a device paku does not know yet (docs/compatibility.md, "The old routes"). A
+ * device that asks over HTTP polls for its updates: it is marked so rollouts do not also push cmd/ota to
+ * it. Returns false when the id exists already (nothing is written).
  */
 export async function registerCheckedDevice(db: Db, deviceId: string, model: string, version: string): Promise<boolean> {
   const r = await sql`
@@ -327,7 +327,7 @@ export async function deviceEvents(db: Db, deviceId: string, limit: number) {
   return r.rows
 }
 
-/** The old report endpoint's effects (contract §4.4), with success also moving the device's version. */
+/** The old report endpoint's effects (docs/compatibility.md, "The old routes"), with success also moving the device's version. */
 export async function reportUpdateStatus(db: Db, deviceId: string, b: { firmware_version: string; status: UpdateStatus; error_message?: string | null | undefined; progress_percent?: number | null | undefined }): Promise<void> {
   await db.transaction().execute(async (tx) => {
     await sql`

@@ -1,7 +1,7 @@
 /**
  * ESP device simulators for the OTA tests: real MQTT and real HTTP clients that behave like the
  * devices do (paku-core's cmd/ota handling, docs/compatibility.md, "The OTA command push"; Arduino
- * HTTPUpdate's request, peer-systems §1.5).
+ * HTTPUpdate's request, docs/ota.md, "Device protocols").
  */
 import { createHash } from 'node:crypto'
 import { connect as tcpConnect } from 'node:net'

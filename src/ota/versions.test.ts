@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { compareVersions, hashBucket, parseVersion, percentageMatch } from './versions.js'
 
-describe('percentageMatch (the old service\'s consistent hash, contract §4.6)', () => {
+describe('percentageMatch (the old service\'s consistent hash, docs/compatibility.md, "Rollout targeting and the canary hash")', () => {
   const vectors: Array<[string, number]> = [
     ['device1', 60], ['device2', 80], ['device123', 16], ['device456', 8], ['test_device', 72],
     ['ESP32-20E955A0', 25], ['ESP8266-9608CF16', 35], ['esp32_001', 69], ['', 49],

@@ -1,7 +1,10 @@
 import { createHash } from 'node:crypto'
 import semver from 'semver'
 
-/** Versions and models travel in URLs and file names: the old service's slug rule (contract §4.4), plus `+` for semver build metadata. */
+/**
+ * Versions and models travel in URLs and file names: the old service's slug rule (docs/compatibility.md,
+ * "The old routes"), plus `+` for semver build metadata.
+ */
 export const SLUG = /^[A-Za-z0-9._+-]{1,64}$/
 
 /**
@@ -22,8 +25,9 @@ export function compareVersions(a: string, b: string): -1 | 0 | 1 | undefined {
 }
 
 /**
- * The old service's consistent hash (contract §4.6): SHA-256 of the UTF-8 id read as one unsigned
- * big-endian integer, mod 100, below the percentage. Monotone: a device in at p% stays in at any higher p.
+ * The old service's consistent hash (docs/compatibility.md, "Rollout targeting and the canary hash"):
+ * SHA-256 of the UTF-8 id read as one unsigned big-endian integer, mod 100, below the percentage. Monotone:
+ * a device in at p% stays in at any higher p.
  */
 export function percentageMatch(deviceId: string, percentage: number): boolean {
   if (percentage >= 100) return true

@@ -14,7 +14,8 @@ export type RollupOptions = {
   /**
    * Whether ingest is catching up with a burst now. A pass that falls due meanwhile waits for it to end,
    * for up to one interval: a pass over a burst's rows takes seconds of PostgreSQL CPU, which the burst's
-   * own writes (and their PUBACKs) would wait for on a small machine (docs/performance.md). Default: never.
+   * own writes (and their PUBACKs) would wait for on a small machine (docs/performance.md, "Rollup passes:
+   * each row once, and out of bursts"). Default: never.
    */
   busy?: () => boolean
 }

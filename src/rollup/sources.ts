@@ -34,10 +34,11 @@ const bucket = (width: Width) => sql`date_bin(${width}::interval, ts, TIMESTAMPT
  * JSON column is `json`. n/sum/min/max and the newest (ts, id) are one hash aggregation; `last` and
  * `location` are then read from that row by its primary key. An ORDER BY inside an aggregate rules
  * hashing out, and sorting every sample (seven per telemetry row) cost more than the rest together
- * (docs/performance.md). A lookup by (device, ts) instead of id was planned on other indexes when the
- * table had no statistics yet, scanning a whole site's rows for each group. OFFSET 0 keeps the planner from
- * pulling the samples' subquery up into the aggregation, where `num` was computed once for each of the four
- * aggregates that read it: a pass over 200k new rows took 2.6–2.7 s, 1.9–2.0 s with it.
+ * (docs/performance.md, "Rollup passes: each row once, and out of bursts"). A lookup by (device, ts)
+ * instead of id was planned on other indexes when the table had no statistics yet, scanning a whole
+ * site's rows for each group. OFFSET 0 keeps the planner from pulling the samples' subquery up into the
+ * aggregation, where `num` was computed once for each of the four aggregates that read it: a pass over
+ * 200k new rows took 2.6–2.7 s, 1.9–2.0 s with it.
  */
 function fromSamples(samples: RawBuilder<unknown>, width: Width, table: 'measurements' | 'edge_device_status', json: 'metrics' | 'status'): RawBuilder<unknown> {
   const location = table === 'measurements' ? sql`r.location` : sql`NULL::text`
@@ -53,7 +54,7 @@ function fromSamples(samples: RawBuilder<unknown>, width: Width, table: 'measure
     ) l ON true`
 }
 
-/** ecoflow_measurements' reading columns (contract §2.2): aggregated column by column, then unpivoted. */
+/** ecoflow_measurements' reading columns (docs/compatibility.md, "Tables kept"): aggregated column by column, then unpivoted. */
 export const ECOFLOW_COLUMNS = [
   'soc_percent', 'remain_time_min', 'watts_in_sum', 'watts_out_sum', 'ac_out_watts', 'dc_out_watts', 'typec_out_watts', 'usb_out_watts',
   'pv_in_watts', 'car_watts', 'usb1_watts', 'usb2_watts', 'qcusb1_watts', 'qcusb2_watts', 'typec1_watts', 'typec2_watts', 'inv_out_temp',
