@@ -53,7 +53,7 @@ import pg from 'pg'
 import { from as copyFrom } from 'pg-copy-streams'
 import { createEmbeddedPostgres, preparingPool, type DB } from '../src/db/index.js'
 import type { Row } from '../src/ingest/index.js'
-import { writeBatch } from '../src/ingest/store.js'
+import { writeTelemetry } from '../src/ingest/store.js'
 import { freePort, serveEnv } from './local-process.js'
 import { createLogger } from '../src/log/index.js'
 
@@ -318,14 +318,14 @@ async function pakuStatement(chunk: number, qos1 = false): Promise<Writer> {
   return {
     write: async () => {
       for (let start = 0; start < COPY_ROWS; start += chunk) {
-        const rows: Row[] = []
+        const rows: Array<Extract<Row, { kind: 'measurement' }>> = []
         for (let i = start; i < Math.min(COPY_ROWS, start + chunk); i++) {
           const [site, system, device, location, mac, ts, metrics] = copyLine(i).trimEnd().split('\t') as string[]
-          const row: Row = { kind: 'measurement', siteId: site as string, system: system as string, deviceId: device as string, location: location as string, mac: mac as string, ts: new Date(ts as string), metrics: metrics as string }
+          const row: Extract<Row, { kind: 'measurement' }> = { kind: 'measurement', siteId: site as string, system: system as string, deviceId: device as string, location: location as string, mac: mac as string, ts: new Date(ts as string), metrics: metrics as string }
           if (qos1) row.dedup = { clientId: `bench-${i % DEVICES}`, messageId: (Math.floor(i / DEVICES) % 65535) + 1, digest: 'x'.repeat(27) + '=' }
           rows.push(row)
         }
-        await writeBatch(db, rows)
+        await writeTelemetry(db, rows)
       }
     },
     close: () => db.destroy(),

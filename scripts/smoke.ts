@@ -16,7 +16,7 @@ import mqtt from 'mqtt'
 import pg from 'pg'
 import { createEmbeddedPostgres } from '../src/db/index.js'
 import { createLogger } from '../src/log/index.js'
-import { espImage } from '../src/ota/test-image.js'
+import { espImage } from './test-support/esp-image.js'
 import { freePort } from './local-process.js'
 
 const run = promisify(execFile)

@@ -2,7 +2,7 @@
  * `npm run ui-screenshots`: the console's pages as docs/images/console-*.png. Starts paku on a throwaway
  * embedded PostgreSQL with no admin key, as a new user would, and feeds it as the README's "Run it" does:
  * the Ruuvi and heater emulators, plus an edge device, a week of history, a firmware with a rollout and a
- * fake EcoFlow station (src/ecoflow/fake-open-api.ts). Opens the setup link paku logs, creates the key,
+ * fake EcoFlow station (scripts/test-support/fake-ecoflow-api.ts). Opens the setup link paku logs, creates the key,
  * and visits each page on a desktop and a phone viewport.
  */
 import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises'
@@ -14,10 +14,10 @@ import type { Page } from 'playwright-core'
 import { migrationFiles } from '../src/assets.js'
 import { createApp } from '../src/app.js'
 import { createEmbeddedPostgres } from '../src/db/index.js'
-import { startFakeOpenApi } from '../src/ecoflow/fake-open-api.js'
+import { startFakeOpenApi } from './test-support/fake-ecoflow-api.js'
 import { runEmulator } from '../src/emulate/index.js'
 import { createLogger } from '../src/log/index.js'
-import { espImage } from '../src/ota/test-image.js'
+import { espImage } from './test-support/esp-image.js'
 import { fillEcoflowHistory, fillHistory, fillStatusHistory, hasChromium, launchChromium, openDevicePage, CHROMIUM } from './console-kit.js'
 import { freePort } from './local-process.js'
 import { testConfig } from './test-helpers.js'

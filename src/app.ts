@@ -8,10 +8,10 @@ import { ACK_FILTERS, createCommands } from './commands/index.js'
 import type { Config } from './config/index.js'
 import { createDatabase, type SqlFile } from './db/index.js'
 import { createEcoflow } from './ecoflow/index.js'
-import { createFirstKey, createHttp, createRuntimeMonitor, createSetup, hasNamedKey, histogramMetric, lookupKey, type HealthReport, type Metric } from './http/index.js'
-import { createIngest, decodePayload, parseTimestamp, parseTopic, type IncomingMessage, type Row } from './ingest/index.js'
+import { createFirstKey, createHttp, createRuntimeMonitor, createSetup, hasNamedKey, lookupKey, type HealthReport } from './http/index.js'
+import { createIngest, type IncomingMessage } from './ingest/index.js'
 import { errorText, type Logger } from './log/index.js'
-import { createOta } from './ota/index.js'
+import { createOta, writeOtaReport, writeStatusReports } from './ota/index.js'
 import { createRollup, ECOFLOW_COLUMNS } from './rollup/index.js'
 import { createUi } from './ui/index.js'
 
@@ -35,22 +35,6 @@ export function createApp(opts: AppOptions) {
   const startedAt = Date.now()
 
   const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: opts.migrations })
-  const ingest = createIngest({
-    config: config.ingest,
-    db: () => db.db,
-    log: log.child('ingest'),
-    spoolDir: join(config.dataDir, 'spool'),
-    // Status and OTA reports drive rollouts: success by version, progress, re-sending missed commands.
-    observe: (row) => observeForOta(row),
-  })
-  // Every incoming message (MQTT, and HTTP telemetry) is seen by the live view and by commands waiting
-  // for an acknowledgement, then stored; both peeks are synchronous and bounded.
-  const live = createLiveHub()
-  function incoming(m: IncomingMessage): Promise<void> | undefined {
-    live.push(m)
-    commands.observe(m)
-    return ingest.accept(m)
-  }
   // Several instances (docs/scaling.md): messages fan out through Redis, and singleton work (rollout
   // progression, EcoFlow polling, rollups and retention) runs on the instance holding its advisory lock.
   // Without cluster.redisUrl none of this exists and paku is the single instance it always was.
@@ -71,6 +55,45 @@ export function createApp(opts: AppOptions) {
       })
     : undefined
   const leads = (task: string) => () => leader?.leads(task) ?? true
+
+  // OTA and commands publish through the broker, which is built after them because it hands them what
+  // devices send (acknowledgements, a client's own cmd/ota to vet). Nothing publishes before start().
+  const publish = (topic: string, payload: string, o: { qos: 0 | 1; retain: boolean }) => broker.publish(topic, payload, o)
+  // Where this instance's HTTP listener is, for links when no public URL is configured (known once it listens).
+  const httpBase = () => {
+    const host = ['0.0.0.0', '::', ''].includes(config.http.host) ? hostname() : config.http.host
+    return `http://${host.includes(':') ? `[${host}]` : host}:${http.address()?.port ?? config.http.port}`
+  }
+
+  const ota = createOta({ config: config.ota, db: () => db.db, log: log.child('ota'), publish, leads: leads('rollouts'), fallbackPublicUrl: httpBase, ...(opts.now ? { now: opts.now } : {}) })
+  const commands = createCommands({
+    db: () => db.db,
+    log: log.child('commands'),
+    publish,
+    // Commands another instance sent (and may have died since) are closed and expired here too.
+    ...(config.cluster.redisUrl ? { reloadMs: 10_000 } : {}),
+  })
+  const ingest = createIngest({
+    config: config.ingest,
+    db: () => db.db,
+    log: log.child('ingest'),
+    spoolDir: join(config.dataDir, 'spool'),
+    // Status and OTA reports drive rollouts: success by version, progress, re-sending missed commands.
+    observe: (row) => {
+      if (row.kind === 'status') ota.deviceStatus({ deviceId: row.deviceId, model: row.model, firmware: row.firmware, online: row.online })
+      else if (row.kind === 'ota') ota.deviceReport({ deviceId: row.deviceId, sub: row.sub, payload: row.payload })
+    },
+    // The tables those reports update are OTA's; ingest writes them with OTA's code, in its transaction.
+    deviceReports: { statuses: writeStatusReports, ota: writeOtaReport },
+  })
+  // Every incoming message (MQTT, and HTTP telemetry) is seen by the live view and by commands waiting
+  // for an acknowledgement, then stored; both peeks are synchronous and bounded.
+  const live = createLiveHub()
+  function incoming(m: IncomingMessage): Promise<void> | undefined {
+    live.push(m)
+    commands.observe(m)
+    return ingest.accept(m)
+  }
   const broker = createBroker({
     config: config.mqtt,
     log: log.child('broker'),
@@ -95,38 +118,14 @@ export function createApp(opts: AppOptions) {
         }
       : {}),
   })
-  const commands = createCommands({
-    db: () => db.db,
-    log: log.child('commands'),
-    publish: (topic, payload, o) => broker.publish(topic, payload, o),
-    // Commands another instance sent (and may have died since) are closed and expired here too.
-    ...(config.cluster.redisUrl ? { reloadMs: 10_000 } : {}),
-  })
-
-  const ota = createOta({
-    config: config.ota,
-    db: () => db.db,
-    log: log.child('ota'),
-    publish: (topic, payload, o) => broker.publish(topic, payload, o),
-    leads: leads('rollouts'),
-    fallbackPublicUrl: () => {
-      const host = ['0.0.0.0', '::', ''].includes(config.http.host) ? hostname() : config.http.host
-      return `http://${host.includes(':') ? `[${host}]` : host}:${http.address()?.port ?? config.http.port}`
-    },
-  })
 
   const rollup = createRollup({ config: config.rollup, retention: config.retention, db: () => db.db, log: log.child('rollup'), leads: leads('rollup'), busy: ingest.busy })
-
-  function observeForOta(row: Row): void {
-    if (row.kind === 'status') ota.deviceStatus({ deviceId: row.deviceId, model: row.model, firmware: row.firmware, online: row.online })
-    else if (row.kind === 'ota') ota.deviceReport({ deviceId: row.deviceId, sub: row.sub, payload: row.payload })
-  }
 
   const ecoflow = createEcoflow({
     config: config.ecoflow,
     log: log.child('ecoflow'),
     write: (row) => ingest.record(row),
-    publish: (topic, payload, o) => broker.publish(topic, payload, o),
+    publish,
     leads: leads('ecoflow'),
   })
 
@@ -137,16 +136,8 @@ export function createApp(opts: AppOptions) {
     version: opts.version,
     ecoflowColumns: ECOFLOW_COLUMNS,
     telemetry: {
-      // The checks MQTT ingest applies to a data message (toRow's), so HTTP gets the same 400 reasons.
-      check: (topic, payload) => {
-        const route = parseTopic(topic)
-        if (route.kind !== 'route') return route.kind === 'reject' ? route.reason : `topic ${topic} is not a data topic`
-        if (payload.length > config.ingest.maxPayloadBytes) return `readings of one timestamp make ${payload.length} bytes, more than ingest.maxPayloadBytes (${config.ingest.maxPayloadBytes})`
-        const d = decodePayload('data', payload)
-        if (!d.ok) return d.reason
-        const ts = parseTimestamp(d.value.timestamp, new Date())
-        return ts.ok ? undefined : ts.reason
-      },
+      // The checks MQTT ingest applies to a data message, so HTTP gets the same 400 reasons.
+      check: (topic, payload) => ingest.checkData(topic, payload),
       // As a QoS 1 message: the promise resolves once the row is committed or spooled. Not through
       // incoming(): the API pushes to the live view itself, after the row is durable, and a data
       // message never acknowledges a command.
@@ -161,10 +152,7 @@ export function createApp(opts: AppOptions) {
     log: log.child('http'),
     hasKey: async () => config.http.adminApiKey !== '' || (await hasNamedKey(db.db)),
     createFirstKey: (name) => createFirstKey(db.db, name),
-    baseUrl: () => {
-      const host = ['0.0.0.0', '::', ''].includes(config.http.host) ? hostname() : config.http.host
-      return `http://${host.includes(':') ? `[${host}]` : host}:${http.address()?.port ?? config.http.port}`
-    },
+    baseUrl: httpBase,
     maxFailuresPerMinute: config.http.maxAuthFailuresPerMinute,
     ...(opts.now ? { now: opts.now } : {}),
   })
@@ -180,7 +168,7 @@ export function createApp(opts: AppOptions) {
       status: !brokerHealth.ok ? 'down' : degraded ? 'degraded' : 'ok',
       version: opts.version,
       uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
-      memory: memory(),
+      memory: runtime.memory(),
       database,
       broker: brokerHealth,
       ingest: ingestStats,
@@ -202,8 +190,7 @@ export function createApp(opts: AppOptions) {
     // Firmware images are larger than any other body; the multipart envelope adds a little.
     bodyLimits: [{ path: /^\/api\/admin\/firmware(\/|$)/, maxBytes: config.ota.maxFirmwareBytes + 65_536 }],
     metrics: async () => [
-      ...ingestMetrics(ingest.stats()),
-      histogramMetric('paku_ingest_flush_duration_seconds', 'Duration of the batch writes that committed (a QoS 1 PUBACK waits for one).', ingest.flushDurations()),
+      ...ingest.metrics(),
       ...broker.metrics(),
       ...(await ota.metrics()),
       ...runtime.metrics(),
@@ -275,39 +262,3 @@ export function createApp(opts: AppOptions) {
 }
 
 export type App = ReturnType<typeof createApp>
-
-const INGEST_COUNTERS: Record<string, string> = {
-  received: 'MQTT messages seen by ingest.',
-  accepted: 'Messages turned into rows.',
-  rejected: 'Messages kept in ingest_rejects (bad topic, payload or size).',
-  ignored: 'Messages on topics paku does not store.',
-  duplicates: 'Redeliveries recognised and not stored twice.',
-  written: 'Rows committed to PostgreSQL.',
-  spooled: 'Rows written to the on-disk spool during a database outage.',
-  replayed: 'Spooled rows replayed into PostgreSQL.',
-  dropped: 'QoS 0 rows dropped because the in-memory queue was full.',
-  flushes: 'Batch writes.',
-  failedFlushes: 'Batch writes that failed (and were retried or spooled).',
-}
-const INGEST_GAUGES: Record<string, string> = {
-  pending: 'Rows waiting in memory for the next batch.',
-  waiting: 'QoS 1/2 messages waiting for their acknowledgement.',
-  spoolBytes: 'Bytes in the on-disk spool.',
-  lastFlushMs: 'Duration of the last batch write in milliseconds.',
-}
-
-/** Ingest's counters as Prometheus metrics (the old /metrics had none for ingest). */
-function ingestMetrics(s: Record<string, unknown>): Metric[] {
-  const snake = (k: string) => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)
-  return [
-    ...Object.entries(INGEST_COUNTERS).map(([k, help]) => ({ name: `paku_ingest_${snake(k)}_total`, help, type: 'counter' as const, samples: [{ value: Number(s[k] ?? 0) }] })),
-    ...Object.entries(INGEST_GAUGES).map(([k, help]) => ({ name: `paku_ingest_${snake(k)}`, help, type: 'gauge' as const, samples: [{ value: Number(s[k] ?? 0) }] })),
-  ]
-}
-
-/** Process memory in MiB for /health: RSS is what the 1–2 GB VMs care about; the heap split shows where it goes. */
-function memory(): Record<string, number> {
-  const m = process.memoryUsage()
-  const mib = (b: number) => Math.round((b / 1048576) * 10) / 10
-  return { rssMiB: mib(m.rss), heapUsedMiB: mib(m.heapUsed), heapTotalMiB: mib(m.heapTotal), externalMiB: mib(m.external) }
-}

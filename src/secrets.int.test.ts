@@ -6,7 +6,7 @@ import { createApp } from './app.js'
 import { sqlDir } from './assets.js'
 import { runCli, type CliIo } from './cli/index.js'
 import { readSqlDir } from './db/index.js'
-import { startFakeOpenApi } from './ecoflow/fake-open-api.js'
+import { startFakeOpenApi } from '../scripts/test-support/fake-ecoflow-api.js'
 import { createLogger } from './log/index.js'
 
 const SECRETS = {

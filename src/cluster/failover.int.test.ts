@@ -3,8 +3,8 @@ import { describe, it } from 'node:test'
 import mqtt, { type MqttClient } from 'mqtt'
 import { redisSkipReason, startInstance, startRedis, type Instance } from '../../scripts/cluster-kit.js'
 import { defer, eventually, sqlClient, testDatabase } from '../../scripts/test-helpers.js'
-import { startFakeOpenApi } from '../ecoflow/fake-open-api.js'
-import { espImage } from '../ota/test-image.js'
+import { startFakeOpenApi } from '../../scripts/test-support/fake-ecoflow-api.js'
+import { espImage } from '../../scripts/test-support/esp-image.js'
 
 // CI installs redis-server (.ci/run); on a developer machine without it these tests are skipped, loudly.
 const skip = await redisSkipReason()

@@ -3,7 +3,7 @@ import { describe, it } from 'node:test'
 import mqtt from 'mqtt'
 import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
 import { createEcoflowClient, EcoflowError } from './client.js'
-import { startFakeOpenApi, type FakeDevice } from './fake-open-api.js'
+import { startFakeOpenApi, type FakeDevice } from '../../scripts/test-support/fake-ecoflow-api.js'
 
 const AK = 'AK_TEST'
 const SK = 'SK_TEST'
@@ -160,6 +160,19 @@ describe('EcoFlow in the running app', () => {
     const ok = (await (await api('/api/admin/ecoflow/poll', { method: 'POST' })).json()) as { state: string }
     assert.equal(ok.state, 'ok')
     assert.equal((await db.query('SELECT 1 FROM ecoflow_measurements')).rowCount, 2)
+  })
+
+  it('polls the other devices when one fails (a serial number EcoFlow does not know, listed first)', async (t) => {
+    const { f, db, api } = await setup(t, { devices: ['NOSUCHDEVICE123', 'DCABZ8ZE1234567'] })
+    await eventually(async () => (await db.query(`SELECT 1 FROM ecoflow_measurements WHERE device_sn = 'DCABZ8ZE1234567'`)).rowCount === 1, { what: 'the known device polled' })
+    assert.ok(f.state.rejections.includes('1006'), 'positive control: the unknown device was asked for and refused')
+    const list = (await (await api('/api/admin/ecoflow/devices')).json()) as { devices: Array<{ sn: string; lastError: string | null; lastPollAt: string | null }> }
+    const bySn = new Map(list.devices.map((d) => [d.sn, d]))
+    assert.match(String(bySn.get('NOSUCHDEVICE123')?.lastError), /^1006: device not found/)
+    assert.equal(bySn.get('DCABZ8ZE1234567')?.lastError, null)
+    const poll = (await (await api('/api/admin/ecoflow/poll', { method: 'POST' })).json()) as { state: string }
+    assert.equal(poll.state, 'ok', 'one device failing is not a failed poll')
+    assert.equal((await db.query(`SELECT 1 FROM ecoflow_measurements WHERE device_sn = 'DCABZ8ZE1234567'`)).rowCount, 2)
   })
 
   it('stores an unknown model with its raw quota and NULL columns instead of failing', async (t) => {

@@ -108,13 +108,14 @@ export function createEcoflow(opts: EcoflowOptions) {
     } catch (err) {
       if (signal.aborted) return
       const text = err instanceof EcoflowError ? `${err.code}: ${err.message}` : errorText(err)
-      // A device on EcoFlow's block list fails alone; account-wide errors (keys, region, network) fail the poll.
+      // A device on EcoFlow's block list fails alone, quietly after the first time.
       if (err instanceof EcoflowError && NOT_ALLOWED.test(err.message)) {
         if (!d.blocked) log.warn('EcoFlow does not allow this device on the Open API; keeping its history', { sn: d.sn, err: text })
         d.blocked = true
         d.lastError = text
         return
       }
+      if (d.lastError !== text) log.warn('EcoFlow device not polled', { sn: d.sn, err: text })
       d.lastError = text
       throw err
     }
@@ -126,10 +127,21 @@ export function createEcoflow(opts: EcoflowOptions) {
     const signal = abort.signal
     try {
       await discover(signal)
+      // One device's failure (a mistyped serial number, a device EcoFlow no longer knows) does not keep
+      // the others from being polled. Only when every device fails, which is what account-wide errors
+      // (keys, region, network, an outage) look like, does the poll fail and back off.
+      let polled = 0
+      let firstError: unknown
       for (const d of devices.values()) {
         if (signal.aborted) return
-        await pollDevice(d, signal)
+        try {
+          await pollDevice(d, signal)
+          polled++
+        } catch (err) {
+          firstError ??= err
+        }
       }
+      if (polled === 0 && firstError !== undefined) throw firstError
       polls++
       if (state === 'failing') log.info('EcoFlow polling recovered', { failedForMs: Date.now() - (failingSince ?? Date.now()), retries: failures })
       else if (state === 'starting') log.info('EcoFlow polling', { devices: [...devices.keys()], everySeconds: config.pollSeconds, signing: client.signingForm })

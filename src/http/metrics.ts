@@ -1,23 +1,7 @@
-import type { HistogramSnapshot } from '../util/histogram.js'
 import type { Metric } from '../util/metric.js'
 
-export type { Metric } from '../util/metric.js'
+export { histogramMetric, type Metric } from '../util/metric.js'
 
-
-/** A histogram as Prometheus wants it: cumulative buckets, le="+Inf" equal to the count, then sum and count. */
-export function histogramMetric(name: string, help: string, h: HistogramSnapshot): Metric {
-  let cumulative = 0
-  const buckets = h.bounds.map((le, i) => {
-    cumulative += h.counts[i] ?? 0
-    return { suffix: '_bucket' as const, labels: { le: String(le) }, value: cumulative }
-  })
-  return {
-    name,
-    help,
-    type: 'histogram',
-    samples: [...buckets, { suffix: '_bucket', labels: { le: '+Inf' }, value: h.count }, { suffix: '_sum', value: h.sum }, { suffix: '_count', value: h.count }],
-  }
-}
 
 /** Prometheus text exposition format 0.0.4 (what every Prometheus, VictoriaMetrics and Telegraf scrape). */
 export function renderMetrics(metrics: readonly Metric[]): string {

@@ -118,6 +118,12 @@ export function createRuntimeMonitor(opts: RuntimeOptions = {}) {
       observer?.disconnect()
       observer = undefined
     },
+    /** Process memory in MiB for /health: RSS is what the 1–2 GB VMs care about; the heap split shows where it goes. */
+    memory(): Record<string, number> {
+      const m = process.memoryUsage()
+      const mib = (b: number) => Math.round((b / 1048576) * 10) / 10
+      return { rssMiB: mib(m.rss), heapUsedMiB: mib(m.heapUsed), heapTotalMiB: mib(m.heapTotal), externalMiB: mib(m.external) }
+    },
     metrics(): Metric[] {
       const cpu = process.cpuUsage()
       return [

@@ -5,9 +5,11 @@ import type { DB } from '../db/index.js'
 import type { Logger } from '../log/index.js'
 import type { DedupKey, Reject, Row } from './records.js'
 import { toRow } from './records.js'
+import { ingestMetrics } from './metrics.js'
+import { decodePayload, parseTimestamp } from './payloads.js'
 import { createSpool } from './spool.js'
-import { REDELIVERY_SLOTS, recentKeys } from './store.js'
-import { createTopicParser, routeDevice } from './topic.js'
+import { createStore, REDELIVERY_SLOTS, recentKeys, type DeviceReports } from './store.js'
+import { createTopicParser, parseTopic, routeDevice } from './topic.js'
 import { createWriter, type WriterStats } from './writer.js'
 
 export { parseTopic, type Route, type TopicResult } from './topic.js'
@@ -40,6 +42,8 @@ export type IngestOptions = {
   now?: () => number
   /** Sees every accepted status and OTA row (app.ts hands them to OTA); must not throw or block. */
   observe?: (row: Row) => void
+  /** Writes status and OTA rows into OTA's tables, inside the batch's transaction (OTA's functions). */
+  deviceReports: DeviceReports
 }
 
 /** Raw bytes kept per reject: enough to see what was wrong without storing a flood. */
@@ -100,6 +104,7 @@ export function createIngest(opts: IngestOptions) {
   const parseTopic = createTopicParser()
   const writer = createWriter({
     db: opts.db,
+    store: createStore(opts.deviceReports),
     log,
     spool,
     batchSize: config.batchSize,
@@ -305,8 +310,21 @@ export function createIngest(opts: IngestOptions) {
     /** Writes what is pending now (tests and shutdown). */
     flush: () => writer.flush(),
     stats,
-    /** Durations of the committed batch writes (see the writer). */
-    flushDurations: () => writer.flushDurations(),
+    /** Counters, gauges and batch-write durations for /metrics. */
+    metrics: () => ingestMetrics(stats(), writer.flushDurations()),
+    /**
+     * What MQTT ingest would refuse in a data message on `topic` (the reason), or undefined: for HTTP
+     * telemetry, which answers 400 with the same reasons before anything is queued.
+     */
+    checkData(topic: string, payload: Uint8Array): string | undefined {
+      const route = parseTopic(topic)
+      if (route.kind !== 'route') return route.kind === 'reject' ? route.reason : `topic ${topic} is not a data topic`
+      if (payload.length > config.maxPayloadBytes) return `readings of one timestamp make ${payload.length} bytes, more than ingest.maxPayloadBytes (${config.maxPayloadBytes})`
+      const d = decodePayload('data', payload)
+      if (!d.ok) return d.reason
+      const ts = parseTimestamp(d.value.timestamp, new Date())
+      return ts.ok ? undefined : ts.reason
+    },
     health(): { ok: boolean; failing: boolean; degraded: boolean } {
       return { ok: !writer.degraded, failing: writer.failing, degraded: writer.degraded }
     },

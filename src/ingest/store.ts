@@ -6,44 +6,104 @@ type Tx = Transaction<DB>
 type Of<K extends Row['kind']> = Extract<Row, { kind: K }>
 
 /**
- * Writes one batch in one transaction: a handful of statements whatever the batch size
- * (unnest of column arrays, so no per-row round trip and no 65535-parameter limit).
+ * Where status and OTA rows go inside a batch's transaction: the devices registry, device_update_status
+ * and ota_events belong to OTA, which writes them (app.ts hands its functions over). Called in the same
+ * transaction as the batch's other rows, in arrival order.
  */
-export async function writeBatch(db: Kysely<DB>, rows: readonly Row[], batchId?: string): Promise<void> {
-  if (rows.length === 0 && batchId === undefined) return
-  if (batchId === undefined && rows.every((r) => r.kind === 'measurement' || r.kind === 'reject')) {
-    // Telemetry (the hot path) as one statement, which PostgreSQL runs as one transaction: one round
-    // trip per batch instead of four (BEGIN, two INSERTs, COMMIT). Data-modifying CTEs all run.
-    const by = groupByKind(rows)
-    const parts = [
-      by.measurement.length > 0 ? insertMeasurementsSql(by.measurement) : undefined,
-      by.reject.length > 0 ? insertRejectsSql(by.reject) : undefined,
-      rememberKeysSql(rows),
-    ].filter((p) => p !== undefined)
-    // Prepared: the same few texts (which parts a batch has) hundreds of times a second.
-    await sql`${sql.raw(PREPARED)}WITH ${sql.join(parts.map((p, i) => sql`${sql.raw(`w${i}`)} AS (${p})`))} SELECT 1`.execute(db)
-    return
-  }
-  await db.transaction().execute(async (tx) => {
-    if (batchId !== undefined && !(await claimBatch(tx, batchId))) return
-    await writeRows(tx, rows)
-  })
+export type DeviceReports = {
+  statuses: (tx: Tx, rows: Of<'status'>[]) => Promise<void>
+  ota: (tx: Tx, row: Of<'ota'>) => Promise<void>
 }
 
 /**
- * Writes several spooled batches in one transaction, skipping those an earlier replay already
- * committed: one round trip for many small batches spooled during an outage.
+ * Telemetry (the hot path: measurements and rejects, no spool id) as one statement, which PostgreSQL runs
+ * as one transaction: one round trip per batch instead of four (BEGIN, two INSERTs, COMMIT).
+ * Data-modifying CTEs all run.
  */
-export async function writeSpooled(db: Kysely<DB>, batches: ReadonlyArray<{ id: string; rows: readonly Row[] }>): Promise<number> {
-  return db.transaction().execute(async (tx) => {
-    const claimed = await sql<{ id: string }>`
-      INSERT INTO ingest_spool_batches (id) SELECT unnest(${batches.map((b) => b.id)}::uuid[]) ON CONFLICT DO NOTHING RETURNING id`.execute(tx)
-    const fresh = new Set(claimed.rows.map((r) => r.id))
-    const rows = batches.filter((b) => fresh.has(b.id)).flatMap((b) => b.rows)
-    if (rows.length > 0) await writeRows(tx, rows)
-    return rows.length
-  })
+export async function writeTelemetry(db: Kysely<DB>, rows: ReadonlyArray<Of<'measurement'> | Reject>): Promise<void> {
+  const by = groupByKind(rows)
+  const parts = [
+    by.measurement.length > 0 ? insertMeasurementsSql(by.measurement) : undefined,
+    by.reject.length > 0 ? insertRejectsSql(by.reject) : undefined,
+    rememberKeysSql(rows),
+  ].filter((p) => p !== undefined)
+  // Prepared: the same few texts (which parts a batch has) hundreds of times a second.
+  await sql`${sql.raw(PREPARED)}WITH ${sql.join(parts.map((p, i) => sql`${sql.raw(`w${i}`)} AS (${p})`))} SELECT 1`.execute(db)
 }
+
+const isTelemetry = (r: Row): r is Of<'measurement'> | Reject => r.kind === 'measurement' || r.kind === 'reject'
+
+/** The batch writer's statements, with OTA's writes for the rows that are OTA's. */
+export function createStore(reports: DeviceReports) {
+  async function writeRows(tx: Tx, rows: readonly Row[]): Promise<void> {
+    const by = groupByKind(rows)
+    if (by.measurement.length > 0) await insertMeasurementsSql(by.measurement).execute(tx)
+    if (by.status.length > 0) {
+      await insertStatuses(tx, by.status)
+      await reports.statuses(tx, by.status)
+    }
+    if (by.config.length > 0) await upsertConfigs(tx, by.config)
+    if (by.ecoflow.length > 0) await insertEcoflow(tx, by.ecoflow)
+    for (const row of by.ota) await reports.ota(tx, row)
+    if (by.reject.length > 0) await insertRejectsSql(by.reject).execute(tx)
+    await rememberKeysSql(rows)?.execute(tx)
+  }
+
+  return {
+    /**
+     * Writes one batch in one transaction: a handful of statements whatever the batch size
+     * (unnest of column arrays, so no per-row round trip and no 65535-parameter limit).
+     */
+    async writeBatch(db: Kysely<DB>, rows: readonly Row[], batchId?: string): Promise<void> {
+      if (rows.length === 0 && batchId === undefined) return
+      if (batchId === undefined && rows.every(isTelemetry)) return writeTelemetry(db, rows)
+      await db.transaction().execute(async (tx) => {
+        if (batchId !== undefined && !(await claimBatch(tx, batchId))) return
+        await writeRows(tx, rows)
+      })
+    },
+
+    /**
+     * Writes several spooled batches in one transaction, skipping those an earlier replay already
+     * committed: one round trip for many small batches spooled during an outage.
+     */
+    async writeSpooled(db: Kysely<DB>, batches: ReadonlyArray<{ id: string; rows: readonly Row[] }>): Promise<number> {
+      return db.transaction().execute(async (tx) => {
+        const claimed = await sql<{ id: string }>`
+          INSERT INTO ingest_spool_batches (id) SELECT unnest(${batches.map((b) => b.id)}::uuid[]) ON CONFLICT DO NOTHING RETURNING id`.execute(tx)
+        const fresh = new Set(claimed.rows.map((r) => r.id))
+        const rows = batches.filter((b) => fresh.has(b.id)).flatMap((b) => b.rows)
+        if (rows.length > 0) await writeRows(tx, rows)
+        return rows.length
+      })
+    },
+
+    /**
+     * Writes rows one by one, each under its own savepoint, and returns those PostgreSQL refused.
+     * Used only after a batch failed on bad data, to keep the good rows and reject the poisoned ones.
+     */
+    async writeIsolated(db: Kysely<DB>, rows: readonly Row[], batchId?: string): Promise<Array<{ row: Row; error: Error }>> {
+      const failed: Array<{ row: Row; error: Error }> = []
+      await db.transaction().execute(async (tx) => {
+        if (batchId !== undefined && !(await claimBatch(tx, batchId))) return
+        for (const row of rows) {
+          await sql`SAVEPOINT paku_row`.execute(tx)
+          try {
+            await writeRows(tx, [row])
+            await sql`RELEASE SAVEPOINT paku_row`.execute(tx)
+          } catch (err) {
+            if (!isDataError(err)) throw err
+            await sql`ROLLBACK TO SAVEPOINT paku_row`.execute(tx)
+            failed.push({ row, error: err as Error })
+          }
+        }
+      })
+      return failed
+    },
+  }
+}
+
+export type Store = ReturnType<typeof createStore>
 
 /**
  * Records a spooled batch as written, in the same transaction as its rows; false when an earlier
@@ -54,47 +114,10 @@ async function claimBatch(tx: Tx, batchId: string): Promise<boolean> {
   return r.rows.length === 1
 }
 
-/**
- * Writes rows one by one, each under its own savepoint, and returns those PostgreSQL refused.
- * Used only after a batch failed on bad data, to keep the good rows and reject the poisoned ones.
- */
-export async function writeIsolated(db: Kysely<DB>, rows: readonly Row[], batchId?: string): Promise<Array<{ row: Row; error: Error }>> {
-  const failed: Array<{ row: Row; error: Error }> = []
-  await db.transaction().execute(async (tx) => {
-    if (batchId !== undefined && !(await claimBatch(tx, batchId))) return
-    for (const row of rows) {
-      await sql`SAVEPOINT paku_row`.execute(tx)
-      try {
-        await writeRows(tx, [row])
-        await sql`RELEASE SAVEPOINT paku_row`.execute(tx)
-      } catch (err) {
-        if (!isDataError(err)) throw err
-        await sql`ROLLBACK TO SAVEPOINT paku_row`.execute(tx)
-        failed.push({ row, error: err as Error })
-      }
-    }
-  })
-  return failed
-}
-
 /** SQLSTATE classes 22 (data exception) and 23 (integrity): the row is at fault, not the connection. */
 export function isDataError(err: unknown): boolean {
   const code = (err as { code?: unknown }).code
   return typeof code === 'string' && (code.startsWith('22') || code.startsWith('23'))
-}
-
-async function writeRows(tx: Tx, rows: readonly Row[]): Promise<void> {
-  const by = groupByKind(rows)
-  if (by.measurement.length > 0) await insertMeasurementsSql(by.measurement).execute(tx)
-  if (by.status.length > 0) {
-    await insertStatuses(tx, by.status)
-    await upsertDevices(tx, by.status)
-  }
-  if (by.config.length > 0) await upsertConfigs(tx, by.config)
-  if (by.ecoflow.length > 0) await insertEcoflow(tx, by.ecoflow)
-  for (const row of by.ota) await applyOta(tx, row)
-  if (by.reject.length > 0) await insertRejectsSql(by.reject).execute(tx)
-  await rememberKeysSql(rows)?.execute(tx)
 }
 
 /**
@@ -168,55 +191,6 @@ async function insertStatuses(tx: Tx, rows: Of<'status'>[]): Promise<void> {
       ${rows.map((r) => r.status)}::jsonb[], ${rows.map((r) => r.ts)}::timestamptz[])`.execute(tx)
 }
 
-type DeviceFold = { siteId: string; model: string | null; firmware: string | null; lastSeen: Date | null; online: boolean }
-
-/**
- * The devices registry from status messages, folded per device in arrival order so one statement touches
- * each device once. It fixes two of the old collector's bugs (docs/compatibility.md, "Old bugs and what paku
- * does instead"): a status without firmware_version keeps the known version, and the LWT
- * `{"online":false}` marks the device offline without refreshing last_seen.
- */
-async function upsertDevices(tx: Tx, rows: Of<'status'>[]): Promise<void> {
-  const fold = new Map<string, DeviceFold>()
-  for (const r of rows) {
-    const prev = fold.get(r.deviceId)
-    fold.set(r.deviceId, {
-      siteId: r.siteId,
-      model: r.model ?? prev?.model ?? null,
-      firmware: r.firmware ?? prev?.firmware ?? null,
-      lastSeen: r.online ? r.receivedAt : (prev?.lastSeen ?? null),
-      online: r.online,
-    })
-  }
-  const withModel = [...fold].filter(([, f]) => f.model !== null)
-  const withoutModel = [...fold].filter(([, f]) => f.model === null)
-  if (withModel.length > 0) {
-    await sql`
-      INSERT INTO devices (device_id, site_id, device_model, current_firmware_version, last_seen, online)
-      SELECT * FROM unnest(${withModel.map(([id]) => id)}::text[], ${withModel.map(([, f]) => f.siteId)}::text[],
-        ${withModel.map(([, f]) => f.model)}::text[], ${withModel.map(([, f]) => f.firmware)}::text[],
-        ${withModel.map(([, f]) => f.lastSeen)}::timestamptz[], ${withModel.map(([, f]) => f.online)}::bool[])
-      ON CONFLICT (device_id) DO UPDATE SET
-        site_id = EXCLUDED.site_id,
-        device_model = EXCLUDED.device_model,
-        current_firmware_version = COALESCE(EXCLUDED.current_firmware_version, devices.current_firmware_version),
-        last_seen = COALESCE(EXCLUDED.last_seen, devices.last_seen),
-        online = EXCLUDED.online`.execute(tx)
-  }
-  if (withoutModel.length > 0) {
-    // devices.device_model is NOT NULL: a device is registered only by a status that names its model.
-    await sql`
-      UPDATE devices d SET
-        current_firmware_version = COALESCE(u.firmware, d.current_firmware_version),
-        last_seen = COALESCE(u.last_seen, d.last_seen),
-        online = u.online
-      FROM unnest(${withoutModel.map(([id]) => id)}::text[], ${withoutModel.map(([, f]) => f.firmware)}::text[],
-        ${withoutModel.map(([, f]) => f.lastSeen)}::timestamptz[], ${withoutModel.map(([, f]) => f.online)}::bool[])
-        AS u(device_id, firmware, last_seen, online)
-      WHERE d.device_id = u.device_id`.execute(tx)
-  }
-}
-
 // Column names come from src/ecoflow/mapping.ts's fixed list, never from input.
 const ECOFLOW_COLUMN = /^[a-z0-9_]+$/
 
@@ -238,85 +212,6 @@ async function upsertConfigs(tx: Tx, rows: Of<'config'>[]): Promise<void> {
     SELECT * FROM unnest(${list.map((r) => r.siteId)}::text[], ${list.map((r) => r.deviceId)}::text[],
       ${list.map((r) => r.config)}::jsonb[], ${list.map((r) => r.receivedAt)}::timestamptz[])
     ON CONFLICT (site_id, device_id) DO UPDATE SET config = EXCLUDED.config, updated_at = EXCLUDED.updated_at`.execute(tx)
-}
-
-// ota/progress `state` → device_update_status.status. The old collector mapped everything but
-// installing/verifying to 'downloading' (docs/compatibility.md, "Old bugs and what paku does instead");
-// unknown states leave the status as it is.
-const PROGRESS_STATE: Record<string, string> = {
-  idle: 'pending',
-  checking: 'pending',
-  downloading: 'downloading',
-  verifying: 'downloaded',
-  installing: 'installing',
-  complete: 'success',
-  failed: 'failed',
-  'rolled back': 'rolled_back',
-  rolled_back: 'rolled_back',
-}
-
-const str = (x: unknown): string | null => (typeof x === 'string' && x !== '' ? x : null)
-
-/**
- * Mirrors the device's OTA reports into device_update_status and ota_events as the old collector did, with
- * its bugs fixed (docs/compatibility.md, "OTA reports from devices").
- */
-async function applyOta(tx: Tx, row: Of<'ota'>): Promise<void> {
-  const p = row.payload
-  const fw = str(p.target_version) ?? str(p.version)
-  const at = row.receivedAt
-  if (row.sub === 'status') {
-    await sql`
-      INSERT INTO device_update_status (device_id, firmware_version, status, started_at, reported_at, metadata)
-      VALUES (${row.deviceId}, ${fw ?? 'unknown'}, 'pending', ${at}, ${at},
-        ${JSON.stringify({ reported_status: p.status ?? null, current_version: p.current_version ?? null })}::jsonb)`.execute(tx)
-    await insertEvent(tx, 'update_started', row.deviceId, fw ?? 'unknown', p)
-    return
-  }
-  if (row.sub === 'progress') {
-    const state = str(p.state)?.toLowerCase()
-    const status = state ? (PROGRESS_STATE[state] ?? null) : null
-    const percent = typeof p.percent === 'number' ? Math.max(0, Math.min(100, Math.round(p.percent))) : null
-    await sql`
-      UPDATE device_update_status SET
-        status = COALESCE(${status}, status),
-        progress_percent = COALESCE(${percent}::int, progress_percent),
-        completed_at = CASE WHEN ${status}::text IN ('success', 'failed', 'rolled_back') THEN ${at}::timestamptz ELSE completed_at END,
-        reported_at = ${at}
-      WHERE id = (${latestAttempt(row.deviceId, fw)})`.execute(tx)
-    return
-  }
-  const success = p.success === true
-  const message = str(p.message)
-  const updated = await sql`
-    UPDATE device_update_status SET
-      status = ${success ? 'success' : 'failed'},
-      progress_percent = CASE WHEN ${success} THEN 100 ELSE progress_percent END,
-      error_message = ${success ? null : message},
-      completed_at = ${at}, reported_at = ${at}
-    WHERE id = (${latestAttempt(row.deviceId, fw)})`.execute(tx)
-  if (Number(updated.numAffectedRows ?? 0) === 0) {
-    // A result without a preceding ota/status (missed while offline) still records the outcome.
-    await sql`
-      INSERT INTO device_update_status (device_id, firmware_version, status, progress_percent, error_message, completed_at, reported_at)
-      VALUES (${row.deviceId}, ${fw ?? 'unknown'}, ${success ? 'success' : 'failed'}, ${success ? 100 : null},
-        ${success ? null : message}, ${at}, ${at})`.execute(tx)
-  }
-  await insertEvent(tx, success ? 'update_completed' : 'update_failed', row.deviceId, fw ?? 'unknown', p)
-}
-
-/** The device's newest attempt, for the reported version when the message names one. */
-function latestAttempt(deviceId: string, fw: string | null) {
-  return sql`
-    SELECT id FROM device_update_status
-    WHERE device_id = ${deviceId} AND (${fw}::text IS NULL OR firmware_version = ${fw}::text)
-    ORDER BY reported_at DESC, id DESC LIMIT 1`
-}
-
-async function insertEvent(tx: Tx, type: string, deviceId: string, fw: string, data: Record<string, unknown>): Promise<void> {
-  await sql`
-    INSERT INTO ota_events (event_type, device_id, firmware_version, event_data)
-    VALUES (${type}, ${deviceId}, ${fw}, ${JSON.stringify(data)}::jsonb)`.execute(tx)
 }
 
 function insertRejectsSql(rows: Reject[]) {

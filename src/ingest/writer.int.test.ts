@@ -9,8 +9,13 @@ import { defer, eventually, sqlClient, testDatabase, testLogger } from '../../sc
 import { sqlDir } from '../assets.js'
 import { migrate, readSqlDir, type DB } from '../db/index.js'
 import type { Reject, Row } from './records.js'
+import { writeOtaReport, writeStatusReports } from '../ota/reports.js'
 import { createSpool } from './spool.js'
+import { createStore } from './store.js'
 import { createCommitWindow, createWriter } from './writer.js'
+
+/** The statements as paku wires them: OTA writes the status and OTA rows' tables. */
+const store = createStore({ statuses: writeStatusReports, ota: writeOtaReport })
 
 async function database(t: Parameters<typeof testDatabase>[0], max = 2) {
   const url = await testDatabase(t)
@@ -36,7 +41,7 @@ const toReject = (row: Row, reason: string): Reject => ({
 describe('batch writer', () => {
   it('isolates a row PostgreSQL refuses, rejects it with the reason and writes the rest of the batch', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
+    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
     // Year -10000 is a valid JavaScript Date but older than timestamptz's 4713 BC: SQLSTATE 22008.
     const poisoned = new Date(Date.UTC(-10000, 0, 1))
     for (const row of [measurement('a'), measurement('b', poisoned), measurement('c')]) void writer.push(row)
@@ -59,7 +64,7 @@ describe('batch writer', () => {
     defer(t, () => bad.destroy())
     const logged: string[] = []
     const log = { ...testLogger(), error: (m: string) => logged.push(`error ${m}`), info: (m: string) => logged.push(`info ${m}`) }
-    const writer = createWriter({ db: () => (broken ? bad : db), log, batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
+    const writer = createWriter({ store, db: () => (broken ? bad : db), log, batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
     for (const id of ['a', 'b']) void writer.push(measurement(id))
     await writer.flush()
     await writer.flush()
@@ -77,7 +82,7 @@ describe('batch writer', () => {
 
   it('stores metrics exactly, whatever their strings hold (newlines, quotes, backslashes, braces, non-ASCII)', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
+    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
     const docs = [{ note: 'a\nb\r\n"q" \\ {x,y} ü 🙂', n: 1 }, { note: '', n: 2, list: ['\n', '","'] }, { n: 3 }]
     for (const [i, d] of docs.entries()) {
       void writer.push({ kind: 'measurement', siteId: 'paku', system: 'sensors', deviceId: `m${i}`, location: null, mac: null, ts: new Date(), metrics: JSON.stringify(d) })
@@ -90,7 +95,7 @@ describe('batch writer', () => {
 
   it('stores every column exactly: hostile text and NULLs in each, timestamps to the millisecond from 1 BC to 9999', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
+    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
     const text = ['', 'NULL', 'a"b', 'back\\slash', '{x,y}', ' sp ', 'ü 🙂', 'line\nbreak']
     const times = [
       '2026-12-05T10:43:10.383Z', '1970-01-01T00:00:00.000Z', '1969-12-31T23:59:59.999Z', '1900-02-28T12:00:00.001Z',
@@ -113,7 +118,7 @@ describe('batch writer', () => {
 
   it('remembers one QoS 1 id per slot: ids 1,024 apart in one batch keep the newer, and the batch is written', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
+    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
     const keyed = (messageId: number, digest: string): Row => ({ ...measurement('esp'), dedup: { clientId: 'ESP32-A', messageId, digest } })
     // 5 and 1029 share slot 5: an upsert of both in one statement fails in PostgreSQL ("cannot affect row a second time").
     for (const row of [keyed(5, 'old'), keyed(6, 'six'), keyed(1029, 'new')]) void writer.push(row, true)
@@ -128,7 +133,7 @@ describe('batch writer', () => {
 
   it('drops and counts rows beyond maxPendingRows instead of growing without bound', async (t) => {
     const { db } = await database(t)
-    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 3, toReject })
+    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 3, toReject })
     const accepted = ['a', 'b', 'c', 'd', 'e'].map((id) => writer.push(measurement(id)))
     assert.deepEqual(accepted, [undefined, undefined, undefined, false, false])
     assert.equal(writer.stats().dropped, 2)
@@ -165,7 +170,7 @@ describe('commit window', () => {
     const { db } = await database(t)
     let clock = 1_000_000
     t.mock.timers.enable({ apis: ['setTimeout'] })
-    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 1000, flushIntervalMs: 60_000, maxPendingRows: 10_000, toReject, commitWindowMs, now: () => clock })
+    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 1000, flushIntervalMs: 60_000, maxPendingRows: 10_000, toReject, commitWindowMs, now: () => clock })
     writer.start()
     defer(t, () => writer.stop())
     const advance = (ms: number) => {
@@ -209,7 +214,7 @@ describe('commit window', () => {
 describe('batch writer backpressure', () => {
   it('asks QoS 0 producers to wait from highWaterRows pending rows on, and lets them go at half', async (t) => {
     const { db } = await database(t)
-    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 4, flushIntervalMs: 60_000, maxPendingRows: 100, highWaterRows: 10, toReject })
+    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 4, flushIntervalMs: 60_000, maxPendingRows: 100, highWaterRows: 10, toReject })
     writer.start()
     defer(t, () => writer.stop())
     for (let i = 0; i < 9; i++) void writer.push(measurement(`r${i}`))
@@ -227,7 +232,7 @@ describe('batch writer backpressure', () => {
   it('does not hold producers back while writes fail (the spool or the drop counter takes over)', async (t) => {
     const bad = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: 'postgres://nobody@127.0.0.1:1/none', connectionTimeoutMillis: 200 }) }) })
     defer(t, () => bad.destroy())
-    const writer = createWriter({ db: () => bad, log: testLogger(), batchSize: 2, flushIntervalMs: 60_000, maxPendingRows: 100, highWaterRows: 3, toReject })
+    const writer = createWriter({ store, db: () => bad, log: testLogger(), batchSize: 2, flushIntervalMs: 60_000, maxPendingRows: 100, highWaterRows: 3, toReject })
     writer.start()
     defer(t, () => writer.stop(0))
     for (let i = 0; i < 3; i++) void writer.push(measurement(`f${i}`))
@@ -278,7 +283,7 @@ describe('batch writer concurrency', () => {
 
   it('counts each committed batch in the duration histogram, one held inside PostgreSQL above 0.25 s', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 10, flushIntervalMs: 60_000, maxPendingRows: 100, toReject })
+    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 10, flushIntervalMs: 60_000, maxPendingRows: 100, toReject })
     writer.start()
     defer(t, () => writer.stop())
     await durable(writer, measurement('quick'))
@@ -300,7 +305,7 @@ describe('batch writer concurrency', () => {
 
   it('is busy while a fifth of a batch or more waits to be durable, and not once it is written', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 10, flushIntervalMs: 60_000, maxPendingRows: 100, toReject })
+    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 10, flushIntervalMs: 60_000, maxPendingRows: 100, toReject })
     writer.start()
     defer(t, () => writer.stop())
     assert.equal(writer.busy, false, 'idle')
@@ -317,7 +322,7 @@ describe('batch writer concurrency', () => {
 
   it('stays busy for a second after a burst-sized batch, so a queue that runs dry for a moment is not the end of the burst', async (t) => {
     const { db } = await database(t)
-    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 10, flushIntervalMs: 60_000, maxPendingRows: 100, toReject })
+    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 10, flushIntervalMs: 60_000, maxPendingRows: 100, toReject })
     writer.start()
     defer(t, () => writer.stop())
     // Five rows at once: the flushes take them two and three at a time, a fifth of a batch (2 of 10) or more.
@@ -336,7 +341,7 @@ describe('batch writer concurrency', () => {
 
   it('writes the rows a full batch left behind at once when nothing more arrived (a burst that ended), not after the flush interval', async (t) => {
     const { db } = await database(t)
-    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 60_000, maxPendingRows: 1000, toReject })
+    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 60_000, maxPendingRows: 1000, toReject })
     writer.start()
     defer(t, () => writer.stop())
     // QoS 0 rows (no producer waiting): the 100th starts a full batch; 50 are left behind it.
@@ -347,7 +352,7 @@ describe('batch writer concurrency', () => {
 
   it('keeps gathering the rows behind a full batch while more arrive during its write (the burst goes on)', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 60_000, maxPendingRows: 1000, toReject })
+    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 60_000, maxPendingRows: 1000, toReject })
     writer.start()
     defer(t, () => writer.stop())
     const lock = await blockInserts(t, url)
@@ -366,7 +371,7 @@ describe('batch writer concurrency', () => {
 
   it('writes two telemetry batches at the same time, each on its own connection', async (t) => {
     const { url, db } = await database(t, 4)
-    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 2, flushIntervalMs: 60_000, concurrency: 2, maxPendingRows: 100, toReject })
+    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 2, flushIntervalMs: 60_000, concurrency: 2, maxPendingRows: 100, toReject })
     writer.start()
     defer(t, () => writer.stop())
     const lock = await blockInserts(t, url)
@@ -389,7 +394,7 @@ describe('batch writer concurrency', () => {
   it('writes a batch with a status row alone, after the telemetry before it', async (t) => {
     const { url, db } = await database(t, 4)
     // batchSize 10: the first flush starts once two rows (a fifth of a batch) wait.
-    const writer = createWriter({ db: () => db, log: testLogger(), batchSize: 10, flushIntervalMs: 60_000, concurrency: 2, maxPendingRows: 100, toReject })
+    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 10, flushIntervalMs: 60_000, concurrency: 2, maxPendingRows: 100, toReject })
     writer.start()
     defer(t, () => writer.stop())
     const lock = await blockInserts(t, url)
@@ -413,7 +418,7 @@ describe('batch writer concurrency', () => {
     defer(t, () => rmSync(dir, { recursive: true, force: true }))
     const spool = createSpool({ dir, maxBytes: 1 << 20, log: testLogger() })
     spool.open()
-    const writer = createWriter({ db: () => db, log: testLogger(), spool, batchSize: 3, flushIntervalMs: 50, concurrency: 2, maxPendingRows: 100, toReject })
+    const writer = createWriter({ store, db: () => db, log: testLogger(), spool, batchSize: 3, flushIntervalMs: 50, concurrency: 2, maxPendingRows: 100, toReject })
     writer.start()
     defer(t, () => writer.stop())
     const lock = await blockInserts(t, url)

@@ -4,10 +4,12 @@ import { errorText, type Logger } from '../log/index.js'
 import { createHistogram, type HistogramSnapshot } from '../util/histogram.js'
 import type { Reject, Row } from './records.js'
 import type { Spool } from './spool.js'
-import { isDataError, writeBatch, writeIsolated, writeSpooled } from './store.js'
+import { isDataError, type Store } from './store.js'
 
 export type WriterOptions = {
   db: () => Kysely<DB>
+  /** The statements that write a batch (createStore: with OTA's writes for status and OTA rows). */
+  store: Store
   log: Logger
   batchSize: number
   flushIntervalMs: number
@@ -264,13 +266,13 @@ export function createWriter(opts: WriterOptions) {
   /** A batch in one transaction; if PostgreSQL refuses a row's data, the others still go in. */
   async function writeWithIsolation(batch: readonly Row[], batchId?: string): Promise<void> {
     try {
-      await writeBatch(opts.db(), batch, batchId)
+      await opts.store.writeBatch(opts.db(), batch, batchId)
     } catch (err) {
       if (!isDataError(err)) throw err
-      const failedRows = await writeIsolated(opts.db(), batch, batchId)
+      const failedRows = await opts.store.writeIsolated(opts.db(), batch, batchId)
       const rejects = failedRows.map((f) => opts.toReject(f.row, `database refused the row: ${f.error.message}`))
       if (rejects.length > 0) {
-        await writeBatch(opts.db(), rejects)
+        await opts.store.writeBatch(opts.db(), rejects)
         log.warn('rows refused by the database', { count: rejects.length, reason: rejects[0]?.reason })
       }
     }
@@ -317,7 +319,7 @@ export function createWriter(opts: WriterOptions) {
     try {
       for (const group of groupBatches(head.batches, opts.batchSize)) {
         try {
-          stats.replayed += await writeSpooled(opts.db(), group)
+          stats.replayed += await opts.store.writeSpooled(opts.db(), group)
         } catch (err) {
           if (!isDataError(err)) throw err
           // A refused row: fall back to one batch at a time, isolating it.

@@ -13,8 +13,8 @@ import { promisify } from 'node:util'
 import { parse } from 'yaml'
 import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
 import { createKey } from '../http/index.js'
-import { espImage } from './test-image.js'
-import { PushDevice } from './test-device.js'
+import { espImage } from '../../scripts/test-support/esp-image.js'
+import { PushDevice } from '../../scripts/test-support/ota-devices.js'
 
 const run = promisify(execFile)
 const KEY = 'ci-key-0123456789abcdef-padded-to-32-characters'

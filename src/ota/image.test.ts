@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import { describe, it } from 'node:test'
 import { inspectImage } from './image.js'
-import { espImage } from './test-image.js'
+import { espImage } from '../../scripts/test-support/esp-image.js'
 
 describe('inspectImage', () => {
   it('reads an ESP32-S3 image: hashes, chip and app description', () => {

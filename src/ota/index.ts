@@ -25,9 +25,11 @@ import {
 import { createOtaRoutes } from './routes.js'
 import { importFirmwareDir } from './import.js'
 import { gauges, getRelease, insertEvent, recordUpdateStatus, type Db, type Release } from './store.js'
+import { reportedPercent } from './reports.js'
 
 export { importFirmwareDir }
 export { createPullToken, deletePullToken, PULL_TOKEN_PREFIX } from './pull-tokens.js'
+export { writeOtaReport, writeStatusReports, type OtaReport, type StatusReport } from './reports.js'
 
 /** A pull (HTTPUpdate) check-in; `verified`: it carried the device's pull token. */
 export type PullRequest = { deviceId: string; model: string; version: string | null; sha256?: string | undefined; md5?: string | undefined; freeSpace?: number | undefined; verified: boolean }
@@ -234,7 +236,7 @@ export function createOta(opts: OtaOptions) {
           const state = typeof p.state === 'string' ? p.state.toLowerCase() : ''
           to = PROGRESS[state] ?? (a.state === 'pending' || a.state === 'notified' ? 'accepted' : a.state)
           if (state === 'rolled back' || state === 'rolled_back') detail = 'device rolled back'
-          percent = typeof p.percent === 'number' && Number.isFinite(p.percent) ? Math.max(0, Math.min(100, Math.round(p.percent))) : undefined
+          percent = reportedPercent(p)
         } else {
           const ok = p.success === true
           // 10 "Update already running": a second cmd/ota (the old CI workflow still pushes its own) was
@@ -283,7 +285,7 @@ export function createOta(opts: OtaOptions) {
     }
     await advanceDevice(db, action, 'downloading', 'image served to the polling device')
     await markNotified(db, r.id, d.deviceId)
-    await insertEvent(db, 'update_started', d.deviceId, r.firmware_version, r.id, { from_version: d.version, via: 'http-update', ...unverifiedMark(row.verified) })
+    await insertEvent(db, { type: 'update_started', deviceId: d.deviceId, version: r.firmware_version, rolloutId: r.id, data: { from_version: d.version, via: 'http-update', ...unverifiedMark(row.verified) } })
     await recordUpdateStatus(db, d.deviceId, r.firmware_version, 'downloading')
     return { release }
   }
@@ -310,7 +312,7 @@ export function createOta(opts: OtaOptions) {
       // Once per device and rollout, not on every poll as the old service did.
       await advanceDevice(db, { rollout_id: r.id, device_id: c.deviceId, state: row.state, firmware_version: r.firmware_version }, 'notified', 'offered by /api/firmware/check')
       await markNotified(db, r.id, c.deviceId)
-      await insertEvent(db, 'update_started', c.deviceId, r.firmware_version, r.id, { from_version: c.current, via: 'check', ...unverifiedMark(row.verified) })
+      await insertEvent(db, { type: 'update_started', deviceId: c.deviceId, version: r.firmware_version, rolloutId: r.id, data: { from_version: c.current, via: 'check', ...unverifiedMark(row.verified) } })
     }
     return { rollout: r, release }
   }

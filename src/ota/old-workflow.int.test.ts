@@ -15,7 +15,7 @@ import { describe, it, type TestContext } from 'node:test'
 import { promisify } from 'node:util'
 import mqtt from 'mqtt'
 import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
-import { espImage } from './test-image.js'
+import { espImage } from '../../scripts/test-support/esp-image.js'
 import { hashBucket } from './versions.js'
 
 const run = promisify(execFile)

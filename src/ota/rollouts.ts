@@ -248,16 +248,16 @@ export async function createRollout(db: Db, n: NewRollout): Promise<{ rollout: R
       WHERE device_model = ${n.release.device_model} AND status = 'completed' AND is_active AND id <> ${rollout.id}::bigint`.execute(tx)
     for (const o of old.rows) {
       await cancelOpenDevices(tx, o.id, `superseded by rollout ${rollout.id}`)
-      await insertEvent(tx, 'rollout_updated', null, null, o.id, { action: 'cancelled', reason: `superseded by ${n.name}` })
+      await insertEvent(tx, { type: 'rollout_updated', rolloutId: o.id, data: { action: 'cancelled', reason: `superseded by ${n.name}` } })
     }
-    await insertEvent(tx, 'rollout_created', null, n.release.version, rollout.id, {
+    await insertEvent(tx, { type: 'rollout_created', version: n.release.version, rolloutId: rollout.id, data: {
       name: n.name,
       device_model: n.release.device_model,
       target_type: n.targetType,
       target_filter: n.targetFilter,
       rollout_percentage: n.percentage,
       stages: n.stages,
-    })
+    } })
     return { rollout, superseded: old.rows.map((o) => o.name) }
   })
 }
@@ -320,7 +320,7 @@ export async function applyAction(db: Db, id: string, action: Action, opts: { pe
         break
       }
     }
-    await insertEvent(tx, 'rollout_updated', null, r.firmware_version, id, { action, percentage: opts.percentage ?? null })
+    await insertEvent(tx, { type: 'rollout_updated', version: r.firmware_version, rolloutId: id, data: { action, percentage: opts.percentage ?? null } })
     const updated = (await sql<Rollout>`SELECT ${ROLLOUT_COLUMNS} FROM rollout_configurations WHERE id = ${id}::bigint`.execute(tx)).rows[0]
     return { rollout: updated as Rollout }
   })
@@ -367,7 +367,7 @@ export async function tickRollout(db: Db, id: string, timeoutMinutes: number): P
       WHERE rollout_id = ${id}::bigint AND state = ANY(${[...IN_FLIGHT]}::text[]) AND updated_at < NOW() - make_interval(mins => ${timeoutMinutes})
       RETURNING device_id, verified`.execute(tx)
     for (const d of timedOut.rows) {
-      await insertEvent(tx, 'update_failed', d.device_id, r.firmware_version, id, { reason: 'timed out', ...unverifiedMark(d.verified) })
+      await insertEvent(tx, { type: 'update_failed', deviceId: d.device_id, version: r.firmware_version, rolloutId: id, data: { reason: 'timed out', ...unverifiedMark(d.verified) } })
       changes.push(`${d.device_id} timed out`)
     }
     if (r.status === 'running' || r.status === 'completed') {
@@ -395,7 +395,7 @@ export async function tickRollout(db: Db, id: string, timeoutMinutes: number): P
     if (decision) {
       await sql`UPDATE rollout_configurations SET status = ${decision.status}, status_reason = ${decision.reason}, stage_index = ${decision.stageIndex},
         updated_at = NOW() WHERE id = ${id}::bigint`.execute(tx)
-      await insertEvent(tx, 'rollout_updated', null, r.firmware_version, id, { action: decision.action, reason: decision.reason, counts })
+      await insertEvent(tx, { type: 'rollout_updated', version: r.firmware_version, rolloutId: id, data: { action: decision.action, reason: decision.reason, counts } })
       changes.push(decision.reason)
     }
     const after = (await sql<Rollout>`SELECT ${ROLLOUT_COLUMNS} FROM rollout_configurations WHERE id = ${id}::bigint`.execute(tx)).rows[0] as Rollout
@@ -484,7 +484,7 @@ export async function advanceDevice(db: Db, a: Pick<OpenAction, 'rollout_id' | '
   const row = r.rows[0]
   if (!row) return undefined
   if (to === 'failed' || to === 'succeeded') {
-    await insertEvent(db, to === 'failed' ? 'update_failed' : 'update_completed', a.device_id, a.firmware_version, a.rollout_id, { reason: detail, ...unverifiedMark(row.verified) })
+    await insertEvent(db, { type: to === 'failed' ? 'update_failed' : 'update_completed', deviceId: a.device_id, version: a.firmware_version, rolloutId: a.rollout_id, data: { reason: detail, ...unverifiedMark(row.verified) } })
   }
   return { verified: row.verified }
 }

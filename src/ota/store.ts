@@ -57,7 +57,7 @@ export async function insertRelease(db: Db, r: NewRelease): Promise<{ release: R
       return { conflict: existing }
     }
     await sql`INSERT INTO firmware_images (release_id, data) VALUES (${release.id}::bigint, ${Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength)})`.execute(tx)
-    await insertEvent(tx, 'firmware_uploaded', null, r.version, null, { device_model: r.model, file_size: r.image.size, checksum: r.image.sha256, md5: r.image.md5, chip: r.image.chip, by: r.createdBy })
+    await insertEvent(tx, { type: 'firmware_uploaded', version: r.version, data: { device_model: r.model, file_size: r.image.size, checksum: r.image.sha256, md5: r.image.md5, chip: r.image.chip, by: r.createdBy } })
     return { release }
   })
 }
@@ -128,17 +128,22 @@ export async function isKnownModel(db: Db, model: string): Promise<boolean> {
 
 export type OtaEventType = 'firmware_uploaded' | 'rollout_created' | 'rollout_updated' | 'update_started' | 'update_completed' | 'update_failed' | 'rollback_initiated'
 
-export async function insertEvent(
-  db: Db,
-  type: OtaEventType,
-  deviceId: string | null,
-  version: string | null,
-  rolloutId: string | null,
-  data: Record<string, unknown>,
-): Promise<void> {
+export type OtaEvent = {
+  type: OtaEventType
+  deviceId?: string | null
+  version?: string | null
+  rolloutId?: string | null
+  data: Record<string, unknown>
+  /** 'paku' for what paku did; null for what a device reported (as the old collector wrote them). */
+  createdBy?: 'paku' | null
+}
+
+/** One row of ota_events, the OTA history every part of paku writes through. */
+export async function insertEvent(db: Db, e: OtaEvent): Promise<void> {
   await sql`
     INSERT INTO ota_events (event_type, device_id, firmware_version, rollout_id, event_data, created_by)
-    VALUES (${type}, ${deviceId}, ${version}, ${rolloutId}::bigint, ${JSON.stringify(data)}::jsonb, 'paku')`.execute(db)
+    VALUES (${e.type}, ${e.deviceId ?? null}, ${e.version ?? null}, ${e.rolloutId ?? null}::bigint, ${JSON.stringify(e.data)}::jsonb,
+      ${e.createdBy === undefined ? 'paku' : e.createdBy})`.execute(db)
 }
 
 /** A device as the admin API shows it (the old `devices` items plus groups and what paku learned). */
@@ -336,9 +341,9 @@ export async function reportUpdateStatus(db: Db, deviceId: string, b: { firmware
         ${b.status === 'downloading' ? sql`NOW()` : null}, ${b.status === 'success' || b.status === 'failed' ? sql`NOW()` : null})`.execute(tx)
     if (b.status === 'success') {
       await sql`UPDATE devices SET current_firmware_version = ${b.firmware_version}, last_seen = NOW() WHERE device_id = ${deviceId}`.execute(tx)
-      await insertEvent(tx, 'update_completed', deviceId, b.firmware_version, null, { via: 'update-status' })
+      await insertEvent(tx, { type: 'update_completed', deviceId, version: b.firmware_version, data: { via: 'update-status' } })
     }
-    if (b.status === 'failed') await insertEvent(tx, 'update_failed', deviceId, b.firmware_version, null, { error: b.error_message ?? null })
+    if (b.status === 'failed') await insertEvent(tx, { type: 'update_failed', deviceId, version: b.firmware_version, data: { error: b.error_message ?? null } })
   })
 }
 

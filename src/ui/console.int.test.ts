@@ -1,6 +1,6 @@
 /**
  * The console in a real browser (Debian's Chromium through playwright-core) against a running paku fed
- * by the emulators (src/emulate), paku-core-like devices (src/ota/test-device.ts) and a fake EcoFlow
+ * by the emulators (src/emulate), paku-core-like devices (scripts/test-support/ota-devices.ts) and a fake EcoFlow
  * cloud over real HTTP: first run, the fleet, device pages, rollouts, the live view, and a phone.
  */
 import assert from 'node:assert/strict'
@@ -9,11 +9,11 @@ import mqtt from 'mqtt'
 import type { Browser, Page } from 'playwright-core'
 import { hasChromium, launchChromium, openDevicePage, CHROMIUM } from '../../scripts/console-kit.js'
 import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
-import { startFakeOpenApi } from '../ecoflow/fake-open-api.js'
+import { startFakeOpenApi } from '../../scripts/test-support/fake-ecoflow-api.js'
 import { runEmulator } from '../emulate/index.js'
 import { createLogger } from '../log/index.js'
-import { PushDevice } from '../ota/test-device.js'
-import { espImage } from '../ota/test-image.js'
+import { PushDevice } from '../../scripts/test-support/ota-devices.js'
+import { espImage } from '../../scripts/test-support/esp-image.js'
 
 const KEY = 'console-test-admin-key-0123456789-padded-to-32'
 const MODEL = 'esp32-heater'

@@ -7,7 +7,7 @@ import { describe, it } from 'node:test'
 import mqtt from 'mqtt'
 import { chromium } from 'playwright-core'
 import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
-import { espImage } from '../ota/test-image.js'
+import { espImage } from '../../scripts/test-support/esp-image.js'
 
 const KEY = 'ui-test-admin-key-0123456789-padded-to-32-characters'
 const MODEL = 'esp32-heater'

@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net'
 import { readFileSync } from 'node:fs'
 import { serve, type ServerType } from '@hono/node-server'
 import { Hono } from 'hono'
-import { sign, signingString, type SigningForm } from './sign.js'
+import { sign, signingString, type SigningForm } from '../../src/ecoflow/sign.js'
 
 export type FakeDevice = { sn: string; productName: string; fixture?: string; online?: number; blocked?: boolean }
 
@@ -32,7 +32,7 @@ export async function startFakeOpenApi(opts: FakeOptions) {
     delayMs: 0,
     rejections: [] as string[],
   }
-  const fixture = (name: string) => JSON.parse(readFileSync(new URL(`./fixtures/${name}`, import.meta.url), 'utf8')) as unknown
+  const fixture = (name: string) => JSON.parse(readFileSync(new URL(`../../src/ecoflow/fixtures/${name}`, import.meta.url), 'utf8')) as unknown
   const ok = (data: unknown) => ({ code: '0', message: 'Success', data, eagleEyeTraceId: 'fake', tid: 'fake' })
   const fail = (code: string, message: string) => {
     state.rejections.push(code)
