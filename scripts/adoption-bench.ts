@@ -28,7 +28,13 @@ const quiet = createLogger({ level: 'warn', format: 'pretty' })
 
 const dir = await mkdtemp(join(tmpdir(), 'paku-adopt-'))
 await chmod(dir, 0o711)
-const server = createEmbeddedPostgres({ dataDir: dir, port: await freePort(), log: quiet, ephemeral: true, settings: { max_wal_size: '4GB' } })
+const server = createEmbeddedPostgres({
+  dataDir: dir,
+  port: await freePort(),
+  log: quiet,
+  ephemeral: true,
+  settings: { max_wal_size: '4GB' },
+})
 await server.start()
 const pool = new pg.Pool({ connectionString: server.url(), max: 4 })
 pool.on('error', () => undefined)
@@ -46,9 +52,13 @@ try {
         jsonb_build_object('temperature_c', 20 + (i % 100) / 10.0, 'humidity_percent', 40 + (i % 30), 'battery_mv', 2900 + (i % 100))
       FROM generate_series(${from + 1}, ${from + n}) i`)
   }
-  await q(`CREATE INDEX idx_measurements_new_site_system_device ON measurements (site_id, system, device_id)`)
+  await q(
+    `CREATE INDEX idx_measurements_new_site_system_device ON measurements (site_id, system, device_id)`,
+  )
   await q(`CREATE INDEX idx_measurements_new_ts ON measurements (ts)`)
-  await q(`CREATE INDEX idx_measurements_new_site_system_device_ts ON measurements (site_id, system, device_id, ts DESC)`)
+  await q(
+    `CREATE INDEX idx_measurements_new_site_system_device_ts ON measurements (site_id, system, device_id, ts DESC)`,
+  )
   await q(`CREATE INDEX idx_measurements_new_metrics ON measurements USING GIN (metrics)`)
   await q(`CREATE TABLE ecoflow_measurements (id BIGSERIAL PRIMARY KEY, device_sn TEXT NOT NULL, ts TIMESTAMPTZ NOT NULL DEFAULT NOW(),
     soc_percent INTEGER, remain_time_min INTEGER, watts_in_sum INTEGER, watts_out_sum INTEGER, ac_out_watts INTEGER, dc_out_watts INTEGER,
@@ -57,18 +67,25 @@ try {
     SELECT 'DCABZ8ZE1234567', NOW() - i * interval '30 seconds', 50 + i % 50, (i % 4000), (i % 400), 100, 25 FROM generate_series(1, ${ECOFLOW_ROWS}) i`)
   await q(`CREATE INDEX idx_ecoflow_measurements_ts ON ecoflow_measurements (ts)`)
   await q(`CREATE INDEX idx_ecoflow_measurements_device_sn ON ecoflow_measurements (device_sn)`)
-  await q(`CREATE INDEX idx_ecoflow_measurements_device_ts ON ecoflow_measurements (device_sn, ts DESC)`)
+  await q(
+    `CREATE INDEX idx_ecoflow_measurements_device_ts ON ecoflow_measurements (device_sn, ts DESC)`,
+  )
   await q(`CREATE TABLE edge_device_status (id BIGSERIAL PRIMARY KEY, site_id TEXT NOT NULL, device_id TEXT NOT NULL, status JSONB NOT NULL,
     ts TIMESTAMPTZ NOT NULL DEFAULT NOW(), created_at TIMESTAMPTZ NOT NULL DEFAULT NOW())`)
   await q(`INSERT INTO edge_device_status (site_id, device_id, status, ts, created_at)
     SELECT 'paku', 'ESP32-' || lpad((i % 10)::text, 8, '0'), jsonb_build_object('online', true, 'uptime_seconds', i, 'signal_strength_dbm', -60), NOW() - i * interval '30 seconds', NOW() - i * interval '30 seconds'
     FROM generate_series(1, ${STATUS_ROWS}) i`)
-  await q(`CREATE INDEX idx_edge_status_site_device_ts ON edge_device_status (site_id, device_id, ts DESC)`)
+  await q(
+    `CREATE INDEX idx_edge_status_site_device_ts ON edge_device_status (site_id, device_id, ts DESC)`,
+  )
   await q(`CREATE INDEX idx_edge_status_ts ON edge_device_status (ts DESC)`)
   await q(`CREATE INDEX idx_edge_status_status ON edge_device_status USING GIN (status)`)
   await q('VACUUM ANALYZE')
-  const size = (await q(`SELECT pg_size_pretty(pg_total_relation_size('measurements')) AS s`)).rows[0].s as string
-  console.log(`old database: ${ROWS.toLocaleString('en')} measurements (${size} with indexes), ${ECOFLOW_ROWS.toLocaleString('en')} EcoFlow polls, ${STATUS_ROWS.toLocaleString('en')} status rows; filled in ${secs(performance.now() - t0)}`)
+  const size = (await q(`SELECT pg_size_pretty(pg_total_relation_size('measurements')) AS s`))
+    .rows[0].s as string
+  console.log(
+    `old database: ${ROWS.toLocaleString('en')} measurements (${size} with indexes), ${ECOFLOW_ROWS.toLocaleString('en')} EcoFlow polls, ${STATUS_ROWS.toLocaleString('en')} status rows; filled in ${secs(performance.now() - t0)}`,
+  )
 
   // The old collector keeps writing through the cut-over: one insert every 10 ms, each timed.
   const writer = new pg.Client({ connectionString: server.url() })
@@ -78,20 +95,35 @@ try {
   const writes = (async () => {
     while (writing) {
       const s = performance.now()
-      await writer.query(`INSERT INTO measurements (site_id, system, device_id, metrics) VALUES ('paku', 'sensors', 'writer', '{"temperature_c": 21}')`)
+      await writer.query(
+        `INSERT INTO measurements (site_id, system, device_id, metrics) VALUES ('paku', 'sensors', 'writer', '{"temperature_c": 21}')`,
+      )
       waits.push(performance.now() - s)
       await new Promise((r) => setTimeout(r, 10))
     }
   })()
 
   const lines: Array<{ msg: string; time: number; fields: Record<string, unknown> }> = []
-  const log = createLogger({ level: 'info', format: 'json', write: (l) => {
-    const x = JSON.parse(l) as { msg: string; [k: string]: unknown }
-    lines.push({ msg: x.msg, time: performance.now(), fields: x })
-    if (/index|rescal|migration/.test(x.msg)) console.log(`  ${x.msg} ${JSON.stringify(Object.fromEntries(Object.entries(x).filter(([k]) => !['time', 'level', 'ns', 'msg'].includes(k))))}`)
-  } })
+  const log = createLogger({
+    level: 'info',
+    format: 'json',
+    write: (l) => {
+      const x = JSON.parse(l) as { msg: string; [k: string]: unknown }
+      lines.push({ msg: x.msg, time: performance.now(), fields: x })
+      if (/index|rescal|migration/.test(x.msg))
+        console.log(
+          `  ${x.msg} ${JSON.stringify(Object.fromEntries(Object.entries(x).filter(([k]) => !['time', 'level', 'ns', 'msg'].includes(k))))}`,
+        )
+    },
+  })
   t0 = performance.now()
-  const db = createDatabase({ config: { url: server.url(), poolSize: 4, embedded: { port: 0 } }, dataDir: dir, log, migrations: migrationFiles(), indexes: 'wait' })
+  const db = createDatabase({
+    config: { url: server.url(), poolSize: 4, embedded: { port: 0 } },
+    dataDir: dir,
+    log,
+    migrations: migrationFiles(),
+    indexes: 'wait',
+  })
   await db.start()
   const total = performance.now() - t0
   const migrated = (lines.filter((l) => l.msg === 'applied migration').at(-1)?.time ?? t0) - t0
@@ -100,9 +132,14 @@ try {
   await writes
   await writer.end()
   waits.sort((a, b) => a - b)
-  const p = (x: number) => waits[Math.min(waits.length - 1, Math.floor((x / 100) * waits.length))] ?? 0
-  const built = lines.filter((l) => l.msg === 'index built').map((l) => `${String(l.fields.index)} ${String(l.fields.seconds)} s`)
-  const reused = lines.filter((l) => l.msg.includes('an existing one serves it')).map((l) => `${String(l.fields.index)} → ${String(l.fields.uses)}`)
+  const p = (x: number) =>
+    waits[Math.min(waits.length - 1, Math.floor((x / 100) * waits.length))] ?? 0
+  const built = lines
+    .filter((l) => l.msg === 'index built')
+    .map((l) => `${String(l.fields.index)} ${String(l.fields.seconds)} s`)
+  const reused = lines
+    .filter((l) => l.msg.includes('an existing one serves it'))
+    .map((l) => `${String(l.fields.index)} → ${String(l.fields.uses)}`)
   console.log(`
 | adoption of ${ROWS.toLocaleString('en')} measurements | |
 |---|---|

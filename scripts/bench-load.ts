@@ -70,7 +70,16 @@ const CAP = Math.min(RATE > 0 ? Infinity : INFLIGHT, 65535)
 // into an empty buffer does not report backpressure by itself.
 const WRITE_BYTES = 12 * 1024
 
-const LOCATIONS = ['cabin', 'cockpit', 'outside', 'fridge', 'bedroom', 'bathroom', 'garage', 'engine']
+const LOCATIONS = [
+  'cabin',
+  'cockpit',
+  'outside',
+  'fridge',
+  'bedroom',
+  'bathroom',
+  'garage',
+  'engine',
+]
 const hex = (b: number) => b.toString(16).padStart(2, '0').toUpperCase()
 const devices = Array.from({ length: N }, (_, i) => {
   const id = `${o.prefix}_${String(i).padStart(4, '0')}`
@@ -131,13 +140,24 @@ function stringField(s: string): Buffer {
 
 function connectPacket(clientId: string): Buffer {
   // Protocol name "MQTT", level 4 (3.1.1), flags: clean session only, keepalive 60 s.
-  const rest = Buffer.concat([stringField('MQTT'), Buffer.from([4, 0x02, 0, 60]), stringField(clientId)])
+  const rest = Buffer.concat([
+    stringField('MQTT'),
+    Buffer.from([4, 0x02, 0, 60]),
+    stringField(clientId),
+  ])
   return Buffer.concat([Buffer.from([0x10, ...remainingLength(rest.length)]), rest])
 }
 
 const PINGREQ = Buffer.from([0xc0, 0])
 const DISCONNECT = Buffer.from([0xe0, 0])
-const CONNACK_CODES = ['accepted', 'unacceptable protocol version', 'identifier rejected', 'server unavailable', 'bad user name or password', 'not authorized']
+const CONNACK_CODES = [
+  'accepted',
+  'unacceptable protocol version',
+  'identifier rejected',
+  'server unavailable',
+  'bad user name or password',
+  'not authorized',
+]
 
 // ---------------------------------------------------------------- connections
 
@@ -204,7 +224,11 @@ function open(i: number, tag: string): Promise<Conn> {
         clearTimeout(timer)
         if (code !== 0) {
           sock.destroy()
-          return reject(new Error(`broker refused the connection: CONNACK return code ${code} (${CONNACK_CODES[code] ?? 'unknown'})`))
+          return reject(
+            new Error(
+              `broker refused the connection: CONNACK return code ${code} (${CONNACK_CODES[code] ?? 'unknown'})`,
+            ),
+          )
         }
         c.state = 'open'
         live++
@@ -281,10 +305,15 @@ function onData(c: Conn, chunk: Buffer): void {
     if (type === 4 && len === 2 && c.state === 'open') {
       ack(c, buf.readUInt16BE(p))
       gotAck = true
-    } else if (type === 2 && len === 2 && c.state === 'connecting') c.onConnack(buf[p + 1] as number)
+    } else if (type === 2 && len === 2 && c.state === 'connecting')
+      c.onConnack(buf[p + 1] as number)
     else if (type === 13 && len === 0) {
       // PINGRESP: the broker is alive, nothing to do.
-    } else return giveUp(c, `protocol error: unexpected packet type ${type} (remaining length ${len}) while ${c.state}`)
+    } else
+      return giveUp(
+        c,
+        `protocol error: unexpected packet type ${type} (remaining length ${len}) while ${c.state}`,
+      )
     off = p + len
   }
   c.rest = off < end ? Buffer.from(buf.subarray(off)) : null
@@ -402,10 +431,13 @@ try {
     conns.push(...(await Promise.all(batch)))
   }
 } catch (err) {
-  console.error(`bench-load: cannot connect to the broker at 127.0.0.1:${PORT}: ${(err as Error).message}`)
+  console.error(
+    `bench-load: cannot connect to the broker at 127.0.0.1:${PORT}: ${(err as Error).message}`,
+  )
   process.exit(1)
 }
-if (HOLD_S > 0 || o.gated) console.log(JSON.stringify({ connected: conns.length, atMs: Date.now() }))
+if (HOLD_S > 0 || o.gated)
+  console.log(JSON.stringify({ connected: conns.length, atMs: Date.now() }))
 const gate = o.gated ? gateOnStdin() : undefined
 let cpuFrom: NodeJS.CpuUsage | undefined
 if (gate) {
@@ -483,10 +515,18 @@ else {
 }
 await finished
 if (HOLD_S > 0) await hold()
-if (lost > 0) console.error(`bench-load: ${lost} connection(s) dropped before their messages were done (first: ${firstLoss})`)
+if (lost > 0)
+  console.error(
+    `bench-load: ${lost} connection(s) dropped before their messages were done (first: ${firstLoss})`,
+  )
 
 const sorted = latencies.subarray(0, acked).sort()
-const pct = (p: number) => (sorted.length === 0 ? null : Math.round((sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number) * 10) / 10)
+const pct = (p: number) =>
+  sorted.length === 0
+    ? null
+    : Math.round(
+        (sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number) * 10,
+      ) / 10
 const usage = process.cpuUsage(cpuFrom)
 const result = {
   messages: TOTAL,
@@ -494,7 +534,9 @@ const result = {
   errors: stats.errors,
   firstPublishMs: stats.firstPublishMs,
   lastDoneMs: stats.lastDoneMs,
-  publishRate: Math.round(stats.sent / Math.max(0.001, (stats.lastDoneMs - stats.firstPublishMs) / 1000)),
+  publishRate: Math.round(
+    stats.sent / Math.max(0.001, (stats.lastDoneMs - stats.firstPublishMs) / 1000),
+  ),
   pubackP50Ms: pct(50),
   pubackP99Ms: pct(99),
   pubackMaxMs: pct(100),
@@ -518,7 +560,9 @@ function gateOnStdin(): { opened: Promise<void>; closed: Promise<void> } {
       resolve()
     }),
   )
-  const closed = new Promise<void>((resolve) => process.stdin.once('end', () => (open ? resolve() : process.exit(1))))
+  const closed = new Promise<void>((resolve) =>
+    process.stdin.once('end', () => (open ? resolve() : process.exit(1))),
+  )
   process.stdin.resume()
   return { opened, closed }
 }

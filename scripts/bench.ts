@@ -42,7 +42,17 @@
  * Results also go to bench-results/<time>.jsonl. Loopback only; everything it starts it stops.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, appendFileSync } from 'node:fs'
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+  appendFileSync,
+} from 'node:fs'
 import { cpus, tmpdir, totalmem } from 'node:os'
 import { join, resolve } from 'node:path'
 import { pipeline } from 'node:stream/promises'
@@ -93,7 +103,6 @@ const CLK_TCK = 100
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const say = (line: string) => console.log(`[bench] ${line}`)
 
-
 // ---------------------------------------------------------------- process accounting (/proc)
 
 /** CPU seconds (user + system) of one process. */
@@ -115,7 +124,8 @@ function treeCpu(pid: number): number {
   let total = 0
   try {
     const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? []
-    total += (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / CLK_TCK
+    total +=
+      (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / CLK_TCK
   } catch {
     return 0
   }
@@ -130,7 +140,8 @@ function childrenOf(pid: number): number[] {
     if (!/^\d+$/.test(name)) continue
     try {
       const stat = readFileSync(`/proc/${name}/stat`, 'utf8')
-      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) children.push(Number(name))
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid)
+        children.push(Number(name))
     } catch {
       // gone meanwhile
     }
@@ -153,7 +164,8 @@ function switchesOf(pid: number): Map<string, number> {
   for (const tid of tids) {
     try {
       const status = readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8')
-      const n = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? 0)
+      const n = (field: string) =>
+        Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? 0)
       byThread.set(tid, n('voluntary_ctxt_switches') + n('nonvoluntary_ctxt_switches'))
     } catch {
       // thread gone meanwhile
@@ -171,7 +183,9 @@ function switchesBetween(before: Map<string, number>, after: Map<string, number>
 
 function statusField(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   try {
-    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(
+      readFileSync(`/proc/${pid}/status`, 'utf8'),
+    )
     return m ? Number(m[1]) / 1024 : 0
   } catch {
     return 0
@@ -185,18 +199,32 @@ function cpusAllowed(pid: number): string {
 
 /** Sets the cores of processes and of all their threads (taskset -a); false if any of them failed. */
 function pin(pids: number[], cores: string): boolean {
-  return pids.map((pid) => spawnSync('taskset', ['-a', '-p', '-c', cores, String(pid)], { stdio: 'ignore' }).status === 0).every(Boolean)
+  return pids
+    .map(
+      (pid) =>
+        spawnSync('taskset', ['-a', '-p', '-c', cores, String(pid)], { stdio: 'ignore' }).status ===
+        0,
+    )
+    .every(Boolean)
 }
 
 /** What the figures were measured on. */
 function machine(): { cpu: string; cores: number; ramMiB: number } {
   const model = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]
-  return { cpu: model ?? 'unknown CPU', cores: cpus().length, ramMiB: Math.round(totalmem() / 2 ** 20) }
+  return {
+    cpu: model ?? 'unknown CPU',
+    cores: cpus().length,
+    ramMiB: Math.round(totalmem() / 2 ** 20),
+  }
 }
 
 /** CPU seconds the whole host has spent busy (all cores), from /proc/stat. */
 function hostBusy(): number {
-  const f = (readFileSync('/proc/stat', 'utf8').split('\n')[0] as string).trim().split(/\s+/).slice(1).map(Number)
+  const f = (readFileSync('/proc/stat', 'utf8').split('\n')[0] as string)
+    .trim()
+    .split(/\s+/)
+    .slice(1)
+    .map(Number)
   const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = f
   return (user + nice + system + irq + softirq + steal) / CLK_TCK
 }
@@ -229,11 +257,14 @@ async function cleanup(): Promise<void> {
   while (started.length > 0) await (started.pop() as () => Promise<void>)()
   rmSync(root, { recursive: true, force: true })
 }
-for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => void cleanup().finally(() => process.exit(130)))
+for (const signal of ['SIGINT', 'SIGTERM'] as const)
+  process.once(signal, () => void cleanup().finally(() => process.exit(130)))
 
 await database.start()
 const pakuUrl = database.url()
-const postmasterPid = Number(readFileSync(join(root, 'pg', 'postgres', 'postmaster.pid'), 'utf8').split('\n')[0])
+const postmasterPid = Number(
+  readFileSync(join(root, 'pg', 'postgres', 'postmaster.pid'), 'utf8').split('\n')[0],
+)
 
 function sqlClient(url: string): Promise<pg.Client> {
   const c = new pg.Client({ connectionString: url })
@@ -242,14 +273,24 @@ function sqlClient(url: string): Promise<pg.Client> {
 
 function runPaku(args: string[], env: Record<string, string>): ChildProcess {
   const prof = flags.profile ? ['--cpu-prof', '--cpu-prof-dir', resolve(flags.profile)] : []
-  const [cmd, argv] = flags.bin ? [resolve(flags.bin), args] : [process.execPath, [...prof, '--import', 'tsx', 'src/main.ts', ...args]]
+  const [cmd, argv] = flags.bin
+    ? [resolve(flags.bin), args]
+    : [process.execPath, [...prof, '--import', 'tsx', 'src/main.ts', ...args]]
   return spawn(cmd, argv, {
-    env: { ...process.env, PAKU_DATABASE_URL: pakuUrl, PAKU_LOG_LEVEL: process.env.PAKU_LOG_LEVEL ?? 'warn', PAKU_LOG_FORMAT: 'json', ...env },
+    env: {
+      ...process.env,
+      PAKU_DATABASE_URL: pakuUrl,
+      PAKU_LOG_LEVEL: process.env.PAKU_LOG_LEVEL ?? 'warn',
+      PAKU_LOG_FORMAT: 'json',
+      ...env,
+    },
     stdio: ['ignore', 'inherit', 'inherit'],
   })
 }
-const exited = (p: ChildProcess) => new Promise<number>((r) => (p.exitCode !== null ? r(p.exitCode) : p.once('exit', (code) => r(code ?? 1))))
-
+const exited = (p: ChildProcess) =>
+  new Promise<number>((r) =>
+    p.exitCode !== null ? r(p.exitCode) : p.once('exit', (code) => r(code ?? 1)),
+  )
 
 // ---------------------------------------------------------------- COPY ceiling
 
@@ -289,7 +330,10 @@ async function ceiling(open: () => Promise<Writer>): Promise<Ceiling> {
   await w.close()
   await c.query('TRUNCATE measurements, ingest_dedup')
   await c.end()
-  return { rowsPerS: Math.round(COPY_ROWS / seconds), pgCpuMsPer1000: Math.round((cpu / COPY_ROWS) * 1_000_000 * 10) / 10 }
+  return {
+    rowsPerS: Math.round(COPY_ROWS / seconds),
+    pgCpuMsPer1000: Math.round((cpu / COPY_ROWS) * 1_000_000 * 10) / 10,
+  }
 }
 
 /** COPY FROM STDIN in `chunk`-row COPYs, each its own transaction. */
@@ -300,7 +344,14 @@ async function copyRows(chunk: number): Promise<Writer> {
       for (let start = 0; start < COPY_ROWS; start += chunk) {
         const lines: string[] = []
         for (let i = start; i < Math.min(COPY_ROWS, start + chunk); i++) lines.push(copyLine(i))
-        await pipeline(Readable.from(lines), c.query(copyFrom('COPY measurements (site_id, system, device_id, location, mac, ts, metrics) FROM STDIN')))
+        await pipeline(
+          Readable.from(lines),
+          c.query(
+            copyFrom(
+              'COPY measurements (site_id, system, device_id, location, mac, ts, metrics) FROM STDIN',
+            ),
+          ),
+        )
       }
     },
     close: () => c.end(),
@@ -313,16 +364,36 @@ async function copyRows(chunk: number): Promise<Writer> {
  */
 async function pakuStatement(chunk: number, qos1 = false): Promise<Writer> {
   // As paku runs it: the batch statement prepared on its connection (src/db PREPARED).
-  const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: preparingPool(new pg.Pool({ connectionString: pakuUrl, max: 1 })) }) })
+  const db = new Kysely<DB>({
+    dialect: new PostgresDialect({
+      pool: preparingPool(new pg.Pool({ connectionString: pakuUrl, max: 1 })),
+    }),
+  })
   await sql`SELECT 1`.execute(db) // opens the connection before the clock starts, as COPY's does
   return {
     write: async () => {
       for (let start = 0; start < COPY_ROWS; start += chunk) {
         const rows: Array<Extract<Row, { kind: 'measurement' }>> = []
         for (let i = start; i < Math.min(COPY_ROWS, start + chunk); i++) {
-          const [site, system, device, location, mac, ts, metrics] = copyLine(i).trimEnd().split('\t') as string[]
-          const row: Extract<Row, { kind: 'measurement' }> = { kind: 'measurement', siteId: site as string, system: system as string, deviceId: device as string, location: location as string, mac: mac as string, ts: new Date(ts as string), metrics: metrics as string }
-          if (qos1) row.dedup = { clientId: `bench-${i % DEVICES}`, messageId: (Math.floor(i / DEVICES) % 65535) + 1, digest: 'x'.repeat(27) + '=' }
+          const [site, system, device, location, mac, ts, metrics] = copyLine(i)
+            .trimEnd()
+            .split('\t') as string[]
+          const row: Extract<Row, { kind: 'measurement' }> = {
+            kind: 'measurement',
+            siteId: site as string,
+            system: system as string,
+            deviceId: device as string,
+            location: location as string,
+            mac: mac as string,
+            ts: new Date(ts as string),
+            metrics: metrics as string,
+          }
+          if (qos1)
+            row.dedup = {
+              clientId: `bench-${i % DEVICES}`,
+              messageId: (Math.floor(i / DEVICES) % 65535) + 1,
+              digest: 'x'.repeat(27) + '=',
+            }
           rows.push(row)
         }
         await writeTelemetry(db, rows)
@@ -335,7 +406,9 @@ async function pakuStatement(chunk: number, qos1 = false): Promise<Writer> {
 /** paku's migrations, then the write ceilings of the fresh `measurements` table. */
 async function ceilings() {
   if ((await exited(runPaku(['migrate'], {}))) !== 0) throw new Error('paku migrate failed')
-  say(`PostgreSQL on 127.0.0.1:${pgPort}; write ceilings with ${COPY_ROWS.toLocaleString('en')} rows`)
+  say(
+    `PostgreSQL on 127.0.0.1:${pgPort}; write ceilings with ${COPY_ROWS.toLocaleString('en')} rows`,
+  )
   const c = {
     copy500: await ceiling(() => copyRows(500)),
     copyStream: await ceiling(() => copyRows(COPY_ROWS)),
@@ -359,7 +432,12 @@ type Target = {
    * check, and when its last rollup pass finished; and its /metrics series, for the stalls of a load (see
    * stalls()).
    */
-  counters?: () => Promise<{ flushes: number; clientErrors: number; metrics: Map<string, number>; rollupAt: string | null }>
+  counters?: () => Promise<{
+    flushes: number
+    clientErrors: number
+    metrics: Map<string, number>
+    rollupAt: string | null
+  }>
 }
 type Load = {
   qos: 0 | 1
@@ -371,7 +449,13 @@ type Load = {
   /** The cores the load generator runs on (taskset -c), when the phase pins the system under test. */
   cores?: string
 }
-type Result = Record<string, unknown> & { system: string; label: string; rowsPerS: number; lost: number; duplicated: number }
+type Result = Record<string, unknown> & {
+  system: string
+  label: string
+  rowsPerS: number
+  lost: number
+  duplicated: number
+}
 
 async function e2e(target: Target, load: Load): Promise<Result> {
   const c = await sqlClient(target.dbUrl)
@@ -398,7 +482,12 @@ async function e2e(target: Target, load: Load): Promise<Result> {
   // devices (~0.1 s of paku's CPU) do not weigh on 1,500 messages at 50 msg/s.
   const gated = load.rate > 0
   const early = gated ? undefined : await begin()
-  const gen = loadgen(target.port, ['--messages', String(load.messages), '--qos', String(load.qos), '--rate', String(load.rate)], load.cores, gated)
+  const gen = loadgen(
+    target.port,
+    ['--messages', String(load.messages), '--qos', String(load.qos), '--rate', String(load.rate)],
+    load.cores,
+    gated,
+  )
   let genCode: number | undefined
   void gen.exit.then((code) => (genCode = code))
   const openGate = async () => {
@@ -423,8 +512,12 @@ async function e2e(target: Target, load: Load): Promise<Result> {
     // At a fixed rate only the end needs to be seen soon: polling once a second until the generator is done
     // keeps the harness's own queries (PostgreSQL CPU) out of the low rates' CPU per 1,000 messages.
     await sleep(gated && !gen.done() ? 1000 : 100)
-    for (const [n, pid] of watched) rssMax[n] = Math.max(rssMax[n] as number, statusField(pid, 'VmRSS'))
-    const r = await c.query(`SELECT count(*)::int AS n, max(id)::text AS m FROM ${target.table} WHERE id > $1`, [maxId])
+    for (const [n, pid] of watched)
+      rssMax[n] = Math.max(rssMax[n] as number, statusField(pid, 'VmRSS'))
+    const r = await c.query(
+      `SELECT count(*)::int AS n, max(id)::text AS m FROM ${target.table} WHERE id > $1`,
+      [maxId],
+    )
     const n = r.rows[0].n as number
     if (n > 0) {
       rows += n
@@ -439,25 +532,52 @@ async function e2e(target: Target, load: Load): Promise<Result> {
     if (gen.done() && sent === Infinity) sent = gen.result<{ sent: number }>().sent
     if (gen.done() && (rows >= sent || Date.now() - lastProgress > STALL_S * 1000)) break
   }
-  const memoryAfter = load.rssAfter && target.watch.paku ? rssAfter(target.watch.paku, doneAt) : undefined
-  const gen1 = gen.result<{ sent: number; errors: number; firstPublishMs: number; lastDoneMs: number; publishRate: number; pubackP50Ms: number | null; pubackP99Ms: number | null; pubackMaxMs: number | null; slowPubacks?: unknown; cpuS: number }>()
+  const memoryAfter =
+    load.rssAfter && target.watch.paku ? rssAfter(target.watch.paku, doneAt) : undefined
+  const gen1 = gen.result<{
+    sent: number
+    errors: number
+    firstPublishMs: number
+    lastDoneMs: number
+    publishRate: number
+    pubackP50Ms: number | null
+    pubackP99Ms: number | null
+    pubackMaxMs: number | null
+    slowPubacks?: unknown
+    cpuS: number
+  }>()
   const cpu = Object.fromEntries(watched.map(([n, pid]) => [n, cpuOf(pid) - (cpu0[n] as number)]))
   const pgCpu = treeCpu(postmasterPid) - pg0
   const self = process.cpuUsage(self0)
   // Busy CPU of the host that was none of the processes measured (nor this harness): other work on a
   // shared machine, which the figures of that run suffer from.
-  const otherCpuS = hostBusy() - host0 - Object.values(cpu).reduce((a, b) => a + b, 0) - pgCpu - gen1.cpuS - (self.user + self.system) / 1e6
+  const otherCpuS =
+    hostBusy() -
+    host0 -
+    Object.values(cpu).reduce((a, b) => a + b, 0) -
+    pgCpu -
+    gen1.cpuS -
+    (self.user + self.system) / 1e6
   gen.release()
   if ((await gen.exit) !== 0) throw new Error('the load generator failed after its result')
-  const peak = Object.fromEntries(watched.map(([n, pid]) => [n, Math.round(Math.max(rssMax[n] as number, statusField(pid, 'VmHWM')) * 10) / 10]))
+  const peak = Object.fromEntries(
+    watched.map(([n, pid]) => [
+      n,
+      Math.round(Math.max(rssMax[n] as number, statusField(pid, 'VmHWM')) * 10) / 10,
+    ]),
+  )
   const counters1 = await target.counters?.()
   const flushes = counters0 && counters1 ? counters1.flushes - counters0.flushes : undefined
   const background1 = await backgroundWork(c)
   // When the last row was committed. The poll above sees it up to 100 ms (and a query) later, which
   // stretched a 1.7 s burst by ~3 % on average; the ceilings are timed exactly, so the loads are too.
-  const lastCommit = await c.query(`SELECT (extract(epoch FROM max(pg_xact_commit_timestamp(xmin))) * 1000)::float8 AS ms FROM ${target.table}`)
+  const lastCommit = await c.query(
+    `SELECT (extract(epoch FROM max(pg_xact_commit_timestamp(xmin))) * 1000)::float8 AS ms FROM ${target.table}`,
+  )
   const storedAt = (lastCommit.rows[0].ms as number | null) ?? doneAt
-  const q = await c.query(`SELECT count(*)::int AS n, count(DISTINCT (device_id, metrics->>'measurement_sequence'))::int AS d FROM ${target.table} WHERE device_id LIKE 'ruuvi_%'`)
+  const q = await c.query(
+    `SELECT count(*)::int AS n, count(DISTINCT (device_id, metrics->>'measurement_sequence'))::int AS d FROM ${target.table} WHERE device_id LIKE 'ruuvi_%'`,
+  )
   await c.end()
   const stored = q.rows[0].n as number
   const distinct = q.rows[0].d as number
@@ -485,10 +605,15 @@ async function e2e(target: Target, load: Load): Promise<Result> {
     pubackP99Ms: gen1.pubackP99Ms,
     pubackMaxMs: gen1.pubackMaxMs,
     slowPubacks: gen1.slowPubacks,
-    cpuMsPer1000: Object.fromEntries([...Object.entries(cpu).map(([n, s]) => [n, per1000(s)]), ['postgres', per1000(pgCpu)], ['loadgen', per1000(gen1.cpuS)]]),
+    cpuMsPer1000: Object.fromEntries([
+      ...Object.entries(cpu).map(([n, s]) => [n, per1000(s)]),
+      ['postgres', per1000(pgCpu)],
+      ['loadgen', per1000(gen1.cpuS)],
+    ]),
     peakRssMiB: peak,
     rowsPerFlush: flushes ? Math.round(stored / flushes) : undefined,
-    clientErrors: counters0 && counters1 ? counters1.clientErrors - counters0.clientErrors : undefined,
+    clientErrors:
+      counters0 && counters1 ? counters1.clientErrors - counters0.clientErrors : undefined,
     /**
      * Whether one of paku's rollup passes (every 60 s) finished during the load: at a low rate its work is a
      * good part of the CPU per 1,000 messages, and a 30 s load holds one or none.
@@ -510,8 +635,20 @@ async function e2e(target: Target, load: Load): Promise<Result> {
  * `gated` (bench-load.ts --gated): it publishes on go() and disconnects on release().
  */
 function loadgen(port: number, args: string[], cores?: string, gated = false) {
-  const argv = ['--import', 'tsx', 'scripts/bench-load.ts', '--port', String(port), '--devices', String(DEVICES), ...args, ...(gated ? ['--gated'] : [])]
-  const [cmd, cmdArgs] = cores ? ['taskset', ['-c', cores, process.execPath, ...argv]] : [process.execPath, argv]
+  const argv = [
+    '--import',
+    'tsx',
+    'scripts/bench-load.ts',
+    '--port',
+    String(port),
+    '--devices',
+    String(DEVICES),
+    ...args,
+    ...(gated ? ['--gated'] : []),
+  ]
+  const [cmd, cmdArgs] = cores
+    ? ['taskset', ['-c', cores, process.execPath, ...argv]]
+    : [process.execPath, argv]
   const child = spawn(cmd, cmdArgs, { stdio: [gated ? 'pipe' : 'ignore', 'pipe', 'inherit'] })
   child.stdin?.on('error', () => {}) // it exited early: its exit code says why
   const exit = exited(child)
@@ -551,7 +688,13 @@ async function rssAfter(pid: number, fromMs: number) {
     mib.push(Math.round(statusField(pid, 'VmRSS')))
   }
   const under = mib.findIndex((m) => m < LOW_RSS_MIB)
-  return { rssAfterMiB: mib, rssAfterEndMiB: mib.at(-1), rssAfterS: AFTER_S, sUnderLowRss: under < 0 ? null : under, lowRssMiB: LOW_RSS_MIB }
+  return {
+    rssAfterMiB: mib,
+    rssAfterEndMiB: mib.at(-1),
+    rssAfterS: AFTER_S,
+    sUnderLowRss: under < 0 ? null : under,
+    lowRssMiB: LOW_RSS_MIB,
+  }
 }
 
 /**
@@ -560,7 +703,9 @@ async function rssAfter(pid: number, fromMs: number) {
  * threshold (1,000 rows plus a fifth of the table) makes due again after every load.
  */
 async function backgroundWork(c: pg.Client): Promise<{ vacuums: number; analyzes: number }> {
-  const r = await c.query('SELECT coalesce(sum(autovacuum_count), 0)::int AS v, coalesce(sum(autoanalyze_count), 0)::int AS a FROM pg_stat_user_tables')
+  const r = await c.query(
+    'SELECT coalesce(sum(autovacuum_count), 0)::int AS v, coalesce(sum(autoanalyze_count), 0)::int AS a FROM pg_stat_user_tables',
+  )
   return { vacuums: r.rows[0].v as number, analyzes: r.rows[0].a as number }
 }
 
@@ -586,9 +731,16 @@ function stalls(m0: Map<string, number>, m1: Map<string, number>) {
   /** Observations above `le` seconds, and the bound the longest of them stayed under (null: unbounded). */
   const over = (name: string, le: string) => {
     const total = delta(`${name}_bucket{le="+Inf"}`)
-    const bounds = [...m1.keys()].filter((k) => k.startsWith(`${name}_bucket{le="`) && !k.endsWith('"+Inf"}')).map((k) => Number(k.slice(name.length + 12, -2)))
-    const longest = bounds.sort((a, b) => a - b).find((b) => delta(`${name}_bucket{le="${b}"}`) === total)
-    return { count: total - delta(`${name}_bucket{le="${le}"}`), under: total === 0 ? 0 : (longest ?? null) }
+    const bounds = [...m1.keys()]
+      .filter((k) => k.startsWith(`${name}_bucket{le="`) && !k.endsWith('"+Inf"}'))
+      .map((k) => Number(k.slice(name.length + 12, -2)))
+    const longest = bounds
+      .sort((a, b) => a - b)
+      .find((b) => delta(`${name}_bucket{le="${b}"}`) === total)
+    return {
+      count: total - delta(`${name}_bucket{le="${le}"}`),
+      under: total === 0 ? 0 : (longest ?? null),
+    }
   }
   const loop = over('paku_event_loop_delay_seconds', '0.1')
   const batch = over('paku_ingest_flush_duration_seconds', '0.1')
@@ -618,7 +770,12 @@ const big = Math.round(200_000 * SCALE)
 const fixed: Load[] = [steady(1000, 1), steady(1000, 0), steady(5000, 1)]
 /** `rate` msg/s in total for 30 s (a tenth with --quick), labelled e.g. "1,000 msg/s QoS 1" after `prefix`. */
 function steady(rate: number, qos: 0 | 1, prefix = ''): Load {
-  return { label: `${prefix}${rate.toLocaleString('en')} msg/s QoS ${qos}`, qos, messages: Math.round(rate * 30 * SCALE), rate }
+  return {
+    label: `${prefix}${rate.toLocaleString('en')} msg/s QoS ${qos}`,
+    qos,
+    messages: Math.round(rate * 30 * SCALE),
+    rate,
+  }
 }
 /**
  * A small fleet's steady rates: with the 1,000 msg/s loads of `fixed`, CPU per 1,000 messages at three fleet
@@ -628,7 +785,9 @@ function steady(rate: number, qos: 0 | 1, prefix = ''): Load {
 const STEADY_RATES = [50, 200, 1000]
 const smallFleet: Load[] = [steady(50, 0), steady(50, 1), steady(200, 0), steady(200, 1)]
 const ONE_CPU = '1 vCPU · '
-const oneCpuLoads: Load[] = STEADY_RATES.flatMap((rate) => [0, 1].map((qos) => ({ ...steady(rate, qos as 0 | 1, ONE_CPU), cores: '0' })))
+const oneCpuLoads: Load[] = STEADY_RATES.flatMap((rate) =>
+  [0, 1].map((qos) => ({ ...steady(rate, qos as 0 | 1, ONE_CPU), cores: '0' })),
+)
 const IDLE_LABEL = `idle, ${DEVICES} devices`
 const selected = (label: string) => !flags.only || label.includes(flags.only)
 const results: Result[] = []
@@ -644,7 +803,12 @@ let idleResult: Idle | undefined
 async function warmUp(target: Target): Promise<void> {
   if (flags['no-warmup']) return
   for (const qos of [0, 1] as const) {
-    await e2e(target, { label: `warm-up (not reported), ${WARMUP / 1000}k QoS ${qos}`, qos, messages: WARMUP, rate: 0 })
+    await e2e(target, {
+      label: `warm-up (not reported), ${WARMUP / 1000}k QoS ${qos}`,
+      qos,
+      messages: WARMUP,
+      rate: 0,
+    })
   }
 }
 const WARMUP = Math.round(10_000 * SCALE)
@@ -665,32 +829,64 @@ async function pakuSuite(): Promise<void> {
   started.push(stop)
   for (let i = 0; ; i++) {
     if (i > 600) throw new Error('paku did not become healthy')
-    if (await fetch(`http://127.0.0.1:${httpPort}/health`).then((r) => r.ok, () => false)) break
+    if (
+      await fetch(`http://127.0.0.1:${httpPort}/health`).then(
+        (r) => r.ok,
+        () => false,
+      )
+    )
+      break
     await sleep(100)
   }
-  const target: Target = { system: 'paku', port: mqttPort, dbUrl: pakuUrl, table: 'measurements', watch: { paku: paku.pid as number },
+  const target: Target = {
+    system: 'paku',
+    port: mqttPort,
+    dbUrl: pakuUrl,
+    table: 'measurements',
+    watch: { paku: paku.pid as number },
     counters: async () => {
-      const h = (await (await fetch(`http://127.0.0.1:${httpPort}/health`)).json()) as { ingest: { flushes: number }; broker: { clientErrors: number }; rollup?: { lastPass: { at: string } | null } }
-      const metrics = parseMetrics(await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text())
-      return { flushes: h.ingest.flushes, clientErrors: h.broker.clientErrors, metrics, rollupAt: h.rollup?.lastPass?.at ?? null }
+      const h = (await (await fetch(`http://127.0.0.1:${httpPort}/health`)).json()) as {
+        ingest: { flushes: number }
+        broker: { clientErrors: number }
+        rollup?: { lastPass: { at: string } | null }
+      }
+      const metrics = parseMetrics(
+        await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text(),
+      )
+      return {
+        flushes: h.ingest.flushes,
+        clientErrors: h.broker.clientErrors,
+        metrics,
+        rollupAt: h.rollup?.lastPass?.at ?? null,
+      }
     },
   }
   say(`paku (pid ${paku.pid}) on 127.0.0.1:${mqttPort}`)
   await warmUp(target)
   const [big0, big1] = loads(big) as [Load, Load]
   const all = [...loads(burst), { ...big0, rssAfter: true }, big1, ...fixed]
-  if (!flags.quick && !flags['no-million']) all.push({ label: '1M QoS 0, max rate', qos: 0, messages: 1_000_000, rate: 0, rssAfter: true })
+  if (!flags.quick && !flags['no-million'])
+    all.push({ label: '1M QoS 0, max rate', qos: 0, messages: 1_000_000, rate: 0, rssAfter: true })
   all.push(...smallFleet)
   for (const load of all.filter((l) => selected(l.label))) results.push(await e2e(target, load))
   if (!flags['no-idle'] && selected(IDLE_LABEL)) idleResult = await idle(target, paku.pid as number)
-  if (!flags['no-1cpu']) await oneCpu(target, paku.pid as number, oneCpuLoads.filter((l) => selected(l.label)))
+  if (!flags['no-1cpu'])
+    await oneCpu(
+      target,
+      paku.pid as number,
+      oneCpuLoads.filter((l) => selected(l.label)),
+    )
   await stop()
   started.pop()
 }
 
 const IDLE_SETTLE_S = 5
 const IDLE_S = Math.max(10, Math.round(60 * SCALE))
-type Idle = Record<string, unknown> & { pakuCpuMsPerMin: number; postgresCpuMsPerMin: number; pakuWakeupsPerS: number }
+type Idle = Record<string, unknown> & {
+  pakuCpuMsPerMin: number
+  postgresCpuMsPerMin: number
+  pakuWakeupsPerS: number
+}
 
 /**
  * paku with DEVICES connected devices that only ping (bench-load.ts --hold): over IDLE_S seconds after
@@ -706,11 +902,23 @@ async function idle(target: Target, pakuPid: number): Promise<Idle> {
   await c.query('CHECKPOINT')
   const background0 = await backgroundWork(c)
   const connect0 = cpuOf(pakuPid)
-  const gen = loadgen(target.port, ['--messages', '0', '--hold', String(IDLE_SETTLE_S + IDLE_S + 2)])
-  if (!(await gen.connected)) throw new Error(`the load generator failed (exit code ${await gen.exit})`)
+  const gen = loadgen(target.port, [
+    '--messages',
+    '0',
+    '--hold',
+    String(IDLE_SETTLE_S + IDLE_S + 2),
+  ])
+  if (!(await gen.connected))
+    throw new Error(`the load generator failed (exit code ${await gen.exit})`)
   const connectCpuS = cpuOf(pakuPid) - connect0
   await sleep(IDLE_SETTLE_S * 1000)
-  const read = () => ({ at: performance.now(), paku: cpuOf(pakuPid), pg: treeCpu(postmasterPid), host: hostBusy(), switches: switchesOf(pakuPid) })
+  const read = () => ({
+    at: performance.now(),
+    paku: cpuOf(pakuPid),
+    pg: treeCpu(postmasterPid),
+    host: hostBusy(),
+    switches: switchesOf(pakuPid),
+  })
   const w0 = read()
   await sleep(IDLE_S * 1000)
   const w1 = read()
@@ -734,7 +942,10 @@ async function idle(target: Target, pakuPid: number): Promise<Idle> {
     connectPakuCpuMs: Math.round(connectCpuS * 1000),
     loadgenErrors: gen.result<{ errors: number }>().errors,
     /** Busy CPU of the host in the window that was neither paku nor PostgreSQL (the generator's pings, other work). */
-    otherHostCpuS: Math.max(0, Math.round((w1.host - w0.host - (w1.paku - w0.paku) - (w1.pg - w0.pg)) * 10) / 10),
+    otherHostCpuS: Math.max(
+      0,
+      Math.round((w1.host - w0.host - (w1.paku - w0.paku) - (w1.pg - w0.pg)) * 10) / 10,
+    ),
     autovacuums: background1.vacuums - background0.vacuums,
     autoanalyzes: background1.analyzes - background0.analyzes,
   }
@@ -750,34 +961,48 @@ async function idle(target: Target, pakuPid: number): Promise<Idle> {
  */
 async function oneCpu(target: Target, pakuPid: number, pinnedLoads: Load[]): Promise<void> {
   if (pinnedLoads.length === 0) return
-  if (spawnSync('sh', ['-c', 'command -v taskset']).status !== 0) return say('1 vCPU loads not run: no taskset (util-linux)')
-  const saved = { paku: cpusAllowed(pakuPid), pg: cpusAllowed(postmasterPid), self: cpusAllowed(process.pid) }
+  if (spawnSync('sh', ['-c', 'command -v taskset']).status !== 0)
+    return say('1 vCPU loads not run: no taskset (util-linux)')
+  const saved = {
+    paku: cpusAllowed(pakuPid),
+    pg: cpusAllowed(postmasterPid),
+    self: cpusAllowed(process.pid),
+  }
   try {
-    if (!pin([pakuPid, postmasterPid], '0')) throw new Error('taskset could not pin paku or PostgreSQL to core 0')
+    if (!pin([pakuPid, postmasterPid], '0'))
+      throw new Error('taskset could not pin paku or PostgreSQL to core 0')
     pin(childrenOf(postmasterPid), '0') // the backends of this moment; one that exits meanwhile needs no pin
     if (cpus().length > 1) pin([process.pid], '1')
-    say(`1 vCPU: paku, PostgreSQL and the load generator on core 0 (paku ${cpusAllowed(pakuPid)}, postmaster ${cpusAllowed(postmasterPid)}), this harness on ${cpusAllowed(process.pid)}`)
+    say(
+      `1 vCPU: paku, PostgreSQL and the load generator on core 0 (paku ${cpusAllowed(pakuPid)}, postmaster ${cpusAllowed(postmasterPid)}), this harness on ${cpusAllowed(process.pid)}`,
+    )
     for (const load of pinnedLoads) results.push(await e2e(target, load))
   } finally {
     pin([postmasterPid, ...childrenOf(postmasterPid)], saved.pg)
     pin([pakuPid], saved.paku)
     pin([process.pid], saved.self)
-    say(`1 vCPU done: paku back on ${cpusAllowed(pakuPid)}, PostgreSQL on ${cpusAllowed(postmasterPid)}, this harness on ${cpusAllowed(process.pid)}`)
+    say(
+      `1 vCPU done: paku back on ${cpusAllowed(pakuPid)}, PostgreSQL on ${cpusAllowed(postmasterPid)}, this harness on ${cpusAllowed(process.pid)}`,
+    )
   }
 }
 
 function peerAvailable(): string | undefined {
   if (flags['no-peer'] || flags.only) return 'skipped (--no-peer or --only)'
-  if (spawnSync('sh', ['-c', 'command -v mosquitto']).status !== 0) return 'mosquitto not installed (apt-get install mosquitto)'
-  if (spawnSync('/usr/bin/python3', ['-c', 'import paho.mqtt, psycopg']).status !== 0) return 'python3-paho-mqtt / python3-psycopg not installed'
-  if (!existsSync(join(PEER_DIR, 'seed_collector.py'))) return `no ${PEER_DIR}/seed_collector.py (set PEER_DIR)`
+  if (spawnSync('sh', ['-c', 'command -v mosquitto']).status !== 0)
+    return 'mosquitto not installed (apt-get install mosquitto)'
+  if (spawnSync('/usr/bin/python3', ['-c', 'import paho.mqtt, psycopg']).status !== 0)
+    return 'python3-paho-mqtt / python3-psycopg not installed'
+  if (!existsSync(join(PEER_DIR, 'seed_collector.py')))
+    return `no ${PEER_DIR}/seed_collector.py (set PEER_DIR)`
   return undefined
 }
 
 async function peerSuite(variant: 'stock' | 'unbounded', peerLoads: Load[]): Promise<void> {
   const c = await sqlClient(pakuUrl)
   const dbName = 'peer'
-  if ((await c.query(`SELECT 1 FROM pg_database WHERE datname = $1`, [dbName])).rowCount === 0) await c.query(`CREATE DATABASE ${dbName}`)
+  if ((await c.query(`SELECT 1 FROM pg_database WHERE datname = $1`, [dbName])).rowCount === 0)
+    await c.query(`CREATE DATABASE ${dbName}`)
   await c.end()
   const peerUrl = new URL(pakuUrl)
   peerUrl.pathname = `/${dbName}`
@@ -789,7 +1014,10 @@ async function peerSuite(variant: 'stock' | 'unbounded', peerLoads: Load[]): Pro
   const dir = join(root, `mosq-${variant}`)
   mkdirSync(dir)
   const up = spawnSync(join(PEER_DIR, 'mosq-up.sh'), [String(port), dir], {
-    env: { ...process.env, MOSQ_EXTRA_CONF: variant === 'unbounded' ? 'max_queued_messages 0' : '' },
+    env: {
+      ...process.env,
+      MOSQ_EXTRA_CONF: variant === 'unbounded' ? 'max_queued_messages 0' : '',
+    },
     encoding: 'utf8',
   })
   if (up.status !== 0) throw new Error(`mosq-up.sh failed: ${up.stderr}`)
@@ -797,7 +1025,12 @@ async function peerSuite(variant: 'stock' | 'unbounded', peerLoads: Load[]): Pro
   const stopBroker = () => void spawnSync(join(PEER_DIR, 'mosq-down.sh'), [String(port), dir])
   started.push(stopBroker)
   const collector = spawn('/usr/bin/python3', [join(PEER_DIR, 'seed_collector.py')], {
-    env: { ...process.env, MQTT_HOST: '127.0.0.1', MQTT_PORT: String(port), DATABASE_URL: peerUrl.toString() },
+    env: {
+      ...process.env,
+      MQTT_HOST: '127.0.0.1',
+      MQTT_PORT: String(port),
+      DATABASE_URL: peerUrl.toString(),
+    },
     stdio: ['ignore', 'ignore', 'inherit'],
   })
   const stopCollector = async () => {
@@ -807,8 +1040,16 @@ async function peerSuite(variant: 'stock' | 'unbounded', peerLoads: Load[]): Pro
   }
   started.push(stopCollector)
   await sleep(2000)
-  const target: Target = { system: `old stack (${variant} Mosquitto)`, port, dbUrl: peerUrl.toString(), table: 'measurements', watch: { broker: brokerPid, collector: collector.pid as number } }
-  say(`old stack: Mosquitto ${variant} (pid ${brokerPid}) on 127.0.0.1:${port}, collector pid ${collector.pid}`)
+  const target: Target = {
+    system: `old stack (${variant} Mosquitto)`,
+    port,
+    dbUrl: peerUrl.toString(),
+    table: 'measurements',
+    watch: { broker: brokerPid, collector: collector.pid as number },
+  }
+  say(
+    `old stack: Mosquitto ${variant} (pid ${brokerPid}) on 127.0.0.1:${port}, collector pid ${collector.pid}`,
+  )
   await warmUp(target)
   for (const load of peerLoads) results.push(await e2e(target, load))
   await stopCollector()
@@ -837,31 +1078,67 @@ const { copy500, copyStream, statement1000, statementQos1 } = measured
 
 mkdirSync('bench-results', { recursive: true })
 const file = join('bench-results', `${stamp}.jsonl`)
-appendFileSync(file, JSON.stringify({ kind: 'ceilings', rows: COPY_ROWS, copy500, copyStream, statement1000, statementQos1 }) + '\n')
+appendFileSync(
+  file,
+  JSON.stringify({
+    kind: 'ceilings',
+    rows: COPY_ROWS,
+    copy500,
+    copyStream,
+    statement1000,
+    statementQos1,
+  }) + '\n',
+)
 appendFileSync(file, JSON.stringify({ kind: 'machine', ...machine() }) + '\n')
 for (const r of results) appendFileSync(file, JSON.stringify(r) + '\n')
 if (idleResult) appendFileSync(file, JSON.stringify(idleResult) + '\n')
 
-const peerDrain = (qos: number) => results.find((r) => r.system.includes('unbounded') && r.qos === qos && r.rate === 0)?.rowsPerS
+const peerDrain = (qos: number) =>
+  results.find((r) => r.system.includes('unbounded') && r.qos === qos && r.rate === 0)?.rowsPerS
 const ratio = (a: number, b: number | undefined) => (b ? `${(a / b).toFixed(2)}×` : '—')
-const fmt = (n: unknown) => (typeof n === 'number' ? n.toLocaleString('en') : n === null || n === undefined ? '—' : String(n))
-console.log('\n| PostgreSQL write path (measurements, all indexes, fsync on, one connection) | rows/s | PostgreSQL CPU ms per 1,000 rows |')
+const fmt = (n: unknown) =>
+  typeof n === 'number' ? n.toLocaleString('en') : n === null || n === undefined ? '—' : String(n)
+console.log(
+  '\n| PostgreSQL write path (measurements, all indexes, fsync on, one connection) | rows/s | PostgreSQL CPU ms per 1,000 rows |',
+)
 console.log('|---|---|---|')
-console.log(`| COPY, 500-row COPYs, one commit each (**the ceiling**; × COPY below) | ${fmt(copy500.rowsPerS)} | ${copy500.pgCpuMsPer1000} |`)
-console.log(`| COPY, one stream, one commit | ${fmt(copyStream.rowsPerS)} | ${copyStream.pgCpuMsPer1000} |`)
-console.log(`| paku's batch statement (INSERT … unnest), 1,000-row batches | ${fmt(statement1000.rowsPerS)} | ${statement1000.pgCpuMsPer1000} |`)
-console.log(`| the same with QoS 1 message ids remembered for redeliveries (ingest_dedup) | ${fmt(statementQos1.rowsPerS)} | ${statementQos1.pgCpuMsPer1000} |`)
-console.log('\n| system | load | sent | stored | lost | dup | e2e rows/s | × COPY | × old stack | PUBACK p50 / p99 / max ms | CPU ms per 1,000 msgs | peak RSS MiB | other CPU s | stalls > 0.1 s: event loop / batch; GC s |')
+console.log(
+  `| COPY, 500-row COPYs, one commit each (**the ceiling**; × COPY below) | ${fmt(copy500.rowsPerS)} | ${copy500.pgCpuMsPer1000} |`,
+)
+console.log(
+  `| COPY, one stream, one commit | ${fmt(copyStream.rowsPerS)} | ${copyStream.pgCpuMsPer1000} |`,
+)
+console.log(
+  `| paku's batch statement (INSERT … unnest), 1,000-row batches | ${fmt(statement1000.rowsPerS)} | ${statement1000.pgCpuMsPer1000} |`,
+)
+console.log(
+  `| the same with QoS 1 message ids remembered for redeliveries (ingest_dedup) | ${fmt(statementQos1.rowsPerS)} | ${statementQos1.pgCpuMsPer1000} |`,
+)
+console.log(
+  '\n| system | load | sent | stored | lost | dup | e2e rows/s | × COPY | × old stack | PUBACK p50 / p99 / max ms | CPU ms per 1,000 msgs | peak RSS MiB | other CPU s | stalls > 0.1 s: event loop / batch; GC s |',
+)
 console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
 /** "n (≤ bound s)": how many, and the histogram bound the longest stayed under. */
-const stallText = (n: unknown, under: unknown) => (n === 0 ? '0' : `${fmt(n)} (${under === null ? '> 10' : `≤ ${String(under)}`} s)`)
+const stallText = (n: unknown, under: unknown) =>
+  n === 0 ? '0' : `${fmt(n)} (${under === null ? '> 10' : `≤ ${String(under)}`} s)`
 for (const r of results) {
-  const cpu = Object.entries(r.cpuMsPer1000 as Record<string, number>).map(([n, v]) => `${n} ${v}`).join(', ')
-  const rss = Object.entries(r.peakRssMiB as Record<string, number>).map(([n, v]) => `${n} ${v}`).join(', ')
-  const lat = r.qos === 1 ? `${fmt(r.pubackP50Ms)} / ${fmt(r.pubackP99Ms)} / ${fmt(r.pubackMaxMs)}` : '—'
-  const vsPeer = r.system === 'paku' && r.rate === 0 ? ratio(r.rowsPerS, peerDrain(r.qos as number)) : '—'
-  const stall = 'loopStallsOver100ms' in r ? `${stallText(r.loopStallsOver100ms, r.longestLoopStallUnderS)} / ${stallText(r.slowBatchesOver100ms, r.longestBatchUnderS)}; ${String(r.gcPauseS)}` : '—'
-  console.log(`| ${r.system} | ${r.label} | ${fmt(r.sent)} | ${fmt(r.stored)} | ${fmt(r.lost)} | ${fmt(r.duplicated)} | ${fmt(r.rowsPerS)} | ${r.rate === 0 ? ratio(r.rowsPerS, copy500.rowsPerS) : '—'} | ${vsPeer} | ${lat} | ${cpu} | ${rss} | ${r.otherHostCpuS} | ${stall} |`)
+  const cpu = Object.entries(r.cpuMsPer1000 as Record<string, number>)
+    .map(([n, v]) => `${n} ${v}`)
+    .join(', ')
+  const rss = Object.entries(r.peakRssMiB as Record<string, number>)
+    .map(([n, v]) => `${n} ${v}`)
+    .join(', ')
+  const lat =
+    r.qos === 1 ? `${fmt(r.pubackP50Ms)} / ${fmt(r.pubackP99Ms)} / ${fmt(r.pubackMaxMs)}` : '—'
+  const vsPeer =
+    r.system === 'paku' && r.rate === 0 ? ratio(r.rowsPerS, peerDrain(r.qos as number)) : '—'
+  const stall =
+    'loopStallsOver100ms' in r
+      ? `${stallText(r.loopStallsOver100ms, r.longestLoopStallUnderS)} / ${stallText(r.slowBatchesOver100ms, r.longestBatchUnderS)}; ${String(r.gcPauseS)}`
+      : '—'
+  console.log(
+    `| ${r.system} | ${r.label} | ${fmt(r.sent)} | ${fmt(r.stored)} | ${fmt(r.lost)} | ${fmt(r.duplicated)} | ${fmt(r.rowsPerS)} | ${r.rate === 0 ? ratio(r.rowsPerS, copy500.rowsPerS) : '—'} | ${vsPeer} | ${lat} | ${cpu} | ${rss} | ${r.otherHostCpuS} | ${stall} |`,
+  )
 }
 
 /** paku's peak RSS in a load. */
@@ -877,17 +1154,26 @@ function untilLow(r: Result): string {
 function printMemoryAfter(): void {
   const bursts = results.filter((r) => r.rssAfterMiB)
   if (bursts.length === 0) return
-  console.log(`\n| paku after a burst (RSS once a second from the last row stored) | peak RSS MiB | RSS at the last row MiB | RSS ${AFTER_S} s after MiB | s until under ${LOW_RSS_MIB} MiB |`)
+  console.log(
+    `\n| paku after a burst (RSS once a second from the last row stored) | peak RSS MiB | RSS at the last row MiB | RSS ${AFTER_S} s after MiB | s until under ${LOW_RSS_MIB} MiB |`,
+  )
   console.log('|---|---|---|---|---|')
-  for (const r of bursts) console.log(`| ${r.label} | ${fmt(peakRss(r))} | ${fmt((r.rssAfterMiB as number[])[0])} | ${fmt(r.rssAfterEndMiB)} | ${untilLow(r)} |`)
+  for (const r of bursts)
+    console.log(
+      `| ${r.label} | ${fmt(peakRss(r))} | ${fmt((r.rssAfterMiB as number[])[0])} | ${fmt(r.rssAfterEndMiB)} | ${untilLow(r)} |`,
+    )
 }
 
 function printIdle(): void {
   const i = idleResult
   if (!i) return
-  console.log(`\n| paku idle: devices connected, each only a PINGREQ every 30 s (keepalive 60) | window s | paku CPU ms per minute | paku wakeups/s (${fmt(i.pakuThreads)} threads) | PostgreSQL CPU ms per minute | paku CPU ms to connect them | other CPU s | autovacuum / autoanalyze runs |`)
+  console.log(
+    `\n| paku idle: devices connected, each only a PINGREQ every 30 s (keepalive 60) | window s | paku CPU ms per minute | paku wakeups/s (${fmt(i.pakuThreads)} threads) | PostgreSQL CPU ms per minute | paku CPU ms to connect them | other CPU s | autovacuum / autoanalyze runs |`,
+  )
   console.log('|---|---|---|---|---|---|---|---|')
-  console.log(`| ${i.label} | ${fmt(i.windowS)} | ${fmt(i.pakuCpuMsPerMin)} | ${fmt(i.pakuWakeupsPerS)} | ${fmt(i.postgresCpuMsPerMin)} | ${fmt(i.connectPakuCpuMs)} | ${fmt(i.otherHostCpuS)} | ${fmt(i.autovacuums)} / ${fmt(i.autoanalyzes)} |`)
+  console.log(
+    `| ${i.label} | ${fmt(i.windowS)} | ${fmt(i.pakuCpuMsPerMin)} | ${fmt(i.pakuWakeupsPerS)} | ${fmt(i.postgresCpuMsPerMin)} | ${fmt(i.connectPakuCpuMs)} | ${fmt(i.otherHostCpuS)} | ${fmt(i.autovacuums)} / ${fmt(i.autoanalyzes)} |`,
+  )
 }
 
 /**
@@ -907,22 +1193,42 @@ const ROLLUP_MARK = ' ʳ'
 function printSummary(): void {
   const host = machine()
   const cores = `${host.cores} cores`
-  console.log(`\n**Summary** — ${host.cpu}, ${cores}, ${(host.ramMiB / 1024).toFixed(1)} GiB RAM; paku ${flags.bin ?? 'from source'}, ${DEVICES} devices`)
+  console.log(
+    `\n**Summary** — ${host.cpu}, ${cores}, ${(host.ramMiB / 1024).toFixed(1)} GiB RAM; paku ${flags.bin ?? 'from source'}, ${DEVICES} devices`,
+  )
   const find = (label: string) => results.find((r) => r.system === 'paku' && r.label === label)
-  const rows = STEADY_RATES.flatMap((rate) => ([0, 1] as const).map((qos) => steady(rate, qos).label))
+  const rows = STEADY_RATES.flatMap((rate) =>
+    ([0, 1] as const).map((qos) => steady(rate, qos).label),
+  )
   if (rows.some((l) => find(l) || find(ONE_CPU + l))) {
-    console.log(`\n| paku, steady load | ${cores}: CPU ms per 1,000 msgs, paku | PostgreSQL | sum | PUBACK p99 ms | 1 vCPU: CPU ms per 1,000 msgs, paku | PostgreSQL | sum | PUBACK p99 ms |`)
+    console.log(
+      `\n| paku, steady load | ${cores}: CPU ms per 1,000 msgs, paku | PostgreSQL | sum | PUBACK p99 ms | 1 vCPU: CPU ms per 1,000 msgs, paku | PostgreSQL | sum | PUBACK p99 ms |`,
+    )
     console.log('|---|---|---|---|---|---|---|---|---|')
-    for (const l of rows) console.log(`| ${l} | ${[...costCells(find(l)), ...costCells(find(ONE_CPU + l))].join(' | ')} |`)
+    for (const l of rows)
+      console.log(
+        `| ${l} | ${[...costCells(find(l)), ...costCells(find(ONE_CPU + l))].join(' | ')} |`,
+      )
     if (rows.some((l) => find(l)?.rollupPass || find(ONE_CPU + l)?.rollupPass)) {
-      console.log(`\n${ROLLUP_MARK.trim()} a rollup pass (every 60 s) ran in that load; at a low rate it is a good part of the figure.`)
+      console.log(
+        `\n${ROLLUP_MARK.trim()} a rollup pass (every 60 s) ran in that load; at a low rate it is a good part of the figure.`,
+      )
     }
   }
-  const lines = results.filter((r) => r.rssAfterMiB).map((r) => `| ${r.label.replace(', max rate', '')} burst: peak RSS; ${String(r.rssAfterS)} s after | ${fmt(peakRss(r))} MiB; ${fmt(r.rssAfterEndMiB)} MiB (under ${LOW_RSS_MIB} MiB after ${untilLow(r)} s) |`)
+  const lines = results
+    .filter((r) => r.rssAfterMiB)
+    .map(
+      (r) =>
+        `| ${r.label.replace(', max rate', '')} burst: peak RSS; ${String(r.rssAfterS)} s after | ${fmt(peakRss(r))} MiB; ${fmt(r.rssAfterEndMiB)} MiB (under ${LOW_RSS_MIB} MiB after ${untilLow(r)} s) |`,
+    )
   const i = idleResult
   if (i) {
-    lines.push(`| idle, ${fmt(i.devices)} devices connected: CPU per minute, paku / PostgreSQL | ${fmt(i.pakuCpuMsPerMin)} / ${fmt(i.postgresCpuMsPerMin)} ms |`)
-    lines.push(`| idle, ${fmt(i.devices)} devices connected: paku's wakeups per second | ${fmt(i.pakuWakeupsPerS)} |`)
+    lines.push(
+      `| idle, ${fmt(i.devices)} devices connected: CPU per minute, paku / PostgreSQL | ${fmt(i.pakuCpuMsPerMin)} / ${fmt(i.postgresCpuMsPerMin)} ms |`,
+    )
+    lines.push(
+      `| idle, ${fmt(i.devices)} devices connected: paku's wakeups per second | ${fmt(i.pakuWakeupsPerS)} |`,
+    )
   }
   if (lines.length === 0) return
   console.log(`\n| paku, ${cores} | |`)

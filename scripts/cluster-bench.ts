@@ -28,13 +28,38 @@ const DEVICES = Number(process.env.DEVICES ?? 100)
 const RUNS = (process.env.RUNS ?? 'single,1,2,3').split(',')
 const log = (line: string) => console.log(`[cluster-bench] ${line}`)
 
-type Load = { sent: number; errors: number; firstPublishMs: number; lastDoneMs: number; pubackP50Ms: number | null; pubackP99Ms: number | null }
+type Load = {
+  sent: number
+  errors: number
+  firstPublishMs: number
+  lastDoneMs: number
+  pubackP50Ms: number | null
+  pubackP99Ms: number | null
+}
 
 function runLoad(port: number, devices: number, messages: number, prefix: string): Promise<Load> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/bench-load.ts', '--port', String(port), '--devices', String(devices), '--messages', String(messages), '--qos', '1', '--prefix', prefix], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    })
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        'scripts/bench-load.ts',
+        '--port',
+        String(port),
+        '--devices',
+        String(devices),
+        '--messages',
+        String(messages),
+        '--qos',
+        '1',
+        '--prefix',
+        prefix,
+      ],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    )
     let out = ''
     child.stdout.on('data', (d: Buffer) => (out += d.toString()))
     child.once('exit', (code) => {
@@ -48,7 +73,12 @@ function runLoad(port: number, devices: number, messages: number, prefix: string
 const root = mkdtempSync(join(tmpdir(), 'paku-cluster-bench-'))
 // As root, PostgreSQL runs as user postgres, which must be able to pass through this directory.
 chmodSync(root, 0o711)
-const database = createEmbeddedPostgres({ dataDir: join(root, 'pg'), port: await freePort(), log: createLogger({ level: 'warn', format: 'pretty' }), settings: { max_connections: '200' } })
+const database = createEmbeddedPostgres({
+  dataDir: join(root, 'pg'),
+  port: await freePort(),
+  log: createLogger({ level: 'warn', format: 'pretty' }),
+  settings: { max_connections: '200' },
+})
 await database.start()
 const redis = await startRedis()
 const db = new pg.Client({ connectionString: database.url() })
@@ -61,7 +91,14 @@ try {
     const label = run === 'single' ? '1 (no Redis)' : String(n)
     const nodes: Instance[] = []
     try {
-      for (let k = 0; k < n; k++) nodes.push(await startInstance({ name: `bench-${k}`, databaseUrl: database.url(), redisUrl: run === 'single' ? '' : redis.url }))
+      for (let k = 0; k < n; k++)
+        nodes.push(
+          await startInstance({
+            name: `bench-${k}`,
+            databaseUrl: database.url(),
+            redisUrl: run === 'single' ? '' : redis.url,
+          }),
+        )
       await db.query('TRUNCATE measurements, ingest_dedup')
       await new Promise((r) => setTimeout(r, 1000))
       log(`${label}: ${MESSAGES} QoS 1 messages from ${DEVICES} devices over ${n} instance(s)`)
@@ -81,7 +118,13 @@ try {
         if (stored >= acked) break
         await new Promise((r) => setTimeout(r, 100))
       }
-      const distinct = Number((await db.query(`SELECT count(DISTINCT (device_id, metrics->>'measurement_sequence'))::int AS n FROM measurements`)).rows[0].n)
+      const distinct = Number(
+        (
+          await db.query(
+            `SELECT count(DISTINCT (device_id, metrics->>'measurement_sequence'))::int AS n FROM measurements`,
+          )
+        ).rows[0].n,
+      )
       // A PUBACK goes out only once its row is committed: the last PUBACK is the end.
       const seconds = (Math.max(...loads.map((l) => l.lastDoneMs)) - first) / 1000
       const r = {
@@ -110,8 +153,12 @@ try {
 }
 
 const base = Number(results[0]?.rowsPerSecond ?? 1)
-console.log('\n| instances | acknowledged | stored | lost | duplicated | seconds | rows/s | vs first | PUBACK p50 / p99 ms |')
+console.log(
+  '\n| instances | acknowledged | stored | lost | duplicated | seconds | rows/s | vs first | PUBACK p50 / p99 ms |',
+)
 console.log('|---|---|---|---|---|---|---|---|---|')
 for (const r of results) {
-  console.log(`| ${r.instances} | ${r.acknowledged} | ${r.stored} | ${r.lost} | ${r.duplicated} | ${r.seconds} | ${r.rowsPerSecond} | ${(Number(r.rowsPerSecond) / base).toFixed(2)}× | ${r.pubackP50Ms} / ${r.pubackP99Ms} |`)
+  console.log(
+    `| ${r.instances} | ${r.acknowledged} | ${r.stored} | ${r.lost} | ${r.duplicated} | ${r.seconds} | ${r.rowsPerSecond} | ${(Number(r.rowsPerSecond) / base).toFixed(2)}× | ${r.pubackP50Ms} / ${r.pubackP99Ms} |`,
+  )
 }

@@ -21,7 +21,9 @@ export async function redisSkipReason(): Promise<string | false> {
     () => true,
     (err: { code?: unknown }) => err.code !== 'ENOENT',
   )
-  return !available && process.env.CI !== 'true' ? 'redis-server not installed (apt-get install redis-server)' : false
+  return !available && process.env.CI !== 'true'
+    ? 'redis-server not installed (apt-get install redis-server)'
+    : false
 }
 
 /** Answers once something on the port speaks Redis (PING → +PONG). */
@@ -39,10 +41,27 @@ async function redisAnswers(port: number): Promise<boolean> {
 }
 
 /** A throwaway redis-server on a free loopback port, no persistence, in a temp dir. */
-export async function startRedis(o: { port?: number } = {}): Promise<{ url: string; port: number; pid: number; stop(): Promise<void>; kill(): void }> {
+export async function startRedis(
+  o: { port?: number } = {},
+): Promise<{ url: string; port: number; pid: number; stop(): Promise<void>; kill(): void }> {
   const port = o.port ?? (await freePort())
   const dir = mkdtempSync(join(tmpdir(), 'paku-redis-'))
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' })
+  const child = spawn(
+    'redis-server',
+    [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--dir',
+      dir,
+    ],
+    { stdio: 'ignore' },
+  )
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
   const until = Date.now() + 10_000
   while (!(await redisAnswers(port))) {
@@ -88,12 +107,22 @@ export type Instance = {
  * Starts `paku serve` from source with the committed development config (loopback, anonymous MQTT)
  * and env overrides; resolves once /health answers.
  */
-export async function startInstance(opts: { name: string; databaseUrl: string; redisUrl: string; env?: Record<string, string>; config?: Record<string, unknown>; root?: string }): Promise<Instance> {
+export async function startInstance(opts: {
+  name: string
+  databaseUrl: string
+  redisUrl: string
+  env?: Record<string, string>
+  config?: Record<string, unknown>
+  root?: string
+}): Promise<Instance> {
   const root = opts.root ?? process.cwd()
   const [mqttPort, httpPort] = [await freePort(), await freePort()]
   const dataDir = mkdtempSync(join(tmpdir(), `paku-${opts.name}-`))
   // The committed development config (loopback, anonymous MQTT), with the test's additions.
-  const base = JSON.parse(readFileSync(join(root, 'paku.config.json'), 'utf8')) as Record<string, unknown>
+  const base = JSON.parse(readFileSync(join(root, 'paku.config.json'), 'utf8')) as Record<
+    string,
+    unknown
+  >
   const configFile = join(dataDir, 'paku.config.json')
   writeFileSync(configFile, JSON.stringify({ ...base, ...opts.config }))
   const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'src/main.ts'), 'serve'], {
@@ -117,17 +146,20 @@ export async function startInstance(opts: { name: string; databaseUrl: string; r
   let out = ''
   const keep = (d: Buffer) => {
     out = (out + d.toString()).slice(-20_000)
-    if (process.env.PAKU_TEST_LOG_LEVEL === 'debug') process.stderr.write(`[${opts.name}] ${d.toString()}`)
+    if (process.env.PAKU_TEST_LOG_LEVEL === 'debug')
+      process.stderr.write(`[${opts.name}] ${d.toString()}`)
   }
   child.stdout?.on('data', keep)
   child.stderr?.on('data', keep)
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
   void exited.then(() => rmSync(dataDir, { recursive: true, force: true }))
   const httpUrl = `http://127.0.0.1:${httpPort}`
-  const health = async () => (await (await fetch(`${httpUrl}/health`)).json()) as Record<string, any>
+  const health = async () =>
+    (await (await fetch(`${httpUrl}/health`)).json()) as Record<string, any>
   const until = Date.now() + 30_000
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`paku ${opts.name} exited with ${child.exitCode}: ${out}`)
+    if (child.exitCode !== null)
+      throw new Error(`paku ${opts.name} exited with ${child.exitCode}: ${out}`)
     if (Date.now() > until) {
       child.kill('SIGKILL')
       throw new Error(`paku ${opts.name} did not answer /health within 30 s: ${out}`)

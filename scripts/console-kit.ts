@@ -40,7 +40,17 @@ const METRICS = {
  */
 export async function fillHistory(
   q: Query,
-  o: { site: string; system: string; device: string; location?: string; kind: keyof typeof METRICS; days: number; stepMinutes: number; end?: Date; asMeasured?: boolean },
+  o: {
+    site: string
+    system: string
+    device: string
+    location?: string
+    kind: keyof typeof METRICS
+    days: number
+    stepMinutes: number
+    end?: Date
+    asMeasured?: boolean
+  },
 ): Promise<number> {
   const end = new Date((o.end ?? new Date()).getTime() - 60_000)
   const start = new Date(end.getTime() - o.days * 86_400_000)
@@ -53,7 +63,10 @@ export async function fillHistory(
 }
 
 /** A week of an edge device's status messages, one every 5 minutes (signal and uptime chart from them). */
-export async function fillStatusHistory(q: Query, o: { site: string; device: string; model: string; firmware: string; days: number }): Promise<void> {
+export async function fillStatusHistory(
+  q: Query,
+  o: { site: string; device: string; model: string; firmware: string; days: number },
+): Promise<void> {
   const end = new Date(Date.now() - 60_000)
   const start = new Date(end.getTime() - o.days * 86_400_000)
   await q(
@@ -70,22 +83,35 @@ export async function fillStatusHistory(q: Query, o: { site: string; device: str
  * <html> once the values and charts are drawn (ms since navigation start), `data-page-ms` (the same,
  * since the page began loading its data) and `data-panels-ms` once the side panels are in too.
  */
-export async function openDevicePage(page: Page, url: string, timeout = 30_000): Promise<{ renderMs: number; pageMs: number; panelsMs: number }> {
+export async function openDevicePage(
+  page: Page,
+  url: string,
+  timeout = 30_000,
+): Promise<{ renderMs: number; pageMs: number; panelsMs: number }> {
   const html = page.locator('html')
   // A hash change keeps the document: the previous page's marks must not be taken for this one's.
-  await html.evaluate((e) => {
-    const d = (e as unknown as { dataset: Record<string, string> }).dataset
-    delete d.renderMs
-    delete d.panelsMs
-  }).catch(() => undefined)
+  await html
+    .evaluate((e) => {
+      const d = (e as unknown as { dataset: Record<string, string> }).dataset
+      delete d.renderMs
+      delete d.panelsMs
+    })
+    .catch(() => undefined)
   await page.goto(url)
   await page.locator('html[data-panels-ms]').waitFor({ state: 'attached', timeout })
   const n = async (name: string) => Number(await html.getAttribute(name))
-  return { renderMs: await n('data-render-ms'), pageMs: await n('data-page-ms'), panelsMs: await n('data-panels-ms') }
+  return {
+    renderMs: await n('data-render-ms'),
+    pageMs: await n('data-page-ms'),
+    panelsMs: await n('data-panels-ms'),
+  }
 }
 
 /** A station's polls every `stepMinutes` for `days`: solar by day, a load in the evening, the battery between. */
-export async function fillEcoflowHistory(q: Query, o: { sn: string; model: string; days: number; stepMinutes: number }): Promise<void> {
+export async function fillEcoflowHistory(
+  q: Query,
+  o: { sn: string; model: string; days: number; stepMinutes: number },
+): Promise<void> {
   const end = new Date(Date.now() - 60_000)
   const start = new Date(end.getTime() - o.days * 86_400_000)
   await q(

@@ -35,20 +35,27 @@ const KILL_AT = num('KILL_AT', 8)
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const log = (line: string) => console.log(`[fault-bench] ${line}`)
 
-
 const root = mkdtempSync(join(tmpdir(), 'paku-fault-'))
 // As root, PostgreSQL runs as user postgres, which must be able to pass through this directory.
 chmodSync(root, 0o711)
 const pgPort = await freePort()
 const mqttPort = await freePort()
 const httpPort = await freePort()
-const database = createEmbeddedPostgres({ dataDir: join(root, 'pg'), port: pgPort, log: createLogger({ level: 'warn', format: 'pretty' }) })
+const database = createEmbeddedPostgres({
+  dataDir: join(root, 'pg'),
+  port: pgPort,
+  log: createLogger({ level: 'warn', format: 'pretty' }),
+})
 await database.start()
 const dbUrl = database.url()
 
 function startPaku(): ChildProcess {
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', 'serve'], {
-    env: { ...process.env, ...serveEnv({ databaseUrl: dbUrl, dataDir: join(root, 'paku'), mqttPort, httpPort }), PAKU_LOG_LEVEL: 'warn' },
+    env: {
+      ...process.env,
+      ...serveEnv({ databaseUrl: dbUrl, dataDir: join(root, 'paku'), mqttPort, httpPort }),
+      PAKU_LOG_LEVEL: 'warn',
+    },
     stdio: ['ignore', 'inherit', 'inherit'],
   })
   return child
@@ -67,7 +74,9 @@ async function waitHealthy(): Promise<void> {
   throw new Error('paku did not become healthy')
 }
 
-async function health(): Promise<{ status: string; ingest: { spoolBytes: number; duplicates: number } } | undefined> {
+async function health(): Promise<
+  { status: string; ingest: { spoolBytes: number; duplicates: number } } | undefined
+> {
   try {
     return (await (await fetch(`http://127.0.0.1:${httpPort}/health`)).json()) as never
   } catch {
@@ -76,16 +85,27 @@ async function health(): Promise<{ status: string; ingest: { spoolBytes: number;
 }
 
 function percentile(sorted: number[], p: number): number {
-  return sorted.length === 0 ? 0 : (sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number)
+  return sorted.length === 0
+    ? 0
+    : (sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number)
 }
 
 type Load = { sent: number; acked: Set<string>; latencies: number[] }
 
 /** DEVICES persistent-session clients publishing QoS 1 at RATE msg/s in total for durationS. */
-async function runLoad(label: string, durationS: number, during: (elapsedS: number) => Promise<void>): Promise<Load> {
+async function runLoad(
+  label: string,
+  durationS: number,
+  during: (elapsedS: number) => Promise<void>,
+): Promise<Load> {
   const clients: MqttClient[] = await Promise.all(
     Array.from({ length: DEVICES }, (_, d) =>
-      mqtt.connectAsync(`mqtt://127.0.0.1:${mqttPort}`, { clientId: `${label}-dev${d}`, clean: false, reconnectPeriod: 250, connectTimeout: 5000 }),
+      mqtt.connectAsync(`mqtt://127.0.0.1:${mqttPort}`, {
+        clientId: `${label}-dev${d}`,
+        clean: false,
+        reconnectPeriod: 250,
+        connectTimeout: 5000,
+      }),
     ),
   )
   const load: Load = { sent: 0, acked: new Set(), latencies: [] }
@@ -101,17 +121,22 @@ async function runLoad(label: string, durationS: number, during: (elapsedS: numb
     while (carry >= 1) {
       carry--
       const d = next++ % DEVICES
-      const i = (seq[d] as number)
+      const i = seq[d] as number
       seq[d] = i + 1
       const client = clients[d] as MqttClient
       const key = `${label}-dev${d}:${i}`
       const sentAt = performance.now()
       load.sent++
-      client.publish(`paku/sensors/${label}-dev${d}/data`, JSON.stringify({ device_id: `${label}-dev${d}`, metrics: { seq: i, t: 20.5 } }), { qos: 1 }, (err) => {
-        if (err) return
-        load.acked.add(key)
-        load.latencies.push(performance.now() - sentAt)
-      })
+      client.publish(
+        `paku/sensors/${label}-dev${d}/data`,
+        JSON.stringify({ device_id: `${label}-dev${d}`, metrics: { seq: i, t: 20.5 } }),
+        { qos: 1 },
+        (err) => {
+          if (err) return
+          load.acked.add(key)
+          load.latencies.push(performance.now() - sentAt)
+        },
+      )
     }
     const elapsed = Math.floor((Date.now() - t0) / 1000)
     if (elapsed !== lastHook) {
@@ -133,13 +158,24 @@ async function verify(label: string, load: Load, extra: Record<string, unknown>)
   // Rows arrive until the spool is replayed; wait for the count to settle.
   let stored = -1
   for (let i = 0; i < 600; i++) {
-    const n = Number((await c.query(`SELECT count(*)::int AS n FROM measurements WHERE device_id LIKE $1`, [`${label}-%`])).rows[0].n)
+    const n = Number(
+      (
+        await c.query(`SELECT count(*)::int AS n FROM measurements WHERE device_id LIKE $1`, [
+          `${label}-%`,
+        ])
+      ).rows[0].n,
+    )
     const h = await health()
     if (n === stored && (h?.ingest.spoolBytes ?? 0) === 0) break
     stored = n
     await sleep(500)
   }
-  const rows = (await c.query(`SELECT device_id || ':' || (metrics->>'seq') AS k, count(*)::int AS n FROM measurements WHERE device_id LIKE $1 GROUP BY 1`, [`${label}-%`])).rows
+  const rows = (
+    await c.query(
+      `SELECT device_id || ':' || (metrics->>'seq') AS k, count(*)::int AS n FROM measurements WHERE device_id LIKE $1 GROUP BY 1`,
+      [`${label}-%`],
+    )
+  ).rows
   await c.end()
   const counts = new Map(rows.map((r) => [r.k as string, r.n as number]))
   const lost = [...load.acked].filter((k) => !counts.has(k)).length
@@ -165,7 +201,9 @@ let paku = startPaku()
 const results: Array<Record<string, unknown>> = []
 try {
   await waitHealthy()
-  log(`PostgreSQL on 127.0.0.1:${pgPort}, paku MQTT on 127.0.0.1:${mqttPort}; ${DEVICES} devices, QoS 1, ${RATE} msg/s`)
+  log(
+    `PostgreSQL on 127.0.0.1:${pgPort}, paku MQTT on 127.0.0.1:${mqttPort}; ${DEVICES} devices, QoS 1, ${RATE} msg/s`,
+  )
 
   // A. Database outage.
   log(`A: ${DURATION_S} s of load, PostgreSQL stopped at ${OUTAGE_AT} s for ${OUTAGE_S} s`)
@@ -184,7 +222,13 @@ try {
       await database.start()
     }
   })
-  results.push(await verify('outage', a, { outageSeconds: OUTAGE_S, spoolPeakBytes: spoolPeak, healthDegradedDuringOutage: degradedSeen }))
+  results.push(
+    await verify('outage', a, {
+      outageSeconds: OUTAGE_S,
+      spoolPeakBytes: spoolPeak,
+      healthDegradedDuringOutage: degradedSeen,
+    }),
+  )
 
   // B. kill -9 and restart.
   log(`B: ${KILL_DURATION_S} s of load, paku killed with SIGKILL at ${KILL_AT} s and restarted`)
@@ -200,7 +244,12 @@ try {
     log(`restarted in ${restartMs} ms`)
   })
   const h = await health()
-  results.push(await verify('crash', b, { restartToHealthyMs: restartMs, duplicatesRecognisedAfterRestart: h?.ingest.duplicates ?? 0 }))
+  results.push(
+    await verify('crash', b, {
+      restartToHealthyMs: restartMs,
+      duplicatesRecognisedAfterRestart: h?.ingest.duplicates ?? 0,
+    }),
+  )
 
   // C. Retained config and a queued command across a graceful restart.
   const device = { clientId: 'ESP32-FAULTC', clean: false }
@@ -208,8 +257,15 @@ try {
   await d1.subscribeAsync('paku/edge/ESP32-FAULTC/cmd/ota', { qos: 1 })
   await d1.endAsync()
   const op = await mqtt.connectAsync(`mqtt://127.0.0.1:${mqttPort}`)
-  await op.publishAsync('paku/edge/ESP32-FAULTC/config/set', '{"timing":{"wake_interval_s":300}}', { qos: 1, retain: true })
-  await op.publishAsync('paku/edge/ESP32-FAULTC/cmd/ota', '{"url":"http://x/fw.bin","version":"9.9.9"}', { qos: 1 })
+  await op.publishAsync('paku/edge/ESP32-FAULTC/config/set', '{"timing":{"wake_interval_s":300}}', {
+    qos: 1,
+    retain: true,
+  })
+  await op.publishAsync(
+    'paku/edge/ESP32-FAULTC/cmd/ota',
+    '{"url":"http://x/fw.bin","version":"9.9.9"}',
+    { qos: 1 },
+  )
   await op.endAsync()
   paku.kill('SIGTERM')
   await new Promise((r) => paku.once('exit', r))
@@ -223,25 +279,46 @@ try {
   await d2.subscribeAsync('paku/edge/ESP32-FAULTC/config/set', { qos: 1 })
   for (let i = 0; i < 50 && got.size < 2; i++) await sleep(100)
   await d2.endAsync()
-  const c = { scenario: 'restart-delivery', queuedCommandDelivered: got.has('paku/edge/ESP32-FAULTC/cmd/ota'), retainedConfigDelivered: got.has('paku/edge/ESP32-FAULTC/config/set') }
+  const c = {
+    scenario: 'restart-delivery',
+    queuedCommandDelivered: got.has('paku/edge/ESP32-FAULTC/cmd/ota'),
+    retainedConfigDelivered: got.has('paku/edge/ESP32-FAULTC/config/set'),
+  }
   console.log(JSON.stringify(c))
   results.push(c)
 } finally {
   paku.kill('SIGTERM')
-  await new Promise((r) => (paku.exitCode !== null || paku.signalCode !== null ? r(undefined) : paku.once('exit', r)))
+  await new Promise((r) =>
+    paku.exitCode !== null || paku.signalCode !== null ? r(undefined) : paku.once('exit', r),
+  )
   await database.stop()
   rmSync(root, { recursive: true, force: true })
 }
 
-console.log('\n| scenario | sent | acked | stored | lost | duplicated | PUBACK p50 / p99 / max ms | notes |')
+console.log(
+  '\n| scenario | sent | acked | stored | lost | duplicated | PUBACK p50 / p99 / max ms | notes |',
+)
 console.log('|---|---|---|---|---|---|---|---|')
 for (const r of results) {
   if (r.scenario === 'restart-delivery') {
-    console.log(`| restart delivery | | | | | | | queued cmd/ota delivered: ${r.queuedCommandDelivered}, retained config/set delivered: ${r.retainedConfigDelivered} |`)
+    console.log(
+      `| restart delivery | | | | | | | queued cmd/ota delivered: ${r.queuedCommandDelivered}, retained config/set delivered: ${r.retainedConfigDelivered} |`,
+    )
     continue
   }
-  const notes = r.scenario === 'outage' ? `PostgreSQL down ${r.outageSeconds} s; spool peak ${r.spoolPeakBytes} B; /health degraded: ${r.healthDegradedDuringOutage}` : `kill -9, healthy again after ${r.restartToHealthyMs} ms; redeliveries recognised: ${r.duplicatesRecognisedAfterRestart}`
-  console.log(`| ${r.scenario} | ${r.sent} | ${r.acked} | ${r.stored} | ${r.lost} | ${r.duplicated} | ${r.pubackP50Ms} / ${r.pubackP99Ms} / ${r.pubackMaxMs} | ${notes} |`)
+  const notes =
+    r.scenario === 'outage'
+      ? `PostgreSQL down ${r.outageSeconds} s; spool peak ${r.spoolPeakBytes} B; /health degraded: ${r.healthDegradedDuringOutage}`
+      : `kill -9, healthy again after ${r.restartToHealthyMs} ms; redeliveries recognised: ${r.duplicatesRecognisedAfterRestart}`
+  console.log(
+    `| ${r.scenario} | ${r.sent} | ${r.acked} | ${r.stored} | ${r.lost} | ${r.duplicated} | ${r.pubackP50Ms} / ${r.pubackP99Ms} / ${r.pubackMaxMs} | ${notes} |`,
+  )
 }
-const failed = results.some((r) => (r.lost as number) > 0 || (r.duplicated as number) > 0 || r.queuedCommandDelivered === false || r.retainedConfigDelivered === false)
+const failed = results.some(
+  (r) =>
+    (r.lost as number) > 0 ||
+    (r.duplicated as number) > 0 ||
+    r.queuedCommandDelivered === false ||
+    r.retainedConfigDelivered === false,
+)
 process.exit(failed ? 1 : 0)

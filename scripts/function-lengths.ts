@@ -10,18 +10,33 @@ const ROOT = join(import.meta.dirname, '..')
 const limit = Number(process.argv[2] ?? 150)
 
 function files(dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? files(join(dir, e.name)) : e.name.endsWith('.ts') ? [join(dir, e.name)] : []))
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? files(join(dir, e.name)) : e.name.endsWith('.ts') ? [join(dir, e.name)] : [],
+  )
 }
 
-export function functionLengths(path: string, text: string): Array<{ name: string; lines: number }> {
+export function functionLengths(
+  path: string,
+  text: string,
+): Array<{ name: string; lines: number }> {
   const sf = ts.createSourceFile(path, text, ts.ScriptTarget.Latest, true)
   const out: Array<{ name: string; lines: number }> = []
   const visit = (node: ts.Node) => {
-    if (ts.isFunctionDeclaration(node) || ts.isMethodDeclaration(node) || ts.isArrowFunction(node) || ts.isFunctionExpression(node)) {
+    if (
+      ts.isFunctionDeclaration(node) ||
+      ts.isMethodDeclaration(node) ||
+      ts.isArrowFunction(node) ||
+      ts.isFunctionExpression(node)
+    ) {
       const start = sf.getLineAndCharacterOfPosition(node.getStart()).line
       const end = sf.getLineAndCharacterOfPosition(node.getEnd()).line
       const parent = node.parent
-      const name = (ts.isFunctionDeclaration(node) || ts.isMethodDeclaration(node)) && node.name ? node.name.getText() : ts.isVariableDeclaration(parent) || ts.isPropertyAssignment(parent) ? parent.name.getText() : `(anonymous at ${start + 1})`
+      const name =
+        (ts.isFunctionDeclaration(node) || ts.isMethodDeclaration(node)) && node.name
+          ? node.name.getText()
+          : ts.isVariableDeclaration(parent) || ts.isPropertyAssignment(parent)
+            ? parent.name.getText()
+            : `(anonymous at ${start + 1})`
       out.push({ name, lines: end - start + 1 })
     }
     ts.forEachChild(node, visit)
@@ -30,7 +45,13 @@ export function functionLengths(path: string, text: string): Array<{ name: strin
   return out
 }
 
-const all = files(join(ROOT, 'src')).filter((f) => !f.endsWith('.test.ts')).flatMap((f) => functionLengths(f, readFileSync(f, 'utf8')).map((x) => ({ ...x, file: relative(ROOT, f) })))
+const all = files(join(ROOT, 'src'))
+  .filter((f) => !f.endsWith('.test.ts'))
+  .flatMap((f) =>
+    functionLengths(f, readFileSync(f, 'utf8')).map((x) => ({ ...x, file: relative(ROOT, f) })),
+  )
 const long = all.filter((x) => x.lines > limit).sort((a, b) => b.lines - a.lines)
 for (const x of long) console.log(`${String(x.lines).padStart(5)}  ${x.file}  ${x.name}`)
-console.log(`${long.length} functions over ${limit} lines; the longest has ${Math.max(...all.map((x) => x.lines))}`)
+console.log(
+  `${long.length} functions over ${limit} lines; the longest has ${Math.max(...all.map((x) => x.lines))}`,
+)

@@ -30,7 +30,9 @@ const COLUMN = /\{(\w+)\}/g
 export function columnsOf(expr: string): string[] {
   const cols = [...new Set([...expr.matchAll(COLUMN)].map((m) => m[1] as string))]
   if (cols.length === 0) throw new Error(`no {column} in ${JSON.stringify(expr)}`)
-  for (const c of cols) if (!(ECOFLOW_COLUMNS as readonly string[]).includes(c)) throw new Error(`unknown EcoFlow column ${c}`)
+  for (const c of cols)
+    if (!(ECOFLOW_COLUMNS as readonly string[]).includes(c))
+      throw new Error(`unknown EcoFlow column ${c}`)
   return cols
 }
 
@@ -45,13 +47,22 @@ export function ecoflowSeriesSql(s: Series, opts: { allDevices?: boolean } = {})
   // One column: its rollup rows alone are read. Several: each column's rows are averaged apart (FILTER).
   const single = cols.length === 1
   const bare = s.expr.trim() === `{${cols[0]}}`
-  const raw = s.expr.replace(COLUMN, (_, c: string) => (s.skipZero ? `AVG(NULLIF(${c}, 0))` : `AVG(${c})`))
+  const raw = s.expr.replace(COLUMN, (_, c: string) =>
+    s.skipZero ? `AVG(NULLIF(${c}, 0))` : `AVG(${c})`,
+  )
   const bucketAvg = (c: string) => {
-    const avg = single ? 'SUM(sum) / NULLIF(SUM(n), 0)' : `SUM(sum) FILTER (WHERE metric = '${c}') / NULLIF(SUM(n) FILTER (WHERE metric = '${c}'), 0)`
+    const avg = single
+      ? 'SUM(sum) / NULLIF(SUM(n), 0)'
+      : `SUM(sum) FILTER (WHERE metric = '${c}') / NULLIF(SUM(n) FILTER (WHERE metric = '${c}'), 0)`
     return s.skipZero ? `NULLIF(${avg}, 0)` : bare ? avg : `(${avg})`
   }
   const rolled = s.expr.replace(COLUMN, (_, c: string) => bucketAvg(c))
-  const present = cols.length === 1 ? (s.skipZero ? `${cols[0]} <> 0` : `${cols[0]} IS NOT NULL`) : `COALESCE(${cols.join(', ')}) IS NOT NULL`
+  const present =
+    cols.length === 1
+      ? s.skipZero
+        ? `${cols[0]} <> 0`
+        : `${cols[0]} IS NOT NULL`
+      : `COALESCE(${cols.join(', ')}) IS NOT NULL`
   const metric = single ? `metric = '${cols[0]}'` : `metric IN (${cols.map(quote).join(', ')})`
   const [rawTier, ...rollupTiers] = TIERS
   const lines = [
@@ -81,7 +92,8 @@ export function ecoflowLatestSql(expr: string): string {
 }
 
 /** 1 when the device was polled in the last 5 minutes, else 0 (mapped to Online / Offline). */
-export const ECOFLOW_ONLINE_SQL = "SELECT CASE WHEN MAX(ts) > NOW() - INTERVAL '5 minutes' THEN 1 ELSE 0 END AS value FROM ecoflow_measurements WHERE device_sn = '$device_sn'"
+export const ECOFLOW_ONLINE_SQL =
+  "SELECT CASE WHEN MAX(ts) > NOW() - INTERVAL '5 minutes' THEN 1 ELSE 0 END AS value FROM ecoflow_measurements WHERE device_sn = '$device_sn'"
 
 /** The `device_sn` variable: from rollup_series (a DISTINCT over a year of polls takes seconds), plus the newest polls. */
 export const DEVICE_SN_VARIABLE = {
@@ -97,7 +109,8 @@ export const DEVICE_SN_VARIABLE = {
   multi: false,
   includeAll: false,
   sort: 1,
-  description: 'From rollup_series, which paku keeps current (a DISTINCT over a year of raw rows takes seconds), plus the newest rows.',
+  description:
+    'From rollup_series, which paku keeps current (a DISTINCT over a year of raw rows takes seconds), plus the newest rows.',
 }
 
 type Color = string
@@ -105,14 +118,32 @@ type Color = string
 export type Steps = Array<[number | null, Color]>
 export type Mapping =
   | { type: 'value'; options: Record<string, { text: string; color?: Color }> }
-  | { type: 'range'; options: { from: number | null; to: number | null; result: { text: string; color?: Color } } }
+  | {
+      type: 'range'
+      options: { from: number | null; to: number | null; result: { text: string; color?: Color } }
+    }
 
 /** A panel before layout: `w`/`h` in grid units (24 wide); ids and positions come from `layout`. */
 export type PanelSpec = { w: number; h: number; panel: Record<string, unknown> }
 
-const target = (refId: string, format: 'table' | 'time_series', rawSql: string) => ({ refId, datasource: DATASOURCE, format, rawQuery: true, editorMode: 'code', rawSql })
+const target = (refId: string, format: 'table' | 'time_series', rawSql: string) => ({
+  refId,
+  datasource: DATASOURCE,
+  format,
+  rawQuery: true,
+  editorMode: 'code',
+  rawSql,
+})
 
-export type ValueOptions = { unit?: string; decimals?: number; min?: number; max?: number; steps?: Steps; mappings?: Mapping[]; description?: string }
+export type ValueOptions = {
+  unit?: string
+  decimals?: number
+  min?: number
+  max?: number
+  steps?: Steps
+  mappings?: Mapping[]
+  description?: string
+}
 
 function defaults(o: ValueOptions): Record<string, unknown> {
   const d: Record<string, unknown> = {}
@@ -129,11 +160,22 @@ function defaults(o: ValueOptions): Record<string, unknown> {
 }
 
 /** A stat or gauge over one table-format query (its `value` column, or every numeric column). */
-export function valuePanel(o: ValueOptions & { type: 'stat' | 'gauge'; title: string; sql: string; w?: number; h?: number }): PanelSpec {
+export function valuePanel(
+  o: ValueOptions & { type: 'stat' | 'gauge'; title: string; sql: string; w?: number; h?: number },
+): PanelSpec {
   const options =
     o.type === 'gauge'
-      ? { reduceOptions: { calcs: ['lastNotNull'], fields: '', values: false }, showThresholdLabels: false, showThresholdMarkers: true }
-      : { reduceOptions: { calcs: ['lastNotNull'], fields: '', values: false }, colorMode: 'value', graphMode: 'none', textMode: 'auto' }
+      ? {
+          reduceOptions: { calcs: ['lastNotNull'], fields: '', values: false },
+          showThresholdLabels: false,
+          showThresholdMarkers: true,
+        }
+      : {
+          reduceOptions: { calcs: ['lastNotNull'], fields: '', values: false },
+          colorMode: 'value',
+          graphMode: 'none',
+          textMode: 'auto',
+        }
   return {
     w: o.w ?? (o.type === 'gauge' ? 6 : 4),
     h: o.h ?? (o.type === 'gauge' ? 6 : 4),
@@ -150,7 +192,17 @@ export function valuePanel(o: ValueOptions & { type: 'stat' | 'gauge'; title: st
 }
 
 /** A time series panel with one query per line. `overrides` are Grafana field overrides, passed through. */
-export function chartPanel(o: { title: string; unit?: string; series: Series[]; allDevices?: boolean; description?: string; custom?: Record<string, unknown>; overrides?: unknown[]; w?: number; h?: number }): PanelSpec {
+export function chartPanel(o: {
+  title: string
+  unit?: string
+  series: Series[]
+  allDevices?: boolean
+  description?: string
+  custom?: Record<string, unknown>
+  overrides?: unknown[]
+  w?: number
+  h?: number
+}): PanelSpec {
   const d = defaults({ unit: o.unit })
   if (o.custom) d.custom = o.custom
   return {
@@ -163,13 +215,25 @@ export function chartPanel(o: { title: string; unit?: string; series: Series[]; 
       datasource: DATASOURCE,
       fieldConfig: { defaults: d, overrides: o.overrides ?? [] },
       options: { legend: { displayMode: 'list', placement: 'bottom' }, tooltip: { mode: 'multi' } },
-      targets: o.series.map((s, i) => target(String.fromCharCode(65 + i), 'time_series', ecoflowSeriesSql(s, { allDevices: o.allDevices }))),
+      targets: o.series.map((s, i) =>
+        target(
+          String.fromCharCode(65 + i),
+          'time_series',
+          ecoflowSeriesSql(s, { allDevices: o.allDevices }),
+        ),
+      ),
     },
   }
 }
 
 /** A table over one table-format query. */
-export function tablePanel(o: { title: string; sql: string; description?: string; w?: number; h?: number }): PanelSpec {
+export function tablePanel(o: {
+  title: string
+  sql: string
+  description?: string
+  w?: number
+  h?: number
+}): PanelSpec {
   return {
     w: o.w ?? 24,
     h: o.h ?? 8,

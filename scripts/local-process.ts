@@ -16,7 +16,12 @@ export function freePort(): Promise<number> {
 }
 
 /** Environment for `paku serve` on loopback ports with the given database and data directory. */
-export function serveEnv(o: { databaseUrl: string; dataDir: string; mqttPort: number; httpPort: number }): Record<string, string> {
+export function serveEnv(o: {
+  databaseUrl: string
+  dataDir: string
+  mqttPort: number
+  httpPort: number
+}): Record<string, string> {
   return {
     PAKU_DATABASE_URL: o.databaseUrl,
     PAKU_DATA_DIR: o.dataDir,
@@ -40,12 +45,22 @@ export type PakuProcess = { child: ChildProcess; lines: string[]; exited: Promis
  * Runs `paku <args>` from source as a user would, in its own process group (like a shell job).
  * With `envFile`, a shell reads that file first (`set -a; . FILE`), as an operator does by hand.
  */
-export function runPaku(args: string[], env: Record<string, string>, o: { cwd?: string; envFile?: string } = {}): PakuProcess {
+export function runPaku(
+  args: string[],
+  env: Record<string, string>,
+  o: { cwd?: string; envFile?: string } = {},
+): PakuProcess {
   const node = [process.execPath, '--import', TSX, MAIN, ...args]
-  const [command, argv] = o.envFile === undefined
-    ? [process.execPath, node.slice(1)]
-    : ['bash', ['-c', 'set -a; . "$0"; set +a; exec "$@"', o.envFile, ...node]]
-  const child = spawn(command as string, argv as string[], { cwd: o.cwd, env: { ...process.env, ...env }, detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
+  const [command, argv] =
+    o.envFile === undefined
+      ? [process.execPath, node.slice(1)]
+      : ['bash', ['-c', 'set -a; . "$0"; set +a; exec "$@"', o.envFile, ...node]]
+  const child = spawn(command as string, argv as string[], {
+    cwd: o.cwd,
+    env: { ...process.env, ...env },
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
   const lines: string[] = []
   child.stdout?.on('data', (b: Buffer) => lines.push(...b.toString().split('\n').filter(Boolean)))
   child.stderr?.on('data', (b: Buffer) => lines.push(...b.toString().split('\n').filter(Boolean)))
@@ -65,7 +80,8 @@ export function logRecords(lines: string[]): Array<Record<string, unknown>> {
 }
 
 /** Signals a process group started by runPaku (Ctrl-C in a terminal signals the whole group). */
-export const signalGroup = (child: ChildProcess, signal: NodeJS.Signals) => process.kill(-(child.pid as number), signal)
+export const signalGroup = (child: ChildProcess, signal: NodeJS.Signals) =>
+  process.kill(-(child.pid as number), signal)
 
 /** Cleanup: kills what is still running of a process group started by runPaku. */
 export function stopGroup(child: ChildProcess): void {

@@ -5,7 +5,9 @@ import { connect, createServer, type Socket } from 'node:net'
  * A connected pair of TCP sockets on 127.0.0.1 for unit tests of stream code, closed after the test:
  * the server's end (to write to) and the client's. Kept out of test-helpers, which loads the whole app.
  */
-export async function socketPair(t: { after: (fn: () => void) => void }): Promise<{ server: Socket; client: Socket }> {
+export async function socketPair(t: {
+  after: (fn: () => void) => void
+}): Promise<{ server: Socket; client: Socket }> {
   const srv = createServer()
   srv.listen(0, '127.0.0.1')
   await once(srv, 'listening')

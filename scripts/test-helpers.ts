@@ -71,22 +71,41 @@ export function testConfig(overrides: ConfigInput & { databaseUrl: string }): Co
       anonymousRole: 'full',
       ...rest.mqtt,
       ws: { host: '127.0.0.1', port: 0, ...rest.mqtt?.ws },
-      quotas: { ...rest.mqtt?.quotas, anonymous: { persistentSessions: 1000, ...rest.mqtt?.quotas?.anonymous } },
+      quotas: {
+        ...rest.mqtt?.quotas,
+        anonymous: { persistentSessions: 1000, ...rest.mqtt?.quotas?.anonymous },
+      },
     },
     http: { host: '127.0.0.1', port: 0, ...rest.http },
     ingest: { flushIntervalMs: 20, ...rest.ingest },
-    log: { level: (process.env.PAKU_TEST_LOG_LEVEL as 'debug' | undefined) ?? 'silent', ...rest.log },
+    log: {
+      level: (process.env.PAKU_TEST_LOG_LEVEL as 'debug' | undefined) ?? 'silent',
+      ...rest.log,
+    },
   }
   return deepFreeze(v.parse(ConfigSchema, input))
 }
 
 export function testLogger(): Logger {
-  return createLogger({ level: (process.env.PAKU_TEST_LOG_LEVEL as 'debug' | undefined) ?? 'silent', format: 'pretty' })
+  return createLogger({
+    level: (process.env.PAKU_TEST_LOG_LEVEL as 'debug' | undefined) ?? 'silent',
+    format: 'pretty',
+  })
 }
 
 /** Starts the real app (db, ingest, broker, http) on free ports and stops it after the test. */
-export async function startApp(t: After, config: Config, o: { log?: Logger; now?: () => number } = {}) {
-  const app = createApp({ config, log: o.log ?? testLogger(), migrations: readSqlDir(sqlDir()), version: 'test', ...(o.now ? { now: o.now } : {}) })
+export async function startApp(
+  t: After,
+  config: Config,
+  o: { log?: Logger; now?: () => number } = {},
+) {
+  const app = createApp({
+    config,
+    log: o.log ?? testLogger(),
+    migrations: readSqlDir(sqlDir()),
+    version: 'test',
+    ...(o.now ? { now: o.now } : {}),
+  })
   await app.start()
   defer(t, () => app.stop())
   const { mqtt, ws } = app.broker.addresses()
@@ -107,13 +126,19 @@ export async function sqlClient(t: After, url: string): Promise<pg.Client> {
 }
 
 /** Polls until fn returns a truthy value or the timeout passes (for rows written by the batch writer). */
-export async function eventually<T>(fn: () => Promise<T>, { timeoutMs = 5000, what = 'condition' as string | (() => string) } = {}): Promise<NonNullable<T>> {
+export async function eventually<T>(
+  fn: () => Promise<T>,
+  { timeoutMs = 5000, what = 'condition' as string | (() => string) } = {},
+): Promise<NonNullable<T>> {
   const until = Date.now() + timeoutMs
   let last: T
   for (;;) {
     last = await fn()
     if (last) return last as NonNullable<T>
-    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'function' ? what() : what}`)
+    if (Date.now() > until)
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting for ${typeof what === 'function' ? what() : what}`,
+      )
     await new Promise((r) => setTimeout(r, 25))
   }
 }
@@ -139,10 +164,14 @@ export async function pgProxy(t: After, url: string) {
     upstream.on('close', () => client.destroy())
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()))
-  defer(t, () => new Promise<void>((resolve) => {
-    for (const s of sockets) s.destroy()
-    server.close(() => resolve())
-  }))
+  defer(
+    t,
+    () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy()
+        server.close(() => resolve())
+      }),
+  )
   const proxied = new URL(url)
   proxied.hostname = '127.0.0.1'
   proxied.port = String((server.address() as { port: number }).port)
@@ -161,5 +190,8 @@ export async function pgProxy(t: After, url: string) {
 
 /** The ready banner of a `paku serve` started with runPaku (its log record), once it is out. */
 export async function pakuReady(p: PakuProcess): Promise<Record<string, unknown>> {
-  return eventually(async () => logRecords(p.lines).find((l) => String(l.msg).endsWith('ready')), { timeoutMs: 60_000, what: () => `the ready banner; output so far:\n${p.lines.join('\n')}` })
+  return eventually(async () => logRecords(p.lines).find((l) => String(l.msg).endsWith('ready')), {
+    timeoutMs: 60_000,
+    what: () => `the ready banner; output so far:\n${p.lines.join('\n')}`,
+  })
 }

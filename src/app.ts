@@ -8,7 +8,15 @@ import { ACK_FILTERS, createCommands } from './commands/index.js'
 import type { Config } from './config/index.js'
 import { createDatabase, type SqlFile } from './db/index.js'
 import { createEcoflow } from './ecoflow/index.js'
-import { createFirstKey, createHttp, createRuntimeMonitor, createSetup, hasNamedKey, lookupKey, type HealthReport } from './http/index.js'
+import {
+  createFirstKey,
+  createHttp,
+  createRuntimeMonitor,
+  createSetup,
+  hasNamedKey,
+  lookupKey,
+  type HealthReport,
+} from './http/index.js'
 import { createIngest, type IncomingMessage } from './ingest/index.js'
 import { errorText, type Logger } from './log/index.js'
 import { createOta, writeOtaReport, writeStatusReports } from './ota/index.js'
@@ -34,12 +42,19 @@ export function createApp(opts: AppOptions) {
   const { config, log } = opts
   const startedAt = Date.now()
 
-  const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: opts.migrations })
+  const db = createDatabase({
+    config: config.database,
+    dataDir: config.dataDir,
+    log: log.child('db'),
+    migrations: opts.migrations,
+  })
   // Several instances (docs/scaling.md): messages fan out through Redis, and singleton work (rollout
   // progression, EcoFlow polling, rollups and retention) runs on the instance holding its advisory lock.
   // Without cluster.redisUrl none of this exists and paku is the single instance it always was.
   const instanceId = config.cluster.instanceId || `${hostname()}-${process.pid}`
-  const emitter = config.cluster.redisUrl ? createClusterEmitter({ url: config.cluster.redisUrl, log: log.child('cluster') }) : undefined
+  const emitter = config.cluster.redisUrl
+    ? createClusterEmitter({ url: config.cluster.redisUrl, log: log.child('cluster') })
+    : undefined
   const leader = emitter
     ? createLeader({
         connectionString: () => db.connectionString(),
@@ -50,7 +65,10 @@ export function createApp(opts: AppOptions) {
         onChange: (task, leading) => {
           if (!leading || stopping) return
           if (task === 'ecoflow' && started.includes(ecoflow)) void ecoflow.poll()
-          if (task === 'rollouts' && started.includes(ota)) ota.tick().catch((err: unknown) => log.warn('rollout pass failed', { err: errorText(err) }))
+          if (task === 'rollouts' && started.includes(ota))
+            ota
+              .tick()
+              .catch((err: unknown) => log.warn('rollout pass failed', { err: errorText(err) }))
         },
       })
     : undefined
@@ -58,14 +76,23 @@ export function createApp(opts: AppOptions) {
 
   // OTA and commands publish through the broker, which is built after them because it hands them what
   // devices send (acknowledgements, a client's own cmd/ota to vet). Nothing publishes before start().
-  const publish = (topic: string, payload: string, o: { qos: 0 | 1; retain: boolean }) => broker.publish(topic, payload, o)
+  const publish = (topic: string, payload: string, o: { qos: 0 | 1; retain: boolean }) =>
+    broker.publish(topic, payload, o)
   // Where this instance's HTTP listener is, for links when no public URL is configured (known once it listens).
   const httpBase = () => {
     const host = ['0.0.0.0', '::', ''].includes(config.http.host) ? hostname() : config.http.host
     return `http://${host.includes(':') ? `[${host}]` : host}:${http.address()?.port ?? config.http.port}`
   }
 
-  const ota = createOta({ config: config.ota, db: () => db.db, log: log.child('ota'), publish, leads: leads('rollouts'), fallbackPublicUrl: httpBase, ...(opts.now ? { now: opts.now } : {}) })
+  const ota = createOta({
+    config: config.ota,
+    db: () => db.db,
+    log: log.child('ota'),
+    publish,
+    leads: leads('rollouts'),
+    fallbackPublicUrl: httpBase,
+    ...(opts.now ? { now: opts.now } : {}),
+  })
   const commands = createCommands({
     db: () => db.db,
     log: log.child('commands'),
@@ -80,8 +107,15 @@ export function createApp(opts: AppOptions) {
     spoolDir: join(config.dataDir, 'spool'),
     // Status and OTA reports drive rollouts: success by version, progress, re-sending missed commands.
     observe: (row) => {
-      if (row.kind === 'status') ota.deviceStatus({ deviceId: row.deviceId, model: row.model, firmware: row.firmware, online: row.online })
-      else if (row.kind === 'ota') ota.deviceReport({ deviceId: row.deviceId, sub: row.sub, payload: row.payload })
+      if (row.kind === 'status')
+        ota.deviceStatus({
+          deviceId: row.deviceId,
+          model: row.model,
+          firmware: row.firmware,
+          online: row.online,
+        })
+      else if (row.kind === 'ota')
+        ota.deviceReport({ deviceId: row.deviceId, sub: row.sub, payload: row.payload })
     },
     // The tables those reports update are OTA's; ingest writes them with OTA's code, in its transaction.
     deviceReports: { statuses: writeStatusReports, ota: writeOtaReport },
@@ -119,7 +153,14 @@ export function createApp(opts: AppOptions) {
       : {}),
   })
 
-  const rollup = createRollup({ config: config.rollup, retention: config.retention, db: () => db.db, log: log.child('rollup'), leads: leads('rollup'), busy: ingest.busy })
+  const rollup = createRollup({
+    config: config.rollup,
+    retention: config.retention,
+    db: () => db.db,
+    log: log.child('rollup'),
+    leads: leads('rollup'),
+    busy: ingest.busy,
+  })
 
   const ecoflow = createEcoflow({
     config: config.ecoflow,
@@ -162,7 +203,8 @@ export function createApp(opts: AppOptions) {
     const database = await db.health()
     const brokerHealth = broker.health()
     const ingestStats = ingest.stats()
-    const clusterHealth = emitter && leader ? { instanceId, ...emitter.health(), ...leader.health() } : undefined
+    const clusterHealth =
+      emitter && leader ? { instanceId, ...emitter.health(), ...leader.health() } : undefined
     const degraded = !database.ok || ingest.health().degraded || clusterHealth?.redis === 'down'
     return {
       status: !brokerHealth.ok ? 'down' : degraded ? 'degraded' : 'ok',
@@ -185,10 +227,20 @@ export function createApp(opts: AppOptions) {
     config: config.http,
     log: log.child('http'),
     health,
-    routes: [ota.routes, ecoflow.routes, api.routes, commands.routes, ui.routes, broker.routes, setup.routes],
+    routes: [
+      ota.routes,
+      ecoflow.routes,
+      api.routes,
+      commands.routes,
+      ui.routes,
+      broker.routes,
+      setup.routes,
+    ],
     lookupKey: (key) => lookupKey(db.db, key),
     // Firmware images are larger than any other body; the multipart envelope adds a little.
-    bodyLimits: [{ path: /^\/api\/admin\/firmware(\/|$)/, maxBytes: config.ota.maxFirmwareBytes + 65_536 }],
+    bodyLimits: [
+      { path: /^\/api\/admin\/firmware(\/|$)/, maxBytes: config.ota.maxFirmwareBytes + 65_536 },
+    ],
     metrics: async () => [
       ...ingest.metrics(),
       ...broker.metrics(),
@@ -206,8 +258,26 @@ export function createApp(opts: AppOptions) {
   // the broker because a rollout pass may publish cmd/ota. Live streams end before http closes (an
   // open event stream would hold the server's close() forever). The setup link is made once HTTP listens
   // (it names the port).
-  const liveService: Service = { name: 'live', start: async () => undefined, stop: async () => live.closeAll() }
-  const services: Service[] = [runtime, db, ingest, commands, ...(emitter ? [emitter] : []), broker, ...(leader ? [leader] : []), ota, rollup, ecoflow, http, setup, liveService]
+  const liveService: Service = {
+    name: 'live',
+    start: async () => undefined,
+    stop: async () => live.closeAll(),
+  }
+  const services: Service[] = [
+    runtime,
+    db,
+    ingest,
+    commands,
+    ...(emitter ? [emitter] : []),
+    broker,
+    ...(leader ? [leader] : []),
+    ota,
+    rollup,
+    ecoflow,
+    http,
+    setup,
+    liveService,
+  ]
   const started: Service[] = []
   let stopping: Promise<void> | undefined
 

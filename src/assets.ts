@@ -1,4 +1,12 @@
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join, relative, sep } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -13,7 +21,13 @@ import { seaModule, type SeaModule } from './util/sea.js'
  */
 
 /** What build/sea.ts embeds as `manifest.json`. */
-export type SeaManifest = { version: string; commit: string; sql: string[]; grafana: string[]; ui: string[] }
+export type SeaManifest = {
+  version: string
+  commit: string
+  sql: string[]
+  grafana: string[]
+  ui: string[]
+}
 
 export function isSingleExecutable(): boolean {
   return seaModule() !== undefined
@@ -50,7 +64,10 @@ export function uiDir(): string {
  * (docs/development.md, "Dependencies and why"). They come from node_modules, so npm pins and updates them; the executable
  * embeds them like the UI's own files.
  */
-export const UI_VENDOR: Readonly<Record<string, string>> = { 'uplot.js': 'uplot/dist/uPlot.iife.min.js', 'uplot.css': 'uplot/dist/uPlot.min.css' }
+export const UI_VENDOR: Readonly<Record<string, string>> = {
+  'uplot.js': 'uplot/dist/uPlot.iife.min.js',
+  'uplot.css': 'uplot/dist/uPlot.min.css',
+}
 
 /** Where a UI_VENDOR file is in node_modules (source checkouts, the build). */
 export function uiVendorPath(name: string): string {
@@ -63,8 +80,17 @@ export function uiVendorPath(name: string): string {
 export function uiFiles(): Map<string, Buffer> {
   const s = seaModule()
   if (s) return new Map(manifest(s).ui.map((name) => [name, Buffer.from(s.getAsset(`ui/${name}`))]))
-  const own: Array<[string, Buffer]> = readdirSync(uiDir()).map((name) => [name, readFileSync(join(uiDir(), name))])
-  return new Map([...own, ...Object.keys(UI_VENDOR).map((name): [string, Buffer] => [name, readFileSync(uiVendorPath(name))])])
+  const own: Array<[string, Buffer]> = readdirSync(uiDir()).map((name) => [
+    name,
+    readFileSync(join(uiDir(), name)),
+  ])
+  return new Map([
+    ...own,
+    ...Object.keys(UI_VENDOR).map((name): [string, Buffer] => [
+      name,
+      readFileSync(uiVendorPath(name)),
+    ]),
+  ])
 }
 
 /** The SQL migrations, in apply order. */
@@ -75,7 +101,10 @@ export function migrationFiles(): SqlFile[] {
 }
 
 /** The "EcoFlow — Legacy" folder in the provisioning tree: its dashboard provider and its dashboards. */
-export const GRAFANA_LEGACY = ['dashboards/ecoflow-legacy.yaml', 'dashboards/ecoflow-legacy'] as const
+export const GRAFANA_LEGACY = [
+  'dashboards/ecoflow-legacy.yaml',
+  'dashboards/ecoflow-legacy',
+] as const
 
 const isLegacy = (rel: string) => GRAFANA_LEGACY.some((l) => rel === l || rel.startsWith(`${l}/`))
 
@@ -97,7 +126,10 @@ export function exportGrafana(dir: string, opts: { legacy?: boolean } = {}): str
   const s = seaModule()
   if (!s) {
     const root = grafanaDir()
-    cpSync(root, dir, { recursive: true, filter: (src) => legacy || !isLegacy(relative(root, src).split(sep).join('/')) })
+    cpSync(root, dir, {
+      recursive: true,
+      filter: (src) => legacy || !isLegacy(relative(root, src).split(sep).join('/')),
+    })
     return removed
   }
   for (const rel of manifest(s).grafana) {
@@ -112,11 +144,16 @@ export function exportGrafana(dir: string, opts: { legacy?: boolean } = {}): str
 /** The systemd unit `paku install-service` writes (build/systemd/paku.service in the repository). */
 export function serviceUnit(): string {
   const s = seaModule()
-  return s ? s.getAsset('systemd/paku.service', 'utf8') : readFileSync(join(root(), 'build', 'systemd', 'paku.service'), 'utf8')
+  return s
+    ? s.getAsset('systemd/paku.service', 'utf8')
+    : readFileSync(join(root(), 'build', 'systemd', 'paku.service'), 'utf8')
 }
 
 /** The package version and the commit (embedded in the executable; from .git in a checkout). */
-export function versionInfo(env: Record<string, string | undefined> = process.env): { version: string; commit: string } {
+export function versionInfo(env: Record<string, string | undefined> = process.env): {
+  version: string
+  commit: string
+} {
   const s = seaModule()
   if (s) {
     const m = manifest(s)

@@ -14,14 +14,20 @@ import { routeScopes, SCOPES } from './http/index.js'
 type Served = { method: string; path: string; scope: string | undefined }
 
 /** `/api/v1/devices/{id}` (docs, OpenAPI) and `/api/v1/devices/:id` (Hono) as one key. */
-const routeKey = (method: string, path: string) => `${method.toUpperCase()} ${path.replace(/\{([A-Za-z_]+)\}/g, ':$1')}`
+const routeKey = (method: string, path: string) =>
+  `${method.toUpperCase()} ${path.replace(/\{([A-Za-z_]+)\}/g, ':$1')}`
 
 /** The route rows of the doc's tables: | `METHOD /path` | auth | what |. */
 function documentedRoutes(doc: string): Array<{ key: string; auth: string; line: number }> {
   const out: Array<{ key: string; auth: string; line: number }> = []
   doc.split('\n').forEach((text, i) => {
     const m = /^\| `(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) (\/[^`]*)` \| ([^|]*?) \|/.exec(text)
-    if (m) out.push({ key: routeKey(m[1] as string, m[2] as string), auth: (m[3] as string).trim(), line: i + 1 })
+    if (m)
+      out.push({
+        key: routeKey(m[1] as string, m[2] as string),
+        auth: (m[3] as string).trim(),
+        line: i + 1,
+      })
   })
   return out
 }
@@ -38,11 +44,16 @@ function checkRouteDoc(doc: string, served: readonly Served[]) {
     if (!r) continue
     const want = r.scope === undefined ? undefined : `\`${r.scope}\``
     const givesScope = SCOPES.some((s) => d.auth === `\`${s}\``)
-    if (want !== undefined ? d.auth !== want : givesScope) wrongAuth.push(`${d.key}: docs say ${d.auth}, the route ${r.scope === undefined ? 'takes no key' : `needs \`${r.scope}\``}`)
+    if (want !== undefined ? d.auth !== want : givesScope)
+      wrongAuth.push(
+        `${d.key}: docs say ${d.auth}, the route ${r.scope === undefined ? 'takes no key' : `needs \`${r.scope}\``}`,
+      )
   }
   return {
     missing: [...servedKeys.keys()].filter((k) => !seen.has(k)).sort(),
-    unknown: documented.filter((d) => !servedKeys.has(d.key)).map((d) => `${d.key} (line ${d.line})`),
+    unknown: documented
+      .filter((d) => !servedKeys.has(d.key))
+      .map((d) => `${d.key} (line ${d.line})`),
     duplicated: [...seen].filter(([, n]) => n > 1).map(([k]) => k),
     wrongAuth,
   }
@@ -68,12 +79,22 @@ describe('docs/http-api.md#routes', () => {
 
   it('lists every path of the OpenAPI document, which are all served', () => {
     const paths = openApiDocument('docs').paths as Record<string, Record<string, unknown>>
-    const openApi = Object.entries(paths).flatMap(([path, ops]) => Object.keys(ops).map((m) => routeKey(m, path)))
+    const openApi = Object.entries(paths).flatMap(([path, ops]) =>
+      Object.keys(ops).map((m) => routeKey(m, path)),
+    )
     assert.ok(openApi.length >= 10)
     const documented = new Set(documentedRoutes(doc).map((d) => d.key))
     const servedKeys = new Set(served.map((r) => routeKey(r.method, r.path)))
-    assert.deepEqual(openApi.filter((k) => !documented.has(k)), [], 'in the OpenAPI document but not in docs/http-api.md')
-    assert.deepEqual(openApi.filter((k) => !servedKeys.has(k)), [], 'in the OpenAPI document but not served')
+    assert.deepEqual(
+      openApi.filter((k) => !documented.has(k)),
+      [],
+      'in the OpenAPI document but not in docs/http-api.md',
+    )
+    assert.deepEqual(
+      openApi.filter((k) => !servedKeys.has(k)),
+      [],
+      'in the OpenAPI document but not served',
+    )
   })
 
   it('positive controls: a route left out, one that does not exist, one listed twice, a wrong scope', () => {
@@ -84,11 +105,31 @@ describe('docs/http-api.md#routes', () => {
     const without = lines.filter((_, i) => i !== fleet).join('\n')
     assert.deepEqual(checkRouteDoc(without, served).missing, ['GET /api/v1/fleet'])
     const ota = lines.findIndex((l) => l.startsWith('| `GET /ota/api/firmware/check` |'))
-    assert.deepEqual(checkRouteDoc(lines.filter((_, i) => i !== ota).join('\n'), served).missing, ['GET /ota/api/firmware/check'], 'the /ota device routes count too')
+    assert.deepEqual(
+      checkRouteDoc(lines.filter((_, i) => i !== ota).join('\n'), served).missing,
+      ['GET /ota/api/firmware/check'],
+      'the /ota device routes count too',
+    )
     const extra = `${doc}\n| \`DELETE /api/v1/fleet/{id}\` | \`admin\` | not a route |\n`
-    assert.deepEqual(checkRouteDoc(extra, served).unknown, [`DELETE /api/v1/fleet/:id (line ${doc.split('\n').length + 1})`])
-    assert.deepEqual(checkRouteDoc(`${doc}\n${lines[fleet]}\n`, served).duplicated, ['GET /api/v1/fleet'])
-    const rescoped = lines.map((l, i) => (i === fleet ? l.replace('| `read` |', '| `admin` |') : i === health ? l.replace('| none |', '| `read` |') : l)).join('\n')
-    assert.equal(checkRouteDoc(rescoped, served).wrongAuth.length, 2, 'a key route with another scope, an open route given one')
+    assert.deepEqual(checkRouteDoc(extra, served).unknown, [
+      `DELETE /api/v1/fleet/:id (line ${doc.split('\n').length + 1})`,
+    ])
+    assert.deepEqual(checkRouteDoc(`${doc}\n${lines[fleet]}\n`, served).duplicated, [
+      'GET /api/v1/fleet',
+    ])
+    const rescoped = lines
+      .map((l, i) =>
+        i === fleet
+          ? l.replace('| `read` |', '| `admin` |')
+          : i === health
+            ? l.replace('| none |', '| `read` |')
+            : l,
+      )
+      .join('\n')
+    assert.equal(
+      checkRouteDoc(rescoped, served).wrongAuth.length,
+      2,
+      'a key route with another scope, an open route given one',
+    )
   })
 })

@@ -19,7 +19,9 @@ const waitForStop = () =>
   })
 
 process.on('unhandledRejection', (reason) => {
-  process.stderr.write(`unhandled rejection: ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}\n`)
+  process.stderr.write(
+    `unhandled rejection: ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}\n`,
+  )
   process.exitCode = 70
   process.kill(process.pid, 'SIGTERM')
 })

@@ -22,16 +22,28 @@ describe('no secret reaches logs or error responses', () => {
   it('across logins, admin errors, EcoFlow failures, check-config and a failed start', async (t) => {
     const lines: string[] = []
     const log = createLogger({ level: 'debug', format: 'json', write: (l) => lines.push(l) })
-    const fake = await startFakeOpenApi({ accessKey: 'AK', secretKey: 'the-real-one', devices: [{ sn: 'DCABZ8ZE1234567', productName: 'DELTA Pro' }] })
+    const fake = await startFakeOpenApi({
+      accessKey: 'AK',
+      secretKey: 'the-real-one',
+      devices: [{ sn: 'DCABZ8ZE1234567', productName: 'DELTA Pro' }],
+    })
     defer(t, () => fake.close())
     const url = await testDatabase(t)
     const config = testConfig({
       databaseUrl: url,
       log: { level: 'debug' },
       http: { adminApiKey: SECRETS.admin },
-      mqtt: { allowAnonymous: false, sharedCredential: { username: 'edge', password: SECRETS.mqtt } },
+      mqtt: {
+        allowAnonymous: false,
+        sharedCredential: { username: 'edge', password: SECRETS.mqtt },
+      },
       // A wrong secret: EcoFlow answers 8521, which paku logs.
-      ecoflow: { accessKey: 'AK', secretKey: SECRETS.ecoflow, apiUrl: fake.url, signing: 'documented' },
+      ecoflow: {
+        accessKey: 'AK',
+        secretKey: SECRETS.ecoflow,
+        apiUrl: fake.url,
+        signing: 'documented',
+      },
     })
     const app = createApp({ config, log, migrations: readSqlDir(sqlDir()), version: 't' })
     await app.start()
@@ -57,24 +69,91 @@ describe('no secret reaches logs or error responses', () => {
     await ok.endAsync()
 
     const out: string[] = []
-    const io: CliIo = { env: { PAKU_DATABASE_URL: `postgres://paku:${SECRETS.db}@127.0.0.1:1/paku`, PAKU_ADMIN_API_KEY: SECRETS.admin, PAKU_MQTT_PASSWORD: SECRETS.mqtt, PAKU_ECOFLOW_SECRET_KEY: SECRETS.ecoflow, PAKU_ECOFLOW_ACCESS_KEY: 'AK', PAKU_CLUSTER_REDIS_URL: `redis://:${SECRETS.redis}@127.0.0.1:1/0` }, out: (l) => out.push(l), err: (l) => out.push(l), waitForStop: () => Promise.resolve('SIGTERM'), isTTY: false }
+    const io: CliIo = {
+      env: {
+        PAKU_DATABASE_URL: `postgres://paku:${SECRETS.db}@127.0.0.1:1/paku`,
+        PAKU_ADMIN_API_KEY: SECRETS.admin,
+        PAKU_MQTT_PASSWORD: SECRETS.mqtt,
+        PAKU_ECOFLOW_SECRET_KEY: SECRETS.ecoflow,
+        PAKU_ECOFLOW_ACCESS_KEY: 'AK',
+        PAKU_CLUSTER_REDIS_URL: `redis://:${SECRETS.redis}@127.0.0.1:1/0`,
+      },
+      out: (l) => out.push(l),
+      err: (l) => out.push(l),
+      waitForStop: () => Promise.resolve('SIGTERM'),
+      isTTY: false,
+    }
     assert.equal(await runCli(['check-config'], io), 0)
-    assert.equal(await runCli(['serve'], { ...io, env: { ...io.env, PAKU_MQTT_PORT: '0', PAKU_HTTP_PORT: '0', PAKU_MQTT_WS_ENABLED: 'false' } }), 1, 'the database is unreachable')
+    assert.equal(
+      await runCli(['serve'], {
+        ...io,
+        env: { ...io.env, PAKU_MQTT_PORT: '0', PAKU_HTTP_PORT: '0', PAKU_MQTT_WS_ENABLED: 'false' },
+      }),
+      1,
+      'the database is unreachable',
+    )
     // libpq and node-postgres also take the password as a query parameter.
-    const queryUrl = { ...io.env, PAKU_DATABASE_URL: `postgres://paku@127.0.0.1:1/paku?sslmode=disable&password=${SECRETS.dbQuery}` }
+    const queryUrl = {
+      ...io.env,
+      PAKU_DATABASE_URL: `postgres://paku@127.0.0.1:1/paku?sslmode=disable&password=${SECRETS.dbQuery}`,
+    }
     assert.equal(await runCli(['check-config'], { ...io, env: queryUrl }), 0)
-    assert.equal(await runCli(['serve'], { ...io, env: { ...queryUrl, PAKU_MQTT_PORT: '0', PAKU_HTTP_PORT: '0', PAKU_MQTT_WS_ENABLED: 'false' } }), 1, 'the database is unreachable')
-    assert.match(out.join('\n'), /127\.0\.0\.1:1\/paku\?sslmode=disable&password=\*\*\*/, 'the query-string password was masked where the URL was shown')
-    assert.equal(await runCli(['check-config'], { ...io, env: { ...io.env, PAKU_DATABASE_URL: `mysql://root:${SECRETS.db}@x/y` } }), 1)
-    assert.equal(await runCli(['check-config'], { ...io, env: { ...io.env, PAKU_CLUSTER_REDIS_URL: `http://:${SECRETS.redis}@x:6379` } }), 1)
+    assert.equal(
+      await runCli(['serve'], {
+        ...io,
+        env: {
+          ...queryUrl,
+          PAKU_MQTT_PORT: '0',
+          PAKU_HTTP_PORT: '0',
+          PAKU_MQTT_WS_ENABLED: 'false',
+        },
+      }),
+      1,
+      'the database is unreachable',
+    )
+    assert.match(
+      out.join('\n'),
+      /127\.0\.0\.1:1\/paku\?sslmode=disable&password=\*\*\*/,
+      'the query-string password was masked where the URL was shown',
+    )
+    assert.equal(
+      await runCli(['check-config'], {
+        ...io,
+        env: { ...io.env, PAKU_DATABASE_URL: `mysql://root:${SECRETS.db}@x/y` },
+      }),
+      1,
+    )
+    assert.equal(
+      await runCli(['check-config'], {
+        ...io,
+        env: { ...io.env, PAKU_CLUSTER_REDIS_URL: `http://:${SECRETS.redis}@x:6379` },
+      }),
+      1,
+    )
 
     const everything = [...lines, ...bodies, ...out].join('\n')
-    assert.ok(lines.some((l) => l.includes('EcoFlow polling failing')), 'the failing paths really ran')
+    assert.ok(
+      lines.some((l) => l.includes('EcoFlow polling failing')),
+      'the failing paths really ran',
+    )
     assert.ok(lines.some((l) => l.includes('MQTT login refused')))
     assert.match(out.join('\n'), /"secretKey": "\*\*\*"/, 'check-config printed the config, masked')
-    assert.match(out.join('\n'), /postgres:\/\/paku:\*\*\*@127\.0\.0\.1:1\/paku/, 'the failed start named the database, masked')
-    assert.match(out.join('\n'), /"redisUrl": "redis:\/\/:\*\*\*@127\.0\.0\.1:1\/0"/, 'check-config printed the Redis URL, masked')
-    assert.match(out.join('\n'), /cluster\.redisUrl must be a redis:\/\/ or rediss:\/\/ URL/, 'a bad Redis URL is refused without echoing it')
-    for (const [name, secret] of Object.entries(SECRETS)) assert.ok(!everything.includes(secret), `the ${name} secret leaked`)
+    assert.match(
+      out.join('\n'),
+      /postgres:\/\/paku:\*\*\*@127\.0\.0\.1:1\/paku/,
+      'the failed start named the database, masked',
+    )
+    assert.match(
+      out.join('\n'),
+      /"redisUrl": "redis:\/\/:\*\*\*@127\.0\.0\.1:1\/0"/,
+      'check-config printed the Redis URL, masked',
+    )
+    assert.match(
+      out.join('\n'),
+      /cluster\.redisUrl must be a redis:\/\/ or rediss:\/\/ URL/,
+      'a bad Redis URL is refused without echoing it',
+    )
+    for (const [name, secret] of Object.entries(SECRETS))
+      assert.ok(!everything.includes(secret), `the ${name} secret leaked`)
   })
 })

@@ -1,7 +1,14 @@
 /** Builds ESP application images for tests: a real header layout with random payload bytes. */
 import { randomBytes } from 'node:crypto'
 
-export function espImage(o: { size: number; chipId?: number; version?: string; project?: string; esp8266?: boolean; seed?: number }): Buffer {
+export function espImage(o: {
+  size: number
+  chipId?: number
+  version?: string
+  project?: string
+  esp8266?: boolean
+  seed?: number
+}): Buffer {
   const b = randomBytes(o.size)
   b[0] = 0xe9
   b[1] = 3 // segments

@@ -9,7 +9,13 @@ import { serve, type ServerType } from '@hono/node-server'
 import { Hono } from 'hono'
 import { sign, signingString, type SigningForm } from '../../src/ecoflow/sign.js'
 
-export type FakeDevice = { sn: string; productName: string; fixture?: string; online?: number; blocked?: boolean }
+export type FakeDevice = {
+  sn: string
+  productName: string
+  fixture?: string
+  online?: number
+  blocked?: boolean
+}
 
 export type FakeOptions = {
   accessKey: string
@@ -32,8 +38,17 @@ export async function startFakeOpenApi(opts: FakeOptions) {
     delayMs: 0,
     rejections: [] as string[],
   }
-  const fixture = (name: string) => JSON.parse(readFileSync(new URL(`../../src/ecoflow/fixtures/${name}`, import.meta.url), 'utf8')) as unknown
-  const ok = (data: unknown) => ({ code: '0', message: 'Success', data, eagleEyeTraceId: 'fake', tid: 'fake' })
+  const fixture = (name: string) =>
+    JSON.parse(
+      readFileSync(new URL(`../../src/ecoflow/fixtures/${name}`, import.meta.url), 'utf8'),
+    ) as unknown
+  const ok = (data: unknown) => ({
+    code: '0',
+    message: 'Success',
+    data,
+    eagleEyeTraceId: 'fake',
+    tid: 'fake',
+  })
   const fail = (code: string, message: string) => {
     state.rejections.push(code)
     return { code, message, eagleEyeTraceId: 'fake', tid: 'fake' }
@@ -51,12 +66,19 @@ export async function startFakeOpenApi(opts: FakeOptions) {
   /** The real service's checks, in its order; returns an error envelope or undefined. */
   const authenticate = (headers: Record<string, string | undefined>, params: unknown) => {
     const { accesskey: accessKey, nonce, timestamp, sign: given } = headers
-    if (!accessKey || !nonce || !timestamp || !given) return fail('8521', 'signature is wrong (missing accessKey, nonce, timestamp or sign header)')
+    if (!accessKey || !nonce || !timestamp || !given)
+      return fail('8521', 'signature is wrong (missing accessKey, nonce, timestamp or sign header)')
     if (accessKey !== opts.accessKey) return fail('8513', 'accessKey is invalid')
-    if (!/^\d{13}$/.test(timestamp) || Math.abs(Date.now() - Number(timestamp)) > WINDOW_MS) return fail('8521', 'signature is wrong (timestamp outside the window)')
-    const valid = accepts.some((form) => sign(signingString({ params, accessKey, nonce, timestamp, form }), opts.secretKey) === given)
+    if (!/^\d{13}$/.test(timestamp) || Math.abs(Date.now() - Number(timestamp)) > WINDOW_MS)
+      return fail('8521', 'signature is wrong (timestamp outside the window)')
+    const valid = accepts.some(
+      (form) =>
+        sign(signingString({ params, accessKey, nonce, timestamp, form }), opts.secretKey) ===
+        given,
+    )
     if (!valid) return fail('8521', 'signature is wrong')
-    if (seenNonces.has(`${nonce}:${timestamp}`)) return fail('8521', 'signature is wrong (nonce reused)')
+    if (seenNonces.has(`${nonce}:${timestamp}`))
+      return fail('8521', 'signature is wrong (nonce reused)')
     seenNonces.add(`${nonce}:${timestamp}`)
     return undefined
   }
@@ -70,20 +92,31 @@ export async function startFakeOpenApi(opts: FakeOptions) {
   app.get('/iot-open/sign/device/list', (c) => {
     const err = authenticate(headersOf(c), {})
     if (err) return c.json(err)
-    return c.json(ok(opts.devices.map((d) => ({ sn: d.sn, productName: d.productName, deviceName: `${d.productName} ${d.sn.slice(-4)}`, online: d.online ?? 1 }))))
+    return c.json(
+      ok(
+        opts.devices.map((d) => ({
+          sn: d.sn,
+          productName: d.productName,
+          deviceName: `${d.productName} ${d.sn.slice(-4)}`,
+          online: d.online ?? 1,
+        })),
+      ),
+    )
   })
   app.get('/iot-open/sign/device/quota/all', (c) => {
     const query = c.req.query()
     const err = authenticate(headersOf(c), query)
     if (err) return c.json(err)
-    if (Object.keys(query).join() !== 'sn') return c.json(fail('8520', 'param error: expected exactly sn'))
+    if (Object.keys(query).join() !== 'sn')
+      return c.json(fail('8520', 'param error: expected exactly sn'))
     const d = opts.devices.find((x) => x.sn === query.sn)
     if (!d) return c.json(fail('1006', 'device not found'))
     if (d.blocked) return c.json(fail('1', 'current device is not allowed to get device info'))
     return c.json(ok(fixture(d.fixture ?? 'delta-pro-quota.json')))
   })
   app.put('/iot-open/sign/device/quota', async (c) => {
-    if (!c.req.header('content-type')?.startsWith('application/json')) return c.json(fail('8520', 'content-type must be application/json'))
+    if (!c.req.header('content-type')?.startsWith('application/json'))
+      return c.json(fail('8520', 'content-type must be application/json'))
     const body = (await c.req.json()) as Record<string, unknown>
     const err = authenticate(headersOf(c), body)
     if (err) return c.json(err)

@@ -40,7 +40,17 @@ export class PushDevice {
   }
 
   async connect(): Promise<void> {
-    const c = await mqtt.connectAsync(this.o.mqttUrl, { clientId: this.o.id, clean: true, reconnectPeriod: 0, will: { topic: `paku/edge/${this.o.id}/status`, payload: Buffer.from('{"online":false}'), qos: 1, retain: true } })
+    const c = await mqtt.connectAsync(this.o.mqttUrl, {
+      clientId: this.o.id,
+      clean: true,
+      reconnectPeriod: 0,
+      will: {
+        topic: `paku/edge/${this.o.id}/status`,
+        payload: Buffer.from('{"online":false}'),
+        qos: 1,
+        retain: true,
+      },
+    })
     this.client = c
     c.on('message', (topic, payload) => {
       if (topic !== `paku/edge/${this.o.id}/cmd/ota`) return
@@ -52,7 +62,18 @@ export class PushDevice {
 
   async publishStatus(): Promise<void> {
     this.uptime += 7
-    await this.pub('status', { online: true, device_id: this.o.id, firmware_version: this.version, device_model: this.o.model, uptime_seconds: this.uptime, signal_strength_dbm: -60 }, true)
+    await this.pub(
+      'status',
+      {
+        online: true,
+        device_id: this.o.id,
+        firmware_version: this.version,
+        device_model: this.o.model,
+        uptime_seconds: this.uptime,
+        signal_strength_dbm: -60,
+      },
+      true,
+    )
   }
 
   async disconnect(): Promise<void> {
@@ -67,7 +88,10 @@ export class PushDevice {
   }
 
   private async pub(sub: string, body: unknown, retain = false): Promise<void> {
-    await this.client?.publishAsync(`paku/edge/${this.o.id}/${sub}`, JSON.stringify(body), { qos: 0, retain })
+    await this.client?.publishAsync(`paku/edge/${this.o.id}/${sub}`, JSON.stringify(body), {
+      qos: 0,
+      retain,
+    })
   }
 
   private async onCommand(payload: Buffer): Promise<void> {
@@ -82,23 +106,84 @@ export class PushDevice {
     this.commands.push({ url: cmd.url, version: target, checksum: cmd.checksum ?? '' })
     await this.o.actAfter
     const ts = ''
-    await this.pub('ota/status', { timestamp: ts, status: 'accepted', current_version: this.version, target_version: target })
-    await this.pub('ota/progress', { timestamp: ts, state: 'Checking', percent: 0, downloaded: 0, total: 0, elapsed_ms: 0 })
+    await this.pub('ota/status', {
+      timestamp: ts,
+      status: 'accepted',
+      current_version: this.version,
+      target_version: target,
+    })
+    await this.pub('ota/progress', {
+      timestamp: ts,
+      state: 'Checking',
+      percent: 0,
+      downloaded: 0,
+      total: 0,
+      elapsed_ms: 0,
+    })
     const res = await fetch(cmd.url)
     const body = Buffer.from(await res.arrayBuffer())
     const sha256 = createHash('sha256').update(body).digest('hex')
     this.downloads.push({ status: res.status, bytes: body.length, sha256 })
-    const result = (success: boolean, code: number, message: string) => this.pub('ota/result', { timestamp: ts, current_version: this.version, target_version: target, success, result_code: code, message })
-    if (res.status !== 200 || Number(res.headers.get('content-length')) !== body.length || body.length === 0) return result(false, 2, 'Download failed')
-    await this.pub('ota/progress', { timestamp: ts, state: 'Downloading', percent: 50, downloaded: body.length / 2, total: body.length, elapsed_ms: 100 })
-    await this.pub('ota/progress', { timestamp: ts, state: 'Verifying', percent: 100, downloaded: body.length, total: body.length, elapsed_ms: 200 })
-    if (cmd.checksum && cmd.checksum.toLowerCase() !== sha256) return result(false, 3, 'Verification failed')
+    const result = (success: boolean, code: number, message: string) =>
+      this.pub('ota/result', {
+        timestamp: ts,
+        current_version: this.version,
+        target_version: target,
+        success,
+        result_code: code,
+        message,
+      })
+    if (
+      res.status !== 200 ||
+      Number(res.headers.get('content-length')) !== body.length ||
+      body.length === 0
+    )
+      return result(false, 2, 'Download failed')
+    await this.pub('ota/progress', {
+      timestamp: ts,
+      state: 'Downloading',
+      percent: 50,
+      downloaded: body.length / 2,
+      total: body.length,
+      elapsed_ms: 100,
+    })
+    await this.pub('ota/progress', {
+      timestamp: ts,
+      state: 'Verifying',
+      percent: 100,
+      downloaded: body.length,
+      total: body.length,
+      elapsed_ms: 200,
+    })
+    if (cmd.checksum && cmd.checksum.toLowerCase() !== sha256)
+      return result(false, 3, 'Verification failed')
     if (this.o.failWith) {
-      await this.pub('ota/progress', { timestamp: ts, state: 'Failed', percent: 100, downloaded: body.length, total: body.length, elapsed_ms: 300 })
+      await this.pub('ota/progress', {
+        timestamp: ts,
+        state: 'Failed',
+        percent: 100,
+        downloaded: body.length,
+        total: body.length,
+        elapsed_ms: 300,
+      })
       return result(false, this.o.failWith.code, this.o.failWith.message)
     }
-    await this.pub('ota/progress', { timestamp: ts, state: 'Installing', percent: 100, downloaded: body.length, total: body.length, elapsed_ms: 300 })
-    await this.pub('ota/progress', { timestamp: ts, state: 'Complete', percent: 100, downloaded: body.length, total: body.length, elapsed_ms: 400 })
+    await this.pub('ota/progress', {
+      timestamp: ts,
+      state: 'Installing',
+      percent: 100,
+      downloaded: body.length,
+      total: body.length,
+      elapsed_ms: 300,
+    })
+    await this.pub('ota/progress', {
+      timestamp: ts,
+      state: 'Complete',
+      percent: 100,
+      downloaded: body.length,
+      total: body.length,
+      elapsed_ms: 400,
+    })
     await result(true, 0, 'Success')
     // Reboot: drop the connection, come back on the new image (or the old one after a rollback).
     await this.client?.endAsync()
@@ -113,10 +198,16 @@ export type HttpUpdateResponse = { status: number; headers: Record<string, strin
  * One Arduino-ESP32 HTTPUpdate request, byte for byte what the library sends: HTTP/1.0 (no chunked
  * encoding possible), its User-Agent and x-ESP32-* headers, over a raw socket.
  */
-export function httpUpdateRequest(httpUrl: string, path: string, device: { mac: string; image: Buffer | undefined; version?: string; freeSpace?: number }): Promise<HttpUpdateResponse> {
+export function httpUpdateRequest(
+  httpUrl: string,
+  path: string,
+  device: { mac: string; image: Buffer | undefined; version?: string; freeSpace?: number },
+): Promise<HttpUpdateResponse> {
   const u = new URL(httpUrl)
   const md5 = device.image ? createHash('md5').update(device.image).digest('hex') : undefined
-  const sha = device.image ? createHash('sha256').update(device.image).digest('hex').toUpperCase() : undefined
+  const sha = device.image
+    ? createHash('sha256').update(device.image).digest('hex').toUpperCase()
+    : undefined
   const lines = [
     `GET ${path} HTTP/1.0`,
     `Host: ${u.host}`,
@@ -135,7 +226,9 @@ export function httpUpdateRequest(httpUrl: string, path: string, device: { mac: 
     ...(device.version ? [`x-ESP32-version: ${device.version}`] : []),
   ]
   return new Promise((resolve, reject) => {
-    const socket = tcpConnect(Number(u.port), u.hostname, () => socket.write(`${lines.join('\r\n')}\r\n\r\n`))
+    const socket = tcpConnect(Number(u.port), u.hostname, () =>
+      socket.write(`${lines.join('\r\n')}\r\n\r\n`),
+    )
     const chunks: Buffer[] = []
     socket.on('data', (d) => chunks.push(d))
     socket.on('error', reject)

@@ -13,5 +13,6 @@ describe('toCsv', () => {
     { name: 'writes objects as JSON', cell: { t: 1 }, want: '"{""t"":1}"' },
     { name: 'writes null as empty', cell: null, want: '' },
   ]
-  for (const c of cases) it(c.name, () => assert.equal(toCsv(['x'], [[c.cell]]), `x\r\n${c.want}\r\n`))
+  for (const c of cases)
+    it(c.name, () => assert.equal(toCsv(['x'], [[c.cell]]), `x\r\n${c.want}\r\n`))
 })

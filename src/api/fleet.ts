@@ -34,20 +34,52 @@ export type FleetDevice = {
   battery: Reading | null
   signal: Reading | null
   /** The newest value of each metric, and where its series is read from. */
-  readings: Record<string, { value: unknown; source: 'measurements' | 'status' | 'ecoflow'; system: string; at: string }>
+  readings: Record<
+    string,
+    { value: unknown; source: 'measurements' | 'status' | 'ecoflow'; system: string; at: string }
+  >
 }
 
 /** Metric names that mean a battery level or a radio signal, in order of preference, with their units. */
-const BATTERY: Array<[string, string]> = [['battery_percent', '%'], ['battery_pct', '%'], ['soc_percent', '%'], ['battery_soc', '%'], ['battery_v', 'V'], ['battery_voltage', 'V'], ['battery_mv', 'mV']]
-const SIGNAL: Array<[string, string]> = [['signal_strength_dbm', 'dBm'], ['rssi_dbm', 'dBm'], ['rssi', 'dBm'], ['wifi_rssi', 'dBm']]
+const BATTERY: Array<[string, string]> = [
+  ['battery_percent', '%'],
+  ['battery_pct', '%'],
+  ['soc_percent', '%'],
+  ['battery_soc', '%'],
+  ['battery_v', 'V'],
+  ['battery_voltage', 'V'],
+  ['battery_mv', 'mV'],
+]
+const SIGNAL: Array<[string, string]> = [
+  ['signal_strength_dbm', 'dBm'],
+  ['rssi_dbm', 'dBm'],
+  ['rssi', 'dBm'],
+  ['wifi_rssi', 'dBm'],
+]
 /** Status fields charted from the rollups (src/rollup/sources.ts reads the same three). */
 const STATUS_SERIES = ['signal_strength_dbm', 'uptime_seconds', 'heater_status']
 /** Status fields that say who a device is, not what it measures. */
 const IDENTITY = ['device_id', 'device_model', 'firmware_version', 'online', 'timestamp', 'site_id']
 /** EcoFlow columns the fleet shows; the station page charts these and more. */
-const ECOFLOW_READINGS = ['soc_percent', 'watts_in_sum', 'watts_out_sum', 'pv_in_watts', 'ac_out_watts', 'dc_out_watts', 'remain_time_min', 'bms_temp', 'wifi_rssi'] as const
+const ECOFLOW_READINGS = [
+  'soc_percent',
+  'watts_in_sum',
+  'watts_out_sum',
+  'pv_in_watts',
+  'ac_out_watts',
+  'dc_out_watts',
+  'remain_time_min',
+  'bms_temp',
+  'wifi_rssi',
+] as const
 
-const KIND_OF_SYSTEM: Record<string, FleetKind> = { edge: 'edge', sensors: 'sensor', heater: 'heater', fridge: 'fridge', ecoflow: 'ecoflow' }
+const KIND_OF_SYSTEM: Record<string, FleetKind> = {
+  edge: 'edge',
+  sensors: 'sensor',
+  heater: 'heater',
+  fridge: 'fridge',
+  ecoflow: 'ecoflow',
+}
 /** When a device reports under several systems, the most specific one names its kind. */
 const KIND_ORDER: FleetKind[] = ['ecoflow', 'heater', 'fridge', 'sensor', 'edge', 'other']
 
@@ -55,19 +87,38 @@ const KIND_ORDER: FleetKind[] = ['ecoflow', 'heater', 'fridge', 'sensor', 'edge'
  * The fleet, or the entries of one site or device id: those filters are applied in SQL (a device page
  * asks for its own entry every few seconds), the rest by matches().
  */
-export async function fleet(db: Kysely<DB>, f: { site_id?: string | undefined; device_id?: string | undefined } = {}, now = Date.now()): Promise<{ devices: FleetDevice[]; truncated: boolean }> {
+export async function fleet(
+  db: Kysely<DB>,
+  f: { site_id?: string | undefined; device_id?: string | undefined } = {},
+  now = Date.now(),
+): Promise<{ devices: FleetDevice[]; truncated: boolean }> {
   const byKey = new Map<string, FleetDevice>()
   const entry = (site: string | null, deviceId: string): FleetDevice => {
     const key = `${site ?? ''}\u0000${deviceId}`
     let d = byKey.get(key)
     if (!d) {
-      d = { site_id: site, device_id: deviceId, kind: 'other', systems: [], online: false, last_seen: null, model: null, firmware: null, location: null, via: null, battery: null, signal: null, readings: {} }
+      d = {
+        site_id: site,
+        device_id: deviceId,
+        kind: 'other',
+        systems: [],
+        online: false,
+        last_seen: null,
+        model: null,
+        firmware: null,
+        location: null,
+        via: null,
+        battery: null,
+        signal: null,
+        readings: {},
+      }
       byKey.set(key, d)
     }
     return d
   }
   const seen = (d: FleetDevice, at: Date | null) => {
-    if (at && (d.last_seen === null || at.toISOString() > d.last_seen)) d.last_seen = at.toISOString()
+    if (at && (d.last_seen === null || at.toISOString() > d.last_seen))
+      d.last_seen = at.toISOString()
   }
   const addSystem = (d: FleetDevice, system: string) => {
     if (!d.systems.includes(system)) d.systems.push(system)
@@ -89,7 +140,12 @@ export async function fleet(db: Kysely<DB>, f: { site_id?: string | undefined; d
     for (const [metric, value] of Object.entries(row.metrics ?? {})) {
       const prior = d.readings[metric]
       if (prior && prior.at > row.ts.toISOString()) continue
-      d.readings[metric] = { value, source: 'measurements', system: row.system, at: row.ts.toISOString() }
+      d.readings[metric] = {
+        value,
+        source: 'measurements',
+        system: row.system,
+        at: row.ts.toISOString(),
+      }
     }
   }
   // Edge devices say whether they are online (the LWT sets false); the window decides for the others.
@@ -118,7 +174,14 @@ export async function fleet(db: Kysely<DB>, f: { site_id?: string | undefined; d
     addSystem(d, 'ecoflow')
     seen(d, s.ts)
     d.model = s.model
-    for (const c of ECOFLOW_READINGS) if (s[c] !== null && s[c] !== undefined) d.readings[c] = { value: Number(s[c]), source: 'ecoflow', system: 'ecoflow', at: s.ts.toISOString() }
+    for (const c of ECOFLOW_READINGS)
+      if (s[c] !== null && s[c] !== undefined)
+        d.readings[c] = {
+          value: Number(s[c]),
+          source: 'ecoflow',
+          system: 'ecoflow',
+          at: s.ts.toISOString(),
+        }
   }
   for (const c of claims) {
     const d = byKey.get(`${c.site_id}\u0000${c.sensor_id}`)
@@ -127,36 +190,55 @@ export async function fleet(db: Kysely<DB>, f: { site_id?: string | undefined; d
 
   const list = [...byKey.values()]
   for (const d of list) {
-    d.kind = KIND_ORDER.find((k) => d.systems.some((s) => (KIND_OF_SYSTEM[s] ?? 'other') === k)) ?? 'other'
-    if (!reportsOnline.has(d)) d.online = d.last_seen !== null && now - Date.parse(d.last_seen) < ONLINE_WINDOW_MS
+    d.kind =
+      KIND_ORDER.find((k) => d.systems.some((s) => (KIND_OF_SYSTEM[s] ?? 'other') === k)) ?? 'other'
+    if (!reportsOnline.has(d))
+      d.online = d.last_seen !== null && now - Date.parse(d.last_seen) < ONLINE_WINDOW_MS
     d.battery = pick(d, BATTERY)
     d.signal = pick(d, SIGNAL)
   }
-  list.sort((a, b) => (b.last_seen ?? '').localeCompare(a.last_seen ?? '') || a.device_id.localeCompare(b.device_id))
+  list.sort(
+    (a, b) =>
+      (b.last_seen ?? '').localeCompare(a.last_seen ?? '') ||
+      a.device_id.localeCompare(b.device_id),
+  )
   return { devices: list, truncated: telemetry.more || edge.more || list.length > MAX_FLEET }
 }
 
 function pick(d: FleetDevice, names: Array<[string, string]>): Reading | null {
   for (const [name, unit] of names) {
     const r = d.readings[name]
-    if (r && (typeof r.value === 'number' || typeof r.value === 'string')) return { value: r.value, unit }
+    if (r && (typeof r.value === 'number' || typeof r.value === 'string'))
+      return { value: r.value, unit }
   }
   return null
 }
 
 /** Whether a fleet entry matches the filters: exact site, system and id; `q` anywhere in id, location, model or kind. */
-export function matches(d: FleetDevice, f: { site_id?: string | undefined; system?: string | undefined; device_id?: string | undefined; q?: string | undefined }): boolean {
+export function matches(
+  d: FleetDevice,
+  f: {
+    site_id?: string | undefined
+    system?: string | undefined
+    device_id?: string | undefined
+    q?: string | undefined
+  },
+): boolean {
   if (f.site_id !== undefined && d.site_id !== f.site_id) return false
   if (f.system !== undefined && !d.systems.includes(f.system)) return false
   if (f.device_id !== undefined && d.device_id !== f.device_id) return false
   if (f.q) {
     const q = f.q.toLowerCase()
-    return [d.device_id, d.location, d.model, d.kind, d.site_id, d.via, ...d.systems].some((x) => x?.toLowerCase().includes(q))
+    return [d.device_id, d.location, d.model, d.kind, d.site_id, d.via, ...d.systems].some((x) =>
+      x?.toLowerCase().includes(q),
+    )
   }
   return true
 }
 
-type StationRow = { device_sn: string; ts: Date; model: string | null } & Partial<Record<(typeof ECOFLOW_READINGS)[number], number | string | null>>
+type StationRow = { device_sn: string; ts: Date; model: string | null } & Partial<
+  Record<(typeof ECOFLOW_READINGS)[number], number | string | null>
+>
 
 /** The newest poll of every station: stations from rollup_series plus rows created since the last pass (as latest() reads devices). */
 async function ecoflowLatest(db: Kysely<DB>, sn: string | undefined): Promise<StationRow[]> {
@@ -177,7 +259,10 @@ async function ecoflowLatest(db: Kysely<DB>, sn: string | undefined): Promise<St
 }
 
 /** Which gateway relays which sensor (the broker's claims; read here, written only by the broker). */
-async function sensorClaims(db: Kysely<DB>, f: { site_id?: string | undefined; device_id?: string | undefined }): Promise<Array<{ site_id: string; sensor_id: string; device_id: string }>> {
+async function sensorClaims(
+  db: Kysely<DB>,
+  f: { site_id?: string | undefined; device_id?: string | undefined },
+): Promise<Array<{ site_id: string; sensor_id: string; device_id: string }>> {
   const r = await sql<{ site_id: string; sensor_id: string; device_id: string }>`
     SELECT site_id, sensor_id, device_id FROM mqtt_sensor_claims
     WHERE ${f.site_id === undefined ? sql`true` : sql`site_id = ${f.site_id}`} AND ${f.device_id === undefined ? sql`true` : sql`sensor_id = ${f.device_id}`}

@@ -10,7 +10,19 @@ import { toCsv } from './csv.js'
 import { LIVE_QUEUE, validFilter, type LiveHub } from './live.js'
 import { openApiDocument } from './openapi.js'
 import { fleet, matches, MAX_FLEET } from './fleet.js'
-import { decodeCursor, DevicesQuery, encodeCursor, FleetQuery, HistoryQuery, LatestQuery, ListQuery, parseQuery, SeriesQuery, timeRange, wantsCsv } from './params.js'
+import {
+  decodeCursor,
+  DevicesQuery,
+  encodeCursor,
+  FleetQuery,
+  HistoryQuery,
+  LatestQuery,
+  ListQuery,
+  parseQuery,
+  SeriesQuery,
+  timeRange,
+  wantsCsv,
+} from './params.js'
 import { deviceHistory, devices, latest, listMeasurements, pointValue, series } from './queries.js'
 import { BatchReadings, SingleReading, type TelemetryBody, toMessages } from './telemetry.js'
 
@@ -53,35 +65,97 @@ export function createApi(opts: ApiOptions) {
     const q = parseQuery(ListQuery, c.req.queries())
     const { from, to } = timeRange(q)
     const order = q.order ?? 'desc'
-    const r = await listMeasurements(db(), { ...q, from, to, order, limit: q.limit ?? 1000, after: decodeCursor(q.cursor, 2) })
+    const r = await listMeasurements(db(), {
+      ...q,
+      from,
+      to,
+      order,
+      limit: q.limit ?? 1000,
+      after: decodeCursor(q.cursor, 2),
+    })
     const last = r.rows[r.rows.length - 1]
     const next = r.more && last ? encodeCursor([last.ts_key, last.id]) : null
     if (wantsCsv(q.format, c.req.header('accept'))) {
-      const header = q.metric === undefined ? ['ts', 'site_id', 'system', 'device_id', 'location', 'metrics'] : ['ts', 'site_id', 'system', 'device_id', 'location', 'metric', 'value']
-      const rows = r.rows.map((m) => (q.metric === undefined ? [m.ts, m.site_id, m.system, m.device_id, m.location, m.metrics] : [m.ts, m.site_id, m.system, m.device_id, m.location, q.metric, m.value]))
+      const header =
+        q.metric === undefined
+          ? ['ts', 'site_id', 'system', 'device_id', 'location', 'metrics']
+          : ['ts', 'site_id', 'system', 'device_id', 'location', 'metric', 'value']
+      const rows = r.rows.map((m) =>
+        q.metric === undefined
+          ? [m.ts, m.site_id, m.system, m.device_id, m.location, m.metrics]
+          : [m.ts, m.site_id, m.system, m.device_id, m.location, q.metric, m.value],
+      )
       return csv(c, toCsv(header, rows), next)
     }
-    const items = r.rows.map(({ ts_key: _key, value, ...m }) => (q.metric === undefined ? m : { ...m, value }))
+    const items = r.rows.map(({ ts_key: _key, value, ...m }) =>
+      q.metric === undefined ? m : { ...m, value },
+    )
     return c.json({ from, to, order, items, next })
   })
 
   routes.get('/api/v1/measurements/series', scope('read'), async (c) => {
     const q = parseQuery(SeriesQuery, c.req.queries())
-    if ((q.metric === undefined) === (q.metrics === undefined)) throw new HTTPException(400, { message: 'metric is required (or metrics, a comma-separated list; not both)' })
-    const metrics = q.metric !== undefined ? [q.metric] : [...new Set((q.metrics as string).split(','))]
+    if ((q.metric === undefined) === (q.metrics === undefined))
+      throw new HTTPException(400, {
+        message: 'metric is required (or metrics, a comma-separated list; not both)',
+      })
+    const metrics =
+      q.metric !== undefined ? [q.metric] : [...new Set((q.metrics as string).split(','))]
     const range = timeRange(q)
     const r = await series(db(), { ...q, metrics, ...range, ecoflowColumns: opts.ecoflowColumns })
     if (wantsCsv(q.format, c.req.header('accept'))) {
-      return csv(c, toCsv(['t', 'site_id', 'system', 'device_id', 'metric', 'value', 'n'], r.rows.map((p) => [p.t, p.site_id, p.system, p.device_id, p.metric, pointValue(p, q.agg), p.n])), null)
+      return csv(
+        c,
+        toCsv(
+          ['t', 'site_id', 'system', 'device_id', 'metric', 'value', 'n'],
+          r.rows.map((p) => [
+            p.t,
+            p.site_id,
+            p.system,
+            p.device_id,
+            p.metric,
+            pointValue(p, q.agg),
+            p.n,
+          ]),
+        ),
+        null,
+      )
     }
-    const bySeries = new Map<string, { site_id: string; system: string; device_id: string; metric: string; points: Array<{ t: Date; value: number | string | null; n: number }> }>()
+    const bySeries = new Map<
+      string,
+      {
+        site_id: string
+        system: string
+        device_id: string
+        metric: string
+        points: Array<{ t: Date; value: number | string | null; n: number }>
+      }
+    >()
     for (const p of r.rows) {
       const key = JSON.stringify([p.site_id, p.system, p.device_id, p.metric])
       let s = bySeries.get(key)
-      if (!s) bySeries.set(key, (s = { site_id: p.site_id, system: p.system, device_id: p.device_id, metric: p.metric, points: [] }))
+      if (!s)
+        bySeries.set(
+          key,
+          (s = {
+            site_id: p.site_id,
+            system: p.system,
+            device_id: p.device_id,
+            metric: p.metric,
+            points: [],
+          }),
+        )
       s.points.push({ t: p.t, value: pointValue(p, q.agg), n: p.n })
     }
-    return c.json({ metric: q.metric ?? metrics.join(','), source: q.source, bucket: q.bucket, agg: q.agg, from: r.from, to: r.to, series: [...bySeries.values()] })
+    return c.json({
+      metric: q.metric ?? metrics.join(','),
+      source: q.source,
+      bucket: q.bucket,
+      agg: q.agg,
+      from: r.from,
+      to: r.to,
+      series: [...bySeries.values()],
+    })
   })
 
   routes.get('/api/v1/latest', scope('read'), async (c) => {
@@ -90,7 +164,14 @@ export function createApi(opts: ApiOptions) {
     const last = r.rows[r.rows.length - 1]
     const next = r.more && last ? encodeCursor([last.site_id, last.system, last.device_id]) : null
     if (wantsCsv(q.format, c.req.header('accept'))) {
-      return csv(c, toCsv(['site_id', 'system', 'device_id', 'ts', 'location', 'metrics'], r.rows.map((m) => [m.site_id, m.system, m.device_id, m.ts, m.location, m.metrics])), next)
+      return csv(
+        c,
+        toCsv(
+          ['site_id', 'system', 'device_id', 'ts', 'location', 'metrics'],
+          r.rows.map((m) => [m.site_id, m.system, m.device_id, m.ts, m.location, m.metrics]),
+        ),
+        next,
+      )
     }
     return c.json({ items: r.rows, next })
   })
@@ -102,8 +183,33 @@ export function createApi(opts: ApiOptions) {
     const last = r.rows[r.rows.length - 1]
     const next = r.more && last ? encodeCursor([last.device_id]) : null
     if (wantsCsv(q.format, c.req.header('accept'))) {
-      const rows = r.rows.map((d) => [d.device_id, d.site_id, d.device_model, d.firmware, d.online, d.last_seen, d.status?.active_scenario ?? null, d.status?.signal_strength_dbm ?? null])
-      return csv(c, toCsv(['device_id', 'site_id', 'device_model', 'firmware', 'online', 'last_seen', 'active_scenario', 'signal_strength_dbm'], rows), next)
+      const rows = r.rows.map((d) => [
+        d.device_id,
+        d.site_id,
+        d.device_model,
+        d.firmware,
+        d.online,
+        d.last_seen,
+        d.status?.active_scenario ?? null,
+        d.status?.signal_strength_dbm ?? null,
+      ])
+      return csv(
+        c,
+        toCsv(
+          [
+            'device_id',
+            'site_id',
+            'device_model',
+            'firmware',
+            'online',
+            'last_seen',
+            'active_scenario',
+            'signal_strength_dbm',
+          ],
+          rows,
+        ),
+        next,
+      )
     }
     return c.json({ items: r.rows, next })
   })
@@ -119,22 +225,33 @@ export function createApi(opts: ApiOptions) {
   routes.get('/api/v1/devices/:id/history', scope('read'), async (c) => {
     const q = parseQuery(HistoryQuery, c.req.queries())
     const id = c.req.param('id')
-    if (id.length > 128) throw new HTTPException(400, { message: 'device id is longer than 128 characters' })
-    return c.json(await deviceHistory(db(), { device_id: id, site_id: q.site_id, limit: q.limit ?? 50 }))
+    if (id.length > 128)
+      throw new HTTPException(400, { message: 'device id is longer than 128 characters' })
+    return c.json(
+      await deviceHistory(db(), { device_id: id, site_id: q.site_id, limit: q.limit ?? 50 }),
+    )
   })
 
   routes.get('/api/v1/devices/:id', scope('read'), async (c) => {
     const r = await devices(db(), { device_id: c.req.param('id'), limit: 1 })
     const device = r.rows[0]
-    if (!device) throw new HTTPException(404, { message: `no device ${c.req.param('id').slice(0, 128)}` })
+    if (!device)
+      throw new HTTPException(404, { message: `no device ${c.req.param('id').slice(0, 128)}` })
     return c.json({ device })
   })
 
   routes.post('/api/v1/telemetry', scope('ingest'), async (c) => {
-    const body = await readJson(c.req, 'body must be JSON: {device_id, timestamp, metric, value, unit?} or {device_id, batch_timestamp, readings: [...]}')
-    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new HTTPException(400, { message: 'body must be a JSON object: one reading or a batch' })
+    const body = await readJson(
+      c.req,
+      'body must be JSON: {device_id, timestamp, metric, value, unit?} or {device_id, batch_timestamp, readings: [...]}',
+    )
+    if (typeof body !== 'object' || body === null || Array.isArray(body))
+      throw new HTTPException(400, {
+        message: 'body must be a JSON object: one reading or a batch',
+      })
     // A batch is told by its readings array; each shape then gets its own, precise messages.
-    const parsed: v.InferOutput<typeof TelemetryBody> = 'readings' in body ? validate(BatchReadings, body) : validate(SingleReading, body)
+    const parsed: v.InferOutput<typeof TelemetryBody> =
+      'readings' in body ? validate(BatchReadings, body) : validate(SingleReading, body)
     const messages = toMessages(parsed, defaults)
     // All or nothing: every message is checked before any is queued.
     for (const m of messages) {
@@ -144,18 +261,42 @@ export function createApi(opts: ApiOptions) {
     const keyName = (c.get('keyName' as never) as string | undefined) ?? 'http'
     try {
       // Answered only once every row is committed or spooled, as a QoS 1 PUBACK is.
-      await Promise.all(messages.map((m) => opts.telemetry.accept({ topic: m.topic, payload: m.payload, clientId: `http:${keyName}` })))
+      await Promise.all(
+        messages.map((m) =>
+          opts.telemetry.accept({
+            topic: m.topic,
+            payload: m.payload,
+            clientId: `http:${keyName}`,
+          }),
+        ),
+      )
     } catch (err) {
       opts.log.warn('HTTP telemetry not stored', { err: (err as Error).message })
-      throw new HTTPException(503, { message: 'telemetry not stored (database and spool unavailable); retry later' })
+      throw new HTTPException(503, {
+        message: 'telemetry not stored (database and spool unavailable); retry later',
+      })
     }
-    for (const m of messages) live.push({ topic: m.topic, payload: m.payload, clientId: `http:${keyName}`, qos: 1, via: 'http' })
-    return c.json({ stored: messages.reduce((n, m) => n + m.readings, 0), rows: messages.length, topic: messages[0]?.topic })
+    for (const m of messages)
+      live.push({
+        topic: m.topic,
+        payload: m.payload,
+        clientId: `http:${keyName}`,
+        qos: 1,
+        via: 'http',
+      })
+    return c.json({
+      stored: messages.reduce((n, m) => n + m.readings, 0),
+      rows: messages.length,
+      topic: messages[0]?.topic,
+    })
   })
 
   routes.get('/api/v1/live', scope('read'), (c) => {
     const filter = c.req.query('topic') ?? '#'
-    if (!validFilter(filter)) throw new HTTPException(400, { message: 'topic must be an MQTT topic filter (+ and # wildcards), at most 256 characters' })
+    if (!validFilter(filter))
+      throw new HTTPException(400, {
+        message: 'topic must be an MQTT topic filter (+ and # wildcards), at most 256 characters',
+      })
     const enc = new TextEncoder()
     let cleanup = () => undefined as void
     const stream = new ReadableStream<Uint8Array>(
@@ -192,7 +333,13 @@ export function createApi(opts: ApiOptions) {
       new CountQueuingStrategy({ highWaterMark: LIVE_QUEUE }),
     )
     c.req.raw.signal.addEventListener('abort', () => cleanup())
-    return new Response(stream, { headers: { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' } })
+    return new Response(stream, {
+      headers: {
+        'content-type': 'text/event-stream; charset=utf-8',
+        'cache-control': 'no-cache',
+        'x-accel-buffering': 'no',
+      },
+    })
   })
 
   return { routes }

@@ -11,10 +11,13 @@ describe('live hub', () => {
     ['paku/edge/+', 'paku/edge/x/status', false],
     ['paku/edge/x/status', 'paku/edge/x/status', true],
   ]
-  for (const [f, topic, want] of matches) it(`${f} ${want ? 'matches' : 'does not match'} ${topic}`, () => assert.equal(topicMatches(f, topic), want))
+  for (const [f, topic, want] of matches)
+    it(`${f} ${want ? 'matches' : 'does not match'} ${topic}`, () =>
+      assert.equal(topicMatches(f, topic), want))
 
   it('rejects malformed filters', () => {
-    for (const f of ['', 'a/#/b', 'a/b#', 'a/+b', 'x'.repeat(300)]) assert.equal(validFilter(f), false, f)
+    for (const f of ['', 'a/#/b', 'a/b#', 'a/+b', 'x'.repeat(300)])
+      assert.equal(validFilter(f), false, f)
     for (const f of ['#', '+', 'a/+/c/#']) assert.equal(validFilter(f), true, f)
   })
 
@@ -22,7 +25,11 @@ describe('live hub', () => {
     const hub = createLiveHub()
     const got: string[] = []
     let room = 2
-    hub.listen('#', (e) => (room-- > 0 ? (got.push(e), true) : false), () => undefined)
+    hub.listen(
+      '#',
+      (e) => (room-- > 0 ? (got.push(e), true) : false),
+      () => undefined,
+    )
     for (let i = 0; i < 5; i++) hub.push({ topic: `t/${i}`, payload: Buffer.from(String(i)) })
     assert.equal(got.length, 2)
     room = 10
@@ -35,7 +42,11 @@ describe('live hub', () => {
     const hub = createLiveHub()
     const got: string[] = []
     let closed = 0
-    hub.listen('#', (e) => (got.push(e), true), () => closed++)
+    hub.listen(
+      '#',
+      (e) => (got.push(e), true),
+      () => closed++,
+    )
     hub.push({ topic: 'big', payload: Buffer.alloc(100_000, 'a') })
     assert.ok((got[0] ?? '').length < 3000)
     hub.closeAll()

@@ -4,7 +4,15 @@
  * reported to it, never paku's memory.
  */
 
-export type LiveMessage = { topic: string; payload: Buffer; clientId?: string | null | undefined; qos?: number | undefined; retain?: boolean | undefined; receivedAt?: Date | undefined; via?: 'mqtt' | 'http' }
+export type LiveMessage = {
+  topic: string
+  payload: Buffer
+  clientId?: string | null | undefined
+  qos?: number | undefined
+  retain?: boolean | undefined
+  receivedAt?: Date | undefined
+  via?: 'mqtt' | 'http'
+}
 
 /** Events a listener may hold before new ones are dropped for it. */
 export const LIVE_QUEUE = 256
@@ -26,10 +34,17 @@ export function topicMatches(filter: string, topic: string): boolean {
 export function validFilter(filter: string): boolean {
   if (filter.length === 0 || filter.length > 256 || filter.includes('\u0000')) return false
   const levels = filter.split('/')
-  return levels.every((l, i) => (l.includes('#') ? l === '#' && i === levels.length - 1 : !l.includes('+') || l === '+'))
+  return levels.every((l, i) =>
+    l.includes('#') ? l === '#' && i === levels.length - 1 : !l.includes('+') || l === '+',
+  )
 }
 
-type Listener = { filter: string; send: (event: string) => boolean; dropped: number; close: () => void }
+type Listener = {
+  filter: string
+  send: (event: string) => boolean
+  dropped: number
+  close: () => void
+}
 
 export function createLiveHub() {
   const listeners = new Set<Listener>()
@@ -52,7 +67,11 @@ export function createLiveHub() {
           via: m.via ?? 'mqtt',
           receivedAt: (m.receivedAt ?? new Date()).toISOString(),
         })}\n\n`
-        if (l.dropped > 0 && l.send(`event: dropped\ndata: ${JSON.stringify({ dropped: l.dropped })}\n\n`)) l.dropped = 0
+        if (
+          l.dropped > 0 &&
+          l.send(`event: dropped\ndata: ${JSON.stringify({ dropped: l.dropped })}\n\n`)
+        )
+          l.dropped = 0
         if (l.dropped > 0 || !l.send(event)) l.dropped++
       }
     },

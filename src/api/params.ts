@@ -9,7 +9,13 @@ import { validate } from '../util/validate.js'
 
 /** A topic segment as ingest stores it: no MQTT separators or wildcards, no control characters. */
 export const SEGMENT = /^[^/+#\u0000-\u001f]{1,128}$/
-const segment = (name: string) => v.optional(v.pipe(v.string(), v.regex(SEGMENT, `${name} must be 1–128 characters without / + # or control characters`)))
+const segment = (name: string) =>
+  v.optional(
+    v.pipe(
+      v.string(),
+      v.regex(SEGMENT, `${name} must be 1–128 characters without / + # or control characters`),
+    ),
+  )
 
 /** ISO 8601 with a date and, when a time is given, an offset or Z: `2026-01-15`, `2026-01-15T14:03:22Z`. */
 const ISO = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2}))?$/
@@ -24,10 +30,24 @@ const instant = (name: string) =>
   )
 
 const intParam = (name: string, min: number, max: number) =>
-  v.optional(v.pipe(v.string(), v.regex(/^\d{1,9}$/, `${name} must be an integer`), v.transform(Number), v.minValue(min, `${name} must be at least ${min}`), v.maxValue(max, `${name} must be at most ${max}`)))
+  v.optional(
+    v.pipe(
+      v.string(),
+      v.regex(/^\d{1,9}$/, `${name} must be an integer`),
+      v.transform(Number),
+      v.minValue(min, `${name} must be at least ${min}`),
+      v.maxValue(max, `${name} must be at most ${max}`),
+    ),
+  )
 
 export const MAX_PAGE = 10_000
-export const BUCKETS = { '1m': 60_000, '5m': 300_000, '1h': 3_600_000, '6h': 21_600_000, '1d': 86_400_000 } as const
+export const BUCKETS = {
+  '1m': 60_000,
+  '5m': 300_000,
+  '1h': 3_600_000,
+  '6h': 21_600_000,
+  '1d': 86_400_000,
+} as const
 export type Bucket = keyof typeof BUCKETS
 export const AGGS = ['avg', 'min', 'max', 'last'] as const
 export type Agg = (typeof AGGS)[number]
@@ -45,7 +65,14 @@ const page = {
   cursor: v.optional(v.pipe(v.string(), v.maxLength(512, 'cursor is too long'))),
 }
 
-export const ListQuery = v.strictObject({ ...common, ...page, metric: segment('metric'), from: instant('from'), to: instant('to'), order: v.optional(v.picklist(['asc', 'desc'], 'order must be asc or desc')) })
+export const ListQuery = v.strictObject({
+  ...common,
+  ...page,
+  metric: segment('metric'),
+  from: instant('from'),
+  to: instant('to'),
+  order: v.optional(v.picklist(['asc', 'desc'], 'order must be asc or desc')),
+})
 /** Metrics one series request may name. */
 export const MAX_METRICS = 32
 const METRIC_NAME = '[^/+#,\\u0000-\\u001f]{1,128}'
@@ -57,27 +84,56 @@ export type SeriesSource = (typeof SOURCES)[number]
 
 export const SeriesQuery = v.strictObject({
   ...common,
-  source: v.optional(v.picklist(SOURCES, 'source must be measurements, ecoflow or status'), 'measurements'),
-  metric: v.optional(v.pipe(v.string(), v.regex(SEGMENT, 'metric must be 1–128 characters without / + # or control characters'))),
+  source: v.optional(
+    v.picklist(SOURCES, 'source must be measurements, ecoflow or status'),
+    'measurements',
+  ),
+  metric: v.optional(
+    v.pipe(
+      v.string(),
+      v.regex(SEGMENT, 'metric must be 1–128 characters without / + # or control characters'),
+    ),
+  ),
   // Several metrics of the same devices in one request (a device page's charts): comma-separated.
-  metrics: v.optional(v.pipe(v.string(), v.regex(METRIC_LIST, `metrics must be 1–${MAX_METRICS} comma-separated metric names (each 1–128 characters without , / + # or control characters)`))),
+  metrics: v.optional(
+    v.pipe(
+      v.string(),
+      v.regex(
+        METRIC_LIST,
+        `metrics must be 1–${MAX_METRICS} comma-separated metric names (each 1–128 characters without , / + # or control characters)`,
+      ),
+    ),
+  ),
   from: instant('from'),
   to: instant('to'),
-  bucket: v.optional(v.picklist(Object.keys(BUCKETS) as Bucket[], 'bucket must be 1m, 5m, 1h, 6h or 1d'), '1h'),
+  bucket: v.optional(
+    v.picklist(Object.keys(BUCKETS) as Bucket[], 'bucket must be 1m, 5m, 1h, 6h or 1d'),
+    '1h',
+  ),
   agg: v.optional(v.picklist(AGGS, 'agg must be avg, min, max or last'), 'avg'),
 })
 export const LatestQuery = v.strictObject({ ...common, ...page })
-export const DevicesQuery = v.strictObject({ site_id: segment('site_id'), format: common.format, ...page })
+export const DevicesQuery = v.strictObject({
+  site_id: segment('site_id'),
+  format: common.format,
+  ...page,
+})
 export const FleetQuery = v.strictObject({
   site_id: segment('site_id'),
   system: segment('system'),
   device_id: segment('device_id'),
   q: v.optional(v.pipe(v.string(), v.maxLength(128, 'q must be at most 128 characters'))),
 })
-export const HistoryQuery = v.strictObject({ site_id: segment('site_id'), limit: intParam('limit', 1, 500) })
+export const HistoryQuery = v.strictObject({
+  site_id: segment('site_id'),
+  limit: intParam('limit', 1, 500),
+})
 
 /** Parses a query string against a schema; repeated parameters are an error (one value each). */
-export function parseQuery<S extends v.GenericSchema>(schema: S, queries: Record<string, string[]>): v.InferOutput<S> {
+export function parseQuery<S extends v.GenericSchema>(
+  schema: S,
+  queries: Record<string, string[]>,
+): v.InferOutput<S> {
   const flat: Record<string, string> = {}
   for (const [k, vals] of Object.entries(queries)) {
     if (vals.length !== 1) throw new HTTPException(400, { message: `${k}: give it once` })
@@ -87,10 +143,14 @@ export function parseQuery<S extends v.GenericSchema>(schema: S, queries: Record
 }
 
 /** The [from, to) window: to defaults to now, from to a day before to; from must be before to. */
-export function timeRange(q: { from?: Date | undefined; to?: Date | undefined }, now = new Date()): { from: Date; to: Date } {
+export function timeRange(
+  q: { from?: Date | undefined; to?: Date | undefined },
+  now = new Date(),
+): { from: Date; to: Date } {
   const to = q.to ?? now
   const from = q.from ?? new Date(to.getTime() - 86_400_000)
-  if (from.getTime() >= to.getTime()) throw new HTTPException(400, { message: 'from must be before to' })
+  if (from.getTime() >= to.getTime())
+    throw new HTTPException(400, { message: 'from must be before to' })
   return { from, to }
 }
 
@@ -103,7 +163,12 @@ export function decodeCursor(cursor: string | undefined, parts: number): string[
   if (cursor === undefined) return undefined
   try {
     const key = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as unknown
-    if (Array.isArray(key) && key.length === parts && key.every((x) => typeof x === 'string' && x.length <= 256)) return key as string[]
+    if (
+      Array.isArray(key) &&
+      key.length === parts &&
+      key.every((x) => typeof x === 'string' && x.length <= 256)
+    )
+      return key as string[]
   } catch {
     // falls through to the 400
   }

@@ -8,7 +8,11 @@ import { BUCKETS, MAX_POINTS, type Agg, type Bucket, type SeriesSource } from '.
  * (ts), downsampled series by the rollup tables' primary keys, device lists by rollup_series.
  */
 
-type Filters = { site_id?: string | undefined; system?: string | undefined; device_id?: string | undefined }
+type Filters = {
+  site_id?: string | undefined
+  system?: string | undefined
+  device_id?: string | undefined
+}
 
 const HOUR = 3_600_000
 const SIX_HOURS = 6 * HOUR
@@ -27,18 +31,40 @@ function where(f: Filters, alias = ''): RawBuilder<unknown> {
 /** PostgreSQL's text form of a timestamptz, the only lossless one (JavaScript dates drop microseconds). */
 const PG_TS = /^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?[+-]\d{2}(:\d{2}){0,2}$/
 
-export type MeasurementRow = { id: string; site_id: string; system: string; device_id: string; location: string | null; mac: string | null; ts: Date; ts_key: string; metrics: Record<string, unknown>; value?: unknown }
+export type MeasurementRow = {
+  id: string
+  site_id: string
+  system: string
+  device_id: string
+  location: string | null
+  mac: string | null
+  ts: Date
+  ts_key: string
+  metrics: Record<string, unknown>
+  value?: unknown
+}
 
 /** Raw rows in [from, to), newest first (or oldest), keyset-paginated by (ts, id). */
 export async function listMeasurements(
   db: Kysely<DB>,
-  q: Filters & { metric?: string | undefined; from: Date; to: Date; limit: number; after?: string[] | undefined; order: 'asc' | 'desc' },
+  q: Filters & {
+    metric?: string | undefined
+    from: Date
+    to: Date
+    limit: number
+    after?: string[] | undefined
+    order: 'asc' | 'desc'
+  },
 ): Promise<{ rows: MeasurementRow[]; more: boolean }> {
   let keyset = sql`true`
   if (q.after) {
     const [ts, id] = q.after as [string, string]
-    if (!PG_TS.test(ts) || !/^\d{1,19}$/.test(id)) throw new HTTPException(400, { message: 'cursor: not a cursor this API returned' })
-    keyset = q.order === 'desc' ? sql`(ts, id) < (${ts}::timestamptz, ${id}::bigint)` : sql`(ts, id) > (${ts}::timestamptz, ${id}::bigint)`
+    if (!PG_TS.test(ts) || !/^\d{1,19}$/.test(id))
+      throw new HTTPException(400, { message: 'cursor: not a cursor this API returned' })
+    keyset =
+      q.order === 'desc'
+        ? sql`(ts, id) < (${ts}::timestamptz, ${id}::bigint)`
+        : sql`(ts, id) > (${ts}::timestamptz, ${id}::bigint)`
   }
   const dir = sql.raw(q.order === 'desc' ? 'DESC' : 'ASC')
   const r = await sql<MeasurementRow>`
@@ -52,13 +78,36 @@ export async function listMeasurements(
   return { rows: r.rows.slice(0, q.limit), more: r.rows.length > q.limit }
 }
 
-export type SeriesPoint = { site_id: string; system: string; device_id: string; metric: string; t: Date; n: number; avg: number | null; min: number | null; max: number | null; last: string | null }
+export type SeriesPoint = {
+  site_id: string
+  system: string
+  device_id: string
+  metric: string
+  t: Date
+  n: number
+  avg: number | null
+  min: number | null
+  max: number | null
+  last: string | null
+}
 
 /** Rollup tables by bucket width; EcoFlow and status readings have no 5-minute rollups (src/rollup/sources.ts). */
 const FIVE_MINUTES = 300_000
 /** The raw tier's own buckets (the outer query bins them into the asked width). */
-const RAW_WIDTH: Record<Bucket, string> = { '1m': '1 minute', '5m': '5 minutes', '1h': '1 hour', '6h': '1 hour', '1d': '1 hour' }
-const OUTER_WIDTH: Record<Bucket, string> = { '1m': '1 minute', '5m': '5 minutes', '1h': '1 hour', '6h': '6 hours', '1d': '1 day' }
+const RAW_WIDTH: Record<Bucket, string> = {
+  '1m': '1 minute',
+  '5m': '5 minutes',
+  '1h': '1 hour',
+  '6h': '1 hour',
+  '1d': '1 hour',
+}
+const OUTER_WIDTH: Record<Bucket, string> = {
+  '1m': '1 minute',
+  '5m': '5 minutes',
+  '1h': '1 hour',
+  '6h': '6 hours',
+  '1d': '1 day',
+}
 
 export type SeriesQuery = Filters & {
   /** One or more metrics (a device page asks for all of its charts at once). */
@@ -79,24 +128,34 @@ export type SeriesQuery = Filters & {
  * yet) comes from raw rows, so the newest bucket is complete too. Every tier yields partial aggregates
  * (n, sum, min, max, last) that the outer query combines.
  */
-export async function series(db: Kysely<DB>, q: SeriesQuery): Promise<{ from: Date; to: Date; rows: SeriesPoint[] }> {
+export async function series(
+  db: Kysely<DB>,
+  q: SeriesQuery,
+): Promise<{ from: Date; to: Date; rows: SeriesPoint[] }> {
   const source = q.source ?? 'measurements'
-  const unknown = source === 'ecoflow' ? q.metrics.find((m) => !(q.ecoflowColumns ?? []).includes(m)) : undefined
+  const unknown =
+    source === 'ecoflow' ? q.metrics.find((m) => !(q.ecoflowColumns ?? []).includes(m)) : undefined
   if (unknown !== undefined) {
-    throw new HTTPException(400, { message: `metric: ${unknown.slice(0, 64)} is not an EcoFlow reading (${(q.ecoflowColumns ?? []).slice(0, 8).join(', ')}, …)` })
+    throw new HTTPException(400, {
+      message: `metric: ${unknown.slice(0, 64)} is not an EcoFlow reading (${(q.ecoflowColumns ?? []).slice(0, 8).join(', ')}, …)`,
+    })
   }
   const width = BUCKETS[q.bucket]
   const from = floor(q.from.getTime(), width)
   const to = Math.ceil(q.to.getTime() / width) * width
   const points = (to - from) / width
   if (points > MAX_POINTS) {
-    throw new HTTPException(400, { message: `range is ${points} buckets of ${q.bucket}; at most ${MAX_POINTS}: use a coarser bucket or a shorter range` })
+    throw new HTTPException(400, {
+      message: `range is ${points} buckets of ${q.bucket}; at most ${MAX_POINTS}: use a coarser bucket or a shorter range`,
+    })
   }
   const tiers: RawBuilder<unknown>[] = []
   let rawFrom = from
   const fromRollups = q.bucket !== '1m' && (q.bucket !== '5m' || source === 'measurements')
   if (fromRollups) {
-    const wm = await sql<{ watermark: Date }>`SELECT watermark FROM rollup_state WHERE source = ${source}`.execute(db)
+    const wm = await sql<{
+      watermark: Date
+    }>`SELECT watermark FROM rollup_state WHERE source = ${source}`.execute(db)
     const watermark = wm.rows[0]?.watermark.getTime()
     if (watermark !== undefined && q.bucket === '5m') {
       // Five-minute buckets before the watermark's are complete in rollup_5m.
@@ -124,7 +183,10 @@ export async function series(db: Kysely<DB>, q: SeriesQuery): Promise<{ from: Da
     FROM (${sql.join(tiers, sql` UNION ALL `)}) p
     GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
     LIMIT ${MAX_SERIES_ROWS + 1}`.execute(db)
-  if (r.rows.length > MAX_SERIES_ROWS) throw new HTTPException(400, { message: `more than ${MAX_SERIES_ROWS} points: name a device_id or narrow the range` })
+  if (r.rows.length > MAX_SERIES_ROWS)
+    throw new HTTPException(400, {
+      message: `more than ${MAX_SERIES_ROWS} points: name a device_id or narrow the range`,
+    })
   return { from: new Date(from), to: new Date(to), rows: r.rows }
 }
 
@@ -135,7 +197,13 @@ type Metrics = Filters & { metrics: readonly string[] }
  * may keep the metric out of the primary key's range and read every bucket of the device (55 ms for a
  * day of a device with a year of 5-minute buckets, against 1 ms).
  */
-function rollupTier(table: 'rollup_5m' | 'rollup_1h' | 'rollup_6h', source: SeriesSource, q: Metrics, from: number, to: number): RawBuilder<unknown> {
+function rollupTier(
+  table: 'rollup_5m' | 'rollup_1h' | 'rollup_6h',
+  source: SeriesSource,
+  q: Metrics,
+  from: number,
+  to: number,
+): RawBuilder<unknown> {
   return sql.join(
     q.metrics.map(
       (metric) => sql`
@@ -150,7 +218,12 @@ function rollupTier(table: 'rollup_5m' | 'rollup_1h' | 'rollup_6h', source: Seri
  * Each source's raw samples as (site_id, system, device_id, metric, ts, v jsonb), named as the rollups
  * name them: EcoFlow rows have no site ('') and system `ecoflow`, status rows system `edge`.
  */
-function rawSamples(source: SeriesSource, q: Metrics, from: number, to: number): RawBuilder<unknown> {
+function rawSamples(
+  source: SeriesSource,
+  q: Metrics,
+  from: number,
+  to: number,
+): RawBuilder<unknown> {
   const range = sql`ts >= ${new Date(from)} AND ts < ${new Date(to)}`
   const keys = sql`unnest(${q.metrics}::text[]) AS k (metric)`
   if (source === 'measurements') {
@@ -170,7 +243,13 @@ function rawSamples(source: SeriesSource, q: Metrics, from: number, to: number):
       AND ${q.device_id === undefined ? sql`true` : sql`device_sn = ${q.device_id}`} AND c.v IS NOT NULL AND c.v <> 'null'::jsonb AND ${range}`
 }
 
-function rawTier(source: SeriesSource, q: Metrics, from: number, to: number, width: string): RawBuilder<unknown> {
+function rawTier(
+  source: SeriesSource,
+  q: Metrics,
+  from: number,
+  to: number,
+  width: string,
+): RawBuilder<unknown> {
   return sql`
     SELECT site_id, system, device_id, metric, date_bin(${width}::interval, ts, TIMESTAMPTZ 'epoch') AS bucket,
       count(*) FILTER (WHERE jsonb_typeof(v) = 'number')::int AS n,
@@ -192,15 +271,27 @@ export function pointValue(p: SeriesPoint, agg: Agg): number | string | null {
 
 const floor = (t: number, width: number) => Math.floor(t / width) * width
 
-export type LatestRow = { site_id: string; system: string; device_id: string; ts: Date; location: string | null; metrics: Record<string, unknown> }
+export type LatestRow = {
+  site_id: string
+  system: string
+  device_id: string
+  ts: Date
+  location: string | null
+  metrics: Record<string, unknown>
+}
 
 /**
  * The newest row of every device (site_id, system, device_id), paginated by that key. The device list
  * comes from rollup_series plus rows created since the last rollup pass (BRIN on created_at), never
  * from a DISTINCT over the whole table.
  */
-export async function latest(db: Kysely<DB>, q: Filters & { limit: number; after?: string[] | undefined }): Promise<{ rows: LatestRow[]; more: boolean }> {
-  const after = q.after ? sql`(k.site_id, k.system, k.device_id) > (${q.after[0]}, ${q.after[1]}, ${q.after[2]})` : sql`true`
+export async function latest(
+  db: Kysely<DB>,
+  q: Filters & { limit: number; after?: string[] | undefined },
+): Promise<{ rows: LatestRow[]; more: boolean }> {
+  const after = q.after
+    ? sql`(k.site_id, k.system, k.device_id) > (${q.after[0]}, ${q.after[1]}, ${q.after[2]})`
+    : sql`true`
   // The watermark is read first and passed as a value: as a subquery the planner cannot tell how few rows
   // are that recent, and for one device it read all of the device's rows (60 ms for a year of them).
   const recent = await recentSince(db, 'measurements')
@@ -225,8 +316,15 @@ export async function latest(db: Kysely<DB>, q: Filters & { limit: number; after
  * Rows created since this time may not be in rollup_series yet: an hour before the source's rollup
  * watermark, or null (no pass yet: every row).
  */
-export async function recentSince(db: Kysely<DB>, source: 'measurements' | 'ecoflow'): Promise<Date | null> {
-  const r = await sql<{ since: Date }>`SELECT watermark - interval '1 hour' AS since FROM rollup_state WHERE source = ${source}`.execute(db)
+export async function recentSince(
+  db: Kysely<DB>,
+  source: 'measurements' | 'ecoflow',
+): Promise<Date | null> {
+  const r = await sql<{
+    since: Date
+  }>`SELECT watermark - interval '1 hour' AS since FROM rollup_state WHERE source = ${source}`.execute(
+    db,
+  )
   return r.rows[0]?.since ?? null
 }
 
@@ -242,7 +340,15 @@ export type DeviceRow = {
 }
 
 /** Registered devices (from their status messages) with their newest status JSON. */
-export async function devices(db: Kysely<DB>, q: { site_id?: string | undefined; device_id?: string | undefined; limit: number; after?: string | undefined }): Promise<{ rows: DeviceRow[]; more: boolean }> {
+export async function devices(
+  db: Kysely<DB>,
+  q: {
+    site_id?: string | undefined
+    device_id?: string | undefined
+    limit: number
+    after?: string | undefined
+  },
+): Promise<{ rows: DeviceRow[]; more: boolean }> {
   const r = await sql<DeviceRow>`
     SELECT d.device_id, d.site_id, d.device_model, d.current_firmware_version AS firmware, d.online, d.last_seen, s.status, s.ts AS status_at
     FROM devices d
@@ -266,14 +372,27 @@ export type DeviceHistory = {
  * An edge device's newest status messages (newest first) and the configuration it last reported
  * (edge_device_configs keeps one per device). The site defaults to the device's own, else paku.
  */
-export async function deviceHistory(db: Kysely<DB>, q: { device_id: string; site_id?: string | undefined; limit: number }): Promise<DeviceHistory> {
+export async function deviceHistory(
+  db: Kysely<DB>,
+  q: { device_id: string; site_id?: string | undefined; limit: number },
+): Promise<DeviceHistory> {
   const site =
-    q.site_id ?? (await sql<{ site_id: string | null }>`SELECT site_id FROM devices WHERE device_id = ${q.device_id}`.execute(db)).rows[0]?.site_id ?? 'paku'
+    q.site_id ??
+    (
+      await sql<{
+        site_id: string | null
+      }>`SELECT site_id FROM devices WHERE device_id = ${q.device_id}`.execute(db)
+    ).rows[0]?.site_id ??
+    'paku'
   const [status, config] = await Promise.all([
     sql<{ ts: Date; status: Record<string, unknown> }>`
-      SELECT ts, status FROM edge_device_status WHERE site_id = ${site} AND device_id = ${q.device_id} ORDER BY ts DESC LIMIT ${q.limit}`.execute(db),
+      SELECT ts, status FROM edge_device_status WHERE site_id = ${site} AND device_id = ${q.device_id} ORDER BY ts DESC LIMIT ${q.limit}`.execute(
+      db,
+    ),
     sql<{ config: Record<string, unknown>; updated_at: Date }>`
-      SELECT config, updated_at FROM edge_device_configs WHERE site_id = ${site} AND device_id = ${q.device_id}`.execute(db),
+      SELECT config, updated_at FROM edge_device_configs WHERE site_id = ${site} AND device_id = ${q.device_id}`.execute(
+      db,
+    ),
   ])
   return { site_id: site, status: status.rows, config: config.rows[0] ?? null }
 }

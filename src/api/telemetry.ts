@@ -10,23 +10,58 @@ import { SEGMENT } from './params.js'
 
 export const MAX_READINGS = 1000
 
-const name = (field: string) => v.pipe(v.string(`${field} must be a string`), v.regex(SEGMENT, `${field} must be 1–128 characters without / + # or control characters`))
+const name = (field: string) =>
+  v.pipe(
+    v.string(`${field} must be a string`),
+    v.regex(SEGMENT, `${field} must be 1–128 characters without / + # or control characters`),
+  )
 // Epoch numbers are accepted besides ISO strings: an ESP without an RTC library has only time().
 const stamp = (field: string) =>
-  v.optional(v.nullable(v.union([v.pipe(v.string(), v.maxLength(64, `${field} is too long`)), v.pipe(v.number(), v.finite(), v.minValue(0, `${field} must not be negative`), v.maxValue(253_402_300_799_999, `${field} is after the year 9999`))], `${field} must be an ISO 8601 string or epoch seconds`)))
+  v.optional(
+    v.nullable(
+      v.union(
+        [
+          v.pipe(v.string(), v.maxLength(64, `${field} is too long`)),
+          v.pipe(
+            v.number(),
+            v.finite(),
+            v.minValue(0, `${field} must not be negative`),
+            v.maxValue(253_402_300_799_999, `${field} is after the year 9999`),
+          ),
+        ],
+        `${field} must be an ISO 8601 string or epoch seconds`,
+      ),
+    ),
+  )
 const value = v.union(
-  [v.pipe(v.number(), v.finite('value must be finite')), v.boolean(), v.pipe(v.string(), v.maxLength(1024, 'value is too long'))],
+  [
+    v.pipe(v.number(), v.finite('value must be finite')),
+    v.boolean(),
+    v.pipe(v.string(), v.maxLength(1024, 'value is too long')),
+  ],
   'value must be a number, a string or true/false',
 )
-const unit = v.optional(v.nullable(v.pipe(v.string('unit must be a string'), v.maxLength(32, 'unit is too long'))))
+const unit = v.optional(
+  v.nullable(v.pipe(v.string('unit must be a string'), v.maxLength(32, 'unit is too long'))),
+)
 const where = { site_id: v.optional(name('site_id')), system: v.optional(name('system')) }
 
-export const SingleReading = v.strictObject({ device_id: name('device_id'), timestamp: stamp('timestamp'), metric: name('metric'), value, unit, ...where })
+export const SingleReading = v.strictObject({
+  device_id: name('device_id'),
+  timestamp: stamp('timestamp'),
+  metric: name('metric'),
+  value,
+  unit,
+  ...where,
+})
 export const BatchReadings = v.strictObject({
   device_id: name('device_id'),
   batch_timestamp: stamp('batch_timestamp'),
   readings: v.pipe(
-    v.array(v.strictObject({ metric: name('metric'), value, unit, timestamp: stamp('timestamp') }), 'readings must be an array'),
+    v.array(
+      v.strictObject({ metric: name('metric'), value, unit, timestamp: stamp('timestamp') }),
+      'readings must be an array',
+    ),
     v.minLength(1, 'readings must not be empty'),
     v.maxLength(MAX_READINGS, `at most ${MAX_READINGS} readings per request`),
   ),
@@ -47,10 +82,18 @@ function iso(t: string | number | null | undefined): string | null {
  * Groups readings by timestamp into data payloads (docs/compatibility.md, "Sensor data"). Units are not stored:
  * measurements has no unit column.
  */
-export function toMessages(body: v.InferOutput<typeof TelemetryBody>, defaults: { siteId: string; system: string }): TelemetryMessage[] {
-  const readings = 'readings' in body
-    ? body.readings.map((r) => ({ metric: r.metric, value: r.value, ts: iso(r.timestamp ?? body.batch_timestamp) }))
-    : [{ metric: body.metric, value: body.value, ts: iso(body.timestamp) }]
+export function toMessages(
+  body: v.InferOutput<typeof TelemetryBody>,
+  defaults: { siteId: string; system: string },
+): TelemetryMessage[] {
+  const readings =
+    'readings' in body
+      ? body.readings.map((r) => ({
+          metric: r.metric,
+          value: r.value,
+          ts: iso(r.timestamp ?? body.batch_timestamp),
+        }))
+      : [{ metric: body.metric, value: body.value, ts: iso(body.timestamp) }]
   const byTs = new Map<string, { metrics: Record<string, unknown>; n: number }>()
   for (const r of readings) {
     const key = r.ts ?? ''
@@ -63,7 +106,13 @@ export function toMessages(body: v.InferOutput<typeof TelemetryBody>, defaults: 
   const topic = `${body.site_id ?? defaults.siteId}/${body.system ?? defaults.system}/${body.device_id}/data`
   return [...byTs].map(([ts, g]) => ({
     topic,
-    payload: Buffer.from(JSON.stringify({ device_id: body.device_id, ...(ts ? { timestamp: ts } : {}), metrics: g.metrics })),
+    payload: Buffer.from(
+      JSON.stringify({
+        device_id: body.device_id,
+        ...(ts ? { timestamp: ts } : {}),
+        metrics: g.metrics,
+      }),
+    ),
     readings: g.n,
   }))
 }

@@ -1,11 +1,22 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { canPublish, canReceive, canSubscribe, discoveryProblem, namedOwner, within, type Rights, type Verdict } from './acl.js'
+import {
+  canPublish,
+  canReceive,
+  canSubscribe,
+  discoveryProblem,
+  namedOwner,
+  within,
+  type Rights,
+  type Verdict,
+} from './acl.js'
 
 const dev: Rights = { rights: 'device', deviceId: 'ESP32-AABBCCDD' }
 const bridge: Rights = { rights: 'full', deviceId: null }
 const readonly: Rights = { rights: 'readonly', deviceId: null }
-const relayed = (system: string, sensor: string): Verdict => ({ sensor: { site: 'paku', system, sensor } })
+const relayed = (system: string, sensor: string): Verdict => ({
+  sensor: { site: 'paku', system, sensor },
+})
 
 describe('topic permissions', () => {
   // What paku-core publishes (its own edge, heater and devices topics, Home Assistant discovery of its
@@ -36,7 +47,9 @@ describe('topic permissions', () => {
     ['paku/control', false],
     ['$SYS/broker/x', false],
   ]
-  for (const [topic, want] of pub) it(`device: publish ${topic} → ${JSON.stringify(want)}`, () => assert.deepEqual(canPublish(dev, topic), want))
+  for (const [topic, want] of pub)
+    it(`device: publish ${topic} → ${JSON.stringify(want)}`, () =>
+      assert.deepEqual(canPublish(dev, topic), want))
 
   // What paku-core subscribes to, the Waveshare screen boards' shared feeds among it, and what it must not.
   const sub: Array<[string, Verdict]> = [
@@ -62,7 +75,9 @@ describe('topic permissions', () => {
     ['#', false],
     ['paku/+/+/data', false],
   ]
-  for (const [topic, want] of sub) it(`device: subscribe ${topic} → ${JSON.stringify(want)}`, () => assert.deepEqual(canSubscribe(dev, topic), want))
+  for (const [topic, want] of sub)
+    it(`device: subscribe ${topic} → ${JSON.stringify(want)}`, () =>
+      assert.deepEqual(canSubscribe(dev, topic), want))
 
   it('bridges and services may do anything; read-only clients subscribe but never publish', () => {
     assert.equal(canPublish(bridge, 'paku/edge/ESP32-1/cmd/ota'), true)
@@ -75,8 +90,19 @@ describe('topic permissions', () => {
     for (const who of [bridge, readonly]) {
       assert.equal(canPublish(who, '$SYS/paku-cluster/state'), false)
       assert.equal(canPublish(who, '$SYS/x/new/clients'), false)
-      for (const f of ['$SYS/paku-cluster/state', '$SYS/paku-cluster/#', '$SYS/#', '$SYS/+/state', '$SYS']) assert.equal(canSubscribe(who, f), false, f)
-      assert.equal(canSubscribe(who, '$SYS/broker-1/heartbeat'), true, 'other $SYS topics stay readable')
+      for (const f of [
+        '$SYS/paku-cluster/state',
+        '$SYS/paku-cluster/#',
+        '$SYS/#',
+        '$SYS/+/state',
+        '$SYS',
+      ])
+        assert.equal(canSubscribe(who, f), false, f)
+      assert.equal(
+        canSubscribe(who, '$SYS/broker-1/heartbeat'),
+        true,
+        'other $SYS topics stay readable',
+      )
       assert.equal(canSubscribe(who, '#'), true, 'MQTT: # does not match $ topics [MQTT-4.7.2-1]')
     }
   })
@@ -103,7 +129,11 @@ describe('topic permissions', () => {
     const owns = (k: { sensor: string }) => k.sensor === 'van'
     assert.equal(canReceive(dev, 'paku/edge/ESP32-AABBCCDD/cmd/ota', owns), true)
     assert.equal(canReceive(dev, 'paku/sensors/ruuvi_cabin/data', owns), true, 'a shared feed')
-    assert.equal(canReceive(dev, 'paku/edge/ESP32-11111111/cmd/ota', owns), false, "another device's command, queued under other rights")
+    assert.equal(
+      canReceive(dev, 'paku/edge/ESP32-11111111/cmd/ota', owns),
+      false,
+      "another device's command, queued under other rights",
+    )
     assert.equal(canReceive(dev, 'paku/edge/ESP32-11111111/config/report', owns), false)
     assert.equal(canReceive(dev, 'paku/fridge/van/cmd', owns), true, 'the fridge it relays')
     assert.equal(canReceive(dev, 'paku/fridge/kitchen/cmd', owns), false)
@@ -115,16 +145,62 @@ describe('Home Assistant discovery payloads', () => {
   const id = 'ESP32-AABBCCDD'
   const config = (o: Record<string, unknown>) => Buffer.from(JSON.stringify(o))
   it("accepts the heater add-on's configs, which point at the device's own topics", () => {
-    assert.equal(discoveryProblem(id, config({ unique_id: `autoterm_${id}_power`, state_topic: `paku/heater/${id}/state`, command_topic: `paku/heater/${id}/cmd`, payload_on: '{"cmd":"start","power":5}', device: { identifiers: [`autoterm_${id}`] } })), undefined)
-    assert.equal(discoveryProblem(id, config({ '~': `paku/heater/${id}`, stat_t: '~/state', cmd_t: '~/cmd', avty_t: `paku/edge/${id}/status` })), undefined)
-    assert.equal(discoveryProblem(id, Buffer.alloc(0)), undefined, 'an empty payload removes the entity')
+    assert.equal(
+      discoveryProblem(
+        id,
+        config({
+          unique_id: `autoterm_${id}_power`,
+          state_topic: `paku/heater/${id}/state`,
+          command_topic: `paku/heater/${id}/cmd`,
+          payload_on: '{"cmd":"start","power":5}',
+          device: { identifiers: [`autoterm_${id}`] },
+        }),
+      ),
+      undefined,
+    )
+    assert.equal(
+      discoveryProblem(
+        id,
+        config({
+          '~': `paku/heater/${id}`,
+          stat_t: '~/state',
+          cmd_t: '~/cmd',
+          avty_t: `paku/edge/${id}/status`,
+        }),
+      ),
+      undefined,
+    )
+    assert.equal(
+      discoveryProblem(id, Buffer.alloc(0)),
+      undefined,
+      'an empty payload removes the entity',
+    )
   })
   it("refuses configs that make Home Assistant read or command another device's topics", () => {
     const other = 'ESP32-11111111'
-    assert.match(discoveryProblem(id, config({ state_topic: `paku/heater/${id}/state`, command_topic: `paku/edge/${other}/cmd/ota` })) ?? '', /ESP32-11111111\/cmd\/ota/)
-    assert.match(discoveryProblem(id, config({ '~': `paku/heater/${other}`, cmd_t: '~/cmd' })) ?? '', /not this device/)
-    assert.match(discoveryProblem(id, config({ availability: [{ topic: `paku/edge/${other}/status` }] })) ?? '', /not this device/)
-    assert.match(discoveryProblem(id, config({ json_attributes_topic: 'paku/#' })) ?? '', /not this device/)
+    assert.match(
+      discoveryProblem(
+        id,
+        config({
+          state_topic: `paku/heater/${id}/state`,
+          command_topic: `paku/edge/${other}/cmd/ota`,
+        }),
+      ) ?? '',
+      /ESP32-11111111\/cmd\/ota/,
+    )
+    assert.match(
+      discoveryProblem(id, config({ '~': `paku/heater/${other}`, cmd_t: '~/cmd' })) ?? '',
+      /not this device/,
+    )
+    assert.match(
+      discoveryProblem(id, config({ availability: [{ topic: `paku/edge/${other}/status` }] })) ??
+        '',
+      /not this device/,
+    )
+    assert.match(
+      discoveryProblem(id, config({ json_attributes_topic: 'paku/#' })) ?? '',
+      /not this device/,
+    )
     assert.match(discoveryProblem(id, Buffer.from('not json')) ?? '', /JSON object/)
     assert.match(discoveryProblem(id, Buffer.from('[1]')) ?? '', /JSON object/)
   })

@@ -15,7 +15,13 @@ export type Verdict = boolean | { sensor: SensorKey }
 
 // Sent to a device: its commands, config and control, the broadcasts, and (Waveshare screen boards)
 // the shared feeds, which are read-only: publishing there needs the topic's own rights.
-const DEVICE_COMMANDS = ['+/edge/{id}/cmd/#', '+/edge/{id}/config/set', '+/edge/{id}/control', '+/heater/{id}/cmd', 'paku/devices/{id}/cmd/#']
+const DEVICE_COMMANDS = [
+  '+/edge/{id}/cmd/#',
+  '+/edge/{id}/config/set',
+  '+/edge/{id}/control',
+  '+/heater/{id}/cmd',
+  'paku/devices/{id}/cmd/#',
+]
 const DEVICE_SUBSCRIBE = [
   ...DEVICE_COMMANDS,
   '+/control',
@@ -68,7 +74,10 @@ export const CLUSTER_TOPIC_PREFIX = '$SYS/paku-cluster/'
 /** Whether a subscription filter could receive the cluster's internal messages ($SYS/#, $SYS/+/…). */
 function reachesCluster(filter: string): boolean {
   const [first, second] = filter.split('/')
-  return first === '$SYS' && (second === undefined || second === '#' || second === '+' || second === 'paku-cluster')
+  return (
+    first === '$SYS' &&
+    (second === undefined || second === '#' || second === '+' || second === 'paku-cluster')
+  )
 }
 
 /**
@@ -83,7 +92,8 @@ export function namedOwner(sensor: string): string | undefined {
 /** The relayed sensor a concrete topic `{site}/{system}/{sensor}/{leaf}` carries, if its system relays. */
 function relayedSensor(topic: string, leaf: string): SensorKey | undefined {
   const [site, system, sensor, last, ...rest] = topic.split('/')
-  if (rest.length > 0 || last !== leaf || !site || !system || !sensor || !RELAYED.has(system)) return undefined
+  if (rest.length > 0 || last !== leaf || !site || !system || !sensor || !RELAYED.has(system))
+    return undefined
   if (/[+#]/.test(site + sensor)) return undefined
   return { site, system, sensor }
 }
@@ -95,7 +105,12 @@ function relayedSensor(topic: string, leaf: string): SensorKey | undefined {
  */
 function ownDiscoveryTopic(id: string, topic: string): boolean {
   const parts = topic.split('/')
-  if (parts[0] !== 'homeassistant' || parts.at(-1) !== 'config' || (parts.length !== 4 && parts.length !== 5)) return false
+  if (
+    parts[0] !== 'homeassistant' ||
+    parts.at(-1) !== 'config' ||
+    (parts.length !== 4 && parts.length !== 5)
+  )
+    return false
   const node = parts[parts.length - 3] as string
   return node === id || node.endsWith(`_${id}`) || node.startsWith(`${id}_`)
 }
@@ -129,7 +144,11 @@ export function canSubscribe(who: Rights, filter: string): Verdict {
  * queued message, or a subscription stored under other rights, reaches only those allowed now.
  * `owns` answers from the claims known at that moment (delivery cannot wait).
  */
-export function canReceive(who: Rights, topic: string, owns: (sensor: SensorKey) => boolean): boolean {
+export function canReceive(
+  who: Rights,
+  topic: string,
+  owns: (sensor: SensorKey) => boolean,
+): boolean {
   const v = canSubscribe(who, topic)
   return v === true || (typeof v === 'object' && owns(v.sensor))
 }
@@ -148,19 +167,31 @@ export function discoveryProblem(id: string, payload: Buffer): string | undefine
   } catch {
     return 'a discovery config must be a JSON object'
   }
-  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) return 'a discovery config must be a JSON object'
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc))
+    return 'a discovery config must be a JSON object'
   const tilde = (doc as Record<string, unknown>)['~']
   const base = typeof tilde === 'string' ? tilde : undefined
-  const expand = (t: string) => (base === undefined ? t : t.startsWith('~') ? base + t.slice(1) : t.endsWith('~') ? t.slice(0, -1) + base : t)
+  const expand = (t: string) =>
+    base === undefined
+      ? t
+      : t.startsWith('~')
+        ? base + t.slice(1)
+        : t.endsWith('~')
+          ? t.slice(0, -1) + base
+          : t
   const own = (t: string) => allowed(DEVICE_PUBLISH, id, t) || allowed(DEVICE_COMMANDS, id, t)
   const stack: unknown[] = [doc]
   while (stack.length > 0) {
     const node = stack.pop()
     if (typeof node !== 'object' || node === null) continue
     for (const [key, value] of Object.entries(node)) {
-      if (typeof value === 'string' && (key === 'topic' || key.endsWith('_topic') || key.endsWith('_t'))) {
+      if (
+        typeof value === 'string' &&
+        (key === 'topic' || key.endsWith('_topic') || key.endsWith('_t'))
+      ) {
         const t = expand(value)
-        if (!own(t)) return `discovery config points at ${JSON.stringify(t.slice(0, 200))}, which is not this device's`
+        if (!own(t))
+          return `discovery config points at ${JSON.stringify(t.slice(0, 200))}, which is not this device's`
       } else if (typeof value === 'object') stack.push(value)
     }
   }

@@ -2,9 +2,22 @@
 // implementation, so this declares the members it uses.
 declare module 'aedes-persistence/asyncPersistence.js' {
   import type { Readable } from 'node:stream'
-  export type AnyPacket = Record<string, any> & { topic?: string; payload?: Buffer | string; messageId?: number; brokerId?: string; brokerCounter?: number }
+  export type AnyPacket = Record<string, any> & {
+    topic?: string
+    payload?: Buffer | string
+    messageId?: number
+    brokerId?: string
+    brokerCounter?: number
+  }
   export type ClientRef = { id: string }
-  export type SubscriptionRecord = { topic: string; qos: number; rh?: number; rap?: number; nl?: number; subscriptionIdentifier?: number }
+  export type SubscriptionRecord = {
+    topic: string
+    qos: number
+    rh?: number
+    rap?: number
+    nl?: number
+    subscriptionIdentifier?: number
+  }
   /** aedes-packet's Packet, which the in-memory persistence queues (it copies the fields aedes needs). */
   export const Packet: new (packet: AnyPacket) => AnyPacket
   export default class AsyncMemoryPersistence {

@@ -42,15 +42,30 @@ export type LiveClient = {
   subscriptions: Array<{ topic: string; qos: number }>
 }
 
-export type ClientFilter = { clientId?: string | undefined; deviceId?: string | undefined; limit: number }
+export type ClientFilter = {
+  clientId?: string | undefined
+  deviceId?: string | undefined
+  limit: number
+}
 
 /**
  * Whether a client belongs to a device: it uses the device id as client id, it logged in as that
  * device, or it subscribes to one of the device's topics (`site/system/DEVICE/…`: a heater's command
  * topic, which is how an emulator or a gateway with its own client id is found).
  */
-export function belongsTo(c: { id: string; principal?: string | null | undefined; subscriptions: ReadonlyArray<{ topic: string }> }, deviceId: string): boolean {
-  return c.id === deviceId || c.principal === `device:${deviceId}` || c.subscriptions.some((s) => s.topic.split('/')[2] === deviceId)
+export function belongsTo(
+  c: {
+    id: string
+    principal?: string | null | undefined
+    subscriptions: ReadonlyArray<{ topic: string }>
+  },
+  deviceId: string,
+): boolean {
+  return (
+    c.id === deviceId ||
+    c.principal === `device:${deviceId}` ||
+    c.subscriptions.some((s) => s.topic.split('/')[2] === deviceId)
+  )
 }
 
 /**
@@ -86,14 +101,22 @@ export async function listClients(o: {
       keepalive_seconds: c.keepaliveSeconds ?? null,
       protocol_version: c.version ?? null,
       subscriptions: c.subscriptions,
-      session: s ? { persistent: s.persistent, last_seen: new Date(s.lastSeen).toISOString() } : null,
+      session: s
+        ? { persistent: s.persistent, last_seen: new Date(s.lastSeen).toISOString() }
+        : null,
       queued: o.queueOf(c.id),
     })
     if (out.length >= filter.limit) return out
   }
   // Persistent sessions whose client is not connected here: from the database, with their subscriptions.
   const d = filter.deviceId ?? null
-  const r = await sql<{ client_id: string; principal: string | null; kind: string | null; last_seen: Date; subscriptions: Array<{ topic: string; qos: number }> }>`
+  const r = await sql<{
+    client_id: string
+    principal: string | null
+    kind: string | null
+    last_seen: Date
+    subscriptions: Array<{ topic: string; qos: number }>
+  }>`
     SELECT m.client_id, m.principal, m.kind, m.last_seen,
       COALESCE((SELECT jsonb_agg(jsonb_build_object('topic', s.topic, 'qos', COALESCE((s.options ->> 'qos')::int, 0)) ORDER BY s.topic)
         FROM mqtt_subscriptions s WHERE s.client_id = m.client_id), '[]') AS subscriptions

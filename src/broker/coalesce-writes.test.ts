@@ -9,7 +9,10 @@ test('writes of one tick reach the socket as one writev, in order', async (t) =>
   coalesceWrites(server)
   const writev: number[] = []
   const writes: number[] = []
-  const s = server as unknown as { _writev: (chunks: unknown[], cb: () => void) => void; _write: (c: unknown, e: string, cb: () => void) => void }
+  const s = server as unknown as {
+    _writev: (chunks: unknown[], cb: () => void) => void
+    _write: (c: unknown, e: string, cb: () => void) => void
+  }
   const origV = s._writev.bind(server)
   const orig = s._write.bind(server)
   s._writev = (chunks, cb) => (writev.push(chunks.length), origV(chunks, cb))
@@ -37,7 +40,9 @@ test('a later tick starts a new batch, and write callbacks and backpressure stil
   assert.equal(first, true)
   await new Promise((r) => setImmediate(r))
   assert.equal(server.writableCorked, 0, 'uncorked after the tick')
-  const done = new Promise<void>((resolve, reject) => server.write(Buffer.alloc(10), (err) => (err ? reject(err) : resolve())))
+  const done = new Promise<void>((resolve, reject) =>
+    server.write(Buffer.alloc(10), (err) => (err ? reject(err) : resolve())),
+  )
   await done
   // Fill the kernel buffers: write() must eventually report backpressure (false), as without corking.
   let ok = true

@@ -41,44 +41,115 @@ const digest = (s: string) => createHash('sha256').update(s, 'utf8').digest()
 export function createIdentify(opts: IdentityOptions) {
   const { config } = opts
   const sc = config.sharedCredential
-  const shared = sc.username && sc.password ? { user: digest(sc.username), pass: digest(sc.password) } : undefined
+  const shared =
+    sc.username && sc.password
+      ? { user: digest(sc.username), pass: digest(sc.password) }
+      : undefined
 
   /** The client id as a device id, unless it is not one or belongs to a device with its own credential. */
   async function clientAsDevice(clientId: string): Promise<Refusal | undefined> {
-    if (!validDeviceId(clientId) || clientId.startsWith('aedes_')) return { code: 2, reason: 'the client id must be the device id' }
-    if (await opts.hasCredential(clientId)) return { code: 2, reason: `${clientId} has its own credential` }
+    if (!validDeviceId(clientId) || clientId.startsWith('aedes_'))
+      return { code: 2, reason: 'the client id must be the device id' }
+    if (await opts.hasCredential(clientId))
+      return { code: 2, reason: `${clientId} has its own credential` }
     return undefined
   }
 
   return async function identify(l: Login): Promise<{ who: Identity } | Refusal> {
     // A client certificate signed by mqtt.tls.caFile identifies a device by its CN (no password needed).
-    if ((l.username === undefined || l.username === '' || l.username === l.certName) && l.certName) {
-      if (l.clientId !== l.certName) return { code: 2, reason: 'the client id must be the certificate CN' }
-      return { who: { rights: 'device', deviceId: l.certName, principal: `device:${l.certName}`, kind: 'device', username: l.certName } }
+    if (
+      (l.username === undefined || l.username === '' || l.username === l.certName) &&
+      l.certName
+    ) {
+      if (l.clientId !== l.certName)
+        return { code: 2, reason: 'the client id must be the certificate CN' }
+      return {
+        who: {
+          rights: 'device',
+          deviceId: l.certName,
+          principal: `device:${l.certName}`,
+          kind: 'device',
+          username: l.certName,
+        },
+      }
     }
     if (l.username === undefined || l.username === '') {
       if (!l.anonymous) return { code: 5, reason: 'anonymous not allowed' }
       if (config.anonymousRole === 'device') {
         const refused = await clientAsDevice(l.clientId)
         if (refused) return refused
-        return { who: { rights: 'device', deviceId: l.clientId, principal: `device:${l.clientId}`, kind: 'anonymous', username: null } }
+        return {
+          who: {
+            rights: 'device',
+            deviceId: l.clientId,
+            principal: `device:${l.clientId}`,
+            kind: 'anonymous',
+            username: null,
+          },
+        }
       }
-      return { who: { rights: config.anonymousRole, deviceId: null, principal: 'anonymous', kind: 'anonymous', username: null } }
+      return {
+        who: {
+          rights: config.anonymousRole,
+          deviceId: null,
+          principal: 'anonymous',
+          kind: 'anonymous',
+          username: null,
+        },
+      }
     }
     const username = l.username
     const pass = l.password?.toString('utf8') ?? ''
-    if (shared && timingSafeEqual(digest(username), shared.user) && timingSafeEqual(digest(pass), shared.pass)) {
-      if (sc.role === 'full') return { who: { rights: 'full', deviceId: null, principal: `shared:${username}`, kind: 'bridge', username } }
+    if (
+      shared &&
+      timingSafeEqual(digest(username), shared.user) &&
+      timingSafeEqual(digest(pass), shared.pass)
+    ) {
+      if (sc.role === 'full')
+        return {
+          who: {
+            rights: 'full',
+            deviceId: null,
+            principal: `shared:${username}`,
+            kind: 'bridge',
+            username,
+          },
+        }
       const refused = await clientAsDevice(l.clientId)
       if (refused) return refused
-      return { who: { rights: 'device', deviceId: l.clientId, principal: `device:${l.clientId}`, kind: 'device', username } }
+      return {
+        who: {
+          rights: 'device',
+          deviceId: l.clientId,
+          principal: `device:${l.clientId}`,
+          kind: 'device',
+          username,
+        },
+      }
     }
     const role = await opts.checkCredential(username, pass)
     if (!role) return { code: 4, reason: 'bad username or password' }
     if (role === 'device') {
-      if (l.clientId !== username) return { code: 2, reason: 'a device must use its own id as client id' }
-      return { who: { rights: 'device', deviceId: username, principal: `device:${username}`, kind: 'device', username } }
+      if (l.clientId !== username)
+        return { code: 2, reason: 'a device must use its own id as client id' }
+      return {
+        who: {
+          rights: 'device',
+          deviceId: username,
+          principal: `device:${username}`,
+          kind: 'device',
+          username,
+        },
+      }
     }
-    return { who: { rights: 'full', deviceId: null, principal: `${role}:${username}`, kind: role, username } }
+    return {
+      who: {
+        rights: 'full',
+        deviceId: null,
+        principal: `${role}:${username}`,
+        kind: role,
+        username,
+      },
+    }
   }
 }

@@ -1,10 +1,26 @@
 import { readFileSync } from 'node:fs'
-import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer } from 'node:http'
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type Server as HttpServer,
+} from 'node:http'
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https'
-import { createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer, type TLSSocket } from 'node:tls'
+import {
+  createServer as createTlsServer,
+  type SecureContextOptions,
+  type Server as TlsServer,
+  type TLSSocket,
+} from 'node:tls'
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
-import { Aedes, type AedesPublishPacket, type Client, type ConnectPacket, type PublishPacket, type Subscription } from 'aedes'
+import {
+  Aedes,
+  type AedesPublishPacket,
+  type Client,
+  type ConnectPacket,
+  type PublishPacket,
+  type Subscription,
+} from 'aedes'
 import { createWebSocketStream, WebSocketServer } from 'ws'
 import type { Kysely } from 'kysely'
 import type { Config } from '../config/index.js'
@@ -44,7 +60,6 @@ function peerName(socket: TLSSocket): string | undefined {
   const cn = socket.getPeerCertificate()?.subject?.CN
   return typeof cn === 'string' && cn !== '' ? cn : Array.isArray(cn) ? cn[0] : undefined
 }
-
 
 /** A device's OTA command topic, `{site}/edge/{device}/cmd/ota`. */
 const OTA_COMMAND = /^[^/]+\/edge\/([^/]+)\/cmd\/ota$/
@@ -108,7 +123,9 @@ export function createBroker(opts: BrokerOptions) {
   // Failed logins are counted per (address, username) and per address; a success clears only its own
   // pair, so one principal's successes never reset the count of guesses at another's password.
   const pairLimiter = createFailureLimiter({ maxFailures: config.maxAuthFailuresPerMinute })
-  const addressLimiter = createFailureLimiter({ maxFailures: config.maxAuthFailuresPerAddressPerMinute })
+  const addressLimiter = createFailureLimiter({
+    maxFailures: config.maxAuthFailuresPerAddressPerMinute,
+  })
 
   /**
    * Admits a socket unless its address (an IPv6 /64 counts as one) already holds
@@ -119,7 +136,10 @@ export function createBroker(opts: BrokerOptions) {
     const open = perAddress.get(ip) ?? 0
     if (open >= config.maxConnectionsPerAddress) {
       counts.refusedConnections++
-      warnOnce(`conn:${ip}`, 'too many connections from one address; refusing', { address: ip, limit: config.maxConnectionsPerAddress })
+      warnOnce(`conn:${ip}`, 'too many connections from one address; refusing', {
+        address: ip,
+        limit: config.maxConnectionsPerAddress,
+      })
       socket.destroy()
       return false
     }
@@ -134,7 +154,18 @@ export function createBroker(opts: BrokerOptions) {
     return true
   }
   const sockets = new Set<Socket>()
-  const counts = { connections: 0, messagesIn: 0, clientErrors: 0, authFailures: 0, denied: 0, refusedConnections: 0, refusedClientIds: 0, refusedOrigins: 0, expiredSessions: 0, commandsNotDelivered: 0 }
+  const counts = {
+    connections: 0,
+    messagesIn: 0,
+    clientErrors: 0,
+    authFailures: 0,
+    denied: 0,
+    refusedConnections: 0,
+    refusedClientIds: 0,
+    refusedOrigins: 0,
+    expiredSessions: 0,
+    commandsNotDelivered: 0,
+  }
   const identities = new WeakMap<Client, Identity>()
   /** The topics each connection was granted (the subscription quota, and what the persistence may keep). */
   const granted = new WeakMap<Client, Set<string>>()
@@ -161,8 +192,10 @@ export function createBroker(opts: BrokerOptions) {
     lastAuthLog.set(key, t)
     return true
   }
-  const warnOnce = (key: string, msg: string, fields: Record<string, unknown>) => due(key) && log.warn(msg, fields)
-  const infoOnce = (key: string, msg: string, fields: Record<string, unknown>) => due(key) && log.info(msg, fields)
+  const warnOnce = (key: string, msg: string, fields: Record<string, unknown>) =>
+    due(key) && log.warn(msg, fields)
+  const infoOnce = (key: string, msg: string, fields: Record<string, unknown>) =>
+    due(key) && log.info(msg, fields)
 
   /** A refusal for a quota: counted by the ledger, logged once a minute per principal. */
   const quotaRefused = (principal: string, quota: QuotaName, fields: Record<string, unknown>) =>
@@ -174,7 +207,12 @@ export function createBroker(opts: BrokerOptions) {
    * mean "stored" (design A4.1). Wills pass through here too. Packets of one socket read are authorised
    * concurrently, so a pipelining client (a bridge with 20 in flight) shares one flush.
    */
-  function accept(client: Client, packet: PublishPacket, payload: Buffer, callback: (error?: Error | null) => void): void {
+  function accept(
+    client: Client,
+    packet: PublishPacket,
+    payload: Buffer,
+    callback: (error?: Error | null) => void,
+  ): void {
     counts.messagesIn++
     let durable: Promise<void> | undefined
     try {
@@ -202,7 +240,10 @@ export function createBroker(opts: BrokerOptions) {
     durable.then(
       () => callback(null),
       (err: unknown) => {
-        log.error('message not stored; not acknowledging it', { topic: packet.topic, err: errorText(err) })
+        log.error('message not stored; not acknowledging it', {
+          topic: packet.topic,
+          err: errorText(err),
+        })
         callback(err instanceof Error ? err : new Error(String(err)))
       },
     )
@@ -214,7 +255,10 @@ export function createBroker(opts: BrokerOptions) {
     const result = await claims.publish(who.deviceId as string, sensor, limit)
     if (result === 'owner') return undefined
     if (result === 'claimed') {
-      log.info('relayed sensor claimed', { deviceId: who.deviceId, sensor: `${sensor.site}/${sensor.system}/${sensor.sensor}` })
+      log.info('relayed sensor claimed', {
+        deviceId: who.deviceId,
+        sensor: `${sensor.site}/${sensor.system}/${sensor.sensor}`,
+      })
       return undefined
     }
     if (result === 'limit') {
@@ -231,7 +275,10 @@ export function createBroker(opts: BrokerOptions) {
     for (const clientId of expired) await persistence?.dropSession(clientId)
     if (expired.length > 0) {
       counts.expiredSessions += expired.length
-      log.info('persistent sessions expired', { sessions: expired.length, afterHours: config.sessionExpiryHours })
+      log.info('persistent sessions expired', {
+        sessions: expired.length,
+        afterHours: config.sessionExpiryHours,
+      })
     }
     return expired.length
   }
@@ -245,17 +292,29 @@ export function createBroker(opts: BrokerOptions) {
       ...counts,
       pendingStateChanges: persistence?.pendingChanges ?? 0,
       // What the broker holds, and the refusals per quota since start.
-      state: { sessions: l.sessions, persistentSessions: l.persistentSessions, retainedTopics: l.retainedTopics, retainedBytes: l.retainedBytes, queuedBytes: l.queuedBytes, totalBytes: config.quotas.totalBytes },
+      state: {
+        sessions: l.sessions,
+        persistentSessions: l.persistentSessions,
+        retainedTopics: l.retainedTopics,
+        retainedBytes: l.retainedBytes,
+        queuedBytes: l.queuedBytes,
+        totalBytes: config.quotas.totalBytes,
+      },
       quotaRefusals: l.refused,
     }
   }
 
-  function tlsOptions(): SecureContextOptions & { requestCert: boolean; rejectUnauthorized: boolean } {
+  function tlsOptions(): SecureContextOptions & {
+    requestCert: boolean
+    rejectUnauthorized: boolean
+  } {
     const read = (key: string, file: string) => {
       try {
         return readFileSync(file)
       } catch (err) {
-        throw new Error(`mqtt.tls.${key}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? String(err)})`)
+        throw new Error(
+          `mqtt.tls.${key}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? String(err)})`,
+        )
       }
     }
     const ca = config.tls.caFile ? read('caFile', config.tls.caFile) : undefined
@@ -269,7 +328,11 @@ export function createBroker(opts: BrokerOptions) {
     }
   }
 
-  const listen = (server: Server | HttpServer | TlsServer | HttpsServer, host: string, port: number) =>
+  const listen = (
+    server: Server | HttpServer | TlsServer | HttpsServer,
+    host: string,
+    port: number,
+  ) =>
     new Promise<void>((resolve, reject) => {
       server.once('error', reject)
       server.listen(port, host, () => {
@@ -280,10 +343,16 @@ export function createBroker(opts: BrokerOptions) {
 
   /** This instance's connections as the console shows them (clients.ts). */
   function liveClients(): LiveClient[] {
-    const clients = Object.values((aedes as unknown as { clients: Record<string, Client> } | undefined)?.clients ?? {})
+    const clients = Object.values(
+      (aedes as unknown as { clients: Record<string, Client> } | undefined)?.clients ?? {},
+    )
     return clients.map((client) => {
       const who = identities.get(client)
-      const c = client as Client & { version?: number; _keepaliveInterval?: number; subscriptions?: Record<string, { qos: number }> }
+      const c = client as Client & {
+        version?: number
+        _keepaliveInterval?: number
+        subscriptions?: Record<string, { qos: number }>
+      }
       return {
         id: client.id,
         connectedAt: connectedAt.get(client),
@@ -295,9 +364,15 @@ export function createBroker(opts: BrokerOptions) {
         bridge: bridges.has(client),
         clean: client.clean,
         // aedes keeps 1.5 × the keep-alive (MQTT 3.1.1 §3.1.2.10) in milliseconds.
-        keepaliveSeconds: c._keepaliveInterval && c._keepaliveInterval > 0 ? Math.round((c._keepaliveInterval - 1) / 1500) : undefined,
+        keepaliveSeconds:
+          c._keepaliveInterval && c._keepaliveInterval > 0
+            ? Math.round((c._keepaliveInterval - 1) / 1500)
+            : undefined,
         version: c.version,
-        subscriptions: Object.entries(c.subscriptions ?? {}).map(([topic, sub]) => ({ topic, qos: sub.qos })),
+        subscriptions: Object.entries(c.subscriptions ?? {}).map(([topic, sub]) => ({
+          topic,
+          qos: sub.qos,
+        })),
       }
     })
   }
@@ -328,10 +403,12 @@ export function createBroker(opts: BrokerOptions) {
         sessionExpiryHours: config.sessionExpiryHours,
         ...(cluster ? { replicate: { instanceId: cluster.instanceId } } : {}),
         acceptSubscription: (clientId, topic) => {
-          const client = (aedes as unknown as { clients: Record<string, Client> } | undefined)?.clients[clientId]
+          const client = (aedes as unknown as { clients: Record<string, Client> } | undefined)
+            ?.clients[clientId]
           return client !== undefined && (granted.get(client)?.has(topic) ?? false)
         },
-        onQueueRefused: (clientId, quota) => quotaRefused(ledger.session(clientId)?.principal ?? clientId, quota, { clientId }),
+        onQueueRefused: (clientId, quota) =>
+          quotaRefused(ledger.session(clientId)?.principal ?? clientId, quota, { clientId }),
       })
       await claims.load()
       const state = persistence
@@ -343,32 +420,60 @@ export function createBroker(opts: BrokerOptions) {
         maxClientsIdLength: config.maxClientIdLength,
         maxTopicLevels: config.maxTopicLevels,
         maxInflightInbound: config.maxInflightInbound,
-        preConnect: (client: Client, packet: ConnectPacket, callback: (error: Error | null, ok: boolean) => void) => {
+        preConnect: (
+          client: Client,
+          packet: ConnectPacket,
+          callback: (error: Error | null, ok: boolean) => void,
+        ) => {
           // mqtt-packet takes the bridge bit off the protocol version and says so here.
           if ((packet as ConnectPacket & { bridgeMode?: boolean }).bridgeMode) bridges.add(client)
           callback(null, true)
         },
-        authenticate: (client: Client, username: string | undefined, password: Buffer | undefined, done: (error: (Error & { returnCode: number }) | null, success: boolean | null) => void) => {
+        authenticate: (
+          client: Client,
+          username: string | undefined,
+          password: Buffer | undefined,
+          done: (error: (Error & { returnCode: number }) | null, success: boolean | null) => void,
+        ) => {
           const ip = addressKey(addresses.get(client.conn as object) ?? 'unknown')
           const pair = `${ip}\u0000${username ?? ''}`
           const wait = Math.max(pairLimiter.blockedFor(pair), addressLimiter.blockedFor(ip))
-          const refuse = (code: 2 | 3 | 4 | 5, message: string) => done(Object.assign(new Error(message), { returnCode: code }), null)
+          const refuse = (code: 2 | 3 | 4 | 5, message: string) =>
+            done(Object.assign(new Error(message), { returnCode: code }), null)
           if (wait > 0) {
             counts.authFailures++
-            warnOnce(`blocked:${ip}`, 'MQTT logins from this address refused after repeated failures', { address: ip, retryInSeconds: Math.ceil(wait / 1000) })
+            warnOnce(
+              `blocked:${ip}`,
+              'MQTT logins from this address refused after repeated failures',
+              { address: ip, retryInSeconds: Math.ceil(wait / 1000) },
+            )
             return refuse(5, 'too many failed logins')
           }
-          identify({ username, password, certName: certNames.get(client.conn as object), clientId: client.id, anonymous: anonymousOn.get(client.conn as object) ?? false }).then(
+          identify({
+            username,
+            password,
+            certName: certNames.get(client.conn as object),
+            clientId: client.id,
+            anonymous: anonymousOn.get(client.conn as object) ?? false,
+          }).then(
             (result) => {
               if ('code' in result) {
                 if (result.code === 2) {
                   counts.refusedClientIds++
-                  warnOnce(`id:${client.id}`, 'MQTT client id refused', { clientId: client.id, username: username ?? null, reason: result.reason })
+                  warnOnce(`id:${client.id}`, 'MQTT client id refused', {
+                    clientId: client.id,
+                    username: username ?? null,
+                    reason: result.reason,
+                  })
                 } else {
                   pairLimiter.fail(pair)
                   addressLimiter.fail(ip)
                   counts.authFailures++
-                  warnOnce(`auth:${username ?? ''}`, 'MQTT login refused', { clientId: client.id, username: username ?? null, reason: result.reason })
+                  warnOnce(`auth:${username ?? ''}`, 'MQTT login refused', {
+                    clientId: client.id,
+                    username: username ?? null,
+                    reason: result.reason,
+                  })
                 }
                 // CONNACK 2 (identifier rejected), 4 (bad user name or password) or 5 (not authorized), MQTT 3.1.1 §3.2.2.3.
                 return refuse(result.code, result.reason)
@@ -379,19 +484,31 @@ export function createBroker(opts: BrokerOptions) {
               // Unique across instances: a release from one must not end a connection another made.
               const connId = `${cluster?.instanceId ?? ''}:${connections++}`
               const wasPersistent = ledger.session(client.id)?.persistent === true
-              const claimed = ledger.claim(client.id, { principal: who.principal, kind: who.kind, persistent: !client.clean, connId })
+              const claimed = ledger.claim(client.id, {
+                principal: who.principal,
+                kind: who.kind,
+                persistent: !client.clean,
+                connId,
+              })
               if (claimed === 'identifier') {
                 counts.refusedClientIds++
-                warnOnce(`id:${client.id}`, 'MQTT client id held by another login; refused', { clientId: client.id, principal: who.principal })
+                warnOnce(`id:${client.id}`, 'MQTT client id held by another login; refused', {
+                  clientId: client.id,
+                  principal: who.principal,
+                })
                 return refuse(2, 'client id in use by another login')
               }
               if (claimed) {
-                quotaRefused(who.principal, claimed, { clientId: client.id, limit: config.quotas[who.kind].persistentSessions })
+                quotaRefused(who.principal, claimed, {
+                  clientId: client.id,
+                  limit: config.quotas[who.kind].persistentSessions,
+                })
                 return refuse(5, 'persistent session quota reached')
               }
               const release = () => {
                 const after = ledger.release(client.id, connId)
-                if (after) state.recordSession(client.id, ledger.session(client.id), after === 'kept')
+                if (after)
+                  state.recordSession(client.id, ledger.session(client.id), after === 'kept')
               }
               // A socket that closed while its password was being checked releases at once.
               if ((client.conn as Duplex).destroyed) {
@@ -400,7 +517,11 @@ export function createBroker(opts: BrokerOptions) {
               }
               ;(client.conn as Duplex).once('close', release)
               // Persistent sessions are written (owner, last seen); a clean one only replaces a persistent one's row.
-              state.recordSession(client.id, ledger.session(client.id), !client.clean || wasPersistent)
+              state.recordSession(
+                client.id,
+                ledger.session(client.id),
+                !client.clean || wasPersistent,
+              )
               identities.set(client, who)
               granted.set(client, new Set())
               done(null, true)
@@ -416,18 +537,28 @@ export function createBroker(opts: BrokerOptions) {
           if (isSuppressed(packet)) return null
           // A bridge must not get back what it sent: its broker would deliver it locally a second time,
           // and send it back here again (the no-local a Mosquitto bridge asks for with try_private).
-          if ((packet as { clientId?: string }).clientId === client.id && bridges.has(client)) return null
+          if ((packet as { clientId?: string }).clientId === client.id && bridges.has(client))
+            return null
           const who = identities.get(client)
           if (!who || who.rights !== 'device') return packet
-          return canReceive(who, packet.topic, (k) => claims.ownerNow(k) === who.deviceId) ? packet : null
+          return canReceive(who, packet.topic, (k) => claims.ownerNow(k) === who.deviceId)
+            ? packet
+            : null
         },
-        authorizeSubscribe: (client: Client, sub: Subscription, callback: (error: Error | null, subscription?: Subscription | null) => void) => {
+        authorizeSubscribe: (
+          client: Client,
+          sub: Subscription,
+          callback: (error: Error | null, subscription?: Subscription | null) => void,
+        ) => {
           const who = identities.get(client)
           const topics = granted.get(client)
           // A null subscription is answered with SUBACK 0x80 (failure), MQTT 3.1.1 §3.9.3.
           const deny = () => {
             counts.denied++
-            warnOnce(`sub:${client.id}`, 'MQTT subscribe denied', { clientId: client.id, topic: sub.topic })
+            warnOnce(`sub:${client.id}`, 'MQTT subscribe denied', {
+              clientId: client.id,
+              topic: sub.topic,
+            })
             callback(null, null)
           }
           if (!who || !topics) return deny()
@@ -435,7 +566,11 @@ export function createBroker(opts: BrokerOptions) {
           if (verdict === false) return deny()
           if (!topics.has(sub.topic) && topics.size >= ledger.subscriptionLimit(who.kind)) {
             ledger.refuse('subscriptions')
-            quotaRefused(who.principal, 'subscriptions', { clientId: client.id, topic: sub.topic, limit: ledger.subscriptionLimit(who.kind) })
+            quotaRefused(who.principal, 'subscriptions', {
+              clientId: client.id,
+              topic: sub.topic,
+              limit: ledger.subscriptionLimit(who.kind),
+            })
             return callback(null, null)
           }
           const grant = () => {
@@ -450,13 +585,21 @@ export function createBroker(opts: BrokerOptions) {
         },
         // Rights, Home Assistant discovery, relayed-sensor ownership and the retained quota, then ingest
         // (accept(): here, not in the 'publish' event, so that a PUBACK means "stored").
-        authorizePublish: (client: Client | null, packet: PublishPacket, callback: (error?: Error | null) => void) => {
+        authorizePublish: (
+          client: Client | null,
+          packet: PublishPacket,
+          callback: (error?: Error | null) => void,
+        ) => {
           if (!client) return callback(null)
           const who = identities.get(client)
           // MQTT 3.1.1 has no negative PUBACK: the server closes the connection [MQTT-3.3.5-2].
           const deny = (reason: string) => {
             counts.denied++
-            warnOnce(`pub:${client.id}`, 'MQTT publish denied; closing the connection', { clientId: client.id, topic: packet.topic, reason })
+            warnOnce(`pub:${client.id}`, 'MQTT publish denied; closing the connection', {
+              clientId: client.id,
+              topic: packet.topic,
+              reason,
+            })
             callback(new Error(`not authorized to publish to ${packet.topic}`))
           }
           if (!who) return deny('not logged in')
@@ -465,7 +608,9 @@ export function createBroker(opts: BrokerOptions) {
           const bridgeState = packet.topic === `$SYS/broker/connection/${client.id}/state`
           const verdict = bridgeState ? true : canPublish(who, packet.topic)
           if (verdict === false) return deny('outside its rights')
-          const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload)
+          const payload = Buffer.isBuffer(packet.payload)
+            ? packet.payload
+            : Buffer.from(packet.payload)
           if (bridgeState && payload.length > 1) return deny('a bridge state is "0" or "1"')
           if (who.rights === 'device' && packet.topic.startsWith('homeassistant/')) {
             const problem = discoveryProblem(who.deviceId as string, payload)
@@ -476,9 +621,19 @@ export function createBroker(opts: BrokerOptions) {
           // Then: a client's cmd/ota goes by OTA (one per device and version), the retained quota, ingest.
           const finish = () => {
             if (packet.retain) {
-              const quota = ledger.checkRetained(client.id, who.principal, who.kind, packet.topic, payload.length)
+              const quota = ledger.checkRetained(
+                client.id,
+                who.principal,
+                who.kind,
+                packet.topic,
+                payload.length,
+              )
               if (quota) {
-                quotaRefused(who.principal, quota, { clientId: client.id, topic: packet.topic, bytes: payload.length })
+                quotaRefused(who.principal, quota, {
+                  clientId: client.id,
+                  topic: packet.topic,
+                  bytes: payload.length,
+                })
                 return callback(new Error(`retained message over the ${quota} quota`))
               }
             }
@@ -493,14 +648,19 @@ export function createBroker(opts: BrokerOptions) {
                 if (!v.deliver) {
                   suppress(packet, v.reason)
                   counts.commandsNotDelivered++
-                  infoOnce(`cmd:${deviceId}`, 'cmd/ota acknowledged but not delivered', { deviceId, clientId: client.id, reason: v.reason })
+                  infoOnce(`cmd:${deviceId}`, 'cmd/ota acknowledged but not delivered', {
+                    deviceId,
+                    clientId: client.id,
+                    reason: v.reason,
+                  })
                 }
                 finish()
               },
               (err: unknown) => callback(err instanceof Error ? err : new Error(String(err))),
             )
           }
-          if (verdict === true || claims.ownsNow(who.deviceId as string, verdict.sensor)) return vetted()
+          if (verdict === true || claims.ownsNow(who.deviceId as string, verdict.sensor))
+            return vetted()
           relayed(who, verdict.sensor).then(
             (problem) => (problem ? deny(problem) : vetted()),
             (err: unknown) => callback(err instanceof Error ? err : new Error(String(err))),
@@ -514,7 +674,17 @@ export function createBroker(opts: BrokerOptions) {
       const seen = new Set<string>()
       for (const filter of onRemote ? (cluster?.remoteFilters ?? []) : []) {
         await new Promise<void>((resolve) =>
-          (broker as unknown as { mq: { on(topic: string, fn: (p: AedesPublishPacket, done: () => void) => void, cb: () => void): void } }).mq.on(
+          (
+            broker as unknown as {
+              mq: {
+                on(
+                  topic: string,
+                  fn: (p: AedesPublishPacket, done: () => void) => void,
+                  cb: () => void,
+                ): void
+              }
+            }
+          ).mq.on(
             filter,
             (packet: AedesPublishPacket, done: () => void) => {
               // A message matching two filters is handed over once.
@@ -526,7 +696,9 @@ export function createBroker(opts: BrokerOptions) {
                 try {
                   onRemote?.({
                     topic: packet.topic,
-                    payload: Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload),
+                    payload: Buffer.isBuffer(packet.payload)
+                      ? packet.payload
+                      : Buffer.from(packet.payload),
                     clientId: (packet as { clientId?: string }).clientId ?? '',
                     qos: packet.qos,
                     messageId: undefined,
@@ -535,7 +707,10 @@ export function createBroker(opts: BrokerOptions) {
                     receivedAt: new Date(),
                   })
                 } catch (err) {
-                  log.error('remote message handler failed', { topic: packet.topic, err: errorText(err) })
+                  log.error('remote message handler failed', {
+                    topic: packet.topic,
+                    err: errorText(err),
+                  })
                 }
               }
               done()
@@ -570,7 +745,12 @@ export function createBroker(opts: BrokerOptions) {
       })
 
       /** Hands a connection's MQTT stream to aedes, remembering its address, listener policy and verified certificate CN. */
-      const attach = (stream: Duplex, socket: Socket, anonymous: boolean, req?: IncomingMessage) => {
+      const attach = (
+        stream: Duplex,
+        socket: Socket,
+        anonymous: boolean,
+        req?: IncomingMessage,
+      ) => {
         addresses.set(stream, socket.remoteAddress ?? 'unknown')
         anonymousOn.set(stream, anonymous)
         const cn = (socket as TLSSocket).authorized ? peerName(socket as TLSSocket) : undefined
@@ -579,8 +759,15 @@ export function createBroker(opts: BrokerOptions) {
         broker.handle(stream, req as never)
       }
       /** MQTT over WebSocket on an HTTP(S) server; plain HTTP requests get 426 Upgrade Required. */
-      const serveWebSocket = (server: HttpServer | HttpsServer, anonymous: boolean): WebSocketServer => {
-        server.on('request', (_req, res) => res.writeHead(426, { 'content-type': 'text/plain' }).end(`MQTT over WebSocket: connect to ${config.ws.path}\n`))
+      const serveWebSocket = (
+        server: HttpServer | HttpsServer,
+        anonymous: boolean,
+      ): WebSocketServer => {
+        server.on('request', (_req, res) =>
+          res
+            .writeHead(426, { 'content-type': 'text/plain' })
+            .end(`MQTT over WebSocket: connect to ${config.ws.path}\n`),
+        )
         // Counted from the TCP accept, before any TLS handshake spends CPU.
         server.on('connection', (s: Socket) => {
           s.setNoDelay(true)
@@ -588,16 +775,30 @@ export function createBroker(opts: BrokerOptions) {
         })
         // A browser sends its page's Origin: only allow-listed pages may open MQTT here, so a web page a
         // user happens to open cannot talk to the broker behind their back. Devices and scripts send none.
-        const allowed = new Set(config.ws.allowedOrigins.map((o) => o.toLowerCase().replace(/\/+$/, '')))
-        const verifyClient = (info: { origin: string | undefined; req: IncomingMessage }, done: (ok: boolean, code?: number, message?: string) => void) => {
+        const allowed = new Set(
+          config.ws.allowedOrigins.map((o) => o.toLowerCase().replace(/\/+$/, '')),
+        )
+        const verifyClient = (
+          info: { origin: string | undefined; req: IncomingMessage },
+          done: (ok: boolean, code?: number, message?: string) => void,
+        ) => {
           const origin = info.origin ?? info.req.headers.origin
           if (origin === undefined || allowed.has(origin.toLowerCase())) return done(true)
           counts.refusedOrigins++
-          warnOnce(`origin:${origin}`, 'MQTT over WebSocket refused for a browser origin not in mqtt.ws.allowedOrigins', { origin: origin.slice(0, 200) })
+          warnOnce(
+            `origin:${origin}`,
+            'MQTT over WebSocket refused for a browser origin not in mqtt.ws.allowedOrigins',
+            { origin: origin.slice(0, 200) },
+          )
           done(false, 403, 'origin not allowed')
         }
         // ws enforces the packet limit itself (close code 1009) for WebSocket frames.
-        const w = new WebSocketServer({ server, path: config.ws.path, maxPayload: config.maxPacketBytes, verifyClient })
+        const w = new WebSocketServer({
+          server,
+          path: config.ws.path,
+          maxPayload: config.maxPacketBytes,
+          verifyClient,
+        })
         w.on('connection', (ws, req) => {
           const wsStream = createWebSocketStream(ws)
           wsStream.on('error', (err) => log.debug('websocket error', { err: err.message }))
@@ -609,7 +810,8 @@ export function createBroker(opts: BrokerOptions) {
 
       // noDelay: without it Nagle's algorithm holds each PUBACK ~40 ms waiting for more bytes.
       tcp = createServer({ noDelay: true }, (socket) => {
-        if (admit(socket)) attach(guardStream(socket, config.maxPacketBytes), socket, config.allowAnonymous)
+        if (admit(socket))
+          attach(guardStream(socket, config.maxPacketBytes), socket, config.allowAnonymous)
       })
       await listen(tcp, config.host, config.port)
 
@@ -622,10 +824,14 @@ export function createBroker(opts: BrokerOptions) {
       if (config.tls.enabled) {
         const secure = tlsOptions()
         const tlsAnonymous = config.tls.allowAnonymous ?? config.allowAnonymous
-        tlsServer = createTlsServer({ ...secure, noDelay: true }, (socket) => attach(guardStream(socket, config.maxPacketBytes), socket, tlsAnonymous))
+        tlsServer = createTlsServer({ ...secure, noDelay: true }, (socket) =>
+          attach(guardStream(socket, config.maxPacketBytes), socket, tlsAnonymous),
+        )
         // Counted from the TCP accept, before the TLS handshake spends CPU.
         tlsServer.on('connection', (s: Socket) => admit(s))
-        tlsServer.on('tlsClientError', (err) => log.debug('TLS handshake failed', { err: err.message }))
+        tlsServer.on('tlsClientError', (err) =>
+          log.debug('TLS handshake failed', { err: err.message }),
+        )
         await listen(tlsServer, config.tls.host, config.tls.port)
         if (config.ws.enabled) {
           https = createHttpsServer(secure)
@@ -634,9 +840,14 @@ export function createBroker(opts: BrokerOptions) {
         }
       }
       for (const w of openSettings(config)) log.warn(w.msg, w.fields)
-      expiryTimer = setInterval(() => {
-        expireSessions().catch((err: unknown) => log.warn('session expiry failed', { err: errorText(err) }))
-      }, Math.min(EXPIRY_CHECK_MS, config.sessionExpiryHours * 3_600_000))
+      expiryTimer = setInterval(
+        () => {
+          expireSessions().catch((err: unknown) =>
+            log.warn('session expiry failed', { err: errorText(err) }),
+          )
+        },
+        Math.min(EXPIRY_CHECK_MS, config.sessionExpiryHours * 3_600_000),
+      )
       expiryTimer.unref()
     },
     /** Expires persistent sessions now (the hourly check; tests call it after moving the clock). */
@@ -653,12 +864,23 @@ export function createBroker(opts: BrokerOptions) {
       log.info('TLS certificates reloaded', { certFile: config.tls.certFile })
     },
     /** Publishes as the broker itself (OTA commands, retained config). Resolves once queued for delivery. */
-    publish(topic: string, payload: string | Buffer, options: { qos?: 0 | 1 | 2; retain?: boolean } = {}): Promise<void> {
+    publish(
+      topic: string,
+      payload: string | Buffer,
+      options: { qos?: 0 | 1 | 2; retain?: boolean } = {},
+    ): Promise<void> {
       const broker = aedes
       if (!broker) return Promise.reject(new Error('broker not started'))
       return new Promise((resolve, reject) => {
         broker.publish(
-          { cmd: 'publish', topic, payload: Buffer.from(payload), qos: options.qos ?? 0, retain: options.retain ?? false, dup: false },
+          {
+            cmd: 'publish',
+            topic,
+            payload: Buffer.from(payload),
+            qos: options.qos ?? 0,
+            retain: options.retain ?? false,
+            dup: false,
+          },
           (err?: Error | null) => (err ? reject(err) : resolve()),
         )
       })
@@ -679,23 +901,67 @@ export function createBroker(opts: BrokerOptions) {
       return [
         gauge('paku_mqtt_clients', 'Connected MQTT clients.', h.clients),
         counter('paku_mqtt_connections_total', 'MQTT connections accepted.', h.connections),
-        counter('paku_mqtt_messages_in_total', 'PUBLISH packets accepted from clients.', h.messagesIn),
-        counter('paku_mqtt_auth_failures_total', 'Refused MQTT logins (bad credentials, anonymous, blocked after failures).', h.authFailures),
-        counter('paku_mqtt_denied_total', 'PUBLISH and SUBSCRIBE refused by topic permissions.', h.denied),
-        counter('paku_mqtt_refused_client_ids_total', 'CONNECTs refused for their client id (not the device’s own, or held by another login).', h.refusedClientIds),
-        counter('paku_mqtt_refused_origins_total', 'WebSocket upgrades refused for their browser Origin.', h.refusedOrigins),
-        counter('paku_mqtt_refused_connections_total', 'Connections refused over mqtt.maxConnectionsPerAddress.', h.refusedConnections),
-        counter('paku_mqtt_expired_sessions_total', 'Persistent sessions deleted after mqtt.sessionExpiryHours.', h.expiredSessions),
-        counter('paku_mqtt_commands_not_delivered_total', 'cmd/ota messages from clients acknowledged but not delivered (a duplicate for the device and version, or a device the rollout does not target).', h.commandsNotDelivered),
+        counter(
+          'paku_mqtt_messages_in_total',
+          'PUBLISH packets accepted from clients.',
+          h.messagesIn,
+        ),
+        counter(
+          'paku_mqtt_auth_failures_total',
+          'Refused MQTT logins (bad credentials, anonymous, blocked after failures).',
+          h.authFailures,
+        ),
+        counter(
+          'paku_mqtt_denied_total',
+          'PUBLISH and SUBSCRIBE refused by topic permissions.',
+          h.denied,
+        ),
+        counter(
+          'paku_mqtt_refused_client_ids_total',
+          'CONNECTs refused for their client id (not the device’s own, or held by another login).',
+          h.refusedClientIds,
+        ),
+        counter(
+          'paku_mqtt_refused_origins_total',
+          'WebSocket upgrades refused for their browser Origin.',
+          h.refusedOrigins,
+        ),
+        counter(
+          'paku_mqtt_refused_connections_total',
+          'Connections refused over mqtt.maxConnectionsPerAddress.',
+          h.refusedConnections,
+        ),
+        counter(
+          'paku_mqtt_expired_sessions_total',
+          'Persistent sessions deleted after mqtt.sessionExpiryHours.',
+          h.expiredSessions,
+        ),
+        counter(
+          'paku_mqtt_commands_not_delivered_total',
+          'cmd/ota messages from clients acknowledged but not delivered (a duplicate for the device and version, or a device the rollout does not target).',
+          h.commandsNotDelivered,
+        ),
         {
           name: 'paku_mqtt_quota_refusals_total',
           help: 'Refusals per broker quota (retained topics and bytes, persistent sessions, subscriptions, queued messages, relayed sensors, total state).',
           type: 'counter',
           samples: QUOTA_NAMES.map((q) => ({ labels: { quota: q }, value: h.quotaRefusals[q] })),
         },
-        gauge('paku_mqtt_persistent_sessions', 'Persistent MQTT sessions kept.', h.state.persistentSessions),
-        gauge('paku_mqtt_retained_bytes', 'Bytes of retained messages held.', h.state.retainedBytes),
-        gauge('paku_mqtt_queued_bytes', 'Bytes of QoS 1/2 messages queued for sessions.', h.state.queuedBytes),
+        gauge(
+          'paku_mqtt_persistent_sessions',
+          'Persistent MQTT sessions kept.',
+          h.state.persistentSessions,
+        ),
+        gauge(
+          'paku_mqtt_retained_bytes',
+          'Bytes of retained messages held.',
+          h.state.retainedBytes,
+        ),
+        gauge(
+          'paku_mqtt_queued_bytes',
+          'Bytes of QoS 1/2 messages queued for sessions.',
+          h.state.queuedBytes,
+        ),
       ]
     },
     /** Messages queued for a session (tests). */

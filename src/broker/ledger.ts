@@ -3,19 +3,34 @@ import type { Config } from '../config/index.js'
 export type Quotas = Config['mqtt']['quotas']
 export type QuotaKind = keyof Omit<Quotas, 'totalBytes' | 'totalPersistentSessions'>
 /** What a refusal was about, as counted in /health and /metrics. */
-export const QUOTA_NAMES = ['retainedTopics', 'retainedBytes', 'persistentSessions', 'subscriptions', 'queued', 'relayedSensors', 'total'] as const
+export const QUOTA_NAMES = [
+  'retainedTopics',
+  'retainedBytes',
+  'persistentSessions',
+  'subscriptions',
+  'queued',
+  'relayedSensors',
+  'total',
+] as const
 export type QuotaName = (typeof QUOTA_NAMES)[number]
 
 /**
  * A session paku keeps track of: every connected client's, and the persistent ones while their client
  * is away. `principal` null marks a session stored before owners were recorded: the next login claims it.
  */
-export type SessionEntry = { principal: string | null; kind: QuotaKind | null; persistent: boolean; connId: string | null; lastSeen: number }
+export type SessionEntry = {
+  principal: string | null
+  kind: QuotaKind | null
+  persistent: boolean
+  connId: string | null
+  lastSeen: number
+}
 
 /** The quota kind a principal string (`device:ESP32-…`, `bridge:…`, `shared:…`) belongs to. */
 export function kindOf(principal: string | null): QuotaKind | null {
   const prefix = principal?.split(':')[0]
-  if (prefix === 'device' || prefix === 'bridge' || prefix === 'service' || prefix === 'anonymous') return prefix
+  if (prefix === 'device' || prefix === 'bridge' || prefix === 'service' || prefix === 'anonymous')
+    return prefix
   // The shared credential with full rights is what the HA bridge used in the old stack.
   if (prefix === 'shared') return 'bridge'
   return null
@@ -33,7 +48,15 @@ export function createLedger(opts: { quotas: Quotas; now: () => number }) {
   const owners = new Map<string, { topics: number; bytes: number }>()
   /** Who is about to store a retained message (set when a PUBLISH is authorised, taken when it is stored). */
   const expected = new Map<string, string>()
-  const refused: Record<QuotaName, number> = { retainedTopics: 0, retainedBytes: 0, persistentSessions: 0, subscriptions: 0, queued: 0, relayedSensors: 0, total: 0 }
+  const refused: Record<QuotaName, number> = {
+    retainedTopics: 0,
+    retainedBytes: 0,
+    persistentSessions: 0,
+    subscriptions: 0,
+    queued: 0,
+    relayedSensors: 0,
+    total: 0,
+  }
   let retainedBytes = 0
   let queuedBytes = 0
 
@@ -54,9 +77,13 @@ export function createLedger(opts: { quotas: Quotas; now: () => number }) {
      * Records that `principal` connects as `clientId`, unless another principal holds that client id
      * (connected or in a kept session) or one more persistent session would exceed its quota.
      */
-    claim(clientId: string, s: { principal: string; kind: QuotaKind; persistent: boolean; connId: string }): 'identifier' | 'persistentSessions' | undefined {
+    claim(
+      clientId: string,
+      s: { principal: string; kind: QuotaKind; persistent: boolean; connId: string },
+    ): 'identifier' | 'persistentSessions' | undefined {
       const existing = sessions.get(clientId)
-      if (existing && existing.principal !== null && existing.principal !== s.principal) return 'identifier'
+      if (existing && existing.principal !== null && existing.principal !== s.principal)
+        return 'identifier'
       if (s.persistent && !existing?.persistent) {
         let mine = 0
         let all = 0
@@ -70,7 +97,13 @@ export function createLedger(opts: { quotas: Quotas; now: () => number }) {
           return 'persistentSessions'
         }
       }
-      sessions.set(clientId, { principal: s.principal, kind: s.kind, persistent: s.persistent, connId: s.connId, lastSeen: now() })
+      sessions.set(clientId, {
+        principal: s.principal,
+        kind: s.kind,
+        persistent: s.persistent,
+        connId: s.connId,
+        lastSeen: now(),
+      })
       return undefined
     },
 
@@ -99,7 +132,9 @@ export function createLedger(opts: { quotas: Quotas; now: () => number }) {
     /** Persistent sessions whose client has been away longer than `hours`. */
     expired(hours: number): string[] {
       const before = now() - hours * 3_600_000
-      return [...sessions].filter(([, e]) => e.persistent && e.connId === null && e.lastSeen < before).map(([id]) => id)
+      return [...sessions]
+        .filter(([, e]) => e.persistent && e.connId === null && e.lastSeen < before)
+        .map(([id]) => id)
     },
 
     /** The queue limits of a session's owner. */
@@ -116,15 +151,23 @@ export function createLedger(opts: { quotas: Quotas; now: () => number }) {
      * Whether `principal` may store `bytes` as the retained message of `topic` (a replacement frees what
      * it replaces). Returns the quota it would break, counted, or undefined; records who stores it.
      */
-    checkRetained(clientId: string, principal: string, kind: QuotaKind, topic: string, bytes: number): QuotaName | undefined {
+    checkRetained(
+      clientId: string,
+      principal: string,
+      kind: QuotaKind,
+      topic: string,
+      bytes: number,
+    ): QuotaName | undefined {
       if (bytes > 0) {
         const old = retained.get(topic)
         const mine = old?.owner === principal
         const u = usage(principal)
         const q = limits(kind)
         if (u.topics + (mine ? 0 : 1) > q.retainedTopics) return refuse('retainedTopics')
-        if (u.bytes - (mine ? (old?.bytes ?? 0) : 0) + bytes > q.retainedBytes) return refuse('retainedBytes')
-        if (retainedBytes + queuedBytes - (old?.bytes ?? 0) + bytes > quotas.totalBytes) return refuse('total')
+        if (u.bytes - (mine ? (old?.bytes ?? 0) : 0) + bytes > q.retainedBytes)
+          return refuse('retainedBytes')
+        if (retainedBytes + queuedBytes - (old?.bytes ?? 0) + bytes > quotas.totalBytes)
+          return refuse('total')
       }
       if (expected.size > 10_000) expected.clear()
       expected.set(`${clientId}\u0000${topic}`, principal)
@@ -174,10 +217,24 @@ export function createLedger(opts: { quotas: Quotas; now: () => number }) {
 
     refuse,
 
-    stats(): { sessions: number; persistentSessions: number; retainedTopics: number; retainedBytes: number; queuedBytes: number; refused: Record<QuotaName, number> } {
+    stats(): {
+      sessions: number
+      persistentSessions: number
+      retainedTopics: number
+      retainedBytes: number
+      queuedBytes: number
+      refused: Record<QuotaName, number>
+    } {
       let persistent = 0
       for (const e of sessions.values()) if (e.persistent) persistent++
-      return { sessions: sessions.size, persistentSessions: persistent, retainedTopics: retained.size, retainedBytes, queuedBytes, refused: { ...refused } }
+      return {
+        sessions: sessions.size,
+        persistentSessions: persistent,
+        retainedTopics: retained.size,
+        retainedBytes,
+        queuedBytes,
+        refused: { ...refused },
+      }
     },
   }
 }

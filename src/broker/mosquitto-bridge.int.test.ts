@@ -13,18 +13,30 @@ import { describe, it, type TestContext } from 'node:test'
 import { promisify } from 'node:util'
 import mqtt, { type IClientOptions, type IConnackPacket, type MqttClient } from 'mqtt'
 import { freePort } from '../../scripts/local-process.js'
-import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
+import {
+  defer,
+  eventually,
+  sqlClient,
+  startApp,
+  testConfig,
+  testDatabase,
+} from '../../scripts/test-helpers.js'
 import { addCredential } from './credentials.js'
 
 const run = promisify(execFile)
 // Debian installs the broker in /usr/sbin, which is not on an ordinary user's PATH.
-const MOSQUITTO = process.env.PAKU_MOSQUITTO ?? (existsSync('/usr/sbin/mosquitto') ? '/usr/sbin/mosquitto' : 'mosquitto')
+const MOSQUITTO =
+  process.env.PAKU_MOSQUITTO ??
+  (existsSync('/usr/sbin/mosquitto') ? '/usr/sbin/mosquitto' : 'mosquitto')
 const available = await run(MOSQUITTO, ['-h']).then(
   () => true,
   (err: { code?: unknown }) => err.code !== 'ENOENT',
 )
 // CI installs mosquitto (.ci/run); on a developer machine without it these tests are skipped, loudly.
-const skip = !available && process.env.CI !== 'true' ? 'mosquitto not installed (apt-get install mosquitto)' : false
+const skip =
+  !available && process.env.CI !== 'true'
+    ? 'mosquitto not installed (apt-get install mosquitto)'
+    : false
 
 const BRIDGE = 'ha-bridge'
 const PASSWORD = 'ha-bridge-password'
@@ -32,7 +44,8 @@ const PASSWORD = 'ha-bridge-password'
 const STATE = `$SYS/broker/connection/${BRIDGE}/state`
 const DATA = 'paku/sensors/ruuvi_cabin/data'
 const OTA = 'paku/edge/ESP32-AABBCCDD/cmd/ota'
-const reading = (temperature: number) => JSON.stringify({ device_id: 'ruuvi_cabin', metrics: { temperature_c: temperature } })
+const reading = (temperature: number) =>
+  JSON.stringify({ device_id: 'ruuvi_cabin', metrics: { temperature_c: temperature } })
 
 /**
  * The bridge as docs/home-assistant.md gives it. Mosquitto 2.0's defaults already are `cleansession false`
@@ -56,7 +69,9 @@ type Message = { topic: string; payload: string; qos: number }
 /** Collects what a client receives. */
 function inbox(c: MqttClient): Message[] {
   const got: Message[] = []
-  c.on('message', (topic, payload, packet) => got.push({ topic, payload: payload.toString(), qos: packet.qos }))
+  c.on('message', (topic, payload, packet) =>
+    got.push({ topic, payload: payload.toString(), qos: packet.qos }),
+  )
   return got
 }
 
@@ -83,17 +98,20 @@ async function startMosquitto(t: TestContext, pakuPort: number) {
   defer(t, () => rmSync(dir, { recursive: true, force: true }))
   const port = await freePort()
   const conf = join(dir, 'mosquitto.conf')
-  writeFileSync(conf, [
-    `listener ${port} 127.0.0.1`,
-    'allow_anonymous true',
-    'persistence true',
-    `persistence_location ${dir}/`,
-    // Started as root, Mosquitto would switch to the user `mosquitto`, who cannot write this directory.
-    `user ${userInfo().username}`,
-    '',
-    ...bridgeConf(pakuPort),
-    '',
-  ].join('\n'))
+  writeFileSync(
+    conf,
+    [
+      `listener ${port} 127.0.0.1`,
+      'allow_anonymous true',
+      'persistence true',
+      `persistence_location ${dir}/`,
+      // Started as root, Mosquitto would switch to the user `mosquitto`, who cannot write this directory.
+      `user ${userInfo().username}`,
+      '',
+      ...bridgeConf(pakuPort),
+      '',
+    ].join('\n'),
+  )
   let child: ChildProcess | undefined
   let output = ''
   const stop = async (signal: 'SIGTERM' | 'SIGKILL') => {
@@ -109,11 +127,14 @@ async function startMosquitto(t: TestContext, pakuPort: number) {
     let failed: Error | undefined
     c.once('error', (err) => (failed = err))
     for (const s of [c.stdout, c.stderr]) s.on('data', (d: Buffer) => (output += d.toString()))
-    await eventually(async () => {
-      if (failed) throw new Error(`cannot start ${MOSQUITTO}: ${failed.message}`)
-      if (c.exitCode !== null) throw new Error(`mosquitto exited with ${c.exitCode}:\n${output}`)
-      return listening(port)
-    }, { what: 'mosquitto listening' })
+    await eventually(
+      async () => {
+        if (failed) throw new Error(`cannot start ${MOSQUITTO}: ${failed.message}`)
+        if (c.exitCode !== null) throw new Error(`mosquitto exited with ${c.exitCode}:\n${output}`)
+        return listening(port)
+      },
+      { what: 'mosquitto listening' },
+    )
   }
   defer(t, () => stop('SIGKILL'))
   await start()
@@ -127,8 +148,23 @@ async function startMosquitto(t: TestContext, pakuPort: number) {
 }
 
 type Health = {
-  broker: { clients: number; connections: number; messagesIn: number; clientErrors: number; authFailures: number; denied: number; refusedClientIds: number; refusedConnections: number }
-  ingest: { received: number; accepted: number; ignored: number; duplicates: number; rejected: number }
+  broker: {
+    clients: number
+    connections: number
+    messagesIn: number
+    clientErrors: number
+    authFailures: number
+    denied: number
+    refusedClientIds: number
+    refusedConnections: number
+  }
+  ingest: {
+    received: number
+    accepted: number
+    ignored: number
+    duplicates: number
+    rejected: number
+  }
 }
 
 /**
@@ -144,7 +180,12 @@ async function home(t: TestContext, o: { watch?: boolean } = {}) {
   let watched: Message[] = []
   if (o.watch) {
     await addCredential(sut.app.db.db, 'watcher', 'watcher-password', 'service')
-    const watcher = await mqtt.connectAsync(sut.mqttUrl, { username: 'watcher', password: 'watcher-password', clientId: 'watcher', reconnectPeriod: 0 })
+    const watcher = await mqtt.connectAsync(sut.mqttUrl, {
+      username: 'watcher',
+      password: 'watcher-password',
+      clientId: 'watcher',
+      reconnectPeriod: 0,
+    })
     defer(t, () => watcher.endAsync(true))
     watched = inbox(watcher)
     await watcher.subscribeAsync([STATE, 'paku/sensors/#'], { qos: 1 })
@@ -154,7 +195,12 @@ async function home(t: TestContext, o: { watch?: boolean } = {}) {
   defer(t, () => Promise.all(clients.map((c) => c.endAsync(true))))
   /** An MQTT 5 client on the local Mosquitto, as Home Assistant 2027.1 connects (closed after the test). */
   const local = async (opts: IClientOptions) => {
-    const c = await mqtt.connectAsync(mosquitto.url, { protocolVersion: 5, reconnectPeriod: 0, connectTimeout: 5000, ...opts })
+    const c = await mqtt.connectAsync(mosquitto.url, {
+      protocolVersion: 5,
+      reconnectPeriod: 0,
+      connectTimeout: 5000,
+      ...opts,
+    })
     clients.push(c)
     return c
   }
@@ -165,144 +211,263 @@ async function home(t: TestContext, o: { watch?: boolean } = {}) {
    * local subscriber of `paku/#` (its inbox `seen`): the bridge's subscription on paku is live from then on.
    */
   const bridgeUp = async (n: number, seen: Message[]) => {
-    await eventually(async () => (await health()).broker.connections === n + (o.watch ? 1 : 0), { what: () => `the bridge's connection ${n} to paku; mosquitto:\n${mosquitto.log()}` })
+    await eventually(async () => (await health()).broker.connections === n + (o.watch ? 1 : 0), {
+      what: () => `the bridge's connection ${n} to paku; mosquitto:\n${mosquitto.log()}`,
+    })
     const before = seen.filter((m) => m.topic === 'paku/probe').length
-    await eventually(async () => {
-      await sut.app.broker.publish('paku/probe', String(++probes))
-      await new Promise((r) => setTimeout(r, 50))
-      return seen.filter((m) => m.topic === 'paku/probe').length > before
-    }, { what: () => `a message from paku through the bridge; mosquitto:\n${mosquitto.log()}` })
+    await eventually(
+      async () => {
+        await sut.app.broker.publish('paku/probe', String(++probes))
+        await new Promise((r) => setTimeout(r, 50))
+        return seen.filter((m) => m.topic === 'paku/probe').length > before
+      },
+      { what: () => `a message from paku through the bridge; mosquitto:\n${mosquitto.log()}` },
+    )
   }
   /** The temperatures stored for ruuvi_cabin, oldest first. */
   const stored = async () =>
-    (await db.query(`SELECT (metrics->>'temperature_c')::float8 AS t FROM measurements WHERE device_id = 'ruuvi_cabin' ORDER BY id`)).rows.map((r) => r.t as number)
+    (
+      await db.query(
+        `SELECT (metrics->>'temperature_c')::float8 AS t FROM measurements WHERE device_id = 'ruuvi_cabin' ORDER BY id`,
+      )
+    ).rows.map((r) => r.t as number)
   /** The bridge states the subscriber on paku received, oldest first (with `watch`). */
-  const notifications = () => watched.filter((m) => m.topic === STATE).map((m) => m.payload).join('')
+  const notifications = () =>
+    watched
+      .filter((m) => m.topic === STATE)
+      .map((m) => m.payload)
+      .join('')
   /** The readings the subscriber on paku received (with `watch`). */
   const relayed = () => watched.filter((m) => m.topic === DATA).map((m) => m.payload)
   return { sut, db, mosquitto, local, health, bridgeUp, stored, notifications, relayed }
 }
 
-describe('a Mosquitto bridge from Home Assistant (MQTT 5 on its side, MQTT 3.1.1 to paku)', { skip, timeout: 60_000 }, () => {
-  it('a reading an MQTT 5 client publishes on the local side is stored once, and delivered there once: paku sends nothing back', async (t) => {
-    const h = await home(t, { watch: true })
-    const ha = await h.local({ clientId: 'homeassistant' })
-    const seen = inbox(ha)
-    await ha.subscribeAsync('paku/#', { qos: 1 })
-    await h.bridgeUp(1, seen)
-    const sensor = await h.local({ clientId: 'ruuvi-gateway' })
-    /** paku publishes a marker once it has handed the last reading to its subscribers; waits for it locally. */
-    const marker = async (n: string) => {
-      await eventually(async () => h.relayed().length === Number(n), { what: `reading ${n} relayed by paku` })
-      await h.sut.app.broker.publish('paku/edge/ESP32-AABBCCDD/cmd/marker', n, { qos: 1 })
-      await eventually(async () => seen.some((m) => m.payload === n && m.topic.endsWith('/marker')), {
-        what: () => `marker ${n}; received ${JSON.stringify(seen)}; mosquitto:\n${h.mosquitto.log()}`,
+describe(
+  'a Mosquitto bridge from Home Assistant (MQTT 5 on its side, MQTT 3.1.1 to paku)',
+  { skip, timeout: 60_000 },
+  () => {
+    it('a reading an MQTT 5 client publishes on the local side is stored once, and delivered there once: paku sends nothing back', async (t) => {
+      const h = await home(t, { watch: true })
+      const ha = await h.local({ clientId: 'homeassistant' })
+      const seen = inbox(ha)
+      await ha.subscribeAsync('paku/#', { qos: 1 })
+      await h.bridgeUp(1, seen)
+      const sensor = await h.local({ clientId: 'ruuvi-gateway' })
+      /** paku publishes a marker once it has handed the last reading to its subscribers; waits for it locally. */
+      const marker = async (n: string) => {
+        await eventually(async () => h.relayed().length === Number(n), {
+          what: `reading ${n} relayed by paku`,
+        })
+        await h.sut.app.broker.publish('paku/edge/ESP32-AABBCCDD/cmd/marker', n, { qos: 1 })
+        await eventually(
+          async () => seen.some((m) => m.payload === n && m.topic.endsWith('/marker')),
+          {
+            what: () =>
+              `marker ${n}; received ${JSON.stringify(seen)}; mosquitto:\n${h.mosquitto.log()}`,
+          },
+        )
+      }
+
+      await sensor.publishAsync(DATA, reading(21.5), { qos: 1 })
+      await eventually(async () => (await h.stored()).length === 1, {
+        what: 'the reading stored by paku',
       })
-    }
+      // paku would send an echo to the bridge when it hands the reading to its subscribers, ahead of anything
+      // it publishes after that on the same connection: once this marker has arrived locally, an echo would have too.
+      await marker('1')
+      assert.deepEqual(
+        seen.filter((m) => m.topic === DATA),
+        [{ topic: DATA, payload: reading(21.5), qos: 1 }],
+        'delivered locally once',
+      )
 
-    await sensor.publishAsync(DATA, reading(21.5), { qos: 1 })
-    await eventually(async () => (await h.stored()).length === 1, { what: 'the reading stored by paku' })
-    // paku would send an echo to the bridge when it hands the reading to its subscribers, ahead of anything
-    // it publishes after that on the same connection: once this marker has arrived locally, an echo would have too.
-    await marker('1')
-    assert.deepEqual(seen.filter((m) => m.topic === DATA), [{ topic: DATA, payload: reading(21.5), qos: 1 }], 'delivered locally once')
+      // And a copy Mosquitto sent back to paku would reach paku ahead of the next reading.
+      await sensor.publishAsync(DATA, reading(22), { qos: 1 })
+      await eventually(async () => (await h.stored()).length === 2, {
+        what: 'the second reading stored',
+      })
+      await marker('2')
 
-    // And a copy Mosquitto sent back to paku would reach paku ahead of the next reading.
-    await sensor.publishAsync(DATA, reading(22), { qos: 1 })
-    await eventually(async () => (await h.stored()).length === 2, { what: 'the second reading stored' })
-    await marker('2')
+      assert.deepEqual(await h.stored(), [21.5, 22], 'each reading stored once')
+      assert.deepEqual(
+        h.relayed(),
+        [reading(21.5), reading(22)],
+        'each reading published once on paku',
+      )
+      assert.deepEqual(
+        seen.filter((m) => m.topic === DATA).map((m) => m.payload),
+        [reading(21.5), reading(22)],
+        'each reading delivered locally once',
+      )
+      const { broker, ingest } = await h.health()
+      assert.equal(
+        broker.messagesIn,
+        3,
+        'paku received its connection state and the two readings from the bridge, nothing else',
+      )
+      assert.deepEqual(
+        {
+          received: ingest.received,
+          accepted: ingest.accepted,
+          ignored: ingest.ignored,
+          duplicates: ingest.duplicates,
+          rejected: ingest.rejected,
+        },
+        { received: 3, accepted: 2, ignored: 1, duplicates: 0, rejected: 0 },
+        'the readings stored, the state not',
+      )
+      assert.deepEqual(
+        {
+          connections: broker.connections,
+          clients: broker.clients,
+          clientErrors: broker.clientErrors,
+          denied: broker.denied,
+        },
+        { connections: 2, clients: 2, clientErrors: 0, denied: 0 },
+        "the watcher's connection and the bridge's, which stayed up",
+      )
+    })
 
-    assert.deepEqual(await h.stored(), [21.5, 22], 'each reading stored once')
-    assert.deepEqual(h.relayed(), [reading(21.5), reading(22)], 'each reading published once on paku')
-    assert.deepEqual(seen.filter((m) => m.topic === DATA).map((m) => m.payload), [reading(21.5), reading(22)], 'each reading delivered locally once')
-    const { broker, ingest } = await h.health()
-    assert.equal(broker.messagesIn, 3, 'paku received its connection state and the two readings from the bridge, nothing else')
-    assert.deepEqual({ received: ingest.received, accepted: ingest.accepted, ignored: ingest.ignored, duplicates: ingest.duplicates, rejected: ingest.rejected }, { received: 3, accepted: 2, ignored: 1, duplicates: 0, rejected: 0 }, 'the readings stored, the state not')
-    assert.deepEqual(
-      { connections: broker.connections, clients: broker.clients, clientErrors: broker.clientErrors, denied: broker.denied },
-      { connections: 2, clients: 2, clientErrors: 0, denied: 0 },
-      "the watcher's connection and the bridge's, which stayed up",
-    )
-  })
+    it('a command paku publishes while the bridge is down reaches an MQTT 5 subscriber on the local side when the bridge returns', async (t) => {
+      const h = await home(t)
+      // A persistent MQTT 5 session (clean start false, kept for an hour); mqtt.js reconnects on its own.
+      const ha = await h.local({
+        clientId: 'homeassistant',
+        clean: false,
+        properties: { sessionExpiryInterval: 3600 },
+        reconnectPeriod: 100,
+      })
+      const seen = inbox(ha)
+      await ha.subscribeAsync('paku/#', { qos: 1 })
+      await h.bridgeUp(1, seen)
 
-  it('a command paku publishes while the bridge is down reaches an MQTT 5 subscriber on the local side when the bridge returns', async (t) => {
-    const h = await home(t)
-    // A persistent MQTT 5 session (clean start false, kept for an hour); mqtt.js reconnects on its own.
-    const ha = await h.local({ clientId: 'homeassistant', clean: false, properties: { sessionExpiryInterval: 3600 }, reconnectPeriod: 100 })
-    const seen = inbox(ha)
-    await ha.subscribeAsync('paku/#', { qos: 1 })
-    await h.bridgeUp(1, seen)
+      await h.mosquitto.stop('SIGTERM')
+      await eventually(async () => (await h.health()).broker.clients === 0, {
+        what: 'paku seeing the bridge gone',
+      })
+      const command = JSON.stringify({
+        url: 'http://paku:8080/api/firmware/download/esp32/1.2.0',
+        version: '1.2.0',
+      })
+      await h.sut.app.broker.publish(OTA, command, { qos: 1 })
+      await eventually(async () => h.sut.app.broker.queueOf(BRIDGE).messages === 1, {
+        what: "the command queued for the bridge's session",
+      })
+      assert.equal(seen.filter((m) => m.topic === OTA).length, 0)
 
-    await h.mosquitto.stop('SIGTERM')
-    await eventually(async () => (await h.health()).broker.clients === 0, { what: 'paku seeing the bridge gone' })
-    const command = JSON.stringify({ url: 'http://paku:8080/api/firmware/download/esp32/1.2.0', version: '1.2.0' })
-    await h.sut.app.broker.publish(OTA, command, { qos: 1 })
-    await eventually(async () => h.sut.app.broker.queueOf(BRIDGE).messages === 1, { what: "the command queued for the bridge's session" })
-    assert.equal(seen.filter((m) => m.topic === OTA).length, 0)
+      const resumed = new Promise<IConnackPacket>((resolve) => ha.once('connect', resolve))
+      await h.mosquitto.start()
+      assert.equal(
+        (await resumed).sessionPresent,
+        true,
+        'the subscriber’s session survived its broker’s restart (persistence)',
+      )
+      await eventually(async () => seen.some((m) => m.topic === OTA), {
+        what: () => `the command on the local side; mosquitto:\n${h.mosquitto.log()}`,
+      })
+      await eventually(async () => h.sut.app.broker.queueOf(BRIDGE).messages === 0, {
+        what: 'the queue emptied',
+      })
+      // Positive control: anything after the command comes after a second copy of it.
+      await h.bridgeUp(2, seen)
+      assert.deepEqual(
+        seen.filter((m) => m.topic === OTA),
+        [{ topic: OTA, payload: command, qos: 1 }],
+      )
+    })
 
-    const resumed = new Promise<IConnackPacket>((resolve) => ha.once('connect', resolve))
-    await h.mosquitto.start()
-    assert.equal((await resumed).sessionPresent, true, 'the subscriber’s session survived its broker’s restart (persistence)')
-    await eventually(async () => seen.some((m) => m.topic === OTA), { what: () => `the command on the local side; mosquitto:\n${h.mosquitto.log()}` })
-    await eventually(async () => h.sut.app.broker.queueOf(BRIDGE).messages === 0, { what: 'the queue emptied' })
-    // Positive control: anything after the command comes after a second copy of it.
-    await h.bridgeUp(2, seen)
-    assert.deepEqual(seen.filter((m) => m.topic === OTA), [{ topic: OTA, payload: command, qos: 1 }])
-  })
+    it('the bridge stays connected: paku takes its connection notification on every connect, and publishes its will when the link drops', async (t) => {
+      const h = await home(t, { watch: true })
+      const ha = await h.local({ clientId: 'homeassistant', reconnectPeriod: 100 })
+      const seen = inbox(ha)
+      await ha.subscribeAsync('paku/#', { qos: 1 })
+      const retained = async () =>
+        (
+          await h.db.query(
+            `SELECT convert_from(payload, 'UTF8') AS p FROM mqtt_retained WHERE topic = $1`,
+            [STATE],
+          )
+        ).rows[0]?.p as string | undefined
+      const states = (want: RegExp) =>
+        eventually(async () => want.test(h.notifications()), {
+          what: () =>
+            `notifications ${want}, got "${h.notifications()}"; mosquitto:\n${h.mosquitto.log()}`,
+        })
 
-  it('the bridge stays connected: paku takes its connection notification on every connect, and publishes its will when the link drops', async (t) => {
-    const h = await home(t, { watch: true })
-    const ha = await h.local({ clientId: 'homeassistant', reconnectPeriod: 100 })
-    const seen = inbox(ha)
-    await ha.subscribeAsync('paku/#', { qos: 1 })
-    const retained = async () => (await h.db.query(`SELECT convert_from(payload, 'UTF8') AS p FROM mqtt_retained WHERE topic = $1`, [STATE])).rows[0]?.p as string | undefined
-    const states = (want: RegExp) => eventually(async () => want.test(h.notifications()), { what: () => `notifications ${want}, got "${h.notifications()}"; mosquitto:\n${h.mosquitto.log()}` })
+      // The message paku publishes once the bridge is connected arrives over that same connection, after
+      // the notification: a connection closed for the notification (CONNACK, PUBLISH $SYS/…, close) never gets there.
+      await h.bridgeUp(1, seen)
+      await states(/^1$/)
+      await eventually(async () => (await retained()) === '1', {
+        what: 'the notification kept as a retained message',
+      })
 
-    // The message paku publishes once the bridge is connected arrives over that same connection, after
-    // the notification: a connection closed for the notification (CONNACK, PUBLISH $SYS/…, close) never gets there.
-    await h.bridgeUp(1, seen)
-    await states(/^1$/)
-    await eventually(async () => (await retained()) === '1', { what: 'the notification kept as a retained message' })
+      // A clean restart (Home Assistant's host reboots). Debian's Mosquitto 2.0.11 closes the bridge without
+      // a DISCONNECT, so paku publishes the bridge's will, "0"; one that sends a DISCONNECT has no will sent.
+      await h.mosquitto.stop('SIGTERM')
+      await eventually(async () => (await h.health()).broker.clients === 1, {
+        what: 'paku seeing the bridge gone',
+      })
+      await h.mosquitto.start()
+      await h.bridgeUp(2, seen)
+      await states(/^10?1$/)
 
-    // A clean restart (Home Assistant's host reboots). Debian's Mosquitto 2.0.11 closes the bridge without
-    // a DISCONNECT, so paku publishes the bridge's will, "0"; one that sends a DISCONNECT has no will sent.
-    await h.mosquitto.stop('SIGTERM')
-    await eventually(async () => (await h.health()).broker.clients === 1, { what: 'paku seeing the bridge gone' })
-    await h.mosquitto.start()
-    await h.bridgeUp(2, seen)
-    await states(/^10?1$/)
+      // The link dies (the host crashes): paku publishes the will, and takes the bridge back after.
+      await h.mosquitto.stop('SIGKILL')
+      await states(/^10?10$/)
+      await h.mosquitto.start()
+      await h.bridgeUp(3, seen)
+      await states(/^10?101$/)
+      await eventually(async () => (await retained()) === '1', {
+        what: 'the retained state back to "1"',
+      })
 
-    // The link dies (the host crashes): paku publishes the will, and takes the bridge back after.
-    await h.mosquitto.stop('SIGKILL')
-    await states(/^10?10$/)
-    await h.mosquitto.start()
-    await h.bridgeUp(3, seen)
-    await states(/^10?101$/)
-    await eventually(async () => (await retained()) === '1', { what: 'the retained state back to "1"' })
+      const { broker } = await h.health()
+      assert.deepEqual(
+        {
+          connections: broker.connections,
+          clients: broker.clients,
+          clientErrors: broker.clientErrors,
+          authFailures: broker.authFailures,
+          denied: broker.denied,
+          refusedClientIds: broker.refusedClientIds,
+          refusedConnections: broker.refusedConnections,
+        },
+        {
+          connections: 4,
+          clients: 2,
+          clientErrors: 0,
+          authFailures: 0,
+          denied: 0,
+          refusedClientIds: 0,
+          refusedConnections: 0,
+        },
+        "the watcher's connection and one per start of Mosquitto: none refused, none closed by paku",
+      )
+    })
 
-    const { broker } = await h.health()
-    assert.deepEqual(
-      { connections: broker.connections, clients: broker.clients, clientErrors: broker.clientErrors, authFailures: broker.authFailures, denied: broker.denied, refusedClientIds: broker.refusedClientIds, refusedConnections: broker.refusedConnections },
-      { connections: 4, clients: 2, clientErrors: 0, authFailures: 0, denied: 0, refusedClientIds: 0, refusedConnections: 0 },
-      "the watcher's connection and one per start of Mosquitto: none refused, none closed by paku",
-    )
-  })
-
-  it('stays connected when paku publishes to the bridge while it hands out a reading from that bridge', async (t) => {
-    const h = await home(t)
-    const ha = await h.local({ clientId: 'homeassistant' })
-    const seen = inbox(ha)
-    await ha.subscribeAsync('paku/#', { qos: 1 })
-    await h.bridgeUp(1, seen)
-    const sensor = await h.local({ clientId: 'ruuvi-gateway' })
-    for (let i = 0; i < 20; i++) {
-      await sensor.publishAsync(DATA, reading(i), { qos: 1 })
-      // A command published the moment the reading is stored, while paku may still be handing the reading out.
-      while ((await h.stored()).length <= i) await new Promise((r) => setImmediate(r))
-      await h.sut.app.broker.publish('paku/edge/ESP32-AABBCCDD/cmd/n', String(i), { qos: 1 })
-      await eventually(async () => seen.some((m) => m.topic.endsWith('/cmd/n') && m.payload === String(i)), { timeoutMs: 2000, what: `command ${i} on the local side` })
-    }
-    const { broker } = await h.health()
-    assert.deepEqual({ connections: broker.connections, clientErrors: broker.clientErrors }, { connections: 1, clientErrors: 0 })
-  })
-})
+    it('stays connected when paku publishes to the bridge while it hands out a reading from that bridge', async (t) => {
+      const h = await home(t)
+      const ha = await h.local({ clientId: 'homeassistant' })
+      const seen = inbox(ha)
+      await ha.subscribeAsync('paku/#', { qos: 1 })
+      await h.bridgeUp(1, seen)
+      const sensor = await h.local({ clientId: 'ruuvi-gateway' })
+      for (let i = 0; i < 20; i++) {
+        await sensor.publishAsync(DATA, reading(i), { qos: 1 })
+        // A command published the moment the reading is stored, while paku may still be handing the reading out.
+        while ((await h.stored()).length <= i) await new Promise((r) => setImmediate(r))
+        await h.sut.app.broker.publish('paku/edge/ESP32-AABBCCDD/cmd/n', String(i), { qos: 1 })
+        await eventually(
+          async () => seen.some((m) => m.topic.endsWith('/cmd/n') && m.payload === String(i)),
+          { timeoutMs: 2000, what: `command ${i} on the local side` },
+        )
+      }
+      const { broker } = await h.health()
+      assert.deepEqual(
+        { connections: broker.connections, clientErrors: broker.clientErrors },
+        { connections: 1, clientErrors: 0 },
+      )
+    })
+  },
+)

@@ -6,7 +6,14 @@ import { socketPair } from '../../scripts/socket-pair.js'
 import { guardStream, PacketSizeGuard, PacketTooLargeError, TurnBudget } from './packet-guard.js'
 
 const publish = (bytes: number) =>
-  mqttPacket.generate({ cmd: 'publish', topic: 't/x', payload: Buffer.alloc(bytes, 0x61), qos: 0, retain: false, dup: false })
+  mqttPacket.generate({
+    cmd: 'publish',
+    topic: 't/x',
+    payload: Buffer.alloc(bytes, 0x61),
+    qos: 0,
+    retain: false,
+    dup: false,
+  })
 
 /** Feeds chunks through a guard and returns the bytes that came out, or the error. */
 async function feed(max: number, chunks: Buffer[]): Promise<{ out: Buffer; err?: Error }> {
@@ -93,7 +100,7 @@ describe('PacketSizeGuard', () => {
         check()
       })
 
-    it('passes a turn\'s allowance at once, then one allowance a turn, in order and unchanged', async () => {
+    it("passes a turn's allowance at once, then one allowance a turn, in order and unchanged", async () => {
       const turn = turns(20)
       const w = watched(new TurnBudget(1000), turn)
       const packets = [1, 2, 3, 4, 5].map(() => publish(580))
@@ -165,7 +172,11 @@ describe('guardStream writes', () => {
     while (duplex.write(Buffer.concat([Buffer.from([writes % 256]), piece]))) writes++
     writes++
     assert.ok(server.writableNeedDrain, 'the socket itself is full')
-    assert.equal(duplex.writableLength, 0, "nothing waits in the duplex's own buffer: every write went to the socket")
+    assert.equal(
+      duplex.writableLength,
+      0,
+      "nothing waits in the duplex's own buffer: every write went to the socket",
+    )
     const drained = once(duplex, 'drain')
     client.on('data', (b: Buffer) => received.push(b))
     client.resume()
@@ -175,7 +186,8 @@ describe('guardStream writes', () => {
     await once(client, 'end')
     const all = Buffer.concat(received)
     assert.equal(all.length, writes * (piece.length + 1) + 4)
-    for (let i = 0; i < writes; i++) assert.equal(all[i * (piece.length + 1)], i % 256, `write ${i} in its place`)
+    for (let i = 0; i < writes; i++)
+      assert.equal(all[i * (piece.length + 1)], i % 256, `write ${i} in its place`)
     assert.equal(all.subarray(-4).toString(), 'last')
   })
 })

@@ -161,7 +161,8 @@ export function guardStream(socket: Duplex, maxBytes: number): Duplex {
   // nextTick first (docs/performance.md, "Writes straight to the socket"). The socket's answer is the
   // duplex's, and so is its 'drain', which aedes waits for when a write says the buffer is full. end()
   // and destroy() still go through the duplex; nothing waits in its own buffer, so they follow every write.
-  duplex.write = ((...args: Parameters<Duplex['write']>) => socket.write(...args)) as Duplex['write']
+  duplex.write = ((...args: Parameters<Duplex['write']>) =>
+    socket.write(...args)) as Duplex['write']
   socket.on('drain', () => duplex.emit('drain'))
   guards.set(duplex, guard)
   const destroyAll = (err?: Error) => {

@@ -9,7 +9,10 @@ type Reader = (this: unknown, offset?: number) => number
 const METHODS = ['readUInt8', 'readUInt16BE', 'readUInt32BE'] as const
 const proto = BufferListStream.prototype as unknown as Record<(typeof METHODS)[number], Reader>
 // bl's own methods, taken before the change, to compare against.
-const original = Object.fromEntries(METHODS.map((m) => [m, proto[m]])) as Record<(typeof METHODS)[number], Reader>
+const original = Object.fromEntries(METHODS.map((m) => [m, proto[m]])) as Record<
+  (typeof METHODS)[number],
+  Reader
+>
 
 /** The value, or the error's class and code: out-of-range reads must fail exactly as bl's do. */
 function outcome(read: Reader, list: unknown, offset: number | undefined): unknown {
@@ -42,7 +45,13 @@ describe('packet reads without a Buffer per value (bl)', () => {
     fc.assert(
       fc.property(chunks, fc.array(offset, { minLength: 1, maxLength: 8 }), (parts, offsets) => {
         const list = BufferListStream(parts.map((p) => Buffer.from(p)))
-        for (const o of offsets) for (const m of METHODS) assert.deepEqual(outcome(proto[m], list, o), outcome(original[m], list, o), `${m}(${o})`)
+        for (const o of offsets)
+          for (const m of METHODS)
+            assert.deepEqual(
+              outcome(proto[m], list, o),
+              outcome(original[m], list, o),
+              `${m}(${o})`,
+            )
       }),
       { numRuns: 500 },
     )
@@ -50,7 +59,15 @@ describe('packet reads without a Buffer per value (bl)', () => {
 
   it('parses the same packets when their bytes arrive one at a time as when they arrive whole', () => {
     const packets = [
-      { cmd: 'publish', topic: 'paku/heater/ESP32-AABBCCDD/data', payload: Buffer.from('{"metrics":{"t":21.5}}'), qos: 1, messageId: 65535, retain: false, dup: true },
+      {
+        cmd: 'publish',
+        topic: 'paku/heater/ESP32-AABBCCDD/data',
+        payload: Buffer.from('{"metrics":{"t":21.5}}'),
+        qos: 1,
+        messageId: 65535,
+        retain: false,
+        dup: true,
+      },
       { cmd: 'puback', messageId: 258 },
       { cmd: 'subscribe', messageId: 7, subscriptions: [{ topic: 'paku/#', qos: 1 }] },
       { cmd: 'pingreq' },

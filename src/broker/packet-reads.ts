@@ -18,7 +18,10 @@ type Reads = {
 export function readPacketsWithoutSlicing(): void {
   // mqtt-packet's parser makes a BufferListStream (`bl()`), which copied BufferList's methods onto its
   // own prototype: that is the one to change; BufferList's too, for any other user.
-  for (const proto of [BufferListStream.prototype, BufferListStream.BufferList.prototype] as unknown as Reads[]) {
+  for (const proto of [
+    BufferListStream.prototype,
+    BufferListStream.BufferList.prototype,
+  ] as unknown as Reads[]) {
     if (READERS.has(proto.readUInt8)) continue
     const original = { u8: proto.readUInt8, u16: proto.readUInt16BE, u32: proto.readUInt32BE }
     const readUInt8 = function (this: Reads, offset = 0): number {
@@ -34,7 +37,12 @@ export function readPacketsWithoutSlicing(): void {
       const b0 = byteAt(this._bufs, offset)
       const b3 = b0 >= 0 ? byteAt(this._bufs, offset + 3) : -1
       if (b3 < 0) return original.u32.call(this, offset)
-      return b0 * 0x1000000 + (byteAt(this._bufs, offset + 1) << 16) + (byteAt(this._bufs, offset + 2) << 8) + b3
+      return (
+        b0 * 0x1000000 +
+        (byteAt(this._bufs, offset + 1) << 16) +
+        (byteAt(this._bufs, offset + 2) << 8) +
+        b3
+      )
     }
     READERS.add(readUInt8)
     Object.assign(proto, { readUInt8, readUInt16BE, readUInt32BE })

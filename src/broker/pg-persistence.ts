@@ -1,9 +1,21 @@
 import { Readable } from 'node:stream'
-import AsyncMemoryPersistence, { Packet, type AnyPacket, type ClientRef, type SubscriptionRecord } from 'aedes-persistence/asyncPersistence.js'
+import AsyncMemoryPersistence, {
+  Packet,
+  type AnyPacket,
+  type ClientRef,
+  type SubscriptionRecord,
+} from 'aedes-persistence/asyncPersistence.js'
 import { sql, type Kysely, type RawBuilder } from 'kysely'
 import type { DB } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
-import { kindOf, type Ledger, type QuotaKind, type QuotaName, type Quotas, type SessionEntry } from './ledger.js'
+import {
+  kindOf,
+  type Ledger,
+  type QuotaKind,
+  type QuotaName,
+  type Quotas,
+  type SessionEntry,
+} from './ledger.js'
 import { isSuppressed } from './suppress.js'
 
 export type PgPersistenceOptions = {
@@ -53,7 +65,11 @@ type Change =
 
 type Emitter = {
   emit(msg: Record<string, unknown> & { topic: string }, done?: (err?: Error) => void): void
-  on(topic: string, fn: (msg: Record<string, unknown>, done: () => void) => void, done?: () => void): void
+  on(
+    topic: string,
+    fn: (msg: Record<string, unknown>, done: () => void) => void,
+    done?: () => void,
+  ): void
 }
 
 type Op = RawBuilder<unknown>
@@ -108,7 +124,9 @@ export class PgPersistence extends AsyncMemoryPersistence {
       this.#mq = (broker as { mq: Emitter }).mq
       // Subscribed before the load, so nothing another instance changes meanwhile is missed (applying
       // a change twice is harmless: every change is idempotent in aedes' memory persistence).
-      await new Promise<void>((resolve) => this.#mq?.on(STATE_TOPIC, (msg, done) => void this.#apply(msg).finally(done), resolve))
+      await new Promise<void>((resolve) =>
+        this.#mq?.on(STATE_TOPIC, (msg, done) => void this.#apply(msg).finally(done), resolve),
+      )
     }
     await this.#load()
   }
@@ -116,9 +134,16 @@ export class PgPersistence extends AsyncMemoryPersistence {
   /** Sends a change to the other instances (no-op for a single instance). Ordered with the messages themselves: one Redis connection publishes both. */
   #share(change: Change): void {
     if (!this.#mq || this.#loading) return
-    this.#mq.emit({ topic: STATE_TOPIC, from: this.#opts.replicate?.instanceId, change: plain(change) }, (err) => {
-      if (err) this.#opts.log.warn('broker state change not shared with the other instances', { op: change.op, err: errorText(err) })
-    })
+    this.#mq.emit(
+      { topic: STATE_TOPIC, from: this.#opts.replicate?.instanceId, change: plain(change) },
+      (err) => {
+        if (err)
+          this.#opts.log.warn('broker state change not shared with the other instances', {
+            op: change.op,
+            err: errorText(err),
+          })
+      },
+    )
   }
 
   /** Applies another instance's change to memory only (that instance writes it to PostgreSQL). */
@@ -129,7 +154,14 @@ export class PgPersistence extends AsyncMemoryPersistence {
     try {
       switch (c.op) {
         case 'storeRetained':
-          this.#opts.ledger.storeRetained(c.packet.topic as string, this.#opts.ledger.takeRetainedOwner(c.packet.clientId as string | undefined, c.packet.topic as string), toBuffer(c.packet.payload).length)
+          this.#opts.ledger.storeRetained(
+            c.packet.topic as string,
+            this.#opts.ledger.takeRetainedOwner(
+              c.packet.clientId as string | undefined,
+              c.packet.topic as string,
+            ),
+            toBuffer(c.packet.payload).length,
+          )
           return await super.storeRetained(c.packet)
         case 'addSubscriptions':
           return await super.addSubscriptions(ref(c.client), c.subs)
@@ -165,7 +197,10 @@ export class PgPersistence extends AsyncMemoryPersistence {
           return
       }
     } catch (err) {
-      this.#opts.log.warn('broker state change from another instance not applied', { op: c?.op, err: errorText(err) })
+      this.#opts.log.warn('broker state change from another instance not applied', {
+        op: c?.op,
+        err: errorText(err),
+      })
     }
   }
 
@@ -175,32 +210,73 @@ export class PgPersistence extends AsyncMemoryPersistence {
     this.#loading = true
     try {
       const bounded = await this.#bound()
-      const sessions = await sql<{ client_id: string; principal: string | null; kind: string | null; last_seen: Date }>`
+      const sessions = await sql<{
+        client_id: string
+        principal: string | null
+        kind: string | null
+        last_seen: Date
+      }>`
         SELECT client_id, principal, kind, last_seen FROM mqtt_sessions`.execute(db)
       for (const s of sessions.rows) {
-        const kind = (QUOTA_KINDS as readonly string[]).includes(s.kind ?? '') ? (s.kind as QuotaKind) : kindOf(s.principal)
-        ledger.restore(s.client_id, { principal: s.principal, kind, persistent: true, connId: null, lastSeen: s.last_seen.getTime() })
+        const kind = (QUOTA_KINDS as readonly string[]).includes(s.kind ?? '')
+          ? (s.kind as QuotaKind)
+          : kindOf(s.principal)
+        ledger.restore(s.client_id, {
+          principal: s.principal,
+          kind,
+          persistent: true,
+          connId: null,
+          lastSeen: s.last_seen.getTime(),
+        })
       }
-      const retained = await sql<{ payload: Buffer; packet: AnyPacket; owner: string | null }>`SELECT payload, packet, owner FROM mqtt_retained ORDER BY topic`.execute(db)
+      const retained = await sql<{
+        payload: Buffer
+        packet: AnyPacket
+        owner: string | null
+      }>`SELECT payload, packet, owner FROM mqtt_retained ORDER BY topic`.execute(db)
       for (const r of retained.rows) {
         const packet = decode(r.packet, r.payload)
         await super.storeRetained(packet)
         ledger.storeRetained(packet.topic as string, r.owner, r.payload.length)
       }
-      const subs = await sql<{ client_id: string; topic: string; options: Omit<SubscriptionRecord, 'topic'> }>`
-        SELECT client_id, topic, options FROM mqtt_subscriptions ORDER BY client_id, topic`.execute(db)
+      const subs = await sql<{
+        client_id: string
+        topic: string
+        options: Omit<SubscriptionRecord, 'topic'>
+      }>`
+        SELECT client_id, topic, options FROM mqtt_subscriptions ORDER BY client_id, topic`.execute(
+        db,
+      )
       const byClient = new Map<string, SubscriptionRecord[]>()
-      for (const s of subs.rows) byClient.set(s.client_id, [...(byClient.get(s.client_id) ?? []), { topic: s.topic, ...s.options }])
+      for (const s of subs.rows)
+        byClient.set(s.client_id, [
+          ...(byClient.get(s.client_id) ?? []),
+          { topic: s.topic, ...s.options },
+        ])
       for (const [id, list] of byClient) await super.addSubscriptions({ id }, list)
-      const outgoing = await sql<{ client_id: string; message_id: number | null; payload: Buffer | null; packet: AnyPacket }>`
+      const outgoing = await sql<{
+        client_id: string
+        message_id: number | null
+        payload: Buffer | null
+        packet: AnyPacket
+      }>`
         SELECT client_id, message_id, payload, packet FROM mqtt_outgoing ORDER BY seq`.execute(db)
       for (const o of outgoing.rows) {
         const packet = decode(o.packet, o.payload)
         this.#push(o.client_id, packet, o.message_id ?? undefined)
       }
-      const incoming = await sql<{ client_id: string; payload: Buffer | null; packet: AnyPacket }>`SELECT client_id, payload, packet FROM mqtt_incoming`.execute(db)
-      for (const i of incoming.rows) await super.incomingStorePacket({ id: i.client_id }, decode(i.packet, i.payload))
-      const wills = await sql<{ client_id: string; payload: Buffer | null; packet: AnyPacket }>`SELECT client_id, payload, packet FROM mqtt_wills`.execute(db)
+      const incoming = await sql<{
+        client_id: string
+        payload: Buffer | null
+        packet: AnyPacket
+      }>`SELECT client_id, payload, packet FROM mqtt_incoming`.execute(db)
+      for (const i of incoming.rows)
+        await super.incomingStorePacket({ id: i.client_id }, decode(i.packet, i.payload))
+      const wills = await sql<{
+        client_id: string
+        payload: Buffer | null
+        packet: AnyPacket
+      }>`SELECT client_id, payload, packet FROM mqtt_wills`.execute(db)
       for (const w of wills.rows) {
         await super.putWill({ id: w.client_id }, decode(w.packet, w.payload))
         // Keep the broker id the will was registered under: aedes publishes wills of brokers that
@@ -215,7 +291,10 @@ export class PgPersistence extends AsyncMemoryPersistence {
         wills: wills.rows.length,
       })
       if (Object.values(bounded).some((n) => n > 0)) {
-        this.#opts.log.warn('broker state over its quotas was deleted at start-up', { ...bounded, totalBytes: quotas.totalBytes })
+        this.#opts.log.warn('broker state over its quotas was deleted at start-up', {
+          ...bounded,
+          totalBytes: quotas.totalBytes,
+        })
       }
     } finally {
       this.#loading = false
@@ -232,48 +311,82 @@ export class PgPersistence extends AsyncMemoryPersistence {
     const db = this.#opts.db()
     const q = this.#opts.quotas
     const byKind = (pick: (kind: QuotaKind) => number) =>
-      sql`CASE s.kind ${sql.join(QUOTA_KINDS.map((k) => sql`WHEN ${k} THEN ${pick(k)}::bigint`), sql` `)} ELSE ${pick('bridge')}::bigint END`
+      sql`CASE s.kind ${sql.join(
+        QUOTA_KINDS.map((k) => sql`WHEN ${k} THEN ${pick(k)}::bigint`),
+        sql` `,
+      )} ELSE ${pick('bridge')}::bigint END`
     const count = (r: { numAffectedRows?: bigint }) => Number(r.numAffectedRows ?? 0)
     // State that outlived its session row (a write that never reached the database) gets one, owner unknown, so it expires too.
-    await sql`INSERT INTO mqtt_sessions (client_id) SELECT client_id FROM mqtt_subscriptions UNION SELECT client_id FROM mqtt_outgoing ON CONFLICT DO NOTHING`.execute(db)
-    const expired = await this.#dropSessions(sql`last_seen < NOW() - make_interval(hours => ${this.#opts.sessionExpiryHours})`)
+    await sql`INSERT INTO mqtt_sessions (client_id) SELECT client_id FROM mqtt_subscriptions UNION SELECT client_id FROM mqtt_outgoing ON CONFLICT DO NOTHING`.execute(
+      db,
+    )
+    const expired = await this.#dropSessions(
+      sql`last_seen < NOW() - make_interval(hours => ${this.#opts.sessionExpiryHours})`,
+    )
     const rows = await sql<{ client_id: string; principal: string | null; kind: QuotaKind | null }>`
-      SELECT client_id, principal, kind FROM mqtt_sessions ORDER BY last_seen DESC, client_id LIMIT ${q.totalPersistentSessions}`.execute(db)
-    const over = await this.#dropSessions(sql`client_id NOT IN (SELECT client_id FROM mqtt_sessions ORDER BY last_seen DESC, client_id LIMIT ${q.totalPersistentSessions})`)
+      SELECT client_id, principal, kind FROM mqtt_sessions ORDER BY last_seen DESC, client_id LIMIT ${q.totalPersistentSessions}`.execute(
+      db,
+    )
+    const over = await this.#dropSessions(
+      sql`client_id NOT IN (SELECT client_id FROM mqtt_sessions ORDER BY last_seen DESC, client_id LIMIT ${q.totalPersistentSessions})`,
+    )
     const perPrincipal = new Map<string, number>()
     const surplus: string[] = []
     for (const r of rows.rows) {
       if (r.principal === null) continue
       const n = (perPrincipal.get(r.principal) ?? 0) + 1
       perPrincipal.set(r.principal, n)
-      if (n > q[r.kind ?? kindOf(r.principal) ?? 'bridge'].persistentSessions) surplus.push(r.client_id)
+      if (n > q[r.kind ?? kindOf(r.principal) ?? 'bridge'].persistentSessions)
+        surplus.push(r.client_id)
     }
-    const overPrincipal = surplus.length > 0 ? await this.#dropSessions(sql`client_id = ANY(${surplus}::text[])`) : 0
+    const overPrincipal =
+      surplus.length > 0 ? await this.#dropSessions(sql`client_id = ANY(${surplus}::text[])`) : 0
     const subscriptions = count(
       await sql`
         WITH ranked AS (
           SELECT m.client_id, m.topic, row_number() OVER (PARTITION BY m.client_id ORDER BY m.topic) AS n, ${byKind((k) => q[k].subscriptions)} AS cap
           FROM mqtt_subscriptions m LEFT JOIN mqtt_sessions s USING (client_id))
-        DELETE FROM mqtt_subscriptions m USING ranked r WHERE m.client_id = r.client_id AND m.topic = r.topic AND r.n > r.cap`.execute(db),
+        DELETE FROM mqtt_subscriptions m USING ranked r WHERE m.client_id = r.client_id AND m.topic = r.topic AND r.n > r.cap`.execute(
+        db,
+      ),
     )
     const retained = count(
       await sql`
         WITH ranked AS (SELECT topic, sum(octet_length(payload)) OVER (ORDER BY updated_at DESC, topic) AS running FROM mqtt_retained)
-        DELETE FROM mqtt_retained m USING ranked r WHERE m.topic = r.topic AND r.running > ${q.totalBytes}`.execute(db),
+        DELETE FROM mqtt_retained m USING ranked r WHERE m.topic = r.topic AND r.running > ${q.totalBytes}`.execute(
+        db,
+      ),
     )
     // Per owner, within what is left (at most totalBytes of it): the newest messages up to its quota.
     const owned = await sql<{ topic: string; owner: string; bytes: number }>`
-      SELECT topic, owner, octet_length(payload) AS bytes FROM mqtt_retained WHERE owner IS NOT NULL ORDER BY updated_at DESC, topic`.execute(db)
+      SELECT topic, owner, octet_length(payload) AS bytes FROM mqtt_retained WHERE owner IS NOT NULL ORDER BY updated_at DESC, topic`.execute(
+      db,
+    )
     const used = new Map<string, { topics: number; bytes: number }>()
     const beyond: string[] = []
     for (const r of owned.rows) {
       const kind = kindOf(r.owner)
       const u = used.get(r.owner) ?? { topics: 0, bytes: 0 }
-      if (kind && (u.topics + 1 > q[kind].retainedTopics || u.bytes + r.bytes > q[kind].retainedBytes)) beyond.push(r.topic)
+      if (
+        kind &&
+        (u.topics + 1 > q[kind].retainedTopics || u.bytes + r.bytes > q[kind].retainedBytes)
+      )
+        beyond.push(r.topic)
       else used.set(r.owner, { topics: u.topics + 1, bytes: u.bytes + r.bytes })
     }
-    const retainedOverOwner = beyond.length > 0 ? count(await sql`DELETE FROM mqtt_retained WHERE topic = ANY(${beyond}::text[])`.execute(db)) : 0
-    const retainedBytes = Number((await sql<{ n: string }>`SELECT COALESCE(sum(octet_length(payload)), 0) AS n FROM mqtt_retained`.execute(db)).rows[0]?.n ?? 0)
+    const retainedOverOwner =
+      beyond.length > 0
+        ? count(
+            await sql`DELETE FROM mqtt_retained WHERE topic = ANY(${beyond}::text[])`.execute(db),
+          )
+        : 0
+    const retainedBytes = Number(
+      (
+        await sql<{
+          n: string
+        }>`SELECT COALESCE(sum(octet_length(payload)), 0) AS n FROM mqtt_retained`.execute(db)
+      ).rows[0]?.n ?? 0,
+    )
     // The oldest queued messages of each session are kept (a full queue drops new ones, as at run time).
     const queued = count(
       await sql`
@@ -285,14 +398,27 @@ export class PgPersistence extends AsyncMemoryPersistence {
           FROM mqtt_outgoing o LEFT JOIN mqtt_sessions s USING (client_id)
           WINDOW w AS (PARTITION BY o.client_id ORDER BY o.seq))
         DELETE FROM mqtt_outgoing o USING ranked r
-        WHERE o.seq = r.seq AND (r.n > r.max_n OR r.bytes > r.max_bytes OR r.running > ${Math.max(0, q.totalBytes - retainedBytes)})`.execute(db),
+        WHERE o.seq = r.seq AND (r.n > r.max_n OR r.bytes > r.max_bytes OR r.running > ${Math.max(0, q.totalBytes - retainedBytes)})`.execute(
+        db,
+      ),
     )
     // Inbound QoS 2 messages of clean sessions, left by a crash (a clean session ends with its connection,
     // [MQTT-3.1.2-6]). With several instances another one may hold such a session now: only alone.
     const incoming = this.#opts.replicate
       ? 0
-      : count(await sql`DELETE FROM mqtt_incoming i WHERE NOT EXISTS (SELECT 1 FROM mqtt_sessions s WHERE s.client_id = i.client_id)`.execute(db))
-    return { expiredSessions: expired, sessions: over + overPrincipal, subscriptions, retained: retained + retainedOverOwner, queued, incoming }
+      : count(
+          await sql`DELETE FROM mqtt_incoming i WHERE NOT EXISTS (SELECT 1 FROM mqtt_sessions s WHERE s.client_id = i.client_id)`.execute(
+            db,
+          ),
+        )
+    return {
+      expiredSessions: expired,
+      sessions: over + overPrincipal,
+      subscriptions,
+      retained: retained + retainedOverOwner,
+      queued,
+      incoming,
+    }
   }
 
   /** Deletes sessions matching `where` with everything they hold (not their wills: aedes publishes those). */
@@ -353,7 +479,8 @@ export class PgPersistence extends AsyncMemoryPersistence {
   flush(): Promise<void> {
     clearTimeout(this.#timer)
     this.#timer = undefined
-    if (this.#flushing) return this.#flushing.then(() => (this.#ops.length > 0 ? this.flush() : undefined))
+    if (this.#flushing)
+      return this.#flushing.then(() => (this.#ops.length > 0 ? this.flush() : undefined))
     if (this.#ops.length === 0) return Promise.resolve()
     const ops = this.#ops
     this.#ops = []
@@ -373,7 +500,8 @@ export class PgPersistence extends AsyncMemoryPersistence {
         },
         (err: unknown) => {
           this.#ops = [...ops, ...this.#ops]
-          if (!this.#failing) this.#opts.log.error('broker state writes failing; retrying', { err: errorText(err) })
+          if (!this.#failing)
+            this.#opts.log.error('broker state writes failing; retrying', { err: errorText(err) })
           this.#failing = true
           if (this.#destroyed) return
           this.#timer = setTimeout(() => void this.flush(), 1000)
@@ -393,7 +521,10 @@ export class PgPersistence extends AsyncMemoryPersistence {
   override async storeRetained(packet: AnyPacket): Promise<void> {
     await super.storeRetained(packet)
     const payload = toBuffer(packet.payload)
-    const owner = this.#opts.ledger.takeRetainedOwner(packet.clientId as string | undefined, packet.topic as string)
+    const owner = this.#opts.ledger.takeRetainedOwner(
+      packet.clientId as string | undefined,
+      packet.topic as string,
+    )
     this.#opts.ledger.storeRetained(packet.topic as string, owner, payload.length)
     this.#share({ op: 'storeRetained', packet })
     this.#write(
@@ -411,7 +542,8 @@ export class PgPersistence extends AsyncMemoryPersistence {
     await super.addSubscriptions(client, subs)
     this.#share({ op: 'addSubscriptions', client: client.id, subs })
     for (const { topic, ...options } of subs) {
-      this.#write(sql`INSERT INTO mqtt_subscriptions (client_id, topic, options) VALUES (${client.id}, ${topic}, ${JSON.stringify(options)}::jsonb)
+      this
+        .#write(sql`INSERT INTO mqtt_subscriptions (client_id, topic, options) VALUES (${client.id}, ${topic}, ${JSON.stringify(options)}::jsonb)
         ON CONFLICT (client_id, topic) DO UPDATE SET options = EXCLUDED.options`)
     }
   }
@@ -419,7 +551,9 @@ export class PgPersistence extends AsyncMemoryPersistence {
   override async removeSubscriptions(client: ClientRef, subs: string[]): Promise<void> {
     await super.removeSubscriptions(client, subs)
     this.#share({ op: 'removeSubscriptions', client: client.id, topics: subs })
-    this.#write(sql`DELETE FROM mqtt_subscriptions WHERE client_id = ${client.id} AND topic = ANY(${subs}::text[])`)
+    this.#write(
+      sql`DELETE FROM mqtt_subscriptions WHERE client_id = ${client.id} AND topic = ANY(${subs}::text[])`,
+    )
   }
 
   override async cleanSubscriptions(client: ClientRef): Promise<void> {
@@ -435,7 +569,10 @@ export class PgPersistence extends AsyncMemoryPersistence {
     await this.#enqueued([sub.clientId], packet)
   }
 
-  override outgoingEnqueueCombi(subs: Array<{ clientId: string }>, packet: AnyPacket): Promise<void> {
+  override outgoingEnqueueCombi(
+    subs: Array<{ clientId: string }>,
+    packet: AnyPacket,
+  ): Promise<void> {
     // aedes asks for every QoS 1/2 message, and telemetry has no offline subscriber: answering that case
     // without an async call saves two promises and their frames per message.
     if (subs.length === 0) return NOTHING_TO_QUEUE
@@ -463,7 +600,11 @@ export class PgPersistence extends AsyncMemoryPersistence {
     const bytes = toBuffer(packet.payload).length
     const limits = ledger.queueLimits(clientId)
     const refused: QuotaName | undefined =
-      (q?.items.length ?? 0) + 1 > limits.messages || (q?.bytes ?? 0) + bytes > limits.bytes ? 'queued' : !ledger.totalFits(bytes) ? 'total' : undefined
+      (q?.items.length ?? 0) + 1 > limits.messages || (q?.bytes ?? 0) + bytes > limits.bytes
+        ? 'queued'
+        : !ledger.totalFits(bytes)
+          ? 'total'
+          : undefined
     if (refused === undefined) return true
     ledger.refuse(refused)
     this.#opts.onQueueRefused?.(clientId, refused)
@@ -514,13 +655,22 @@ export class PgPersistence extends AsyncMemoryPersistence {
    * packet. aedes-persistence matches the missing id itself, and would remove whichever message waits for
    * its id first: another one, whose outgoingUpdate then fails and closes the connection.
    */
-  #clear(clientId: string, packet: Pick<AnyPacket, 'messageId' | 'brokerId' | 'brokerCounter'>): AnyPacket | undefined {
+  #clear(
+    clientId: string,
+    packet: Pick<AnyPacket, 'messageId' | 'brokerId' | 'brokerCounter'>,
+  ): AnyPacket | undefined {
     const q = this.#queues.get(clientId)
     const fresh = packet.messageId === undefined
-    if (fresh && (packet.brokerId === undefined || packet.brokerCounter === undefined)) return undefined
-    const i = q?.items.findIndex((item) => fresh
-      ? item.packet.messageId === undefined && item.packet.brokerId === packet.brokerId && item.packet.brokerCounter === packet.brokerCounter
-      : item.packet.messageId === packet.messageId) ?? -1
+    if (fresh && (packet.brokerId === undefined || packet.brokerCounter === undefined))
+      return undefined
+    const i =
+      q?.items.findIndex((item) =>
+        fresh
+          ? item.packet.messageId === undefined &&
+            item.packet.brokerId === packet.brokerId &&
+            item.packet.brokerCounter === packet.brokerCounter
+          : item.packet.messageId === packet.messageId,
+      ) ?? -1
     if (!q || i < 0) return undefined
     const [item] = q.items.splice(i, 1) as [Queued]
     q.bytes -= item.bytes
@@ -552,7 +702,8 @@ export class PgPersistence extends AsyncMemoryPersistence {
   }
 
   #enqueueRow(clientId: string, packet: AnyPacket): void {
-    this.#write(sql`INSERT INTO mqtt_outgoing (client_id, broker_id, broker_counter, payload, packet)
+    this
+      .#write(sql`INSERT INTO mqtt_outgoing (client_id, broker_id, broker_counter, payload, packet)
       VALUES (${clientId}, ${packet.brokerId ?? null}, ${packet.brokerCounter ?? null}, ${toBuffer(packet.payload)}, ${meta(packet)}::jsonb)`)
   }
 
@@ -571,29 +722,46 @@ export class PgPersistence extends AsyncMemoryPersistence {
         AND broker_id IS DISTINCT FROM ${packet.brokerId ?? null}`)
   }
 
-  override async outgoingClearMessageId(client: ClientRef, packet: AnyPacket): Promise<AnyPacket | undefined> {
+  override async outgoingClearMessageId(
+    client: ClientRef,
+    packet: AnyPacket,
+  ): Promise<AnyPacket | undefined> {
     const cleared = this.#clear(client.id, packet)
     if (!cleared) return undefined
     const { messageId, brokerId, brokerCounter } = packet
-    this.#share({ op: 'outgoingClearMessageId', client: client.id, packet: { messageId, brokerId, brokerCounter } })
-    const which = messageId === undefined
-      ? sql`message_id IS NULL AND broker_id = ${brokerId ?? null} AND broker_counter = ${brokerCounter ?? null}`
-      : sql`message_id = ${messageId}`
-    this.#write(sql`DELETE FROM mqtt_outgoing WHERE seq = (SELECT seq FROM mqtt_outgoing WHERE client_id = ${client.id} AND ${which} ORDER BY seq LIMIT 1)`)
+    this.#share({
+      op: 'outgoingClearMessageId',
+      client: client.id,
+      packet: { messageId, brokerId, brokerCounter },
+    })
+    const which =
+      messageId === undefined
+        ? sql`message_id IS NULL AND broker_id = ${brokerId ?? null} AND broker_counter = ${brokerCounter ?? null}`
+        : sql`message_id = ${messageId}`
+    this.#write(
+      sql`DELETE FROM mqtt_outgoing WHERE seq = (SELECT seq FROM mqtt_outgoing WHERE client_id = ${client.id} AND ${which} ORDER BY seq LIMIT 1)`,
+    )
     return cleared
   }
 
   override async incomingStorePacket(client: ClientRef, packet: AnyPacket): Promise<void> {
     await super.incomingStorePacket(client, packet)
     this.#share({ op: 'incomingStorePacket', client: client.id, packet })
-    this.#write(sql`INSERT INTO mqtt_incoming (client_id, message_id, payload, packet) VALUES (${client.id}, ${packet.messageId}, ${toBuffer(packet.payload)}, ${meta(packet)}::jsonb)
+    this
+      .#write(sql`INSERT INTO mqtt_incoming (client_id, message_id, payload, packet) VALUES (${client.id}, ${packet.messageId}, ${toBuffer(packet.payload)}, ${meta(packet)}::jsonb)
       ON CONFLICT (client_id, message_id) DO UPDATE SET payload = EXCLUDED.payload, packet = EXCLUDED.packet`)
   }
 
   override async incomingDelPacket(client: ClientRef, packet: AnyPacket): Promise<void> {
     await super.incomingDelPacket(client, packet)
-    this.#share({ op: 'incomingDelPacket', client: client.id, packet: { messageId: packet.messageId } })
-    this.#write(sql`DELETE FROM mqtt_incoming WHERE client_id = ${client.id} AND message_id = ${packet.messageId}`)
+    this.#share({
+      op: 'incomingDelPacket',
+      client: client.id,
+      packet: { messageId: packet.messageId },
+    })
+    this.#write(
+      sql`DELETE FROM mqtt_incoming WHERE client_id = ${client.id} AND message_id = ${packet.messageId}`,
+    )
   }
 
   override async cleanIncoming(client: ClientRef): Promise<void> {
@@ -605,7 +773,8 @@ export class PgPersistence extends AsyncMemoryPersistence {
   override async putWill(client: ClientRef, packet: AnyPacket): Promise<void> {
     await super.putWill(client, packet)
     this.#share({ op: 'putWill', client: client.id, packet })
-    this.#write(sql`INSERT INTO mqtt_wills (client_id, payload, packet) VALUES (${client.id}, ${toBuffer(packet.payload)}, ${meta(packet)}::jsonb)
+    this
+      .#write(sql`INSERT INTO mqtt_wills (client_id, payload, packet) VALUES (${client.id}, ${toBuffer(packet.payload)}, ${meta(packet)}::jsonb)
       ON CONFLICT (client_id) DO UPDATE SET payload = EXCLUDED.payload, packet = EXCLUDED.packet`)
   }
 
@@ -624,7 +793,10 @@ export class PgPersistence extends AsyncMemoryPersistence {
     }
     this.#destroyed = true
     clearTimeout(this.#timer)
-    if (this.#ops.length > 0) this.#opts.log.error('stopped with broker state changes not written', { changes: this.#ops.length })
+    if (this.#ops.length > 0)
+      this.#opts.log.error('stopped with broker state changes not written', {
+        changes: this.#ops.length,
+      })
     await super.destroy()
   }
 }
@@ -633,12 +805,17 @@ export class PgPersistence extends AsyncMemoryPersistence {
 function plain(change: Change): Change {
   if (!('packet' in change)) return change
   const packet: AnyPacket = {}
-  for (const [k, v] of Object.entries(change.packet)) if (v !== undefined && typeof v !== 'function') packet[k] = v
+  for (const [k, v] of Object.entries(change.packet))
+    if (v !== undefined && typeof v !== 'function') packet[k] = v
   return { ...change, packet }
 }
 
 function toBuffer(payload: Buffer | string | undefined): Buffer {
-  return payload === undefined ? Buffer.alloc(0) : Buffer.isBuffer(payload) ? payload : Buffer.from(payload)
+  return payload === undefined
+    ? Buffer.alloc(0)
+    : Buffer.isBuffer(payload)
+      ? payload
+      : Buffer.from(payload)
 }
 
 /** Everything of a packet but its payload (stored as bytea beside it). */

@@ -2,7 +2,14 @@ import { sql, type Kysely } from 'kysely'
 import type { DB } from '../db/index.js'
 import type { SensorKey } from './acl.js'
 
-export type SensorClaim = { site_id: string; system: string; sensor_id: string; device_id: string; claimed_at: Date; assigned_by: string | null }
+export type SensorClaim = {
+  site_id: string
+  system: string
+  sensor_id: string
+  device_id: string
+  claimed_at: Date
+  assigned_by: string | null
+}
 
 const keyOf = (k: SensorKey) => `${k.site}/${k.system}/${k.sensor}`
 /** A cached owner is asked of the database again after this long (another instance, or an admin, may have moved it). */
@@ -22,7 +29,9 @@ export function createSensorClaims(opts: { db: () => Kysely<DB>; now?: () => num
 
   async function lookup(k: SensorKey): Promise<string | undefined> {
     const r = await sql<{ device_id: string }>`
-      SELECT device_id FROM mqtt_sensor_claims WHERE site_id = ${k.site} AND system = ${k.system} AND sensor_id = ${k.sensor}`.execute(opts.db())
+      SELECT device_id FROM mqtt_sensor_claims WHERE site_id = ${k.site} AND system = ${k.system} AND sensor_id = ${k.sensor}`.execute(
+      opts.db(),
+    )
     const owner = r.rows[0]?.device_id
     remember(k, owner)
     return owner
@@ -44,9 +53,15 @@ export function createSensorClaims(opts: { db: () => Kysely<DB>; now?: () => num
     async load(): Promise<void> {
       cache.clear()
       counts.clear()
-      const r = await sql<{ site_id: string; system: string; sensor_id: string; device_id: string }>`
+      const r = await sql<{
+        site_id: string
+        system: string
+        sensor_id: string
+        device_id: string
+      }>`
         SELECT site_id, system, sensor_id, device_id FROM mqtt_sensor_claims`.execute(opts.db())
-      for (const row of r.rows) remember({ site: row.site_id, system: row.system, sensor: row.sensor_id }, row.device_id)
+      for (const row of r.rows)
+        remember({ site: row.site_id, system: row.system, sensor: row.sensor_id }, row.device_id)
     },
 
     /** The cached owner, for decisions that cannot wait (delivery of a message). */
@@ -55,16 +70,23 @@ export function createSensorClaims(opts: { db: () => Kysely<DB>; now?: () => num
     /** Whether the cache says, recently enough, that `deviceId` owns the sensor (the publish path's fast answer). */
     ownsNow(deviceId: string, k: SensorKey): boolean {
       const cached = cache.get(keyOf(k))
-      return cached !== undefined && cached.owner === deviceId && now() - cached.checkedAt < RECHECK_MS
+      return (
+        cached !== undefined && cached.owner === deviceId && now() - cached.checkedAt < RECHECK_MS
+      )
     },
 
     /**
      * Whether `deviceId` may publish for this sensor: it owns it, or nobody does and it may claim one
      * more (`limit` claims per device). The claim is written before the answer.
      */
-    async publish(deviceId: string, k: SensorKey, limit: number): Promise<'owner' | 'claimed' | 'taken' | 'limit'> {
+    async publish(
+      deviceId: string,
+      k: SensorKey,
+      limit: number,
+    ): Promise<'owner' | 'claimed' | 'taken' | 'limit'> {
       const cached = cache.get(keyOf(k))
-      if (cached && cached.owner === deviceId && now() - cached.checkedAt < RECHECK_MS) return 'owner'
+      if (cached && cached.owner === deviceId && now() - cached.checkedAt < RECHECK_MS)
+        return 'owner'
       const owner = await lookup(k)
       if (owner === deviceId) return 'owner'
       if (owner !== undefined) return 'taken'
@@ -97,13 +119,18 @@ export function createSensorClaims(opts: { db: () => Kysely<DB>; now?: () => num
     async assign(k: SensorKey, deviceId: string, by: string): Promise<void> {
       await sql`
         INSERT INTO mqtt_sensor_claims (site_id, system, sensor_id, device_id, assigned_by) VALUES (${k.site}, ${k.system}, ${k.sensor}, ${deviceId}, ${by})
-        ON CONFLICT (site_id, system, sensor_id) DO UPDATE SET device_id = EXCLUDED.device_id, assigned_by = EXCLUDED.assigned_by, claimed_at = NOW()`.execute(opts.db())
+        ON CONFLICT (site_id, system, sensor_id) DO UPDATE SET device_id = EXCLUDED.device_id, assigned_by = EXCLUDED.assigned_by, claimed_at = NOW()`.execute(
+        opts.db(),
+      )
       remember(k, deviceId)
     },
 
     /** Frees a sensor: the next gateway to publish it claims it. */
     async release(k: SensorKey): Promise<boolean> {
-      const r = await sql`DELETE FROM mqtt_sensor_claims WHERE site_id = ${k.site} AND system = ${k.system} AND sensor_id = ${k.sensor}`.execute(opts.db())
+      const r =
+        await sql`DELETE FROM mqtt_sensor_claims WHERE site_id = ${k.site} AND system = ${k.system} AND sensor_id = ${k.sensor}`.execute(
+          opts.db(),
+        )
       remember(k, undefined)
       return Number(r.numAffectedRows ?? 0) > 0
     },

@@ -9,7 +9,10 @@ import type { AnyPacket } from 'aedes-persistence/asyncPersistence.js'
 const MARK = 'paku-not-delivered'
 
 export function suppress(packet: object, reason: string): void {
-  Object.assign(packet, { properties: { userProperties: { [MARK]: reason.slice(0, 200) } }, retain: false })
+  Object.assign(packet, {
+    properties: { userProperties: { [MARK]: reason.slice(0, 200) } },
+    retain: false,
+  })
 }
 
 export function isSuppressed(packet: AnyPacket | object): boolean {

@@ -22,7 +22,8 @@ describe('paku cli', () => {
     const t = io({ PAKU_CONFIG: '/does/not/exist.json', PAKU_MQTT_PORT: 'abc' })
     assert.equal(await runCli(['--help'], t.io), 0)
     const text = t.out.join('\n')
-    for (const name of Object.keys(COMMANDS)) assert.match(text, new RegExp(`^  ${name} `, 'm'), `${name} in the overview`)
+    for (const name of Object.keys(COMMANDS))
+      assert.match(text, new RegExp(`^  ${name} `, 'm'), `${name} in the overview`)
     assert.match(text, /docs\/cli\.md/)
     assert.ok(text.split('\n').length <= 20, 'help stays short')
   })
@@ -32,8 +33,16 @@ describe('paku cli', () => {
       const a = io({ PAKU_CONFIG: '/does/not/exist.json' })
       assert.equal(await runCli([name, '--help'], a.io), 0, name)
       const text = a.out.join('\n')
-      assert.match(text, new RegExp(`^usage: ${h.usage.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'), name)
-      assert.match(text, /^example:\n {2}(\S+ )*(\.\/)?paku /m, `${name}: an example that runs paku`)
+      assert.match(
+        text,
+        new RegExp(`^usage: ${h.usage.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'),
+        name,
+      )
+      assert.match(
+        text,
+        /^example:\n {2}(\S+ )*(\.\/)?paku /m,
+        `${name}: an example that runs paku`,
+      )
       assert.match(text, new RegExp(`^docs: ${h.docs}$`, 'm'))
       const b = io()
       assert.equal(await runCli(['help', name], b.io), 0)
@@ -44,11 +53,14 @@ describe('paku cli', () => {
     assert.match(c.out.join('\n'), /^usage: paku <command>/m, 'an unknown name gets the overview')
   })
 
-  it('docs/cli.md holds each command\'s help text as paku prints it', () => {
+  it("docs/cli.md holds each command's help text as paku prints it", () => {
     const page = readFileSync('docs/cli.md', 'utf8')
     assert.equal(page, cliPage(), 'docs/cli.md is what `npm run cli-docs` writes')
     for (const name of Object.keys(COMMANDS)) {
-      assert.ok(page.includes(`## ${name}\n\n\`\`\`text\n${commandHelp(name) ?? ''}\n\`\`\`\n`), `docs/cli.md: the section of ${name} matches paku ${name} --help`)
+      assert.ok(
+        page.includes(`## ${name}\n\n\`\`\`text\n${commandHelp(name) ?? ''}\n\`\`\`\n`),
+        `docs/cli.md: the section of ${name} matches paku ${name} --help`,
+      )
     }
   })
 
@@ -127,7 +139,7 @@ describe('paku cli', () => {
       'POSTGRES_USER=paku',
       'POSTGRES_PASSWORD="db pass#1"',
       'POSTGRES_DB=paku',
-      "MQTT_USER=edge",
+      'MQTT_USER=edge',
       "MQTT_PASSWORD='mqtt-Secret-1'  # the shared one",
       'OTA_API_KEY=ota-0123456789abcdef0123456789abcdef',
       'PAKU_DOMAIN=iot.example.com',
@@ -169,7 +181,10 @@ describe('paku cli', () => {
       const a = io()
       assert.equal(await runCli(['import-env', d.join('old.env'), '--show-secrets'], a.io), 0)
       const text = a.out.join('\n')
-      assert.match(text, /^PAKU_DATABASE_URL=postgres:\/\/paku:db%20pass%231@127\.0\.0\.1:5432\/paku$/m)
+      assert.match(
+        text,
+        /^PAKU_DATABASE_URL=postgres:\/\/paku:db%20pass%231@127\.0\.0\.1:5432\/paku$/m,
+      )
       assert.match(text, /^PAKU_MQTT_PASSWORD=mqtt-Secret-1$/m)
     })
 
@@ -197,7 +212,10 @@ describe('paku cli', () => {
       const { chmodSync } = await import('node:fs')
       chmodSync(target, 0o644)
       const c = io()
-      assert.equal(await runCli(['import-env', d.join('old.env'), '--write', target, '--force'], c.io), 0)
+      assert.equal(
+        await runCli(['import-env', d.join('old.env'), '--write', target, '--force'], c.io),
+        0,
+      )
       assert.match(readFileSync(target, 'utf8'), /^PAKU_MQTT_PASSWORD=mqtt-Secret-1$/m)
       assert.equal(statSync(target).mode & 0o777, 0o600, 'an existing file is narrowed to 0600 too')
     })
@@ -205,15 +223,25 @@ describe('paku cli', () => {
     it('reports bad lines with their number and what paku would refuse, keeps going, and exits 1', async (t) => {
       const { writeFileSync } = await import('node:fs')
       const d = await tempDir(t)
-      writeFileSync(d.join('old.env'), 'MQTT_USER=edge\nnot a line\nOTA_API_KEY=short\nMQTT_PASSWORD=mq\n')
+      writeFileSync(
+        d.join('old.env'),
+        'MQTT_USER=edge\nnot a line\nOTA_API_KEY=short\nMQTT_PASSWORD=mq\n',
+      )
       const a = io()
       assert.equal(await runCli(['import-env', d.join('old.env')], a.io), 1)
-      assert.deepEqual(a.err.filter((l) => !l.startsWith('warning: PAKU_DOMAIN')), [
-        `${d.join('old.env')}:2: not KEY=VALUE; skipped`,
-        "warning: OTA_API_KEY is 5 characters; paku needs at least 32 and does not start with a shorter one: put a new key from `openssl rand -hex 32` here and into the CI workflow's OTA_API_KEY secret",
-        'paku would refuse this configuration: http.adminApiKey (from PAKU_OTA_API_KEY): http.adminApiKey must be at least 32 characters (e.g. openssl rand -hex 32)',
-      ])
-      assert.match(a.out.join('\n'), /^PAKU_MQTT_PASSWORD=\*\*\*$/m, 'the lines after the bad one are read')
+      assert.deepEqual(
+        a.err.filter((l) => !l.startsWith('warning: PAKU_DOMAIN')),
+        [
+          `${d.join('old.env')}:2: not KEY=VALUE; skipped`,
+          "warning: OTA_API_KEY is 5 characters; paku needs at least 32 and does not start with a shorter one: put a new key from `openssl rand -hex 32` here and into the CI workflow's OTA_API_KEY secret",
+          'paku would refuse this configuration: http.adminApiKey (from PAKU_OTA_API_KEY): http.adminApiKey must be at least 32 characters (e.g. openssl rand -hex 32)',
+        ],
+      )
+      assert.match(
+        a.out.join('\n'),
+        /^PAKU_MQTT_PASSWORD=\*\*\*$/m,
+        'the lines after the bad one are read',
+      )
     })
 
     it('exits 1 for a file it cannot read and 2 for usage errors', async (t) => {
@@ -224,10 +252,18 @@ describe('paku cli', () => {
       const b = io()
       assert.equal(await runCli(['import-env', d.dir], b.io), 1)
       assert.match(b.err.join('\n'), /cannot read .* \(EISDIR\)/)
-      for (const args of [['import-env'], ['import-env', 'a.env', 'b.env'], ['import-env', 'a.env', '--force'], ['import-env', 'a.env', '--write']]) {
+      for (const args of [
+        ['import-env'],
+        ['import-env', 'a.env', 'b.env'],
+        ['import-env', 'a.env', '--force'],
+        ['import-env', 'a.env', '--write'],
+      ]) {
         const c = io()
         assert.equal(await runCli(args, c.io), 2, args.join(' '))
-        assert.match(c.err.join('\n'), /usage: paku import-env OLD_ENV_FILE|Option '--write <value>' argument missing/)
+        assert.match(
+          c.err.join('\n'),
+          /usage: paku import-env OLD_ENV_FILE|Option '--write <value>' argument missing/,
+        )
       }
     })
   })

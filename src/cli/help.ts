@@ -15,7 +15,10 @@ export type CommandHelp = {
   docs: string
 }
 
-const CONFIG_OPTION = ['--config FILE', 'the config file (else $PAKU_CONFIG, else ./paku.config.json); PAKU_* variables override it'] as const
+const CONFIG_OPTION = [
+  '--config FILE',
+  'the config file (else $PAKU_CONFIG, else ./paku.config.json); PAKU_* variables override it',
+] as const
 
 export const COMMANDS: Readonly<Record<string, CommandHelp>> = {
   serve: {
@@ -30,7 +33,7 @@ export const COMMANDS: Readonly<Record<string, CommandHelp>> = {
     docs: 'docs/getting-started.md',
   },
   migrate: {
-    summary: 'apply pending SQL migrations (and build the big tables\' indexes), then exit',
+    summary: "apply pending SQL migrations (and build the big tables' indexes), then exit",
     usage: 'paku migrate [--config FILE]',
     about:
       'Applies the migrations paku has not applied yet, adds what an adopted database lacks, and builds the\n' +
@@ -42,19 +45,28 @@ export const COMMANDS: Readonly<Record<string, CommandHelp>> = {
   'check-config': {
     summary: 'validate the config and print it with secrets masked',
     usage: 'paku check-config [--config FILE]',
-    about: 'Reads the config file and the PAKU_* variables as serve would, and prints the result (secrets as ***)\nor every problem with its key.',
+    about:
+      'Reads the config file and the PAKU_* variables as serve would, and prints the result (secrets as ***)\nor every problem with its key.',
     options: [CONFIG_OPTION],
     example: 'PAKU_MQTT_PORT=1884 paku check-config',
     docs: 'docs/configuration.md',
   },
   emulate: {
     summary: 'publish realistic device data: emulate ruuvi|heater',
-    usage: 'paku emulate ruuvi|heater [--url URL] [--site NAME] [--device IDS] [--interval SEC] [--count N] [--legacy]',
-    about: 'Publishes what Ruuvi tags (through an edge device) or the hydronic heater send, to try paku or a dashboard.',
+    usage:
+      'paku emulate ruuvi|heater [--url URL] [--site NAME] [--device IDS] [--interval SEC] [--count N] [--legacy]',
+    about:
+      'Publishes what Ruuvi tags (through an edge device) or the hydronic heater send, to try paku or a dashboard.',
     options: [
-      ['--url URL', 'broker: mqtt://, mqtts://, ws:// or wss://host:port[/path], user:password@ allowed (default mqtt://127.0.0.1:<mqtt.port>)'],
+      [
+        '--url URL',
+        'broker: mqtt://, mqtts://, ws:// or wss://host:port[/path], user:password@ allowed (default mqtt://127.0.0.1:<mqtt.port>)',
+      ],
       ['--site NAME', 'site id, the first topic level (default paku)'],
-      ['--device IDS', 'heater id (default emu01) or comma-separated Ruuvi locations (default van_inside,cabin)'],
+      [
+        '--device IDS',
+        'heater id (default emu01) or comma-separated Ruuvi locations (default van_inside,cabin)',
+      ],
       ['--legacy', 'ruuvi: also publish the old flat payload on {site}/ruuvi/{location}'],
       ['--interval SEC', 'seconds between rounds (default 5)'],
       ['--count N', 'rounds to publish, 0 = until Ctrl-C (default 0)'],
@@ -65,10 +77,11 @@ export const COMMANDS: Readonly<Record<string, CommandHelp>> = {
   },
   device: {
     summary: 'MQTT credentials: device add|list|remove',
-    usage: 'paku device add ID [--password P] [--role device|bridge|service] | device list | device remove ID',
+    usage:
+      'paku device add ID [--password P] [--role device|bridge|service] | device list | device remove ID',
     about:
       'Adds, lists or removes a login for the broker. A device login may only use its own id as client id and\n' +
-      'reach its own topics; a bridge (Home Assistant\'s Mosquitto) and a service (CI) have wider rights.\n' +
+      "reach its own topics; a bridge (Home Assistant's Mosquitto) and a service (CI) have wider rights.\n" +
       'Without --password a random one is generated and printed once.',
     options: [
       ['--password P', 'the password (else generated)'],
@@ -80,22 +93,28 @@ export const COMMANDS: Readonly<Record<string, CommandHelp>> = {
   },
   key: {
     summary: 'admin API keys: key create|list|revoke',
-    usage: 'paku key create NAME --scopes read,upload,rollout,ingest,command,admin | key list | key revoke NAME',
-    about: 'Creates a named key with the scopes it needs (printed once), lists keys (never their secrets) or revokes one.',
-    options: [['--scopes LIST', 'comma-separated: read, upload, rollout, ingest, command, admin'], CONFIG_OPTION],
+    usage:
+      'paku key create NAME --scopes read,upload,rollout,ingest,command,admin | key list | key revoke NAME',
+    about:
+      'Creates a named key with the scopes it needs (printed once), lists keys (never their secrets) or revokes one.',
+    options: [
+      ['--scopes LIST', 'comma-separated: read, upload, rollout, ingest, command, admin'],
+      CONFIG_OPTION,
+    ],
     example: 'paku key create firmware-ci --scopes read,upload,rollout',
     docs: 'docs/http-api.md#keys-and-scopes',
   },
   firmware: {
-    summary: 'firmware import DIR: load the old OTA service\'s firmware volume into the database',
+    summary: "firmware import DIR: load the old OTA service's firmware volume into the database",
     usage: 'paku firmware import DIR [--config FILE]',
-    about: 'Reads {model}_{version}.bin files for the releases the database knows, each checked against its recorded\nSHA-256 (ota.firmwareDir does the same at every start).',
+    about:
+      'Reads {model}_{version}.bin files for the releases the database knows, each checked against its recorded\nSHA-256 (ota.firmwareDir does the same at every start).',
     options: [CONFIG_OPTION],
     example: 'paku firmware import /var/lib/docker/volumes/paku_firmware/_data',
     docs: 'docs/migrating-from-paku-iot.md',
   },
   'import-env': {
-    summary: 'the old stack\'s compose/.env as PAKU_* variables',
+    summary: "the old stack's compose/.env as PAKU_* variables",
     usage: 'paku import-env OLD_ENV_FILE [--write FILE [--force]] [--show-secrets]',
     about:
       'Reads the old Docker Compose .env as compose does and prints the equivalent paku variables, secrets\n' +
@@ -112,7 +131,8 @@ export const COMMANDS: Readonly<Record<string, CommandHelp>> = {
   'install-service': {
     summary: 'systemd: install the executable, user, unit and config',
     usage: 'paku install-service [--bin PATH] [--user NAME] [--root DIR] [--dry-run]',
-    about: 'Copies this executable to /usr/local/bin, creates the paku user, writes the hardened systemd unit, the\nconfig and an env file for secrets; --dry-run prints what it would do.',
+    about:
+      'Copies this executable to /usr/local/bin, creates the paku user, writes the hardened systemd unit, the\nconfig and an env file for secrets; --dry-run prints what it would do.',
     options: [
       ['--bin PATH', 'where to install the executable (default /usr/local/bin/paku)'],
       ['--user NAME', 'the service user (default paku)'],
@@ -123,9 +143,10 @@ export const COMMANDS: Readonly<Record<string, CommandHelp>> = {
     docs: 'docs/operations.md#install-on-a-vm',
   },
   'wait-ready': {
-    summary: 'wait until paku\'s /health answers ok (deploy scripts)',
+    summary: "wait until paku's /health answers ok (deploy scripts)",
     usage: 'paku wait-ready [--timeout SEC] [--config FILE]',
-    about: 'Polls the configured HTTP listener\'s /health until it is ok, or fails after the timeout.',
+    about:
+      "Polls the configured HTTP listener's /health until it is ok, or fails after the timeout.",
     options: [['--timeout SEC', 'give up after SEC seconds (default 60)'], CONFIG_OPTION],
     example: 'systemctl restart paku && paku wait-ready --timeout 120',
     docs: 'docs/operations.md#upgrades',
@@ -133,7 +154,8 @@ export const COMMANDS: Readonly<Record<string, CommandHelp>> = {
   grafana: {
     summary: 'grafana export DIR: write the Grafana provisioning files',
     usage: 'paku grafana export DIR [--no-legacy]',
-    about: 'Writes the datasource and dashboards paku ships to DIR (Grafana\'s provisioning directory).',
+    about:
+      "Writes the datasource and dashboards paku ships to DIR (Grafana's provisioning directory).",
     options: [['--no-legacy', 'leave out (and remove) the "EcoFlow — Legacy" folder']],
     example: 'sudo paku grafana export /etc/grafana/provisioning',
     docs: 'docs/grafana.md',
@@ -170,7 +192,9 @@ export function commandHelp(name: string): string | undefined {
     `usage: ${h.usage}`,
     '',
     h.about,
-    ...(h.options && h.options.length > 0 ? ['', 'options:', ...h.options.map(([o, d]) => `  ${o.padEnd(width)}  ${d}`)] : []),
+    ...(h.options && h.options.length > 0
+      ? ['', 'options:', ...h.options.map(([o, d]) => `  ${o.padEnd(width)}  ${d}`)]
+      : []),
     '',
     'example:',
     `  ${h.example}`,
@@ -190,6 +214,7 @@ export function cliPage(): string {
     '([Configuration](configuration.md)). From a checkout, `npm run paku -- <command>` runs the same.',
     '',
   ]
-  for (const name of Object.keys(COMMANDS)) parts.push(`## ${name}`, '', '```text', commandHelp(name) as string, '```', '')
+  for (const name of Object.keys(COMMANDS))
+    parts.push(`## ${name}`, '', '```text', commandHelp(name) as string, '```', '')
   return parts.join('\n')
 }

@@ -5,7 +5,14 @@ import { createApp } from '../app.js'
 import { commandHelp, overview } from './help.js'
 import { exportGrafana, migrationFiles, versionInfo } from '../assets.js'
 import { importEnv, loadConfig, maskSecrets, renderEnvFile, type Config } from '../config/index.js'
-import { addCredential, listCredentials, removeCredential, ROLES, USERNAME, type Role } from '../broker/credentials.js'
+import {
+  addCredential,
+  listCredentials,
+  removeCredential,
+  ROLES,
+  USERNAME,
+  type Role,
+} from '../broker/credentials.js'
 import { createDatabase, type Database } from '../db/index.js'
 import { createKey, KEY_NAME, listKeys, revokeKey, SCOPES, type Scope } from '../http/index.js'
 import { importFirmwareDir } from '../ota/index.js'
@@ -72,7 +79,9 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   const command = positionals[0] ?? 'serve'
   if (values.help || command === 'help') {
     // `paku CMD --help`, `paku help CMD`, `paku --help`
-    const about = commandHelp(command === 'help' ? (positionals[1] ?? '') : positionals.length > 0 ? command : '')
+    const about = commandHelp(
+      command === 'help' ? (positionals[1] ?? '') : positionals.length > 0 ? command : '',
+    )
     io.out(about ?? HELP)
     return 0
   }
@@ -80,7 +89,8 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     io.out(EMULATE_HELP)
     return 0
   }
-  if (command === 'grafana') return grafanaCommand(positionals.slice(1), { legacy: !values['no-legacy'] }, io)
+  if (command === 'grafana')
+    return grafanaCommand(positionals.slice(1), { legacy: !values['no-legacy'] }, io)
   if (command === 'import-env') return importEnvCommand(positionals.slice(1), values, io)
   if (command === 'install-service') return installServiceCommand(values, io)
   if (command === 'version') {
@@ -88,7 +98,18 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     io.out(`paku ${v.version} (${v.commit}) node ${process.version}`)
     return 0
   }
-  if (!['serve', 'migrate', 'check-config', 'emulate', 'device', 'key', 'firmware', 'wait-ready'].includes(command)) {
+  if (
+    ![
+      'serve',
+      'migrate',
+      'check-config',
+      'emulate',
+      'device',
+      'key',
+      'firmware',
+      'wait-ready',
+    ].includes(command)
+  ) {
     io.err(`unknown command ${JSON.stringify(command)}\n\n${HELP}`)
     return 2
   }
@@ -125,7 +146,13 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
 }
 
 function logger(config: Config, io: CliIo) {
-  return createLogger({ level: config.log.level, format: config.log.format, levels: config.log.levels, isTTY: io.isTTY, write: io.out })
+  return createLogger({
+    level: config.log.level,
+    format: config.log.format,
+    levels: config.log.levels,
+    isTTY: io.isTTY,
+    write: io.out,
+  })
 }
 
 async function serveCommand(config: Config, path: string | undefined, io: CliIo): Promise<number> {
@@ -150,7 +177,10 @@ async function serveCommand(config: Config, path: string | undefined, io: CliIo)
     // From process start, and from the database's first answer (migrations, broker, HTTP): the start-up
     // figures `npm run smoke` reports.
     startupMs: Math.round(performance.now()),
-    readyAfterDatabaseMs: app.db.answeredAt === undefined ? undefined : Math.round(performance.now() - app.db.answeredAt),
+    readyAfterDatabaseMs:
+      app.db.answeredAt === undefined
+        ? undefined
+        : Math.round(performance.now() - app.db.answeredAt),
   })
   io.onReload?.(() => {
     try {
@@ -169,7 +199,10 @@ async function serveCommand(config: Config, path: string | undefined, io: CliIo)
     await Promise.race([
       app.stop(),
       new Promise((_, reject) => {
-        deadline = setTimeout(() => reject(new Error(`stop took longer than ${STOP_DEADLINE_MS} ms`)), STOP_DEADLINE_MS)
+        deadline = setTimeout(
+          () => reject(new Error(`stop took longer than ${STOP_DEADLINE_MS} ms`)),
+          STOP_DEADLINE_MS,
+        )
       }),
     ])
   } catch (err) {
@@ -188,7 +221,11 @@ async function migrateCommand(config: Config, io: CliIo): Promise<number> {
     io,
     'migrate',
     async (db) => {
-      io.out(db.applied.length === 0 ? 'no pending migrations' : db.applied.map((n) => `applied ${n}`).join('\n'))
+      io.out(
+        db.applied.length === 0
+          ? 'no pending migrations'
+          : db.applied.map((n) => `applied ${n}`).join('\n'),
+      )
       return 0
     },
     undefined,
@@ -201,9 +238,22 @@ async function migrateCommand(config: Config, io: CliIo): Promise<number> {
  * Runs a command against the configured database (migrations applied), always closing it;
  * a failure prints `WHAT failed: …` (or `describe(err)`) and returns 1.
  */
-async function withDatabase(config: Config, io: CliIo, what: string, fn: (db: Database) => Promise<number>, describe?: (err: unknown) => string | undefined, indexes: 'wait' | 'skip' = 'skip'): Promise<number> {
+async function withDatabase(
+  config: Config,
+  io: CliIo,
+  what: string,
+  fn: (db: Database) => Promise<number>,
+  describe?: (err: unknown) => string | undefined,
+  indexes: 'wait' | 'skip' = 'skip',
+): Promise<number> {
   const log = logger(config, io)
-  const db = createDatabase({ config: config.database, dataDir: config.dataDir, log: log.child('db'), migrations: migrationFiles(), indexes })
+  const db = createDatabase({
+    config: config.database,
+    dataDir: config.dataDir,
+    log: log.child('db'),
+    migrations: migrationFiles(),
+    indexes,
+  })
   try {
     await db.start()
     return await fn(db)
@@ -234,7 +284,9 @@ function grafanaCommand(args: string[], opts: { legacy: boolean }, io: CliIo): n
   }
   for (const rel of removed) io.out(`removed ${rel} (--no-legacy)`)
   const legacy = opts.legacy ? ', the EcoFlow — Legacy folder' : ''
-  io.out(`wrote the Grafana provisioning files to ${dir} (datasources/, dashboards/${legacy}); see docs/grafana.md`)
+  io.out(
+    `wrote the Grafana provisioning files to ${dir} (datasources/, dashboards/${legacy}); see docs/grafana.md`,
+  )
   return 0
 }
 
@@ -244,18 +296,26 @@ function grafanaCommand(args: string[], opts: { legacy: boolean }, io: CliIo): n
  * one only with --force). Exits 1 when the file cannot be read, a line of it was skipped, or paku would
  * refuse the result (the output is still printed and written); 2 on usage errors.
  */
-function importEnvCommand(args: string[], values: Record<string, string | boolean | undefined>, io: CliIo): number {
+function importEnvCommand(
+  args: string[],
+  values: Record<string, string | boolean | undefined>,
+  io: CliIo,
+): number {
   const [file, ...extra] = args
   const write = typeof values.write === 'string' ? values.write : undefined
   if (!file || extra.length > 0 || write === '' || (values.force && write === undefined)) {
-    io.err('usage: paku import-env OLD_ENV_FILE [--write FILE [--force]] [--show-secrets]   (e.g. compose/.env)')
+    io.err(
+      'usage: paku import-env OLD_ENV_FILE [--write FILE [--force]] [--show-secrets]   (e.g. compose/.env)',
+    )
     return 2
   }
   let text: string
   try {
     text = readFileSync(file, 'utf8')
   } catch (err) {
-    io.err(`import-env: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? errorText(err)})`)
+    io.err(
+      `import-env: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? errorText(err)})`,
+    )
     return 1
   }
   const r = importEnv(text)
@@ -274,7 +334,11 @@ function importEnvCommand(args: string[], values: Record<string, string | boolea
       }
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code
-      io.err(code === 'EEXIST' ? `import-env: ${write} exists; --force replaces it` : `import-env: cannot write ${write} (${code ?? errorText(err)})`)
+      io.err(
+        code === 'EEXIST'
+          ? `import-env: ${write} exists; --force replaces it`
+          : `import-env: cannot write ${write} (${code ?? errorText(err)})`,
+      )
       return 1
     }
   }
@@ -284,7 +348,10 @@ function importEnvCommand(args: string[], values: Record<string, string | boolea
 }
 
 /** `paku install-service`: the executable, a system user, the hardened unit, a closed config; prints each step. */
-function installServiceCommand(values: Record<string, string | boolean | undefined>, io: CliIo): number {
+function installServiceCommand(
+  values: Record<string, string | boolean | undefined>,
+  io: CliIo,
+): number {
   const user = typeof values.user === 'string' ? values.user : 'paku'
   const bin = typeof values.bin === 'string' ? values.bin : '/usr/local/bin/paku'
   const root = typeof values.root === 'string' ? values.root : '/'
@@ -297,22 +364,37 @@ function installServiceCommand(values: Record<string, string | boolean | undefin
     return 2
   }
   if (root === '/' && !values['dry-run'] && process.getuid?.() !== 0) {
-    io.err('install-service writes to /etc and /usr/local/bin: run it as root (or --dry-run to see what it would do)')
+    io.err(
+      'install-service writes to /etc and /usr/local/bin: run it as root (or --dry-run to see what it would do)',
+    )
     return 1
   }
   try {
-    const did = installService({ root, bin, user, execPath: process.execPath, dryRun: values['dry-run'] === true, run: runCommand })
+    const did = installService({
+      root,
+      bin,
+      user,
+      execPath: process.execPath,
+      dryRun: values['dry-run'] === true,
+      run: runCommand,
+    })
     for (const line of did) io.out(`${values['dry-run'] ? 'would: ' : ''}${line}`)
   } catch (err) {
     io.err(`install-service failed: ${errorText(err)}`)
     return 1
   }
-  io.out('next: set PAKU_DATABASE_URL (and the other secrets) in /etc/paku/paku.env, then: systemctl enable --now paku; journalctl -u paku -f')
+  io.out(
+    'next: set PAKU_DATABASE_URL (and the other secrets) in /etc/paku/paku.env, then: systemctl enable --now paku; journalctl -u paku -f',
+  )
   return 0
 }
 
 /** `paku wait-ready`: exits 0 once paku answers /health (ExecStartPost of the unit), 1 on timeout. */
-async function waitReadyCommand(config: Config, timeout: string | boolean | undefined, io: CliIo): Promise<number> {
+async function waitReadyCommand(
+  config: Config,
+  timeout: string | boolean | undefined,
+  io: CliIo,
+): Promise<number> {
   const seconds = timeout === undefined ? 60 : Number(timeout)
   if (!Number.isFinite(seconds) || seconds <= 0 || seconds > 3600) {
     io.err('--timeout must be seconds between 1 and 3600')
@@ -331,7 +413,9 @@ async function waitReadyCommand(config: Config, timeout: string | boolean | unde
 async function firmwareCommand(config: Config, args: string[], io: CliIo): Promise<number> {
   const [action, dir] = args
   if (action !== 'import' || !dir) {
-    io.err('usage: paku firmware import DIR   (the old OTA service\'s FIRMWARE_STORAGE_PATH, e.g. the paku_firmware volume)')
+    io.err(
+      "usage: paku firmware import DIR   (the old OTA service's FIRMWARE_STORAGE_PATH, e.g. the paku_firmware volume)",
+    )
     return 2
   }
   return withDatabase(config, io, 'firmware import', async (db) => {
@@ -339,29 +423,46 @@ async function firmwareCommand(config: Config, args: string[], io: CliIo): Promi
     for (const x of r.imported) io.out(`imported ${x}`)
     for (const x of r.missing) io.err(`missing ${x}`)
     for (const x of r.mismatched) io.err(`checksum mismatch, not imported: ${x}`)
-    io.out(`${r.imported.length} imported, ${r.missing.length} missing, ${r.mismatched.length} mismatched`)
+    io.out(
+      `${r.imported.length} imported, ${r.missing.length} missing, ${r.mismatched.length} mismatched`,
+    )
     return r.mismatched.length > 0 ? 1 : 0
   })
 }
 
 /** `paku key create|list|revoke`: named admin API keys with scopes; a key is shown once. */
-async function keyCommand(config: Config, args: string[], values: Record<string, string | boolean | undefined>, io: CliIo): Promise<number> {
+async function keyCommand(
+  config: Config,
+  args: string[],
+  values: Record<string, string | boolean | undefined>,
+  io: CliIo,
+): Promise<number> {
   const [action, name] = args
   if (action !== 'create' && action !== 'list' && action !== 'revoke') {
-    io.err('usage: paku key create NAME --scopes read,upload,rollout,ingest,command,admin | key list | key revoke NAME')
+    io.err(
+      'usage: paku key create NAME --scopes read,upload,rollout,ingest,command,admin | key list | key revoke NAME',
+    )
     return 2
   }
   if (action !== 'list' && (!name || !KEY_NAME.test(name))) {
     io.err('key name must be 1–64 characters of a-z 0-9 _ . - (e.g. firmware-ci)')
     return 2
   }
-  const scopes = String(values.scopes ?? '').split(',').map((x) => x.trim()).filter(Boolean)
-  if (action === 'create' && (scopes.length === 0 || scopes.some((x) => !(SCOPES as readonly string[]).includes(x)))) {
+  const scopes = String(values.scopes ?? '')
+    .split(',')
+    .map((x) => x.trim())
+    .filter(Boolean)
+  if (
+    action === 'create' &&
+    (scopes.length === 0 || scopes.some((x) => !(SCOPES as readonly string[]).includes(x)))
+  ) {
     io.err(`--scopes must be a comma-separated list of ${SCOPES.join(', ')}`)
     return 2
   }
   const duplicate = (err: unknown) =>
-    (err as { code?: string }).code === '23505' ? `a key named ${name} exists already (revoke it or choose another name)` : undefined
+    (err as { code?: string }).code === '23505'
+      ? `a key named ${name} exists already (revoke it or choose another name)`
+      : undefined
   return withDatabase(
     config,
     io,
@@ -371,7 +472,9 @@ async function keyCommand(config: Config, args: string[], values: Record<string,
         const rows = await listKeys(db.db)
         if (rows.length === 0) io.out('no admin keys')
         for (const k of rows) {
-          io.out(`${k.name}\t${k.scopes.join(',')}\tcreated ${k.created_at.toISOString()}\tlast used ${k.last_used_at?.toISOString() ?? 'never'}${k.revoked_at ? `\trevoked ${k.revoked_at.toISOString()}` : ''}`)
+          io.out(
+            `${k.name}\t${k.scopes.join(',')}\tcreated ${k.created_at.toISOString()}\tlast used ${k.last_used_at?.toISOString() ?? 'never'}${k.revoked_at ? `\trevoked ${k.revoked_at.toISOString()}` : ''}`,
+          )
         }
         return 0
       }
@@ -392,11 +495,18 @@ async function keyCommand(config: Config, args: string[], values: Record<string,
 }
 
 /** `paku device add|list|remove`: per-device MQTT credentials, stored as scrypt hashes. */
-async function deviceCommand(config: Config, args: string[], values: Record<string, string | boolean | undefined>, io: CliIo): Promise<number> {
+async function deviceCommand(
+  config: Config,
+  args: string[],
+  values: Record<string, string | boolean | undefined>,
+  io: CliIo,
+): Promise<number> {
   const [action, id] = args
   const role = (values.role as string | undefined) ?? 'device'
   if (action !== 'add' && action !== 'list' && action !== 'remove') {
-    io.err('usage: paku device add ID [--password P] [--role device|bridge|service] | device list | device remove ID')
+    io.err(
+      'usage: paku device add ID [--password P] [--role device|bridge|service] | device list | device remove ID',
+    )
     return 2
   }
   if (action !== 'list' && (!id || !USERNAME.test(id))) {
@@ -416,7 +526,10 @@ async function deviceCommand(config: Config, args: string[], values: Record<stri
     if (action === 'list') {
       const rows = await listCredentials(db.db)
       if (rows.length === 0) io.out('no MQTT credentials')
-      for (const r of rows) io.out(`${r.username}\t${r.role}\tcreated ${r.created_at.toISOString()}\tlast used ${r.last_used_at?.toISOString() ?? 'never'}`)
+      for (const r of rows)
+        io.out(
+          `${r.username}\t${r.role}\tcreated ${r.created_at.toISOString()}\tlast used ${r.last_used_at?.toISOString() ?? 'never'}`,
+        )
       return 0
     }
     if (action === 'remove') {
@@ -430,7 +543,11 @@ async function deviceCommand(config: Config, args: string[], values: Record<stri
     const password = given ?? randomBytes(18).toString('base64url')
     await addCredential(db.db, id as string, password, role as Role)
     // A generated password is shown once; a given one is never echoed.
-    io.out(given === undefined ? `added ${id} (${role}); password: ${password}` : `added ${id} (${role})`)
+    io.out(
+      given === undefined
+        ? `added ${id} (${role}); password: ${password}`
+        : `added ${id} (${role})`,
+    )
     return 0
   })
 }
@@ -457,8 +574,14 @@ async function emulateCommand(
     io.err('--interval must be a positive number of seconds and --count a whole number')
     return 2
   }
-  const host = config.mqtt.host === '0.0.0.0' || config.mqtt.host === '::' ? '127.0.0.1' : config.mqtt.host
-  const device = typeof values.device === 'string' ? values.device : kind === 'heater' ? 'emu01' : 'van_inside,cabin'
+  const host =
+    config.mqtt.host === '0.0.0.0' || config.mqtt.host === '::' ? '127.0.0.1' : config.mqtt.host
+  const device =
+    typeof values.device === 'string'
+      ? values.device
+      : kind === 'heater'
+        ? 'emu01'
+        : 'van_inside,cabin'
   const abort = new AbortController()
   void io.waitForStop().then(() => abort.abort())
   try {
@@ -470,7 +593,10 @@ async function emulateCommand(
       username: values.username as string | undefined,
       password: values.password as string | undefined,
       site: typeof values.site === 'string' ? values.site : 'paku',
-      devices: device.split(',').map((d) => d.trim()).filter(Boolean),
+      devices: device
+        .split(',')
+        .map((d) => d.trim())
+        .filter(Boolean),
       legacy: values.legacy === true,
       intervalMs: interval * 1000,
       count,

@@ -1,5 +1,12 @@
 import { execFileSync } from 'node:child_process'
-import { chmodSync, copyFileSync, existsSync, mkdirSync, realpathSync, writeFileSync } from 'node:fs'
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  realpathSync,
+  writeFileSync,
+} from 'node:fs'
 import { dirname, join } from 'node:path'
 import { isSingleExecutable, serviceUnit } from '../assets.js'
 import type { Config } from '../config/index.js'
@@ -8,7 +15,12 @@ import type { Config } from '../config/index.js'
 export const PRODUCTION_CONFIG = {
   dataDir: '/var/lib/paku',
   log: { level: 'info', format: 'json' },
-  mqtt: { host: '0.0.0.0', port: 1883, allowAnonymous: false, ws: { enabled: true, host: '0.0.0.0', port: 8083 } },
+  mqtt: {
+    host: '0.0.0.0',
+    port: 1883,
+    allowAnonymous: false,
+    ws: { enabled: true, host: '0.0.0.0', port: 8083 },
+  },
   http: { host: '0.0.0.0', port: 8080 },
 }
 
@@ -33,7 +45,14 @@ PAKU_DATABASE_URL=postgres://paku:CHANGE-ME@127.0.0.1:5432/paku
 # PAKU_ECOFLOW_SECRET_KEY=
 `
 
-export type InstallOptions = { root: string; bin: string; user: string; execPath: string; dryRun: boolean; run: (cmd: string, args: string[]) => void }
+export type InstallOptions = {
+  root: string
+  bin: string
+  user: string
+  execPath: string
+  dryRun: boolean
+  run: (cmd: string, args: string[]) => void
+}
 
 /**
  * Installs paku as a service: the executable, a system user, the unit, a closed-by-default config
@@ -65,18 +84,43 @@ export function installService(o: InstallOptions): string[] {
       }
       did.push(`installed ${o.execPath} as ${o.bin}`)
     } else did.push(`${o.bin} is this executable`)
-  } else did.push(`not copying the executable: this is paku from source (build dist/paku with npm run build and run its install-service)`)
+  } else
+    did.push(
+      `not copying the executable: this is paku from source (build dist/paku with npm run build and run its install-service)`,
+    )
   const template = serviceUnit()
-  const unit = o.bin === '/usr/local/bin/paku' ? template : template.replaceAll('/usr/local/bin/paku', o.bin)
-  write('/etc/systemd/system/paku.service', o.user === 'paku' ? unit : unit.replace(/^User=paku$/m, `User=${o.user}`).replace(/^Group=paku$/m, `Group=${o.user}`), 0o644, false)
-  write('/etc/paku/paku.config.json', `${JSON.stringify(PRODUCTION_CONFIG, null, 2)}\n`, 0o644, true)
+  const unit =
+    o.bin === '/usr/local/bin/paku' ? template : template.replaceAll('/usr/local/bin/paku', o.bin)
+  write(
+    '/etc/systemd/system/paku.service',
+    o.user === 'paku'
+      ? unit
+      : unit.replace(/^User=paku$/m, `User=${o.user}`).replace(/^Group=paku$/m, `Group=${o.user}`),
+    0o644,
+    false,
+  )
+  write(
+    '/etc/paku/paku.config.json',
+    `${JSON.stringify(PRODUCTION_CONFIG, null, 2)}\n`,
+    0o644,
+    true,
+  )
   write('/etc/paku/paku.env', ENV_TEMPLATE, 0o600, true)
   if (o.root === '/' && !o.dryRun) {
     try {
       o.run('id', ['-u', o.user])
       did.push(`user ${o.user} exists`)
     } catch {
-      o.run('useradd', ['--system', '--user-group', '--home-dir', '/var/lib/paku', '--no-create-home', '--shell', '/usr/sbin/nologin', o.user])
+      o.run('useradd', [
+        '--system',
+        '--user-group',
+        '--home-dir',
+        '/var/lib/paku',
+        '--no-create-home',
+        '--shell',
+        '/usr/sbin/nologin',
+        o.user,
+      ])
       did.push(`created system user ${o.user}`)
     }
     o.run('systemctl', ['daemon-reload'])
@@ -96,19 +140,26 @@ export function healthUrl(config: Config): string {
 }
 
 /** Polls /health until paku answers ok or degraded (migrated, broker and HTTP listening). */
-export async function waitReady(url: string, timeoutMs: number): Promise<{ ok: true; ms: number; status: string } | { ok: false; error: string }> {
+export async function waitReady(
+  url: string,
+  timeoutMs: number,
+): Promise<{ ok: true; ms: number; status: string } | { ok: false; error: string }> {
   const t0 = Date.now()
   let last = 'no answer'
   while (Date.now() - t0 < timeoutMs) {
     try {
       const res = await fetch(url, { signal: AbortSignal.timeout(2000) })
       const body = (await res.json().catch(() => ({}))) as { status?: string }
-      if (res.status === 200 && (body.status === 'ok' || body.status === 'degraded')) return { ok: true, ms: Date.now() - t0, status: body.status }
+      if (res.status === 200 && (body.status === 'ok' || body.status === 'degraded'))
+        return { ok: true, ms: Date.now() - t0, status: body.status }
       last = `HTTP ${res.status} ${body.status ?? ''}`.trim()
     } catch (err) {
       last = (err as Error).message
     }
     await new Promise((r) => setTimeout(r, 100))
   }
-  return { ok: false, error: `paku not ready after ${Math.round(timeoutMs / 1000)} s at ${url} (${last})` }
+  return {
+    ok: false,
+    error: `paku not ready after ${Math.round(timeoutMs / 1000)} s at ${url} (${last})`,
+  }
 }

@@ -2,7 +2,14 @@ import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import mqtt, { type MqttClient } from 'mqtt'
 import { redisSkipReason, startRedis } from '../../scripts/cluster-kit.js'
-import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
+import {
+  defer,
+  eventually,
+  sqlClient,
+  startApp,
+  testConfig,
+  testDatabase,
+} from '../../scripts/test-helpers.js'
 
 // CI installs redis-server (.ci/run); on a developer machine without it these tests are skipped, loudly.
 const skip = await redisSkipReason()
@@ -19,7 +26,16 @@ async function cluster(t: T) {
   const names = ['a', 'b', 'c']
   const nodes: Array<Awaited<ReturnType<typeof startApp>>> = []
   for (const name of names) {
-    nodes.push(await startApp(t, testConfig({ databaseUrl: url, http: { adminApiKey: KEY }, cluster: { redisUrl: redis.url, instanceId: `test-${name}`, leaderRetrySeconds: 1 } })))
+    nodes.push(
+      await startApp(
+        t,
+        testConfig({
+          databaseUrl: url,
+          http: { adminApiKey: KEY },
+          cluster: { redisUrl: redis.url, instanceId: `test-${name}`, leaderRetrySeconds: 1 },
+        }),
+      ),
+    )
   }
   const db = await sqlClient(t, url)
   const client = async (node: number, o: mqtt.IClientOptions = {}) => {
@@ -33,7 +49,9 @@ async function cluster(t: T) {
 /** Collects what a client receives, by topic. */
 function inbox(c: MqttClient) {
   const got: Array<{ topic: string; payload: string; retain: boolean }> = []
-  c.on('message', (topic, payload, packet) => got.push({ topic, payload: payload.toString(), retain: packet.retain }))
+  c.on('message', (topic, payload, packet) =>
+    got.push({ topic, payload: payload.toString(), retain: packet.retain }),
+  )
   return got
 }
 
@@ -48,15 +66,38 @@ describe('three paku instances on one PostgreSQL and one Redis', { skip, timeout
     const c = inbox(subC)
     const pub = await client(0)
     for (const qos of [0, 1] as const) {
-      await pub.publishAsync(`paku/sensors/x_${qos}/data`, JSON.stringify({ device_id: `x_${qos}`, metrics: { qos } }), { qos })
+      await pub.publishAsync(
+        `paku/sensors/x_${qos}/data`,
+        JSON.stringify({ device_id: `x_${qos}`, metrics: { qos } }),
+        { qos },
+      )
     }
-    await eventually(async () => b.length === 2 && c.length === 2, { what: () => `deliveries on b ${b.length}, c ${c.length}` })
-    assert.deepEqual(b.map((m) => m.topic).sort(), ['paku/sensors/x_0/data', 'paku/sensors/x_1/data'])
+    await eventually(async () => b.length === 2 && c.length === 2, {
+      what: () => `deliveries on b ${b.length}, c ${c.length}`,
+    })
+    assert.deepEqual(b.map((m) => m.topic).sort(), [
+      'paku/sensors/x_0/data',
+      'paku/sensors/x_1/data',
+    ])
     // Stored by the instance that received them, once: the other two only delivered them.
-    await eventually(async () => Number((await db.query(`SELECT count(*)::int AS n FROM measurements WHERE device_id LIKE 'x\\_%'`)).rows[0].n) >= 2)
+    await eventually(
+      async () =>
+        Number(
+          (
+            await db.query(
+              `SELECT count(*)::int AS n FROM measurements WHERE device_id LIKE 'x\\_%'`,
+            )
+          ).rows[0].n,
+        ) >= 2,
+    )
     await new Promise((r) => setTimeout(r, 300))
-    const rows = await db.query(`SELECT device_id, count(*)::int AS n FROM measurements WHERE device_id LIKE 'x\\_%' GROUP BY 1 ORDER BY 1`)
-    assert.deepEqual(rows.rows, [{ device_id: 'x_0', n: 1 }, { device_id: 'x_1', n: 1 }])
+    const rows = await db.query(
+      `SELECT device_id, count(*)::int AS n FROM measurements WHERE device_id LIKE 'x\\_%' GROUP BY 1 ORDER BY 1`,
+    )
+    assert.deepEqual(rows.rows, [
+      { device_id: 'x_0', n: 1 },
+      { device_id: 'x_1', n: 1 },
+    ])
   })
 
   it('a retained message set on A is delivered to a new subscriber on C', async (t) => {
@@ -79,7 +120,9 @@ describe('three paku instances on one PostgreSQL and one Redis', { skip, timeout
     )
     assert.deepEqual(got[0], { topic: 'paku/edge/ESP32-R/config/set', payload, retain: true })
     // Cleared on B, gone on C too.
-    await (await client(1)).publishAsync('paku/edge/ESP32-R/config/set', '', { qos: 1, retain: true })
+    await (
+      await client(1)
+    ).publishAsync('paku/edge/ESP32-R/config/set', '', { qos: 1, retain: true })
     await new Promise((r) => setTimeout(r, 200))
     const late = await client(2)
     const none = inbox(late)
@@ -97,8 +140,22 @@ describe('three paku instances on one PostgreSQL and one Redis', { skip, timeout
     const pub = await client(2)
     await new Promise((r) => setTimeout(r, 100))
     await pub.publishAsync('paku/edge/ESP32-Q/cmd/ota', '{"url":"u1"}', { qos: 1 })
-    await eventually(async () => Number((await db.query(`SELECT count(*)::int AS n FROM mqtt_outgoing WHERE client_id = 'ha-bridge'`)).rows[0].n) === 1, { what: 'the queued row' })
-    const resumed = mqtt.connect(nodes[1]?.mqttUrl as string, { clientId: 'ha-bridge', clean: false, reconnectPeriod: 0 })
+    await eventually(
+      async () =>
+        Number(
+          (
+            await db.query(
+              `SELECT count(*)::int AS n FROM mqtt_outgoing WHERE client_id = 'ha-bridge'`,
+            )
+          ).rows[0].n,
+        ) === 1,
+      { what: 'the queued row' },
+    )
+    const resumed = mqtt.connect(nodes[1]?.mqttUrl as string, {
+      clientId: 'ha-bridge',
+      clean: false,
+      reconnectPeriod: 0,
+    })
     defer(t, () => resumed.endAsync(true))
     const got = inbox(resumed)
     const connack = await new Promise<{ sessionPresent: boolean }>((resolve, reject) => {
@@ -108,11 +165,24 @@ describe('three paku instances on one PostgreSQL and one Redis', { skip, timeout
     })
     assert.equal(connack.sessionPresent, true, 'B knows the session made on A')
     await eventually(async () => got.length === 1, { what: 'the queued message on B' })
-    assert.deepEqual(got.map((m) => m.payload), ['{"url":"u1"}'])
+    assert.deepEqual(
+      got.map((m) => m.payload),
+      ['{"url":"u1"}'],
+    )
     // Live delivery after resuming, and the acknowledged message leaves the queue everywhere.
     await pub.publishAsync('paku/edge/ESP32-Q/cmd/ota', '{"url":"u2"}', { qos: 1 })
     await eventually(async () => got.length === 2, { what: 'the live message on B' })
-    await eventually(async () => Number((await db.query(`SELECT count(*)::int AS n FROM mqtt_outgoing WHERE client_id = 'ha-bridge'`)).rows[0].n) === 0, { what: 'an empty queue in PostgreSQL' })
+    await eventually(
+      async () =>
+        Number(
+          (
+            await db.query(
+              `SELECT count(*)::int AS n FROM mqtt_outgoing WHERE client_id = 'ha-bridge'`,
+            )
+          ).rows[0].n,
+        ) === 0,
+      { what: 'an empty queue in PostgreSQL' },
+    )
     await resumed.endAsync()
     // Back on A: nothing is delivered again (A's memory saw B take and acknowledge them).
     const again = await client(0, { clientId: 'ha-bridge', clean: false })
@@ -125,11 +195,19 @@ describe('three paku instances on one PostgreSQL and one Redis', { skip, timeout
     const { nodes, client } = await cluster(t)
     // The device is on C; the command goes out through A, whose memory holds it open.
     const device = await client(2, { clientId: 'ESP32-CMD' })
-    await device.publishAsync('paku/edge/ESP32-CMD/status', JSON.stringify({ online: true, device_model: 'esp32-heater', firmware_version: '1.0.0' }), { qos: 1 })
+    await device.publishAsync(
+      'paku/edge/ESP32-CMD/status',
+      JSON.stringify({ online: true, device_model: 'esp32-heater', firmware_version: '1.0.0' }),
+      { qos: 1 },
+    )
     await device.subscribeAsync('paku/edge/ESP32-CMD/config/set', { qos: 1 })
     device.on('message', (_topic, payload) => {
       const body = JSON.parse(payload.toString()) as Record<string, unknown>
-      void device.publishAsync('paku/edge/ESP32-CMD/config/report', JSON.stringify({ ...body, device_id: 'ESP32-CMD' }), { qos: 1 })
+      void device.publishAsync(
+        'paku/edge/ESP32-CMD/config/report',
+        JSON.stringify({ ...body, device_id: 'ESP32-CMD' }),
+        { qos: 1 },
+      )
     })
     const http = nodes[0]?.httpUrl as string
     const headers = { 'x-api-key': KEY, 'content-type': 'application/json' }
@@ -137,31 +215,65 @@ describe('three paku instances on one PostgreSQL and one Redis', { skip, timeout
       fetch(`${http}/api/v1/commands`, {
         method: 'POST',
         headers,
-        body: JSON.stringify({ device_id: 'ESP32-CMD', type: 'config', config: { timing: { wake_interval_s: 120 } } }),
+        body: JSON.stringify({
+          device_id: 'ESP32-CMD',
+          type: 'config',
+          config: { timing: { wake_interval_s: 120 } },
+        }),
       })
-    const res = await eventually(async () => {
-      const r = await post()
-      return r.status === 202 ? r : undefined
-    }, { what: 'the command accepted (device known)' })
+    const res = await eventually(
+      async () => {
+        const r = await post()
+        return r.status === 202 ? r : undefined
+      },
+      { what: 'the command accepted (device known)' },
+    )
     const { command } = (await res.json()) as { command: { id: string } }
-    await eventually(async () => {
-      const r = (await (await fetch(`${http}/api/v1/commands/${command.id}`, { headers })).json()) as { command: { status: string } }
-      return r.command.status === 'acknowledged'
-    }, { what: 'the command acknowledged' })
+    await eventually(
+      async () => {
+        const r = (await (
+          await fetch(`${http}/api/v1/commands/${command.id}`, { headers })
+        ).json()) as { command: { status: string } }
+        return r.command.status === 'acknowledged'
+      },
+      { what: 'the command acknowledged' },
+    )
   })
 
   it('each singleton task has exactly one leader, shown in /health; it moves when the leader stops', async (t) => {
     const { nodes } = await cluster(t)
-    const health = async () => Promise.all(nodes.map(async (n) => (await (await fetch(`${n.httpUrl}/health`)).json()) as { cluster: { instanceId: string; leaderOf: string[]; redis: string } }))
+    const health = async () =>
+      Promise.all(
+        nodes.map(
+          async (n) =>
+            (await (await fetch(`${n.httpUrl}/health`)).json()) as {
+              cluster: { instanceId: string; leaderOf: string[]; redis: string }
+            },
+        ),
+      )
     const hs = await health()
-    assert.deepEqual(hs.map((h) => h.cluster.instanceId), ['test-a', 'test-b', 'test-c'])
+    assert.deepEqual(
+      hs.map((h) => h.cluster.instanceId),
+      ['test-a', 'test-b', 'test-c'],
+    )
     assert.ok(hs.every((h) => h.cluster.redis === 'ok'))
-    const leaders = (task: string, list: typeof hs) => list.filter((h) => h.cluster.leaderOf.includes(task)).map((h) => h.cluster.instanceId)
-    for (const task of ['rollouts', 'ecoflow', 'rollup']) assert.deepEqual(leaders(task, hs), ['test-a'], `${task}: the first instance took it`)
+    const leaders = (task: string, list: typeof hs) =>
+      list.filter((h) => h.cluster.leaderOf.includes(task)).map((h) => h.cluster.instanceId)
+    for (const task of ['rollouts', 'ecoflow', 'rollup'])
+      assert.deepEqual(leaders(task, hs), ['test-a'], `${task}: the first instance took it`)
     await nodes[0]?.app.stop()
     await eventually(
       async () => {
-        const rest = (await Promise.all(nodes.slice(1).map(async (n) => (await (await fetch(`${n.httpUrl}/health`)).json()) as (typeof hs)[number]))).map((h) => h)
+        const rest = (
+          await Promise.all(
+            nodes
+              .slice(1)
+              .map(
+                async (n) =>
+                  (await (await fetch(`${n.httpUrl}/health`)).json()) as (typeof hs)[number],
+              ),
+          )
+        ).map((h) => h)
         return ['rollouts', 'ecoflow', 'rollup'].every((task) => leaders(task, rest).length === 1)
       },
       { timeoutMs: 5000, what: 'a new leader for every task' },

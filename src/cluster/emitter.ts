@@ -10,8 +10,17 @@ export type ClusterEmitterOptions = {
   connectTimeoutMs?: number
 }
 
-type RedisConn = { status: string; on(ev: string, fn: (...a: unknown[]) => void): void; disconnect(): void; quit(): Promise<unknown> }
-type Emitter = ReturnType<typeof MQEmitterRedis> & { subConn: RedisConn; pubConn: RedisConn; state: { on(ev: string, fn: (err: Error) => void): void } }
+type RedisConn = {
+  status: string
+  on(ev: string, fn: (...a: unknown[]) => void): void
+  disconnect(): void
+  quit(): Promise<unknown>
+}
+type Emitter = ReturnType<typeof MQEmitterRedis> & {
+  subConn: RedisConn
+  pubConn: RedisConn
+  state: { on(ev: string, fn: (err: Error) => void): void }
+}
 
 /**
  * The message fan-out between paku instances: aedes' own mqemitter-redis, handed to aedes as its `mq`.
@@ -79,13 +88,20 @@ export function createClusterEmitter(opts: ClusterEmitterOptions) {
       }
       // Transitions only: ioredis retries every few hundred ms while Redis is away.
       emitter.state.on('error', (err) => {
-        if (failing === null) log.warn('Redis unreachable; messages are not fanned out until it is back', { redis: maskUrl(opts.url), err: errorText(err) })
+        if (failing === null)
+          log.warn('Redis unreachable; messages are not fanned out until it is back', {
+            redis: maskUrl(opts.url),
+            err: errorText(err),
+          })
         failing = errorText(err)
         downSince ??= Date.now()
       })
       for (const conn of [emitter.pubConn, emitter.subConn]) {
         conn.on('ready', () => {
-          if (failing !== null && ready()) log.info('Redis reachable again', { downSeconds: Math.round((Date.now() - (downSince ?? Date.now())) / 1000) })
+          if (failing !== null && ready())
+            log.info('Redis reachable again', {
+              downSeconds: Math.round((Date.now() - (downSince ?? Date.now())) / 1000),
+            })
           if (ready()) failing = null
           if (ready()) downSince = undefined
         })
@@ -95,7 +111,9 @@ export function createClusterEmitter(opts: ClusterEmitterOptions) {
         if (Date.now() > deadline) {
           await new Promise<void>((r) => emitter.close(() => r()))
           mq = undefined
-          throw new Error(`cluster: cannot reach Redis at ${maskUrl(opts.url)}${failing ? ` (${failing})` : ''} — is Redis running? check PAKU_CLUSTER_REDIS_URL`)
+          throw new Error(
+            `cluster: cannot reach Redis at ${maskUrl(opts.url)}${failing ? ` (${failing})` : ''} — is Redis running? check PAKU_CLUSTER_REDIS_URL`,
+          )
         }
         await new Promise((r) => setTimeout(r, 50))
       }

@@ -1,7 +1,12 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import mqtt, { type MqttClient } from 'mqtt'
-import { redisSkipReason, startInstance, startRedis, type Instance } from '../../scripts/cluster-kit.js'
+import {
+  redisSkipReason,
+  startInstance,
+  startRedis,
+  type Instance,
+} from '../../scripts/cluster-kit.js'
 import { defer, eventually, sqlClient, testDatabase } from '../../scripts/test-helpers.js'
 import { startFakeOpenApi } from '../../scripts/test-support/fake-ecoflow-api.js'
 import { espImage } from '../../scripts/test-support/esp-image.js'
@@ -13,14 +18,23 @@ type T = Parameters<typeof testDatabase>[0]
 const KEY = 'failover-test-key-0123456789-padded-to-32-characters'
 
 /** Three paku processes (killable with SIGKILL) on one test database and one Redis. */
-async function processes(t: T, o: { env?: Record<string, string>; config?: Record<string, unknown> } = {}) {
+async function processes(
+  t: T,
+  o: { env?: Record<string, string>; config?: Record<string, unknown> } = {},
+) {
   const url = await testDatabase(t)
   const redis = await startRedis()
   defer(t, () => redis.stop())
   const nodes: Instance[] = []
   // One after the other: the first takes every singleton task, which makes the failover visible.
   for (const name of ['a', 'b', 'c']) {
-    const node = await startInstance({ name, databaseUrl: url, redisUrl: redis.url, env: { PAKU_ADMIN_API_KEY: KEY, ...o.env }, config: o.config })
+    const node = await startInstance({
+      name,
+      databaseUrl: url,
+      redisUrl: redis.url,
+      env: { PAKU_ADMIN_API_KEY: KEY, ...o.env },
+      config: o.config,
+    })
     defer(t, () => node.stop())
     nodes.push(node)
   }
@@ -28,7 +42,8 @@ async function processes(t: T, o: { env?: Record<string, string>; config?: Recor
   return { url, nodes, db }
 }
 
-const leaderOf = async (n: Instance): Promise<string[]> => ((await n.health()).cluster as { leaderOf: string[] }).leaderOf
+const leaderOf = async (n: Instance): Promise<string[]> =>
+  ((await n.health()).cluster as { leaderOf: string[] }).leaderOf
 
 describe('several paku processes: failures', { skip, timeout: 120_000 }, () => {
   it('killing an instance mid-load: its clients reconnect to the others, nothing acknowledged is lost, nothing is stored twice', async (t) => {
@@ -40,7 +55,14 @@ describe('several paku processes: failures', { skip, timeout: 120_000 }, () => {
     for (let i = 0; i < PUBLISHERS; i++) {
       // Each client's list starts at another instance, like devices spread by a load balancer.
       const mine = [...servers.slice(i % 3), ...servers.slice(0, i % 3)]
-      const c = await mqtt.connectAsync({ servers: mine, clientId: `kill-${i}`, clean: true, reconnectPeriod: 100, connectTimeout: 2000, keepalive: 5 })
+      const c = await mqtt.connectAsync({
+        servers: mine,
+        clientId: `kill-${i}`,
+        clean: true,
+        reconnectPeriod: 100,
+        connectTimeout: 2000,
+        keepalive: 5,
+      })
       defer(t, () => c.endAsync(true))
       clients.push(c)
       acked.set(`kill_${i}`, new Set())
@@ -54,7 +76,11 @@ describe('several paku processes: failures', { skip, timeout: 120_000 }, () => {
         sent.set(device, seq + 1)
         try {
           // mqtt.js keeps an unacknowledged QoS 1 message and sends it again after reconnecting.
-          await c.publishAsync(`paku/sensors/${device}/data`, JSON.stringify({ device_id: device, metrics: { seq } }), { qos: 1 })
+          await c.publishAsync(
+            `paku/sensors/${device}/data`,
+            JSON.stringify({ device_id: device, metrics: { seq } }),
+            { qos: 1 },
+          )
           acked.get(device)?.add(seq)
         } catch {
           // Not acknowledged: it may or may not be stored, but never twice (checked below).
@@ -67,62 +93,132 @@ describe('several paku processes: failures', { skip, timeout: 120_000 }, () => {
     await nodes[0]?.kill()
     const killedAt = Date.now()
     // The clients of the dead instance come back on the others and go on publishing.
-    await eventually(async () => [0, 3].every((i) => (clients[i] as MqttClient).connected && (clients[i]?.options.port as number) !== nodes[0]?.mqttPort), {
-      timeoutMs: 10_000,
-      what: 'the dead instance clients reconnected elsewhere',
-    })
+    await eventually(
+      async () =>
+        [0, 3].every(
+          (i) =>
+            (clients[i] as MqttClient).connected &&
+            (clients[i]?.options.port as number) !== nodes[0]?.mqttPort,
+        ),
+      {
+        timeoutMs: 10_000,
+        what: 'the dead instance clients reconnected elsewhere',
+      },
+    )
     const reconnectMs = Date.now() - killedAt
     const mark = new Map([...acked].map(([d, s]) => [d, s.size]))
-    await eventually(async () => [...acked].every(([d, s]) => s.size > (mark.get(d) ?? 0) + 20), { timeoutMs: 15_000, what: 'publishing to go on after the kill' })
+    await eventually(async () => [...acked].every(([d, s]) => s.size > (mark.get(d) ?? 0) + 20), {
+      timeoutMs: 15_000,
+      what: 'publishing to go on after the kill',
+    })
     stop = true
     await Promise.all(running)
     const total = [...acked.values()].reduce((n, s) => n + s.size, 0)
-    assert.ok(before > 0 && total > before, `acknowledged ${before} before the kill, ${total} in all`)
+    assert.ok(
+      before > 0 && total > before,
+      `acknowledged ${before} before the kill, ${total} in all`,
+    )
     // Every acknowledged message is a row, once; no message is a row twice.
-    await eventually(async () => {
-      const r = await db.query(`SELECT count(DISTINCT (device_id, metrics->>'seq'))::int AS n FROM measurements WHERE device_id LIKE 'kill\\_%'`)
-      return Number(r.rows[0].n) >= total
-    }, { timeoutMs: 10_000, what: 'every acknowledged message stored' })
-    const rows = await db.query<{ device_id: string; seq: number; n: number }>(`SELECT device_id, (metrics->>'seq')::int AS seq, count(*)::int AS n FROM measurements WHERE device_id LIKE 'kill\\_%' GROUP BY 1, 2`)
+    await eventually(
+      async () => {
+        const r = await db.query(
+          `SELECT count(DISTINCT (device_id, metrics->>'seq'))::int AS n FROM measurements WHERE device_id LIKE 'kill\\_%'`,
+        )
+        return Number(r.rows[0].n) >= total
+      },
+      { timeoutMs: 10_000, what: 'every acknowledged message stored' },
+    )
+    const rows = await db.query<{ device_id: string; seq: number; n: number }>(
+      `SELECT device_id, (metrics->>'seq')::int AS seq, count(*)::int AS n FROM measurements WHERE device_id LIKE 'kill\\_%' GROUP BY 1, 2`,
+    )
     const stored = new Map<string, Set<number>>()
-    for (const r of rows.rows) stored.set(r.device_id, (stored.get(r.device_id) ?? new Set()).add(r.seq))
+    for (const r of rows.rows)
+      stored.set(r.device_id, (stored.get(r.device_id) ?? new Set()).add(r.seq))
     const duplicated = rows.rows.filter((r) => r.n > 1)
     assert.deepEqual(duplicated, [], 'no message stored twice')
     for (const [device, seqs] of acked) {
       const missing = [...seqs].filter((s) => !stored.get(device)?.has(s))
       assert.deepEqual(missing, [], `${device}: acknowledged but not stored`)
     }
-    t.diagnostic(`acknowledged ${total} (${before} before the kill), ${rows.rows.length} rows, reconnected after ${reconnectMs} ms`)
+    t.diagnostic(
+      `acknowledged ${total} (${before} before the kill), ${rows.rows.length} rows, reconnected after ${reconnectMs} ms`,
+    )
   })
 
   it('EcoFlow polling and rollout progression run on exactly one instance and move within seconds when it is killed', async (t) => {
     const SN = 'DCABZ8ZE1234567'
     const MODEL = 'esp32-failover'
-    const fake = await startFakeOpenApi({ accessKey: 'AK', secretKey: 'SK', devices: [{ sn: SN, productName: 'DELTA Pro', fixture: 'delta-pro-quota.json' }] })
+    const fake = await startFakeOpenApi({
+      accessKey: 'AK',
+      secretKey: 'SK',
+      devices: [{ sn: SN, productName: 'DELTA Pro', fixture: 'delta-pro-quota.json' }],
+    })
     defer(t, () => fake.close())
     const { nodes, db } = await processes(t, {
-      env: { PAKU_ECOFLOW_ACCESS_KEY: 'AK', PAKU_ECOFLOW_SECRET_KEY: 'SK', PAKU_ECOFLOW_API_URL: fake.url, PAKU_ECOFLOW_DEVICES: SN, PAKU_ECOFLOW_POLL_SECONDS: '5' },
+      env: {
+        PAKU_ECOFLOW_ACCESS_KEY: 'AK',
+        PAKU_ECOFLOW_SECRET_KEY: 'SK',
+        PAKU_ECOFLOW_API_URL: fake.url,
+        PAKU_ECOFLOW_DEVICES: SN,
+        PAKU_ECOFLOW_POLL_SECONDS: '5',
+      },
       config: { ota: { rolloutTickSeconds: 1 }, cluster: { leaderRetrySeconds: 1 } },
     })
     const [a, b, c] = nodes as [Instance, Instance, Instance]
     for (const task of ['rollouts', 'ecoflow', 'rollup']) {
-      const leaders = (await Promise.all(nodes.map(async (n) => ((await leaderOf(n)).includes(task) ? n.name : undefined)))).filter(Boolean)
+      const leaders = (
+        await Promise.all(
+          nodes.map(async (n) => ((await leaderOf(n)).includes(task) ? n.name : undefined)),
+        )
+      ).filter(Boolean)
       assert.deepEqual(leaders, ['a'], `${task}: one leader, the first instance`)
     }
-    assert.deepEqual(await Promise.all([b, c].map(async (n) => ((await n.health()).ecoflow as { state: string }).state)), ['standby', 'standby'])
+    assert.deepEqual(
+      await Promise.all(
+        [b, c].map(async (n) => ((await n.health()).ecoflow as { state: string }).state),
+      ),
+      ['standby', 'standby'],
+    )
 
     // One poller: one row per poll (one device) every 5 s, not three.
-    const rows = async (since = 'epoch') => Number((await db.query(`SELECT count(*)::int AS n FROM ecoflow_measurements WHERE created_at > $1::timestamptz`, [since])).rows[0].n)
+    const rows = async (since = 'epoch') =>
+      Number(
+        (
+          await db.query(
+            `SELECT count(*)::int AS n FROM ecoflow_measurements WHERE created_at > $1::timestamptz`,
+            [since],
+          )
+        ).rows[0].n,
+      )
     const t0 = (await db.query(`SELECT now()::text AS t`)).rows[0].t as string
     await new Promise((r) => setTimeout(r, 11_000))
     const polled = await rows(t0)
-    assert.ok(polled >= 1 && polled <= 3, `one instance polls: ${polled} rows in 11 s at one poll per 5 s`)
+    assert.ok(
+      polled >= 1 && polled <= 3,
+      `one instance polls: ${polled} rows in 11 s at one poll per 5 s`,
+    )
 
     // A rollout that takes in devices as they appear, created through a standby instance.
-    const api = (n: Instance, path: string, init: RequestInit = {}) => fetch(`${n.httpUrl}${path}`, { ...init, headers: { 'x-api-key': KEY, 'content-type': 'application/json', ...init.headers } })
-    const up = await api(b, `/api/admin/firmware/${MODEL}/1.1.0`, { method: 'PUT', body: espImage({ size: 4096, version: '1.1.0' }), headers: { 'content-type': 'application/octet-stream' } })
+    const api = (n: Instance, path: string, init: RequestInit = {}) =>
+      fetch(`${n.httpUrl}${path}`, {
+        ...init,
+        headers: { 'x-api-key': KEY, 'content-type': 'application/json', ...init.headers },
+      })
+    const up = await api(b, `/api/admin/firmware/${MODEL}/1.1.0`, {
+      method: 'PUT',
+      body: espImage({ size: 4096, version: '1.1.0' }),
+      headers: { 'content-type': 'application/octet-stream' },
+    })
     assert.equal(up.status, 201, await up.text())
-    const created = await api(b, '/api/admin/rollouts', { method: 'POST', body: JSON.stringify({ name: 'failover', firmware_version: '1.1.0', device_model: MODEL, target_type: 'all' }) })
+    const created = await api(b, '/api/admin/rollouts', {
+      method: 'POST',
+      body: JSON.stringify({
+        name: 'failover',
+        firmware_version: '1.1.0',
+        device_model: MODEL,
+        target_type: 'all',
+      }),
+    })
     assert.equal(created.status, 200, await created.text())
 
     // Kill the leader (SIGKILL: no goodbye; PostgreSQL ends its session when the socket closes).
@@ -138,20 +234,35 @@ describe('several paku processes: failures', { skip, timeout: 120_000 }, () => {
     )
     const takeoverMs = Date.now() - killedAt
     // The new EcoFlow leader polls at once.
-    await eventually(async () => (await rows(killSql)) >= 1, { timeoutMs: 8000, what: 'a poll by the new leader' })
+    await eventually(async () => (await rows(killSql)) >= 1, {
+      timeoutMs: 8000,
+      what: 'a poll by the new leader',
+    })
     const pollMs = Date.now() - killedAt
 
     // A device appears on c: the new rollout leader takes it in and sends it cmd/ota, once.
-    const device = await mqtt.connectAsync(c.mqttUrl, { clientId: 'ESP32-FAILOVER', reconnectPeriod: 0 })
+    const device = await mqtt.connectAsync(c.mqttUrl, {
+      clientId: 'ESP32-FAILOVER',
+      reconnectPeriod: 0,
+    })
     defer(t, () => device.endAsync(true))
     const commands: string[] = []
     device.on('message', (_topic, payload) => commands.push(payload.toString()))
     await device.subscribeAsync('paku/edge/ESP32-FAILOVER/cmd/ota', { qos: 1 })
-    await device.publishAsync('paku/edge/ESP32-FAILOVER/status', JSON.stringify({ online: true, device_model: MODEL, firmware_version: '1.0.0' }), { qos: 1 })
-    await eventually(async () => commands.length > 0, { timeoutMs: 10_000, what: 'cmd/ota from the new rollout leader' })
+    await device.publishAsync(
+      'paku/edge/ESP32-FAILOVER/status',
+      JSON.stringify({ online: true, device_model: MODEL, firmware_version: '1.0.0' }),
+      { qos: 1 },
+    )
+    await eventually(async () => commands.length > 0, {
+      timeoutMs: 10_000,
+      what: 'cmd/ota from the new rollout leader',
+    })
     await new Promise((r) => setTimeout(r, 1500))
     assert.equal(commands.length, 1, 'one instance sends it')
     assert.equal((JSON.parse(commands[0] as string) as { version: string }).version, '1.1.0')
-    t.diagnostic(`tasks taken over ${takeoverMs} ms after the kill; first poll by the new leader after ${pollMs} ms`)
+    t.diagnostic(
+      `tasks taken over ${takeoverMs} ms after the kill; first poll by the new leader after ${pollMs} ms`,
+    )
   })
 })

@@ -81,7 +81,10 @@ export function createLeader(opts: LeaderOptions) {
       if (held.size > 0) await c.query('SELECT 1')
       for (const task of opts.tasks) {
         if (held.has(task) || stopped) continue
-        const r = await c.query<{ ok: boolean }>('SELECT pg_try_advisory_lock(hashtext($1)) AS ok', [`paku.leader.${task}`])
+        const r = await c.query<{ ok: boolean }>(
+          'SELECT pg_try_advisory_lock(hashtext($1)) AS ok',
+          [`paku.leader.${task}`],
+        )
         if (client === c && r.rows[0]?.ok === true) change(task, true)
       }
       if (lastError !== null) log.info('leader election working again')

@@ -7,7 +7,15 @@ import * as v from 'valibot'
 import type { DB } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
 import { readJson, validate } from '../util/validate.js'
-import { MAX_DEVICE_MESSAGE, NewCommand, STATUSES, toWire, verdict, type Pending, type Verdict } from './protocol.js'
+import {
+  MAX_DEVICE_MESSAGE,
+  NewCommand,
+  STATUSES,
+  toWire,
+  verdict,
+  type Pending,
+  type Verdict,
+} from './protocol.js'
 
 export { ACK_FILTERS, NewCommand, toWire, verdict, contains, type Pending } from './protocol.js'
 
@@ -50,7 +58,15 @@ export type CommandRow = {
 const ListQuery = v.strictObject({
   device_id: v.optional(v.pipe(v.string(), v.maxLength(128, 'device_id is too long'))),
   status: v.optional(v.picklist(STATUSES, `status must be one of ${STATUSES.join(', ')}`)),
-  limit: v.optional(v.pipe(v.string(), v.regex(/^\d{1,5}$/, 'limit must be an integer'), v.transform(Number), v.minValue(1, 'limit must be at least 1'), v.maxValue(1000, 'limit must be at most 1000'))),
+  limit: v.optional(
+    v.pipe(
+      v.string(),
+      v.regex(/^\d{1,5}$/, 'limit must be an integer'),
+      v.transform(Number),
+      v.minValue(1, 'limit must be at least 1'),
+      v.maxValue(1000, 'limit must be at most 1000'),
+    ),
+  ),
   cursor: v.optional(v.pipe(v.string(), v.maxLength(256, 'cursor is too long'))),
 })
 
@@ -97,21 +113,31 @@ export function createCommands(opts: CommandsOptions) {
   async function knownDevice(siteId: string, deviceId: string): Promise<boolean> {
     const r = await sql<{ known: boolean }>`
       SELECT EXISTS (SELECT 1 FROM devices WHERE device_id = ${deviceId})
-        OR EXISTS (SELECT 1 FROM measurements WHERE site_id = ${siteId} AND device_id = ${deviceId}) AS known`.execute(db())
+        OR EXISTS (SELECT 1 FROM measurements WHERE site_id = ${siteId} AND device_id = ${deviceId}) AS known`.execute(
+      db(),
+    )
     return r.rows[0]?.known === true
   }
 
   const routes = new Hono()
   routes.post('/api/v1/commands', scope('command'), async (c) => {
-    const body = await readJson(c.req, 'body must be JSON: {"device_id": …, "type": "control"|"config"|"heater", …}')
+    const body = await readJson(
+      c.req,
+      'body must be JSON: {"device_id": …, "type": "control"|"config"|"heater", …}',
+    )
     const cmd = validate(NewCommand, body)
     const id = `cmd_${randomBytes(12).toString('base64url')}`
     const wire = toWire(cmd, id)
     const text = JSON.stringify(wire.payload)
     if (Buffer.byteLength(wire.topic) + Buffer.byteLength(text) > MAX_DEVICE_MESSAGE - 16) {
-      throw new HTTPException(400, { message: `topic and payload must fit the device's ${MAX_DEVICE_MESSAGE}-byte MQTT buffer` })
+      throw new HTTPException(400, {
+        message: `topic and payload must fit the device's ${MAX_DEVICE_MESSAGE}-byte MQTT buffer`,
+      })
     }
-    if (!(await knownDevice(wire.siteId, cmd.device_id))) throw new HTTPException(404, { message: `no device ${cmd.device_id} (it has sent no status or data)` })
+    if (!(await knownDevice(wire.siteId, cmd.device_id)))
+      throw new HTTPException(404, {
+        message: `no device ${cmd.device_id} (it has sent no status or data)`,
+      })
     const ttl = cmd.ttl_seconds ?? defaultTtl
     const createdBy = (c.get('keyName' as never) as string | undefined) ?? null
     // Recorded before publishing, so an acknowledgement that arrives at once finds it.
@@ -120,13 +146,24 @@ export function createCommands(opts: CommandsOptions) {
       VALUES (${id}, ${wire.siteId}, ${cmd.device_id}, ${cmd.type}, ${wire.topic}, ${text}::jsonb, ${wire.qos}, ${wire.retain}, NOW() + make_interval(secs => ${ttl}), ${createdBy})
       RETURNING *`.execute(db())
     const created = row.rows[0] as CommandRow
-    const p: Pending = { id, siteId: wire.siteId, deviceId: cmd.device_id, type: cmd.type, payload: wire.payload, expiresAt: created.expires_at.getTime() }
+    const p: Pending = {
+      id,
+      siteId: wire.siteId,
+      deviceId: cmd.device_id,
+      type: cmd.type,
+      payload: wire.payload,
+      expiresAt: created.expires_at.getTime(),
+    }
     add(p)
     try {
       await opts.publish(wire.topic, text, { qos: wire.qos, retain: wire.retain })
       counts.sent++
     } catch (err) {
-      await close(p, { status: 'failed', error: `publish failed: ${errorText(err)}`, ack: undefined }, 'publish')
+      await close(
+        p,
+        { status: 'failed', error: `publish failed: ${errorText(err)}`, ack: undefined },
+        'publish',
+      )
       throw new HTTPException(503, { message: 'command not published: broker unavailable' })
     }
     return c.json({ command: await get(id) }, 202)
@@ -146,22 +183,44 @@ export function createCommands(opts: CommandsOptions) {
       ORDER BY created_at DESC, id DESC LIMIT ${limit + 1}`.execute(db())
     const rows = r.rows.slice(0, limit)
     const last = rows[rows.length - 1]
-    const next = r.rows.length > limit && last ? Buffer.from(JSON.stringify([last.key, last.id])).toString('base64url') : null
+    const next =
+      r.rows.length > limit && last
+        ? Buffer.from(JSON.stringify([last.key, last.id])).toString('base64url')
+        : null
     return c.json({ items: rows.map(({ key: _k, ...row }) => row), next })
   })
 
   routes.get('/api/v1/commands/:id', scope('read'), async (c) => {
     const row = await get(c.req.param('id'))
-    if (!row) throw new HTTPException(404, { message: `no command ${c.req.param('id').slice(0, 64)}` })
+    if (!row)
+      throw new HTTPException(404, { message: `no command ${c.req.param('id').slice(0, 64)}` })
     return c.json({ command: row })
   })
 
   /** Adds the pending commands in the database that memory does not hold yet. */
   async function load(): Promise<void> {
-    const r = await sql<{ id: string; site_id: string; device_id: string; type: Pending['type']; payload: Record<string, unknown>; expires_at: Date }>`
-      SELECT id, site_id, device_id, type, payload, expires_at FROM device_commands WHERE status = 'pending' ORDER BY created_at`.execute(db())
+    const r = await sql<{
+      id: string
+      site_id: string
+      device_id: string
+      type: Pending['type']
+      payload: Record<string, unknown>
+      expires_at: Date
+    }>`
+      SELECT id, site_id, device_id, type, payload, expires_at FROM device_commands WHERE status = 'pending' ORDER BY created_at`.execute(
+      db(),
+    )
     const known = new Set([...pending.values()].flat().map((p) => p.id))
-    for (const row of r.rows) if (!known.has(row.id)) add({ id: row.id, siteId: row.site_id, deviceId: row.device_id, type: row.type, payload: row.payload, expiresAt: row.expires_at.getTime() })
+    for (const row of r.rows)
+      if (!known.has(row.id))
+        add({
+          id: row.id,
+          siteId: row.site_id,
+          deviceId: row.device_id,
+          type: row.type,
+          payload: row.payload,
+          expiresAt: row.expires_at.getTime(),
+        })
   }
 
   async function get(id: string): Promise<CommandRow | undefined> {
@@ -187,7 +246,9 @@ export function createCommands(opts: CommandsOptions) {
       for (const p of open) {
         const v = verdict(p, levels, body)
         if (!v) continue
-        close(p, v, msg.topic).catch((err: unknown) => log.warn('command not closed', { id: p.id, err: errorText(err) }))
+        close(p, v, msg.topic).catch((err: unknown) =>
+          log.warn('command not closed', { id: p.id, err: errorText(err) }),
+        )
         // One message closes one command: the oldest it matches (a device reports its state once).
         break
       }
@@ -218,7 +279,14 @@ export function createCommands(opts: CommandsOptions) {
 function decode(cursor: string): [string, string] {
   try {
     const k = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')) as unknown
-    if (Array.isArray(k) && k.length === 2 && typeof k[0] === 'string' && /^\d{4}-\d{2}-\d{2} [\d:.+-]{8,32}$/.test(k[0]) && typeof k[1] === 'string') return [k[0], k[1]]
+    if (
+      Array.isArray(k) &&
+      k.length === 2 &&
+      typeof k[0] === 'string' &&
+      /^\d{4}-\d{2}-\d{2} [\d:.+-]{8,32}$/.test(k[0]) &&
+      typeof k[1] === 'string'
+    )
+      return [k[0], k[1]]
   } catch {
     // falls through
   }

@@ -25,7 +25,10 @@ const NAME = /^[A-Za-z_][A-Za-z0-9_]*/
  * at the first bad line, this skips it and goes on; variables are looked up only among those set
  * earlier in the file, never in the shell environment (compose asks the shell first).
  */
-export function parseComposeEnv(text: string): { vars: Map<string, OldVar>; problems: LineProblem[] } {
+export function parseComposeEnv(text: string): {
+  vars: Map<string, OldVar>
+  problems: LineProblem[]
+} {
   const src = text.replace(/^\uFEFF/, '').replace(/\r\n?/g, '\n')
   const vars = new Map<string, OldVar>()
   const problems: LineProblem[] = []
@@ -39,19 +42,27 @@ export function parseComposeEnv(text: string): { vars: Map<string, OldVar>; prob
     let next = end + 1
     let nextLine = line + 1
     const stmt = raw.replace(/^[ \t]+/, '')
-    const problem = (message: string, skipped = false) => problems.push({ line: at, message, skipped })
+    const problem = (message: string, skipped = false) =>
+      problems.push({ line: at, message, skipped })
     const key = /^(?:export[ \t]+)?([A-Za-z0-9_.\-[\]]+)[ \t]*([=:])[ \t]*/.exec(stmt)
     if (stmt === '' || stmt.startsWith('#')) {
       // blank or comment
     } else if (!key) {
       const bare = /^(?:export[ \t]+)?([A-Za-z_][\w.-]*)[ \t]*$/.exec(stmt)
-      problem(bare ? `${bare[1]} has no value (compose takes it from the shell environment); not imported` : 'not KEY=VALUE; skipped', true)
+      problem(
+        bare
+          ? `${bare[1]} has no value (compose takes it from the shell environment); not imported`
+          : 'not KEY=VALUE; skipped',
+        true,
+      )
     } else {
       const name = key[1] as string
       const start = pos + (raw.length - stmt.length) + key[0].length
       const lookup = (ref: string) => vars.get(ref)?.value
       const missing = (ref: string) =>
-        problem(`$${ref} is not set earlier in the file (compose would take it from the shell environment); read as empty`)
+        problem(
+          `$${ref} is not set earlier in the file (compose would take it from the shell environment); read as empty`,
+        )
       let value: string | undefined
       const quote = src[start]
       if (quote === '"' || quote === "'") {
@@ -59,7 +70,8 @@ export function parseComposeEnv(text: string): { vars: Map<string, OldVar>; prob
         if (q === undefined) {
           problem(`unterminated ${quote === '"' ? 'double' : 'single'} quote; skipped`, true)
         } else {
-          value = quote === '"' ? interpolate(unescapeDouble(q.body), lookup, missing, problem) : q.body
+          value =
+            quote === '"' ? interpolate(unescapeDouble(q.body), lookup, missing, problem) : q.body
           const closeEol = src.indexOf('\n', q.close)
           const after = src.slice(q.close + 1, closeEol < 0 ? src.length : closeEol)
           if (!/^[ \t]*(#.*)?$/.test(after)) problem('text after the closing quote ignored')
@@ -70,11 +82,19 @@ export function parseComposeEnv(text: string): { vars: Map<string, OldVar>; prob
         // An inline comment needs a blank before its #: `a#b` is a value, `a #b` is `a`.
         const rest = src.slice(start, end)
         const cut = rest.search(/[ \t]#/)
-        value = interpolate((cut < 0 ? rest : rest.slice(0, cut)).trimEnd(), lookup, missing, problem)
+        value = interpolate(
+          (cut < 0 ? rest : rest.slice(0, cut)).trimEnd(),
+          lookup,
+          missing,
+          problem,
+        )
       }
       if (value !== undefined) {
         const before = vars.get(name)
-        if (before) problem(`${name} is set again (first on line ${before.line}); the last one counts, as in compose`)
+        if (before)
+          problem(
+            `${name} is set again (first on line ${before.line}); the last one counts, as in compose`,
+          )
         vars.set(name, { value, line: at })
       }
     }
@@ -119,9 +139,22 @@ function readQuoted(src: string, start: number): { body: string; close: number }
 
 /** Compose's escapes in double quotes; `\$` becomes `$$`, which interpolation turns into a literal `$`. */
 function unescapeDouble(s: string): string {
-  const simple: Record<string, string> = { a: '\x07', b: '\b', f: '\f', n: '\n', r: '\r', t: '\t', v: '\v', '"': '"', '\\': '\\', $: '$$' }
-  return s.replace(/\\(?:([abfnrtv"\\$])|0([0-7]{0,3}))/g, (_, c: string | undefined, oct: string | undefined) =>
-    c !== undefined ? (simple[c] as string) : String.fromCharCode(Number.parseInt(oct || '0', 8)),
+  const simple: Record<string, string> = {
+    a: '\x07',
+    b: '\b',
+    f: '\f',
+    n: '\n',
+    r: '\r',
+    t: '\t',
+    v: '\v',
+    '"': '"',
+    '\\': '\\',
+    $: '$$',
+  }
+  return s.replace(
+    /\\(?:([abfnrtv"\\$])|0([0-7]{0,3}))/g,
+    (_, c: string | undefined, oct: string | undefined) =>
+      c !== undefined ? (simple[c] as string) : String.fromCharCode(Number.parseInt(oct || '0', 8)),
   )
 }
 
@@ -151,9 +184,14 @@ function interpolate(
     }
     if (s[i + 1] === '{') {
       const close = closingBrace(s, i + 1)
-      const m = close < 0 ? null : /^([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([\s\S]*))?$/.exec(s.slice(i + 2, close))
+      const m =
+        close < 0
+          ? null
+          : /^([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([\s\S]*))?$/.exec(s.slice(i + 2, close))
       if (!m) {
-        problem(`invalid interpolation ${JSON.stringify(close < 0 ? s.slice(i) : s.slice(i, close + 1))} kept as it is (compose refuses it)`)
+        problem(
+          `invalid interpolation ${JSON.stringify(close < 0 ? s.slice(i) : s.slice(i, close + 1))} kept as it is (compose refuses it)`,
+        )
         out += close < 0 ? s.slice(i) : s.slice(i, close + 1)
         i = close < 0 ? s.length : close + 1
         continue
@@ -166,7 +204,10 @@ function interpolate(
       if (op === undefined || op === '?' || op === ':?') {
         if (op === undefined ? !set : op === '?' ? !set : !full) {
           if (op === undefined) missing(name)
-          else problem(`\${${name}${op}…}: ${name} is ${set ? 'empty' : 'not set'} (compose refuses the file); read as empty`)
+          else
+            problem(
+              `\${${name}${op}…}: ${name} is ${set ? 'empty' : 'not set'} (compose refuses the file); read as empty`,
+            )
         }
         out += value ?? ''
       } else if (op === ':-') out += full ? value : alt()
@@ -204,7 +245,11 @@ function closingBrace(s: string, open: number): number {
 // ---------------------------------------------------------------------------------------------------
 
 /** One line of the new file: a comment, a warning (a comment too), a variable, or a commented-out example. */
-export type OutLine = { comment: string } | { warning: string } | { name: string; value: string } | { example: string; value: string }
+export type OutLine =
+  | { comment: string }
+  | { warning: string }
+  | { name: string; value: string }
+  | { example: string; value: string }
 
 /** A group of lines; groups are separated by a blank line. */
 export type Block = OutLine[]
@@ -225,27 +270,66 @@ export type ImportResult = {
 
 /** Old variables paku has no use for, and why; one line each in the new file when present in the old. */
 export const NOT_CARRIED: ReadonlyArray<{ names: readonly string[]; reason: string }> = [
-  { names: ['MQTT_HOST', 'MQTT_PORT'], reason: "where the old collectors found the broker; paku's ingest and EcoFlow poller run inside it" },
-  { names: ['MQTT_TOPIC_PATTERN'], reason: 'set by compose, read by nothing in the old stack either' },
-  { names: ['FORCE_REGEN_CERTS'], reason: 'made the old broker generate new self-signed certificates; paku reads certificate files, never makes them' },
+  {
+    names: ['MQTT_HOST', 'MQTT_PORT'],
+    reason:
+      "where the old collectors found the broker; paku's ingest and EcoFlow poller run inside it",
+  },
+  {
+    names: ['MQTT_TOPIC_PATTERN'],
+    reason: 'set by compose, read by nothing in the old stack either',
+  },
+  {
+    names: ['FORCE_REGEN_CERTS'],
+    reason:
+      'made the old broker generate new self-signed certificates; paku reads certificate files, never makes them',
+  },
   {
     names: ['GF_SECURITY_ADMIN_USER', 'GF_SECURITY_ADMIN_PASSWORD', 'GF_SERVER_ROOT_URL'],
-    reason: "Grafana's own, not paku's: keep them for Grafana (e.g. in /etc/default/grafana-server)",
-  },
-  { names: ['PORT', 'HOST'], reason: "the OTA service's listener in its container; paku's is PAKU_HTTP_HOST/PAKU_HTTP_PORT, by default the same 0.0.0.0:8080" },
-  { names: ['MAX_RUNTIME_SECONDS'], reason: 'how long the old emulators ran; paku emulate … --count N instead' },
-  { names: ['HEATER_DEVICE_ID', 'HEATER_PUBLISH_INTERVAL'], reason: 'the old heater emulator; paku emulate heater --device ID --interval SEC instead' },
-  {
-    names: ['HETZNER_HOST', 'HETZNER_USER', 'HETZNER_SSH_PUB_KEY_PATH', 'HETZNER_SSH_PRIV_KEY_PATH', 'HETZNER_PAKU_DIR'],
-    reason: "the old deploy tooling's SSH target; paku's Deploy workflow has secrets of its own (docs/operations.md)",
+    reason:
+      "Grafana's own, not paku's: keep them for Grafana (e.g. in /etc/default/grafana-server)",
   },
   {
-    names: ['COLLECTOR_MQTT_TOPIC', 'COLLECTOR_DB_HOST', 'COLLECTOR_DB_PORT', 'EMULATOR_MQTT_TOPIC', 'EMULATOR_PUBLISH_INTERVAL'],
+    names: ['PORT', 'HOST'],
+    reason:
+      "the OTA service's listener in its container; paku's is PAKU_HTTP_HOST/PAKU_HTTP_PORT, by default the same 0.0.0.0:8080",
+  },
+  {
+    names: ['MAX_RUNTIME_SECONDS'],
+    reason: 'how long the old emulators ran; paku emulate … --count N instead',
+  },
+  {
+    names: ['HEATER_DEVICE_ID', 'HEATER_PUBLISH_INTERVAL'],
+    reason: 'the old heater emulator; paku emulate heater --device ID --interval SEC instead',
+  },
+  {
+    names: [
+      'HETZNER_HOST',
+      'HETZNER_USER',
+      'HETZNER_SSH_PUB_KEY_PATH',
+      'HETZNER_SSH_PRIV_KEY_PATH',
+      'HETZNER_PAKU_DIR',
+    ],
+    reason:
+      "the old deploy tooling's SSH target; paku's Deploy workflow has secrets of its own (docs/operations.md)",
+  },
+  {
+    names: [
+      'COLLECTOR_MQTT_TOPIC',
+      'COLLECTOR_DB_HOST',
+      'COLLECTOR_DB_PORT',
+      'EMULATOR_MQTT_TOPIC',
+      'EMULATOR_PUBLISH_INTERVAL',
+    ],
     reason: 'read by nothing in the old stack either',
   },
 ]
 
-const ECOFLOW_REGIONS: Record<string, string> = { 'api-e.ecoflow.com': 'eu', 'api-a.ecoflow.com': 'us', 'api.ecoflow.com': 'global' }
+const ECOFLOW_REGIONS: Record<string, string> = {
+  'api-e.ecoflow.com': 'eu',
+  'api-a.ecoflow.com': 'us',
+  'api.ecoflow.com': 'global',
+}
 
 /** Where the old OTA service's firmware volume lives on a Docker host. */
 export const OLD_FIRMWARE_VOLUME = '/var/lib/docker/volumes/paku_firmware/_data'
@@ -275,23 +359,41 @@ export function importEnv(text: string): ImportResult {
   }
 
   // PostgreSQL. The old services got PGUSER/PGPASSWORD/PGDATABASE from POSTGRES_*, and PGHOST/PGPORT.
-  const dbNames = ['POSTGRES_USER', 'POSTGRES_PASSWORD', 'POSTGRES_DB', 'PGHOST', 'PGPORT', 'PGUSER', 'PGPASSWORD', 'PGDATABASE']
+  const dbNames = [
+    'POSTGRES_USER',
+    'POSTGRES_PASSWORD',
+    'POSTGRES_DB',
+    'PGHOST',
+    'PGPORT',
+    'PGUSER',
+    'PGPASSWORD',
+    'PGDATABASE',
+  ]
   const dbFrom = present(dbNames)
   const [pgUser, pgPassword, pgDb, pgHost, pgPort, pgUser2, pgPassword2, pgDb2] = dbNames.map(get)
   if (dbFrom.length === 0) {
-    block(comment('No POSTGRES_* in the old file: PAKU_DATABASE_URL is not set, so paku runs its embedded PostgreSQL.'))
+    block(
+      comment(
+        'No POSTGRES_* in the old file: PAKU_DATABASE_URL is not set, so paku runs its embedded PostgreSQL.',
+      ),
+    )
   } else {
-    const b = block(comment(`PostgreSQL, from ${dbFrom.join(', ')} (the password percent-encoded).`))
+    const b = block(
+      comment(`PostgreSQL, from ${dbFrom.join(', ')} (the password percent-encoded).`),
+    )
     const user = pgUser || pgUser2 || 'paku'
     const db = pgDb || pgDb2 || 'paku'
     const password = pgPassword || pgPassword2
-    if (!(pgUser || pgUser2) || !(pgDb || pgDb2)) b.push(comment('An unset user or database name is paku, the old default.'))
+    if (!(pgUser || pgUser2) || !(pgDb || pgDb2))
+      b.push(comment('An unset user or database name is paku, the old default.'))
     const oldHost = (pgHost ?? '').trim()
     let host = oldHost
     if (oldHost === '' || oldHost === 'postgres' || oldHost === 'paku_postgres') {
       host = '127.0.0.1'
       b.push(
-        comment(`The old host "${oldHost || 'postgres'}" is the database's Docker service name; on the new VM PostgreSQL is`),
+        comment(
+          `The old host "${oldHost || 'postgres'}" is the database's Docker service name; on the new VM PostgreSQL is`,
+        ),
         comment('usually on 127.0.0.1 (change it if not).'),
       )
     }
@@ -301,9 +403,23 @@ export function importEnv(text: string): ImportResult {
       b.push(warning(`PGPORT ${JSON.stringify(port)} is not a port number; 5432 is used`))
       port = '5432'
     }
-    if (!password) b.push(warning('POSTGRES_PASSWORD is empty or missing: add the database password to PAKU_DATABASE_URL'))
-    if (password) b.push(comment('The password is the old one: if the database role on the new VM has another, put that one in.'))
-    b.push(comment('Grafana reads the database as the read-only role paku_grafana instead (docs/grafana.md).'))
+    if (!password)
+      b.push(
+        warning(
+          'POSTGRES_PASSWORD is empty or missing: add the database password to PAKU_DATABASE_URL',
+        ),
+      )
+    if (password)
+      b.push(
+        comment(
+          'The password is the old one: if the database role on the new VM has another, put that one in.',
+        ),
+      )
+    b.push(
+      comment(
+        'Grafana reads the database as the read-only role paku_grafana instead (docs/grafana.md).',
+      ),
+    )
     const auth = encodeURIComponent(user) + (password ? `:${encodeURIComponent(password)}` : '')
     b.push(set('PAKU_DATABASE_URL', `postgres://${auth}@${host}:${port}/${encodeURIComponent(db)}`))
   }
@@ -312,22 +428,41 @@ export function importEnv(text: string): ImportResult {
   const mqttUser = get('MQTT_USER')
   const mqttPassword = get('MQTT_PASSWORD')
   if (mqttUser === undefined && mqttPassword === undefined) {
-    block(warning('no MQTT_USER/MQTT_PASSWORD: the old broker used edge/changeme; set PAKU_MQTT_USERNAME/PAKU_MQTT_PASSWORD if the devices do'))
+    block(
+      warning(
+        'no MQTT_USER/MQTT_PASSWORD: the old broker used edge/changeme; set PAKU_MQTT_USERNAME/PAKU_MQTT_PASSWORD if the devices do',
+      ),
+    )
   } else {
-    const b = block(comment(`From ${present(['MQTT_USER', 'MQTT_PASSWORD']).join(' and ')}: the shared credential of the devices, the Home Assistant bridge`))
+    const b = block(
+      comment(
+        `From ${present(['MQTT_USER', 'MQTT_PASSWORD']).join(' and ')}: the shared credential of the devices, the Home Assistant bridge`,
+      ),
+    )
     b.push(comment('and CI; it keeps full rights, as before (docs/security.md: moving off it).'))
     if (!mqttUser) b.push(comment("MQTT_USER is not set: edge, the old broker's default."))
     b.push(set('PAKU_MQTT_USERNAME', mqttUser || 'edge'))
     if (mqttPassword) b.push(set('PAKU_MQTT_PASSWORD', mqttPassword))
-    else b.push(warning('MQTT_PASSWORD is empty or missing, so the old broker used its default (changeme; paku with the development compose file): set PAKU_MQTT_PASSWORD to what the devices use'))
+    else
+      b.push(
+        warning(
+          'MQTT_PASSWORD is empty or missing, so the old broker used its default (changeme; paku with the development compose file): set PAKU_MQTT_PASSWORD to what the devices use',
+        ),
+      )
   }
 
   // MQTT over TLS: MQTT_CN only named the old certificate; paku reads certificate files.
   const cn = get('MQTT_CN')
   block(
-    comment(`MQTT over TLS (port 8883).${cn ? ` From MQTT_CN: ${oneLine(cn)} is the name in the old broker's certificate.` : ''}`),
-    comment("That certificate and its key are in the old host's Docker volume paku_mqttcerts (server.crt, server.key,"),
-    comment('signed by the ca.crt the devices trust): copy them to /etc/paku/tls (docs/operations.md, "TLS") and uncomment:'),
+    comment(
+      `MQTT over TLS (port 8883).${cn ? ` From MQTT_CN: ${oneLine(cn)} is the name in the old broker's certificate.` : ''}`,
+    ),
+    comment(
+      "That certificate and its key are in the old host's Docker volume paku_mqttcerts (server.crt, server.key,",
+    ),
+    comment(
+      'signed by the ca.crt the devices trust): copy them to /etc/paku/tls (docs/operations.md, "TLS") and uncomment:',
+    ),
     example('PAKU_MQTT_TLS_ENABLED', 'true'),
     example('PAKU_MQTT_TLS_CERT_FILE', '/etc/paku/tls/server.crt'),
     example('PAKU_MQTT_TLS_KEY_FILE', '/etc/paku/tls/server.key'),
@@ -340,7 +475,9 @@ export function importEnv(text: string): ImportResult {
   if (apiKey === '') {
     block(comment(`${keyName} is empty: the admin API stays off (503), as before.`))
   } else if (apiKey !== undefined) {
-    const b = block(comment(`From ${keyName}: the admin key CI uploads firmware with (header X-API-Key).`))
+    const b = block(
+      comment(`From ${keyName}: the admin key CI uploads firmware with (header X-API-Key).`),
+    )
     if (apiKey.length < 32) {
       b.push(
         warning(
@@ -356,14 +493,23 @@ export function importEnv(text: string): ImportResult {
   const publicUrl = derivePublicUrl(domain)
   if (publicUrl) {
     block(
-      comment('From PAKU_DOMAIN: the old Caddy served the OTA service under /ota of it. A reverse proxy in front of paku'),
-      comment('keeps those URLs working (docs/operations.md); or change this to where devices reach paku.'),
+      comment(
+        'From PAKU_DOMAIN: the old Caddy served the OTA service under /ota of it. A reverse proxy in front of paku',
+      ),
+      comment(
+        'keeps those URLs working (docs/operations.md); or change this to where devices reach paku.',
+      ),
       set('PAKU_PUBLIC_URL', publicUrl),
     )
   } else {
-    const what = domain === '' ? 'not set (the old default :80' : `${JSON.stringify(domain)} (${domain.startsWith(':') ? 'Caddy on plain HTTP' : 'not one host name'}`
+    const what =
+      domain === ''
+        ? 'not set (the old default :80'
+        : `${JSON.stringify(domain)} (${domain.startsWith(':') ? 'Caddy on plain HTTP' : 'not one host name'}`
     block(
-      warning(`PAKU_DOMAIN is ${what}, no domain): PAKU_PUBLIC_URL cannot be derived; set it to the base URL devices download firmware from`),
+      warning(
+        `PAKU_DOMAIN is ${what}, no domain): PAKU_PUBLIC_URL cannot be derived; set it to the base URL devices download firmware from`,
+      ),
       example('PAKU_PUBLIC_URL', 'https://iot.example.com/ota'),
     )
   }
@@ -371,25 +517,59 @@ export function importEnv(text: string): ImportResult {
   // The firmware volume. FIRMWARE_STORAGE_PATH is a path inside the old container, never one on the host.
   const storage = get('FIRMWARE_STORAGE_PATH')
   block(
-    comment(`The old OTA service's firmware (FIRMWARE_STORAGE_PATH, ${oneLine(storage || '/firmware')} in its container) is the`),
+    comment(
+      `The old OTA service's firmware (FIRMWARE_STORAGE_PATH, ${oneLine(storage || '/firmware')} in its container) is the`,
+    ),
     comment(`Docker volume paku_firmware, on the old host usually ${OLD_FIRMWARE_VOLUME}.`),
-    comment('Copy it over and run `paku firmware import DIR` once; or let paku read it at every start (the paku user'),
-    comment('must be able to: /var/lib/docker is root-only, and paku does not start with a directory it cannot read):'),
+    comment(
+      'Copy it over and run `paku firmware import DIR` once; or let paku read it at every start (the paku user',
+    ),
+    comment(
+      'must be able to: /var/lib/docker is root-only, and paku does not start with a directory it cannot read):',
+    ),
     example('PAKU_OTA_FIRMWARE_DIR', OLD_FIRMWARE_VOLUME),
   )
 
   // EcoFlow: the old collector polled exactly one device, ECOFLOW_DEVICE_SN.
-  const ecoflowNames = present(['ECOFLOW_ACCESS_KEY', 'ECOFLOW_SECRET_KEY', 'ECOFLOW_DEVICE_SN', 'ECOFLOW_API_URL', 'REST_API_INTERVAL'])
-  const [ak, sk, sn, apiUrl, interval] = ['ECOFLOW_ACCESS_KEY', 'ECOFLOW_SECRET_KEY', 'ECOFLOW_DEVICE_SN', 'ECOFLOW_API_URL', 'REST_API_INTERVAL'].map(get)
+  const ecoflowNames = present([
+    'ECOFLOW_ACCESS_KEY',
+    'ECOFLOW_SECRET_KEY',
+    'ECOFLOW_DEVICE_SN',
+    'ECOFLOW_API_URL',
+    'REST_API_INTERVAL',
+  ])
+  const [ak, sk, sn, apiUrl, interval] = [
+    'ECOFLOW_ACCESS_KEY',
+    'ECOFLOW_SECRET_KEY',
+    'ECOFLOW_DEVICE_SN',
+    'ECOFLOW_API_URL',
+    'REST_API_INTERVAL',
+  ].map(get)
   if (!ak || !sk) {
     if (ecoflowNames.length > 0) {
-      const b = block(comment(`${ecoflowNames.join(', ')}: without both keys EcoFlow stays off; not carried over.`))
-      if (ak || sk) b.push(warning(`only ${ak ? 'ECOFLOW_ACCESS_KEY' : 'ECOFLOW_SECRET_KEY'} is set: paku needs both EcoFlow keys`))
+      const b = block(
+        comment(
+          `${ecoflowNames.join(', ')}: without both keys EcoFlow stays off; not carried over.`,
+        ),
+      )
+      if (ak || sk)
+        b.push(
+          warning(
+            `only ${ak ? 'ECOFLOW_ACCESS_KEY' : 'ECOFLOW_SECRET_KEY'} is set: paku needs both EcoFlow keys`,
+          ),
+        )
     }
   } else {
-    const b = block(comment('EcoFlow, from ECOFLOW_ACCESS_KEY and ECOFLOW_SECRET_KEY.'), set('PAKU_ECOFLOW_ACCESS_KEY', ak), set('PAKU_ECOFLOW_SECRET_KEY', sk))
+    const b = block(
+      comment('EcoFlow, from ECOFLOW_ACCESS_KEY and ECOFLOW_SECRET_KEY.'),
+      set('PAKU_ECOFLOW_ACCESS_KEY', ak),
+      set('PAKU_ECOFLOW_SECRET_KEY', sk),
+    )
     if (sn?.trim()) {
-      b.push(comment('From ECOFLOW_DEVICE_SN: the one device the old collector polled.'), set('PAKU_ECOFLOW_DEVICES', sn.trim()))
+      b.push(
+        comment('From ECOFLOW_DEVICE_SN: the one device the old collector polled.'),
+        set('PAKU_ECOFLOW_DEVICES', sn.trim()),
+      )
     } else {
       b.push(
         warning(
@@ -399,13 +579,17 @@ export function importEnv(text: string): ImportResult {
     }
     if (apiUrl !== undefined) {
       b.push(
-        comment(`From ECOFLOW_API_URL${apiUrl.trim() === '' ? ' (empty: the old default https://api-e.ecoflow.com, paku\'s eu)' : ''}.`),
+        comment(
+          `From ECOFLOW_API_URL${apiUrl.trim() === '' ? " (empty: the old default https://api-e.ecoflow.com, paku's eu)" : ''}.`,
+        ),
         set('PAKU_ECOFLOW_API_URL', ecoflowRegion(apiUrl)),
       )
     }
     if (interval !== undefined) {
       b.push(
-        comment("From REST_API_INTERVAL: the old collector's wait after each poll (only the development compose file passed"),
+        comment(
+          "From REST_API_INTERVAL: the old collector's wait after each poll (only the development compose file passed",
+        ),
         comment('it; production polled every 30 s).'),
         set('PAKU_ECOFLOW_POLL_SECONDS', interval.trim()),
       )
@@ -418,14 +602,21 @@ export function importEnv(text: string): ImportResult {
     for (const b of blocks) {
       for (let i = 0; i < b.length; i++) {
         const l = b[i] as OutLine
-        if ('name' in l && own.includes(l.name)) b[i] = comment(`${l.name} is set in the old file itself: that value is used (below).`)
+        if ('name' in l && own.includes(l.name))
+          b[i] = comment(`${l.name} is set in the old file itself: that value is used (below).`)
       }
     }
-    block(comment("Already paku's own variables in the old file."), ...own.map((n) => set(n, (vars.get(n) as OldVar).value)))
+    block(
+      comment("Already paku's own variables in the old file."),
+      ...own.map((n) => set(n, (vars.get(n) as OldVar).value)),
+    )
     for (const n of own) used.add(n)
   }
 
-  const notCarried = NOT_CARRIED.map((x) => ({ names: present([...x.names]), reason: x.reason })).filter((x) => x.names.length > 0)
+  const notCarried = NOT_CARRIED.map((x) => ({
+    names: present([...x.names]),
+    reason: x.reason,
+  })).filter((x) => x.names.length > 0)
   for (const x of notCarried) for (const n of x.names) used.add(n)
   const unknown = [...vars.keys()].filter((n) => !used.has(n))
   const warnings = blocks.flat().flatMap((l) => ('warning' in l ? [l.warning] : []))
@@ -454,7 +645,9 @@ export function ecoflowRegion(url: string): string {
 
 /** The produced variables as an environment (real values), e.g. for loadConfig. */
 export function producedEnv(r: Pick<ImportResult, 'blocks'>): Record<string, string> {
-  return Object.fromEntries(r.blocks.flat().flatMap((l) => ('name' in l ? [[l.name, l.value]] : [])))
+  return Object.fromEntries(
+    r.blocks.flat().flatMap((l) => ('name' in l ? [[l.name, l.value]] : [])),
+  )
 }
 
 /**
@@ -463,12 +656,16 @@ export function producedEnv(r: Pick<ImportResult, 'blocks'>): Record<string, str
  * `\\`, `\$` and `` \` ``, and only a shell would expand). Secrets are `***` unless `showSecrets`; a
  * secret URL keeps everything but its password. Comments name old variables, never their secret values.
  */
-export function renderEnvFile(r: ImportResult, opts: { source: string; showSecrets: boolean }): string {
+export function renderEnvFile(
+  r: ImportResult,
+  opts: { source: string; showSecrets: boolean },
+): string {
   const out: string[] = [
     `# paku's configuration from ${oneLine(opts.source)}, the old Docker Compose stack's .env (paku import-env).`,
     '# For /etc/paku/paku.env (systemd EnvironmentFile, mode 0600); every variable: docs/configuration.md.',
   ]
-  if (!opts.showSecrets) out.push('# Secrets are shown as ***: --write FILE writes the real values.')
+  if (!opts.showSecrets)
+    out.push('# Secrets are shown as ***: --write FILE writes the real values.')
   if (r.configIssues.length > 0) {
     out.push('# paku refuses to start with this file until these are fixed:')
     for (const issue of r.configIssues) out.push(`#   ${oneLine(issue)}`)
@@ -479,13 +676,17 @@ export function renderEnvFile(r: ImportResult, opts: { source: string; showSecre
       if ('comment' in l) out.push(`# ${l.comment}`)
       else if ('warning' in l) out.push(`# WARNING: ${oneLine(l.warning)}`)
       else if ('example' in l) out.push(`# ${l.example}=${quoteEnvValue(l.value)}`)
-      else out.push(`${l.name}=${opts.showSecrets || !SECRET_NAMES.has(l.name) ? quoteEnvValue(l.value) : maskValue(l.value)}`)
+      else
+        out.push(
+          `${l.name}=${opts.showSecrets || !SECRET_NAMES.has(l.name) ? quoteEnvValue(l.value) : maskValue(l.value)}`,
+        )
     }
   }
   if (r.notCarried.length > 0 || r.unknown.length > 0) {
     out.push('', '# Not carried over:')
     for (const x of r.notCarried) out.push(`# ${x.names.join(', ')}: ${x.reason}.`)
-    if (r.unknown.length > 0) out.push(`# Not used by paku (nor documented by the old stack): ${r.unknown.join(', ')}.`)
+    if (r.unknown.length > 0)
+      out.push(`# Not used by paku (nor documented by the old stack): ${r.unknown.join(', ')}.`)
   }
   return out.join('\n') + '\n'
 }

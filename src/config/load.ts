@@ -36,7 +36,11 @@ export function loadConfig(opts: LoadOptions): LoadResult {
       const code = (err as NodeJS.ErrnoException).code
       // A missing default file just means "all defaults"; a missing explicit file is an error.
       if (explicit !== undefined || code !== 'ENOENT') {
-        return { ok: false, path, issues: [`${path}: cannot read config file (${code ?? String(err)})`] }
+        return {
+          ok: false,
+          path,
+          issues: [`${path}: cannot read config file (${code ?? String(err)})`],
+        }
       }
       // Reported as "(defaults)", not as a file that was never read.
       path = undefined
@@ -62,7 +66,9 @@ export function loadConfig(opts: LoadOptions): LoadResult {
       // A key with spaces or symbols (a typo, or hostile input) is quoted so the line stays readable.
       const dot = /^[\w.()-]+$/.test(raw) ? raw : JSON.stringify(raw)
       // An issue inside a value (an array element) still names the variable that set the value.
-      const envName = [...overlaid.sources].find(([path]) => dot === path || dot.startsWith(`${path}.`))?.[1]
+      const envName = [...overlaid.sources].find(
+        ([path]) => dot === path || dot.startsWith(`${path}.`),
+      )?.[1]
       const where = envName ? `${dot} (from ${envName})` : dot
       // valibot's default messages echo the received value; never do that for secrets.
       const message = SECRET_PATHS.has(dot) ? secretMessage(dot, issue.message) : issue.message
@@ -75,7 +81,9 @@ export function loadConfig(opts: LoadOptions): LoadResult {
 }
 
 function secretMessage(dot: string, message: string): string {
-  return message.includes('Received') || message.includes('received') ? `${dot} is invalid` : message
+  return message.includes('Received') || message.includes('received')
+    ? `${dot} is invalid`
+    : message
 }
 
 /** Subsystems get slices of one frozen object, so nobody can change config behind another's back. */
@@ -107,7 +115,8 @@ export function maskUrl(url: string): string {
   try {
     const u = new URL(url)
     if (u.password) u.password = '***'
-    for (const key of [...u.searchParams.keys()]) if (/pass|secret|token/i.test(key)) u.searchParams.set(key, '***')
+    for (const key of [...u.searchParams.keys()])
+      if (/pass|secret|token/i.test(key)) u.searchParams.set(key, '***')
     return u.toString()
   } catch {
     return '***'

@@ -17,7 +17,12 @@ const positiveInt = (name: string, max: number) =>
   )
 
 const days = (name: string) =>
-  v.pipe(v.number(`${name} must be a number`), v.integer(`${name} must be an integer`), v.minValue(0, `${name} must be 0 (keep) or more`), v.maxValue(36_500, `${name} must be at most 36500`))
+  v.pipe(
+    v.number(`${name} must be a number`),
+    v.integer(`${name} must be an integer`),
+    v.minValue(0, `${name} must be 0 (keep) or more`),
+    v.maxValue(36_500, `${name} must be at most 36500`),
+  )
 
 const MiB = 1024 * 1024
 
@@ -30,8 +35,28 @@ export const QUOTA_KINDS = ['device', 'bridge', 'service', 'anonymous'] as const
  * broker. Over a quota a PUBLISH closes the connection, a SUBSCRIBE gets 0x80, a CONNECT for one more
  * persistent session gets CONNACK 5, and a message for a full offline queue is dropped for that client.
  */
-function quotaShape(kind: string, d: { retainedTopics: number; retainedBytes: number; persistentSessions: number; subscriptions: number; queuedMessages: number; queuedBytes: number; relayedSensors: number }) {
-  const n = (key: string, max: number, def: number) => v.optional(v.pipe(v.number(`${key} must be a number`), v.integer(`${key} must be an integer`), v.minValue(0, `${key} must be 0 or more`), v.maxValue(max, `${key} must be at most ${max}`)), def)
+function quotaShape(
+  kind: string,
+  d: {
+    retainedTopics: number
+    retainedBytes: number
+    persistentSessions: number
+    subscriptions: number
+    queuedMessages: number
+    queuedBytes: number
+    relayedSensors: number
+  },
+) {
+  const n = (key: string, max: number, def: number) =>
+    v.optional(
+      v.pipe(
+        v.number(`${key} must be a number`),
+        v.integer(`${key} must be an integer`),
+        v.minValue(0, `${key} must be 0 or more`),
+        v.maxValue(max, `${key} must be at most ${max}`),
+      ),
+      def,
+    )
   return v.strictObject({
     /** Retained topics it may hold. */
     retainedTopics: n('retainedTopics', 10_000_000, d.retainedTopics),
@@ -65,7 +90,10 @@ const ConfigShape = v.strictObject({
   log: v.optional(
     v.strictObject({
       level: v.optional(LogLevel, 'info'),
-      format: v.optional(v.picklist(LOG_FORMATS, `must be one of ${LOG_FORMATS.join(', ')}`), 'auto'),
+      format: v.optional(
+        v.picklist(LOG_FORMATS, `must be one of ${LOG_FORMATS.join(', ')}`),
+        'auto',
+      ),
       /** Per-namespace overrides, e.g. { "ingest": "debug" }. */
       levels: v.optional(v.record(v.string(), LogLevel), {}),
     }),
@@ -112,7 +140,18 @@ const ConfigShape = v.strictObject({
            * Browser origins (scheme://host[:port]) allowed to open MQTT over WebSocket. A request with
            * any other Origin header is refused; clients that send none (devices, scripts) are not affected.
            */
-          allowedOrigins: v.optional(v.array(v.pipe(v.string(), v.regex(/^https?:\/\/[^\s/?#]+$/, 'must be an origin like https://example.com or http://localhost:3000'))), []),
+          allowedOrigins: v.optional(
+            v.array(
+              v.pipe(
+                v.string(),
+                v.regex(
+                  /^https?:\/\/[^\s/?#]+$/,
+                  'must be an origin like https://example.com or http://localhost:3000',
+                ),
+              ),
+            ),
+            [],
+          ),
           /** Anonymous clients on this listener; unset: as mqtt.allowAnonymous. */
           allowAnonymous: v.optional(v.boolean('mqtt.ws.allowAnonymous must be true or false')),
         }),
@@ -144,8 +183,14 @@ const ConfigShape = v.strictObject({
              */
             allowAnonymous: v.optional(v.boolean('mqtt.tls.allowAnonymous must be true or false')),
           }),
-          v.check((t) => !t.enabled || (t.certFile !== '' && t.keyFile !== ''), 'mqtt.tls needs certFile and keyFile when enabled'),
-          v.check((t) => !t.requireClientCert || t.caFile !== '', 'mqtt.tls.requireClientCert needs caFile'),
+          v.check(
+            (t) => !t.enabled || (t.certFile !== '' && t.keyFile !== ''),
+            'mqtt.tls needs certFile and keyFile when enabled',
+          ),
+          v.check(
+            (t) => !t.requireClientCert || t.caFile !== '',
+            'mqtt.tls.requireClientCert needs caFile',
+          ),
         ),
         {},
       ),
@@ -157,7 +202,10 @@ const ConfigShape = v.strictObject({
        */
       maxAuthFailuresPerMinute: v.optional(positiveInt('maxAuthFailuresPerMinute', 10_000), 10),
       /** Failed logins per minute from one address, whatever the username, before it is refused for a minute. */
-      maxAuthFailuresPerAddressPerMinute: v.optional(positiveInt('maxAuthFailuresPerAddressPerMinute', 100_000), 30),
+      maxAuthFailuresPerAddressPerMinute: v.optional(
+        positiveInt('maxAuthFailuresPerAddressPerMinute', 100_000),
+        30,
+      ),
       /** Open connections per remote address (a NAT'd site with many devices may need more). */
       maxConnectionsPerAddress: v.optional(positiveInt('maxConnectionsPerAddress', 1_000_000), 256),
       /**
@@ -169,7 +217,10 @@ const ConfigShape = v.strictObject({
        * What an anonymous client may do: readonly (subscribe, never publish), device (scoped as the
        * device named by its client id) or full.
        */
-      anonymousRole: v.optional(v.picklist(ANONYMOUS_ROLES, `must be one of ${ANONYMOUS_ROLES.join(', ')}`), 'readonly'),
+      anonymousRole: v.optional(
+        v.picklist(ANONYMOUS_ROLES, `must be one of ${ANONYMOUS_ROLES.join(', ')}`),
+        'readonly',
+      ),
       /**
        * The old stack's one shared credential (MQTT_USER/MQTT_PASSWORD), compiled into every paku-core
        * device. role full: today's rights for everyone holding it (warned at start); device: a login is
@@ -179,7 +230,10 @@ const ConfigShape = v.strictObject({
         v.strictObject({
           username: v.optional(v.string('mqtt.sharedCredential.username must be a string'), ''),
           password: v.optional(v.string('mqtt.sharedCredential.password must be a string'), ''),
-          role: v.optional(v.picklist(SHARED_ROLES, `must be one of ${SHARED_ROLES.join(', ')}`), 'full'),
+          role: v.optional(
+            v.picklist(SHARED_ROLES, `must be one of ${SHARED_ROLES.join(', ')}`),
+            'full',
+          ),
         }),
         {},
       ),
@@ -188,14 +242,61 @@ const ConfigShape = v.strictObject({
       /** Limits on what each kind of login may keep in the broker (see quotaShape). */
       quotas: v.optional(
         v.strictObject({
-          device: v.optional(quotaShape('device', { retainedTopics: 100, retainedBytes: MiB, persistentSessions: 1, subscriptions: 64, queuedMessages: 1000, queuedBytes: MiB, relayedSensors: 32 }), {}),
-          bridge: v.optional(quotaShape('bridge', { retainedTopics: 10_000, retainedBytes: 32 * MiB, persistentSessions: 4, subscriptions: 1000, queuedMessages: 100_000, queuedBytes: 32 * MiB, relayedSensors: 0 }), {}),
-          service: v.optional(quotaShape('service', { retainedTopics: 1000, retainedBytes: 8 * MiB, persistentSessions: 4, subscriptions: 1000, queuedMessages: 10_000, queuedBytes: 8 * MiB, relayedSensors: 0 }), {}),
-          anonymous: v.optional(quotaShape('anonymous', { retainedTopics: 100, retainedBytes: MiB, persistentSessions: 10, subscriptions: 100, queuedMessages: 1000, queuedBytes: MiB, relayedSensors: 32 }), {}),
+          device: v.optional(
+            quotaShape('device', {
+              retainedTopics: 100,
+              retainedBytes: MiB,
+              persistentSessions: 1,
+              subscriptions: 64,
+              queuedMessages: 1000,
+              queuedBytes: MiB,
+              relayedSensors: 32,
+            }),
+            {},
+          ),
+          bridge: v.optional(
+            quotaShape('bridge', {
+              retainedTopics: 10_000,
+              retainedBytes: 32 * MiB,
+              persistentSessions: 4,
+              subscriptions: 1000,
+              queuedMessages: 100_000,
+              queuedBytes: 32 * MiB,
+              relayedSensors: 0,
+            }),
+            {},
+          ),
+          service: v.optional(
+            quotaShape('service', {
+              retainedTopics: 1000,
+              retainedBytes: 8 * MiB,
+              persistentSessions: 4,
+              subscriptions: 1000,
+              queuedMessages: 10_000,
+              queuedBytes: 8 * MiB,
+              relayedSensors: 0,
+            }),
+            {},
+          ),
+          anonymous: v.optional(
+            quotaShape('anonymous', {
+              retainedTopics: 100,
+              retainedBytes: MiB,
+              persistentSessions: 10,
+              subscriptions: 100,
+              queuedMessages: 1000,
+              queuedBytes: MiB,
+              relayedSensors: 32,
+            }),
+            {},
+          ),
           /** Retained and queued message bytes the broker holds in all (and loads at start-up), whoever owns them. */
           totalBytes: v.optional(positiveInt('totalBytes', 16 * 1024 * MiB), 64 * MiB),
           /** Persistent sessions in all. */
-          totalPersistentSessions: v.optional(positiveInt('totalPersistentSessions', 10_000_000), 1000),
+          totalPersistentSessions: v.optional(
+            positiveInt('totalPersistentSessions', 10_000_000),
+            1000,
+          ),
         }),
         {},
       ),
@@ -214,7 +315,10 @@ const ConfigShape = v.strictObject({
       adminApiKey: v.optional(
         v.pipe(
           v.string('http.adminApiKey must be a string'),
-          v.check((k) => k === '' || k.length >= 32, 'http.adminApiKey must be at least 32 characters (e.g. openssl rand -hex 32)'),
+          v.check(
+            (k) => k === '' || k.length >= 32,
+            'http.adminApiKey must be at least 32 characters (e.g. openssl rand -hex 32)',
+          ),
         ),
         '',
       ),
@@ -227,24 +331,64 @@ const ConfigShape = v.strictObject({
       accessKey: v.optional(v.string('ecoflow.accessKey must be a string'), ''),
       secretKey: v.optional(v.string('ecoflow.secretKey must be a string'), ''),
       /** eu (default), us, global, or a base URL (a test server). Keys are region-bound. */
-      apiUrl: v.optional(v.pipe(v.string(), v.regex(/^(eu|us|global|https?:\/\/\S+)$/, 'must be eu, us, global or an http(s):// URL')), 'eu'),
+      apiUrl: v.optional(
+        v.pipe(
+          v.string(),
+          v.regex(/^(eu|us|global|https?:\/\/\S+)$/, 'must be eu, us, global or an http(s):// URL'),
+        ),
+        'eu',
+      ),
       /** Serial numbers to poll; empty = every device of the account (device/list). */
-      devices: v.optional(v.array(v.pipe(v.string(), v.regex(/^[A-Za-z0-9]{4,40}$/, 'must be a device serial number'))), []),
-      pollSeconds: v.optional(v.pipe(v.number(), v.integer('pollSeconds must be an integer'), v.minValue(5, 'pollSeconds must be at least 5'), v.maxValue(86_400, 'pollSeconds must be at most 86400')), 30),
+      devices: v.optional(
+        v.array(
+          v.pipe(v.string(), v.regex(/^[A-Za-z0-9]{4,40}$/, 'must be a device serial number')),
+        ),
+        [],
+      ),
+      pollSeconds: v.optional(
+        v.pipe(
+          v.number(),
+          v.integer('pollSeconds must be an integer'),
+          v.minValue(5, 'pollSeconds must be at least 5'),
+          v.maxValue(86_400, 'pollSeconds must be at most 86400'),
+        ),
+        30,
+      ),
       requestTimeoutMs: v.optional(positiveInt('requestTimeoutMs', 120_000), 10_000),
       /** auto: the documented signature, falling back to the old collector's form on error 8521. */
-      signing: v.optional(v.picklist(['auto', 'documented', 'legacy'], 'must be auto, documented or legacy'), 'auto'),
+      signing: v.optional(
+        v.picklist(['auto', 'documented', 'legacy'], 'must be auto, documented or legacy'),
+        'auto',
+      ),
     }),
     {},
   ),
   ota: v.optional(
     v.strictObject({
       /** Base URL devices download from, put into cmd/ota links (e.g. https://iot.example.com/ota). Empty: http://<http.host>:<port>. */
-      publicUrl: v.optional(v.union([v.literal(''), v.pipe(v.string(), v.regex(/^https?:\/\/[^\s?#]+$/, 'must be an http(s):// URL without query'))], 'must be an http(s):// URL without query'), ''),
+      publicUrl: v.optional(
+        v.union(
+          [
+            v.literal(''),
+            v.pipe(
+              v.string(),
+              v.regex(/^https?:\/\/[^\s?#]+$/, 'must be an http(s):// URL without query'),
+            ),
+          ],
+          'must be an http(s):// URL without query',
+        ),
+        '',
+      ),
       /** Largest firmware image accepted (ESP32 app partitions are at most a few MB). */
       maxFirmwareBytes: v.optional(positiveInt('maxFirmwareBytes', 67_108_864), 16_777_216),
       /** Path prefix a reverse proxy may leave on device routes (the old stack's /ota); '' for none. */
-      routePrefix: v.optional(v.union([v.literal(''), v.pipe(v.string(), v.regex(/^\/[A-Za-z0-9._-]+$/, 'must be like /ota'))], 'must be like /ota'), '/ota'),
+      routePrefix: v.optional(
+        v.union(
+          [v.literal(''), v.pipe(v.string(), v.regex(/^\/[A-Za-z0-9._-]+$/, 'must be like /ota'))],
+          'must be like /ota',
+        ),
+        '/ota',
+      ),
       /** How often running rollouts take in new devices, check thresholds and time-outs. */
       rolloutTickSeconds: v.optional(positiveInt('rolloutTickSeconds', 3600), 10),
       /** A device that accepted an update but reports nothing for this long has failed (timed out). */
@@ -288,7 +432,16 @@ const ConfigShape = v.strictObject({
         '',
       ),
       /** This instance's name in logs, /health and the aedes broker id; empty: hostname-pid. */
-      instanceId: v.optional(v.pipe(v.string('cluster.instanceId must be a string'), v.regex(/^[\w.:-]{0,64}$/, 'cluster.instanceId must be up to 64 letters, digits, . _ : -')), ''),
+      instanceId: v.optional(
+        v.pipe(
+          v.string('cluster.instanceId must be a string'),
+          v.regex(
+            /^[\w.:-]{0,64}$/,
+            'cluster.instanceId must be up to 64 letters, digits, . _ : -',
+          ),
+        ),
+        '',
+      ),
       /** Seconds between a standby instance's attempts to take over singleton work (and the leader's connection checks). */
       leaderRetrySeconds: v.optional(positiveInt('leaderRetrySeconds', 300), 2),
     }),
@@ -312,9 +465,18 @@ const ConfigShape = v.strictObject({
         rollup5mDays: v.optional(days('rollup5mDays'), 0),
       }),
       // Dashboards read EcoFlow and status rows, and the 5-minute rollups, up to 14 days back.
-      v.check((r) => r.statusDays === 0 || r.statusDays >= 14, 'retention.statusDays must be 0 or at least 14: dashboards read status rows up to 14 days back'),
-      v.check((r) => r.ecoflowDays === 0 || r.ecoflowDays >= 14, 'retention.ecoflowDays must be 0 or at least 14: dashboards read EcoFlow rows up to 14 days back'),
-      v.check((r) => r.rollup5mDays === 0 || r.rollup5mDays >= 14, 'retention.rollup5mDays must be 0 or at least 14: dashboards read 5-minute rollups up to 14 days back'),
+      v.check(
+        (r) => r.statusDays === 0 || r.statusDays >= 14,
+        'retention.statusDays must be 0 or at least 14: dashboards read status rows up to 14 days back',
+      ),
+      v.check(
+        (r) => r.ecoflowDays === 0 || r.ecoflowDays >= 14,
+        'retention.ecoflowDays must be 0 or at least 14: dashboards read EcoFlow rows up to 14 days back',
+      ),
+      v.check(
+        (r) => r.rollup5mDays === 0 || r.rollup5mDays >= 14,
+        'retention.rollup5mDays must be 0 or at least 14: dashboards read 5-minute rollups up to 14 days back',
+      ),
     ),
     {},
   ),
@@ -330,7 +492,12 @@ const ConfigShape = v.strictObject({
          * while they arrive often enough to; 0 commits each as soon as it can. See createCommitWindow.
          */
         commitWindowMs: v.optional(
-          v.pipe(v.number('commitWindowMs must be a number'), v.integer('commitWindowMs must be an integer'), v.minValue(0, 'commitWindowMs must be 0 or more'), v.maxValue(1000, 'commitWindowMs must be at most 1000')),
+          v.pipe(
+            v.number('commitWindowMs must be a number'),
+            v.integer('commitWindowMs must be an integer'),
+            v.minValue(0, 'commitWindowMs must be 0 or more'),
+            v.maxValue(1000, 'commitWindowMs must be at most 1000'),
+          ),
           20,
         ),
         /**
@@ -348,9 +515,15 @@ const ConfigShape = v.strictObject({
          */
         backpressureRows: v.optional(positiveInt('backpressureRows', 10_000_000), 10_000),
         /** Largest on-disk spool (database outage); when full, QoS 1/2 are no longer acknowledged. */
-        spoolMaxBytes: v.optional(positiveInt('spoolMaxBytes', Number.MAX_SAFE_INTEGER), 1_073_741_824),
+        spoolMaxBytes: v.optional(
+          positiveInt('spoolMaxBytes', Number.MAX_SAFE_INTEGER),
+          1_073_741_824,
+        ),
       }),
-      v.check((i) => i.backpressureRows <= i.maxPendingRows, 'ingest.backpressureRows must not be above ingest.maxPendingRows'),
+      v.check(
+        (i) => i.backpressureRows <= i.maxPendingRows,
+        'ingest.backpressureRows must not be above ingest.maxPendingRows',
+      ),
     ),
     {},
   ),
@@ -360,7 +533,10 @@ export const ConfigSchema = v.pipe(
   ConfigShape,
   // The writers' connections come from the pool (the broker, the API and the jobs queue for theirs).
   v.forward(
-    v.check((c) => c.ingest.concurrentWrites <= c.database.poolSize, 'concurrentWrites must not be above database.poolSize'),
+    v.check(
+      (c) => c.ingest.concurrentWrites <= c.database.poolSize,
+      'concurrentWrites must not be above database.poolSize',
+    ),
     ['ingest', 'concurrentWrites'],
   ),
 )

@@ -15,12 +15,27 @@ const BATCH = 10_000
  * their insert time is unknown, and stamping them with NOW() would date every old row at the
  * migration; new rows then get their insert time.
  */
-const COLUMNS: ReadonlyArray<{ table: string; column: string; type: string; insertTime?: boolean }> = [
+const COLUMNS: ReadonlyArray<{
+  table: string
+  column: string
+  type: string
+  insertTime?: boolean
+}> = [
   { table: 'measurements', column: 'mac', type: 'TEXT' },
-  { table: 'measurements', column: 'created_at', type: "TIMESTAMPTZ NOT NULL DEFAULT '-infinity'", insertTime: true },
+  {
+    table: 'measurements',
+    column: 'created_at',
+    type: "TIMESTAMPTZ NOT NULL DEFAULT '-infinity'",
+    insertTime: true,
+  },
   { table: 'ecoflow_measurements', column: 'raw', type: 'JSONB' },
   { table: 'ecoflow_measurements', column: 'model', type: 'TEXT' },
-  { table: 'ecoflow_measurements', column: 'created_at', type: "TIMESTAMPTZ NOT NULL DEFAULT '-infinity'", insertTime: true },
+  {
+    table: 'ecoflow_measurements',
+    column: 'created_at',
+    type: "TIMESTAMPTZ NOT NULL DEFAULT '-infinity'",
+    insertTime: true,
+  },
 ]
 
 /**
@@ -32,14 +47,21 @@ export async function addMissingColumns(db: Kysely<any>, log: Logger): Promise<s
   const added: string[] = []
   for (const c of COLUMNS) {
     const exists = await sql<{ ok: number }>`
-      SELECT 1 AS ok FROM information_schema.columns WHERE table_schema = 'public' AND table_name = ${c.table} AND column_name = ${c.column}`.execute(db)
+      SELECT 1 AS ok FROM information_schema.columns WHERE table_schema = 'public' AND table_name = ${c.table} AND column_name = ${c.column}`.execute(
+      db,
+    )
     if (exists.rows.length > 0) continue
     for (let attempt = 1; ; attempt++) {
       try {
         await db.transaction().execute(async (tx) => {
           await sql`SET LOCAL lock_timeout = '500ms'`.execute(tx)
-          await sql.raw(`ALTER TABLE ${c.table} ADD COLUMN IF NOT EXISTS ${c.column} ${c.type}`).execute(tx)
-          if (c.insertTime) await sql.raw(`ALTER TABLE ${c.table} ALTER COLUMN ${c.column} SET DEFAULT NOW()`).execute(tx)
+          await sql
+            .raw(`ALTER TABLE ${c.table} ADD COLUMN IF NOT EXISTS ${c.column} ${c.type}`)
+            .execute(tx)
+          if (c.insertTime)
+            await sql
+              .raw(`ALTER TABLE ${c.table} ALTER COLUMN ${c.column} SET DEFAULT NOW()`)
+              .execute(tx)
         })
         break
       } catch (err) {
@@ -50,7 +72,8 @@ export async function addMissingColumns(db: Kysely<any>, log: Logger): Promise<s
     }
     added.push(`${c.table}.${c.column}`)
   }
-  if (added.length > 0) log.info('added the columns paku writes to adopted tables', { columns: added })
+  if (added.length > 0)
+    log.info('added the columns paku writes to adopted tables', { columns: added })
   return added
 }
 
@@ -59,32 +82,47 @@ export async function addMissingColumns(db: Kysely<any>, log: Logger): Promise<s
  * stores watts. Rows the old poller wrote (no `model`, which paku always sets) are divided by ten once,
  * so charts have no tenfold step at the cut-over. The rows are those present when the step first runs.
  */
-export async function rescaleOldEcoflowSolar(db: Kysely<any>, log: Logger): Promise<{ rows: number } | undefined> {
+export async function rescaleOldEcoflowSolar(
+  db: Kysely<any>,
+  log: Logger,
+): Promise<{ rows: number } | undefined> {
   const step = 'ecoflow pv_in_watts to watts'
   await sql`
     INSERT INTO adoption_steps (step, upto_id, done_id)
     SELECT ${step}, COALESCE((SELECT max(id) FROM ecoflow_measurements WHERE model IS NULL), 0), 0
     ON CONFLICT (step) DO NOTHING`.execute(db)
-  const state = (await sql<{ upto_id: string; done_id: string; done_at: Date | null }>`
-    SELECT upto_id, done_id, done_at FROM adoption_steps WHERE step = ${step}`.execute(db)).rows[0]
+  const state = (
+    await sql<{ upto_id: string; done_id: string; done_at: Date | null }>`
+    SELECT upto_id, done_id, done_at FROM adoption_steps WHERE step = ${step}`.execute(db)
+  ).rows[0]
   if (!state || state.done_at !== null) return undefined
   const upto = BigInt(state.upto_id)
   let done = BigInt(state.done_id)
   let rows = 0
-  if (done < upto) log.info('rescaling the old EcoFlow poller\'s solar input (tenths of a watt) to watts', { upToId: String(upto), fromId: String(done) })
+  if (done < upto)
+    log.info("rescaling the old EcoFlow poller's solar input (tenths of a watt) to watts", {
+      upToId: String(upto),
+      fromId: String(done),
+    })
   while (done < upto) {
     const next = done + BigInt(BATCH) < upto ? done + BigInt(BATCH) : upto
     rows += await db.transaction().execute(async (tx) => {
       const r = await sql`
         UPDATE ecoflow_measurements SET pv_in_watts = round(pv_in_watts / 10.0)
-        WHERE id > ${String(done)}::bigint AND id <= ${String(next)}::bigint AND model IS NULL AND pv_in_watts IS NOT NULL`.execute(tx)
-      await sql`UPDATE adoption_steps SET done_id = ${String(next)}::bigint WHERE step = ${step}`.execute(tx)
+        WHERE id > ${String(done)}::bigint AND id <= ${String(next)}::bigint AND model IS NULL AND pv_in_watts IS NOT NULL`.execute(
+        tx,
+      )
+      await sql`UPDATE adoption_steps SET done_id = ${String(next)}::bigint WHERE step = ${step}`.execute(
+        tx,
+      )
       return Number(r.numAffectedRows ?? 0)
     })
     done = next
   }
-  await sql`UPDATE adoption_steps SET done_at = NOW(), rows = ${rows} WHERE step = ${step}`.execute(db)
-  if (upto > 0n) log.info('rescaled the old EcoFlow poller\'s solar input to watts', { rows })
+  await sql`UPDATE adoption_steps SET done_at = NOW(), rows = ${rows} WHERE step = ${step}`.execute(
+    db,
+  )
+  if (upto > 0n) log.info("rescaled the old EcoFlow poller's solar input to watts", { rows })
   return { rows }
 }
 
@@ -102,14 +140,22 @@ export async function dropVersionOnlyUnique(db: Kysely<any>, log: Logger): Promi
     JOIN pg_namespace n ON n.oid = t.relnamespace AND n.nspname = 'public'
     LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = t.oid
     WHERE t.relname = 'firmware_releases' AND x.indisunique AND NOT x.indisprimary AND x.indnatts = 1
-      AND x.indkey[0] = (SELECT attnum FROM pg_attribute WHERE attrelid = t.oid AND attname = 'version')`.execute(db)
+      AND x.indkey[0] = (SELECT attnum FROM pg_attribute WHERE attrelid = t.oid AND attname = 'version')`.execute(
+    db,
+  )
   const dropped: string[] = []
   for (const r of found.rows) {
-    if (r.constraint) await sql`ALTER TABLE firmware_releases DROP CONSTRAINT IF EXISTS ${sql.id(r.constraint)}`.execute(db)
+    if (r.constraint)
+      await sql`ALTER TABLE firmware_releases DROP CONSTRAINT IF EXISTS ${sql.id(r.constraint)}`.execute(
+        db,
+      )
     else await sql`DROP INDEX IF EXISTS ${sql.id(r.index)}`.execute(db)
     dropped.push(r.constraint ?? r.index)
   }
-  if (dropped.length > 0) log.info('dropped the old unique version of firmware_releases (a version is unique per model)', { dropped })
+  if (dropped.length > 0)
+    log.info(
+      'dropped the old unique version of firmware_releases (a version is unique per model)',
+      { dropped },
+    )
   return dropped
 }
-

@@ -28,6 +28,8 @@ export function textArray(values: readonly (string | null)[]): string {
  * writer sets it aside alone, as it did with a date it could not parse; a thrown error would fail the batch.
  */
 export function intArray(values: readonly number[]): string {
-  for (let i = 0; i < values.length; i++) if (!Number.isSafeInteger(values[i])) return `{${values.map((x) => (Number.isSafeInteger(x) ? x : 'NULL')).join(',')}}`
+  for (let i = 0; i < values.length; i++)
+    if (!Number.isSafeInteger(values[i]))
+      return `{${values.map((x) => (Number.isSafeInteger(x) ? x : 'NULL')).join(',')}}`
   return `{${values.join(',')}}`
 }

@@ -1,6 +1,16 @@
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs'
 import { arch, platform } from 'node:os'
 import { join, resolve } from 'node:path'
 import pg from 'pg'
@@ -65,7 +75,9 @@ export function createEmbeddedPostgres(opts: EmbeddedOptions) {
     },
     async start(): Promise<void> {
       mkdirSync(root, { recursive: true })
-      const bin = opts.binDir ? { postgres: join(opts.binDir, 'postgres'), initdb: join(opts.binDir, 'initdb') } : await binaries()
+      const bin = opts.binDir
+        ? { postgres: join(opts.binDir, 'postgres'), initdb: join(opts.binDir, 'initdb') }
+        : await binaries()
       const owner = runAs()
       if (owner) reachableBy(owner, root)
       const secret = password()
@@ -79,7 +91,21 @@ export function createEmbeddedPostgres(opts: EmbeddedOptions) {
           chownSync(pwfile, owner.uid, owner.gid)
         }
         try {
-          await run(bin.initdb, ['-D', clusterDir, '-U', USER, `--pwfile=${pwfile}`, '--auth=scram-sha-256', '--encoding=UTF8', '--no-locale'], owner, remember)
+          await run(
+            bin.initdb,
+            [
+              '-D',
+              clusterDir,
+              '-U',
+              USER,
+              `--pwfile=${pwfile}`,
+              '--auth=scram-sha-256',
+              '--encoding=UTF8',
+              '--no-locale',
+            ],
+            owner,
+            remember,
+          )
         } finally {
           rmSync(pwfile, { force: true })
         }
@@ -88,12 +114,28 @@ export function createEmbeddedPostgres(opts: EmbeddedOptions) {
       const running = runningPid(clusterDir)
       if (running !== undefined) {
         // A postgres outlived a paku that was killed with -9: use it rather than fail on the lock file.
-        opts.log.warn('adopting embedded postgresql left running by an earlier paku', { pid: running })
+        opts.log.warn('adopting embedded postgresql left running by an earlier paku', {
+          pid: running,
+        })
         pid = running
       } else {
-        const settings = { listen_addresses: '127.0.0.1', unix_socket_directories: '', ...opts.settings }
-        const args = ['-D', clusterDir, '-p', String(opts.port), ...Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`])]
-        child = spawn(bin.postgres, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'], ...owner })
+        const settings = {
+          listen_addresses: '127.0.0.1',
+          unix_socket_directories: '',
+          ...opts.settings,
+        }
+        const args = [
+          '-D',
+          clusterDir,
+          '-p',
+          String(opts.port),
+          ...Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`]),
+        ]
+        child = spawn(bin.postgres, args, {
+          detached: true,
+          stdio: ['ignore', 'pipe', 'pipe'],
+          ...owner,
+        })
         child.stdout?.on('data', remember)
         child.stderr?.on('data', remember)
         pid = child.pid
@@ -128,24 +170,32 @@ async function binaries(): Promise<{ postgres: string; initdb: string }> {
   if (seaModule()) {
     const system = systemBinaries()
     if (system) return system
-    throw new Error('no PostgreSQL binaries for the embedded database in /usr/lib/postgresql/*/bin: install postgresql or set PAKU_DATABASE_URL to a PostgreSQL server')
+    throw new Error(
+      'no PostgreSQL binaries for the embedded database in /usr/lib/postgresql/*/bin: install postgresql or set PAKU_DATABASE_URL to a PostgreSQL server',
+    )
   }
   try {
     return (await import(name)) as { postgres: string; initdb: string }
   } catch (err) {
     const system = systemBinaries()
     if (system) return system
-    throw new Error(`no PostgreSQL binaries for the embedded database: neither ${name} nor /usr/lib/postgresql/*/bin; install postgresql or set PAKU_DATABASE_URL to a PostgreSQL server`, { cause: err })
+    throw new Error(
+      `no PostgreSQL binaries for the embedded database: neither ${name} nor /usr/lib/postgresql/*/bin; install postgresql or set PAKU_DATABASE_URL to a PostgreSQL server`,
+      { cause: err },
+    )
   }
 }
 
 function systemBinaries(): { postgres: string; initdb: string } | undefined {
   const base = '/usr/lib/postgresql'
   if (!existsSync(base)) return undefined
-  const versions = readdirSync(base).filter((v) => /^\d+$/.test(v)).sort((a, b) => Number(b) - Number(a))
+  const versions = readdirSync(base)
+    .filter((v) => /^\d+$/.test(v))
+    .sort((a, b) => Number(b) - Number(a))
   for (const v of versions) {
     const bin = join(base, v, 'bin')
-    if (existsSync(join(bin, 'postgres')) && existsSync(join(bin, 'initdb'))) return { postgres: join(bin, 'postgres'), initdb: join(bin, 'initdb') }
+    if (existsSync(join(bin, 'postgres')) && existsSync(join(bin, 'initdb')))
+      return { postgres: join(bin, 'postgres'), initdb: join(bin, 'initdb') }
   }
   return undefined
 }
@@ -153,7 +203,8 @@ function systemBinaries(): { postgres: string; initdb: string } | undefined {
 /** PostgreSQL refuses to run as root; then it runs as the `postgres` user, created if missing. */
 function runAs(): { uid: number; gid: number } | undefined {
   if (process.getuid?.() !== 0) return undefined
-  const id = (flag: string) => Number(execFileSync('id', [flag, 'postgres'], { encoding: 'utf8' }).trim())
+  const id = (flag: string) =>
+    Number(execFileSync('id', [flag, 'postgres'], { encoding: 'utf8' }).trim())
   try {
     return { uid: id('-u'), gid: id('-g') }
   } catch {
@@ -178,7 +229,12 @@ function reachableBy(owner: { uid: number; gid: number }, dir: string): void {
   }
 }
 
-function run(cmd: string, args: string[], owner: { uid: number; gid: number } | undefined, onOutput: (b: Buffer) => void): Promise<void> {
+function run(
+  cmd: string,
+  args: string[],
+  owner: { uid: number; gid: number } | undefined,
+  onOutput: (b: Buffer) => void,
+): Promise<void> {
   return new Promise((resolvePromise, reject) => {
     const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...owner })
     let output = ''
@@ -188,7 +244,11 @@ function run(cmd: string, args: string[], owner: { uid: number; gid: number } | 
       onOutput(b)
     })
     p.on('error', reject)
-    p.on('close', (code) => (code === 0 ? resolvePromise() : reject(new Error(`initdb exited with ${code}: ${output.trim().slice(-500)}`))))
+    p.on('close', (code) =>
+      code === 0
+        ? resolvePromise()
+        : reject(new Error(`initdb exited with ${code}: ${output.trim().slice(-500)}`)),
+    )
   })
 }
 
@@ -211,12 +271,25 @@ function alive(p: number): boolean {
   }
 }
 
-async function waitReady(port: number, password: string, child: ChildProcess | undefined, tail: () => string, dir: string): Promise<void> {
+async function waitReady(
+  port: number,
+  password: string,
+  child: ChildProcess | undefined,
+  tail: () => string,
+  dir: string,
+): Promise<void> {
   const until = Date.now() + READY_TIMEOUT_MS
   let exited: number | null | undefined
   child?.once('exit', (code) => (exited = code))
   for (;;) {
-    const client = new pg.Client({ host: '127.0.0.1', port, user: USER, password, database: 'postgres', connectionTimeoutMillis: 2000 })
+    const client = new pg.Client({
+      host: '127.0.0.1',
+      port,
+      user: USER,
+      password,
+      database: 'postgres',
+      connectionTimeoutMillis: 2000,
+    })
     try {
       await client.connect()
       await client.end()
@@ -239,7 +312,13 @@ async function waitReady(port: number, password: string, child: ChildProcess | u
 }
 
 async function ensureDatabase(port: number, password: string): Promise<void> {
-  const client = new pg.Client({ host: '127.0.0.1', port, user: USER, password, database: 'postgres' })
+  const client = new pg.Client({
+    host: '127.0.0.1',
+    port,
+    user: USER,
+    password,
+    database: 'postgres',
+  })
   await client.connect()
   try {
     const found = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [DATABASE])

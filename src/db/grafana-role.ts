@@ -8,8 +8,19 @@ import type { Logger } from '../log/index.js'
  * reads them. A new table holding secrets belongs here.
  */
 export const GRAFANA_HIDDEN = [
-  'mqtt_credentials', 'admin_keys', 'firmware_images', 'device_pull_tokens', 'device_commands', 'ingest_spool_batches',
-  'mqtt_retained', 'mqtt_sessions', 'mqtt_subscriptions', 'mqtt_incoming', 'mqtt_outgoing', 'mqtt_wills', 'mqtt_sensor_claims',
+  'mqtt_credentials',
+  'admin_keys',
+  'firmware_images',
+  'device_pull_tokens',
+  'device_commands',
+  'ingest_spool_batches',
+  'mqtt_retained',
+  'mqtt_sessions',
+  'mqtt_subscriptions',
+  'mqtt_incoming',
+  'mqtt_outgoing',
+  'mqtt_wills',
+  'mqtt_sensor_claims',
 ] as const
 
 /**
@@ -19,17 +30,28 @@ export const GRAFANA_HIDDEN = [
  * later migration is covered. Without the role, nothing happens.
  */
 export async function grantGrafanaRole(db: Kysely<any>, log: Logger): Promise<void> {
-  const { rows } = await sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_roles WHERE rolname = 'paku_grafana'`.execute(db)
+  const { rows } = await sql<{
+    n: number
+  }>`SELECT count(*)::int AS n FROM pg_roles WHERE rolname = 'paku_grafana'`.execute(db)
   if ((rows[0]?.n ?? 0) === 0) return
   try {
     await db.transaction().execute(async (tx) => {
-      const { rows: [database] } = await sql<{ name: string }>`SELECT current_database() AS name`.execute(tx)
-      await sql`GRANT CONNECT ON DATABASE ${sql.id(database?.name ?? '')} TO paku_grafana`.execute(tx)
+      const {
+        rows: [database],
+      } = await sql<{ name: string }>`SELECT current_database() AS name`.execute(tx)
+      await sql`GRANT CONNECT ON DATABASE ${sql.id(database?.name ?? '')} TO paku_grafana`.execute(
+        tx,
+      )
       await sql`GRANT USAGE ON SCHEMA public TO paku_grafana`.execute(tx)
       await sql`GRANT SELECT ON ALL TABLES IN SCHEMA public TO paku_grafana`.execute(tx)
-      await sql`REVOKE ALL ON ${sql.join(GRAFANA_HIDDEN.map((t) => sql.table(t)))} FROM paku_grafana`.execute(tx)
+      await sql`REVOKE ALL ON ${sql.join(GRAFANA_HIDDEN.map((t) => sql.table(t)))} FROM paku_grafana`.execute(
+        tx,
+      )
     })
   } catch (err) {
-    log.warn('could not grant paku_grafana its rights (paku\'s role must own the database and its tables)', { err: (err as Error).message })
+    log.warn(
+      "could not grant paku_grafana its rights (paku's role must own the database and its tables)",
+      { err: (err as Error).message },
+    )
   }
 }

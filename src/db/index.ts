@@ -39,7 +39,8 @@ export function preparingPool(pool: pg.Pool): PostgresPool {
   const names = new Map<string, string>()
   const nameOf = (text: string): string | undefined => {
     let name = names.get(text)
-    if (name === undefined && names.size < MAX_PREPARED) names.set(text, (name = `paku_${names.size + 1}`))
+    if (name === undefined && names.size < MAX_PREPARED)
+      names.set(text, (name = `paku_${names.size + 1}`))
     return name
   }
   // One wrapper per pg client, made when it first connects: Kysely keeps its own connection object per
@@ -48,9 +49,14 @@ export function preparingPool(pool: pg.Pool): PostgresPool {
   const wrap = (client: pg.PoolClient): PostgresPoolClient => {
     const query = (q: unknown, values?: unknown[]): unknown => {
       const name = typeof q === 'string' && q.startsWith(PREPARED) ? nameOf(q) : undefined
-      return name ? client.query({ name, text: q as string, values }) : client.query(q as string, values)
+      return name
+        ? client.query({ name, text: q as string, values })
+        : client.query(q as string, values)
     }
-    return { query: query as PostgresPoolClient['query'], release: (destroy?: boolean) => client.release(destroy) }
+    return {
+      query: query as PostgresPoolClient['query'],
+      release: (destroy?: boolean) => client.release(destroy),
+    }
   }
   return {
     async connect(): Promise<PostgresPoolClient> {
@@ -84,7 +90,11 @@ export type DatabaseOptions = {
 export function createDatabase(opts: DatabaseOptions) {
   const embedded = opts.config.url
     ? undefined
-    : createEmbeddedPostgres({ dataDir: opts.dataDir, port: opts.config.embedded.port, log: opts.log })
+    : createEmbeddedPostgres({
+        dataDir: opts.dataDir,
+        port: opts.config.embedded.port,
+        log: opts.log,
+      })
   let pool: pg.Pool | undefined
   let kysely: Kysely<DB> | undefined
   let applied: string[] = []
@@ -93,7 +103,8 @@ export function createDatabase(opts: DatabaseOptions) {
   /** The background index build, and how to stop it. */
   let indexTask: Promise<void> | undefined
   let indexAbort: AbortController | undefined
-  let indexState: { state: 'building' | 'done' | 'failed'; built?: string[]; error?: string } | undefined
+  let indexState:
+    { state: 'building' | 'done' | 'failed'; built?: string[]; error?: string } | undefined
 
   const url = () => opts.config.url || (embedded ? embedded.url() : '')
 
@@ -135,15 +146,22 @@ export function createDatabase(opts: DatabaseOptions) {
       pool.on('error', (err) => opts.log.warn('idle database connection failed', { err }))
       // pg also emits 'error' on a checked-out client whose connection drops (after failing its query);
       // with no listener that is an uncaught exception. The failed query already reports it.
-      pool.on('connect', (client) => client.on('error', (err) => opts.log.debug('database connection lost', { err: err.message })))
+      pool.on('connect', (client) =>
+        client.on('error', (err) =>
+          opts.log.debug('database connection lost', { err: err.message }),
+        ),
+      )
       kysely = new Kysely<DB>({ dialect: new PostgresDialect({ pool: preparingPool(pool) }) })
       try {
         await sql`SELECT 1`.execute(kysely)
         answeredAt = performance.now()
       } catch (err) {
-        throw new Error(`database: connect ${maskUrl(url())}: ${(err as Error).message} — is PostgreSQL running? set PAKU_DATABASE_URL`, {
-          cause: err,
-        })
+        throw new Error(
+          `database: connect ${maskUrl(url())}: ${(err as Error).message} — is PostgreSQL running? set PAKU_DATABASE_URL`,
+          {
+            cause: err,
+          },
+        )
       }
       if (opts.migrateOnStart !== false) {
         applied = (await migrate(kysely, opts.migrations)).applied
@@ -158,14 +176,23 @@ export function createDatabase(opts: DatabaseOptions) {
         indexAbort = new AbortController()
         indexState = { state: 'building' }
         const k = kysely
-        const run = buildIndexes({ pool, db: kysely, log: opts.log, signal: indexAbort.signal }).then(
+        const run = buildIndexes({
+          pool,
+          db: kysely,
+          log: opts.log,
+          signal: indexAbort.signal,
+        }).then(
           (r) => {
             indexState = { state: 'done', built: r.built }
           },
           (err: unknown) => {
             indexState = { state: 'failed', error: (err as Error).message }
             // Cancelled by stop(): the next start builds it again.
-            if (!indexAbort?.signal.aborted) opts.log.error('building indexes failed; queries stay slower until the next start builds them', { err: (err as Error).message })
+            if (!indexAbort?.signal.aborted)
+              opts.log.error(
+                'building indexes failed; queries stay slower until the next start builds them',
+                { err: (err as Error).message },
+              )
             if (mode === 'wait' && k) throw err
           },
         )
@@ -181,7 +208,11 @@ export function createDatabase(opts: DatabaseOptions) {
       const t0 = performance.now()
       try {
         await sql`SELECT 1`.execute(kysely)
-        return { ok: true, latencyMs: Math.round((performance.now() - t0) * 10) / 10, ...(indexState ? { indexes: indexState.state } : {}) }
+        return {
+          ok: true,
+          latencyMs: Math.round((performance.now() - t0) * 10) / 10,
+          ...(indexState ? { indexes: indexState.state } : {}),
+        }
       } catch (err) {
         return { ok: false, error: (err as Error).message }
       }

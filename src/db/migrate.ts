@@ -46,7 +46,9 @@ export async function migrate(db: Kysely<any>, files: readonly SqlFile[]): Promi
   if (error) {
     const failed = results.find((r) => r.status === 'Error')
     const message = (error as Error).message ?? String(error)
-    throw new Error(`apply migration ${failed?.migrationName ?? '(unknown)'}: ${message}`, { cause: error })
+    throw new Error(`apply migration ${failed?.migrationName ?? '(unknown)'}: ${message}`, {
+      cause: error,
+    })
   }
   return { applied: results.filter((r) => r.status === 'Success').map((r) => r.migrationName) }
 }

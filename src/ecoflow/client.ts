@@ -1,7 +1,11 @@
 import { signedHeaders, type SigningForm } from './sign.js'
 
 /** Region shortcuts for the Open API host (docs/ecoflow.md, "Regions"); keys are region-bound (wrong host → 8513). */
-export const REGION_HOSTS = { eu: 'https://api-e.ecoflow.com', us: 'https://api-a.ecoflow.com', global: 'https://api.ecoflow.com' } as const
+export const REGION_HOSTS = {
+  eu: 'https://api-e.ecoflow.com',
+  us: 'https://api-a.ecoflow.com',
+  global: 'https://api.ecoflow.com',
+} as const
 
 export function resolveApiUrl(apiUrl: string): string {
   return (REGION_HOSTS as Record<string, string>)[apiUrl] ?? apiUrl.replace(/\/+$/, '')
@@ -16,7 +20,12 @@ export class EcoflowError extends Error {
   }
 }
 
-export type EcoflowDevice = { sn: string; productName?: string; deviceName?: string; online?: number }
+export type EcoflowDevice = {
+  sn: string
+  productName?: string
+  deviceName?: string
+  online?: number
+}
 
 export type ClientOptions = {
   apiUrl: string
@@ -33,12 +42,23 @@ export function createEcoflowClient(opts: ClientOptions) {
   const base = resolveApiUrl(opts.apiUrl)
   let form: SigningForm = opts.signing === 'legacy' ? 'legacy' : 'documented'
 
-  async function once(method: 'GET' | 'PUT', path: string, params: Record<string, unknown> | undefined, signal?: AbortSignal): Promise<unknown> {
-    const headers: Record<string, string> = signedHeaders({ params, accessKey: opts.accessKey, secretKey: opts.secretKey, form })
+  async function once(
+    method: 'GET' | 'PUT',
+    path: string,
+    params: Record<string, unknown> | undefined,
+    signal?: AbortSignal,
+  ): Promise<unknown> {
+    const headers: Record<string, string> = signedHeaders({
+      params,
+      accessKey: opts.accessKey,
+      secretKey: opts.secretKey,
+      form,
+    })
     let url = `${base}${path}`
     let body: string | undefined
     if (method === 'GET') {
-      if (params && Object.keys(params).length > 0) url += `?${new URLSearchParams(params as Record<string, string>).toString()}`
+      if (params && Object.keys(params).length > 0)
+        url += `?${new URLSearchParams(params as Record<string, string>).toString()}`
     } else {
       headers['content-type'] = 'application/json;charset=UTF-8'
       body = JSON.stringify(params ?? {})
@@ -46,10 +66,18 @@ export function createEcoflowClient(opts: ClientOptions) {
     const timeout = AbortSignal.timeout(opts.timeoutMs)
     let res: Response
     try {
-      res = await fetch(url, { method, headers, body, signal: signal ? AbortSignal.any([signal, timeout]) : timeout })
+      res = await fetch(url, {
+        method,
+        headers,
+        body,
+        signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+      })
     } catch (err) {
       const e = err as Error
-      if (timeout.aborted) throw new EcoflowError('timeout', `EcoFlow did not answer within ${opts.timeoutMs} ms`, { cause: err })
+      if (timeout.aborted)
+        throw new EcoflowError('timeout', `EcoFlow did not answer within ${opts.timeoutMs} ms`, {
+          cause: err,
+        })
       throw new EcoflowError('network', `EcoFlow unreachable: ${e.message}`, { cause: err })
     }
     const text = await res.text()
@@ -57,19 +85,32 @@ export function createEcoflowClient(opts: ClientOptions) {
     try {
       json = JSON.parse(text) as typeof json
     } catch {
-      throw new EcoflowError(`http_${res.status}`, `EcoFlow answered HTTP ${res.status} with a body that is not JSON`)
+      throw new EcoflowError(
+        `http_${res.status}`,
+        `EcoFlow answered HTTP ${res.status} with a body that is not JSON`,
+      )
     }
     const code = String(json.code ?? `http_${res.status}`)
     if (code !== '0') throw new EcoflowError(code, String(json.message ?? `HTTP ${res.status}`))
     return json.data
   }
 
-  async function call(method: 'GET' | 'PUT', path: string, params?: Record<string, unknown>, signal?: AbortSignal): Promise<unknown> {
+  async function call(
+    method: 'GET' | 'PUT',
+    path: string,
+    params?: Record<string, unknown>,
+    signal?: AbortSignal,
+  ): Promise<unknown> {
     try {
       return await once(method, path, params, signal)
     } catch (err) {
       // The old collector's form worked against real accounts for months; keep it as the fallback.
-      if (opts.signing === 'auto' && form === 'documented' && err instanceof EcoflowError && err.code === '8521') {
+      if (
+        opts.signing === 'auto' &&
+        form === 'documented' &&
+        err instanceof EcoflowError &&
+        err.code === '8521'
+      ) {
         form = 'legacy'
         opts.onSigningFallback?.()
         return once(method, path, params, signal)
@@ -84,12 +125,17 @@ export function createEcoflowClient(opts: ClientOptions) {
     },
     async deviceList(signal?: AbortSignal): Promise<EcoflowDevice[]> {
       const data = await call('GET', '/iot-open/sign/device/list', undefined, signal)
-      if (!Array.isArray(data)) throw new EcoflowError('bad_response', 'device/list did not return a list')
-      return data.filter((d): d is EcoflowDevice => typeof d === 'object' && d !== null && typeof (d as EcoflowDevice).sn === 'string')
+      if (!Array.isArray(data))
+        throw new EcoflowError('bad_response', 'device/list did not return a list')
+      return data.filter(
+        (d): d is EcoflowDevice =>
+          typeof d === 'object' && d !== null && typeof (d as EcoflowDevice).sn === 'string',
+      )
     },
     async quotaAll(sn: string, signal?: AbortSignal): Promise<Record<string, unknown>> {
       const data = await call('GET', '/iot-open/sign/device/quota/all', { sn }, signal)
-      if (typeof data !== 'object' || data === null || Array.isArray(data)) throw new EcoflowError('bad_response', `quota/all for ${sn} returned no data`)
+      if (typeof data !== 'object' || data === null || Array.isArray(data))
+        throw new EcoflowError('bad_response', `quota/all for ${sn} returned no data`)
       return data as Record<string, unknown>
     },
     async setQuota(body: Record<string, unknown>, signal?: AbortSignal): Promise<unknown> {

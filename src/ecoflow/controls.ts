@@ -3,14 +3,26 @@ import type { Family } from './mapping.js'
 
 /** The common controls, validated before anything is sent to EcoFlow. */
 export const ControlRequest = v.variant('action', [
-  v.strictObject({ action: v.picklist(['ac_output', 'dc_output', 'usb_output']), value: v.boolean('value must be true or false') }),
+  v.strictObject({
+    action: v.picklist(['ac_output', 'dc_output', 'usb_output']),
+    value: v.boolean('value must be true or false'),
+  }),
   v.strictObject({
     action: v.literal('charge_limit'),
-    value: v.pipe(v.number('value must be a number'), v.integer('value must be a whole percentage'), v.minValue(50, 'charge limit must be 50–100 %'), v.maxValue(100, 'charge limit must be 50–100 %')),
+    value: v.pipe(
+      v.number('value must be a number'),
+      v.integer('value must be a whole percentage'),
+      v.minValue(50, 'charge limit must be 50–100 %'),
+      v.maxValue(100, 'charge limit must be 50–100 %'),
+    ),
   }),
   v.strictObject({
     action: v.literal('ac_charge_watts'),
-    value: v.pipe(v.number('value must be a number'), v.integer('value must be whole watts'), v.minValue(100, 'AC charging must be at least 100 W')),
+    value: v.pipe(
+      v.number('value must be a number'),
+      v.integer('value must be whole watts'),
+      v.minValue(100, 'AC charging must be at least 100 W'),
+    ),
   }),
 ])
 export type ControlRequest = v.InferOutput<typeof ControlRequest>
@@ -23,11 +35,16 @@ const MAX_AC_CHARGE: Partial<Record<Family, number>> = { delta_pro: 2900, delta2
  * Delta Pro uses cmdSet/id, the Delta 2 / River 2 family moduleType/operateType). Returns an error
  * message for a control the family does not have.
  */
-export function controlBody(family: Family, sn: string, c: ControlRequest): { body: Record<string, unknown> } | { error: string } {
+export function controlBody(
+  family: Family,
+  sn: string,
+  c: ControlRequest,
+): { body: Record<string, unknown> } | { error: string } {
   const on = c.value === true ? 1 : 0
   if (c.action === 'ac_charge_watts') {
     const max = MAX_AC_CHARGE[family]
-    if (max !== undefined && (c.value as number) > max) return { error: `AC charging for ${family} is at most ${max} W` }
+    if (max !== undefined && (c.value as number) > max)
+      return { error: `AC charging for ${family} is at most ${max} W` }
   }
   if (family === 'delta_pro') {
     switch (c.action) {
@@ -47,15 +64,31 @@ export function controlBody(family: Family, sn: string, c: ControlRequest): { bo
     switch (c.action) {
       case 'ac_output':
         // 255 / -1 mean "leave as is" for the X-Boost, voltage and frequency settings.
-        return { body: { sn, moduleType: 5, operateType: 'acOutCfg', params: { enabled: on, xboost: 255, out_voltage: -1, out_freq: 255 } } }
+        return {
+          body: {
+            sn,
+            moduleType: 5,
+            operateType: 'acOutCfg',
+            params: { enabled: on, xboost: 255, out_voltage: -1, out_freq: 255 },
+          },
+        }
       case 'dc_output':
         return { body: { sn, moduleType: 5, operateType: 'mpptCar', params: { enabled: on } } }
       case 'usb_output':
         return { body: { sn, moduleType: 1, operateType: 'dcOutCfg', params: { enabled: on } } }
       case 'charge_limit':
-        return { body: { sn, moduleType: 2, operateType: 'upsConfig', params: { maxChgSoc: c.value } } }
+        return {
+          body: { sn, moduleType: 2, operateType: 'upsConfig', params: { maxChgSoc: c.value } },
+        }
       case 'ac_charge_watts':
-        return { body: { sn, moduleType: 5, operateType: 'acChgCfg', params: { chgWatts: c.value, chgPauseFlag: 255 } } }
+        return {
+          body: {
+            sn,
+            moduleType: 5,
+            operateType: 'acChgCfg',
+            params: { chgWatts: c.value, chgPauseFlag: 255 },
+          },
+        }
     }
   }
   return { error: `controls are not supported for ${family} devices` }

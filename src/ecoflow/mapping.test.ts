@@ -3,20 +3,62 @@ import { readFileSync } from 'node:fs'
 import { describe, it } from 'node:test'
 import { detectFamily, mapQuota } from './mapping.js'
 
-const fixture = (name: string) => JSON.parse(readFileSync(new URL(`./fixtures/${name}`, import.meta.url), 'utf8')) as Record<string, unknown>
+const fixture = (name: string) =>
+  JSON.parse(readFileSync(new URL(`./fixtures/${name}`, import.meta.url), 'utf8')) as Record<
+    string,
+    unknown
+  >
 
 describe('EcoFlow quota mapping', () => {
-  const families: Array<{ name: string; product: string | undefined; file: string; want: string }> = [
-    { name: 'detects Delta Pro by product name', product: 'DELTA Pro', file: 'delta-pro-quota.json', want: 'delta_pro' },
-    { name: 'detects Delta 2 by product name', product: 'DELTA 2', file: 'delta-2-quota.json', want: 'delta2' },
-    { name: 'detects River 2 Pro as the Delta 2 family', product: 'RIVER 2 Pro', file: 'river-2-pro-quota.json', want: 'delta2' },
-    { name: 'detects PowerStream by product name', product: 'PowerStream', file: 'powerstream-quota.json', want: 'powerstream' },
-    { name: 'detects Delta Pro by its keys when the name is unknown', product: undefined, file: 'delta-pro-quota.json', want: 'delta_pro' },
-    { name: 'detects the Delta 2 family by its keys', product: 'Mystery', file: 'delta-2-quota.json', want: 'delta2' },
-    { name: 'detects PowerStream by its keys', product: '', file: 'powerstream-quota.json', want: 'powerstream' },
-  ]
-  for (const c of families) it(c.name, () => assert.equal(detectFamily(c.product, fixture(c.file)), c.want))
-  it('calls anything else unknown', () => assert.equal(detectFamily('Glacier', { 'x.y': 1 }), 'unknown'))
+  const families: Array<{ name: string; product: string | undefined; file: string; want: string }> =
+    [
+      {
+        name: 'detects Delta Pro by product name',
+        product: 'DELTA Pro',
+        file: 'delta-pro-quota.json',
+        want: 'delta_pro',
+      },
+      {
+        name: 'detects Delta 2 by product name',
+        product: 'DELTA 2',
+        file: 'delta-2-quota.json',
+        want: 'delta2',
+      },
+      {
+        name: 'detects River 2 Pro as the Delta 2 family',
+        product: 'RIVER 2 Pro',
+        file: 'river-2-pro-quota.json',
+        want: 'delta2',
+      },
+      {
+        name: 'detects PowerStream by product name',
+        product: 'PowerStream',
+        file: 'powerstream-quota.json',
+        want: 'powerstream',
+      },
+      {
+        name: 'detects Delta Pro by its keys when the name is unknown',
+        product: undefined,
+        file: 'delta-pro-quota.json',
+        want: 'delta_pro',
+      },
+      {
+        name: 'detects the Delta 2 family by its keys',
+        product: 'Mystery',
+        file: 'delta-2-quota.json',
+        want: 'delta2',
+      },
+      {
+        name: 'detects PowerStream by its keys',
+        product: '',
+        file: 'powerstream-quota.json',
+        want: 'powerstream',
+      },
+    ]
+  for (const c of families)
+    it(c.name, () => assert.equal(detectFamily(c.product, fixture(c.file)), c.want))
+  it('calls anything else unknown', () =>
+    assert.equal(detectFamily('Glacier', { 'x.y': 1 }), 'unknown'))
 
   it('maps Delta Pro like the old collector, with solar input converted from deci-watts', () => {
     const { columns, summary } = mapQuota('delta_pro', fixture('delta-pro-quota.json'))
@@ -29,7 +71,15 @@ describe('EcoFlow quota mapping', () => {
     assert.equal(columns.bms_amp, -1830)
     assert.equal(columns.bms_cycles, 142)
     assert.equal(columns.remain_time_min, 612)
-    assert.deepEqual(summary, { soc: 87, solar_w: 412, ac_in_w: 0, ac_out_w: 25, dc_out_w: 71, watts_in: 412, watts_out: 96 })
+    assert.deepEqual(summary, {
+      soc: 87,
+      solar_w: 412,
+      ac_in_w: 0,
+      ac_out_w: 25,
+      dc_out_w: 71,
+      watts_in: 412,
+      watts_out: 96,
+    })
   })
 
   it('maps the Delta 2 family from bms_bmsStatus keys (solar already in W) and keeps a null field from aborting the row', () => {
@@ -53,10 +103,22 @@ describe('EcoFlow quota mapping', () => {
   })
 
   it('writes NULLs, not garbage, for wrong types and unknown models', () => {
-    const { columns, summary } = mapQuota('unknown', { 'pd.wattsInSum': '12', 'bms_bmsStatus.soc': Number.NaN, 'inv.outputWatts': true })
+    const { columns, summary } = mapQuota('unknown', {
+      'pd.wattsInSum': '12',
+      'bms_bmsStatus.soc': Number.NaN,
+      'inv.outputWatts': true,
+    })
     assert.equal(columns.watts_in_sum, null)
     assert.equal(columns.soc_percent, null)
     assert.equal(columns.ac_out_watts, null)
-    assert.deepEqual(summary, { soc: 0, solar_w: 0, ac_in_w: 0, ac_out_w: 0, dc_out_w: 0, watts_in: 0, watts_out: 0 })
+    assert.deepEqual(summary, {
+      soc: 0,
+      solar_w: 0,
+      ac_in_w: 0,
+      ac_out_w: 0,
+      dc_out_w: 0,
+      watts_in: 0,
+      watts_out: 0,
+    })
   })
 })

@@ -9,26 +9,80 @@ export const FAMILIES = ['delta_pro', 'delta2', 'powerstream', 'unknown'] as con
 export type Family = (typeof FAMILIES)[number]
 
 export const COLUMNS = [
-  'soc_percent', 'remain_time_min', 'watts_in_sum', 'watts_out_sum', 'ac_out_watts', 'dc_out_watts', 'typec_out_watts',
-  'usb_out_watts', 'pv_in_watts', 'car_watts', 'usb1_watts', 'usb2_watts', 'qcusb1_watts', 'qcusb2_watts', 'typec1_watts',
-  'typec2_watts', 'inv_out_temp', 'bms_temp', 'bms_max_cell_temp', 'bms_min_cell_temp', 'mppt_temp', 'inv_input_watts',
-  'inv_ac_in_vol', 'inv_out_vol', 'inv_ac_in_amp', 'inv_out_amp', 'bms_amp', 'bms_vol', 'bms_min_cell_vol', 'bms_max_cell_vol',
-  'bms_remain_cap', 'bms_full_cap', 'bms_cycles',
+  'soc_percent',
+  'remain_time_min',
+  'watts_in_sum',
+  'watts_out_sum',
+  'ac_out_watts',
+  'dc_out_watts',
+  'typec_out_watts',
+  'usb_out_watts',
+  'pv_in_watts',
+  'car_watts',
+  'usb1_watts',
+  'usb2_watts',
+  'qcusb1_watts',
+  'qcusb2_watts',
+  'typec1_watts',
+  'typec2_watts',
+  'inv_out_temp',
+  'bms_temp',
+  'bms_max_cell_temp',
+  'bms_min_cell_temp',
+  'mppt_temp',
+  'inv_input_watts',
+  'inv_ac_in_vol',
+  'inv_out_vol',
+  'inv_ac_in_amp',
+  'inv_out_amp',
+  'bms_amp',
+  'bms_vol',
+  'bms_min_cell_vol',
+  'bms_max_cell_vol',
+  'bms_remain_cap',
+  'bms_full_cap',
+  'bms_cycles',
 ] as const
 export type Column = (typeof COLUMNS)[number]
 export type Columns = Record<Column, number | null>
 
 /** The retained `paku/ecoflow/{sn}/power` payload (docs/compatibility.md, "The power summary topic"); Waveshare boards read it. */
-export type PowerSummary = { soc: number; solar_w: number; ac_in_w: number; ac_out_w: number; dc_out_w: number; watts_in: number; watts_out: number }
+export type PowerSummary = {
+  soc: number
+  solar_w: number
+  ac_in_w: number
+  ac_out_w: number
+  dc_out_w: number
+  watts_in: number
+  watts_out: number
+}
 
 // Integer columns in the schema; the rest are NUMERIC.
 const INTEGER: ReadonlySet<Column> = new Set([
-  'soc_percent', 'remain_time_min', 'watts_in_sum', 'watts_out_sum', 'ac_out_watts', 'dc_out_watts', 'typec_out_watts', 'usb_out_watts',
-  'pv_in_watts', 'car_watts', 'usb1_watts', 'usb2_watts', 'qcusb1_watts', 'qcusb2_watts', 'typec1_watts', 'typec2_watts', 'bms_cycles',
+  'soc_percent',
+  'remain_time_min',
+  'watts_in_sum',
+  'watts_out_sum',
+  'ac_out_watts',
+  'dc_out_watts',
+  'typec_out_watts',
+  'usb_out_watts',
+  'pv_in_watts',
+  'car_watts',
+  'usb1_watts',
+  'usb2_watts',
+  'qcusb1_watts',
+  'qcusb2_watts',
+  'typec1_watts',
+  'typec2_watts',
+  'bms_cycles',
 ])
 
 /** The family from the product name of device/list, else from the keys the device reports. */
-export function detectFamily(productName: string | undefined, quota: Record<string, unknown>): Family {
+export function detectFamily(
+  productName: string | undefined,
+  quota: Record<string, unknown>,
+): Family {
   const name = (productName ?? '').toLowerCase().replace(/[\s_-]+/g, '')
   if (name.includes('deltapro') || name.includes('deltamax')) return 'delta_pro'
   if (name.includes('powerstream')) return 'powerstream'
@@ -64,7 +118,13 @@ function pdOutputs(g: Get) {
   const c1 = g('pd.typec1Watts')
   const c2 = g('pd.typec2Watts')
   return {
-    car_watts: car, usb1_watts: usb1, usb2_watts: usb2, qcusb1_watts: qc1, qcusb2_watts: qc2, typec1_watts: c1, typec2_watts: c2,
+    car_watts: car,
+    usb1_watts: usb1,
+    usb2_watts: usb2,
+    qcusb1_watts: qc1,
+    qcusb2_watts: qc2,
+    typec1_watts: c1,
+    typec2_watts: c2,
     // As the old collector and its dashboards define them: DC excludes Type-C (docs/compatibility.md,
     // "Quota columns and units").
     dc_out_watts: sum(car, usb1, usb2, qc1, qc2),
@@ -104,7 +164,10 @@ function batteryAndInverter(g: Get, bms: string) {
 const EMPTY: Columns = Object.fromEntries(COLUMNS.map((c) => [c, null])) as Columns
 
 /** Maps one quota/all answer to the row's columns and the MQTT power summary. */
-export function mapQuota(family: Family, quota: Record<string, unknown>): { columns: Columns; summary: PowerSummary } {
+export function mapQuota(
+  family: Family,
+  quota: Record<string, unknown>,
+): { columns: Columns; summary: PowerSummary } {
   const g = reader(quota)
   let partial: Partial<Columns>
   switch (family) {
@@ -140,7 +203,12 @@ export function mapQuota(family: Family, quota: Record<string, unknown>): { colu
   const columns = { ...EMPTY }
   for (const c of COLUMNS) {
     const v = partial[c]
-    columns[c] = v === undefined || v === null ? null : INTEGER.has(c) ? Math.round(v) : Math.round(v * 1000) / 1000
+    columns[c] =
+      v === undefined || v === null
+        ? null
+        : INTEGER.has(c)
+          ? Math.round(v)
+          : Math.round(v * 1000) / 1000
   }
   const z = (v: number | null) => v ?? 0
   const summary: PowerSummary = {

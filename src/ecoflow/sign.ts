@@ -11,7 +11,11 @@ export const SIGNING_FORMS = ['documented', 'legacy'] as const
 export type SigningForm = (typeof SIGNING_FORMS)[number]
 
 /** Flattens nested objects with `.` and arrays with `[i]`, as EcoFlow's signature expects. */
-export function flatten(value: unknown, prefix = '', out: Array<[string, string]> = []): Array<[string, string]> {
+export function flatten(
+  value: unknown,
+  prefix = '',
+  out: Array<[string, string]> = [],
+): Array<[string, string]> {
   if (Array.isArray(value)) {
     value.forEach((v, i) => flatten(v, `${prefix}[${i}]`, out))
   } else if (value !== null && typeof value === 'object') {
@@ -23,7 +27,13 @@ export function flatten(value: unknown, prefix = '', out: Array<[string, string]
 }
 
 /** The exact string that is signed. */
-export function signingString(opts: { params?: unknown; accessKey: string; nonce: string; timestamp: string; form: SigningForm }): string {
+export function signingString(opts: {
+  params?: unknown
+  accessKey: string
+  nonce: string
+  timestamp: string
+  form: SigningForm
+}): string {
   const tail = `accessKey=${opts.accessKey}&nonce=${opts.nonce}&timestamp=${opts.timestamp}`
   if (opts.form === 'legacy' || opts.params === undefined) return tail
   const pairs = flatten(opts.params).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
@@ -46,6 +56,12 @@ export function signedHeaders(opts: {
 }): Record<string, string> {
   const nonce = opts.nonce ?? String(randomInt(100_000, 1_000_000))
   const timestamp = String(opts.now ?? Date.now())
-  const text = signingString({ params: opts.params, accessKey: opts.accessKey, nonce, timestamp, form: opts.form })
+  const text = signingString({
+    params: opts.params,
+    accessKey: opts.accessKey,
+    nonce,
+    timestamp,
+    form: opts.form,
+  })
   return { accessKey: opts.accessKey, nonce, timestamp, sign: sign(text, opts.secretKey) }
 }

@@ -14,9 +14,21 @@ function ingestable(topic: string, payload: string) {
 
 describe('ruuvi emulator', () => {
   it('publishes canonical data per location, and the legacy flat payload with --legacy', () => {
-    const emu = createRuuviEmulator({ site: 'paku', locations: ['van_inside', 'cabin'], legacy: true })
+    const emu = createRuuviEmulator({
+      site: 'paku',
+      locations: ['van_inside', 'cabin'],
+      legacy: true,
+    })
     const msgs = emu.tick(new Date('2026-11-27T10:00:00.123Z'))
-    assert.deepEqual(msgs.map(([t]) => t), ['paku/sensors/ruuvi_van_inside/data', 'paku/ruuvi/van_inside', 'paku/sensors/ruuvi_cabin/data', 'paku/ruuvi/cabin'])
+    assert.deepEqual(
+      msgs.map(([t]) => t),
+      [
+        'paku/sensors/ruuvi_van_inside/data',
+        'paku/ruuvi/van_inside',
+        'paku/sensors/ruuvi_cabin/data',
+        'paku/ruuvi/cabin',
+      ],
+    )
     for (const [t, p] of msgs) assert.equal(ingestable(t, p), 'measurement', t)
     const data = JSON.parse(msgs[0]?.[1] as string)
     assert.equal(data.timestamp, '2026-11-27T10:00:00Z')
@@ -28,7 +40,12 @@ describe('ruuvi emulator', () => {
     const emu = createRuuviEmulator({ site: 'paku', locations: ['x'], legacy: false })
     for (let i = 0; i < 2000; i++) {
       const m = JSON.parse(emu.tick()[0]?.[1] as string).metrics
-      assert.ok(m.temperature_c >= 18 && m.temperature_c <= 25 && m.pressure_hpa >= 990 && m.pressure_hpa <= 1020)
+      assert.ok(
+        m.temperature_c >= 18 &&
+          m.temperature_c <= 25 &&
+          m.pressure_hpa >= 990 &&
+          m.pressure_hpa <= 1020,
+      )
     }
   })
 })
@@ -36,7 +53,10 @@ describe('ruuvi emulator', () => {
 describe('heater emulator', () => {
   it('publishes stored data and HA state that ingest ignores', () => {
     const emu = createHeaterEmulator({ site: 'paku', deviceId: 'emu01' })
-    const [[dataTopic, data], [stateTopic, state]] = emu.tick(new Date()) as [[string, string], [string, string]]
+    const [[dataTopic, data], [stateTopic, state]] = emu.tick(new Date()) as [
+      [string, string],
+      [string, string],
+    ]
     assert.equal(dataTopic, 'paku/heater/emu01/data')
     assert.equal(ingestable(dataTopic, data), 'measurement')
     assert.equal(stateTopic, 'paku/heater/emu01/state')
@@ -76,18 +96,43 @@ describe('heater emulator', () => {
 
 describe('brokerOptions (--url)', () => {
   it('maps a URL to mqtt.js options, credentials percent-decoded and IPv6 unbracketed', () => {
-    assert.deepEqual(brokerOptions('mqtt://127.0.0.1:1883'), { protocol: 'mqtt', host: '127.0.0.1', port: 1883 })
-    assert.deepEqual(brokerOptions('mqtts://dev%40site:p%3Ass@[::1]:8883/ignored'), { protocol: 'mqtts', host: '::1', port: 8883, username: 'dev@site', password: 'p:ss' })
-    assert.deepEqual(brokerOptions('wss://broker.example/ws/mqtt?x=1'), { protocol: 'wss', host: 'broker.example', path: '/ws/mqtt?x=1' })
-    assert.deepEqual(brokerOptions('ws://broker.example:9001'), { protocol: 'ws', host: 'broker.example', port: 9001, path: '/' })
+    assert.deepEqual(brokerOptions('mqtt://127.0.0.1:1883'), {
+      protocol: 'mqtt',
+      host: '127.0.0.1',
+      port: 1883,
+    })
+    assert.deepEqual(brokerOptions('mqtts://dev%40site:p%3Ass@[::1]:8883/ignored'), {
+      protocol: 'mqtts',
+      host: '::1',
+      port: 8883,
+      username: 'dev@site',
+      password: 'p:ss',
+    })
+    assert.deepEqual(brokerOptions('wss://broker.example/ws/mqtt?x=1'), {
+      protocol: 'wss',
+      host: 'broker.example',
+      path: '/ws/mqtt?x=1',
+    })
+    assert.deepEqual(brokerOptions('ws://broker.example:9001'), {
+      protocol: 'ws',
+      host: 'broker.example',
+      port: 9001,
+      path: '/',
+    })
   })
 
   it('refuses what is not a broker URL, saying why', () => {
     assert.throws(() => brokerOptions('127.0.0.1:1883'), /is not a URL \(example: mqtt:\/\//)
     assert.throws(() => brokerOptions('not a url'), /is not a URL/)
-    assert.throws(() => brokerOptions('http://127.0.0.1:1883'), /must start with mqtt:\/\/.*not http:\/\//)
+    assert.throws(
+      () => brokerOptions('http://127.0.0.1:1883'),
+      /must start with mqtt:\/\/.*not http:\/\//,
+    )
     assert.throws(() => brokerOptions('mqtt://:1883'), /is not a URL|names no host/)
     assert.throws(() => brokerOptions('mqtt://%E0%A4%A@127.0.0.1'), /not valid percent-encoding/)
-    assert.throws(() => brokerOptions('x'.repeat(100_000)), (err: Error) => err.message.length < 400)
+    assert.throws(
+      () => brokerOptions('x'.repeat(100_000)),
+      (err: Error) => err.message.length < 400,
+    )
   })
 })

@@ -1,6 +1,14 @@
 import type { MqttClient } from 'mqtt'
 
-export const HEATER_STATES = ['Off', 'Starting', 'Warming', 'Running', 'Ventilation', 'ShuttingDown', 'Cooling'] as const
+export const HEATER_STATES = [
+  'Off',
+  'Starting',
+  'Warming',
+  'Running',
+  'Ventilation',
+  'ShuttingDown',
+  'Cooling',
+] as const
 export type HeaterState = (typeof HEATER_STATES)[number]
 
 export type HeaterOptions = {
@@ -24,7 +32,8 @@ const TIMED: Partial<Record<HeaterState, [number, HeaterState]>> = {
  */
 export function createHeaterEmulator(opts: HeaterOptions) {
   const rnd = opts.random ?? Math.random
-  const gauss = (sd: number) => sd * Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd())
+  const gauss = (sd: number) =>
+    sd * Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd())
   let state: HeaterState = 'Off'
   let since = 0
   let power = 5
@@ -41,34 +50,35 @@ export function createHeaterEmulator(opts: HeaterOptions) {
 
   /** Applies a command payload; returns what happened for the log. */
   function command(raw: string): string {
-      let cmd: { cmd?: unknown; power?: unknown }
-      try {
-        cmd = JSON.parse(raw) as typeof cmd
-      } catch {
-        return 'ignored: not JSON'
-      }
-      const p = typeof cmd.power === 'number' ? Math.max(0, Math.min(9, Math.round(cmd.power))) : 5
-      switch (cmd.cmd) {
-        case 'start':
-          if (state !== 'Off') return `ignored: start while ${state}`
-          power = p
-          set('Starting')
-          return `starting at power ${power}`
-        case 'stop':
-          if (!['Starting', 'Warming', 'Running', 'Ventilation'].includes(state)) return `ignored: stop while ${state}`
-          set('ShuttingDown')
-          return 'shutting down'
-        case 'vent':
-          if (state !== 'Off') return `ignored: vent while ${state}`
-          power = p
-          set('Ventilation')
-          return 'ventilating'
-        case 'reset':
-          safety = true
-          return 'reset'
-        default:
-          return `ignored: unknown command ${JSON.stringify(cmd.cmd)}`
-      }
+    let cmd: { cmd?: unknown; power?: unknown }
+    try {
+      cmd = JSON.parse(raw) as typeof cmd
+    } catch {
+      return 'ignored: not JSON'
+    }
+    const p = typeof cmd.power === 'number' ? Math.max(0, Math.min(9, Math.round(cmd.power))) : 5
+    switch (cmd.cmd) {
+      case 'start':
+        if (state !== 'Off') return `ignored: start while ${state}`
+        power = p
+        set('Starting')
+        return `starting at power ${power}`
+      case 'stop':
+        if (!['Starting', 'Warming', 'Running', 'Ventilation'].includes(state))
+          return `ignored: stop while ${state}`
+        set('ShuttingDown')
+        return 'shutting down'
+      case 'vent':
+        if (state !== 'Off') return `ignored: vent while ${state}`
+        power = p
+        set('Ventilation')
+        return 'ventilating'
+      case 'reset':
+        safety = true
+        return 'reset'
+      default:
+        return `ignored: unknown command ${JSON.stringify(cmd.cmd)}`
+    }
   }
 
   return {
@@ -121,11 +131,22 @@ export function createHeaterEmulator(opts: HeaterOptions) {
       return [
         [
           `${base}/data`,
-          JSON.stringify({ device_id: `heater_${opts.deviceId}`, location: 'van', timestamp: now.toISOString().replace(/\.\d{3}Z$/, 'Z'), metrics }),
+          JSON.stringify({
+            device_id: `heater_${opts.deviceId}`,
+            location: 'van',
+            timestamp: now.toISOString().replace(/\.\d{3}Z$/, 'Z'),
+            metrics,
+          }),
         ],
         [
           `${base}/state`,
-          JSON.stringify({ ...metrics, state, safety_ok: safety, uart_online: true, running: state === 'Running' }),
+          JSON.stringify({
+            ...metrics,
+            state,
+            safety_ok: safety,
+            uart_online: true,
+            running: state === 'Running',
+          }),
         ],
       ]
     },

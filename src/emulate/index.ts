@@ -26,14 +26,23 @@ export type EmulateOptions = {
   log: (line: string) => void
 }
 
-export function createEmulator(opts: Pick<EmulateOptions, 'kind' | 'site' | 'devices' | 'legacy'>): Emulator {
+export function createEmulator(
+  opts: Pick<EmulateOptions, 'kind' | 'site' | 'devices' | 'legacy'>,
+): Emulator {
   return opts.kind === 'heater'
     ? createHeaterEmulator({ site: opts.site, deviceId: opts.devices[0] ?? 'emu01' })
     : createRuuviEmulator({ site: opts.site, locations: opts.devices, legacy: opts.legacy })
 }
 
 const PROTOCOLS = ['mqtt', 'mqtts', 'tcp', 'ssl', 'ws', 'wss'] as const
-type BrokerOptions = { protocol: (typeof PROTOCOLS)[number]; host: string; port?: number; path?: string; username?: string; password?: string }
+type BrokerOptions = {
+  protocol: (typeof PROTOCOLS)[number]
+  host: string
+  port?: number
+  path?: string
+  username?: string
+  password?: string
+}
 
 /**
  * The broker URL as mqtt.js connection options, parsed here with WHATWG URL: given the string, mqtt.js
@@ -45,10 +54,15 @@ export function brokerOptions(raw: string): BrokerOptions {
   try {
     url = new URL(raw)
   } catch {
-    throw new Error(`--url ${JSON.stringify(raw.slice(0, 200))} is not a URL (example: mqtt://127.0.0.1:1883)`)
+    throw new Error(
+      `--url ${JSON.stringify(raw.slice(0, 200))} is not a URL (example: mqtt://127.0.0.1:1883)`,
+    )
   }
   const protocol = url.protocol.replace(/:$/, '') as BrokerOptions['protocol']
-  if (!PROTOCOLS.includes(protocol)) throw new Error(`--url must start with ${PROTOCOLS.map((p) => `${p}://`).join(', ')}, not ${url.protocol}//`)
+  if (!PROTOCOLS.includes(protocol))
+    throw new Error(
+      `--url must start with ${PROTOCOLS.map((p) => `${p}://`).join(', ')}, not ${url.protocol}//`,
+    )
   // IPv6 literals come bracketed ([::1]); the socket wants the bare address.
   const host = url.hostname.replace(/^\[(.*)\]$/, '$1')
   if (host === '') throw new Error(`--url ${JSON.stringify(raw.slice(0, 200))} names no host`)

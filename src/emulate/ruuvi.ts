@@ -7,7 +7,14 @@ export type RuuviOptions = {
   random?: () => number
 }
 
-type SensorState = { t: number; rh: number; p: number; battery: number; movement: number; seq: number }
+type SensorState = {
+  t: number
+  rh: number
+  p: number
+  battery: number
+  movement: number
+  seq: number
+}
 
 /**
  * RuuviTag-like readings: a slow random walk per sensor, in the canonical `…/data` shape paku-core sends
@@ -18,9 +25,17 @@ export function createRuuviEmulator(opts: RuuviOptions) {
   const rnd = opts.random ?? Math.random
   const state = new Map<string, SensorState>()
   for (const loc of opts.locations) {
-    state.set(loc, { t: 18 + rnd() * 7, rh: 35 + rnd() * 20, p: 990 + rnd() * 30, battery: 2800 + Math.round(rnd() * 200), movement: 0, seq: 0 })
+    state.set(loc, {
+      t: 18 + rnd() * 7,
+      rh: 35 + rnd() * 20,
+      p: 990 + rnd() * 30,
+      battery: 2800 + Math.round(rnd() * 200),
+      movement: 0,
+      seq: 0,
+    })
   }
-  const walk = (x: number, step: number, lo: number, hi: number) => Math.min(hi, Math.max(lo, x + (rnd() - 0.5) * step))
+  const walk = (x: number, step: number, lo: number, hi: number) =>
+    Math.min(hi, Math.max(lo, x + (rnd() - 0.5) * step))
   const r1 = (x: number) => Math.round(x * 10) / 10
 
   return {
@@ -40,7 +55,12 @@ export function createRuuviEmulator(opts: RuuviOptions) {
             device_id: `ruuvi_${loc}`,
             location: loc,
             timestamp,
-            metrics: { temperature_c: r1(s.t), humidity_percent: r1(s.rh), pressure_hpa: r1(s.p), battery_mv: s.battery },
+            metrics: {
+              temperature_c: r1(s.t),
+              humidity_percent: r1(s.rh),
+              pressure_hpa: r1(s.p),
+              battery_mv: s.battery,
+            },
           }),
         ])
         if (opts.legacy) {

@@ -7,7 +7,9 @@ import { SCOPES, type Scope } from '../util/scope.js'
 
 const digest = (s: string) => createHash('sha256').update(s, 'utf8').digest()
 
-export type KeyLookup = (key: string) => Promise<{ name: string; scopes: readonly Scope[] } | undefined>
+export type KeyLookup = (
+  key: string,
+) => Promise<{ name: string; scopes: readonly Scope[] } | undefined>
 
 /**
  * Checks the key on /api/admin/*, /api/device/* and /api/v1/*: it comes as `X-API-Key` (the old OTA
@@ -19,22 +21,37 @@ export type KeyLookup = (key: string) => Promise<{ name: string; scopes: readonl
  * Wrong keys are counted per address (an IPv6 /64 is one address) and a success clears nothing: a key
  * holder's own requests must not reset the count of its guesses at a better key.
  */
-export function adminAuth(apiKey: string, maxFailuresPerMinute = 10, lookup?: KeyLookup): MiddlewareHandler {
+export function adminAuth(
+  apiKey: string,
+  maxFailuresPerMinute = 10,
+  lookup?: KeyLookup,
+): MiddlewareHandler {
   const expected = apiKey ? digest(apiKey) : undefined
   const limiter = createFailureLimiter({ maxFailures: maxFailuresPerMinute })
   return async (c, next) => {
-    if (!expected && !lookup) throw new HTTPException(503, { message: 'admin API disabled: set PAKU_ADMIN_API_KEY or create a key with `paku key create`' })
+    if (!expected && !lookup)
+      throw new HTTPException(503, {
+        message:
+          'admin API disabled: set PAKU_ADMIN_API_KEY or create a key with `paku key create`',
+      })
     const ip = addressKey(remoteAddress(c.env))
     const wait = limiter.blockedFor(ip)
     if (wait > 0) {
       c.header('retry-after', String(Math.ceil(wait / 1000)))
-      throw new HTTPException(429, { message: `too many failed attempts; retry in ${Math.ceil(wait / 1000)} s` })
+      throw new HTTPException(429, {
+        message: `too many failed attempts; retry in ${Math.ceil(wait / 1000)} s`,
+      })
     }
     const bearer = c.req.header('authorization')?.match(/^Bearer\s+(.+)$/i)?.[1]
     const given = c.req.header('x-api-key') ?? bearer
     // The configured key (PAKU_ADMIN_API_KEY, the old OTA_API_KEY's successor) has every scope;
     // named keys from `paku key create` have theirs.
-    const named = given && expected && timingSafeEqual(digest(given), expected) ? { name: 'admin', scopes: SCOPES } : given && lookup ? await lookup(given) : undefined
+    const named =
+      given && expected && timingSafeEqual(digest(given), expected)
+        ? { name: 'admin', scopes: SCOPES }
+        : given && lookup
+          ? await lookup(given)
+          : undefined
     const scopes: readonly Scope[] | undefined = named?.scopes
     if (!named || !scopes) {
       limiter.fail(ip)

@@ -20,15 +20,31 @@ export function errorHandler(log: Logger) {
       return c.json<ErrorBody>({ status, message: err.message || defaultMessage(status) }, status)
     }
     const requestId = randomUUID()
-    log.error('request failed', { requestId, method: c.req.method, path: c.req.path, err: err.stack ?? String(err) })
+    log.error('request failed', {
+      requestId,
+      method: c.req.method,
+      path: c.req.path,
+      err: err.stack ?? String(err),
+    })
     return c.json<ErrorBody>({ status: 500, message: 'internal error', requestId }, 500)
   }
 }
 
 export function notFound(c: Context) {
-  return c.json<ErrorBody>({ status: 404, message: `no route for ${c.req.method} ${c.req.path}` }, 404)
+  return c.json<ErrorBody>(
+    { status: 404, message: `no route for ${c.req.method} ${c.req.path}` },
+    404,
+  )
 }
 
 function defaultMessage(status: number): string {
-  return status === 413 ? 'request body too large' : status === 401 ? 'unauthorized' : status === 503 ? 'unavailable' : status === 429 ? 'too many requests' : 'bad request'
+  return status === 413
+    ? 'request body too large'
+    : status === 401
+      ? 'unauthorized'
+      : status === 503
+        ? 'unavailable'
+        : status === 429
+          ? 'too many requests'
+          : 'bad request'
 }

@@ -13,7 +13,17 @@ import { routeScopes } from '../util/scope.js'
 export { errorHandler, notFound, type ErrorBody } from './errors.js'
 export { histogramMetric, renderMetrics, type Metric } from './metrics.js'
 export { createRuntimeMonitor, type RuntimeMonitor } from './runtime.js'
-export { createFirstKey, createKey, hasNamedKey, listKeys, lookupKey, revokeKey, SCOPES, KEY_NAME, type Scope } from './admin-keys.js'
+export {
+  createFirstKey,
+  createKey,
+  hasNamedKey,
+  listKeys,
+  lookupKey,
+  revokeKey,
+  SCOPES,
+  KEY_NAME,
+  type Scope,
+} from './admin-keys.js'
 export { createSetup, SETUP_TTL_MS, type Setup } from './setup.js'
 export { routeScopes } from '../util/scope.js'
 
@@ -36,14 +46,28 @@ export type HttpOptions = {
 }
 
 /** The Hono app: /health, the subsystems' routes and one JSON error shape. Exposed for app.request() tests. */
-export function buildHttpApp(opts: Omit<HttpOptions, 'config'> & { adminApiKey: string; maxAuthFailuresPerMinute?: number; maxBodyBytes?: number }): Hono {
+export function buildHttpApp(
+  opts: Omit<HttpOptions, 'config'> & {
+    adminApiKey: string
+    maxAuthFailuresPerMinute?: number
+    maxBodyBytes?: number
+  },
+): Hono {
   const app = new Hono()
   app.onError(errorHandler(opts.log))
   app.notFound(notFound)
-  const limit = (maxSize: number) => bodyLimit({ maxSize, onError: () => { throw new HTTPException(413, { message: `request body over ${maxSize} bytes` }) } })
+  const limit = (maxSize: number) =>
+    bodyLimit({
+      maxSize,
+      onError: () => {
+        throw new HTTPException(413, { message: `request body over ${maxSize} bytes` })
+      },
+    })
   const defaultLimit = limit(opts.maxBodyBytes ?? 1_048_576)
   const special = (opts.bodyLimits ?? []).map((l) => ({ path: l.path, check: limit(l.maxBytes) }))
-  app.use('/api/*', (c, next) => (special.find((l) => l.path.test(c.req.path))?.check ?? defaultLimit)(c, next))
+  app.use('/api/*', (c, next) =>
+    (special.find((l) => l.path.test(c.req.path))?.check ?? defaultLimit)(c, next),
+  )
   const auth = adminAuth(opts.adminApiKey, opts.maxAuthFailuresPerMinute, opts.lookupKey)
   app.use('/api/admin/*', auth)
   // The old service's device status report took the same X-API-Key.
@@ -58,13 +82,22 @@ export function buildHttpApp(opts: Omit<HttpOptions, 'config'> & { adminApiKey: 
   const metrics = opts.metrics
   if (metrics) {
     // Open like the old /metrics (a scraper on the LAN); it shows counts, never identities or secrets.
-    app.get('/metrics', async (c) => c.body(renderMetrics(await metrics()), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }))
+    app.get('/metrics', async (c) =>
+      c.body(renderMetrics(await metrics()), 200, {
+        'content-type': 'text/plain; version=0.0.4; charset=utf-8',
+      }),
+    )
   }
   for (const routes of opts.routes ?? []) app.route('/', routes)
   // Every route behind a key declares the scope it needs (util/scope.ts); one that does not would
   // be open to any valid key, so the app refuses to be built with it.
-  const undeclared = routeScopes(app).filter((r) => KEY_ROUTE.test(r.path) && r.path !== OPEN_API && r.scope === undefined)
-  if (undeclared.length > 0) throw new Error(`routes without a declared scope: ${undeclared.map((r) => `${r.method} ${r.path}`).join(', ')}`)
+  const undeclared = routeScopes(app).filter(
+    (r) => KEY_ROUTE.test(r.path) && r.path !== OPEN_API && r.scope === undefined,
+  )
+  if (undeclared.length > 0)
+    throw new Error(
+      `routes without a declared scope: ${undeclared.map((r) => `${r.method} ${r.path}`).join(', ')}`,
+    )
   return app
 }
 
@@ -75,13 +108,21 @@ const OPEN_API = '/api/v1/openapi.json'
 /** The HTTP service: listens on config.http, closes (and drains) on stop. */
 export function createHttp(opts: HttpOptions) {
   let server: ServerType | undefined
-  const app = buildHttpApp({ ...opts, adminApiKey: opts.config.adminApiKey, maxAuthFailuresPerMinute: opts.config.maxAuthFailuresPerMinute, maxBodyBytes: opts.config.maxBodyBytes })
+  const app = buildHttpApp({
+    ...opts,
+    adminApiKey: opts.config.adminApiKey,
+    maxAuthFailuresPerMinute: opts.config.maxAuthFailuresPerMinute,
+    maxBodyBytes: opts.config.maxBodyBytes,
+  })
   return {
     name: 'http',
     app,
     async start(): Promise<void> {
       await new Promise<void>((resolve, reject) => {
-        const s = serve({ fetch: app.fetch, hostname: opts.config.host, port: opts.config.port }, () => resolve())
+        const s = serve(
+          { fetch: app.fetch, hostname: opts.config.host, port: opts.config.port },
+          () => resolve(),
+        )
         s.once('error', reject)
         server = s
       })

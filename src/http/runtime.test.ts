@@ -31,13 +31,22 @@ describe('runtime monitor', () => {
       const after = renderMetrics(monitor.metrics())
       /** Late runs over `le` seconds between the two readings (compared, so a busy test machine's own stalls before cannot count). */
       const over = (le: string) => {
-        const n = (t: string) => value(t, 'paku_event_loop_delay_seconds_bucket{le="+Inf"}') - value(t, `paku_event_loop_delay_seconds_bucket{le="${le}"}`)
+        const n = (t: string) =>
+          value(t, 'paku_event_loop_delay_seconds_bucket{le="+Inf"}') -
+          value(t, `paku_event_loop_delay_seconds_bucket{le="${le}"}`)
         return n(after) - n(before)
       }
       assert.ok(over('0.25') >= 1, 'the 300 ms block is one late run over 0.25 s')
       assert.equal(over('1'), 0, 'not added up into more than it was')
-      assert.ok(value(after, 'paku_event_loop_delay_seconds_sum') - value(before, 'paku_event_loop_delay_seconds_sum') >= 0.25)
-      assert.ok(value(after, 'paku_event_loop_delay_seconds_count') > value(before, 'paku_event_loop_delay_seconds_count'))
+      assert.ok(
+        value(after, 'paku_event_loop_delay_seconds_sum') -
+          value(before, 'paku_event_loop_delay_seconds_sum') >=
+          0.25,
+      )
+      assert.ok(
+        value(after, 'paku_event_loop_delay_seconds_count') >
+          value(before, 'paku_event_loop_delay_seconds_count'),
+      )
     } finally {
       await monitor.stop()
     }
@@ -51,7 +60,8 @@ describe('runtime monitor', () => {
       ['keep-alives of 100 devices over a second', 2, 1000, 1000],
       ['traffic arriving after an idle second', 40, 1000, 20],
     ]
-    for (const [name, active, elapsed, want] of cases) assert.equal(nextSampleMs(active, elapsed), want, name)
+    for (const [name, active, elapsed, want] of cases)
+      assert.equal(nextSampleMs(active, elapsed), want, name)
   })
 
   it('counts garbage-collector pauses', async () => {
@@ -59,7 +69,11 @@ describe('runtime monitor', () => {
     await monitor.start()
     try {
       let kept: unknown[] = []
-      for (let round = 0; round < 50 && value(renderMetrics(monitor.metrics()), 'paku_gc_pause_seconds_count') === 0; round++) {
+      for (
+        let round = 0;
+        round < 50 && value(renderMetrics(monitor.metrics()), 'paku_gc_pause_seconds_count') === 0;
+        round++
+      ) {
         // Short-lived garbage: enough of it makes V8 scavenge the young generation.
         for (let i = 0; i < 200_000; i++) kept.push({ i, s: `x${i}` })
         kept = []
@@ -68,41 +82,57 @@ describe('runtime monitor', () => {
       const text = renderMetrics(monitor.metrics())
       assert.ok(value(text, 'paku_gc_pause_seconds_count') > 0)
       assert.ok(value(text, 'paku_gc_pause_seconds_sum') > 0)
-      assert.equal(value(text, 'paku_gc_pause_seconds_bucket{le="+Inf"}'), value(text, 'paku_gc_pause_seconds_count'))
+      assert.equal(
+        value(text, 'paku_gc_pause_seconds_bucket{le="+Inf"}'),
+        value(text, 'paku_gc_pause_seconds_count'),
+      )
     } finally {
       await monitor.stop()
     }
   })
 
-  it('hands the memory of a burst back once the loop is idle and nothing waits to be written', { timeout: 30_000 }, async () => {
-    let quiet = false
-    const monitor = createRuntimeMonitor({ quiet: () => quiet })
-    await monitor.start()
-    try {
-      const series = (name: string) => value(renderMetrics(monitor.metrics()), name)
-      // A burst's garbage: buffers no longer referenced, which only a collection frees. Made and dropped
-      // in a function of its own, so no register of this suspended test holds on to them.
-      const burst: { buffers?: Buffer[] } = {}
-      ;((b: typeof burst) => {
-        b.buffers = Array.from({ length: 64 }, () => Buffer.alloc(1024 * 1024, 1))
-      })(burst)
-      delete burst.buffers
-      const external = () => process.memoryUsage().external
-      assert.ok(external() > 64 * 1024 * 1024)
-      // Idle, but rows still wait: no collection while samples go by.
-      const samples = series('paku_event_loop_delay_seconds_count')
-      await eventually(async () => series('paku_event_loop_delay_seconds_count') >= samples + 2 || undefined, { timeoutMs: 10_000, what: 'two samples' })
-      assert.equal(series('paku_memory_releases_total'), 0)
-      assert.ok(external() > 64 * 1024 * 1024, 'the buffers are still held')
-      // Nothing waits any more: the same idle loop collects, once.
-      quiet = true
-      await eventually(async () => series('paku_memory_releases_total') === 1 || undefined, { timeoutMs: 10_000, what: 'a release' })
-      // Freed buffers are swept off the loop, just after the collection.
-      await eventually(async () => external() < 16 * 1024 * 1024 || undefined, { timeoutMs: 10_000, what: () => `external ${external()} down after the release` })
-    } finally {
-      await monitor.stop()
-    }
-  })
+  it(
+    'hands the memory of a burst back once the loop is idle and nothing waits to be written',
+    { timeout: 30_000 },
+    async () => {
+      let quiet = false
+      const monitor = createRuntimeMonitor({ quiet: () => quiet })
+      await monitor.start()
+      try {
+        const series = (name: string) => value(renderMetrics(monitor.metrics()), name)
+        // A burst's garbage: buffers no longer referenced, which only a collection frees. Made and dropped
+        // in a function of its own, so no register of this suspended test holds on to them.
+        const burst: { buffers?: Buffer[] } = {}
+        ;((b: typeof burst) => {
+          b.buffers = Array.from({ length: 64 }, () => Buffer.alloc(1024 * 1024, 1))
+        })(burst)
+        delete burst.buffers
+        const external = () => process.memoryUsage().external
+        assert.ok(external() > 64 * 1024 * 1024)
+        // Idle, but rows still wait: no collection while samples go by.
+        const samples = series('paku_event_loop_delay_seconds_count')
+        await eventually(
+          async () => series('paku_event_loop_delay_seconds_count') >= samples + 2 || undefined,
+          { timeoutMs: 10_000, what: 'two samples' },
+        )
+        assert.equal(series('paku_memory_releases_total'), 0)
+        assert.ok(external() > 64 * 1024 * 1024, 'the buffers are still held')
+        // Nothing waits any more: the same idle loop collects, once.
+        quiet = true
+        await eventually(async () => series('paku_memory_releases_total') === 1 || undefined, {
+          timeoutMs: 10_000,
+          what: 'a release',
+        })
+        // Freed buffers are swept off the loop, just after the collection.
+        await eventually(async () => external() < 16 * 1024 * 1024 || undefined, {
+          timeoutMs: 10_000,
+          what: () => `external ${external()} down after the release`,
+        })
+      } finally {
+        await monitor.stop()
+      }
+    },
+  )
 
   it('reports CPU and resident memory under their standard names, and stops its timer', async () => {
     const monitor = createRuntimeMonitor()
@@ -114,6 +144,9 @@ describe('runtime monitor', () => {
     await monitor.stop()
     const count = value(renderMetrics(monitor.metrics()), 'paku_event_loop_delay_seconds_count')
     await sleep(100)
-    assert.equal(value(renderMetrics(monitor.metrics()), 'paku_event_loop_delay_seconds_count'), count)
+    assert.equal(
+      value(renderMetrics(monitor.metrics()), 'paku_event_loop_delay_seconds_count'),
+      count,
+    )
   })
 })

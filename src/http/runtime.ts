@@ -74,7 +74,12 @@ export function createRuntimeMonitor(opts: RuntimeOptions = {}) {
   let releases = 0
   /** The loop is idle: a full collection if what V8 holds grew enough beyond the live size of the last one. */
   const release = (now: number) => {
-    if (now - releasedAt < RELEASE_EVERY_MS || held().total - baseline < RELEASE_GROWTH_BYTES || !(opts.quiet?.() ?? true)) return
+    if (
+      now - releasedAt < RELEASE_EVERY_MS ||
+      held().total - baseline < RELEASE_GROWTH_BYTES ||
+      !(opts.quiet?.() ?? true)
+    )
+      return
     collect ??= fullCollection()
     // Twice: the buffers a collection finds dead are freed (and their memory counted as gone) by a
     // sweeper that the next collection finishes; with one, a burst's buffers could stay for minutes.
@@ -122,16 +127,44 @@ export function createRuntimeMonitor(opts: RuntimeOptions = {}) {
     memory(): Record<string, number> {
       const m = process.memoryUsage()
       const mib = (b: number) => Math.round((b / 1048576) * 10) / 10
-      return { rssMiB: mib(m.rss), heapUsedMiB: mib(m.heapUsed), heapTotalMiB: mib(m.heapTotal), externalMiB: mib(m.external) }
+      return {
+        rssMiB: mib(m.rss),
+        heapUsedMiB: mib(m.heapUsed),
+        heapTotalMiB: mib(m.heapTotal),
+        externalMiB: mib(m.external),
+      }
     },
     metrics(): Metric[] {
       const cpu = process.cpuUsage()
       return [
-        { name: 'process_cpu_seconds_total', help: 'User and system CPU time spent by paku.', type: 'counter', samples: [{ value: (cpu.user + cpu.system) / 1e6 }] },
-        { name: 'process_resident_memory_bytes', help: 'Resident memory size of paku.', type: 'gauge', samples: [{ value: process.memoryUsage.rss() }] },
-        histogramMetric('paku_event_loop_delay_seconds', `How late a timer due every ${SAMPLE_MS} ms (every ${IDLE_SAMPLE_MS} ms while idle) ran: a stall of the event loop shows as one late run.`, delay.snapshot()),
-        histogramMetric('paku_gc_pause_seconds', 'Pauses of the JavaScript garbage collector.', gc.snapshot()),
-        { name: 'paku_memory_releases_total', help: 'Full collections run when the event loop went idle after a burst, to hand its memory back.', type: 'counter', samples: [{ value: releases }] },
+        {
+          name: 'process_cpu_seconds_total',
+          help: 'User and system CPU time spent by paku.',
+          type: 'counter',
+          samples: [{ value: (cpu.user + cpu.system) / 1e6 }],
+        },
+        {
+          name: 'process_resident_memory_bytes',
+          help: 'Resident memory size of paku.',
+          type: 'gauge',
+          samples: [{ value: process.memoryUsage.rss() }],
+        },
+        histogramMetric(
+          'paku_event_loop_delay_seconds',
+          `How late a timer due every ${SAMPLE_MS} ms (every ${IDLE_SAMPLE_MS} ms while idle) ran: a stall of the event loop shows as one late run.`,
+          delay.snapshot(),
+        ),
+        histogramMetric(
+          'paku_gc_pause_seconds',
+          'Pauses of the JavaScript garbage collector.',
+          gc.snapshot(),
+        ),
+        {
+          name: 'paku_memory_releases_total',
+          help: 'Full collections run when the event loop went idle after a burst, to hand its memory back.',
+          type: 'counter',
+          samples: [{ value: releases }],
+        },
       ]
     },
   }

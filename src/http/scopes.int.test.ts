@@ -68,13 +68,21 @@ describe('key scopes, declared by each route', () => {
   it('every route behind a key declares the scope in this table, and the docs show the same table', async (t) => {
     const sut = await startApp(t, testConfig({ databaseUrl: await testDatabase(t) }))
     const actual = routeScopes(sut.app.http.app)
-      .filter((r) => /^\/api\/(admin|device|v1)\//.test(r.path) && r.path !== '/api/v1/openapi.json')
+      .filter(
+        (r) => /^\/api\/(admin|device|v1)\//.test(r.path) && r.path !== '/api/v1/openapi.json',
+      )
       .map((r) => [r.method, r.path, r.scope ?? '(none)'])
     assert.deepEqual(actual.sort(), [...TABLE].sort())
     // The route tables of docs/http-api.md write parameters as {id}; the routes as :id.
     const docs = readFileSync('docs/http-api.md', 'utf8')
-    const documented = [...docs.matchAll(/^\| `(GET|POST|PUT|DELETE) ([^`]+)` \| `(\w+)` \|/gm)].map((m) => [m[1], (m[2] as string).replace(/\{(\w+)\}/g, ':$1'), m[3]])
-    assert.deepEqual(documented.sort(), [...TABLE].sort(), 'docs/http-api.md#keys-and-scopes: the route tables give every key route with its scope')
+    const documented = [
+      ...docs.matchAll(/^\| `(GET|POST|PUT|DELETE) ([^`]+)` \| `(\w+)` \|/gm),
+    ].map((m) => [m[1], (m[2] as string).replace(/\{(\w+)\}/g, ':$1'), m[3]])
+    assert.deepEqual(
+      documented.sort(),
+      [...TABLE].sort(),
+      'docs/http-api.md#keys-and-scopes: the route tables give every key route with its scope',
+    )
   })
 
   it("a scope is not read from the path: a rollout key cannot delete the MQTT credential named 'rollout'", async (t) => {
@@ -82,29 +90,64 @@ describe('key scopes, declared by each route', () => {
     const sut = await startApp(t, testConfig({ databaseUrl: url, http: { adminApiKey: KEY } }))
     const rolloutKey = await createKey(sut.app.db.db, 'ci', ['upload', 'rollout'])
     const admin = (method: string, path: string, key: string, body?: unknown) =>
-      fetch(`${sut.httpUrl}${path}`, { method, headers: { 'x-api-key': key, 'content-type': 'application/json' }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) })
-    assert.equal((await admin('POST', '/api/admin/mqtt/credentials', KEY, { username: 'rollout', role: 'service' })).status, 201)
+      fetch(`${sut.httpUrl}${path}`, {
+        method,
+        headers: { 'x-api-key': key, 'content-type': 'application/json' },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      })
+    assert.equal(
+      (
+        await admin('POST', '/api/admin/mqtt/credentials', KEY, {
+          username: 'rollout',
+          role: 'service',
+        })
+      ).status,
+      201,
+    )
     const del = await admin('DELETE', '/api/admin/mqtt/credentials/rollout', rolloutKey)
     assert.equal(del.status, 403)
     assert.deepEqual(await del.json(), { status: 403, message: 'this key lacks the "admin" scope' })
-    assert.equal((await admin('PUT', '/api/admin/groups/firmware', rolloutKey, {})).status, 403, 'nor a group named firmware')
+    assert.equal(
+      (await admin('PUT', '/api/admin/groups/firmware', rolloutKey, {})).status,
+      403,
+      'nor a group named firmware',
+    )
     const db = await sqlClient(t, url)
-    assert.equal((await db.query(`SELECT 1 FROM mqtt_credentials WHERE username = 'rollout'`)).rowCount, 1)
+    assert.equal(
+      (await db.query(`SELECT 1 FROM mqtt_credentials WHERE username = 'rollout'`)).rowCount,
+      1,
+    )
     // Positive control: the key does what its scopes allow.
-    assert.equal((await admin('GET', '/api/admin/rollouts', rolloutKey)).status, 403, 'no read scope')
-    assert.equal((await admin('POST', '/api/admin/rollouts/1/pause', rolloutKey)).status, 404, 'rollout scope: it got to the route')
+    assert.equal(
+      (await admin('GET', '/api/admin/rollouts', rolloutKey)).status,
+      403,
+      'no read scope',
+    )
+    assert.equal(
+      (await admin('POST', '/api/admin/rollouts/1/pause', rolloutKey)).status,
+      404,
+      'rollout scope: it got to the route',
+    )
     assert.equal((await admin('DELETE', '/api/admin/mqtt/credentials/rollout', KEY)).status, 204)
   })
 
   it("counts wrong keys from an address however often that address's own key succeeds", async (t) => {
     const url = await testDatabase(t)
-    const sut = await startApp(t, testConfig({ databaseUrl: url, http: { adminApiKey: KEY, maxAuthFailuresPerMinute: 3 } }))
+    const sut = await startApp(
+      t,
+      testConfig({ databaseUrl: url, http: { adminApiKey: KEY, maxAuthFailuresPerMinute: 3 } }),
+    )
     const readKey = await createKey(sut.app.db.db, 'reader', ['read'])
-    const get = (key: string, method = 'GET', path = '/api/admin/devices') => fetch(`${sut.httpUrl}${path}`, { method, headers: { 'x-api-key': key } })
+    const get = (key: string, method = 'GET', path = '/api/admin/devices') =>
+      fetch(`${sut.httpUrl}${path}`, { method, headers: { 'x-api-key': key } })
     for (let i = 0; i < 3; i++) {
       if (i > 0) {
         assert.equal((await get(readKey)).status, 200, 'its own key works in between')
-        assert.equal((await get(readKey, 'DELETE', '/api/admin/groups/x')).status, 403, 'and a 403 in between')
+        assert.equal(
+          (await get(readKey, 'DELETE', '/api/admin/groups/x')).status,
+          403,
+          'and a 403 in between',
+        )
       }
       assert.equal((await get(`guess-${i}-0123456789abcdefghijklmnopqrstuv`)).status, 401)
     }

@@ -27,7 +27,13 @@ export const SETUP_TTL_MS = 30 * 60_000
 
 const SetupBody = v.strictObject({
   token: v.pipe(v.string('token must be a string'), v.maxLength(128, 'token is too long')),
-  name: v.pipe(v.string('name must be a string'), v.regex(KEY_NAME, 'name must be 1–64 characters: a-z 0-9 _ . - (starting with a letter or digit)')),
+  name: v.pipe(
+    v.string('name must be a string'),
+    v.regex(
+      KEY_NAME,
+      'name must be 1–64 characters: a-z 0-9 _ . - (starting with a letter or digit)',
+    ),
+  ),
 })
 
 export type SetupOptions = {
@@ -60,13 +66,21 @@ export function createSetup(opts: SetupOptions) {
     const wait = limiter.blockedFor(ip)
     if (wait > 0) {
       c.header('retry-after', String(Math.ceil(wait / 1000)))
-      throw new HTTPException(429, { message: `too many failed attempts; retry in ${Math.ceil(wait / 1000)} s` })
+      throw new HTTPException(429, {
+        message: `too many failed attempts; retry in ${Math.ceil(wait / 1000)} s`,
+      })
     }
-    const body = validate(SetupBody, await readJson(c.req, 'body must be JSON: {"token": …, "name": …}'))
-    if (!armed) throw gone('no setup link is open: an admin key exists, or the link was used or has expired')
+    const body = validate(
+      SetupBody,
+      await readJson(c.req, 'body must be JSON: {"token": …, "name": …}'),
+    )
+    if (!armed)
+      throw gone('no setup link is open: an admin key exists, or the link was used or has expired')
     if (now() >= armed.expiresAt) {
       armed = undefined
-      throw gone('the setup link has expired; restart paku for a new one (or use `paku key create`)')
+      throw gone(
+        'the setup link has expired; restart paku for a new one (or use `paku key create`)',
+      )
     }
     if (await opts.hasKey()) {
       armed = undefined
@@ -74,7 +88,8 @@ export function createSetup(opts: SetupOptions) {
     }
     // Re-read after the await: another request may have taken the token meanwhile.
     const current = armed
-    if (!current) throw gone('no setup link is open: an admin key exists, or the link was used or has expired')
+    if (!current)
+      throw gone('no setup link is open: an admin key exists, or the link was used or has expired')
     if (!timingSafeEqual(digest(body.token), current.digest)) {
       limiter.fail(ip)
       throw new HTTPException(401, { message: 'wrong setup token' })
@@ -87,7 +102,10 @@ export function createSetup(opts: SetupOptions) {
     } catch (err) {
       // The transaction failed as a whole and created nothing: the link stays usable until it expires.
       armed = current
-      if ((err as { code?: string }).code === '23505') throw new HTTPException(409, { message: `a key named ${body.name} exists already (revoked); choose another name` })
+      if ((err as { code?: string }).code === '23505')
+        throw new HTTPException(409, {
+          message: `a key named ${body.name} exists already (revoked); choose another name`,
+        })
       throw err
     }
     if (key === undefined) throw gone('an admin key exists already; log in with it')
@@ -103,9 +121,12 @@ export function createSetup(opts: SetupOptions) {
       if (await opts.hasKey()) return
       const token = randomBytes(32).toString('base64url')
       armed = { digest: digest(token), expiresAt: now() + ttlMs }
-      opts.log.warn(`no admin key yet: open this link within ${Math.round(ttlMs / 60_000)} minutes to create one (it works once)`, {
-        url: `${opts.baseUrl()}/ui/#setup=${token}`,
-      })
+      opts.log.warn(
+        `no admin key yet: open this link within ${Math.round(ttlMs / 60_000)} minutes to create one (it works once)`,
+        {
+          url: `${opts.baseUrl()}/ui/#setup=${token}`,
+        },
+      )
     },
     async stop(): Promise<void> {
       armed = undefined

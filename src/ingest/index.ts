@@ -30,7 +30,13 @@ export type IncomingMessage = {
   receivedAt?: Date
 }
 
-export type IngestStats = WriterStats & { received: number; accepted: number; rejected: number; ignored: number; duplicates: number }
+export type IngestStats = WriterStats & {
+  received: number
+  accepted: number
+  rejected: number
+  ignored: number
+  duplicates: number
+}
 
 export type IngestOptions = {
   config: Config['ingest']
@@ -82,7 +88,16 @@ export function createIngest(opts: IngestOptions) {
   let summary: NodeJS.Timeout | undefined
   let lastSummary = ''
 
-  const toReject = (msg: { topic: string; clientId: string | null; deviceId: string | null; payload: Buffer; receivedAt: Date }, reason: string): Reject => ({
+  const toReject = (
+    msg: {
+      topic: string
+      clientId: string | null
+      deviceId: string | null
+      payload: Buffer
+      receivedAt: Date
+    },
+    reason: string,
+  ): Reject => ({
     kind: 'reject',
     topic: clean(msg.topic),
     clientId: msg.clientId === null ? null : clean(msg.clientId),
@@ -116,12 +131,36 @@ export function createIngest(opts: IngestOptions) {
     toReject: (row, reason) =>
       row.kind === 'reject'
         ? { ...row, reason }
-        : toReject({ topic: `(row of ${row.kind})`, clientId: null, deviceId: 'deviceId' in row ? row.deviceId : null, payload: Buffer.from(JSON.stringify(row)), receivedAt: new Date() }, reason),
+        : toReject(
+            {
+              topic: `(row of ${row.kind})`,
+              clientId: null,
+              deviceId: 'deviceId' in row ? row.deviceId : null,
+              payload: Buffer.from(JSON.stringify(row)),
+              receivedAt: new Date(),
+            },
+            reason,
+          ),
   })
 
-  function reject(msg: IncomingMessage, deviceId: string | null, reason: string, receivedAt: Date, dedup: DedupKey | undefined): Promise<void> | undefined {
+  function reject(
+    msg: IncomingMessage,
+    deviceId: string | null,
+    reason: string,
+    receivedAt: Date,
+    dedup: DedupKey | undefined,
+  ): Promise<void> | undefined {
     counts.rejected++
-    const row: Row = toReject({ topic: msg.topic, clientId: msg.clientId ?? null, deviceId, payload: msg.payload, receivedAt }, reason)
+    const row: Row = toReject(
+      {
+        topic: msg.topic,
+        clientId: msg.clientId ?? null,
+        deviceId,
+        payload: msg.payload,
+        receivedAt,
+      },
+      reason,
+    )
     if (dedup) row.dedup = dedup
     const done = push(row, msg)
     // At most one line per device per minute: one misconfigured ESP at 1 Hz must not flood the log.
@@ -182,7 +221,8 @@ export function createIngest(opts: IngestOptions) {
       pending = withTimeout(recentKeys(opts.db(), clientId, RECENT_IDS), LOOKUP_TIMEOUT_MS).then(
         (keys) => {
           const byId = recent.get(clientId) ?? new Map()
-          for (const k of keys) if (!byId.has(k.messageId)) byId.set(k.messageId, { digest: k.digest, done: undefined })
+          for (const k of keys)
+            if (!byId.has(k.messageId)) byId.set(k.messageId, { digest: k.digest, done: undefined })
           recent.set(clientId, byId)
         },
         // Database away: no history to compare with; the message is stored (at-least-once).
@@ -219,7 +259,13 @@ export function createIngest(opts: IngestOptions) {
     if (parsed.kind === 'reject') return reject(msg, null, parsed.reason, receivedAt, dedup)
     const deviceId = routeDevice(parsed.route)
     if (msg.payload.length > config.maxPayloadBytes) {
-      return reject(msg, deviceId, `payload is ${msg.payload.length} bytes, more than the limit of ${config.maxPayloadBytes}`, receivedAt, dedup)
+      return reject(
+        msg,
+        deviceId,
+        `payload is ${msg.payload.length} bytes, more than the limit of ${config.maxPayloadBytes}`,
+        receivedAt,
+        dedup,
+      )
     }
     if (parsed.route.type === 'status' && msg.retain) {
       const text = msg.payload.toString('latin1')
@@ -318,8 +364,10 @@ export function createIngest(opts: IngestOptions) {
      */
     checkData(topic: string, payload: Uint8Array): string | undefined {
       const route = parseTopic(topic)
-      if (route.kind !== 'route') return route.kind === 'reject' ? route.reason : `topic ${topic} is not a data topic`
-      if (payload.length > config.maxPayloadBytes) return `readings of one timestamp make ${payload.length} bytes, more than ingest.maxPayloadBytes (${config.maxPayloadBytes})`
+      if (route.kind !== 'route')
+        return route.kind === 'reject' ? route.reason : `topic ${topic} is not a data topic`
+      if (payload.length > config.maxPayloadBytes)
+        return `readings of one timestamp make ${payload.length} bytes, more than ingest.maxPayloadBytes (${config.maxPayloadBytes})`
       const d = decodePayload('data', payload)
       if (!d.ok) return d.reason
       const ts = parseTimestamp(d.value.timestamp, new Date())

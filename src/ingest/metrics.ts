@@ -22,11 +22,28 @@ const GAUGES: Record<string, string> = {
 }
 
 /** Ingest's counters and its batch-write durations as Prometheus metrics (the old /metrics had none). */
-export function ingestMetrics(s: Record<string, unknown>, flushDurations: HistogramSnapshot): Metric[] {
+export function ingestMetrics(
+  s: Record<string, unknown>,
+  flushDurations: HistogramSnapshot,
+): Metric[] {
   const snake = (k: string) => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)
   return [
-    ...Object.entries(COUNTERS).map(([k, help]) => ({ name: `paku_ingest_${snake(k)}_total`, help, type: 'counter' as const, samples: [{ value: Number(s[k] ?? 0) }] })),
-    ...Object.entries(GAUGES).map(([k, help]) => ({ name: `paku_ingest_${snake(k)}`, help, type: 'gauge' as const, samples: [{ value: Number(s[k] ?? 0) }] })),
-    histogramMetric('paku_ingest_flush_duration_seconds', 'Duration of the batch writes that committed (a QoS 1 PUBACK waits for one).', flushDurations),
+    ...Object.entries(COUNTERS).map(([k, help]) => ({
+      name: `paku_ingest_${snake(k)}_total`,
+      help,
+      type: 'counter' as const,
+      samples: [{ value: Number(s[k] ?? 0) }],
+    })),
+    ...Object.entries(GAUGES).map(([k, help]) => ({
+      name: `paku_ingest_${snake(k)}`,
+      help,
+      type: 'gauge' as const,
+      samples: [{ value: Number(s[k] ?? 0) }],
+    })),
+    histogramMetric(
+      'paku_ingest_flush_duration_seconds',
+      'Duration of the batch writes that committed (a QoS 1 PUBACK waits for one).',
+      flushDurations,
+    ),
   ]
 }

@@ -62,7 +62,11 @@ export type Reject = {
 export type RowResult = { ok: true; row: Row } | { ok: false; reason: string }
 
 /** Decodes a payload that carries an optional `timestamp`, and resolves that timestamp. */
-function decodeTimed<T extends 'data' | 'legacy_ruuvi' | 'status'>(type: T, payload: Uint8Array, receivedAt: Date) {
+function decodeTimed<T extends 'data' | 'legacy_ruuvi' | 'status'>(
+  type: T,
+  payload: Uint8Array,
+  receivedAt: Date,
+) {
   const d = decodePayload(type, payload)
   if (!d.ok) return d
   const ts = parseTimestamp((d.value as { timestamp?: string | null }).timestamp, receivedAt)
@@ -134,7 +138,13 @@ export function toRow(route: Route, payload: Uint8Array, receivedAt: Date): RowR
     case 'config': {
       const d = decodePayload('config', payload)
       if (!d.ok) return d
-      const row: Row = { kind: 'config', siteId: route.siteId, deviceId: route.deviceId, config: JSON.stringify(d.value), receivedAt }
+      const row: Row = {
+        kind: 'config',
+        siteId: route.siteId,
+        deviceId: route.deviceId,
+        config: JSON.stringify(d.value),
+        receivedAt,
+      }
       return { ok: true, row }
     }
     case 'ota_status':
@@ -142,8 +152,16 @@ export function toRow(route: Route, payload: Uint8Array, receivedAt: Date): RowR
     case 'ota_result': {
       const d = decodePayload(route.type, payload)
       if (!d.ok) return d
-      const sub = route.type === 'ota_status' ? 'status' : route.type === 'ota_progress' ? 'progress' : 'result'
-      return { ok: true, row: { kind: 'ota', sub, deviceId: route.deviceId, payload: d.value, receivedAt } }
+      const sub =
+        route.type === 'ota_status'
+          ? 'status'
+          : route.type === 'ota_progress'
+            ? 'progress'
+            : 'result'
+      return {
+        ok: true,
+        row: { kind: 'ota', sub, deviceId: route.deviceId, payload: d.value, receivedAt },
+      }
     }
   }
 }

@@ -8,7 +8,16 @@ import type { Row } from './records.js'
 import { createSpool, decodeRow, encodeRow } from './spool.js'
 
 const log = createLogger({ level: 'silent', format: 'json' })
-const m = (id: string): Row => ({ kind: 'measurement', siteId: 'p', system: 's', deviceId: id, location: null, mac: null, ts: new Date('2026-11-27T10:00:00.123Z'), metrics: '{"t":1}' })
+const m = (id: string): Row => ({
+  kind: 'measurement',
+  siteId: 'p',
+  system: 's',
+  deviceId: id,
+  location: null,
+  mac: null,
+  ts: new Date('2026-11-27T10:00:00.123Z'),
+  metrics: '{"t":1}',
+})
 
 function dir(t: { after: (fn: () => void) => void }) {
   const d = mkdtempSync(join(tmpdir(), 'paku-spool-'))
@@ -20,10 +29,33 @@ describe('spool', () => {
   it('round-trips every row kind, Dates and Buffers included', () => {
     const rows: Row[] = [
       m('a'),
-      { kind: 'status', siteId: 'p', deviceId: 'd', status: '{}', ts: new Date(1), receivedAt: new Date(2), online: false, model: null, firmware: '1', dedup: { clientId: 'c', messageId: 7, digest: 'x' } },
-      { kind: 'reject', topic: 't', clientId: null, deviceId: null, reason: 'r', payload: Buffer.from([0, 255, 10]), payloadBytes: 3, receivedAt: new Date(3) },
+      {
+        kind: 'status',
+        siteId: 'p',
+        deviceId: 'd',
+        status: '{}',
+        ts: new Date(1),
+        receivedAt: new Date(2),
+        online: false,
+        model: null,
+        firmware: '1',
+        dedup: { clientId: 'c', messageId: 7, digest: 'x' },
+      },
+      {
+        kind: 'reject',
+        topic: 't',
+        clientId: null,
+        deviceId: null,
+        reason: 'r',
+        payload: Buffer.from([0, 255, 10]),
+        payloadBytes: 3,
+        receivedAt: new Date(3),
+      },
     ]
-    assert.deepEqual(rows.map((r) => decodeRow(JSON.parse(JSON.stringify(encodeRow(r))))), rows)
+    assert.deepEqual(
+      rows.map((r) => decodeRow(JSON.parse(JSON.stringify(encodeRow(r))))),
+      rows,
+    )
   })
 
   it('appends batches in order, survives a reopen, and drops a replayed segment', async (t) => {
@@ -38,7 +70,8 @@ describe('spool', () => {
     const seen: string[] = []
     while (!reopened.empty) {
       const head = await reopened.head()
-      for (const b of head?.batches ?? []) seen.push(...b.rows.map((r) => (r as { deviceId: string }).deviceId))
+      for (const b of head?.batches ?? [])
+        seen.push(...b.rows.map((r) => (r as { deviceId: string }).deviceId))
       await reopened.drop(head?.segment as number)
     }
     assert.deepEqual(seen, ['a', 'b', 'c'])
@@ -62,7 +95,10 @@ describe('spool', () => {
     await spool.append([m('a')])
     appendFileSync(join(d, readdirSync(d)[0] as string), '{"id":"x","rows":[{"kind":"meas')
     const head = await spool.head()
-    assert.deepEqual(head?.batches.map((b) => b.rows.length), [1])
+    assert.deepEqual(
+      head?.batches.map((b) => b.rows.length),
+      [1],
+    )
   })
 
   it('never deletes a batch appended while the head segment was being replayed', async (t) => {
@@ -73,6 +109,9 @@ describe('spool', () => {
     await spool.append([m('late')])
     await spool.drop(head?.segment as number)
     const next = await spool.head()
-    assert.deepEqual(next?.batches.flatMap((b) => b.rows.map((r) => (r as { deviceId: string }).deviceId)), ['late'])
+    assert.deepEqual(
+      next?.batches.flatMap((b) => b.rows.map((r) => (r as { deviceId: string }).deviceId)),
+      ['late'],
+    )
   })
 })

@@ -43,7 +43,11 @@ export function createSpool(opts: SpoolOptions) {
         .map((m) => ({ n: Number(m[1]), bytes: statSync(join(opts.dir, m[0])).size }))
         .sort((a, b) => a.n - b.n)
       total = segments.reduce((s, x) => s + x.bytes, 0)
-      if (segments.length > 0) opts.log.warn('spool has batches from an earlier run; replaying them', { segments: segments.length, bytes: total })
+      if (segments.length > 0)
+        opts.log.warn('spool has batches from an earlier run; replaying them', {
+          segments: segments.length,
+          bytes: total,
+        })
     },
     get empty(): boolean {
       return segments.length === 0
@@ -89,7 +93,9 @@ export function createSpool(opts: SpoolOptions) {
           const parsed = JSON.parse(line) as { id: string; rows: EncodedRow[] }
           batches.push({ id: parsed.id, rows: parsed.rows.map(decodeRow) })
         } catch {
-          opts.log.warn('skipping a torn spool line (written during a crash, never acknowledged)', { segment: first.n })
+          opts.log.warn('skipping a torn spool line (written during a crash, never acknowledged)', {
+            segment: first.n,
+          })
         }
       }
       return { segment: first.n, batches }
@@ -114,7 +120,8 @@ const DATE_FIELDS = ['ts', 'receivedAt'] as const
 /** Rows carry Dates and Buffers; JSON needs them as ISO strings and base64. */
 export function encodeRow(row: Row): EncodedRow {
   const out: EncodedRow = { ...row }
-  for (const f of DATE_FIELDS) if (f in row) out[f] = ((row as Record<string, unknown>)[f] as Date).toISOString()
+  for (const f of DATE_FIELDS)
+    if (f in row) out[f] = ((row as Record<string, unknown>)[f] as Date).toISOString()
   if (row.kind === 'reject') out.payload = row.payload.toString('base64')
   return out
 }

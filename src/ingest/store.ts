@@ -20,7 +20,10 @@ export type DeviceReports = {
  * as one transaction: one round trip per batch instead of four (BEGIN, two INSERTs, COMMIT).
  * Data-modifying CTEs all run.
  */
-export async function writeTelemetry(db: Kysely<DB>, rows: ReadonlyArray<Of<'measurement'> | Reject>): Promise<void> {
+export async function writeTelemetry(
+  db: Kysely<DB>,
+  rows: ReadonlyArray<Of<'measurement'> | Reject>,
+): Promise<void> {
   const by = groupByKind(rows)
   const parts = [
     by.measurement.length > 0 ? insertMeasurementsSql(by.measurement) : undefined,
@@ -28,10 +31,13 @@ export async function writeTelemetry(db: Kysely<DB>, rows: ReadonlyArray<Of<'mea
     rememberKeysSql(rows),
   ].filter((p) => p !== undefined)
   // Prepared: the same few texts (which parts a batch has) hundreds of times a second.
-  await sql`${sql.raw(PREPARED)}WITH ${sql.join(parts.map((p, i) => sql`${sql.raw(`w${i}`)} AS (${p})`))} SELECT 1`.execute(db)
+  await sql`${sql.raw(PREPARED)}WITH ${sql.join(parts.map((p, i) => sql`${sql.raw(`w${i}`)} AS (${p})`))} SELECT 1`.execute(
+    db,
+  )
 }
 
-const isTelemetry = (r: Row): r is Of<'measurement'> | Reject => r.kind === 'measurement' || r.kind === 'reject'
+const isTelemetry = (r: Row): r is Of<'measurement'> | Reject =>
+  r.kind === 'measurement' || r.kind === 'reject'
 
 /** The batch writer's statements, with OTA's writes for the rows that are OTA's. */
 export function createStore(reports: DeviceReports) {
@@ -67,10 +73,15 @@ export function createStore(reports: DeviceReports) {
      * Writes several spooled batches in one transaction, skipping those an earlier replay already
      * committed: one round trip for many small batches spooled during an outage.
      */
-    async writeSpooled(db: Kysely<DB>, batches: ReadonlyArray<{ id: string; rows: readonly Row[] }>): Promise<number> {
+    async writeSpooled(
+      db: Kysely<DB>,
+      batches: ReadonlyArray<{ id: string; rows: readonly Row[] }>,
+    ): Promise<number> {
       return db.transaction().execute(async (tx) => {
         const claimed = await sql<{ id: string }>`
-          INSERT INTO ingest_spool_batches (id) SELECT unnest(${batches.map((b) => b.id)}::uuid[]) ON CONFLICT DO NOTHING RETURNING id`.execute(tx)
+          INSERT INTO ingest_spool_batches (id) SELECT unnest(${batches.map((b) => b.id)}::uuid[]) ON CONFLICT DO NOTHING RETURNING id`.execute(
+          tx,
+        )
         const fresh = new Set(claimed.rows.map((r) => r.id))
         const rows = batches.filter((b) => fresh.has(b.id)).flatMap((b) => b.rows)
         if (rows.length > 0) await writeRows(tx, rows)
@@ -82,7 +93,11 @@ export function createStore(reports: DeviceReports) {
      * Writes rows one by one, each under its own savepoint, and returns those PostgreSQL refused.
      * Used only after a batch failed on bad data, to keep the good rows and reject the poisoned ones.
      */
-    async writeIsolated(db: Kysely<DB>, rows: readonly Row[], batchId?: string): Promise<Array<{ row: Row; error: Error }>> {
+    async writeIsolated(
+      db: Kysely<DB>,
+      rows: readonly Row[],
+      batchId?: string,
+    ): Promise<Array<{ row: Row; error: Error }>> {
       const failed: Array<{ row: Row; error: Error }> = []
       await db.transaction().execute(async (tx) => {
         if (batchId !== undefined && !(await claimBatch(tx, batchId))) return
@@ -110,7 +125,10 @@ export type Store = ReturnType<typeof createStore>
  * replay already committed it (the crash came between COMMIT and deleting the spool segment).
  */
 async function claimBatch(tx: Tx, batchId: string): Promise<boolean> {
-  const r = await sql`INSERT INTO ingest_spool_batches (id) VALUES (${batchId}::uuid) ON CONFLICT DO NOTHING RETURNING id`.execute(tx)
+  const r =
+    await sql`INSERT INTO ingest_spool_batches (id) VALUES (${batchId}::uuid) ON CONFLICT DO NOTHING RETURNING id`.execute(
+      tx,
+    )
   return r.rows.length === 1
 }
 
@@ -138,7 +156,9 @@ function rememberKeysSql(rows: readonly Row[]) {
   if (last.size === 0) return undefined
   // Sorted: two batches written at the same time then lock conflicting slots in the same order and
   // one waits for the other instead of deadlocking.
-  const list = [...last.values()].sort((a, b) => (a.key.clientId < b.key.clientId ? -1 : a.key.clientId > b.key.clientId ? 1 : a.slot - b.slot))
+  const list = [...last.values()].sort((a, b) =>
+    a.key.clientId < b.key.clientId ? -1 : a.key.clientId > b.key.clientId ? 1 : a.slot - b.slot,
+  )
   return sql`
     INSERT INTO ingest_dedup (client_id, slot, message_id, digest)
     SELECT * FROM unnest(${textArray(list.map((e) => e.key.clientId))}::text[], ${intArray(list.map((e) => e.slot))}::int2[],
@@ -147,7 +167,11 @@ function rememberKeysSql(rows: readonly Row[]) {
 }
 
 /** The most recent message ids (and digests) of a client that reached the database, newest last. */
-export async function recentKeys(db: Kysely<DB>, clientId: string, limit: number): Promise<Array<{ messageId: number; digest: string }>> {
+export async function recentKeys(
+  db: Kysely<DB>,
+  clientId: string,
+  limit: number,
+): Promise<Array<{ messageId: number; digest: string }>> {
   const r = await sql<{ message_id: number; digest: string }>`
     SELECT message_id, digest FROM (
       SELECT message_id, digest, seen_at FROM ingest_dedup WHERE client_id = ${clientId} ORDER BY seen_at DESC LIMIT ${limit}
@@ -197,8 +221,20 @@ const ECOFLOW_COLUMN = /^[a-z0-9_]+$/
 async function insertEcoflow(tx: Tx, rows: Of<'ecoflow'>[]): Promise<void> {
   for (const r of rows) {
     const cols = Object.keys(r.columns).filter((c) => ECOFLOW_COLUMN.test(c))
-    const names = sql.join([sql.ref('device_sn'), sql.ref('ts'), sql.ref('model'), sql.ref('raw'), ...cols.map((c) => sql.ref(c))])
-    const values = sql.join([sql`${r.deviceSn}`, sql`${r.ts}`, sql`${r.model}`, sql`${r.raw}::jsonb`, ...cols.map((c) => sql`${r.columns[c]}`)])
+    const names = sql.join([
+      sql.ref('device_sn'),
+      sql.ref('ts'),
+      sql.ref('model'),
+      sql.ref('raw'),
+      ...cols.map((c) => sql.ref(c)),
+    ])
+    const values = sql.join([
+      sql`${r.deviceSn}`,
+      sql`${r.ts}`,
+      sql`${r.model}`,
+      sql`${r.raw}::jsonb`,
+      ...cols.map((c) => sql`${r.columns[c]}`),
+    ])
     await sql`INSERT INTO ecoflow_measurements (${names}) VALUES (${values})`.execute(tx)
   }
 }
@@ -211,7 +247,9 @@ async function upsertConfigs(tx: Tx, rows: Of<'config'>[]): Promise<void> {
     INSERT INTO edge_device_configs (site_id, device_id, config, updated_at)
     SELECT * FROM unnest(${list.map((r) => r.siteId)}::text[], ${list.map((r) => r.deviceId)}::text[],
       ${list.map((r) => r.config)}::jsonb[], ${list.map((r) => r.receivedAt)}::timestamptz[])
-    ON CONFLICT (site_id, device_id) DO UPDATE SET config = EXCLUDED.config, updated_at = EXCLUDED.updated_at`.execute(tx)
+    ON CONFLICT (site_id, device_id) DO UPDATE SET config = EXCLUDED.config, updated_at = EXCLUDED.updated_at`.execute(
+    tx,
+  )
 }
 
 function insertRejectsSql(rows: Reject[]) {

@@ -1,7 +1,11 @@
 /** What a topic means to ingest. Names follow the old `{site_id}/{system}/{device_id}/{topic_type}` scheme. */
 export type Route =
   | { type: 'data'; siteId: string; system: string; deviceId: string }
-  | { type: 'status' | 'config' | 'ota_status' | 'ota_progress' | 'ota_result'; siteId: string; deviceId: string }
+  | {
+      type: 'status' | 'config' | 'ota_status' | 'ota_progress' | 'ota_result'
+      siteId: string
+      deviceId: string
+    }
   /** The legacy flat Ruuvi topic `paku/ruuvi/van_inside` (docs/compatibility.md, "Legacy flat Ruuvi payloads"). */
   | { type: 'legacy_ruuvi'; siteId: string; sensorId: string }
 
@@ -35,7 +39,9 @@ export function parseTopic(topic: string): TopicResult {
 
   if (last === 'data') {
     if (levels.length !== 4) {
-      return reject(`data topic must be {site}/{system}/{device}/data (4 levels), got ${levels.length}`)
+      return reject(
+        `data topic must be {site}/{system}/{device}/data (4 levels), got ${levels.length}`,
+      )
     }
     return checked(levels, { type: 'data', siteId: site, system, deviceId: device })
   }
@@ -49,7 +55,11 @@ export function parseTopic(topic: string): TopicResult {
     if (levels[3] === 'ota' && levels.length === 5) {
       const sub = levels[4] as string
       if (Object.hasOwn(OTA_TYPES, sub)) {
-        return checked(levels.slice(0, 3), { type: OTA_TYPES[sub as keyof typeof OTA_TYPES], siteId: site, deviceId: device })
+        return checked(levels.slice(0, 3), {
+          type: OTA_TYPES[sub as keyof typeof OTA_TYPES],
+          siteId: site,
+          deviceId: device,
+        })
       }
       return reject(`unknown OTA topic ota/${sub}: expected ota/status, ota/progress or ota/result`)
     }
@@ -94,7 +104,8 @@ function checked(idLevels: readonly string[], route: Route): TopicResult {
   for (let i = 0; i < idLevels.length; i++) {
     const level = idLevels[i] as string
     if (level === '') return reject(`topic level ${i + 1} is empty`)
-    if (level.length > MAX_LEVEL_LENGTH) return reject(`topic level ${i + 1} is longer than ${MAX_LEVEL_LENGTH} characters`)
+    if (level.length > MAX_LEVEL_LENGTH)
+      return reject(`topic level ${i + 1} is longer than ${MAX_LEVEL_LENGTH} characters`)
     if (CONTROL.test(level)) return reject(`topic level ${i + 1} contains a control character`)
   }
   return { kind: 'route', route }

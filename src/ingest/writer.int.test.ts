@@ -5,7 +5,13 @@ import { join } from 'node:path'
 import { describe, it, type TestContext } from 'node:test'
 import { Kysely, PostgresDialect } from 'kysely'
 import pg from 'pg'
-import { defer, eventually, sqlClient, testDatabase, testLogger } from '../../scripts/test-helpers.js'
+import {
+  defer,
+  eventually,
+  sqlClient,
+  testDatabase,
+  testLogger,
+} from '../../scripts/test-helpers.js'
 import { sqlDir } from '../assets.js'
 import { migrate, readSqlDir, type DB } from '../db/index.js'
 import type { Reject, Row } from './records.js'
@@ -30,25 +36,50 @@ async function database(t: Parameters<typeof testDatabase>[0], max = 2) {
 }
 
 const measurement = (deviceId: string, ts = new Date()): Row => ({
-  kind: 'measurement', siteId: 'paku', system: 'sensors', deviceId, location: null, mac: null, ts, metrics: '{"t":1}',
+  kind: 'measurement',
+  siteId: 'paku',
+  system: 'sensors',
+  deviceId,
+  location: null,
+  mac: null,
+  ts,
+  metrics: '{"t":1}',
 })
 
 const toReject = (row: Row, reason: string): Reject => ({
-  kind: 'reject', topic: `(row of ${row.kind})`, clientId: null, deviceId: 'deviceId' in row ? row.deviceId : null,
-  reason, payload: Buffer.from(JSON.stringify(row)), payloadBytes: 1, receivedAt: new Date(),
+  kind: 'reject',
+  topic: `(row of ${row.kind})`,
+  clientId: null,
+  deviceId: 'deviceId' in row ? row.deviceId : null,
+  reason,
+  payload: Buffer.from(JSON.stringify(row)),
+  payloadBytes: 1,
+  receivedAt: new Date(),
 })
 
 describe('batch writer', () => {
   it('isolates a row PostgreSQL refuses, rejects it with the reason and writes the rest of the batch', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
+    const writer = createWriter({
+      store,
+      db: () => db,
+      log: testLogger(),
+      batchSize: 100,
+      flushIntervalMs: 10_000,
+      maxPendingRows: 1000,
+      toReject,
+    })
     // Year -10000 is a valid JavaScript Date but older than timestamptz's 4713 BC: SQLSTATE 22008.
     const poisoned = new Date(Date.UTC(-10000, 0, 1))
-    for (const row of [measurement('a'), measurement('b', poisoned), measurement('c')]) void writer.push(row)
+    for (const row of [measurement('a'), measurement('b', poisoned), measurement('c')])
+      void writer.push(row)
     await writer.flush()
     const sql = await sqlClient(t, url)
     const { rows } = await sql.query('SELECT device_id FROM measurements ORDER BY device_id')
-    assert.deepEqual(rows.map((r) => r.device_id), ['a', 'c'])
+    assert.deepEqual(
+      rows.map((r) => r.device_id),
+      ['a', 'c'],
+    )
     const rejects = await sql.query('SELECT device_id, reason FROM ingest_rejects')
     assert.equal(rejects.rows.length, 1)
     assert.equal(rejects.rows[0].device_id, 'b')
@@ -60,11 +91,30 @@ describe('batch writer', () => {
   it('keeps rows while the database is unreachable and writes them once it is back', async (t) => {
     const { url, db } = await database(t)
     let broken = true
-    const bad = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: 'postgres://x:y@127.0.0.1:1/none', connectionTimeoutMillis: 200 }) }) })
+    const bad = new Kysely<DB>({
+      dialect: new PostgresDialect({
+        pool: new pg.Pool({
+          connectionString: 'postgres://x:y@127.0.0.1:1/none',
+          connectionTimeoutMillis: 200,
+        }),
+      }),
+    })
     defer(t, () => bad.destroy())
     const logged: string[] = []
-    const log = { ...testLogger(), error: (m: string) => logged.push(`error ${m}`), info: (m: string) => logged.push(`info ${m}`) }
-    const writer = createWriter({ store, db: () => (broken ? bad : db), log, batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
+    const log = {
+      ...testLogger(),
+      error: (m: string) => logged.push(`error ${m}`),
+      info: (m: string) => logged.push(`info ${m}`),
+    }
+    const writer = createWriter({
+      store,
+      db: () => (broken ? bad : db),
+      log,
+      batchSize: 100,
+      flushIntervalMs: 10_000,
+      maxPendingRows: 1000,
+      toReject,
+    })
     for (const id of ['a', 'b']) void writer.push(measurement(id))
     await writer.flush()
     await writer.flush()
@@ -77,63 +127,147 @@ describe('batch writer', () => {
     const sql = await sqlClient(t, url)
     assert.equal((await sql.query('SELECT 1 FROM measurements')).rowCount, 2)
     // Only the transitions are logged, not every retry.
-    assert.deepEqual(logged, ['error database writes failing; keeping rows in memory and retrying', 'info database writes recovered'])
+    assert.deepEqual(logged, [
+      'error database writes failing; keeping rows in memory and retrying',
+      'info database writes recovered',
+    ])
   })
 
   it('stores metrics exactly, whatever their strings hold (newlines, quotes, backslashes, braces, non-ASCII)', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
-    const docs = [{ note: 'a\nb\r\n"q" \\ {x,y} ü 🙂', n: 1 }, { note: '', n: 2, list: ['\n', '","'] }, { n: 3 }]
+    const writer = createWriter({
+      store,
+      db: () => db,
+      log: testLogger(),
+      batchSize: 100,
+      flushIntervalMs: 10_000,
+      maxPendingRows: 1000,
+      toReject,
+    })
+    const docs = [
+      { note: 'a\nb\r\n"q" \\ {x,y} ü 🙂', n: 1 },
+      { note: '', n: 2, list: ['\n', '","'] },
+      { n: 3 },
+    ]
     for (const [i, d] of docs.entries()) {
-      void writer.push({ kind: 'measurement', siteId: 'paku', system: 'sensors', deviceId: `m${i}`, location: null, mac: null, ts: new Date(), metrics: JSON.stringify(d) })
+      void writer.push({
+        kind: 'measurement',
+        siteId: 'paku',
+        system: 'sensors',
+        deviceId: `m${i}`,
+        location: null,
+        mac: null,
+        ts: new Date(),
+        metrics: JSON.stringify(d),
+      })
     }
     await writer.flush()
     const sql = await sqlClient(t, url)
     const { rows } = await sql.query('SELECT metrics FROM measurements ORDER BY device_id')
-    assert.deepEqual(rows.map((r) => r.metrics), docs)
+    assert.deepEqual(
+      rows.map((r) => r.metrics),
+      docs,
+    )
   })
 
   it('stores every column exactly: hostile text and NULLs in each, timestamps to the millisecond from 1 BC to 9999', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
+    const writer = createWriter({
+      store,
+      db: () => db,
+      log: testLogger(),
+      batchSize: 100,
+      flushIntervalMs: 10_000,
+      maxPendingRows: 1000,
+      toReject,
+    })
     const text = ['', 'NULL', 'a"b', 'back\\slash', '{x,y}', ' sp ', 'ü 🙂', 'line\nbreak']
     const times = [
-      '2026-12-05T10:43:10.383Z', '1970-01-01T00:00:00.000Z', '1969-12-31T23:59:59.999Z', '1900-02-28T12:00:00.001Z',
-      '9999-12-31T23:59:59.999Z', '0000-06-15T08:30:00.250Z', '2255-06-01T00:00:00.007Z', '4321-01-01T00:00:00.999Z',
+      '2026-12-05T10:43:10.383Z',
+      '1970-01-01T00:00:00.000Z',
+      '1969-12-31T23:59:59.999Z',
+      '1900-02-28T12:00:00.001Z',
+      '9999-12-31T23:59:59.999Z',
+      '0000-06-15T08:30:00.250Z',
+      '2255-06-01T00:00:00.007Z',
+      '4321-01-01T00:00:00.999Z',
     ].map((s) => new Date(s))
     const rows = text.map((s, i): Row => ({
-      kind: 'measurement', siteId: `site${s}`, system: `sys${s}`, deviceId: `${i}${s}`, location: i % 2 === 0 ? s : null,
-      mac: i % 3 === 0 ? null : s, ts: times[i] as Date, metrics: '{}',
+      kind: 'measurement',
+      siteId: `site${s}`,
+      system: `sys${s}`,
+      deviceId: `${i}${s}`,
+      location: i % 2 === 0 ? s : null,
+      mac: i % 3 === 0 ? null : s,
+      ts: times[i] as Date,
+      metrics: '{}',
     }))
     for (const row of rows) void writer.push(row)
     await writer.flush()
     const sql = await sqlClient(t, url)
     // Epoch milliseconds as text: exact for any year, with no time zone or date formatting in between.
-    const got = await sql.query(`SELECT site_id, system, device_id, location, mac, trim_scale(extract(epoch FROM ts) * 1000)::text AS ms
+    const got =
+      await sql.query(`SELECT site_id, system, device_id, location, mac, trim_scale(extract(epoch FROM ts) * 1000)::text AS ms
       FROM measurements ORDER BY id`)
-    assert.deepEqual(got.rows, rows.map((r) => r.kind === 'measurement' && {
-      site_id: r.siteId, system: r.system, device_id: r.deviceId, location: r.location, mac: r.mac, ms: String(r.ts.getTime()),
-    }))
+    assert.deepEqual(
+      got.rows,
+      rows.map(
+        (r) =>
+          r.kind === 'measurement' && {
+            site_id: r.siteId,
+            system: r.system,
+            device_id: r.deviceId,
+            location: r.location,
+            mac: r.mac,
+            ms: String(r.ts.getTime()),
+          },
+      ),
+    )
   })
 
   it('remembers one QoS 1 id per slot: ids 1,024 apart in one batch keep the newer, and the batch is written', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 1000, toReject })
-    const keyed = (messageId: number, digest: string): Row => ({ ...measurement('esp'), dedup: { clientId: 'ESP32-A', messageId, digest } })
+    const writer = createWriter({
+      store,
+      db: () => db,
+      log: testLogger(),
+      batchSize: 100,
+      flushIntervalMs: 10_000,
+      maxPendingRows: 1000,
+      toReject,
+    })
+    const keyed = (messageId: number, digest: string): Row => ({
+      ...measurement('esp'),
+      dedup: { clientId: 'ESP32-A', messageId, digest },
+    })
     // 5 and 1029 share slot 5: an upsert of both in one statement fails in PostgreSQL ("cannot affect row a second time").
-    for (const row of [keyed(5, 'old'), keyed(6, 'six'), keyed(1029, 'new')]) void writer.push(row, true)
+    for (const row of [keyed(5, 'old'), keyed(6, 'six'), keyed(1029, 'new')])
+      void writer.push(row, true)
     await writer.flush()
     // PostgreSQL's refusal is SQLSTATE 21000, not a row's fault: the batch would fail on every retry.
     assert.equal(writer.stats().failedFlushes, 0)
     const sql = await sqlClient(t, url)
-    const { rows } = await sql.query(`SELECT slot, message_id, digest FROM ingest_dedup WHERE client_id = 'ESP32-A' ORDER BY slot`)
-    assert.deepEqual(rows, [{ slot: 5, message_id: 1029, digest: 'new' }, { slot: 6, message_id: 6, digest: 'six' }])
+    const { rows } = await sql.query(
+      `SELECT slot, message_id, digest FROM ingest_dedup WHERE client_id = 'ESP32-A' ORDER BY slot`,
+    )
+    assert.deepEqual(rows, [
+      { slot: 5, message_id: 1029, digest: 'new' },
+      { slot: 6, message_id: 6, digest: 'six' },
+    ])
     assert.equal((await sql.query('SELECT 1 FROM measurements')).rowCount, 3)
   })
 
   it('drops and counts rows beyond maxPendingRows instead of growing without bound', async (t) => {
     const { db } = await database(t)
-    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 10_000, maxPendingRows: 3, toReject })
+    const writer = createWriter({
+      store,
+      db: () => db,
+      log: testLogger(),
+      batchSize: 100,
+      flushIntervalMs: 10_000,
+      maxPendingRows: 3,
+      toReject,
+    })
     const accepted = ['a', 'b', 'c', 'd', 'e'].map((id) => writer.push(measurement(id)))
     assert.deepEqual(accepted, [undefined, undefined, undefined, false, false])
     assert.equal(writer.stats().dropped, 2)
@@ -157,7 +291,11 @@ describe('commit window', () => {
     }
     assert.equal(delays[0], 0, 'the first fast row commits at once: the rate is not known yet')
     const opened = at - 59
-    assert.equal(w.delay(at), Math.max(0, opened + 20 - at), 'measured from the first row that waits')
+    assert.equal(
+      w.delay(at),
+      Math.max(0, opened + 20 - at),
+      'measured from the first row that waits',
+    )
     const w2 = createCommitWindow(20)
     for (let i = 0; i < 60; i++) w2.arrived(1000 + i, i === 50)
     assert.equal(w2.delay(1055), 15, 'a row arriving later does not move the end')
@@ -170,7 +308,17 @@ describe('commit window', () => {
     const { db } = await database(t)
     let clock = 1_000_000
     t.mock.timers.enable({ apis: ['setTimeout'] })
-    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 1000, flushIntervalMs: 60_000, maxPendingRows: 10_000, toReject, commitWindowMs, now: () => clock })
+    const writer = createWriter({
+      store,
+      db: () => db,
+      log: testLogger(),
+      batchSize: 1000,
+      flushIntervalMs: 60_000,
+      maxPendingRows: 10_000,
+      toReject,
+      commitWindowMs,
+      now: () => clock,
+    })
     writer.start()
     defer(t, () => writer.stop())
     const advance = (ms: number) => {
@@ -178,25 +326,36 @@ describe('commit window', () => {
       t.mock.timers.tick(ms)
     }
     // Warm the rate estimate: 50 rows a millisecond apart (one commit, started by a timer due now).
-    const warm = Array.from({ length: 50 }, (_, i) => writer.push(measurement(`w${i}`), true) as Promise<void>)
+    const warm = Array.from(
+      { length: 50 },
+      (_, i) => writer.push(measurement(`w${i}`), true) as Promise<void>,
+    )
     for (let i = 0; i < 50; i++) clock += 1
     advance(0)
     await Promise.all(warm)
-    return { writer, advance, push: (id: string) => writer.push(measurement(id), true) as Promise<void> }
+    return {
+      writer,
+      advance,
+      push: (id: string) => writer.push(measurement(id), true) as Promise<void>,
+    }
   }
 
-  it('gathers the QoS 1 rows of a window into one commit, ending it at the first row plus the window', { timeout: 20_000 }, async (t) => {
-    const { writer, advance, push } = await windowed(t, 30)
-    const before = writer.stats().flushes
-    const first = [push('a'), push('b')]
-    advance(20)
-    const later = [push('c')]
-    advance(9)
-    // The window ends 30 ms after "a", however long rows keep arriving.
-    advance(1)
-    await Promise.all([...first, ...later])
-    assert.equal(writer.stats().flushes - before, 1, 'a, b and c share one commit')
-  })
+  it(
+    'gathers the QoS 1 rows of a window into one commit, ending it at the first row plus the window',
+    { timeout: 20_000 },
+    async (t) => {
+      const { writer, advance, push } = await windowed(t, 30)
+      const before = writer.stats().flushes
+      const first = [push('a'), push('b')]
+      advance(20)
+      const later = [push('c')]
+      advance(9)
+      // The window ends 30 ms after "a", however long rows keep arriving.
+      advance(1)
+      await Promise.all([...first, ...later])
+      assert.equal(writer.stats().flushes - before, 1, 'a, b and c share one commit')
+    },
+  )
 
   it('without a window, rows of different turns go in different commits (the control)', async (t) => {
     const { writer, advance, push } = await windowed(t, 0)
@@ -214,7 +373,16 @@ describe('commit window', () => {
 describe('batch writer backpressure', () => {
   it('asks QoS 0 producers to wait from highWaterRows pending rows on, and lets them go at half', async (t) => {
     const { db } = await database(t)
-    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 4, flushIntervalMs: 60_000, maxPendingRows: 100, highWaterRows: 10, toReject })
+    const writer = createWriter({
+      store,
+      db: () => db,
+      log: testLogger(),
+      batchSize: 4,
+      flushIntervalMs: 60_000,
+      maxPendingRows: 100,
+      highWaterRows: 10,
+      toReject,
+    })
     writer.start()
     defer(t, () => writer.stop())
     for (let i = 0; i < 9; i++) void writer.push(measurement(`r${i}`))
@@ -230,9 +398,25 @@ describe('batch writer backpressure', () => {
   })
 
   it('does not hold producers back while writes fail (the spool or the drop counter takes over)', async (t) => {
-    const bad = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: 'postgres://nobody@127.0.0.1:1/none', connectionTimeoutMillis: 200 }) }) })
+    const bad = new Kysely<DB>({
+      dialect: new PostgresDialect({
+        pool: new pg.Pool({
+          connectionString: 'postgres://nobody@127.0.0.1:1/none',
+          connectionTimeoutMillis: 200,
+        }),
+      }),
+    })
     defer(t, () => bad.destroy())
-    const writer = createWriter({ store, db: () => bad, log: testLogger(), batchSize: 2, flushIntervalMs: 60_000, maxPendingRows: 100, highWaterRows: 3, toReject })
+    const writer = createWriter({
+      store,
+      db: () => bad,
+      log: testLogger(),
+      batchSize: 2,
+      flushIntervalMs: 60_000,
+      maxPendingRows: 100,
+      highWaterRows: 3,
+      toReject,
+    })
     writer.start()
     defer(t, () => writer.stop(0))
     for (let i = 0; i < 3; i++) void writer.push(measurement(`f${i}`))
@@ -257,7 +441,15 @@ describe('batch writer concurrency', () => {
   }
 
   const status = (deviceId: string): Row => ({
-    kind: 'status', siteId: 'paku', deviceId, status: '{"online":true}', ts: new Date(), receivedAt: new Date(), online: true, model: null, firmware: null,
+    kind: 'status',
+    siteId: 'paku',
+    deviceId,
+    status: '{"online":true}',
+    ts: new Date(),
+    receivedAt: new Date(),
+    online: true,
+    model: null,
+    firmware: null,
   })
 
   /** Holds the measurements table (SHARE lock: every INSERT waits) until release() commits. */
@@ -269,7 +461,12 @@ describe('batch writer concurrency', () => {
   }
 
   /** Backends of this database waiting for a lock, once `n` of them are (or the deadline passes). */
-  async function waitingInserts(url: string, t: Parameters<typeof testDatabase>[0], n: number, ms = 5000): Promise<number[]> {
+  async function waitingInserts(
+    url: string,
+    t: Parameters<typeof testDatabase>[0],
+    n: number,
+    ms = 5000,
+  ): Promise<number[]> {
     const sql = await sqlClient(t, url)
     const until = Date.now() + ms
     for (;;) {
@@ -283,7 +480,15 @@ describe('batch writer concurrency', () => {
 
   it('counts each committed batch in the duration histogram, one held inside PostgreSQL above 0.25 s', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 10, flushIntervalMs: 60_000, maxPendingRows: 100, toReject })
+    const writer = createWriter({
+      store,
+      db: () => db,
+      log: testLogger(),
+      batchSize: 10,
+      flushIntervalMs: 60_000,
+      maxPendingRows: 100,
+      toReject,
+    })
     writer.start()
     defer(t, () => writer.stop())
     await durable(writer, measurement('quick'))
@@ -297,15 +502,27 @@ describe('batch writer concurrency', () => {
     assert.equal(h.count, 2)
     assert.equal(h.count, writer.stats().flushes)
     /** Batches that took at most `le` seconds (the histogram's cumulative bucket). */
-    const upTo = (le: number) => h.counts.slice(0, h.bounds.indexOf(le) + 1).reduce((a, b) => a + b, 0)
-    assert.ok(upTo(0.25) <= 1, 'the batch that waited 0.3 s for the lock is not in the 0.25 s bucket')
+    const upTo = (le: number) =>
+      h.counts.slice(0, h.bounds.indexOf(le) + 1).reduce((a, b) => a + b, 0)
+    assert.ok(
+      upTo(0.25) <= 1,
+      'the batch that waited 0.3 s for the lock is not in the 0.25 s bucket',
+    )
     assert.equal(upTo(10), 2)
     assert.ok(h.sum >= 0.3 && h.sum < 10, `sum ${h.sum} s`)
   })
 
   it('is busy while a fifth of a batch or more waits to be durable, and not once it is written', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 10, flushIntervalMs: 60_000, maxPendingRows: 100, toReject })
+    const writer = createWriter({
+      store,
+      db: () => db,
+      log: testLogger(),
+      batchSize: 10,
+      flushIntervalMs: 60_000,
+      maxPendingRows: 100,
+      toReject,
+    })
     writer.start()
     defer(t, () => writer.stop())
     assert.equal(writer.busy, false, 'idle')
@@ -322,7 +539,15 @@ describe('batch writer concurrency', () => {
 
   it('stays busy for a second after a burst-sized batch, so a queue that runs dry for a moment is not the end of the burst', async (t) => {
     const { db } = await database(t)
-    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 10, flushIntervalMs: 60_000, maxPendingRows: 100, toReject })
+    const writer = createWriter({
+      store,
+      db: () => db,
+      log: testLogger(),
+      batchSize: 10,
+      flushIntervalMs: 60_000,
+      maxPendingRows: 100,
+      toReject,
+    })
     writer.start()
     defer(t, () => writer.stop())
     // Five rows at once: the flushes take them two and three at a time, a fifth of a batch (2 of 10) or more.
@@ -332,38 +557,77 @@ describe('batch writer concurrency', () => {
     const emptiedAt = performance.now()
     assert.equal(writer.stats().pending, 0)
     assert.equal(writer.busy, true, 'nothing waits, but a burst-sized batch was taken just now')
-    await eventually(async () => !writer.busy, { timeoutMs: 3000, what: 'the writer no longer busy' })
+    await eventually(async () => !writer.busy, {
+      timeoutMs: 3000,
+      what: 'the writer no longer busy',
+    })
     const idleAt = performance.now()
     // The last such batch started after the pushes and before the queue emptied: a second from then.
-    assert.ok(idleAt - pushedAt >= 1000, `busy until ${Math.round(idleAt - pushedAt)} ms after the pushes`)
-    assert.ok(idleAt - emptiedAt < 1500, `busy for ${Math.round(idleAt - emptiedAt)} ms after the queue emptied`)
+    assert.ok(
+      idleAt - pushedAt >= 1000,
+      `busy until ${Math.round(idleAt - pushedAt)} ms after the pushes`,
+    )
+    assert.ok(
+      idleAt - emptiedAt < 1500,
+      `busy for ${Math.round(idleAt - emptiedAt)} ms after the queue emptied`,
+    )
   })
 
   it('writes the rows a full batch left behind at once when nothing more arrived (a burst that ended), not after the flush interval', async (t) => {
     const { db } = await database(t)
-    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 60_000, maxPendingRows: 1000, toReject })
+    const writer = createWriter({
+      store,
+      db: () => db,
+      log: testLogger(),
+      batchSize: 100,
+      flushIntervalMs: 60_000,
+      maxPendingRows: 1000,
+      toReject,
+    })
     writer.start()
     defer(t, () => writer.stop())
     // QoS 0 rows (no producer waiting): the 100th starts a full batch; 50 are left behind it.
     for (let i = 0; i < 150; i++) assert.equal(writer.push(measurement(`d${i}`)), undefined)
-    await eventually(async () => writer.stats().written === 150, { timeoutMs: 5000, what: 'all 150 written long before the 60 s flush interval' })
+    await eventually(async () => writer.stats().written === 150, {
+      timeoutMs: 5000,
+      what: 'all 150 written long before the 60 s flush interval',
+    })
     assert.equal(writer.stats().flushes, 2)
   })
 
   it('keeps gathering the rows behind a full batch while more arrive during its write (the burst goes on)', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 100, flushIntervalMs: 60_000, maxPendingRows: 1000, toReject })
+    const writer = createWriter({
+      store,
+      db: () => db,
+      log: testLogger(),
+      batchSize: 100,
+      flushIntervalMs: 60_000,
+      maxPendingRows: 1000,
+      toReject,
+    })
     writer.start()
     defer(t, () => writer.stop())
     const lock = await blockInserts(t, url)
     for (let i = 0; i < 150; i++) void writer.push(measurement(`d${i}`))
-    assert.equal((await waitingInserts(url, t, 1)).length, 1, 'the full batch waits inside PostgreSQL')
+    assert.equal(
+      (await waitingInserts(url, t, 1)).length,
+      1,
+      'the full batch waits inside PostgreSQL',
+    )
     void writer.push(measurement('late'))
     await lock.release()
-    await eventually(async () => writer.stats().written >= 100, { timeoutMs: 5000, what: 'the full batch written' })
+    await eventually(async () => writer.stats().written >= 100, {
+      timeoutMs: 5000,
+      what: 'the full batch written',
+    })
     assert.equal(writer.stats().written, 100)
     await new Promise((r) => setTimeout(r, 500))
-    assert.equal(writer.stats().written, 100, 'the 51 behind it wait for more rows or the flush interval')
+    assert.equal(
+      writer.stats().written,
+      100,
+      'the 51 behind it wait for more rows or the flush interval',
+    )
     assert.equal(writer.stats().pending, 51)
     await writer.flush()
     assert.equal(writer.stats().written, 151)
@@ -371,7 +635,16 @@ describe('batch writer concurrency', () => {
 
   it('writes two telemetry batches at the same time, each on its own connection', async (t) => {
     const { url, db } = await database(t, 4)
-    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 2, flushIntervalMs: 60_000, concurrency: 2, maxPendingRows: 100, toReject })
+    const writer = createWriter({
+      store,
+      db: () => db,
+      log: testLogger(),
+      batchSize: 2,
+      flushIntervalMs: 60_000,
+      concurrency: 2,
+      maxPendingRows: 100,
+      toReject,
+    })
     writer.start()
     defer(t, () => writer.stop())
     const lock = await blockInserts(t, url)
@@ -379,14 +652,21 @@ describe('batch writer concurrency', () => {
     // Two batches of two wait inside PostgreSQL; the fifth row waits for a free writer.
     assert.equal((await waitingInserts(url, t, 2)).length, 2)
     await new Promise((r) => setTimeout(r, 200))
-    assert.equal((await waitingInserts(url, t, 3, 0)).length, 2, 'no more than concurrency batches at once')
+    assert.equal(
+      (await waitingInserts(url, t, 3, 0)).length,
+      2,
+      'no more than concurrency batches at once',
+    )
     assert.equal(writer.stats().pending, 5)
     assert.equal(writer.stats().waiting, 5)
     await lock.release()
     await Promise.all(acks)
     const sql = await sqlClient(t, url)
     const { rows } = await sql.query('SELECT device_id FROM measurements ORDER BY device_id')
-    assert.deepEqual(rows.map((r) => r.device_id), ['a', 'b', 'c', 'd', 'e'])
+    assert.deepEqual(
+      rows.map((r) => r.device_id),
+      ['a', 'b', 'c', 'd', 'e'],
+    )
     assert.equal(writer.stats().pending, 0)
     assert.equal(writer.stats().waiting, 0)
   })
@@ -394,7 +674,16 @@ describe('batch writer concurrency', () => {
   it('writes a batch with a status row alone, after the telemetry before it', async (t) => {
     const { url, db } = await database(t, 4)
     // batchSize 10: the first flush starts once two rows (a fifth of a batch) wait.
-    const writer = createWriter({ store, db: () => db, log: testLogger(), batchSize: 10, flushIntervalMs: 60_000, concurrency: 2, maxPendingRows: 100, toReject })
+    const writer = createWriter({
+      store,
+      db: () => db,
+      log: testLogger(),
+      batchSize: 10,
+      flushIntervalMs: 60_000,
+      concurrency: 2,
+      maxPendingRows: 100,
+      toReject,
+    })
     writer.start()
     defer(t, () => writer.stop())
     const lock = await blockInserts(t, url)
@@ -404,7 +693,11 @@ describe('batch writer concurrency', () => {
     await new Promise((r) => setTimeout(r, 300))
     const sql = await sqlClient(t, url)
     // The status batch would not wait for the measurements lock: had it started, its row would be there.
-    assert.equal((await sql.query('SELECT 1 FROM edge_device_status')).rowCount, 0, 'status batch did not start beside the telemetry one')
+    assert.equal(
+      (await sql.query('SELECT 1 FROM edge_device_status')).rowCount,
+      0,
+      'status batch did not start beside the telemetry one',
+    )
     assert.equal((await waitingInserts(url, t, 2, 0)).length, 1)
     await lock.release()
     await Promise.all([...first, ...later])
@@ -418,7 +711,17 @@ describe('batch writer concurrency', () => {
     defer(t, () => rmSync(dir, { recursive: true, force: true }))
     const spool = createSpool({ dir, maxBytes: 1 << 20, log: testLogger() })
     spool.open()
-    const writer = createWriter({ store, db: () => db, log: testLogger(), spool, batchSize: 3, flushIntervalMs: 50, concurrency: 2, maxPendingRows: 100, toReject })
+    const writer = createWriter({
+      store,
+      db: () => db,
+      log: testLogger(),
+      spool,
+      batchSize: 3,
+      flushIntervalMs: 50,
+      concurrency: 2,
+      maxPendingRows: 100,
+      toReject,
+    })
     writer.start()
     defer(t, () => writer.stop())
     const lock = await blockInserts(t, url)
@@ -430,16 +733,23 @@ describe('batch writer concurrency', () => {
     // from there) while the other batch still waits, and commits once the lock is gone.
     const admin = await sqlClient(t, url)
     await admin.query('SELECT pg_terminate_backend($1)', [pids[0]])
-    for (let i = 0; writer.stats().spooled === 0 && i < 200; i++) await new Promise((r) => setTimeout(r, 25))
+    for (let i = 0; writer.stats().spooled === 0 && i < 200; i++)
+      await new Promise((r) => setTimeout(r, 25))
     assert.ok(writer.stats().spooled > 0, 'the failed batch was spooled')
     assert.equal((await waitingInserts(url, t, 1, 0)).length, 1, 'the other batch still waits')
     await lock.release()
     await Promise.all(acks)
     // Then the spooled batch is replayed once the database answers again.
     const until = Date.now() + 10_000
-    while ((writer.degraded || writer.stats().pending > 0) && Date.now() < until) await new Promise((r) => setTimeout(r, 50))
-    const { rows } = await admin.query('SELECT device_id, count(*)::int AS n FROM measurements GROUP BY device_id ORDER BY device_id')
-    assert.deepEqual(rows, ids.map((id) => ({ device_id: id, n: 1 })))
+    while ((writer.degraded || writer.stats().pending > 0) && Date.now() < until)
+      await new Promise((r) => setTimeout(r, 50))
+    const { rows } = await admin.query(
+      'SELECT device_id, count(*)::int AS n FROM measurements GROUP BY device_id ORDER BY device_id',
+    )
+    assert.deepEqual(
+      rows,
+      ids.map((id) => ({ device_id: id, n: 1 })),
+    )
     assert.equal(writer.stats().dropped, 0)
   })
 })

@@ -66,7 +66,12 @@ const BUSY_HOLD_MS = 1000
 const FLUSH_BOUNDS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
 /** Rows taken from the queue together, with the acknowledgements of those whose producer waits. */
-type Batch = { rows: Row[]; acks: Array<(() => void) | undefined>; durable: number; ordered: number }
+type Batch = {
+  rows: Row[]
+  acks: Array<(() => void) | undefined>
+  durable: number
+  ordered: number
+}
 
 /** Measurements and rejects may be written in any order; every other kind keeps arrival order. */
 const unordered = (row: Row) => row.kind === 'measurement' || row.kind === 'reject'
@@ -126,7 +131,15 @@ export function createWriter(opts: WriterOptions) {
     room?.release()
     room = undefined
   }
-  const stats = { written: 0, spooled: 0, replayed: 0, dropped: 0, flushes: 0, failedFlushes: 0, lastFlushMs: 0 }
+  const stats = {
+    written: 0,
+    spooled: 0,
+    replayed: 0,
+    dropped: 0,
+    flushes: 0,
+    failedFlushes: 0,
+    lastFlushMs: 0,
+  }
   /** How long the committed batch writes took, in seconds. */
   const flushDurations = createHistogram(FLUSH_BOUNDS_S)
 
@@ -144,7 +157,8 @@ export function createWriter(opts: WriterOptions) {
     timer.unref?.()
   }
 
-  const backoff = () => Math.min(MAX_BACKOFF_MS, Math.max(100, opts.flushIntervalMs) * 2 ** Math.min(failures - 1, 16))
+  const backoff = () =>
+    Math.min(MAX_BACKOFF_MS, Math.max(100, opts.flushIntervalMs) * 2 ** Math.min(failures - 1, 16))
 
   /** Takes the oldest pending rows (at most one batch) out of the queue. */
   function take(): Batch {
@@ -187,7 +201,11 @@ export function createWriter(opts: WriterOptions) {
     if (failures > 0) {
       // Acknowledge waiting producers from the spool now; try the database when the backoff ends.
       const untilRetry = Math.max(0, retryAt - Date.now())
-      return spool && pendingDurable > 0 && !spoolFull ? 0 : spool && pending.length > 0 ? Math.min(opts.flushIntervalMs, untilRetry) : untilRetry
+      return spool && pendingDurable > 0 && !spoolFull
+        ? 0
+        : spool && pending.length > 0
+          ? Math.min(opts.flushIntervalMs, untilRetry)
+          : untilRetry
     }
     if (spool && !spool.empty) return 0
     if (backlogEnded) return 0
@@ -198,7 +216,14 @@ export function createWriter(opts: WriterOptions) {
   /** Whether one more flush may start now, beside those in progress. */
   function mayStart(): boolean {
     if (steps.size === 0) return true
-    return steps.size < concurrency && !exclusive && failures === 0 && (!spool || spool.empty) && pending.length > 0 && pendingOrdered === 0
+    return (
+      steps.size < concurrency &&
+      !exclusive &&
+      failures === 0 &&
+      (!spool || spool.empty) &&
+      pending.length > 0 &&
+      pendingOrdered === 0
+    )
   }
 
   /** Starts one step (replay, spool or write); resolves when it is done, never rejects. */
@@ -255,7 +280,8 @@ export function createWriter(opts: WriterOptions) {
       done(batch)
       // The rows a full batch left behind, with nothing new arriving while it was written, are the end
       // of a backlog (a burst that is over): the flush interval would gather nothing more for them.
-      if (batch.rows.length === opts.batchSize && arrivals === arrivedBefore && pending.length > 0) backlogEnded = true
+      if (batch.rows.length === opts.batchSize && arrivals === arrivedBefore && pending.length > 0)
+        backlogEnded = true
     } catch (err) {
       putBack(batch)
       failed(err)
@@ -270,10 +296,15 @@ export function createWriter(opts: WriterOptions) {
     } catch (err) {
       if (!isDataError(err)) throw err
       const failedRows = await opts.store.writeIsolated(opts.db(), batch, batchId)
-      const rejects = failedRows.map((f) => opts.toReject(f.row, `database refused the row: ${f.error.message}`))
+      const rejects = failedRows.map((f) =>
+        opts.toReject(f.row, `database refused the row: ${f.error.message}`),
+      )
       if (rejects.length > 0) {
         await opts.store.writeBatch(opts.db(), rejects)
-        log.warn('rows refused by the database', { count: rejects.length, reason: rejects[0]?.reason })
+        log.warn('rows refused by the database', {
+          count: rejects.length,
+          reason: rejects[0]?.reason,
+        })
       }
     }
   }
@@ -297,7 +328,10 @@ export function createWriter(opts: WriterOptions) {
         }
         if (!ok) {
           putBack(batch)
-          if (!spoolFull) log.error('spool full: no longer acknowledging QoS 1/2 until the database is back', { bytes: spool.bytes })
+          if (!spoolFull)
+            log.error('spool full: no longer acknowledging QoS 1/2 until the database is back', {
+              bytes: spool.bytes,
+            })
           spoolFull = true
           return
         }
@@ -346,16 +380,25 @@ export function createWriter(opts: WriterOptions) {
     retryAt = Date.now() + backoff()
     if (!failingSince) {
       failingSince = new Date()
-      log.error(spool ? 'database writes failing; spooling to disk and retrying' : 'database writes failing; keeping rows in memory and retrying', {
-        err: errorText(err),
-        pending: queued(),
-      })
+      log.error(
+        spool
+          ? 'database writes failing; spooling to disk and retrying'
+          : 'database writes failing; keeping rows in memory and retrying',
+        {
+          err: errorText(err),
+          pending: queued(),
+        },
+      )
     }
   }
 
   function recovered() {
     if (failingSince) {
-      log.info('database writes recovered', { failedForMs: Date.now() - failingSince.getTime(), retries: failures, spoolBytes: spool?.bytes ?? 0 })
+      log.info('database writes recovered', {
+        failedForMs: Date.now() - failingSince.getTime(),
+        retries: failures,
+        spoolBytes: spool?.bytes ?? 0,
+      })
     }
     failures = 0
     failingSince = undefined
@@ -369,7 +412,10 @@ export function createWriter(opts: WriterOptions) {
     push(row: Row, durable = false): Promise<void> | undefined | false {
       if (!durable && queued() >= opts.maxPendingRows) {
         stats.dropped++
-        if (droppedSinceLog++ === 0) log.error('pending rows at the limit; dropping new QoS 0 rows', { limit: opts.maxPendingRows })
+        if (droppedSinceLog++ === 0)
+          log.error('pending rows at the limit; dropping new QoS 0 rows', {
+            limit: opts.maxPendingRows,
+          })
         return false
       }
       droppedSinceLog = 0
@@ -380,7 +426,8 @@ export function createWriter(opts: WriterOptions) {
         pendingAcks.push(undefined)
         if (pending.length === opts.batchSize && failures === 0 && mayStart()) schedule(0)
         // A flush in progress reschedules itself when it ends; otherwise make sure a timer is armed.
-        else if (!timer && steps.size === 0) schedule(failures > 0 ? Math.max(0, retryAt - Date.now()) : opts.flushIntervalMs)
+        else if (!timer && steps.size === 0)
+          schedule(failures > 0 ? Math.max(0, retryAt - Date.now()) : opts.flushIntervalMs)
         return undefined
       }
       window.arrived(now(), pendingDurable === 0)
@@ -435,7 +482,10 @@ export function createWriter(opts: WriterOptions) {
       clearTimeout(timer)
       const until = Date.now() + deadlineMs
       await Promise.all(steps)
-      while ((pending.length > 0 || (spool && !spool.empty && failures === 0)) && Date.now() < until) {
+      while (
+        (pending.length > 0 || (spool && !spool.empty && failures === 0)) &&
+        Date.now() < until
+      ) {
         const before = stats.written + stats.spooled + stats.replayed
         await start()
         if (stats.written + stats.spooled + stats.replayed === before) {
@@ -520,7 +570,10 @@ export function createCommitWindow(windowMs: number) {
 }
 
 /** Consecutive batches grouped up to about `size` rows each, order kept. */
-function groupBatches<B extends { rows: readonly unknown[] }>(batches: readonly B[], size: number): B[][] {
+function groupBatches<B extends { rows: readonly unknown[] }>(
+  batches: readonly B[],
+  size: number,
+): B[][] {
   const groups: B[][] = []
   let current: B[] = []
   let rows = 0

@@ -22,7 +22,12 @@ export type LoggerOptions = {
 }
 
 const RANK: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 }
-const COLOR: Record<string, string> = { debug: '\x1b[90m', info: '\x1b[36m', warn: '\x1b[33m', error: '\x1b[31m' }
+const COLOR: Record<string, string> = {
+  debug: '\x1b[90m',
+  info: '\x1b[36m',
+  warn: '\x1b[33m',
+  error: '\x1b[31m',
+}
 
 /**
  * JSON lines when stdout is not a terminal (systemd's journal, CI), short coloured lines otherwise.
@@ -30,10 +35,16 @@ const COLOR: Record<string, string> = { debug: '\x1b[90m', info: '\x1b[36m', war
  */
 export function createLogger(opts: LoggerOptions, ns = 'paku'): Logger {
   const write = opts.write ?? ((line: string) => process.stdout.write(line + '\n'))
-  const pretty = opts.format === 'pretty' || (opts.format === 'auto' && (opts.isTTY ?? process.stdout.isTTY === true))
+  const pretty =
+    opts.format === 'pretty' ||
+    (opts.format === 'auto' && (opts.isTTY ?? process.stdout.isTTY === true))
   const threshold = RANK[opts.levels?.[ns] ?? opts.level]
 
-  const emit = (level: Exclude<LogLevel, 'silent'>, msg: string, fields?: Fields | (() => Fields)) => {
+  const emit = (
+    level: Exclude<LogLevel, 'silent'>,
+    msg: string,
+    fields?: Fields | (() => Fields),
+  ) => {
     if (RANK[level] < threshold) return
     const f = typeof fields === 'function' ? fields() : fields
     if (pretty) {

@@ -21,5 +21,7 @@ describe('parseRange', () => {
     ['bytes=abc-def', undefined],
     ['bytes=99999999999999999999-', 'unsatisfiable'],
   ]
-  for (const [header, want] of table) it(`${JSON.stringify(header)} → ${JSON.stringify(want)}`, () => assert.deepEqual(parseRange(header, size), want))
+  for (const [header, want] of table)
+    it(`${JSON.stringify(header)} → ${JSON.stringify(want)}`, () =>
+      assert.deepEqual(parseRange(header, size), want))
 })

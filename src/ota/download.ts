@@ -10,7 +10,10 @@ export type ByteRange = { start: number; end: number }
  * esp_https_ota and curl -C send); anything else is ignored and the whole image is served, which
  * the RFC allows. 'unsatisfiable' becomes 416.
  */
-export function parseRange(header: string | undefined, size: number): ByteRange | 'unsatisfiable' | undefined {
+export function parseRange(
+  header: string | undefined,
+  size: number,
+): ByteRange | 'unsatisfiable' | undefined {
   if (!header) return undefined
   const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim())
   if (!m) return undefined
@@ -35,7 +38,12 @@ export type ImageReader = (offset: number, length: number) => Promise<Buffer>
  * HTTPUpdate speaks HTTP/1.0 and refuses an unknown size), the old service's headers, x-MD5 for
  * Update.setMD5, an ETag for If-None-Match, and 206 for Range so esp_https_ota can resume.
  */
-export function imageResponse(req: { method: string; header(name: string): string | undefined }, release: Release, read: ImageReader, onServed?: (bytes: number, partial: boolean) => void): Response {
+export function imageResponse(
+  req: { method: string; header(name: string): string | undefined },
+  release: Release,
+  read: ImageReader,
+  onServed?: (bytes: number, partial: boolean) => void,
+): Response {
   const etag = `"${release.checksum_sha256}"`
   const size = release.file_size
   const headers = new Headers({
@@ -50,12 +58,16 @@ export function imageResponse(req: { method: string; header(name: string): strin
   })
   if (release.checksum_md5) headers.set('x-md5', release.checksum_md5)
   const inm = req.header('if-none-match')
-  if (inm && (inm.trim() === '*' || inm.split(',').some((t) => t.trim().replace(/^W\//, '') === etag))) {
+  if (
+    inm &&
+    (inm.trim() === '*' || inm.split(',').some((t) => t.trim().replace(/^W\//, '') === etag))
+  ) {
     return new Response(null, { status: 304, headers })
   }
   // If-Range: resume only when the image is still the one the client has half of.
   const ifRange = req.header('if-range')
-  const range = ifRange && ifRange.trim() !== etag ? undefined : parseRange(req.header('range'), size)
+  const range =
+    ifRange && ifRange.trim() !== etag ? undefined : parseRange(req.header('range'), size)
   if (range === 'unsatisfiable') {
     headers.set('content-range', `bytes */${size}`)
     headers.set('content-length', '0')
@@ -74,7 +86,10 @@ export function imageResponse(req: { method: string; header(name: string): strin
       async pull(controller) {
         const n = Math.min(CHUNK_BYTES, end + 1 - offset)
         const chunk = await read(offset, n)
-        if (chunk.length !== n) throw new Error(`firmware image shorter than its recorded size (${release.device_model} ${release.version})`)
+        if (chunk.length !== n)
+          throw new Error(
+            `firmware image shorter than its recorded size (${release.device_model} ${release.version})`,
+          )
         offset += n
         controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength))
         if (offset > end) {

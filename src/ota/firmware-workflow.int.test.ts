@@ -11,7 +11,14 @@ import { join } from 'node:path'
 import { describe, it, type TestContext } from 'node:test'
 import { promisify } from 'node:util'
 import { parse } from 'yaml'
-import { defer, eventually, sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
+import {
+  defer,
+  eventually,
+  sqlClient,
+  startApp,
+  testConfig,
+  testDatabase,
+} from '../../scripts/test-helpers.js'
 import { createKey } from '../http/index.js'
 import { espImage } from '../../scripts/test-support/esp-image.js'
 import { PushDevice } from '../../scripts/test-support/ota-devices.js'
@@ -32,7 +39,10 @@ async function steps(): Promise<Map<string, string>> {
 
 async function setup(t: TestContext) {
   const databaseUrl = await testDatabase(t)
-  const s = await startApp(t, testConfig({ databaseUrl, http: { adminApiKey: KEY }, ota: { rolloutTickSeconds: 1 } }))
+  const s = await startApp(
+    t,
+    testConfig({ databaseUrl, http: { adminApiKey: KEY }, ota: { rolloutTickSeconds: 1 } }),
+  )
   const db = await sqlClient(t, databaseUrl)
   const dir = await mkdtemp(join(tmpdir(), 'paku-ci-'))
   defer(t, () => rm(dir, { recursive: true, force: true }))
@@ -45,7 +55,22 @@ async function setup(t: TestContext) {
     assert.ok(script, `workflow has no step ${id}`)
     const output = join(dir, `out-${id}-${Math.random()}`)
     await writeFile(output, '')
-    const base = { PATH: process.env.PATH ?? '', HOME: dir, PAKU_URL: s.httpUrl, PAKU_API_KEY: ciKey, DEVICE_MODEL: MODEL, DEVICE_FAMILY: '', STRATEGY: 'full', TEST_DEVICES: '', RELEASE_NOTES: 'CI build', WAIT_MINUTES: '0', RUN_ID: '42-1', GITHUB_OUTPUT: output, GITHUB_ENV: join(dir, 'env'), POLL_SECONDS: '1' }
+    const base = {
+      PATH: process.env.PATH ?? '',
+      HOME: dir,
+      PAKU_URL: s.httpUrl,
+      PAKU_API_KEY: ciKey,
+      DEVICE_MODEL: MODEL,
+      DEVICE_FAMILY: '',
+      STRATEGY: 'full',
+      TEST_DEVICES: '',
+      RELEASE_NOTES: 'CI build',
+      WAIT_MINUTES: '0',
+      RUN_ID: '42-1',
+      GITHUB_OUTPUT: output,
+      GITHUB_ENV: join(dir, 'env'),
+      POLL_SECONDS: '1',
+    }
     let code = 0
     let text = ''
     try {
@@ -56,7 +81,12 @@ async function setup(t: TestContext) {
       code = e.code
       text = e.stdout + e.stderr
     }
-    const outputs = Object.fromEntries((await readFile(output, 'utf8')).split('\n').filter(Boolean).map((l) => l.split('=', 2) as [string, string]))
+    const outputs = Object.fromEntries(
+      (await readFile(output, 'utf8'))
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => l.split('=', 2) as [string, string]),
+    )
     return { code, text, outputs }
   }
   return { ...s, db, dir, step }
@@ -75,26 +105,78 @@ describe('the firmware CI workflow against paku', () => {
     const up = await s.step('upload', env)
     assert.equal(up.code, 0, up.text)
     assert.match(up.text, /uploaded 1\.4\.2 [0-9a-f]{64}/)
-    assert.equal((await s.db.query('SELECT release_notes FROM firmware_releases WHERE version = $1', ['1.4.2'])).rows[0].release_notes, 'CI build')
+    assert.equal(
+      (
+        await s.db.query('SELECT release_notes FROM firmware_releases WHERE version = $1', [
+          '1.4.2',
+        ])
+      ).rows[0].release_notes,
+      'CI build',
+    )
     const full = await s.step('rollout', { ...env, STRATEGY: 'full' })
     assert.equal(full.code, 0, full.text)
-    const r1 = (await s.db.query('SELECT name, target_type, target_filter FROM rollout_configurations WHERE id = $1', [full.outputs.id])).rows[0]
-    assert.deepEqual(r1, { name: `${MODEL}-1.4.2-full-42-1`, target_type: 'all', target_filter: null })
+    const r1 = (
+      await s.db.query(
+        'SELECT name, target_type, target_filter FROM rollout_configurations WHERE id = $1',
+        [full.outputs.id],
+      )
+    ).rows[0]
+    assert.deepEqual(r1, {
+      name: `${MODEL}-1.4.2-full-42-1`,
+      target_type: 'all',
+      target_filter: null,
+    })
 
     // A re-run of the same tag: the release is reused, not uploaded again.
     const again = await s.step('check', env)
     assert.equal(again.code, 0, again.text)
     assert.equal(again.outputs.exists, 'true')
-    const staged = await s.step('rollout', { ...env, STRATEGY: 'staged', RUN_ID: '43-1', DEVICE_FAMILY: 'lilygo-t-display-s3' })
+    const staged = await s.step('rollout', {
+      ...env,
+      STRATEGY: 'staged',
+      RUN_ID: '43-1',
+      DEVICE_FAMILY: 'lilygo-t-display-s3',
+    })
     assert.equal(staged.code, 0, staged.text)
-    const r2 = (await s.db.query('SELECT stages, auto_advance, error_threshold_percent, target_filter FROM rollout_configurations WHERE id = $1', [staged.outputs.id])).rows[0]
-    assert.deepEqual(r2, { stages: [10, 25, 50, 100], auto_advance: true, error_threshold_percent: 20, target_filter: { device_models: ['lilygo-t-display-s3'] } })
-    const single = await s.step('rollout', { ...env, STRATEGY: 'single-device', TEST_DEVICES: 'ESP32-A, ESP32-B', RUN_ID: '44-1' })
+    const r2 = (
+      await s.db.query(
+        'SELECT stages, auto_advance, error_threshold_percent, target_filter FROM rollout_configurations WHERE id = $1',
+        [staged.outputs.id],
+      )
+    ).rows[0]
+    assert.deepEqual(r2, {
+      stages: [10, 25, 50, 100],
+      auto_advance: true,
+      error_threshold_percent: 20,
+      target_filter: { device_models: ['lilygo-t-display-s3'] },
+    })
+    const single = await s.step('rollout', {
+      ...env,
+      STRATEGY: 'single-device',
+      TEST_DEVICES: 'ESP32-A, ESP32-B',
+      RUN_ID: '44-1',
+    })
     assert.equal(single.code, 0, single.text)
-    assert.deepEqual((await s.db.query('SELECT target_type, target_filter FROM rollout_configurations WHERE id = $1', [single.outputs.id])).rows[0], { target_type: 'specific', target_filter: { device_ids: ['ESP32-A', 'ESP32-B'] } })
+    assert.deepEqual(
+      (
+        await s.db.query(
+          'SELECT target_type, target_filter FROM rollout_configurations WHERE id = $1',
+          [single.outputs.id],
+        )
+      ).rows[0],
+      { target_type: 'specific', target_filter: { device_ids: ['ESP32-A', 'ESP32-B'] } },
+    )
     const canary = await s.step('rollout', { ...env, STRATEGY: 'canary-25', RUN_ID: '45-1' })
     assert.equal(canary.code, 0, canary.text)
-    assert.deepEqual((await s.db.query('SELECT target_type, rollout_percentage FROM rollout_configurations WHERE id = $1', [canary.outputs.id])).rows[0], { target_type: 'canary', rollout_percentage: 25 })
+    assert.deepEqual(
+      (
+        await s.db.query(
+          'SELECT target_type, rollout_percentage FROM rollout_configurations WHERE id = $1',
+          [canary.outputs.id],
+        )
+      ).rows[0],
+      { target_type: 'canary', rollout_percentage: 25 },
+    )
 
     // The same tag with other bytes: the check fails loudly instead of overwriting (or deleting) the release.
     await writeFile(fw, espImage({ size: 50_000 }))
@@ -134,13 +216,25 @@ describe('the firmware CI workflow against paku', () => {
     const s = await setup(t)
     const fw = join(s.dir, 'firmware.bin')
     await writeFile(fw, espImage({ size: 5000 }))
-    const good = new PushDevice({ mqttUrl: s.mqttUrl, id: 'ESP32-CI000001', model: MODEL, version: '1.4.1' })
+    const good = new PushDevice({
+      mqttUrl: s.mqttUrl,
+      id: 'ESP32-CI000001',
+      model: MODEL,
+      version: '1.4.1',
+    })
     await good.connect()
     defer(t, () => good.disconnect())
-    await eventually(async () => (await s.db.query(`SELECT 1 FROM devices WHERE device_id = 'ESP32-CI000001'`)).rowCount)
+    await eventually(
+      async () =>
+        (await s.db.query(`SELECT 1 FROM devices WHERE device_id = 'ESP32-CI000001'`)).rowCount,
+    )
     const env = { VERSION: '1.4.2', FIRMWARE: fw, WAIT_MINUTES: '1' }
     assert.equal((await s.step('upload', env)).code, 0)
-    const r = await s.step('rollout', { ...env, STRATEGY: 'single-device', TEST_DEVICES: 'ESP32-CI000001' })
+    const r = await s.step('rollout', {
+      ...env,
+      STRATEGY: 'single-device',
+      TEST_DEVICES: 'ESP32-CI000001',
+    })
     assert.equal(r.code, 0, r.text)
     const waited = await s.step('wait', { ...env, ROLLOUT_ID: r.outputs.id as string })
     assert.equal(waited.code, 0, waited.text)
@@ -148,11 +242,28 @@ describe('the firmware CI workflow against paku', () => {
     assert.equal(good.version, '1.4.2')
 
     await writeFile(fw, espImage({ size: 5000 }))
-    const bad = new PushDevice({ mqttUrl: s.mqttUrl, id: 'ESP32-CI000002', model: MODEL, version: '1.4.2', failWith: { code: 8, message: 'Insufficient space' } })
+    const bad = new PushDevice({
+      mqttUrl: s.mqttUrl,
+      id: 'ESP32-CI000002',
+      model: MODEL,
+      version: '1.4.2',
+      failWith: { code: 8, message: 'Insufficient space' },
+    })
     await bad.connect()
     defer(t, () => bad.disconnect())
     assert.equal((await s.step('upload', { ...env, VERSION: '1.4.3' })).code, 0)
-    const fails = await fetch(`${s.httpUrl}/api/admin/rollouts`, { method: 'POST', headers: { 'x-api-key': KEY, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'will-pause', firmware_version: '1.4.3', device_model: MODEL, target_type: 'specific', target_device_ids: ['ESP32-CI000002'], error_threshold: { count: 1 } }) })
+    const fails = await fetch(`${s.httpUrl}/api/admin/rollouts`, {
+      method: 'POST',
+      headers: { 'x-api-key': KEY, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        name: 'will-pause',
+        firmware_version: '1.4.3',
+        device_model: MODEL,
+        target_type: 'specific',
+        target_device_ids: ['ESP32-CI000002'],
+        error_threshold: { count: 1 },
+      }),
+    })
     const id = ((await fails.json()) as { id: number }).id
     const paused = await s.step('wait', { ...env, ROLLOUT_ID: String(id) })
     assert.notEqual(paused.code, 0)

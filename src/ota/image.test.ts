@@ -23,13 +23,20 @@ describe('inspectImage', () => {
     assert.equal(info.app, undefined)
   })
   it('drops control characters a crafted header carries', () => {
-    const info = inspectImage(espImage({ size: 1024, chipId: 0, version: '1.0\u001b[31m', project: 'x' }), 1 << 20)
+    const info = inspectImage(
+      espImage({ size: 1024, chipId: 0, version: '1.0\u001b[31m', project: 'x' }),
+      1 << 20,
+    )
     assert.ok(!('error' in info))
     assert.equal(info.app?.version, '1.0[31m')
   })
   const hostile: Array<[string, Uint8Array, RegExp]> = [
     ['empty', new Uint8Array(0), /empty/],
-    ['wrong magic (an ELF file)', Buffer.concat([Buffer.from('\u007fELF'), Buffer.alloc(100)]), /first byte is 0x7f.*0xe9/],
+    [
+      'wrong magic (an ELF file)',
+      Buffer.concat([Buffer.from('\u007fELF'), Buffer.alloc(100)]),
+      /first byte is 0x7f.*0xe9/,
+    ],
     ['wrong magic (zeros)', new Uint8Array(4096), /first byte is 0x00/],
     ['too short for a header', Uint8Array.from([0xe9, 1, 2, 3]), /too short/],
     ['zero segments', Uint8Array.from([0xe9, 0, ...new Array(40).fill(0)]), /0 segments/],

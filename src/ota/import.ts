@@ -13,9 +13,17 @@ export type ImportResult = { imported: string[]; missing: string[]; mismatched: 
  */
 export async function importFirmwareDir(db: Db, dir: string): Promise<ImportResult> {
   const root = resolve(dir)
-  const rows = await sql<{ id: string; file_path: string; checksum_sha256: string; device_model: string; version: string }>`
+  const rows = await sql<{
+    id: string
+    file_path: string
+    checksum_sha256: string
+    device_model: string
+    version: string
+  }>`
     SELECT f.id::text AS id, f.file_path, f.checksum_sha256, f.device_model, f.version FROM firmware_releases f
-    WHERE NOT EXISTS (SELECT 1 FROM firmware_images i WHERE i.release_id = f.id) ORDER BY f.id`.execute(db)
+    WHERE NOT EXISTS (SELECT 1 FROM firmware_images i WHERE i.release_id = f.id) ORDER BY f.id`.execute(
+    db,
+  )
   const out: ImportResult = { imported: [], missing: [], mismatched: [] }
   for (const r of rows.rows) {
     const label = `${r.device_model} ${r.version}`
@@ -39,8 +47,12 @@ export async function importFirmwareDir(db: Db, dir: string): Promise<ImportResu
     }
     const md5 = createHash('md5').update(data).digest('hex')
     await db.transaction().execute(async (tx) => {
-      await sql`INSERT INTO firmware_images (release_id, data) VALUES (${r.id}::bigint, ${data}) ON CONFLICT DO NOTHING`.execute(tx)
-      await sql`UPDATE firmware_releases SET checksum_md5 = COALESCE(checksum_md5, ${md5}), file_size = ${data.length} WHERE id = ${r.id}::bigint`.execute(tx)
+      await sql`INSERT INTO firmware_images (release_id, data) VALUES (${r.id}::bigint, ${data}) ON CONFLICT DO NOTHING`.execute(
+        tx,
+      )
+      await sql`UPDATE firmware_releases SET checksum_md5 = COALESCE(checksum_md5, ${md5}), file_size = ${data.length} WHERE id = ${r.id}::bigint`.execute(
+        tx,
+      )
     })
     out.imported.push(label)
   }

@@ -24,7 +24,14 @@ import {
 } from './rollouts.js'
 import { createOtaRoutes } from './routes.js'
 import { importFirmwareDir } from './import.js'
-import { gauges, getRelease, insertEvent, recordUpdateStatus, type Db, type Release } from './store.js'
+import {
+  gauges,
+  getRelease,
+  insertEvent,
+  recordUpdateStatus,
+  type Db,
+  type Release,
+} from './store.js'
 import { reportedPercent } from './reports.js'
 
 export { importFirmwareDir }
@@ -32,13 +39,30 @@ export { createPullToken, deletePullToken, PULL_TOKEN_PREFIX } from './pull-toke
 export { writeOtaReport, writeStatusReports, type OtaReport, type StatusReport } from './reports.js'
 
 /** A pull (HTTPUpdate) check-in; `verified`: it carried the device's pull token. */
-export type PullRequest = { deviceId: string; model: string; version: string | null; sha256?: string | undefined; md5?: string | undefined; freeSpace?: number | undefined; verified: boolean }
+export type PullRequest = {
+  deviceId: string
+  model: string
+  version: string | null
+  sha256?: string | undefined
+  md5?: string | undefined
+  freeSpace?: number | undefined
+  verified: boolean
+}
 /** An old-style /check; `verified`: it carried the device's pull token. */
 export type CheckRequest = { deviceId: string; model: string; current: string; verified: boolean }
 
 /** What ingest saw from a device, handed over by app.ts (subsystems never import each other). */
-export type DeviceStatusEvent = { deviceId: string; model: string | null; firmware: string | null; online: boolean }
-export type DeviceReportEvent = { deviceId: string; sub: 'status' | 'progress' | 'result'; payload: Record<string, unknown> }
+export type DeviceStatusEvent = {
+  deviceId: string
+  model: string | null
+  firmware: string | null
+  online: boolean
+}
+export type DeviceReportEvent = {
+  deviceId: string
+  sub: 'status' | 'progress' | 'result'
+  payload: Record<string, unknown>
+}
 
 export type OtaOptions = {
   config: Config['ota']
@@ -73,7 +97,14 @@ export type OtaCounters = {
  * devices"). Idle/Checking say nothing new; Failed waits for the ota/result that follows it (it carries
  * the reason; a lost one times out).
  */
-const PROGRESS: Record<string, DeviceState> = { downloading: 'downloading', verifying: 'installing', installing: 'installing', complete: 'installed', 'rolled back': 'failed', rolled_back: 'failed' }
+const PROGRESS: Record<string, DeviceState> = {
+  downloading: 'downloading',
+  verifying: 'installing',
+  installing: 'installing',
+  complete: 'installed',
+  'rolled back': 'failed',
+  rolled_back: 'failed',
+}
 const TICK_SOON_MS = 1000
 /** A status after the result that still names the old version this soon may predate the reboot. */
 const REBOOT_GRACE_MS = 15_000
@@ -87,7 +118,19 @@ export function createOta(opts: OtaOptions) {
   const leads = opts.leads ?? (() => true)
   const { config, log } = opts
   const now = opts.now ?? Date.now
-  const counters: OtaCounters = { uploads: 0, uploadsRejected: 0, downloads: 0, downloadsPartial: 0, downloadBytes: 0, pullChecks: 0, pullServed: 0, commandsSent: 0, updatesSucceeded: 0, updatesFailed: 0, updatesUnverified: 0 }
+  const counters: OtaCounters = {
+    uploads: 0,
+    uploadsRejected: 0,
+    downloads: 0,
+    downloadsPartial: 0,
+    downloadBytes: 0,
+    pullChecks: 0,
+    pullServed: 0,
+    commandsSent: 0,
+    updatesSucceeded: 0,
+    updatesFailed: 0,
+    updatesUnverified: 0,
+  }
   let chain: Promise<void> = Promise.resolve()
   let timer: NodeJS.Timeout | undefined
   let soon: NodeJS.Timeout | undefined
@@ -127,8 +170,16 @@ export function createOta(opts: OtaOptions) {
    * ota/status, downloads the URL and checks the image against `checksum` (the release's SHA-256; an empty
    * one skips its check).
    */
-  async function notify(r: Pick<Rollout, 'id' | 'device_model' | 'firmware_version'>, checksum: string | null | undefined, deviceId: string): Promise<void> {
-    const payload = JSON.stringify({ url: downloadUrl(r.device_model, r.firmware_version), version: r.firmware_version, checksum: checksum ?? '' })
+  async function notify(
+    r: Pick<Rollout, 'id' | 'device_model' | 'firmware_version'>,
+    checksum: string | null | undefined,
+    deviceId: string,
+  ): Promise<void> {
+    const payload = JSON.stringify({
+      url: downloadUrl(r.device_model, r.firmware_version),
+      version: r.firmware_version,
+      checksum: checksum ?? '',
+    })
     await opts.publish(`paku/edge/${deviceId}/cmd/ota`, payload, { qos: 1, retain: false })
     await markNotified(opts.db(), r.id, deviceId)
     counters.commandsSent++
@@ -139,10 +190,16 @@ export function createOta(opts: OtaOptions) {
     for (const id of ids ?? (await liveRolloutIds(db))) {
       const result = await tickRollout(db, id, config.inProgressTimeoutMinutes)
       if (!result) continue
-      for (const change of result.changes) log.info('rollout', { rollout: result.rollout.name, change })
+      for (const change of result.changes)
+        log.info('rollout', { rollout: result.rollout.name, change })
       if (result.toNotify.length === 0) continue
-      const release = await getRelease(db, result.rollout.device_model, result.rollout.firmware_version)
-      for (const d of result.toNotify) await notify(result.rollout, release?.checksum_sha256, d.deviceId)
+      const release = await getRelease(
+        db,
+        result.rollout.device_model,
+        result.rollout.firmware_version,
+      )
+      for (const d of result.toNotify)
+        await notify(result.rollout, release?.checksum_sha256, d.deviceId)
     }
     tracked = await trackedDevices(db)
   }
@@ -160,7 +217,12 @@ export function createOta(opts: OtaOptions) {
     soon.unref()
   }
 
-  async function recordOutcome(a: Pick<OpenAction, 'rollout_id' | 'device_id' | 'state' | 'firmware_version'>, to: DeviceState, detail: string | null, percent?: number | null): Promise<boolean> {
+  async function recordOutcome(
+    a: Pick<OpenAction, 'rollout_id' | 'device_id' | 'state' | 'firmware_version'>,
+    to: DeviceState,
+    detail: string | null,
+    percent?: number | null,
+  ): Promise<boolean> {
     const changed = await advanceDevice(opts.db(), a, to, detail, percent)
     if (changed && (to === 'failed' || to === 'succeeded')) {
       if (!changed.verified) counters.updatesUnverified++
@@ -171,10 +233,28 @@ export function createOta(opts: OtaOptions) {
   }
 
   /** Ends a polling device's action (and its device_update_status row) through the queue, then re-judges the rollout. */
-  function finishPolled(r: Rollout, row: { state: DeviceState }, deviceId: string, to: 'succeeded' | 'failed', detail: string): Promise<void> {
-    const action = { rollout_id: r.id, device_id: deviceId, state: row.state, firmware_version: r.firmware_version }
+  function finishPolled(
+    r: Rollout,
+    row: { state: DeviceState },
+    deviceId: string,
+    to: 'succeeded' | 'failed',
+    detail: string,
+  ): Promise<void> {
+    const action = {
+      rollout_id: r.id,
+      device_id: deviceId,
+      state: row.state,
+      firmware_version: r.firmware_version,
+    }
     return enqueue(async () => {
-      if (await recordOutcome(action, to, detail)) await recordUpdateStatus(opts.db(), deviceId, r.firmware_version, to === 'succeeded' ? 'success' : 'failed', to === 'failed' ? detail : null)
+      if (await recordOutcome(action, to, detail))
+        await recordUpdateStatus(
+          opts.db(),
+          deviceId,
+          r.firmware_version,
+          to === 'succeeded' ? 'success' : 'failed',
+          to === 'failed' ? detail : null,
+        )
       await tick([r.id])
     })
   }
@@ -192,20 +272,46 @@ export function createOta(opts: OtaOptions) {
       const touched = new Set<string>()
       for (const a of await openActions(db, e.deviceId)) {
         if (e.firmware !== null && e.firmware === a.firmware_version) {
-          if (await recordOutcome(a, 'succeeded', 'reported the new version')) touched.add(a.rollout_id)
-        } else if (a.state === 'installed' && e.firmware !== null && now() - a.updated_at.getTime() > REBOOT_GRACE_MS) {
-          if (await recordOutcome(a, 'failed', `rolled back: runs ${e.firmware} after installing ${a.firmware_version}`)) {
-            await recordUpdateStatus(db, e.deviceId, a.firmware_version, 'rolled_back', `device runs ${e.firmware}`)
+          if (await recordOutcome(a, 'succeeded', 'reported the new version'))
+            touched.add(a.rollout_id)
+        } else if (
+          a.state === 'installed' &&
+          e.firmware !== null &&
+          now() - a.updated_at.getTime() > REBOOT_GRACE_MS
+        ) {
+          if (
+            await recordOutcome(
+              a,
+              'failed',
+              `rolled back: runs ${e.firmware} after installing ${a.firmware_version}`,
+            )
+          ) {
+            await recordUpdateStatus(
+              db,
+              e.deviceId,
+              a.firmware_version,
+              'rolled_back',
+              `device runs ${e.firmware}`,
+            )
             touched.add(a.rollout_id)
           }
         } else if (
           (a.state === 'pending' || a.state === 'notified') &&
           a.rollout_status === 'running' &&
           e.online &&
-          (a.notified_at === null || now() - a.notified_at.getTime() >= config.renotifySeconds * 1000)
+          (a.notified_at === null ||
+            now() - a.notified_at.getTime() >= config.renotifySeconds * 1000)
         ) {
           // Devices subscribe with clean sessions: a command sent while they slept is gone; send it again now they are awake.
-          await notify({ id: a.rollout_id, device_model: a.device_model, firmware_version: a.firmware_version }, a.checksum_sha256, e.deviceId).catch((err: unknown) => {
+          await notify(
+            {
+              id: a.rollout_id,
+              device_model: a.device_model,
+              firmware_version: a.firmware_version,
+            },
+            a.checksum_sha256,
+            e.deviceId,
+          ).catch((err: unknown) => {
             log.warn('cmd/ota not sent', { deviceId: e.deviceId, err: errorText(err) })
           })
         }
@@ -219,7 +325,12 @@ export function createOta(opts: OtaOptions) {
     if (!running) return
     void enqueue(async () => {
       const p = e.payload
-      const target = typeof p.target_version === 'string' && p.target_version !== '' ? p.target_version : typeof p.version === 'string' && p.version !== '' ? p.version : null
+      const target =
+        typeof p.target_version === 'string' && p.target_version !== ''
+          ? p.target_version
+          : typeof p.version === 'string' && p.version !== ''
+            ? p.version
+            : null
       const touched = new Set<string>()
       for (const a of await openActions(opts.db(), e.deviceId)) {
         if (target !== null && target !== a.firmware_version) continue
@@ -234,7 +345,9 @@ export function createOta(opts: OtaOptions) {
           } else to = 'accepted'
         } else if (e.sub === 'progress') {
           const state = typeof p.state === 'string' ? p.state.toLowerCase() : ''
-          to = PROGRESS[state] ?? (a.state === 'pending' || a.state === 'notified' ? 'accepted' : a.state)
+          to =
+            PROGRESS[state] ??
+            (a.state === 'pending' || a.state === 'notified' ? 'accepted' : a.state)
           if (state === 'rolled back' || state === 'rolled_back') detail = 'device rolled back'
           percent = reportedPercent(p)
         } else {
@@ -243,7 +356,9 @@ export function createOta(opts: OtaOptions) {
           // refused while the first update goes on; that update's own result is what counts.
           if (!ok && p.result_code === 10) continue
           to = ok ? 'installed' : 'failed'
-          detail = ok ? 'device reported success; waiting for it to boot the new version' : `result ${String(p.result_code ?? '?')}: ${typeof p.message === 'string' ? p.message.slice(0, 300) : 'failed'}`
+          detail = ok
+            ? 'device reported success; waiting for it to boot the new version'
+            : `result ${String(p.result_code ?? '?')}: ${typeof p.message === 'string' ? p.message.slice(0, 300) : 'failed'}`
         }
         if (to && (await recordOutcome(a, to, detail, percent))) touched.add(a.rollout_id)
       }
@@ -264,15 +379,32 @@ export function createOta(opts: OtaOptions) {
     if (!r) return { reason: 'no running rollout targets this device' }
     const release = await getRelease(db, r.device_model, r.firmware_version)
     if (!release) return { reason: `release ${r.firmware_version} is gone` }
-    const runsTarget = d.version === r.firmware_version || (d.sha256 !== undefined && d.sha256 === release.checksum_sha256) || (d.md5 !== undefined && d.md5 === release.checksum_md5)
-    const row = await takeIn(db, r, d.deviceId, runsTarget ? r.firmware_version : d.version, d.verified)
-    if (!d.verified && row.verified) return { reason: `rollout ${r.name} counts this device's outcome: pull with its token` }
-    const action = { rollout_id: r.id, device_id: d.deviceId, state: row.state, firmware_version: r.firmware_version }
+    const runsTarget =
+      d.version === r.firmware_version ||
+      (d.sha256 !== undefined && d.sha256 === release.checksum_sha256) ||
+      (d.md5 !== undefined && d.md5 === release.checksum_md5)
+    const row = await takeIn(
+      db,
+      r,
+      d.deviceId,
+      runsTarget ? r.firmware_version : d.version,
+      d.verified,
+    )
+    if (!d.verified && row.verified)
+      return { reason: `rollout ${r.name} counts this device's outcome: pull with its token` }
+    const action = {
+      rollout_id: r.id,
+      device_id: d.deviceId,
+      state: row.state,
+      firmware_version: r.firmware_version,
+    }
     if (runsTarget) {
-      if (!TERMINAL.includes(row.state)) await finishPolled(r, row, d.deviceId, 'succeeded', 'checked in with the new image')
+      if (!TERMINAL.includes(row.state))
+        await finishPolled(r, row, d.deviceId, 'succeeded', 'checked in with the new image')
       return { reason: `up to date (${r.firmware_version})` }
     }
-    if (TERMINAL.includes(row.state)) return { reason: `${row.state} in rollout ${r.name}${row.detail ? `: ${row.detail}` : ''}` }
+    if (TERMINAL.includes(row.state))
+      return { reason: `${row.state} in rollout ${r.name}${row.detail ? `: ${row.detail}` : ''}` }
     if (row.state === 'downloading') {
       const detail = `still runs ${d.version ?? 'the old image'} after the image was served`
       await finishPolled(r, row, d.deviceId, 'failed', detail)
@@ -285,7 +417,13 @@ export function createOta(opts: OtaOptions) {
     }
     await advanceDevice(db, action, 'downloading', 'image served to the polling device')
     await markNotified(db, r.id, d.deviceId)
-    await insertEvent(db, { type: 'update_started', deviceId: d.deviceId, version: r.firmware_version, rolloutId: r.id, data: { from_version: d.version, via: 'http-update', ...unverifiedMark(row.verified) } })
+    await insertEvent(db, {
+      type: 'update_started',
+      deviceId: d.deviceId,
+      version: r.firmware_version,
+      rolloutId: r.id,
+      data: { from_version: d.version, via: 'http-update', ...unverifiedMark(row.verified) },
+    })
     await recordUpdateStatus(db, d.deviceId, r.firmware_version, 'downloading')
     return { release }
   }
@@ -295,7 +433,9 @@ export function createOta(opts: OtaOptions) {
    * rollouts. A check-in that reports the rollout's version ends the device's action as succeeded (counted
    * only when `verified`).
    */
-  async function checkDecision(c: CheckRequest): Promise<{ rollout: Rollout; release: Release } | undefined> {
+  async function checkDecision(
+    c: CheckRequest,
+  ): Promise<{ rollout: Rollout; release: Release } | undefined> {
     const db = opts.db()
     const r = await rolloutFor(db, c.deviceId, c.model)
     if (!r) return undefined
@@ -310,9 +450,25 @@ export function createOta(opts: OtaOptions) {
     if (!release) return undefined
     if (row.state === 'pending') {
       // Once per device and rollout, not on every poll as the old service did.
-      await advanceDevice(db, { rollout_id: r.id, device_id: c.deviceId, state: row.state, firmware_version: r.firmware_version }, 'notified', 'offered by /api/firmware/check')
+      await advanceDevice(
+        db,
+        {
+          rollout_id: r.id,
+          device_id: c.deviceId,
+          state: row.state,
+          firmware_version: r.firmware_version,
+        },
+        'notified',
+        'offered by /api/firmware/check',
+      )
       await markNotified(db, r.id, c.deviceId)
-      await insertEvent(db, { type: 'update_started', deviceId: c.deviceId, version: r.firmware_version, rolloutId: r.id, data: { from_version: c.current, via: 'check', ...unverifiedMark(row.verified) } })
+      await insertEvent(db, {
+        type: 'update_started',
+        deviceId: c.deviceId,
+        version: r.firmware_version,
+        rolloutId: r.id,
+        data: { from_version: c.current, via: 'check', ...unverifiedMark(row.verified) },
+      })
     }
     return { rollout: r, release }
   }
@@ -324,21 +480,32 @@ export function createOta(opts: OtaOptions) {
    * that the client did); a version no rollout delivers there passes as it is. Decided in the rollout
    * queue, so a rollout pass and a client's command never both send.
    */
-  async function vetCommand(deviceId: string, payload: Buffer): Promise<{ deliver: boolean; reason: string }> {
+  async function vetCommand(
+    deviceId: string,
+    payload: Buffer,
+  ): Promise<{ deliver: boolean; reason: string }> {
     const version = commandVersion(payload)
     if (version === undefined) return { deliver: true, reason: 'the command names no version' }
     let verdict: { deliver: boolean; reason: string } | undefined
     await enqueue(async () => {
       const db = opts.db()
       const target = await deviceTarget(db, deviceId, null)
-      const live = (await liveRollouts(db)).filter((r) => r.firmware_version === version && ((target.device_model !== null && modelsOf(r).includes(target.device_model)) || isTarget(r, target)))
+      const live = (await liveRollouts(db)).filter(
+        (r) =>
+          r.firmware_version === version &&
+          ((target.device_model !== null && modelsOf(r).includes(target.device_model)) ||
+            isTarget(r, target)),
+      )
       if (live.length === 0) {
         verdict = { deliver: true, reason: `no rollout delivers ${version} to ${deviceId}` }
         return
       }
       const r = live.find((x) => isTarget(x, target))
       if (!r) {
-        verdict = { deliver: false, reason: `${deviceId} is not targeted by rollout ${(live[0] as Rollout).name}` }
+        verdict = {
+          deliver: false,
+          reason: `${deviceId} is not targeted by rollout ${(live[0] as Rollout).name}`,
+        }
         return
       }
       if (r.status === 'paused') {
@@ -347,7 +514,10 @@ export function createOta(opts: OtaOptions) {
       }
       const row = await takeIn(db, r, deviceId, target.current_firmware_version)
       if (row.state !== 'pending') {
-        verdict = { deliver: false, reason: `${deviceId} is ${row.state} in rollout ${r.name}: its cmd/ota for ${version} went out already` }
+        verdict = {
+          deliver: false,
+          reason: `${deviceId} is ${row.state} in rollout ${r.name}: its cmd/ota for ${version} went out already`,
+        }
         return
       }
       await markNotified(db, r.id, deviceId)
@@ -366,12 +536,24 @@ export function createOta(opts: OtaOptions) {
     try {
       await access(dir, constants.R_OK | constants.X_OK)
     } catch (err) {
-      throw new Error(`ota.firmwareDir: cannot read ${dir} (${(err as NodeJS.ErrnoException).code ?? errorText(err)})`, { cause: err })
+      throw new Error(
+        `ota.firmwareDir: cannot read ${dir} (${(err as NodeJS.ErrnoException).code ?? errorText(err)})`,
+        { cause: err },
+      )
     }
     const r = await importFirmwareDir(opts.db(), dir)
-    if (r.imported.length > 0) log.info('firmware read from the old firmware volume', { dir, releases: r.imported })
-    if (r.missing.length > 0) log.warn('adopted releases without their file in ota.firmwareDir; they cannot be downloaded until uploaded again', { dir, releases: r.missing })
-    if (r.mismatched.length > 0) log.error('files in ota.firmwareDir do not match the SHA-256 recorded for them; not imported', { dir, releases: r.mismatched })
+    if (r.imported.length > 0)
+      log.info('firmware read from the old firmware volume', { dir, releases: r.imported })
+    if (r.missing.length > 0)
+      log.warn(
+        'adopted releases without their file in ota.firmwareDir; they cannot be downloaded until uploaded again',
+        { dir, releases: r.missing },
+      )
+    if (r.mismatched.length > 0)
+      log.error(
+        'files in ota.firmwareDir do not match the SHA-256 recorded for them; not imported',
+        { dir, releases: r.mismatched },
+      )
   }
 
   const routes = createOtaRoutes({
@@ -391,18 +573,56 @@ export function createOta(opts: OtaOptions) {
     const g = await gauges(opts.db())
     return [
       counter('paku_ota_uploads_total', 'Firmware images stored.', counters.uploads),
-      counter('paku_ota_uploads_rejected_total', 'Firmware uploads refused (bad image, duplicate, unknown model).', counters.uploadsRejected),
-      counter('paku_ota_downloads_total', 'Firmware downloads completed (whole image or range).', counters.downloads),
-      counter('paku_ota_downloads_partial_total', 'Range (206) downloads completed.', counters.downloadsPartial),
+      counter(
+        'paku_ota_uploads_rejected_total',
+        'Firmware uploads refused (bad image, duplicate, unknown model).',
+        counters.uploadsRejected,
+      ),
+      counter(
+        'paku_ota_downloads_total',
+        'Firmware downloads completed (whole image or range).',
+        counters.downloads,
+      ),
+      counter(
+        'paku_ota_downloads_partial_total',
+        'Range (206) downloads completed.',
+        counters.downloadsPartial,
+      ),
       counter('paku_ota_download_bytes_total', 'Firmware bytes sent.', counters.downloadBytes),
       counter('paku_ota_pull_checks_total', 'HTTPUpdate check-ins.', counters.pullChecks),
-      counter('paku_ota_pull_served_total', 'HTTPUpdate check-ins answered with an image.', counters.pullServed),
+      counter(
+        'paku_ota_pull_served_total',
+        'HTTPUpdate check-ins answered with an image.',
+        counters.pullServed,
+      ),
       counter('paku_ota_commands_sent_total', 'cmd/ota messages published.', counters.commandsSent),
-      counter('paku_ota_updates_succeeded_total', 'Device updates confirmed by the device reporting the new version.', counters.updatesSucceeded),
-      counter('paku_ota_updates_failed_total', 'Device updates failed, timed out or rolled back.', counters.updatesFailed),
-      counter('paku_ota_updates_unverified_total', 'Outcomes reported by unauthenticated pull or check requests (never counted toward rollout thresholds).', counters.updatesUnverified),
-      { name: 'paku_devices', help: 'Registered devices by model.', type: 'gauge', samples: g.devicesByModel.map((d) => ({ labels: { model: d.model }, value: d.n })) },
-      { name: 'paku_ota_rollouts', help: 'Rollouts by status.', type: 'gauge', samples: g.rolloutsByStatus.map((r) => ({ labels: { status: r.status }, value: r.n })) },
+      counter(
+        'paku_ota_updates_succeeded_total',
+        'Device updates confirmed by the device reporting the new version.',
+        counters.updatesSucceeded,
+      ),
+      counter(
+        'paku_ota_updates_failed_total',
+        'Device updates failed, timed out or rolled back.',
+        counters.updatesFailed,
+      ),
+      counter(
+        'paku_ota_updates_unverified_total',
+        'Outcomes reported by unauthenticated pull or check requests (never counted toward rollout thresholds).',
+        counters.updatesUnverified,
+      ),
+      {
+        name: 'paku_devices',
+        help: 'Registered devices by model.',
+        type: 'gauge',
+        samples: g.devicesByModel.map((d) => ({ labels: { model: d.model }, value: d.n })),
+      },
+      {
+        name: 'paku_ota_rollouts',
+        help: 'Rollouts by status.',
+        type: 'gauge',
+        samples: g.rolloutsByStatus.map((r) => ({ labels: { status: r.status }, value: r.n })),
+      },
       gauge('paku_ota_releases', 'Firmware releases stored.', g.releases),
     ]
   }
@@ -419,12 +639,19 @@ export function createOta(opts: OtaOptions) {
     tick: (ids?: string[]) => enqueue(() => tick(ids)),
     async start(): Promise<void> {
       running = true
-      if (!config.publicUrl) log.warn('ota.publicUrl (PAKU_PUBLIC_URL) is not set; cmd/ota links use a local address devices may not reach', { url: publicUrl() })
+      if (!config.publicUrl)
+        log.warn(
+          'ota.publicUrl (PAKU_PUBLIC_URL) is not set; cmd/ota links use a local address devices may not reach',
+          { url: publicUrl() },
+        )
       if (config.firmwareDir) await adoptFirmwareDir(config.firmwareDir)
       if (leads()) await enqueue(() => tick())
       // Device reports act at once on the instance that receives them; taking devices in, thresholds
       // and time-outs run on the leader only, so two instances never notify the same device twice.
-      timer = setInterval(() => void (leads() ? enqueue(() => tick()) : undefined), config.rolloutTickSeconds * 1000)
+      timer = setInterval(
+        () => void (leads() ? enqueue(() => tick()) : undefined),
+        config.rolloutTickSeconds * 1000,
+      )
       timer.unref()
     },
     async stop(): Promise<void> {

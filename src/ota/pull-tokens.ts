@@ -39,21 +39,27 @@ export async function deletePullToken(db: Db, deviceId: string): Promise<boolean
 export async function pullTokenDevice(db: Db, token: string): Promise<string | undefined> {
   if (!token.startsWith(PULL_TOKEN_PREFIX) || token.length > 200) return undefined
   const r = await sql<{ device_id: string }>`
-    UPDATE device_pull_tokens SET last_used_at = NOW() WHERE token_sha256 = ${sha256(token)} RETURNING device_id`.execute(db)
+    UPDATE device_pull_tokens SET last_used_at = NOW() WHERE token_sha256 = ${sha256(token)} RETURNING device_id`.execute(
+    db,
+  )
   return r.rows[0]?.device_id
 }
 
 /** When a device's token was made and last used (never the token), for the admin API. */
-export async function pullTokenInfo(db: Db, deviceId: string): Promise<{ created_at: Date; last_used_at: Date | null } | undefined> {
+export async function pullTokenInfo(
+  db: Db,
+  deviceId: string,
+): Promise<{ created_at: Date; last_used_at: Date | null } | undefined> {
   const r = await sql<{ created_at: Date; last_used_at: Date | null }>`
-    SELECT created_at, last_used_at FROM device_pull_tokens WHERE device_id = ${deviceId}`.execute(db)
+    SELECT created_at, last_used_at FROM device_pull_tokens WHERE device_id = ${deviceId}`.execute(
+    db,
+  )
   return r.rows[0]
 }
 
 /** What an unauthenticated pull may do with a device id: nothing known about it, or what proves it. */
 export type PullTrust =
-  | { exists: false }
-  | { exists: true; viaHttp: boolean; hasToken: boolean; mac: string | null }
+  { exists: false } | { exists: true; viaHttp: boolean; hasToken: boolean; mac: string | null }
 
 export async function pullTrust(db: Db, deviceId: string): Promise<PullTrust> {
   const r = await sql<{ mac_address: string | null; via_http: boolean; has_token: boolean }>`
@@ -61,5 +67,7 @@ export async function pullTrust(db: Db, deviceId: string): Promise<PullTrust> {
       EXISTS (SELECT 1 FROM device_pull_tokens t WHERE t.device_id = d.device_id) AS has_token
     FROM devices d WHERE d.device_id = ${deviceId}`.execute(db)
   const row = r.rows[0]
-  return row ? { exists: true, viaHttp: row.via_http, hasToken: row.has_token, mac: row.mac_address } : { exists: false }
+  return row
+    ? { exists: true, viaHttp: row.via_http, hasToken: row.has_token, mac: row.mac_address }
+    : { exists: false }
 }

@@ -1,6 +1,12 @@
 import { HTTPException } from 'hono/http-exception'
 import { pullTrust, type PullTrust } from './pull-tokens.js'
-import { refreshPolledDevice, registerCheckedDevice, registerPolledDevice, type Db, type PolledDevice } from './store.js'
+import {
+  refreshPolledDevice,
+  registerCheckedDevice,
+  registerPolledDevice,
+  type Db,
+  type PolledDevice,
+} from './store.js'
 
 /*
  * Who may do what on the open device routes. With its pull token a request is that device (routes.ts).
@@ -10,7 +16,10 @@ import { refreshPolledDevice, registerCheckedDevice, registerPolledDevice, type 
  */
 
 /** The pull token a request carries: `?token=` (an HTTPUpdate client can only set a URL) or `Authorization: Bearer`. */
-export function requestToken(query: string | undefined, authorization: string | undefined): string | undefined {
+export function requestToken(
+  query: string | undefined,
+  authorization: string | undefined,
+): string | undefined {
   if (query !== undefined && query !== '') return query
   return authorization?.match(/^Bearer\s+(\S+)\s*$/i)?.[1]
 }
@@ -26,7 +35,9 @@ export async function admitPolled(db: Db, d: PolledDevice): Promise<void> {
     }
     refuseManaged(d.deviceId, trust)
     if (trust.mac === null || trust.mac.toUpperCase() !== d.mac.toUpperCase()) {
-      throw new HTTPException(403, { message: `MAC does not match the one device ${d.deviceId} registered with; pull requests for it from another MAC need its pull token (POST /api/admin/devices/${d.deviceId}/pull-token)` })
+      throw new HTTPException(403, {
+        message: `MAC does not match the one device ${d.deviceId} registered with; pull requests for it from another MAC need its pull token (POST /api/admin/devices/${d.deviceId}/pull-token)`,
+      })
     }
     await refreshPolledDevice(db, d, { claimMac: false })
     return
@@ -38,7 +49,12 @@ export async function admitPolled(db: Db, d: PolledDevice): Promise<void> {
  * Registers an unknown device for the old /check. A known one registered over HTTP is answered but not
  * changed (a check names no MAC, so nothing proves who asks); any other known device is a 403.
  */
-export async function admitChecked(db: Db, deviceId: string, model: string, version: string): Promise<void> {
+export async function admitChecked(
+  db: Db,
+  deviceId: string,
+  model: string,
+  version: string,
+): Promise<void> {
   for (let attempt = 0; attempt < 2; attempt++) {
     const trust = await pullTrust(db, deviceId)
     if (!trust.exists) {
@@ -52,8 +68,13 @@ export async function admitChecked(db: Db, deviceId: string, model: string, vers
 }
 
 function refuseManaged(deviceId: string, trust: Extract<PullTrust, { exists: true }>): void {
-  if (trust.hasToken) throw new HTTPException(403, { message: `device ${deviceId} has a pull token: send it as ?token= or Authorization: Bearer` })
+  if (trust.hasToken)
+    throw new HTTPException(403, {
+      message: `device ${deviceId} has a pull token: send it as ?token= or Authorization: Bearer`,
+    })
   if (!trust.viaHttp) {
-    throw new HTTPException(403, { message: `device ${deviceId} is managed over MQTT or by an admin; pull requests for it need its pull token (POST /api/admin/devices/${deviceId}/pull-token)` })
+    throw new HTTPException(403, {
+      message: `device ${deviceId} is managed over MQTT or by an admin; pull requests for it need its pull token (POST /api/admin/devices/${deviceId}/pull-token)`,
+    })
   }
 }

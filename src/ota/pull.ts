@@ -19,9 +19,20 @@ const MAC = /^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$/
 const UINT = /^\d{1,10}$/
 const PRINTABLE = /^[\x20-\x7e]{1,64}$/
 
-export function parseUpdateHeaders(header: (name: string) => string | undefined): UpdateRequest | { error: string } {
-  const family = header('x-esp32-sta-mac') !== undefined || header('x-esp32-mode') !== undefined ? 'ESP32' : header('x-esp8266-sta-mac') !== undefined || header('x-esp8266-mode') !== undefined ? 'ESP8266' : undefined
-  if (!family) return { error: 'not an HTTPUpdate request: the x-ESP32-* or x-ESP8266-* headers (STA-MAC, mode) are missing' }
+export function parseUpdateHeaders(
+  header: (name: string) => string | undefined,
+): UpdateRequest | { error: string } {
+  const family =
+    header('x-esp32-sta-mac') !== undefined || header('x-esp32-mode') !== undefined
+      ? 'ESP32'
+      : header('x-esp8266-sta-mac') !== undefined || header('x-esp8266-mode') !== undefined
+        ? 'ESP8266'
+        : undefined
+  if (!family)
+    return {
+      error:
+        'not an HTTPUpdate request: the x-ESP32-* or x-ESP8266-* headers (STA-MAC, mode) are missing',
+    }
   const p = `x-${family.toLowerCase()}-`
   const problems: string[] = []
   const get = (name: string, re: RegExp): string | undefined => {

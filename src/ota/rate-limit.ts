@@ -4,7 +4,12 @@
  * bounded: ended windows are swept once a window when the map is full, and when a flood of distinct
  * keys still fills it the oldest entries go first. No timers: everything happens on `hit`.
  */
-export function createRateLimiter(opts: { limit: number; windowMs?: number; maxKeys?: number; now?: () => number }) {
+export function createRateLimiter(opts: {
+  limit: number
+  windowMs?: number
+  maxKeys?: number
+  now?: () => number
+}) {
   const windowMs = opts.windowMs ?? 60_000
   const maxKeys = opts.maxKeys ?? 10_000
   const now = opts.now ?? Date.now

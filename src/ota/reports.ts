@@ -31,10 +31,18 @@ export type OtaReport = {
 
 /** A reported `percent`, as a whole number within 0–100; undefined when there is none. */
 export function reportedPercent(p: Record<string, unknown>): number | undefined {
-  return typeof p.percent === 'number' && Number.isFinite(p.percent) ? Math.max(0, Math.min(100, Math.round(p.percent))) : undefined
+  return typeof p.percent === 'number' && Number.isFinite(p.percent)
+    ? Math.max(0, Math.min(100, Math.round(p.percent)))
+    : undefined
 }
 
-type DeviceFold = { siteId: string; model: string | null; firmware: string | null; lastSeen: Date | null; online: boolean }
+type DeviceFold = {
+  siteId: string
+  model: string | null
+  firmware: string | null
+  lastSeen: Date | null
+  online: boolean
+}
 
 /**
  * The devices registry from status messages, folded per device in arrival order so one statement touches
@@ -110,12 +118,20 @@ export async function writeOtaReport(tx: Tx, row: OtaReport): Promise<void> {
   const fw = str(p.target_version) ?? str(p.version)
   const at = row.receivedAt
   const event = (type: 'update_started' | 'update_completed' | 'update_failed') =>
-    insertEvent(tx, { type, deviceId: row.deviceId, version: fw ?? 'unknown', data: p, createdBy: null })
+    insertEvent(tx, {
+      type,
+      deviceId: row.deviceId,
+      version: fw ?? 'unknown',
+      data: p,
+      createdBy: null,
+    })
   if (row.sub === 'status') {
     await sql`
       INSERT INTO device_update_status (device_id, firmware_version, status, started_at, reported_at, metadata)
       VALUES (${row.deviceId}, ${fw ?? 'unknown'}, 'pending', ${at}, ${at},
-        ${JSON.stringify({ reported_status: p.status ?? null, current_version: p.current_version ?? null })}::jsonb)`.execute(tx)
+        ${JSON.stringify({ reported_status: p.status ?? null, current_version: p.current_version ?? null })}::jsonb)`.execute(
+      tx,
+    )
     await event('update_started')
     return
   }

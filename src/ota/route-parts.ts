@@ -15,7 +15,9 @@ export type RoutesOptions = {
   downloadUrl: (model: string, version: string) => string
   updateUrl: (model: string, deviceId: string, token: string) => string
   pullDecision: (d: PullRequest) => Promise<{ release: store.Release } | { reason: string }>
-  checkDecision: (c: CheckRequest) => Promise<{ rollout: Rollout; release: store.Release } | undefined>
+  checkDecision: (
+    c: CheckRequest,
+  ) => Promise<{ rollout: Rollout; release: store.Release } | undefined>
   rolloutChanged: (id?: string) => Promise<void>
   /** The rate limiters' clock (tests). */
   now?: () => number
@@ -23,18 +25,26 @@ export type RoutesOptions = {
 
 /** A model or version in a URL or form: the old service's slug rule. */
 export const slug = (raw: string | undefined, name: string): string => {
-  if (raw === undefined || raw === '') throw new HTTPException(400, { message: `${name}: required` })
-  if (!/^[A-Za-z0-9._-]{1,64}$/.test(raw)) throw new HTTPException(400, { message: `${name}: must be 1–64 letters, digits, . _ or -` })
+  if (raw === undefined || raw === '')
+    throw new HTTPException(400, { message: `${name}: required` })
+  if (!/^[A-Za-z0-9._-]{1,64}$/.test(raw))
+    throw new HTTPException(400, { message: `${name}: must be 1–64 letters, digits, . _ or -` })
   return raw
 }
-export const optionalText = (raw: string | undefined, name: string, max = 10_000): string | null => {
+export const optionalText = (
+  raw: string | undefined,
+  name: string,
+  max = 10_000,
+): string | null => {
   if (raw === undefined || raw === '') return null
-  if (raw.length > max) throw new HTTPException(400, { message: `${name}: at most ${max} characters` })
+  if (raw.length > max)
+    throw new HTTPException(400, { message: `${name}: at most ${max} characters` })
   return raw
 }
 
 export function required(raw: string | undefined, name: string): string {
-  if (raw === undefined || raw === '') throw new HTTPException(400, { message: `${name}: required` })
+  if (raw === undefined || raw === '')
+    throw new HTTPException(400, { message: `${name}: required` })
   return raw
 }
 

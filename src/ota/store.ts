@@ -41,7 +41,10 @@ export type NewRelease = {
  * Stores a release and its bytes in one transaction. An existing (model, version) is never
  * overwritten: the existing release comes back as `conflict`.
  */
-export async function insertRelease(db: Db, r: NewRelease): Promise<{ release: Release } | { conflict: Release }> {
+export async function insertRelease(
+  db: Db,
+  r: NewRelease,
+): Promise<{ release: Release } | { conflict: Release }> {
   return db.transaction().execute(async (tx) => {
     const inserted = await sql<Release>`
       INSERT INTO firmware_releases (version, device_model, min_version, file_path, file_size, checksum_sha256, checksum_md5,
@@ -53,27 +56,55 @@ export async function insertRelease(db: Db, r: NewRelease): Promise<{ release: R
     const release = inserted.rows[0]
     if (!release) {
       const existing = await getRelease(tx, r.model, r.version)
-      if (!existing) throw new Error(`release ${r.model} ${r.version} conflicted but cannot be read`)
+      if (!existing)
+        throw new Error(`release ${r.model} ${r.version} conflicted but cannot be read`)
       return { conflict: existing }
     }
-    await sql`INSERT INTO firmware_images (release_id, data) VALUES (${release.id}::bigint, ${Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength)})`.execute(tx)
-    await insertEvent(tx, { type: 'firmware_uploaded', version: r.version, data: { device_model: r.model, file_size: r.image.size, checksum: r.image.sha256, md5: r.image.md5, chip: r.image.chip, by: r.createdBy } })
+    await sql`INSERT INTO firmware_images (release_id, data) VALUES (${release.id}::bigint, ${Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength)})`.execute(
+      tx,
+    )
+    await insertEvent(tx, {
+      type: 'firmware_uploaded',
+      version: r.version,
+      data: {
+        device_model: r.model,
+        file_size: r.image.size,
+        checksum: r.image.sha256,
+        md5: r.image.md5,
+        chip: r.image.chip,
+        by: r.createdBy,
+      },
+    })
     return { release }
   })
 }
 
-export async function getRelease(db: Db, model: string, version: string): Promise<Release | undefined> {
-  const r = await sql<Release>`SELECT ${RELEASE_COLUMNS} FROM firmware_releases WHERE device_model = ${model} AND version = ${version}`.execute(db)
+export async function getRelease(
+  db: Db,
+  model: string,
+  version: string,
+): Promise<Release | undefined> {
+  const r =
+    await sql<Release>`SELECT ${RELEASE_COLUMNS} FROM firmware_releases WHERE device_model = ${model} AND version = ${version}`.execute(
+      db,
+    )
   return r.rows[0]
 }
 
 /** Releases with this version (one per model); the download route picks among them. */
 export async function releasesByVersion(db: Db, version: string): Promise<Release[]> {
-  const r = await sql<Release>`SELECT ${RELEASE_COLUMNS} FROM firmware_releases WHERE version = ${version} ORDER BY device_model`.execute(db)
+  const r =
+    await sql<Release>`SELECT ${RELEASE_COLUMNS} FROM firmware_releases WHERE version = ${version} ORDER BY device_model`.execute(
+      db,
+    )
   return r.rows
 }
 
-export async function listReleases(db: Db, model: string | undefined, limit: number): Promise<Release[]> {
+export async function listReleases(
+  db: Db,
+  model: string | undefined,
+  limit: number,
+): Promise<Release[]> {
   const r = await sql<Release>`
     SELECT ${RELEASE_COLUMNS} FROM firmware_releases
     WHERE ${model ?? null}::text IS NULL OR device_model = ${model ?? null}::text
@@ -82,7 +113,11 @@ export async function listReleases(db: Db, model: string | undefined, limit: num
 }
 
 /** Releases of a model whose bytes are stored, for matching a running sketch's hash to a version. */
-export async function releaseByHash(db: Db, model: string, hash: { md5?: string; sha256?: string }): Promise<Release | undefined> {
+export async function releaseByHash(
+  db: Db,
+  model: string,
+  hash: { md5?: string; sha256?: string },
+): Promise<Release | undefined> {
   if (!hash.md5 && !hash.sha256) return undefined
   const r = await sql<Release>`
     SELECT ${RELEASE_COLUMNS} FROM firmware_releases
@@ -93,27 +128,45 @@ export async function releaseByHash(db: Db, model: string, hash: { md5?: string;
 
 /** Whether the bytes are in the database (releases adopted from the old service need `paku firmware import`). */
 export async function hasImage(db: Db, releaseId: string): Promise<boolean> {
-  const r = await sql<{ ok: number }>`SELECT 1 AS ok FROM firmware_images WHERE release_id = ${releaseId}::bigint`.execute(db)
+  const r = await sql<{
+    ok: number
+  }>`SELECT 1 AS ok FROM firmware_images WHERE release_id = ${releaseId}::bigint`.execute(db)
   return r.rows.length > 0
 }
 
 /** Bytes [offset, offset + length) of a release's image. substring() on an EXTERNAL bytea reads only those TOAST chunks. */
-export async function readImage(db: Db, releaseId: string, offset: number, length: number): Promise<Buffer> {
+export async function readImage(
+  db: Db,
+  releaseId: string,
+  offset: number,
+  length: number,
+): Promise<Buffer> {
   const r = await sql<{ chunk: Buffer }>`
-    SELECT substring(data FROM ${offset + 1}::int FOR ${length}::int) AS chunk FROM firmware_images WHERE release_id = ${releaseId}::bigint`.execute(db)
+    SELECT substring(data FROM ${offset + 1}::int FOR ${length}::int) AS chunk FROM firmware_images WHERE release_id = ${releaseId}::bigint`.execute(
+    db,
+  )
   const row = r.rows[0]
   if (!row) throw new Error(`firmware image of release ${releaseId} is gone`)
   return row.chunk
 }
 
 /** Deletes a release unless a live rollout (running, paused, or completed and current) delivers it; returns the rollouts in the way. */
-export async function deleteRelease(db: Db, model: string, version: string): Promise<{ deleted: boolean; blockedBy: string[] }> {
+export async function deleteRelease(
+  db: Db,
+  model: string,
+  version: string,
+): Promise<{ deleted: boolean; blockedBy: string[] }> {
   return db.transaction().execute(async (tx) => {
     const users = await sql<{ name: string }>`
       SELECT name FROM rollout_configurations
-      WHERE device_model = ${model} AND firmware_version = ${version} AND (status IN ('running', 'paused') OR (status = 'completed' AND is_active)) FOR UPDATE`.execute(tx)
+      WHERE device_model = ${model} AND firmware_version = ${version} AND (status IN ('running', 'paused') OR (status = 'completed' AND is_active)) FOR UPDATE`.execute(
+      tx,
+    )
     if (users.rows.length > 0) return { deleted: false, blockedBy: users.rows.map((u) => u.name) }
-    const r = await sql`DELETE FROM firmware_releases WHERE device_model = ${model} AND version = ${version}`.execute(tx)
+    const r =
+      await sql`DELETE FROM firmware_releases WHERE device_model = ${model} AND version = ${version}`.execute(
+        tx,
+      )
     return { deleted: Number(r.numAffectedRows ?? 0) > 0, blockedBy: [] }
   })
 }
@@ -126,7 +179,14 @@ export async function isKnownModel(db: Db, model: string): Promise<boolean> {
   return r.rows.length > 0
 }
 
-export type OtaEventType = 'firmware_uploaded' | 'rollout_created' | 'rollout_updated' | 'update_started' | 'update_completed' | 'update_failed' | 'rollback_initiated'
+export type OtaEventType =
+  | 'firmware_uploaded'
+  | 'rollout_created'
+  | 'rollout_updated'
+  | 'update_started'
+  | 'update_completed'
+  | 'update_failed'
+  | 'rollback_initiated'
 
 export type OtaEvent = {
   type: OtaEventType
@@ -164,7 +224,10 @@ const DEVICE_COLUMNS = sql`d.device_id, d.device_model, d.current_firmware_versi
   d.site_id, d.metadata,
   COALESCE((SELECT array_agg(m.group_name ORDER BY m.group_name) FROM device_group_members m WHERE m.device_id = d.device_id), '{}') AS groups`
 
-export async function listDevices(db: Db, filter: { model?: string | undefined; group?: string | undefined; limit: number }): Promise<Device[]> {
+export async function listDevices(
+  db: Db,
+  filter: { model?: string | undefined; group?: string | undefined; limit: number },
+): Promise<Device[]> {
   const r = await sql<Device>`
     SELECT ${DEVICE_COLUMNS} FROM devices d
     WHERE (${filter.model ?? null}::text IS NULL OR d.device_model = ${filter.model ?? null}::text)
@@ -175,7 +238,10 @@ export async function listDevices(db: Db, filter: { model?: string | undefined; 
 }
 
 export async function getDevice(db: Db, deviceId: string): Promise<Device | undefined> {
-  const r = await sql<Device>`SELECT ${DEVICE_COLUMNS} FROM devices d WHERE d.device_id = ${deviceId}`.execute(db)
+  const r =
+    await sql<Device>`SELECT ${DEVICE_COLUMNS} FROM devices d WHERE d.device_id = ${deviceId}`.execute(
+      db,
+    )
   return r.rows[0]
 }
 
@@ -184,15 +250,27 @@ export async function getDevice(db: Db, deviceId: string): Promise<Device | unde
  * registers is recorded as `registered_via: 'admin'`: unauthenticated pull requests may not change it.
  * How a device was registered is paku's to say, so the admin's metadata cannot set it.
  */
-export async function putDevice(db: Db, deviceId: string, model: string, metadata: Record<string, unknown> | null): Promise<void> {
+export async function putDevice(
+  db: Db,
+  deviceId: string,
+  model: string,
+  metadata: Record<string, unknown> | null,
+): Promise<void> {
   const { registered_via: _ignored, ...given } = metadata ?? {}
   await sql`
     INSERT INTO devices (device_id, device_model, metadata) VALUES (${deviceId}, ${model}, ${JSON.stringify({ ...given, registered_via: 'admin' })}::jsonb)
     ON CONFLICT (device_id) DO UPDATE SET device_model = EXCLUDED.device_model,
-      metadata = COALESCE(devices.metadata, '{}'::jsonb) || ${JSON.stringify(given)}::jsonb`.execute(db)
+      metadata = COALESCE(devices.metadata, '{}'::jsonb) || ${JSON.stringify(given)}::jsonb`.execute(
+    db,
+  )
 }
 
-export type Group = { name: string; description: string | null; created_at: Date; device_ids: string[] }
+export type Group = {
+  name: string
+  description: string | null
+  created_at: Date
+  device_ids: string[]
+}
 
 export async function listGroups(db: Db): Promise<Group[]> {
   const r = await sql<Group>`
@@ -203,25 +281,41 @@ export async function listGroups(db: Db): Promise<Group[]> {
 }
 
 /** Creates or updates a group; with `deviceIds` its members are exactly those. */
-export async function putGroup(db: Db, name: string, description: string | null, deviceIds: readonly string[] | undefined): Promise<void> {
+export async function putGroup(
+  db: Db,
+  name: string,
+  description: string | null,
+  deviceIds: readonly string[] | undefined,
+): Promise<void> {
   await db.transaction().execute(async (tx) => {
     await sql`
       INSERT INTO device_groups (name, description) VALUES (${name}, ${description})
-      ON CONFLICT (name) DO UPDATE SET description = COALESCE(EXCLUDED.description, device_groups.description)`.execute(tx)
+      ON CONFLICT (name) DO UPDATE SET description = COALESCE(EXCLUDED.description, device_groups.description)`.execute(
+      tx,
+    )
     if (deviceIds === undefined) return
-    await sql`DELETE FROM device_group_members WHERE group_name = ${name} AND device_id <> ALL(${[...deviceIds]}::text[])`.execute(tx)
+    await sql`DELETE FROM device_group_members WHERE group_name = ${name} AND device_id <> ALL(${[...deviceIds]}::text[])`.execute(
+      tx,
+    )
     await addMembers(tx, name, deviceIds)
   })
 }
 
-export async function addMembers(db: Db, name: string, deviceIds: readonly string[]): Promise<void> {
+export async function addMembers(
+  db: Db,
+  name: string,
+  deviceIds: readonly string[],
+): Promise<void> {
   await sql`
     INSERT INTO device_group_members (group_name, device_id) SELECT ${name}, unnest(${[...deviceIds]}::text[])
     ON CONFLICT DO NOTHING`.execute(db)
 }
 
 export async function removeMember(db: Db, name: string, deviceId: string): Promise<boolean> {
-  const r = await sql`DELETE FROM device_group_members WHERE group_name = ${name} AND device_id = ${deviceId}`.execute(db)
+  const r =
+    await sql`DELETE FROM device_group_members WHERE group_name = ${name} AND device_id = ${deviceId}`.execute(
+      db,
+    )
   return Number(r.numAffectedRows ?? 0) > 0
 }
 
@@ -231,12 +325,20 @@ export async function deleteGroup(db: Db, name: string): Promise<boolean> {
 }
 
 export async function groupExists(db: Db, name: string): Promise<boolean> {
-  const r = await sql<{ ok: number }>`SELECT 1 AS ok FROM device_groups WHERE name = ${name}`.execute(db)
+  const r = await sql<{
+    ok: number
+  }>`SELECT 1 AS ok FROM device_groups WHERE name = ${name}`.execute(db)
   return r.rows.length > 0
 }
 
 /** What a polling (HTTPUpdate) device's request says about it; `metadata` is merged into the row's. */
-export type PolledDevice = { deviceId: string; model: string; mac: string; version: string | null; metadata: Record<string, unknown> }
+export type PolledDevice = {
+  deviceId: string
+  model: string
+  mac: string
+  version: string | null
+  metadata: Record<string, unknown>
+}
 
 /**
  * Registers a polling device that paku does not know yet, recorded as `registered_via: 'http'`. The MAC
@@ -256,7 +358,11 @@ export async function registerPolledDevice(db: Db, d: PolledDevice): Promise<boo
  * the MAC stored for a device registered over HTTP). With `claimMac` (a token) the MAC moves to the
  * request's, unless another device has it.
  */
-export async function refreshPolledDevice(db: Db, d: PolledDevice, o: { claimMac: boolean }): Promise<void> {
+export async function refreshPolledDevice(
+  db: Db,
+  d: PolledDevice,
+  o: { claimMac: boolean },
+): Promise<void> {
   await sql`
     UPDATE devices SET device_model = ${d.model},
       mac_address = CASE WHEN ${o.claimMac} AND NOT EXISTS (SELECT 1 FROM devices o WHERE upper(o.mac_address) = ${d.mac}::text AND o.device_id <> ${d.deviceId})
@@ -268,7 +374,11 @@ export async function refreshPolledDevice(db: Db, d: PolledDevice, o: { claimMac
 
 /** The device id that already owns a MAC address, if any. */
 export async function deviceByMac(db: Db, mac: string): Promise<string | undefined> {
-  const r = await sql<{ device_id: string }>`SELECT device_id FROM devices WHERE upper(mac_address) = ${mac.toUpperCase()} LIMIT 1`.execute(db)
+  const r = await sql<{
+    device_id: string
+  }>`SELECT device_id FROM devices WHERE upper(mac_address) = ${mac.toUpperCase()} LIMIT 1`.execute(
+    db,
+  )
   return r.rows[0]?.device_id
 }
 
@@ -277,7 +387,12 @@ export async function deviceByMac(db: Db, mac: string): Promise<string | undefin
  * device that asks over HTTP polls for its updates: it is marked so rollouts do not also push cmd/ota to
  * it. Returns false when the id exists already (nothing is written).
  */
-export async function registerCheckedDevice(db: Db, deviceId: string, model: string, version: string): Promise<boolean> {
+export async function registerCheckedDevice(
+  db: Db,
+  deviceId: string,
+  model: string,
+  version: string,
+): Promise<boolean> {
   const r = await sql`
     INSERT INTO devices (device_id, device_model, current_firmware_version, last_seen, metadata)
     VALUES (${deviceId}, ${model}, ${version}, NOW(), '{"protocol": "http", "registered_via": "http"}'::jsonb)
@@ -286,35 +401,53 @@ export async function registerCheckedDevice(db: Db, deviceId: string, model: str
 }
 
 /** A token-authenticated /check: refreshes version and last_seen (as the old service did) and marks the device as polling. */
-export async function refreshCheckedDevice(db: Db, deviceId: string, version: string): Promise<void> {
+export async function refreshCheckedDevice(
+  db: Db,
+  deviceId: string,
+  version: string,
+): Promise<void> {
   await sql`
     UPDATE devices SET current_firmware_version = ${version}, last_seen = NOW(),
       metadata = COALESCE(metadata, '{}'::jsonb) || '{"protocol": "http"}'::jsonb
     WHERE device_id = ${deviceId}`.execute(db)
 }
 
-export type UpdateStatus = 'pending' | 'downloading' | 'downloaded' | 'installing' | 'success' | 'failed' | 'rolled_back'
+export type UpdateStatus =
+  'pending' | 'downloading' | 'downloaded' | 'installing' | 'success' | 'failed' | 'rolled_back'
 
 /**
  * Keeps device_update_status (what the Grafana OTA dashboard reads) in step for updates paku sees
  * over HTTP: moves the device's open row for that version, or starts one.
  */
-export async function recordUpdateStatus(db: Db, deviceId: string, version: string, status: UpdateStatus, message: string | null = null): Promise<void> {
+export async function recordUpdateStatus(
+  db: Db,
+  deviceId: string,
+  version: string,
+  status: UpdateStatus,
+  message: string | null = null,
+): Promise<void> {
   const done = status === 'success' || status === 'failed' || status === 'rolled_back'
   const r = await sql`
     UPDATE device_update_status SET status = ${status}, error_message = ${message},
       progress_percent = CASE WHEN ${status} = 'success' THEN 100 ELSE progress_percent END,
       completed_at = CASE WHEN ${done} THEN NOW() ELSE completed_at END, reported_at = NOW()
     WHERE id = (SELECT id FROM device_update_status WHERE device_id = ${deviceId} AND firmware_version = ${version}
-      AND status NOT IN ('success', 'failed', 'rolled_back') ORDER BY reported_at DESC, id DESC LIMIT 1)`.execute(db)
+      AND status NOT IN ('success', 'failed', 'rolled_back') ORDER BY reported_at DESC, id DESC LIMIT 1)`.execute(
+    db,
+  )
   if (Number(r.numAffectedRows ?? 0) > 0) return
   await sql`
     INSERT INTO device_update_status (device_id, firmware_version, status, error_message, progress_percent, started_at, completed_at)
-    VALUES (${deviceId}, ${version}, ${status}, ${message}, ${status === 'success' ? 100 : null}, NOW(), ${done ? sql`NOW()` : null})`.execute(db)
+    VALUES (${deviceId}, ${version}, ${status}, ${message}, ${status === 'success' ? 100 : null}, NOW(), ${done ? sql`NOW()` : null})`.execute(
+    db,
+  )
 }
 
 /** The old service's /api/admin/update-status rows. */
-export async function listUpdateStatus(db: Db, f: { deviceId?: string | undefined; version?: string | undefined; limit: number }) {
+export async function listUpdateStatus(
+  db: Db,
+  f: { deviceId?: string | undefined; version?: string | undefined; limit: number },
+) {
   const r = await sql<Record<string, unknown>>`
     SELECT device_id, firmware_version, status, error_message, progress_percent, started_at, completed_at, reported_at
     FROM device_update_status
@@ -326,31 +459,77 @@ export async function listUpdateStatus(db: Db, f: { deviceId?: string | undefine
 
 /** A device's OTA events (uploads of nothing, rollouts taking it in, outcomes), newest first. */
 export async function deviceEvents(db: Db, deviceId: string, limit: number) {
-  const r = await sql<{ event_type: string; firmware_version: string | null; rollout_id: number | null; event_data: Record<string, unknown> | null; created_at: Date }>`
+  const r = await sql<{
+    event_type: string
+    firmware_version: string | null
+    rollout_id: number | null
+    event_data: Record<string, unknown> | null
+    created_at: Date
+  }>`
     SELECT event_type, firmware_version, rollout_id::int AS rollout_id, event_data, created_at FROM ota_events
     WHERE device_id = ${deviceId} ORDER BY created_at DESC, id DESC LIMIT ${limit}`.execute(db)
   return r.rows
 }
 
 /** The old report endpoint's effects (docs/compatibility.md, "The old routes"), with success also moving the device's version. */
-export async function reportUpdateStatus(db: Db, deviceId: string, b: { firmware_version: string; status: UpdateStatus; error_message?: string | null | undefined; progress_percent?: number | null | undefined }): Promise<void> {
+export async function reportUpdateStatus(
+  db: Db,
+  deviceId: string,
+  b: {
+    firmware_version: string
+    status: UpdateStatus
+    error_message?: string | null | undefined
+    progress_percent?: number | null | undefined
+  },
+): Promise<void> {
   await db.transaction().execute(async (tx) => {
     await sql`
       INSERT INTO device_update_status (device_id, firmware_version, status, error_message, progress_percent, started_at, completed_at)
       VALUES (${deviceId}, ${b.firmware_version}, ${b.status}, ${b.error_message ?? null}, ${b.progress_percent ?? null},
-        ${b.status === 'downloading' ? sql`NOW()` : null}, ${b.status === 'success' || b.status === 'failed' ? sql`NOW()` : null})`.execute(tx)
+        ${b.status === 'downloading' ? sql`NOW()` : null}, ${b.status === 'success' || b.status === 'failed' ? sql`NOW()` : null})`.execute(
+      tx,
+    )
     if (b.status === 'success') {
-      await sql`UPDATE devices SET current_firmware_version = ${b.firmware_version}, last_seen = NOW() WHERE device_id = ${deviceId}`.execute(tx)
-      await insertEvent(tx, { type: 'update_completed', deviceId, version: b.firmware_version, data: { via: 'update-status' } })
+      await sql`UPDATE devices SET current_firmware_version = ${b.firmware_version}, last_seen = NOW() WHERE device_id = ${deviceId}`.execute(
+        tx,
+      )
+      await insertEvent(tx, {
+        type: 'update_completed',
+        deviceId,
+        version: b.firmware_version,
+        data: { via: 'update-status' },
+      })
     }
-    if (b.status === 'failed') await insertEvent(tx, { type: 'update_failed', deviceId, version: b.firmware_version, data: { error: b.error_message ?? null } })
+    if (b.status === 'failed')
+      await insertEvent(tx, {
+        type: 'update_failed',
+        deviceId,
+        version: b.firmware_version,
+        data: { error: b.error_message ?? null },
+      })
   })
 }
 
 /** Small numbers for /metrics that live in the database. */
-export async function gauges(db: Db): Promise<{ devicesByModel: Array<{ model: string; n: number }>; rolloutsByStatus: Array<{ status: string; n: number }>; releases: number }> {
-  const d = await sql<{ model: string; n: number }>`SELECT device_model AS model, count(*)::int AS n FROM devices GROUP BY 1 ORDER BY 1`.execute(db)
-  const r = await sql<{ status: string; n: number }>`SELECT status, count(*)::int AS n FROM rollout_configurations GROUP BY 1 ORDER BY 1`.execute(db)
+export async function gauges(
+  db: Db,
+): Promise<{
+  devicesByModel: Array<{ model: string; n: number }>
+  rolloutsByStatus: Array<{ status: string; n: number }>
+  releases: number
+}> {
+  const d = await sql<{
+    model: string
+    n: number
+  }>`SELECT device_model AS model, count(*)::int AS n FROM devices GROUP BY 1 ORDER BY 1`.execute(
+    db,
+  )
+  const r = await sql<{
+    status: string
+    n: number
+  }>`SELECT status, count(*)::int AS n FROM rollout_configurations GROUP BY 1 ORDER BY 1`.execute(
+    db,
+  )
   const f = await sql<{ n: number }>`SELECT count(*)::int AS n FROM firmware_releases`.execute(db)
   return { devicesByModel: d.rows, rolloutsByStatus: r.rows, releases: f.rows[0]?.n ?? 0 }
 }

@@ -4,8 +4,15 @@ import { compareVersions, hashBucket, parseVersion, percentageMatch } from './ve
 
 describe('percentageMatch (the old service\'s consistent hash, docs/compatibility.md, "Rollout targeting and the canary hash")', () => {
   const vectors: Array<[string, number]> = [
-    ['device1', 60], ['device2', 80], ['device123', 16], ['device456', 8], ['test_device', 72],
-    ['ESP32-20E955A0', 25], ['ESP8266-9608CF16', 35], ['esp32_001', 69], ['', 49],
+    ['device1', 60],
+    ['device2', 80],
+    ['device123', 16],
+    ['device456', 8],
+    ['test_device', 72],
+    ['ESP32-20E955A0', 25],
+    ['ESP8266-9608CF16', 35],
+    ['esp32_001', 69],
+    ['', 49],
   ]
   for (const [id, bucket] of vectors) {
     it(`${JSON.stringify(id)} → ${bucket}`, () => {
@@ -43,10 +50,26 @@ describe('versions', () => {
     assert.equal(parseVersion('1.4.2'), '1.4.2')
     assert.equal(parseVersion('v1.4.2'), '1.4.2')
     assert.equal(parseVersion('1.5.0-rc.1'), '1.5.0-rc.1')
-    assert.equal(parseVersion('1.5.0+build.7'), '1.5.0', 'build metadata does not take part in ordering')
+    assert.equal(
+      parseVersion('1.5.0+build.7'),
+      '1.5.0',
+      'build metadata does not take part in ordering',
+    )
   })
-  for (const bad of ['', '1.4', '1', 'latest', 'test-20260101-120000', '1.4.2/../../etc', '1.4.2 ', '01.2.3', 'x'.repeat(100), '1.2.3\u0000']) {
-    it(`refuses ${JSON.stringify(bad.slice(0, 30))}`, () => assert.equal(parseVersion(bad), undefined))
+  for (const bad of [
+    '',
+    '1.4',
+    '1',
+    'latest',
+    'test-20260101-120000',
+    '1.4.2/../../etc',
+    '1.4.2 ',
+    '01.2.3',
+    'x'.repeat(100),
+    '1.2.3\u0000',
+  ]) {
+    it(`refuses ${JSON.stringify(bad.slice(0, 30))}`, () =>
+      assert.equal(parseVersion(bad), undefined))
   }
   it('orders by semver, not by text', () => {
     assert.equal(compareVersions('1.10.0', '1.9.3'), 1)

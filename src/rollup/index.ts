@@ -79,7 +79,12 @@ const MERGE = sql`
   last_at = GREATEST(t.last_at, EXCLUDED.last_at)`
 
 /** Writes aggregates into a rollup table (alias `t`); `set` says what a bucket already there becomes. */
-function upsert(source: Source, table: 'rollup_5m' | 'rollup_1h' | 'rollup_6h', select: RawBuilder<unknown>, set: RawBuilder<unknown> = REPLACE) {
+function upsert(
+  source: Source,
+  table: 'rollup_5m' | 'rollup_1h' | 'rollup_6h',
+  select: RawBuilder<unknown>,
+  set: RawBuilder<unknown> = REPLACE,
+) {
   return sql`
     INSERT INTO ${sql.table(table)} AS t (source, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last, last_at)
     SELECT ${source.name}, site_id, system, device_id, metric, bucket, location, n, sum, min, max, last, last_at FROM (${select}) a
@@ -104,7 +109,12 @@ function finestTier(source: Source) {
 
 export { ECOFLOW_COLUMNS } from './sources.js'
 
-export type PassResult = { buckets: number; rows: number; ms: number; sources: Record<string, { buckets: number; ms: number }> }
+export type PassResult = {
+  buckets: number
+  rows: number
+  ms: number
+  sources: Record<string, { buckets: number; ms: number }>
+}
 
 /**
  * Keeps rollup_5m, rollup_1h and rollup_6h current. Each pass adds the rows that became visible since
@@ -130,10 +140,15 @@ export function createRollup(opts: RollupOptions) {
    * commits on its own (a year's backfill must not be one transaction of ten minutes); the watermark
    * moves only at the end, so a pass cut short (stop) is redone, idempotently, by the next one.
    */
-  async function rollSource(db: Kysely<DB>, source: Source): Promise<{ buckets: number; rows: number }> {
+  async function rollSource(
+    db: Kysely<DB>,
+    source: Source,
+  ): Promise<{ buckets: number; rows: number }> {
     return db.connection().execute(async (conn) => {
       const key = sql`hashtext(${`paku.rollup.${source.name}`})`
-      const locked = await sql<{ ok: boolean }>`SELECT pg_try_advisory_lock(${key}) AS ok`.execute(conn)
+      const locked = await sql<{ ok: boolean }>`SELECT pg_try_advisory_lock(${key}) AS ok`.execute(
+        conn,
+      )
       if (!locked.rows[0]?.ok) return { buckets: 0, rows: 0 }
       try {
         return await catchUp(conn, source)
@@ -143,19 +158,40 @@ export function createRollup(opts: RollupOptions) {
     })
   }
 
-  async function catchUp(conn: Kysely<DB>, source: Source): Promise<{ buckets: number; rows: number }> {
+  async function catchUp(
+    conn: Kysely<DB>,
+    source: Source,
+  ): Promise<{ buckets: number; rows: number }> {
     // The next watermark: rows created (their transaction begun) before it are counted by this pass. A
     // transaction still open may write rows with an older created_at, so it is no later than the start
     // of the oldest one this role can see; the rows of those are found by the next pass's scan.
-    const state = await sql<{ watermark: Date | null; counted_below: string | null; horizon: string; now: Date }>`
+    const state = await sql<{
+      watermark: Date | null
+      counted_below: string | null
+      horizon: string
+      now: Date
+    }>`
       SELECT s.watermark, s.counted_below::text, pg_snapshot_xmin(pg_current_snapshot())::text AS horizon,
         LEAST(statement_timestamp(), (SELECT min(xact_start) FROM pg_stat_activity
           WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())) AS now
       FROM (SELECT 1) one LEFT JOIN rollup_state s ON s.source = ${source.name}`.execute(conn)
-    const { watermark, counted_below: countedBelow, horizon, now } = state.rows[0] as { watermark: Date | null; counted_below: string | null; horizon: string; now: Date }
-    const save = (db: Kysely<DB>) => sql`
+    const {
+      watermark,
+      counted_below: countedBelow,
+      horizon,
+      now,
+    } = state.rows[0] as {
+      watermark: Date | null
+      counted_below: string | null
+      horizon: string
+      now: Date
+    }
+    const save = (db: Kysely<DB>) =>
+      sql`
       INSERT INTO rollup_state (source, watermark, counted_below) VALUES (${source.name}, ${now}, ${horizon}::xid8)
-      ON CONFLICT (source) DO UPDATE SET watermark = EXCLUDED.watermark, counted_below = EXCLUDED.counted_below, updated_at = NOW()`.execute(db)
+      ON CONFLICT (source) DO UPDATE SET watermark = EXCLUDED.watermark, counted_below = EXCLUDED.counted_below, updated_at = NOW()`.execute(
+        db,
+      )
     if (countedBelow === null || watermark === null) {
       const done = await recompute(conn, source, watermark, horizon, now)
       if (done === undefined) return { buckets: 0, rows: 0 }
@@ -175,7 +211,13 @@ export function createRollup(opts: RollupOptions) {
    * their buckets, so each row is aggregated once; the coarser tiers of the hours they touched are
    * recomputed from the finer ones (twelve or six rows each).
    */
-  async function merge(tx: Kysely<DB>, source: Source, watermark: Date, countedBelow: string, horizon: string) {
+  async function merge(
+    tx: Kysely<DB>,
+    source: Source,
+    watermark: Date,
+    countedBelow: string,
+    horizon: string,
+  ) {
     const { width, finest } = finestTier(source)
     await plannerHints(tx, source)
     // created_at only narrows the scan (BRIN); which rows count is decided by their transaction's id.
@@ -199,13 +241,22 @@ export function createRollup(opts: RollupOptions) {
    * pass saves) less the overlap. Each range commits on its own, as a year's backfill must not be one
    * transaction of ten minutes; a pass cut short leaves the state as it was and the next one starts over.
    */
-  async function recompute(conn: Kysely<DB>, source: Source, watermark: Date | null, horizon: string, next: Date) {
+  async function recompute(
+    conn: Kysely<DB>,
+    source: Source,
+    watermark: Date | null,
+    horizon: string,
+    next: Date,
+  ) {
     const { width, finest, step } = finestTier(source)
     const dirty = await sql<{ b: Date }>`
       SELECT DISTINCT date_bin(${width}::interval, ts, TIMESTAMPTZ 'epoch') AS b FROM ${sql.table(source.table)}
       WHERE ${watermark === null ? sql`true` : sql`created_at > ${watermark}::timestamptz - ${OVERLAP}::interval`}
       ORDER BY 1`.execute(conn)
-    const dirtyRanges = ranges(dirty.rows.map((r) => r.b.getTime()), step)
+    const dirtyRanges = ranges(
+      dirty.rows.map((r) => r.b.getTime()),
+      step,
+    )
     // A row created before the next watermark less the overlap is never read by a merge, and its
     // transaction has ended: it counts whatever its xmin says. An adopted database's history may be
     // older than 2^31 transactions (the old collector committed every message), which below() misreads.
@@ -224,29 +275,62 @@ export function createRollup(opts: RollupOptions) {
     if (stopping) return undefined
     await rollCoarser(conn, source, buckets, () => stopping)
     for (const [from, to] of dirtyRanges) {
-      await upsertSeries(source, sql`
+      await upsertSeries(
+        source,
+        sql`
         SELECT site_id, system, device_id, min(bucket) AS first_at, max(bucket) AS last_at FROM ${sql.table(finest)}
-        WHERE source = ${source.name} AND bucket >= ${new Date(from)} AND bucket < ${new Date(to)} GROUP BY 1, 2, 3`).execute(conn)
+        WHERE source = ${source.name} AND bucket >= ${new Date(from)} AND bucket < ${new Date(to)} GROUP BY 1, 2, 3`,
+      ).execute(conn)
     }
     return stopping ? undefined : { buckets: buckets.length, rows }
   }
 
   /** Recomputes the coarser tiers of the periods that the given finest buckets fall in, unless told to stop. */
-  async function rollCoarser(db: Kysely<DB>, source: Source, buckets: readonly number[], stop: () => boolean): Promise<void> {
-    const hours = [...new Set(buckets.map((b) => Math.floor(b / HOUR_MS) * HOUR_MS))].sort((a, b) => a - b)
+  async function rollCoarser(
+    db: Kysely<DB>,
+    source: Source,
+    buckets: readonly number[],
+    stop: () => boolean,
+  ): Promise<void> {
+    const hours = [...new Set(buckets.map((b) => Math.floor(b / HOUR_MS) * HOUR_MS))].sort(
+      (a, b) => a - b,
+    )
     const sixHours = [...new Set(hours.map((h) => Math.floor(h / SIX_HOURS_MS) * SIX_HOURS_MS))]
-    const tiers: Array<{ table: 'rollup_1h' | 'rollup_6h'; from: 'rollup_5m' | 'rollup_1h'; width: string; ms: number; periods: number[] }> = []
-    if (source.fiveMinute) tiers.push({ table: 'rollup_1h', from: 'rollup_5m', width: '1 hour', ms: HOUR_MS, periods: hours })
-    tiers.push({ table: 'rollup_6h', from: 'rollup_1h', width: '6 hours', ms: SIX_HOURS_MS, periods: sixHours })
+    const tiers: Array<{
+      table: 'rollup_1h' | 'rollup_6h'
+      from: 'rollup_5m' | 'rollup_1h'
+      width: string
+      ms: number
+      periods: number[]
+    }> = []
+    if (source.fiveMinute)
+      tiers.push({
+        table: 'rollup_1h',
+        from: 'rollup_5m',
+        width: '1 hour',
+        ms: HOUR_MS,
+        periods: hours,
+      })
+    tiers.push({
+      table: 'rollup_6h',
+      from: 'rollup_1h',
+      width: '6 hours',
+      ms: SIX_HOURS_MS,
+      periods: sixHours,
+    })
     for (const tier of tiers) {
       for (const [from, to] of ranges(tier.periods, tier.ms)) {
         if (stop()) return
-        await upsert(source, tier.table, sql`
+        await upsert(
+          source,
+          tier.table,
+          sql`
           SELECT site_id, system, device_id, metric, date_bin(${tier.width}::interval, bucket, TIMESTAMPTZ 'epoch') AS bucket,
             (array_agg(location ORDER BY bucket DESC))[1] AS location, sum(n)::int AS n, sum(sum) AS sum, min(min) AS min, max(max) AS max,
             (array_agg(last ORDER BY bucket DESC))[1] AS last, max(last_at) AS last_at
           FROM ${sql.table(tier.from)} WHERE source = ${source.name} AND bucket >= ${new Date(from)} AND bucket < ${new Date(to)}
-          GROUP BY site_id, system, device_id, metric, 5`).execute(db)
+          GROUP BY site_id, system, device_id, metric, 5`,
+        ).execute(db)
       }
     }
   }
@@ -289,7 +373,9 @@ export function createRollup(opts: RollupOptions) {
       for (;;) {
         const res = await sql`
           DELETE FROM ${sql.table(table)} WHERE ctid = ANY(ARRAY(
-            SELECT ctid FROM ${sql.table(table)} WHERE ${sql.ref(column)} < NOW() - make_interval(days => ${days}) LIMIT ${DELETE_SLICE}))`.execute(db)
+            SELECT ctid FROM ${sql.table(table)} WHERE ${sql.ref(column)} < NOW() - make_interval(days => ${days}) LIMIT ${DELETE_SLICE}))`.execute(
+          db,
+        )
         const n = Number(res.numAffectedRows ?? 0)
         total += n
         if (n < DELETE_SLICE || stopping) break
@@ -366,7 +452,8 @@ export function ranges(starts: readonly number[], step: number): Array<[number, 
   const out: Array<[number, number]> = []
   for (const s of starts) {
     const last = out[out.length - 1]
-    if (last && last[1] === s && s + step - last[0] <= Math.max(MAX_RANGE_MS, step)) last[1] = s + step
+    if (last && last[1] === s && s + step - last[0] <= Math.max(MAX_RANGE_MS, step))
+      last[1] = s + step
     else out.push([s, s + step])
   }
   return out

@@ -1,6 +1,14 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import {
+  chownSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
@@ -26,12 +34,21 @@ const XACT_PER_SEGMENT = 32_768 * 32
 
 function binariesWithResetwal(): string | undefined {
   const base = '/usr/lib/postgresql'
-  const versions = existsSync(base) ? readdirSync(base).filter((d) => /^\d+$/.test(d)).sort((a, b) => Number(b) - Number(a)) : []
-  return versions.map((d) => join(base, d, 'bin')).find((b) => ['postgres', 'initdb', 'pg_resetwal'].every((f) => existsSync(join(b, f))))
+  const versions = existsSync(base)
+    ? readdirSync(base)
+        .filter((d) => /^\d+$/.test(d))
+        .sort((a, b) => Number(b) - Number(a))
+    : []
+  return versions
+    .map((d) => join(base, d, 'bin'))
+    .find((b) => ['postgres', 'initdb', 'pg_resetwal'].every((f) => existsSync(join(b, f))))
 }
 const found = binariesWithResetwal()
 // CI installs Debian's PostgreSQL (.ci/run); on a developer machine without it this test is skipped, loudly.
-const skip = !found && process.env.CI !== 'true' ? 'no /usr/lib/postgresql/*/bin/pg_resetwal (apt-get install postgresql-15)' : false
+const skip =
+  !found && process.env.CI !== 'true'
+    ? 'no /usr/lib/postgresql/*/bin/pg_resetwal (apt-get install postgresql-15)'
+    : false
 
 /** As root the cluster belongs to `postgres` (src/db/embedded.ts); pg_resetwal must run as its owner. */
 function owner(clusterDir: string): { uid: number; gid: number } | undefined {
@@ -47,10 +64,16 @@ function owner(clusterDir: string): { uid: number; gid: number } | undefined {
  */
 function setNextXid(bin: string, clusterDir: string, xid: bigint): void {
   const as = owner(clusterDir)
-  execFileSync(join(bin, 'pg_resetwal'), ['-x', String(xid), '-D', clusterDir], { stdio: 'pipe', ...as })
+  execFileSync(join(bin, 'pg_resetwal'), ['-x', String(xid), '-D', clusterDir], {
+    stdio: 'pipe',
+    ...as,
+  })
   const xactDir = join(clusterDir, 'pg_xact')
   const nameLength = readdirSync(xactDir)[0]?.length ?? 4
-  const segment = join(xactDir, (xid / BigInt(XACT_PER_SEGMENT)).toString(16).toUpperCase().padStart(nameLength, '0'))
+  const segment = join(
+    xactDir,
+    (xid / BigInt(XACT_PER_SEGMENT)).toString(16).toUpperCase().padStart(nameLength, '0'),
+  )
   if (!existsSync(segment)) {
     writeFileSync(segment, Buffer.alloc(XACT_PER_SEGMENT / 4))
     if (as) chownSync(segment, as.uid, as.gid)
@@ -59,11 +82,20 @@ function setNextXid(bin: string, clusterDir: string, xid: bigint): void {
 
 describe('rollups across transaction id wraparound', { skip }, () => {
   it('count rows older than 2^31 transactions in the first pass, and each row once while ids wrap past 2^32', async (t) => {
-    assert.ok(found, 'no /usr/lib/postgresql/*/bin with pg_resetwal: apt-get install postgresql-15 (.ci/run does)')
+    assert.ok(
+      found,
+      'no /usr/lib/postgresql/*/bin with pg_resetwal: apt-get install postgresql-15 (.ci/run does)',
+    )
     const bin = found
     const root = mkdtempSync(join(tmpdir(), 'paku-xid-'))
     defer(t, () => rmSync(root, { recursive: true, force: true }))
-    const options = { dataDir: root, port: await freePort(), log: testLogger(), binDir: bin, settings: { fsync: 'off', autovacuum: 'off' } }
+    const options = {
+      dataDir: root,
+      port: await freePort(),
+      log: testLogger(),
+      binDir: bin,
+      settings: { fsync: 'off', autovacuum: 'off' },
+    }
     const kysely = (url: string) => {
       const pool = new pg.Pool({ connectionString: url, max: 3 })
       // pool.end() resolves before its sockets close, so an idle client can still hear the server's
@@ -86,8 +118,15 @@ describe('rollups across transaction id wraparound', { skip }, () => {
       await migrate(db, readSqlDir(sqlDir()))
       await db.destroy()
       const c = await client(first.url())
-      for (const [ts, value] of [['2025-11-01T10:00:10Z', 1], ['2025-11-01T10:01:00Z', 2], ['2025-11-01T10:02:00Z', 4]] as const) {
-        await c.query(`INSERT INTO measurements (site_id, system, device_id, location, ts, metrics, created_at) VALUES ('paku', 'sensors', 'old', 'cabin', $1, $2, $1)`, [ts, { t: value }])
+      for (const [ts, value] of [
+        ['2025-11-01T10:00:10Z', 1],
+        ['2025-11-01T10:01:00Z', 2],
+        ['2025-11-01T10:02:00Z', 4],
+      ] as const) {
+        await c.query(
+          `INSERT INTO measurements (site_id, system, device_id, location, ts, metrics, created_at) VALUES ('paku', 'sensors', 'old', 'cabin', $1, $2, $1)`,
+          [ts, { t: value }],
+        )
       }
       await c.end()
       // Frozen rows need no commit status, so the catalogs and these rows survive the jump below.
@@ -108,40 +147,92 @@ describe('rollups across transaction id wraparound', { skip }, () => {
     defer(t, () => db.destroy())
     const sql = await sqlClient(t, server.url())
     const config = v.parse(ConfigSchema, {})
-    const rollup = createRollup({ config: config.rollup, retention: config.retention, db: () => db, log: testLogger() })
+    const rollup = createRollup({
+      config: config.rollup,
+      retention: config.retention,
+      db: () => db,
+      log: testLogger(),
+    })
 
     // The premise: about 2^32 transactions after those rows, age() reads them as from the future.
-    const old = await sql.query(`SELECT bool_and(age(xmin) < 0) AS wrapped, count(*)::int AS n FROM measurements WHERE device_id = 'old'`)
+    const old = await sql.query(
+      `SELECT bool_and(age(xmin) < 0) AS wrapped, count(*)::int AS n FROM measurements WHERE device_id = 'old'`,
+    )
     assert.deepEqual(old.rows, [{ wrapped: true, n: 3 }])
     await rollup.pass()
     const bucket = async (device: string, at: string) =>
-      (await sql.query(`SELECT n, sum, min, max, last FROM rollup_5m WHERE device_id = $1 AND metric = 't' AND bucket = $2`, [device, at])).rows[0]
-    assert.deepEqual(await bucket('old', '2025-11-01T10:00:00Z'), { n: 3, sum: 7, min: 1, max: 4, last: '4' }, 'the first pass counts the old rows')
+      (
+        await sql.query(
+          `SELECT n, sum, min, max, last FROM rollup_5m WHERE device_id = $1 AND metric = 't' AND bucket = $2`,
+          [device, at],
+        )
+      ).rows[0]
+    assert.deepEqual(
+      await bucket('old', '2025-11-01T10:00:00Z'),
+      { n: 3, sum: 7, min: 1, max: 4, last: '4' },
+      'the first pass counts the old rows',
+    )
 
     // New rows while the ids wrap past 2^32, with a transaction held open across the wrap and a pass.
     const insert = (c: pg.Client, ts: string, value: number) =>
-      c.query(`INSERT INTO measurements (site_id, system, device_id, location, ts, metrics) VALUES ('paku', 'sensors', 'new', 'cabin', $1, $2) RETURNING pg_current_xact_id()::text::numeric AS xid`, [ts, { t: value }])
+      c.query(
+        `INSERT INTO measurements (site_id, system, device_id, location, ts, metrics) VALUES ('paku', 'sensors', 'new', 'cabin', $1, $2) RETURNING pg_current_xact_id()::text::numeric AS xid`,
+        [ts, { t: value }],
+      )
     const xidOf = async (r: Promise<pg.QueryResult>) => BigInt((await r).rows[0].xid as string)
     assert.ok((await xidOf(insert(sql, '2026-11-02T10:00:10Z', 1))) < WRAP)
     await rollup.pass()
     const other = await sqlClient(t, server.url())
     await other.query('BEGIN')
-    assert.ok((await xidOf(insert(other, '2026-11-02T10:01:00Z', 2))) < WRAP, 'the open transaction began before the wrap')
+    assert.ok(
+      (await xidOf(insert(other, '2026-11-02T10:01:00Z', 2))) < WRAP,
+      'the open transaction began before the wrap',
+    )
     // Each iteration commits, so each takes a transaction id of its own.
-    await sql.query(`DO $$ BEGIN FOR i IN 1..3100 LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$`)
-    assert.ok((await xidOf(insert(sql, '2026-11-02T10:02:00Z', 3))) > WRAP, 'this row was written after the wrap')
+    await sql.query(
+      `DO $$ BEGIN FOR i IN 1..3100 LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$`,
+    )
+    assert.ok(
+      (await xidOf(insert(sql, '2026-11-02T10:02:00Z', 3))) > WRAP,
+      'this row was written after the wrap',
+    )
     await rollup.pass()
-    assert.deepEqual(await bucket('new', '2026-11-02T10:00:00Z'), { n: 1, sum: 1, min: 1, max: 1, last: '1' }, 'both wait for the open transaction')
+    assert.deepEqual(
+      await bucket('new', '2026-11-02T10:00:00Z'),
+      { n: 1, sum: 1, min: 1, max: 1, last: '1' },
+      'both wait for the open transaction',
+    )
     await other.query('COMMIT')
     await rollup.pass()
-    assert.deepEqual(await bucket('new', '2026-11-02T10:00:00Z'), { n: 3, sum: 6, min: 1, max: 3, last: '3' })
-    const state = await sql.query(`SELECT counted_below::text::numeric > $1 AS past FROM rollup_state WHERE source = 'measurements'`, [WRAP.toString()])
-    assert.deepEqual(state.rows, [{ past: true }], 'the horizon the next pass starts from is past the wrap')
+    assert.deepEqual(await bucket('new', '2026-11-02T10:00:00Z'), {
+      n: 3,
+      sum: 6,
+      min: 1,
+      max: 3,
+      last: '3',
+    })
+    const state = await sql.query(
+      `SELECT counted_below::text::numeric > $1 AS past FROM rollup_state WHERE source = 'measurements'`,
+      [WRAP.toString()],
+    )
+    assert.deepEqual(
+      state.rows,
+      [{ past: true }],
+      'the horizon the next pass starts from is past the wrap',
+    )
     await insert(sql, '2026-11-02T10:03:00Z', 4)
     await rollup.pass()
     const idle = await rollup.pass()
     assert.equal(idle.sources.measurements?.buckets, 0, 'nothing new, nothing touched')
-    assert.deepEqual(await bucket('new', '2026-11-02T10:00:00Z'), { n: 4, sum: 10, min: 1, max: 4, last: '4' }, 'each row once')
-    assert.deepEqual(await bucket('old', '2025-11-01T10:00:00Z'), { n: 3, sum: 7, min: 1, max: 4, last: '4' }, 'old buckets untouched')
+    assert.deepEqual(
+      await bucket('new', '2026-11-02T10:00:00Z'),
+      { n: 4, sum: 10, min: 1, max: 4, last: '4' },
+      'each row once',
+    )
+    assert.deepEqual(
+      await bucket('old', '2025-11-01T10:00:00Z'),
+      { n: 3, sum: 7, min: 1, max: 4, last: '4' },
+      'old buckets untouched',
+    )
   })
 })

@@ -16,7 +16,8 @@ const TYPES: Record<string, string> = {
 }
 
 // Everything from this origin only: no inline script or style, no framing, no form posts elsewhere.
-const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+const CSP =
+  "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 export type UiOptions = {
   /** The UI's files by name (index.html, app.js, style.css): from src/ui/static or the executable's assets. */

@@ -20,7 +20,10 @@ export function addressKey(ip: string): string {
     const lo = groups[7] ?? 0
     return `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`
   }
-  return `${groups.slice(0, 4).map((g) => g.toString(16)).join(':')}::/64`
+  return `${groups
+    .slice(0, 4)
+    .map((g) => g.toString(16))
+    .join(':')}::/64`
 }
 
 /** The eight 16-bit groups of a valid IPv6 address (with `::` expanded and a dotted IPv4 tail converted). */
@@ -41,6 +44,7 @@ function ipv6Groups(addr: string): number[] {
 
 /** The peer address from @hono/node-server's bindings (`c.env`); 'unknown' where there is no socket (app.request() tests). */
 export function remoteAddress(env: unknown): string {
-  const incoming = (env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming
+  const incoming = (env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)
+    ?.incoming
   return incoming?.socket?.remoteAddress ?? 'unknown'
 }

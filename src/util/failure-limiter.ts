@@ -3,7 +3,12 @@
  * refused for `blockMs`, without its credentials even being checked (scrypt costs ~50 ms of CPU; a
  * guessing loop must not get to spend ours). Memory is bounded: old entries are pruned.
  */
-export function createFailureLimiter(opts: { maxFailures: number; windowMs?: number; blockMs?: number; now?: () => number }) {
+export function createFailureLimiter(opts: {
+  maxFailures: number
+  windowMs?: number
+  blockMs?: number
+  now?: () => number
+}) {
   const windowMs = opts.windowMs ?? 60_000
   const blockMs = opts.blockMs ?? 60_000
   const now = opts.now ?? Date.now
@@ -11,7 +16,8 @@ export function createFailureLimiter(opts: { maxFailures: number; windowMs?: num
 
   const prune = (t: number) => {
     if (entries.size < 10_000) return
-    for (const [k, e] of entries) if (e.blockedUntil < t && (e.failures.at(-1) ?? 0) < t - windowMs) entries.delete(k)
+    for (const [k, e] of entries)
+      if (e.blockedUntil < t && (e.failures.at(-1) ?? 0) < t - windowMs) entries.delete(k)
   }
 
   return {

@@ -1,5 +1,10 @@
 /** A histogram's state: observations counted per upper bound (not cumulative), their sum and count. */
-export type HistogramSnapshot = { bounds: readonly number[]; counts: readonly number[]; sum: number; count: number }
+export type HistogramSnapshot = {
+  bounds: readonly number[]
+  counts: readonly number[]
+  sum: number
+  count: number
+}
 
 /**
  * Counts observations per upper bound, for a Prometheus histogram (http's histogramMetric makes the

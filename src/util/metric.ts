@@ -6,14 +6,28 @@ export type Metric = {
   help: string
   type: 'counter' | 'gauge' | 'histogram'
   /** A histogram's samples carry the suffix of the series they belong to (_bucket, _sum, _count). */
-  samples: Array<{ suffix?: '_bucket' | '_sum' | '_count'; labels?: Record<string, string>; value: number }>
+  samples: Array<{
+    suffix?: '_bucket' | '_sum' | '_count'
+    labels?: Record<string, string>
+    value: number
+  }>
 }
 
 /** A counter with one unlabelled sample. */
-export const counter = (name: string, help: string, value: number): Metric => ({ name, help, type: 'counter', samples: [{ value }] })
+export const counter = (name: string, help: string, value: number): Metric => ({
+  name,
+  help,
+  type: 'counter',
+  samples: [{ value }],
+})
 
 /** A gauge with one unlabelled sample. */
-export const gauge = (name: string, help: string, value: number): Metric => ({ name, help, type: 'gauge', samples: [{ value }] })
+export const gauge = (name: string, help: string, value: number): Metric => ({
+  name,
+  help,
+  type: 'gauge',
+  samples: [{ value }],
+})
 
 /** A histogram as Prometheus wants it: cumulative buckets, le="+Inf" equal to the count, then sum and count. */
 export function histogramMetric(name: string, help: string, h: HistogramSnapshot): Metric {
@@ -26,6 +40,11 @@ export function histogramMetric(name: string, help: string, h: HistogramSnapshot
     name,
     help,
     type: 'histogram',
-    samples: [...buckets, { suffix: '_bucket', labels: { le: '+Inf' }, value: h.count }, { suffix: '_sum', value: h.sum }, { suffix: '_count', value: h.count }],
+    samples: [
+      ...buckets,
+      { suffix: '_bucket', labels: { le: '+Inf' }, value: h.count },
+      { suffix: '_sum', value: h.sum },
+      { suffix: '_count', value: h.count },
+    ],
   }
 }

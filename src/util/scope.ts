@@ -20,14 +20,17 @@ export function scope(need: Scope): ScopeCheck {
   const check: MiddlewareHandler = async (c, next) => {
     const scopes = (c.get as (k: string) => unknown)('keyScopes') as readonly Scope[] | undefined
     if (!scopes) throw new HTTPException(401, { message: 'missing or wrong API key' })
-    if (!scopes.includes(need) && !scopes.includes('admin')) throw new HTTPException(403, { message: `this key lacks the "${need}" scope` })
+    if (!scopes.includes(need) && !scopes.includes('admin'))
+      throw new HTTPException(403, { message: `this key lacks the "${need}" scope` })
     await next()
   }
   return Object.assign(check, { scope: need })
 }
 
 /** Every route of an app with the scope it declares (undefined where it declares none), in registration order. */
-export function routeScopes(app: Hono): Array<{ method: string; path: string; scope: Scope | undefined }> {
+export function routeScopes(
+  app: Hono,
+): Array<{ method: string; path: string; scope: Scope | undefined }> {
   const out = new Map<string, { method: string; path: string; scope: Scope | undefined }>()
   for (const r of app.routes) {
     // Middleware mounted with app.use() is registered for every method; it declares nothing for a route.

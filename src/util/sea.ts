@@ -1,5 +1,9 @@
 /** node:sea, as far as paku uses it. */
-export type SeaModule = { isSea(): boolean; getAsset(key: string, encoding: string): string; getAsset(key: string): ArrayBuffer }
+export type SeaModule = {
+  isSea(): boolean
+  getAsset(key: string, encoding: string): string
+  getAsset(key: string): ArrayBuffer
+}
 
 let cache: SeaModule | null | undefined
 

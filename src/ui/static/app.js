@@ -28,7 +28,12 @@ function simplePage(load, everyMs) {
 const ecoflowPage = simplePage(async () => {
   try {
     const r = await api('GET', '/api/admin/ecoflow/devices')
-    say('ecoflow-state', r.enabled ? `Polling: ${r.state}${r.lastError ? ` (last error: ${r.lastError})` : ''}` : 'EcoFlow is not configured (PAKU_ECOFLOW_ACCESS_KEY, PAKU_ECOFLOW_SECRET_KEY).')
+    say(
+      'ecoflow-state',
+      r.enabled
+        ? `Polling: ${r.state}${r.lastError ? ` (last error: ${r.lastError})` : ''}`
+        : 'EcoFlow is not configured (PAKU_ECOFLOW_ACCESS_KEY, PAKU_ECOFLOW_SECRET_KEY).',
+    )
     $('ecoflow-poll').disabled = !r.enabled
     $('ecoflow-devices').replaceChildren(...r.devices.map(ecoflowCard))
   } catch (err) {
@@ -40,10 +45,21 @@ const ecoflowPage = simplePage(async () => {
 function ecoflowCard(d) {
   const box = el('article', null, { 'aria-label': `EcoFlow ${d.sn}` })
   const h = el('h3')
-  h.append(el('a', `${d.productName || 'EcoFlow'} ${d.sn}`, { href: `#station/${encodeURIComponent(d.sn)}` }))
+  h.append(
+    el('a', `${d.productName || 'EcoFlow'} ${d.sn}`, {
+      href: `#station/${encodeURIComponent(d.sn)}`,
+    }),
+  )
   box.append(h)
   const s = d.summary
-  box.append(el('p', s ? `Battery ${s.soc} %, in ${s.watts_in} W (solar ${s.solar_w} W), out ${s.watts_out} W; polled ${when(d.lastPollAt)}` : 'Not polled yet.'))
+  box.append(
+    el(
+      'p',
+      s
+        ? `Battery ${s.soc} %, in ${s.watts_in} W (solar ${s.solar_w} W), out ${s.watts_out} W; polled ${when(d.lastPollAt)}`
+        : 'Not polled yet.',
+    ),
+  )
   box.append(ecoflowControls(d.sn, (text, isError) => say('ecoflow-state', text, isError)))
   return box
 }
@@ -51,13 +67,34 @@ function ecoflowCard(d) {
 const commandsPage = simplePage(async () => {
   try {
     const r = await api('GET', '/api/v1/commands?limit=50')
-    fill('commands-body', r.items.map((c) => row([c.id, c.device_id, c.type, c.status + (c.error ? ` (${c.error})` : ''), when(c.created_at), c.closed_by])), 'No commands yet.')
+    fill(
+      'commands-body',
+      r.items.map((c) =>
+        row([
+          c.id,
+          c.device_id,
+          c.type,
+          c.status + (c.error ? ` (${c.error})` : ''),
+          when(c.created_at),
+          c.closed_by,
+        ]),
+      ),
+      'No commands yet.',
+    )
   } catch (err) {
     fill('commands-body', [], `Could not load: ${err.message}`)
   }
 }, 5000)
 
-const PAGES = { devices: fleetPage, device: devicePage, firmware: firmwarePage, rollouts: rolloutsPage, ecoflow: ecoflowPage, commands: commandsPage, live: livePage }
+const PAGES = {
+  devices: fleetPage,
+  device: devicePage,
+  firmware: firmwarePage,
+  rollouts: rolloutsPage,
+  ecoflow: ecoflowPage,
+  commands: commandsPage,
+  live: livePage,
+}
 
 // ---- first run: the setup link ----------------------------------------------------------------------
 
@@ -72,12 +109,20 @@ if (location.hash.startsWith('#setup=')) {
 async function createFirstKey(e) {
   e.preventDefault()
   if (!setupToken) {
-    say('setup-status', 'This page has no setup token: open the link paku logged at start again (it works once).', true)
+    say(
+      'setup-status',
+      'This page has no setup token: open the link paku logged at start again (it works once).',
+      true,
+    )
     return
   }
   say('setup-status', 'Creating…')
   try {
-    const res = await fetch('/api/setup', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: setupToken, name: $('setup-name').value.trim() }) })
+    const res = await fetch('/api/setup', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ token: setupToken, name: $('setup-name').value.trim() }),
+    })
     const j = await res.json().catch(() => ({}))
     if (!res.ok) {
       // A used or expired link cannot be retried; a taken name can.
@@ -89,7 +134,10 @@ async function createFirstKey(e) {
     $('setup-key').value = j.key
     $('setup-done').hidden = false
     $('setup-form').hidden = true
-    say('setup-status', `Created the admin key ${j.name} with every scope (${j.scopes.join(', ')}).`)
+    say(
+      'setup-status',
+      `Created the admin key ${j.name} with every scope (${j.scopes.join(', ')}).`,
+    )
     $('setup-key').focus()
     $('setup-key').select()
   } catch (err) {
@@ -125,7 +173,8 @@ function show() {
   for (const s of SECTIONS) $(s).hidden = !loggedIn || setup || s !== name
   for (const a of document.querySelectorAll('#nav a')) {
     const target = a.getAttribute('href').slice(1)
-    if (target === name || (name === 'device' && target === 'devices')) a.setAttribute('aria-current', 'page')
+    if (target === name || (name === 'device' && target === 'devices'))
+      a.setAttribute('aria-current', 'page')
     else a.removeAttribute('aria-current')
   }
   current?.leave()
@@ -176,7 +225,8 @@ $('ecoflow-poll').addEventListener('click', async () => {
   }
   await ecoflowPage.refresh()
 })
-for (const b of document.querySelectorAll('[data-refresh]')) b.addEventListener('click', () => void PAGES[b.dataset.refresh].refresh())
+for (const b of document.querySelectorAll('[data-refresh]'))
+  b.addEventListener('click', () => void PAGES[b.dataset.refresh].refresh())
 
 $('command-form').addEventListener('submit', async (e) => {
   e.preventDefault()

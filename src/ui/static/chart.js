@@ -33,7 +33,10 @@ export function chartCard(parent, o) {
   const card = el('figure', null, { class: 'chart' })
   const unit = unitOf(metric)
   const cap = el('figcaption')
-  cap.append(el('span', label(metric), { class: 'chart-title' }), el('span', unit, { class: 'muted' }))
+  cap.append(
+    el('span', label(metric), { class: 'chart-title' }),
+    el('span', unit, { class: 'muted' }),
+  )
   card.append(cap)
   const plot = el('div', null, { class: 'plot' })
   card.append(plot)
@@ -63,11 +66,29 @@ export function chartCard(parent, o) {
     series: [
       {},
       // Dots only where there are few points (a device that just started): a lone bucket has no line.
-      { label: label(metric), stroke: accent, width: 1.5, fill: `${accent}1f`, spanGaps: false, points: { show: numbers.length < 60, size: 5, fill: accent }, value: (_u, v) => (v === null || v === undefined ? '–' : fmt(v, metric)) },
+      {
+        label: label(metric),
+        stroke: accent,
+        width: 1.5,
+        fill: `${accent}1f`,
+        spanGaps: false,
+        points: { show: numbers.length < 60, size: 5, fill: accent },
+        value: (_u, v) => (v === null || v === undefined ? '–' : fmt(v, metric)),
+      },
     ],
     axes: [
       { stroke: muted, grid: { stroke: line, width: 1 }, ticks: { stroke: line } },
-      { stroke: muted, grid: { stroke: line, width: 1 }, ticks: { stroke: line }, size: 48, space: 24, values: (_u, vals) => vals.map((v) => (Math.abs(v) >= 10000 ? `${Math.round(v / 1000)}k` : String(+v.toPrecision(4)))) },
+      {
+        stroke: muted,
+        grid: { stroke: line, width: 1 },
+        ticks: { stroke: line },
+        size: 48,
+        space: 24,
+        values: (_u, vals) =>
+          vals.map((v) =>
+            Math.abs(v) >= 10000 ? `${Math.round(v / 1000)}k` : String(+v.toPrecision(4)),
+          ),
+      },
     ],
     legend: { show: true, live: true },
     cursor: { drag: { x: false, y: false } },

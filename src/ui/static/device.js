@@ -2,7 +2,22 @@
 // rollups), beside its firmware and rollout history, its commands with their acknowledgements, its
 // MQTT connection and session, and (edge devices) its status and configuration history. An EcoFlow
 // station also shows its power flow and switches.
-import { $, ago, api, clock, deviceHref, el, fill, fmt, head, label, qs, row, say, when } from './util.js'
+import {
+  $,
+  ago,
+  api,
+  clock,
+  deviceHref,
+  el,
+  fill,
+  fmt,
+  head,
+  label,
+  qs,
+  row,
+  say,
+  when,
+} from './util.js'
 import { chartCard } from './chart.js'
 
 const DAY = 86_400_000
@@ -14,11 +29,40 @@ const RANGES = {
   '1y': { ms: 365 * DAY, bucket: '6h', bucketMs: 21_600_000, text: 'year' },
 }
 /** Metrics shown first, in this order; the rest follow by name. */
-const FIRST = ['temperature_c', 'humidity_percent', 'pressure_hpa', 'coolant_temp_c', 'core_temp_c', 'soc_percent', 'watts_in_sum', 'watts_out_sum', 'pv_in_watts', 'battery_v', 'battery_mv', 'signal_strength_dbm']
-const KINDS = { edge: 'Edge device', sensor: 'Sensor', heater: 'Heater', fridge: 'Fridge', ecoflow: 'EcoFlow station', other: 'Device' }
+const FIRST = [
+  'temperature_c',
+  'humidity_percent',
+  'pressure_hpa',
+  'coolant_temp_c',
+  'core_temp_c',
+  'soc_percent',
+  'watts_in_sum',
+  'watts_out_sum',
+  'pv_in_watts',
+  'battery_v',
+  'battery_mv',
+  'signal_strength_dbm',
+]
+const KINDS = {
+  edge: 'Edge device',
+  sensor: 'Sensor',
+  heater: 'Heater',
+  fridge: 'Fridge',
+  ecoflow: 'EcoFlow station',
+  other: 'Device',
+}
 const SCENARIOS = ['default', 'heater_active', 'power_save']
 
-let page = { generation: 0, timer: null, chartTimer: null, ackTimer: null, charts: [], device: null, range: '24h', route: null }
+let page = {
+  generation: 0,
+  timer: null,
+  chartTimer: null,
+  ackTimer: null,
+  charts: [],
+  device: null,
+  range: '24h',
+  route: null,
+}
 
 /** Stops this page's timers and charts; a late answer of an earlier visit finds its generation stale. */
 function reset() {
@@ -32,18 +76,30 @@ function reset() {
 
 /** The device of a route; a link that guessed the site (a rollout knows only the id) finds a device of another site when the id is unique. */
 async function findDevice(r) {
-  if (r.name === 'station') return (await api('GET', `/api/v1/fleet${qs({ device_id: r.parts[0], system: 'ecoflow' })}`)).items.find((d) => d.site_id === null) ?? null
+  if (r.name === 'station')
+    return (
+      (
+        await api('GET', `/api/v1/fleet${qs({ device_id: r.parts[0], system: 'ecoflow' })}`)
+      ).items.find((d) => d.site_id === null) ?? null
+    )
   const [site, id] = r.parts
   const exact = (await api('GET', `/api/v1/fleet${qs({ site_id: site, device_id: id })}`)).items[0]
   if (exact) return exact
-  const items = (await api('GET', `/api/v1/fleet${qs({ device_id: id })}`)).items.filter((d) => d.site_id !== null)
+  const items = (await api('GET', `/api/v1/fleet${qs({ device_id: id })}`)).items.filter(
+    (d) => d.site_id !== null,
+  )
   return items.length === 1 ? items[0] : null
 }
 
 function renderHeader(d) {
-  $('device-h').textContent = d.location && d.location !== d.device_id ? `${d.device_id} (${d.location})` : d.device_id
+  $('device-h').textContent =
+    d.location && d.location !== d.device_id ? `${d.device_id} (${d.location})` : d.device_id
   const state = $('device-state')
-  state.replaceChildren(el('span', d.online ? 'online' : 'offline', { class: `state ${d.online ? 'on' : 'off'}` }), ' last seen ', ago(d.last_seen))
+  state.replaceChildren(
+    el('span', d.online ? 'online' : 'offline', { class: `state ${d.online ? 'on' : 'off'}` }),
+    ' last seen ',
+    ago(d.last_seen),
+  )
   const facts = []
   facts.push(KINDS[d.kind] || d.kind)
   if (d.site_id !== null) facts.push(`site ${d.site_id}`, `system ${d.systems.join(', ')}`)
@@ -53,17 +109,32 @@ function renderHeader(d) {
   if (d.signal) facts.push(`signal ${d.signal.value} dBm`)
   const p = $('device-facts')
   p.replaceChildren(facts.join(' · '))
-  if (d.via) p.append(' · relayed by ', el('a', d.via, { href: `#device/${encodeURIComponent(d.site_id)}/${encodeURIComponent(d.via)}` }))
+  if (d.via)
+    p.append(
+      ' · relayed by ',
+      el('a', d.via, {
+        href: `#device/${encodeURIComponent(d.site_id)}/${encodeURIComponent(d.via)}`,
+      }),
+    )
 }
 
 function renderTiles(d) {
   // The charted (numeric) readings in chart order, then states such as heater_state.
   const charted = chartedMetrics(d)
-  const names = [...charted, ...Object.keys(d.readings).filter((n) => !charted.includes(n)).sort()]
+  const names = [
+    ...charted,
+    ...Object.keys(d.readings)
+      .filter((n) => !charted.includes(n))
+      .sort(),
+  ]
   const tiles = names.map((name) => {
     const r = d.readings[name]
     const tile = el('div', null, { class: 'tile' })
-    tile.append(el('span', label(name), { class: 'tile-label' }), el('strong', fmt(r.value, name)), ago(r.at))
+    tile.append(
+      el('span', label(name), { class: 'tile-label' }),
+      el('strong', fmt(r.value, name)),
+      ago(r.at),
+    )
     return tile
   })
   $('device-tiles').replaceChildren(...tiles)
@@ -77,16 +148,35 @@ function renderFlow(d) {
   const v = (n) => d.readings[n]?.value
   const part = (title, main, sub) => {
     const b = el('div', null, { class: 'flow-part' })
-    b.append(el('span', title, { class: 'tile-label' }), el('strong', main), el('span', sub, { class: 'muted' }))
+    b.append(
+      el('span', title, { class: 'tile-label' }),
+      el('strong', main),
+      el('span', sub, { class: 'muted' }),
+    )
     return b
   }
-  const hours = v('remain_time_min') ? `${Math.floor(v('remain_time_min') / 60)} h ${v('remain_time_min') % 60} min left` : ''
+  const hours = v('remain_time_min')
+    ? `${Math.floor(v('remain_time_min') / 60)} h ${v('remain_time_min') % 60} min left`
+    : ''
   box.replaceChildren(
-    part('In', fmt(v('watts_in_sum') ?? 0, 'x_w'), v('pv_in_watts') !== undefined ? `solar ${fmt(v('pv_in_watts'), 'x_w')}` : ''),
+    part(
+      'In',
+      fmt(v('watts_in_sum') ?? 0, 'x_w'),
+      v('pv_in_watts') !== undefined ? `solar ${fmt(v('pv_in_watts'), 'x_w')}` : '',
+    ),
     el('span', '→', { class: 'flow-arrow', 'aria-hidden': 'true' }),
     part('Battery', fmt(v('soc_percent'), 'soc_percent'), hours),
     el('span', '→', { class: 'flow-arrow', 'aria-hidden': 'true' }),
-    part('Out', fmt(v('watts_out_sum') ?? 0, 'x_w'), [v('ac_out_watts') !== undefined ? `AC ${fmt(v('ac_out_watts'), 'x_w')}` : '', v('dc_out_watts') !== undefined ? `DC ${fmt(v('dc_out_watts'), 'x_w')}` : ''].filter(Boolean).join(', ')),
+    part(
+      'Out',
+      fmt(v('watts_out_sum') ?? 0, 'x_w'),
+      [
+        v('ac_out_watts') !== undefined ? `AC ${fmt(v('ac_out_watts'), 'x_w')}` : '',
+        v('dc_out_watts') !== undefined ? `DC ${fmt(v('dc_out_watts'), 'x_w')}` : '',
+      ]
+        .filter(Boolean)
+        .join(', '),
+    ),
   )
   box.setAttribute('aria-label', 'Power flow')
 }
@@ -116,7 +206,14 @@ async function renderCharts(d, generation) {
   const points = new Map()
   await Promise.all(
     [...groups.values()].map(async (g) => {
-      const q = { source: g.source, metrics: g.metrics.join(','), bucket: range.bucket, from: new Date(from).toISOString(), to: new Date(to).toISOString(), device_id: d.device_id }
+      const q = {
+        source: g.source,
+        metrics: g.metrics.join(','),
+        bucket: range.bucket,
+        from: new Date(from).toISOString(),
+        to: new Date(to).toISOString(),
+        device_id: d.device_id,
+      }
       if (g.source !== 'ecoflow') q.site_id = d.site_id
       if (g.source === 'measurements') q.system = g.system
       try {
@@ -131,12 +228,24 @@ async function renderCharts(d, generation) {
   for (const c of page.charts) c.destroy?.()
   const box = $('device-charts')
   box.replaceChildren()
-  page.charts = metrics.map((metric) => chartCard(box, { metric, points: points.get(metric) ?? [], bucketMs: range.bucketMs, range: [from, to], rangeLabel: range.text }))
-  if (metrics.length === 0) box.append(el('p', 'Nothing to chart: this device has sent no numeric readings.', { class: 'muted' }))
+  page.charts = metrics.map((metric) =>
+    chartCard(box, {
+      metric,
+      points: points.get(metric) ?? [],
+      bucketMs: range.bucketMs,
+      range: [from, to],
+      rangeLabel: range.text,
+    }),
+  )
+  if (metrics.length === 0)
+    box.append(
+      el('p', 'Nothing to chart: this device has sent no numeric readings.', { class: 'muted' }),
+    )
 }
 
 function renderRanges() {
-  for (const b of document.querySelectorAll('#device .ranges button')) b.setAttribute('aria-pressed', String(b.dataset.range === page.range))
+  for (const b of document.querySelectorAll('#device .ranges button'))
+    b.setAttribute('aria-pressed', String(b.dataset.range === page.range))
 }
 
 // ---- side panels -----------------------------------------------------------------------------------
@@ -149,12 +258,29 @@ async function renderOta(d, generation) {
     const r = await api('GET', `/api/admin/devices/${encodeURIComponent(d.device_id)}/ota`)
     if (generation !== page.generation) return
     const parts = []
-    if (r.device) parts.push(el('p', `Running ${r.device.current_firmware_version || 'an unknown version'} (model ${r.device.device_model})${r.device.groups.length ? `; groups ${r.device.groups.join(', ')}` : ''}.`))
+    if (r.device)
+      parts.push(
+        el(
+          'p',
+          `Running ${r.device.current_firmware_version || 'an unknown version'} (model ${r.device.device_model})${r.device.groups.length ? `; groups ${r.device.groups.join(', ')}` : ''}.`,
+        ),
+      )
     if (r.actions.length > 0) {
       const table = el('table')
       table.append(el('caption', 'Rollouts that took this device in, newest first'))
       const body = el('tbody')
-      for (const a of r.actions) body.append(row([el('a', a.rollout_name, { href: `#rollouts/${a.rollout_id}` }), a.firmware_version, a.state + (a.detail ? ` (${a.detail})` : ''), stepsText(a.steps)], ['Rollout', 'Version', 'State', 'Steps']))
+      for (const a of r.actions)
+        body.append(
+          row(
+            [
+              el('a', a.rollout_name, { href: `#rollouts/${a.rollout_id}` }),
+              a.firmware_version,
+              a.state + (a.detail ? ` (${a.detail})` : ''),
+              stepsText(a.steps),
+            ],
+            ['Rollout', 'Version', 'State', 'Steps'],
+          ),
+        )
       table.append(head(['Rollout', 'Version', 'State', 'Steps']), body)
       const wrap = el('div', null, { class: 'scroll' })
       wrap.append(table)
@@ -162,10 +288,25 @@ async function renderOta(d, generation) {
     }
     if (r.events.length > 0) {
       const list = el('ul', null, { class: 'events' })
-      for (const e of r.events.slice(0, 10)) list.append(el('li', `${when(e.created_at)} ${e.event_type.replace(/_/g, ' ')}${e.firmware_version ? ` ${e.firmware_version}` : ''}${e.event_data?.reason ? `: ${e.event_data.reason}` : ''}`))
+      for (const e of r.events.slice(0, 10))
+        list.append(
+          el(
+            'li',
+            `${when(e.created_at)} ${e.event_type.replace(/_/g, ' ')}${e.firmware_version ? ` ${e.firmware_version}` : ''}${e.event_data?.reason ? `: ${e.event_data.reason}` : ''}`,
+          ),
+        )
       parts.push(list)
     }
-    if (parts.length === 0) parts.push(el('p', d.kind === 'ecoflow' ? 'EcoFlow stations take their firmware from the EcoFlow app, not from paku.' : 'No firmware history: this device has reported no model or firmware, and no rollout has taken it in.', { class: 'muted' }))
+    if (parts.length === 0)
+      parts.push(
+        el(
+          'p',
+          d.kind === 'ecoflow'
+            ? 'EcoFlow stations take their firmware from the EcoFlow app, not from paku.'
+            : 'No firmware history: this device has reported no model or firmware, and no rollout has taken it in.',
+          { class: 'muted' },
+        ),
+      )
     box.replaceChildren(...parts)
   } catch (err) {
     box.replaceChildren(el('p', `Could not load: ${err.message}`, { class: 'error' }))
@@ -178,11 +319,31 @@ async function renderCommands(d, generation) {
     const r = await api('GET', `/api/v1/commands${qs({ device_id: d.device_id, limit: 10 })}`)
     if (generation !== page.generation) return
     const labels = ['Command', 'Status', 'Sent', 'Closed by']
-    const what = (c) => (c.type === 'control' ? `scenario ${c.payload.scenario}` : c.type === 'heater' ? `heater ${c.payload.cmd}` : 'configuration')
-    fill('dcmd-body', r.items.map((c) => row([what(c), c.status + (c.error ? ` (${c.error})` : ''), when(c.created_at), c.closed_by || ''], labels)), 'No commands sent to this device yet.')
+    const what = (c) =>
+      c.type === 'control'
+        ? `scenario ${c.payload.scenario}`
+        : c.type === 'heater'
+          ? `heater ${c.payload.cmd}`
+          : 'configuration'
+    fill(
+      'dcmd-body',
+      r.items.map((c) =>
+        row(
+          [
+            what(c),
+            c.status + (c.error ? ` (${c.error})` : ''),
+            when(c.created_at),
+            c.closed_by || '',
+          ],
+          labels,
+        ),
+      ),
+      'No commands sent to this device yet.',
+    )
     // While one waits for its acknowledgement, look again every second rather than at the next refresh.
     clearTimeout(page.ackTimer)
-    if (r.items.some((c) => c.status === 'pending')) page.ackTimer = setTimeout(() => void renderCommands(d, generation), 1000)
+    if (r.items.some((c) => c.status === 'pending'))
+      page.ackTimer = setTimeout(() => void renderCommands(d, generation), 1000)
   } catch (err) {
     fill('dcmd-body', [], `Could not load: ${err.message}`)
   }
@@ -213,34 +374,81 @@ function renderCommandForm(d) {
     return
   }
   if (!heater && !edge) {
-    form.append(el('p', 'This device takes no commands: it only sends readings.', { class: 'muted' }))
+    form.append(
+      el('p', 'This device takes no commands: it only sends readings.', { class: 'muted' }),
+    )
     return
   }
   let build
   if (heater) {
-    const cmd = field(form, 'Heater command', select('dc-heater', [['start', 'start'], ['stop', 'stop'], ['vent', 'vent'], ['reset', 'reset']]))
-    const power = field(form, 'Power (0–9)', el('input', null, { id: 'dc-power', type: 'number', min: '0', max: '9', value: '5' }))
-    build = () => ({ type: 'heater', cmd: cmd.value, ...(cmd.value === 'start' || cmd.value === 'vent' ? { power: Number(power.value) } : {}) })
+    const cmd = field(
+      form,
+      'Heater command',
+      select('dc-heater', [
+        ['start', 'start'],
+        ['stop', 'stop'],
+        ['vent', 'vent'],
+        ['reset', 'reset'],
+      ]),
+    )
+    const power = field(
+      form,
+      'Power (0–9)',
+      el('input', null, { id: 'dc-power', type: 'number', min: '0', max: '9', value: '5' }),
+    )
+    build = () => ({
+      type: 'heater',
+      cmd: cmd.value,
+      ...(cmd.value === 'start' || cmd.value === 'vent' ? { power: Number(power.value) } : {}),
+    })
   } else {
-    const type = field(form, 'Command', select('dc-type', [['control', 'Scenario'], ['config', 'Configuration']]))
-    const scenario = field(form, 'Scenario', select('dc-scenario', SCENARIOS.map((s) => [s, s])))
-    const config = field(form, 'Configuration (JSON)', el('textarea', '{"timing": {"wake_interval_s": 60}}', { id: 'dc-config', rows: '3' }))
+    const type = field(
+      form,
+      'Command',
+      select('dc-type', [
+        ['control', 'Scenario'],
+        ['config', 'Configuration'],
+      ]),
+    )
+    const scenario = field(
+      form,
+      'Scenario',
+      select(
+        'dc-scenario',
+        SCENARIOS.map((s) => [s, s]),
+      ),
+    )
+    const config = field(
+      form,
+      'Configuration (JSON)',
+      el('textarea', '{"timing": {"wake_interval_s": 60}}', { id: 'dc-config', rows: '3' }),
+    )
     // Only the field of the chosen command is shown.
     const pick = () => {
-      for (const [c, on] of [[scenario, type.value === 'control'], [config, type.value === 'config']]) {
+      for (const [c, on] of [
+        [scenario, type.value === 'control'],
+        [config, type.value === 'config'],
+      ]) {
         c.hidden = !on
         c.labels[0].hidden = !on
       }
     }
     type.addEventListener('change', pick)
     pick()
-    build = () => (type.value === 'control' ? { type: 'control', scenario: scenario.value } : { type: 'config', config: JSON.parse(config.value) })
+    build = () =>
+      type.value === 'control'
+        ? { type: 'control', scenario: scenario.value }
+        : { type: 'config', config: JSON.parse(config.value) }
   }
   form.append(el('button', 'Send', { type: 'submit' }))
   form.onsubmit = async (e) => {
     e.preventDefault()
     try {
-      const r = await api('POST', '/api/v1/commands', { device_id: d.device_id, site_id: d.site_id, ...build() })
+      const r = await api('POST', '/api/v1/commands', {
+        device_id: d.device_id,
+        site_id: d.site_id,
+        ...build(),
+      })
       say('dcmd-status', `Sent ${r.command.id}: pending until the device acknowledges it.`)
     } catch (err) {
       say('dcmd-status', `Not sent: ${err.message}`, true)
@@ -254,20 +462,33 @@ export function ecoflowControls(sn, report) {
   const controls = el('div', null, { class: 'actions' })
   const send = async (action, value) => {
     try {
-      await api('POST', `/api/admin/ecoflow/devices/${encodeURIComponent(sn)}/control`, { action, value })
+      await api('POST', `/api/admin/ecoflow/devices/${encodeURIComponent(sn)}/control`, {
+        action,
+        value,
+      })
       report(`${sn}: ${action} = ${value} sent.`)
     } catch (err) {
       report(`${sn}: ${err.message}`, true)
     }
   }
-  for (const [action, text] of [['ac_output', 'AC output'], ['dc_output', 'DC output'], ['usb_output', 'USB output']]) {
+  for (const [action, text] of [
+    ['ac_output', 'AC output'],
+    ['dc_output', 'DC output'],
+    ['usb_output', 'USB output'],
+  ]) {
     for (const value of [true, false]) {
       const b = el('button', `${text} ${value ? 'on' : 'off'}`, { type: 'button' })
       b.addEventListener('click', () => void send(action, value))
       controls.append(b)
     }
   }
-  const limit = el('input', null, { type: 'number', min: '50', max: '100', value: '100', id: `limit-${sn}` })
+  const limit = el('input', null, {
+    type: 'number',
+    min: '50',
+    max: '100',
+    value: '100',
+    id: `limit-${sn}`,
+  })
   const set = el('button', 'Set limit', { type: 'button' })
   set.addEventListener('click', () => void send('charge_limit', Number(limit.value)))
   controls.append(el('label', 'Charge limit %', { for: `limit-${sn}` }), limit, set)
@@ -281,25 +502,45 @@ async function renderBroker(d, generation) {
     if (generation !== page.generation) return
     const cards = r.clients.map((c) => {
       const card = el('div', null, { class: 'client' })
-      const head = c.connected ? `Connected ${c.connected_at ? `since ${when(c.connected_at)}` : ''}${c.address ? ` from ${c.address}` : ''}` : `Away; persistent session kept (last seen ${when(c.session?.last_seen)})`
+      const head = c.connected
+        ? `Connected ${c.connected_at ? `since ${when(c.connected_at)}` : ''}${c.address ? ` from ${c.address}` : ''}`
+        : `Away; persistent session kept (last seen ${when(c.session?.last_seen)})`
       card.append(el('p', head, { class: c.connected ? 'ok' : 'muted' }))
       const facts = [`client id ${c.client_id}`]
       if (c.principal) facts.push(`login ${c.principal}${c.rights ? ` (${c.rights})` : ''}`)
       if (c.clean !== null) facts.push(c.clean ? 'clean session' : 'persistent session')
       if (c.keepalive_seconds) facts.push(`keep-alive ${c.keepalive_seconds} s`)
-      if (c.protocol_version) facts.push(`MQTT ${c.protocol_version === 4 ? '3.1.1' : c.protocol_version === 3 ? '3.1' : c.protocol_version}`)
+      if (c.protocol_version)
+        facts.push(
+          `MQTT ${c.protocol_version === 4 ? '3.1.1' : c.protocol_version === 3 ? '3.1' : c.protocol_version}`,
+        )
       if (c.bridge) facts.push('bridge')
       facts.push(`${c.queued.messages} queued (${c.queued.bytes} bytes)`)
       card.append(el('p', facts.join(' · ')))
-      const subs = el('ul', null, { class: 'subs', 'aria-label': `Subscriptions of ${c.client_id}` })
+      const subs = el('ul', null, {
+        class: 'subs',
+        'aria-label': `Subscriptions of ${c.client_id}`,
+      })
       for (const s of c.subscriptions) subs.append(el('li', `${s.topic} (QoS ${s.qos})`))
       card.append(c.subscriptions.length ? subs : el('p', 'No subscriptions.', { class: 'muted' }))
       return card
     })
     if (cards.length === 0) {
-      const p = el('p', 'No MQTT client of this device is connected, and it has no persistent session.', { class: 'muted' })
-      if (d.via) p.append(' Its readings come through ', el('a', d.via, { href: deviceHref({ site_id: d.site_id, device_id: d.via, kind: 'edge' }) }), '.')
-      if (d.kind === 'ecoflow') p.textContent = 'EcoFlow stations are polled over the EcoFlow cloud API, not MQTT.'
+      const p = el(
+        'p',
+        'No MQTT client of this device is connected, and it has no persistent session.',
+        { class: 'muted' },
+      )
+      if (d.via)
+        p.append(
+          ' Its readings come through ',
+          el('a', d.via, {
+            href: deviceHref({ site_id: d.site_id, device_id: d.via, kind: 'edge' }),
+          }),
+          '.',
+        )
+      if (d.kind === 'ecoflow')
+        p.textContent = 'EcoFlow stations are polled over the EcoFlow cloud API, not MQTT.'
       cards.push(p)
     }
     box.replaceChildren(...cards)
@@ -314,20 +555,34 @@ async function renderHistory(d, generation) {
   $('device-history').hidden = !d.systems.includes('edge')
   if ($('device-history').hidden) return
   try {
-    const r = await api('GET', `/api/v1/devices/${encodeURIComponent(d.device_id)}/history${qs({ site_id: d.site_id, limit: 10 })}`)
+    const r = await api(
+      'GET',
+      `/api/v1/devices/${encodeURIComponent(d.device_id)}/history${qs({ site_id: d.site_id, limit: 10 })}`,
+    )
     if (generation !== page.generation) return
     const parts = []
     if (r.config) {
       const det = el('details')
-      det.append(el('summary', `Configuration it last reported (${when(r.config.updated_at)})`), el('pre', JSON.stringify(r.config.config, null, 2)))
+      det.append(
+        el('summary', `Configuration it last reported (${when(r.config.updated_at)})`),
+        el('pre', JSON.stringify(r.config.config, null, 2)),
+      )
       parts.push(det)
     } else parts.push(el('p', 'It has reported no configuration.', { class: 'muted' }))
     const list = el('ol', null, { class: 'history' })
     for (const s of r.status) {
       const det = el('details')
       const st = s.status
-      const bits = [st.online === false ? 'offline' : 'online', st.active_scenario, st.signal_strength_dbm !== undefined ? `${st.signal_strength_dbm} dBm` : null, st.firmware_version].filter(Boolean)
-      det.append(el('summary', `${when(s.ts)}: ${bits.join(' · ')}`), el('pre', JSON.stringify(st, null, 2)))
+      const bits = [
+        st.online === false ? 'offline' : 'online',
+        st.active_scenario,
+        st.signal_strength_dbm !== undefined ? `${st.signal_strength_dbm} dBm` : null,
+        st.firmware_version,
+      ].filter(Boolean)
+      det.append(
+        el('summary', `${when(s.ts)}: ${bits.join(' · ')}`),
+        el('pre', JSON.stringify(st, null, 2)),
+      )
       const li = el('li')
       li.append(det)
       list.append(li)
@@ -360,7 +615,15 @@ async function enter(r) {
   renderRanges()
   delete document.documentElement.dataset.renderMs
   delete document.documentElement.dataset.panelsMs
-  for (const id of ['device-tiles', 'device-charts', 'ota-body', 'broker-body', 'hist-body', 'dcmd-form']) $(id).replaceChildren()
+  for (const id of [
+    'device-tiles',
+    'device-charts',
+    'ota-body',
+    'broker-body',
+    'hist-body',
+    'dcmd-form',
+  ])
+    $(id).replaceChildren()
   $('device-h').textContent = r.parts.at(-1) || 'Device'
   $('device-facts').textContent = ''
   $('device-state').textContent = ''
@@ -374,7 +637,13 @@ async function enter(r) {
   }
   if (generation !== page.generation) return
   if (!d) {
-    say('device-status', r.name === 'station' ? `paku has no readings of EcoFlow station ${r.parts[0]}.` : `paku knows no device ${r.parts[1]} at site ${r.parts[0]}.`, true)
+    say(
+      'device-status',
+      r.name === 'station'
+        ? `paku has no readings of EcoFlow station ${r.parts[0]}.`
+        : `paku knows no device ${r.parts[1]} at site ${r.parts[0]}.`,
+      true,
+    )
     return
   }
   say('device-status', '')
@@ -385,7 +654,12 @@ async function enter(r) {
   renderCommandForm(d)
   // The charts' request goes first: a browser opens at most six connections to one server.
   const charts = renderCharts(d, generation)
-  const panels = Promise.all([renderOta(d, generation), renderCommands(d, generation), renderBroker(d, generation), renderHistory(d, generation)])
+  const panels = Promise.all([
+    renderOta(d, generation),
+    renderCommands(d, generation),
+    renderBroker(d, generation),
+    renderHistory(d, generation),
+  ])
   await charts
   if (generation !== page.generation) return
   // How long the page took to show its values and charts, for scripts/ui-bench.ts: from navigation
@@ -405,7 +679,10 @@ for (const b of document.querySelectorAll('#device .ranges button')) {
   b.addEventListener('click', () => {
     const r = page.route
     if (!r) return
-    const base = r.name === 'station' ? `#station/${encodeURIComponent(r.parts[0])}` : `#device/${encodeURIComponent(r.parts[0])}/${encodeURIComponent(r.parts[1])}`
+    const base =
+      r.name === 'station'
+        ? `#station/${encodeURIComponent(r.parts[0])}`
+        : `#device/${encodeURIComponent(r.parts[0])}/${encodeURIComponent(r.parts[1])}`
     location.hash = `${base}?range=${b.dataset.range}`
   })
 }

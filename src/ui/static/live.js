@@ -13,7 +13,13 @@ function item(d) {
   const det = el('details')
   det.open = $('live-pretty').checked
   const sum = el('summary')
-  sum.append(el('time', new Date(d.receivedAt).toLocaleTimeString(), { datetime: d.receivedAt }), ' ', el('code', d.topic, { class: 'topic' }), ' ', el('span', d.payload, { class: 'payload' }))
+  sum.append(
+    el('time', new Date(d.receivedAt).toLocaleTimeString(), { datetime: d.receivedAt }),
+    ' ',
+    el('code', d.topic, { class: 'topic' }),
+    ' ',
+    el('span', d.payload, { class: 'payload' }),
+  )
   const meta = `${d.bytes} bytes · QoS ${d.qos}${d.retain ? ' · retained' : ''} · from ${d.clientId || 'paku'} (${d.via})${d.bytes > 2048 ? ' · first 2 KiB shown' : ''}`
   det.append(sum, el('p', meta, { class: 'muted' }), el('pre', pretty(d.payload)))
   li.append(det)
@@ -36,12 +42,16 @@ function handleEvent(block) {
   if (!data) return
   const d = JSON.parse(data)
   if (event === 'ready') say('live-status', `Listening on ${d.topic}`)
-  else if (event === 'dropped') say('live-status', `${d.dropped} messages skipped: this page fell behind.`, true)
+  else if (event === 'dropped')
+    say('live-status', `${d.dropped} messages skipped: this page fell behind.`, true)
   else if (event === 'message') {
     if (!paused) return show(d)
     held.push(d)
     if (held.length > LIVE_MAX) held.shift()
-    say('live-status', `Paused: ${held.length} new message${held.length === 1 ? '' : 's'} held back.`)
+    say(
+      'live-status',
+      `Paused: ${held.length} new message${held.length === 1 ? '' : 's'} held back.`,
+    )
   }
 }
 
@@ -53,7 +63,10 @@ async function start(topic) {
   $('live-pause').disabled = false
   say('live-status', `Connecting to ${topic}…`)
   try {
-    const res = await fetch(`/api/v1/live?topic=${encodeURIComponent(topic)}`, { headers: { 'x-api-key': key(), accept: 'text/event-stream' }, signal: a.signal })
+    const res = await fetch(`/api/v1/live?topic=${encodeURIComponent(topic)}`, {
+      headers: { 'x-api-key': key(), accept: 'text/event-stream' },
+      signal: a.signal,
+    })
     if (!res.ok) {
       const j = await res.json().catch(() => ({}))
       throw new Error(j.message || `HTTP ${res.status}`)

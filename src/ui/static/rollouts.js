@@ -4,7 +4,8 @@ import { $, api, clock, el, fill, qs, route, row, say, when } from './util.js'
 
 // ---- firmware ----------------------------------------------------------------------------------------
 
-const kib = (n) => (n >= 1048576 ? `${(n / 1048576).toFixed(2)} MiB` : `${Math.round(n / 1024)} KiB`)
+const kib = (n) =>
+  n >= 1048576 ? `${(n / 1048576).toFixed(2)} MiB` : `${Math.round(n / 1024)} KiB`
 
 /** What the image header said: chip, the app's own version and project, the ESP-IDF it was built with. */
 function imageFacts(x) {
@@ -23,7 +24,23 @@ async function loadFirmware() {
   try {
     const r = await api('GET', '/api/admin/firmware/releases?limit=100')
     const labels = ['Model', 'Version', 'Size', 'Image', 'SHA-256', 'Uploaded']
-    fill('releases-body', r.releases.map((x) => row([x.device_model, x.version, kib(x.file_size), imageFacts(x), el('code', String(x.checksum_sha256 || '').slice(0, 16), { title: x.checksum_sha256 }), when(x.created_at)], labels)), 'No releases yet.')
+    fill(
+      'releases-body',
+      r.releases.map((x) =>
+        row(
+          [
+            x.device_model,
+            x.version,
+            kib(x.file_size),
+            imageFacts(x),
+            el('code', String(x.checksum_sha256 || '').slice(0, 16), { title: x.checksum_sha256 }),
+            when(x.created_at),
+          ],
+          labels,
+        ),
+      ),
+      'No releases yet.',
+    )
   } catch (err) {
     say('upload-status', `Could not load: ${err.message}`, true)
   }
@@ -37,7 +54,12 @@ $('upload-form').addEventListener('submit', async (e) => {
   say('upload-status', `Uploading ${file.name}…`)
   try {
     const notes = f.notes.value ? `?release_notes=${encodeURIComponent(f.notes.value)}` : ''
-    const r = await api('PUT', `/api/admin/firmware/${encodeURIComponent(f.model.value)}/${encodeURIComponent(f.version.value)}${notes}`, undefined, file)
+    const r = await api(
+      'PUT',
+      `/api/admin/firmware/${encodeURIComponent(f.model.value)}/${encodeURIComponent(f.version.value)}${notes}`,
+      undefined,
+      file,
+    )
     say('upload-status', `Uploaded ${f.model.value} ${r.version} (${r.file_size} bytes).`)
     f.reset()
   } catch (err) {
@@ -56,14 +78,23 @@ let selected = null
 
 function stageText(r) {
   const stages = r.stages || [r.current_percentage]
-  return stages.length > 1 ? `${r.stage_index + 1} of ${stages.length}: ${r.current_percentage} %` : `${r.current_percentage} %`
+  return stages.length > 1
+    ? `${r.stage_index + 1} of ${stages.length}: ${r.current_percentage} %`
+    : `${r.current_percentage} %`
 }
 
 function progress(r) {
   const c = r.counts || {}
   const done = FINISHED.reduce((n, s) => n + (c[s] || 0), 0)
   const box = el('span', null, { class: 'progress' })
-  box.append(el('progress', null, { max: String(Math.max(1, c.total || 0)), value: String(done), 'aria-label': `${r.name} progress` }), ` ${c.succeeded || 0} succeeded, ${c.failed || 0} failed, ${done}/${c.total || 0} done`)
+  box.append(
+    el('progress', null, {
+      max: String(Math.max(1, c.total || 0)),
+      value: String(done),
+      'aria-label': `${r.name} progress`,
+    }),
+    ` ${c.succeeded || 0} succeeded, ${c.failed || 0} failed, ${done}/${c.total || 0} done`,
+  )
   return box
 }
 
@@ -80,12 +111,17 @@ async function act(r, action) {
 /** Pause, resume and cancel always (disabled when the state forbids them); advance and retry when they apply. */
 function actions(r) {
   const box = el('span', null, { class: 'actions' })
-  const allowed = { running: ['pause', 'cancel', 'advance'], paused: ['resume', 'cancel'] }[r.status] ?? []
+  const allowed =
+    { running: ['pause', 'cancel', 'advance'], paused: ['resume', 'cancel'] }[r.status] ?? []
   if ((r.counts?.failed || 0) > 0 && r.status !== 'cancelled') allowed.push('retry')
   for (const action of ['pause', 'resume', 'cancel', 'advance', 'retry']) {
     const always = ['pause', 'resume', 'cancel'].includes(action)
     if (!always && !allowed.includes(action)) continue
-    const b = el('button', action[0].toUpperCase() + action.slice(1), { type: 'button', 'aria-label': `${action} ${r.name}`, disabled: !allowed.includes(action) })
+    const b = el('button', action[0].toUpperCase() + action.slice(1), {
+      type: 'button',
+      'aria-label': `${action} ${r.name}`,
+      disabled: !allowed.includes(action),
+    })
     b.addEventListener('click', () => void act(r, action))
     box.append(b)
   }
@@ -97,7 +133,12 @@ function renderStages(r) {
   const stages = r.stages || [r.current_percentage]
   const strip = $('rd-stages')
   strip.replaceChildren(
-    ...stages.map((p, i) => el('span', `${p} %`, { class: `stage ${i < r.stage_index ? 'done' : i === r.stage_index ? 'current' : 'todo'}`, 'aria-current': i === r.stage_index ? 'step' : undefined })),
+    ...stages.map((p, i) =>
+      el('span', `${p} %`, {
+        class: `stage ${i < r.stage_index ? 'done' : i === r.stage_index ? 'current' : 'todo'}`,
+        'aria-current': i === r.stage_index ? 'step' : undefined,
+      }),
+    ),
   )
   strip.setAttribute('aria-label', `Stages: ${stages.join(' %, ')} %; now ${stageText(r)}`)
   const c = r.counts || {}
@@ -105,14 +146,24 @@ function renderStages(r) {
   const finished = FINISHED.reduce((n, s) => n + (c[s] || 0), 0)
   const okShare = taken ? Math.round(((c.succeeded || 0) / taken) * 100) : 0
   const parts = [`${c.succeeded || 0} of ${taken} devices taken in have updated (${okShare} %)`]
-  parts.push(r.auto_advance ? `the next stage starts at ${r.success_threshold_percent} %` : 'stages advance by hand')
+  parts.push(
+    r.auto_advance
+      ? `the next stage starts at ${r.success_threshold_percent} %`
+      : 'stages advance by hand',
+  )
   const limits = []
   if (r.error_threshold_count) limits.push(`${r.error_threshold_count} failed`)
-  if (r.error_threshold_percent) limits.push(`${r.error_threshold_percent} % of at least ${r.error_threshold_min_executed} finished`)
-  parts.push(`${c.failed || 0} failed of ${finished} finished; it pauses at ${limits.length ? limits.join(' or ') : 'no error threshold'}`)
+  if (r.error_threshold_percent)
+    limits.push(
+      `${r.error_threshold_percent} % of at least ${r.error_threshold_min_executed} finished`,
+    )
+  parts.push(
+    `${c.failed || 0} failed of ${finished} finished; it pauses at ${limits.length ? limits.join(' or ') : 'no error threshold'}`,
+  )
   const u = r.unverified_counts || {}
   if (u.total) parts.push(`${u.total} unverified pull devices not counted`)
-  $('rd-thresholds').textContent = `${parts.join('; ')}.${r.status_reason ? ` ${r.status}: ${r.status_reason}` : ''}`
+  $('rd-thresholds').textContent =
+    `${parts.join('; ')}.${r.status_reason ? ` ${r.status}: ${r.status_reason}` : ''}`
 }
 
 async function loadDetail(id) {
@@ -122,7 +173,10 @@ async function loadDetail(id) {
     return
   }
   try {
-    const [one, devices] = await Promise.all([api('GET', `/api/admin/rollouts/${encodeURIComponent(id)}`), api('GET', `/api/admin/rollouts/${encodeURIComponent(id)}/devices`)])
+    const [one, devices] = await Promise.all([
+      api('GET', `/api/admin/rollouts/${encodeURIComponent(id)}`),
+      api('GET', `/api/admin/rollouts/${encodeURIComponent(id)}/devices`),
+    ])
     const r = one.rollout
     box.hidden = false
     $('rd-h').textContent = `${r.name}: ${r.device_model} ${r.firmware_version}, ${r.status}`
@@ -131,11 +185,24 @@ async function loadDetail(id) {
     fill(
       'rd-body',
       devices.devices.map((d) => {
-        const link = el('a', d.device_id, { href: `#device/paku/${encodeURIComponent(d.device_id)}` })
+        const link = el('a', d.device_id, {
+          href: `#device/paku/${encodeURIComponent(d.device_id)}`,
+        })
         const steps = el('ol', null, { class: 'steps' })
-        for (const s of d.steps || []) steps.append(el('li', `${s.state} ${clock(s.at)}`, { title: when(s.at) }))
+        for (const s of d.steps || [])
+          steps.append(el('li', `${s.state} ${clock(s.at)}`, { title: when(s.at) }))
         const state = `${d.state}${d.progress_percent !== null && !FINISHED.includes(d.state) ? ` ${d.progress_percent} %` : ''}${d.verified ? '' : ' (unverified)'}`
-        return row([link, state, (r.stages || [])[d.stage] !== undefined ? `${r.stages[d.stage]} %` : String(d.stage), d.from_version || '', steps, d.detail || ''], labels)
+        return row(
+          [
+            link,
+            state,
+            (r.stages || [])[d.stage] !== undefined ? `${r.stages[d.stage]} %` : String(d.stage),
+            d.from_version || '',
+            steps,
+            d.detail || '',
+          ],
+          labels,
+        )
       }),
       'No device taken in yet.',
     )
@@ -152,7 +219,22 @@ async function loadRollouts() {
     const labels = ['Name', 'Firmware', 'Status', 'Stage', 'Progress', 'Actions']
     fill(
       'rollouts-body',
-      r.rollouts.map((x) => row([el('a', x.name, { href: `#rollouts/${x.id}`, 'aria-current': String(x.id) === selected ? 'true' : undefined }), `${x.device_model} ${x.firmware_version}`, x.status, stageText(x), progress(x), actions(x)], labels)),
+      r.rollouts.map((x) =>
+        row(
+          [
+            el('a', x.name, {
+              href: `#rollouts/${x.id}`,
+              'aria-current': String(x.id) === selected ? 'true' : undefined,
+            }),
+            `${x.device_model} ${x.firmware_version}`,
+            x.status,
+            stageText(x),
+            progress(x),
+            actions(x),
+          ],
+          labels,
+        ),
+      ),
       'No rollouts yet.',
     )
   } catch (err) {
@@ -164,10 +246,23 @@ async function loadRollouts() {
 $('rollout-form').addEventListener('submit', async (e) => {
   e.preventDefault()
   const f = e.target
-  const body = { name: f.rname.value, device_model: f.model.value, firmware_version: f.version.value, target_type: f.rtarget.value, rollout_percentage: Number(f.percent.value) }
-  const stages = f.stages.value.split(',').map((s) => s.trim()).filter(Boolean).map(Number)
+  const body = {
+    name: f.rname.value,
+    device_model: f.model.value,
+    firmware_version: f.version.value,
+    target_type: f.rtarget.value,
+    rollout_percentage: Number(f.percent.value),
+  }
+  const stages = f.stages.value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map(Number)
   if (stages.length > 0) Object.assign(body, { stages, auto_advance: true })
-  const ids = f.devices.value.split(',').map((s) => s.trim()).filter(Boolean)
+  const ids = f.devices.value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
   if (ids.length > 0) body.target_filter = { device_ids: ids }
   try {
     const r = await api('POST', '/api/admin/rollouts', body)

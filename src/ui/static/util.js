@@ -39,14 +39,16 @@ export async function api(method, path, body, raw) {
     json = { message: text }
   }
   if (res.status === 401) onRefused('Your key was refused; log in again.')
-  if (!res.ok) throw Object.assign(new Error(json.message || `HTTP ${res.status}`), { status: res.status })
+  if (!res.ok)
+    throw Object.assign(new Error(json.message || `HTTP ${res.status}`), { status: res.status })
   return json
 }
 
 /** A query string from an object, leaving out undefined and empty values. */
 export function qs(o) {
   const p = new URLSearchParams()
-  for (const [k, v] of Object.entries(o)) if (v !== undefined && v !== null && v !== '') p.set(k, String(v))
+  for (const [k, v] of Object.entries(o))
+    if (v !== undefined && v !== null && v !== '') p.set(k, String(v))
   const s = p.toString()
   return s ? `?${s}` : ''
 }
@@ -54,7 +56,8 @@ export function qs(o) {
 export function el(tag, text, attrs) {
   const e = document.createElement(tag)
   if (text !== undefined && text !== null) e.textContent = String(text)
-  for (const [k, v] of Object.entries(attrs || {})) if (v !== undefined && v !== null && v !== false) e.setAttribute(k, v === true ? '' : String(v))
+  for (const [k, v] of Object.entries(attrs || {}))
+    if (v !== undefined && v !== null && v !== false) e.setAttribute(k, v === true ? '' : String(v))
   return e
 }
 
@@ -84,7 +87,11 @@ export function fill(tbodyId, rows, empty) {
   body.replaceChildren(...rows)
   if (rows.length === 0) {
     const tr = el('tr', null, { class: 'empty' })
-    tr.append(el('td', empty, { colspan: String(body.closest('table').querySelectorAll('thead th').length) }))
+    tr.append(
+      el('td', empty, {
+        colspan: String(body.closest('table').querySelectorAll('thead th').length),
+      }),
+    )
     body.append(tr)
   }
 }
@@ -102,7 +109,14 @@ export const clock = (t) => (t ? new Date(t).toLocaleTimeString() : '')
 export function ago(t, now = Date.now()) {
   if (!t) return el('span', 'never')
   const s = Math.max(0, Math.round((now - new Date(t).getTime()) / 1000))
-  const text = s < 60 ? `${s} s ago` : s < 3600 ? `${Math.floor(s / 60)} min ago` : s < 86400 ? `${Math.floor(s / 3600)} h ago` : `${Math.floor(s / 86400)} d ago`
+  const text =
+    s < 60
+      ? `${s} s ago`
+      : s < 3600
+        ? `${Math.floor(s / 60)} min ago`
+        : s < 86400
+          ? `${Math.floor(s / 3600)} h ago`
+          : `${Math.floor(s / 86400)} d ago`
   return el('time', text, { datetime: new Date(t).toISOString(), title: when(t) })
 }
 
@@ -159,7 +173,14 @@ export function fmt(value, metric) {
   if (typeof value === 'number') {
     const unit = unitOf(metric || '')
     const abs = Math.abs(value)
-    const n = abs >= 1000 || Number.isInteger(value) ? Math.round(value).toLocaleString() : abs >= 100 ? value.toFixed(1) : abs >= 10 ? value.toFixed(1) : value.toFixed(2)
+    const n =
+      abs >= 1000 || Number.isInteger(value)
+        ? Math.round(value).toLocaleString()
+        : abs >= 100
+          ? value.toFixed(1)
+          : abs >= 10
+            ? value.toFixed(1)
+            : value.toFixed(2)
     return unit ? `${n} ${unit}` : n
   }
   if (typeof value === 'boolean') return value ? 'yes' : 'no'
@@ -180,9 +201,15 @@ export function route() {
   const raw = location.hash.slice(1)
   const [path, query] = raw.split('?')
   const [name, ...parts] = path.split('/')
-  return { name: name || 'devices', parts: parts.map((p) => decodeURIComponent(p)), params: new URLSearchParams(query || '') }
+  return {
+    name: name || 'devices',
+    parts: parts.map((p) => decodeURIComponent(p)),
+    params: new URLSearchParams(query || ''),
+  }
 }
 
 export function deviceHref(d) {
-  return d.kind === 'ecoflow' || d.site_id === null ? `#station/${encodeURIComponent(d.device_id)}` : `#device/${encodeURIComponent(d.site_id)}/${encodeURIComponent(d.device_id)}`
+  return d.kind === 'ecoflow' || d.site_id === null
+    ? `#station/${encodeURIComponent(d.device_id)}`
+    : `#device/${encodeURIComponent(d.site_id)}/${encodeURIComponent(d.device_id)}`
 }
