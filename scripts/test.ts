@@ -28,12 +28,13 @@ function findTests(dir: string): string[] {
   })
 }
 
-
 if (!skipChecks) {
   console.log('# type check (tsc)')
   if ((await run('npx', ['tsc', '-p', '.'])) !== 0) process.exit(1)
   console.log('# lint (eslint: floating promises)')
   if ((await run('npx', ['eslint', '.'])) !== 0) process.exit(1)
+  console.log('# format (prettier --check; npm run format fixes it)')
+  if ((await run('npx', ['prettier', '--check', '.', '--log-level', 'warn'])) !== 0) process.exit(1)
 }
 
 /** Clusters of earlier runs that were killed before they could stop them (their runner pid is gone). */
@@ -44,7 +45,9 @@ function reapStaleClusters(): void {
     if (!m || alive(Number(m[1]))) continue
     const dir = join('.paku-test', name)
     try {
-      const pid = Number(readFileSync(join(dir, 'postgres', 'postmaster.pid'), 'utf8').split('\n')[0])
+      const pid = Number(
+        readFileSync(join(dir, 'postgres', 'postmaster.pid'), 'utf8').split('\n')[0],
+      )
       if (pid > 0 && alive(pid)) process.kill(pid, 'SIGQUIT')
     } catch {
       // no postmaster.pid: nothing running
@@ -79,7 +82,12 @@ if (!url) {
     ephemeral: true,
     log: createLogger({ level: 'warn', format: 'pretty' }),
     // A throwaway cluster: durability off makes the suite faster and changes nothing it asserts.
-    settings: { fsync: 'off', synchronous_commit: 'off', full_page_writes: 'off', max_connections: '200' },
+    settings: {
+      fsync: 'off',
+      synchronous_commit: 'off',
+      full_page_writes: 'off',
+      max_connections: '200',
+    },
   })
   const t0 = Date.now()
   await cluster.start()
@@ -87,13 +95,19 @@ if (!url) {
   console.log(`# embedded postgresql on 127.0.0.1:${port} (${Date.now() - t0} ms)`)
 }
 
-const files = [...findTests('src'), ...findTests('build')].filter((f) => only.length === 0 || only.some((o) => f.includes(o))).sort()
+const files = [...findTests('src'), ...findTests('build')]
+  .filter((f) => only.length === 0 || only.some((o) => f.includes(o)))
+  .sort()
 let code = 1
 try {
-  code = await run(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', ...files], {
-    ...process.env,
-    PAKU_TEST_DATABASE_URL: url,
-  })
+  code = await run(
+    process.execPath,
+    ['--import', 'tsx', '--test', '--test-reporter=spec', ...files],
+    {
+      ...process.env,
+      PAKU_TEST_DATABASE_URL: url,
+    },
+  )
 } finally {
   await cluster?.stop()
 }

@@ -47,9 +47,7 @@ export async function revokeKey(db: Kysely<DB>, name: string): Promise<boolean> 
   return Number(r.numAffectedRows ?? 0) > 0
 }
 
-export async function listKeys(
-  db: Kysely<DB>,
-): Promise<
+export async function listKeys(db: Kysely<DB>): Promise<
   Array<{
     name: string
     scopes: string[]

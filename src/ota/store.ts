@@ -511,9 +511,7 @@ export async function reportUpdateStatus(
 }
 
 /** Small numbers for /metrics that live in the database. */
-export async function gauges(
-  db: Db,
-): Promise<{
+export async function gauges(db: Db): Promise<{
   devicesByModel: Array<{ model: string; n: number }>
   rolloutsByStatus: Array<{ status: string; n: number }>
   releases: number
