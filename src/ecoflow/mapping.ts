@@ -5,44 +5,12 @@
  * Quirks (docs/ecoflow.md, "Units and quirks"): Delta Pro reports solar input in deci-watts; PowerStream reports
  * watts, volts and temperatures ×10. A missing or null field is NULL, never an aborted row.
  */
+import { ECOFLOW_QUOTA_COLUMNS } from '../db/index.js'
+
 export const FAMILIES = ['delta_pro', 'delta2', 'powerstream', 'unknown'] as const
 export type Family = (typeof FAMILIES)[number]
 
-export const COLUMNS = [
-  'soc_percent',
-  'remain_time_min',
-  'watts_in_sum',
-  'watts_out_sum',
-  'ac_out_watts',
-  'dc_out_watts',
-  'typec_out_watts',
-  'usb_out_watts',
-  'pv_in_watts',
-  'car_watts',
-  'usb1_watts',
-  'usb2_watts',
-  'qcusb1_watts',
-  'qcusb2_watts',
-  'typec1_watts',
-  'typec2_watts',
-  'inv_out_temp',
-  'bms_temp',
-  'bms_max_cell_temp',
-  'bms_min_cell_temp',
-  'mppt_temp',
-  'inv_input_watts',
-  'inv_ac_in_vol',
-  'inv_out_vol',
-  'inv_ac_in_amp',
-  'inv_out_amp',
-  'bms_amp',
-  'bms_vol',
-  'bms_min_cell_vol',
-  'bms_max_cell_vol',
-  'bms_remain_cap',
-  'bms_full_cap',
-  'bms_cycles',
-] as const
+export const COLUMNS = ECOFLOW_QUOTA_COLUMNS
 export type Column = (typeof COLUMNS)[number]
 export type Columns = Record<Column, number | null>
 

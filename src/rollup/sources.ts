@@ -1,4 +1,5 @@
 import { sql, type RawBuilder } from 'kysely'
+import { ECOFLOW_READING_COLUMNS } from '../db/index.js'
 
 /**
  * The tables rolled up. Each source yields the aggregates of the raw rows (alias `x`) that a condition
@@ -60,42 +61,7 @@ function fromSamples(
 }
 
 /** ecoflow_measurements' reading columns (docs/compatibility.md, "Tables kept"): aggregated column by column, then unpivoted. */
-export const ECOFLOW_COLUMNS = [
-  'soc_percent',
-  'remain_time_min',
-  'watts_in_sum',
-  'watts_out_sum',
-  'ac_out_watts',
-  'dc_out_watts',
-  'typec_out_watts',
-  'usb_out_watts',
-  'pv_in_watts',
-  'car_watts',
-  'usb1_watts',
-  'usb2_watts',
-  'qcusb1_watts',
-  'qcusb2_watts',
-  'typec1_watts',
-  'typec2_watts',
-  'inv_out_temp',
-  'bms_temp',
-  'bms_max_cell_temp',
-  'bms_min_cell_temp',
-  'mppt_temp',
-  'inv_input_watts',
-  'inv_ac_in_vol',
-  'inv_out_vol',
-  'inv_ac_in_amp',
-  'inv_out_amp',
-  'bms_amp',
-  'bms_vol',
-  'bms_min_cell_vol',
-  'bms_max_cell_vol',
-  'bms_remain_cap',
-  'bms_full_cap',
-  'bms_cycles',
-  'wifi_rssi',
-] as const
+export const ECOFLOW_COLUMNS = ECOFLOW_READING_COLUMNS
 
 function ecoflow(where: RawBuilder<unknown>, width: Width): RawBuilder<unknown> {
   // One pass over the wide rows (no per-value JSON): ~10× faster than unpacking each row.
