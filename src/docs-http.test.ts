@@ -7,30 +7,12 @@ import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import { describe, it } from 'node:test'
 import { testConfig, testLogger } from '../scripts/test-helpers.js'
+import { documentedRoutes, routeKey } from '../scripts/test-support/http-api-doc.js'
 import { openApiDocument } from './api/index.js'
 import { createApp } from './app.js'
 import { routeScopes, SCOPES } from './http/index.js'
 
 type Served = { method: string; path: string; scope: string | undefined }
-
-/** `/api/v1/devices/{id}` (docs, OpenAPI) and `/api/v1/devices/:id` (Hono) as one key. */
-const routeKey = (method: string, path: string) =>
-  `${method.toUpperCase()} ${path.replace(/\{([A-Za-z_]+)\}/g, ':$1')}`
-
-/** The route rows of the doc's tables: | `METHOD /path` | auth | what |. */
-function documentedRoutes(doc: string): Array<{ key: string; auth: string; line: number }> {
-  const out: Array<{ key: string; auth: string; line: number }> = []
-  doc.split('\n').forEach((text, i) => {
-    const m = /^\| `(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) (\/[^`]*)` \| ([^|]*?) \|/.exec(text)
-    if (m)
-      out.push({
-        key: routeKey(m[1] as string, m[2] as string),
-        auth: (m[3] as string).trim(),
-        line: i + 1,
-      })
-  })
-  return out
-}
 
 /** What is wrong with the doc's route list against the routes served. */
 function checkRouteDoc(doc: string, served: readonly Served[]) {

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import { describe, it } from 'node:test'
 import { sqlClient, startApp, testConfig, testDatabase } from '../../scripts/test-helpers.js'
+import { documentedRoutes, routeKey } from '../../scripts/test-support/http-api-doc.js'
 import { createKey, routeScopes } from './index.js'
 
 const KEY = 'scopes-test-admin-key-0123456789abcdef'
@@ -73,14 +74,13 @@ describe('key scopes, declared by each route', () => {
       )
       .map((r) => [r.method, r.path, r.scope ?? '(none)'])
     assert.deepEqual(actual.sort(), [...TABLE].sort())
-    // The route tables of docs/http-api.md write parameters as {id}; the routes as :id.
-    const docs = readFileSync('docs/http-api.md', 'utf8')
-    const documented = [
-      ...docs.matchAll(/^\| `(GET|POST|PUT|DELETE) ([^`]+)` \| `(\w+)` \|/gm),
-    ].map((m) => [m[1], (m[2] as string).replace(/\{(\w+)\}/g, ':$1'), m[3]])
+    // The route rows of docs/http-api.md whose auth cell is a scope.
+    const documented = documentedRoutes(readFileSync('docs/http-api.md', 'utf8'))
+      .filter((d) => /^`\w+`$/.test(d.auth))
+      .map((d) => `${d.key} ${d.auth.slice(1, -1)}`)
     assert.deepEqual(
       documented.sort(),
-      [...TABLE].sort(),
+      TABLE.map(([method, path, scope]) => `${routeKey(method, path)} ${scope}`).sort(),
       'docs/http-api.md#keys-and-scopes: the route tables give every key route with its scope',
     )
   })
