@@ -9,11 +9,10 @@ import ts from 'typescript'
 const ROOT = join(import.meta.dirname, '..')
 const limit = Number(process.argv[2] ?? 150)
 
-function files(dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
-    e.isDirectory() ? files(join(dir, e.name)) : e.name.endsWith('.ts') ? [join(dir, e.name)] : [],
-  )
-}
+const files = (dir: string) =>
+  readdirSync(dir, { recursive: true, encoding: 'utf8' })
+    .filter((f) => f.endsWith('.ts'))
+    .map((f) => join(dir, f))
 
 export function functionLengths(
   path: string,

@@ -12,11 +12,9 @@ import { describe, it } from 'node:test'
 const SRC = import.meta.dirname
 const SQL = join(SRC, '..', 'sql')
 
-function files(dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
-    e.isDirectory() ? files(join(dir, e.name)) : [join(dir, e.name)],
-  )
-}
+/** Every path below dir (directories too; the callers keep .ts files). */
+const files = (dir: string) =>
+  readdirSync(dir, { recursive: true, encoding: 'utf8' }).map((f) => join(dir, f))
 
 /** Tables the migrations create. */
 const tables = [
