@@ -237,9 +237,11 @@ describe('documentation', () => {
   })
 
   it('tells development history apart from how things are (positive control)', () => {
+    // Pieced together, like the patterns, so that no line of this file reads as history itself.
+    const [round, issue] = ['rou' + 'nd', 'iss' + 'ue']
     const sample = [
-      'The ' + 'ninth round measured it.',
-      'See ' + 'issue #7.',
+      `The ninth ${round} measured it.`,
+      `See ${issue} #7.`,
       'As ../' + 'shared/spec says',
       'contract ' + '§4.4',
       'I ' + 'ran the bench',
