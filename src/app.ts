@@ -107,15 +107,8 @@ export function createApp(opts: AppOptions) {
     spoolDir: join(config.dataDir, 'spool'),
     // Status and OTA reports drive rollouts: success by version, progress, re-sending missed commands.
     observe: (row) => {
-      if (row.kind === 'status')
-        ota.deviceStatus({
-          deviceId: row.deviceId,
-          model: row.model,
-          firmware: row.firmware,
-          online: row.online,
-        })
-      else if (row.kind === 'ota')
-        ota.deviceReport({ deviceId: row.deviceId, sub: row.sub, payload: row.payload })
+      if (row.kind === 'status') ota.deviceStatus(row)
+      else if (row.kind === 'ota') ota.deviceReport(row)
     },
     // The tables those reports update are OTA's; ingest writes them with OTA's code, in its transaction.
     deviceReports: { statuses: writeStatusReports, ota: writeOtaReport },

@@ -32,7 +32,7 @@ import {
   type Db,
   type Release,
 } from './store.js'
-import { reportedPercent } from './reports.js'
+import { reportedPercent, type OtaReport, type StatusReport } from './reports.js'
 
 export { importFirmwareDir }
 export { createPullToken, deletePullToken, PULL_TOKEN_PREFIX } from './pull-tokens.js'
@@ -52,17 +52,8 @@ export type PullRequest = {
 export type CheckRequest = { deviceId: string; model: string; current: string; verified: boolean }
 
 /** What ingest saw from a device, handed over by app.ts (subsystems never import each other). */
-export type DeviceStatusEvent = {
-  deviceId: string
-  model: string | null
-  firmware: string | null
-  online: boolean
-}
-export type DeviceReportEvent = {
-  deviceId: string
-  sub: 'status' | 'progress' | 'result'
-  payload: Record<string, unknown>
-}
+export type DeviceStatusEvent = Pick<StatusReport, 'deviceId' | 'model' | 'firmware' | 'online'>
+export type DeviceReportEvent = Pick<OtaReport, 'deviceId' | 'sub' | 'payload'>
 
 export type OtaOptions = {
   config: Config['ota']
