@@ -1,6 +1,6 @@
 /**
  * `node --import tsx scripts/function-lengths.ts [LIMIT]`: the functions of src/ longer than LIMIT lines
- * (default 150), longest first, and the total counts of a few code-health figures.
+ * (default 150), longest first, and the functions that take four or more positional parameters.
  */
 import { readdirSync, readFileSync } from 'node:fs'
 import { join, relative } from 'node:path'
@@ -17,9 +17,9 @@ const files = (dir: string) =>
 export function functionLengths(
   path: string,
   text: string,
-): Array<{ name: string; lines: number }> {
+): Array<{ name: string; lines: number; params: number }> {
   const sf = ts.createSourceFile(path, text, ts.ScriptTarget.Latest, true)
-  const out: Array<{ name: string; lines: number }> = []
+  const out: Array<{ name: string; lines: number; params: number }> = []
   const visit = (node: ts.Node) => {
     if (
       ts.isFunctionDeclaration(node) ||
@@ -36,7 +36,7 @@ export function functionLengths(
           : ts.isVariableDeclaration(parent) || ts.isPropertyAssignment(parent)
             ? parent.name.getText()
             : `(anonymous at ${start + 1})`
-      out.push({ name, lines: end - start + 1 })
+      out.push({ name, lines: end - start + 1, params: node.parameters.length })
     }
     ts.forEachChild(node, visit)
   }
@@ -54,3 +54,7 @@ for (const x of long) console.log(`${String(x.lines).padStart(5)}  ${x.file}  ${
 console.log(
   `${long.length} functions over ${limit} lines; the longest has ${Math.max(...all.map((x) => x.lines))}`,
 )
+const positional = all.filter((x) => x.params >= 4)
+for (const x of positional)
+  console.log(`${String(x.params).padStart(5)}  ${x.file}  ${x.name} (parameters)`)
+console.log(`${positional.length} functions take four or more positional parameters`)
