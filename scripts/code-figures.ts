@@ -61,6 +61,9 @@ type Queries = { builder: number; statements: number; handTyped: string[]; catal
 export function queries(path: string, text: string): Queries {
   const sf = ts.createSourceFile(path, text, ts.ScriptTarget.Latest, true)
   const out: Queries = { builder: 0, statements: 0, handTyped: [], catalog: 0 }
+  const aliases = new Map<string, string>()
+  for (const st of sf.statements)
+    if (ts.isTypeAliasDeclaration(st)) aliases.set(st.name.text, st.type.getText())
   const visit = (node: ts.Node) => {
     if (
       ts.isPropertyAccessExpression(node) &&
@@ -74,7 +77,9 @@ export function queries(path: string, text: string): Queries {
         : node.template.head.text
       if (STATEMENT.test(body)) {
         out.statements++
-        const type = node.typeArguments?.[0]?.getText()
+        const arg = node.typeArguments?.[0]?.getText()
+        // A type named in the same file is judged by its definition.
+        const type = arg === undefined ? undefined : (aliases.get(arg) ?? arg)
         if (type !== undefined && !/\b(Row|Selectable|DB)\b|\bschema\./.test(type)) {
           const line = sf.getLineAndCharacterOfPosition(node.getStart()).line + 1
           out.handTyped.push(`${path}:${line}`)

@@ -207,16 +207,20 @@ function deviceRoutes(routes: Routes, opts: ApiOptions): void {
     const last = r.rows[r.rows.length - 1]
     const next = r.more && last ? encodeCursor([last.device_id]) : null
     if (wantsCsv(q.format, c.req.header('accept'))) {
-      const rows = r.rows.map((d) => [
-        d.device_id,
-        d.site_id,
-        d.device_model,
-        d.firmware,
-        d.online,
-        d.last_seen,
-        d.status?.active_scenario ?? null,
-        d.status?.signal_strength_dbm ?? null,
-      ])
+      const rows = r.rows.map((d) => {
+        // The stored status is JSON: only an object has these fields.
+        const status = typeof d.status === 'object' && !Array.isArray(d.status) ? d.status : null
+        return [
+          d.device_id,
+          d.site_id,
+          d.device_model,
+          d.firmware,
+          d.online,
+          d.last_seen,
+          status?.active_scenario ?? null,
+          status?.signal_strength_dbm ?? null,
+        ]
+      })
       return csv(
         c,
         toCsv(
