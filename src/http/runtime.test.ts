@@ -139,7 +139,7 @@ describe('runtime monitor', () => {
   )
 
   it('reports CPU and resident memory under their standard names, and stops its timer', async (t) => {
-    // The sampling timer runs on mocked time: a tick shows whether it is still scheduled.
+    // The sampling timer runs on mocked time: a tick shows whether it is still set.
     t.mock.timers.enable({ apis: ['setTimeout'] })
     const monitor = createRuntimeMonitor()
     await monitor.start()
@@ -150,11 +150,12 @@ describe('runtime monitor', () => {
     const runs = () =>
       value(renderMetrics(monitor.metrics()), 'paku_event_loop_delay_seconds_count')
     const started = runs()
-    // While running, two idle intervals' worth of time makes it run: the tick would show a run.
+    // Running, 2 s of mocked time (two idle intervals) make its timer run.
     t.mock.timers.tick(2000)
     assert.ok(runs() > started, 'a running monitor samples when its time comes')
     await monitor.stop()
     const count = runs()
+    // Stopped, the same 2 s do not.
     t.mock.timers.tick(2000)
     assert.equal(runs(), count, 'a stopped monitor does not')
   })
