@@ -28,6 +28,10 @@ type Limits = { ip: string; pair: string }
 type Store = Pick<PgPersistence, 'recordSession'>
 type Done = (error: (Error & { returnCode: number }) | null, success: boolean | null) => void
 
+/** Answers a CONNECT with a CONNACK refusal code (MQTT 3.1.1 §3.2.2.3). */
+const refuser = (done: Done) => (code: 2 | 3 | 4 | 5, message: string) =>
+  done(Object.assign(new Error(message), { returnCode: code }), null)
+
 /** aedes' preConnect hook: remembers the connections that say they are a bridge, and lets all in. */
 function markBridges(principals: Principals) {
   return (
@@ -90,8 +94,7 @@ export function createAuthenticate(opts: AuthenticateOptions) {
    */
   function admit(p: { client: Client; who: Identity; state: Store; done: Done }): void {
     const { client, who, state, done } = p
-    const refuse = (code: 2 | 3 | 4 | 5, message: string) =>
-      done(Object.assign(new Error(message), { returnCode: code }), null)
+    const refuse = refuser(done)
     // Unique across instances: a release from one must not end a connection another made.
     const connId = `${opts.instanceId ?? ''}:${connections++}`
     const wasPersistent = ledger.session(client.id)?.persistent === true
@@ -148,8 +151,7 @@ export function createAuthenticate(opts: AuthenticateOptions) {
         const ip = addressKey(conn.address ?? 'unknown')
         const limits = { ip, pair: `${ip}\u0000${username ?? ''}` }
         const wait = Math.max(pairLimiter.blockedFor(limits.pair), addressLimiter.blockedFor(ip))
-        const refuse = (code: 2 | 3 | 4 | 5, message: string) =>
-          done(Object.assign(new Error(message), { returnCode: code }), null)
+        const refuse = refuser(done)
         if (wait > 0) {
           counts.authFailures++
           notices.warnOnce(
