@@ -379,13 +379,11 @@ export class PgPersistence extends AsyncMemoryPersistence {
             await sql`DELETE FROM mqtt_retained WHERE topic = ANY(${beyond}::text[])`.execute(db),
           )
         : 0
-    const retainedBytes = Number(
-      (
-        await sql<{
-          n: string
-        }>`SELECT COALESCE(sum(octet_length(payload)), 0) AS n FROM mqtt_retained`.execute(db)
-      ).rows[0]?.n ?? 0,
-    )
+    const kept = await db
+      .selectFrom('mqtt_retained')
+      .select(sql<string>`COALESCE(sum(octet_length(payload)), 0)`.as('bytes'))
+      .executeTakeFirst()
+    const retainedBytes = Number(kept?.bytes ?? 0)
     // The oldest queued messages of each session are kept (a full queue drops new ones, as at run time).
     const queued = count(
       await sql`
