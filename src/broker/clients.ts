@@ -1,5 +1,5 @@
 import { sql, type Kysely } from 'kysely'
-import type { DB } from '../db/index.js'
+import type { DB, Row } from '../db/index.js'
 
 /**
  * What the broker knows about its clients, for the console: each connection of this instance (since
@@ -110,13 +110,11 @@ export async function listClients(o: {
   }
   // Persistent sessions whose client is not connected here: from the database, with their subscriptions.
   const d = filter.deviceId ?? null
-  const r = await sql<{
-    client_id: string
-    principal: string | null
-    kind: string | null
-    last_seen: Date
-    subscriptions: Array<{ topic: string; qos: number }>
-  }>`
+  const r = await sql<
+    Row<'mqtt_sessions', 'client_id' | 'principal' | 'kind' | 'last_seen'> & {
+      subscriptions: Array<{ topic: string; qos: number }>
+    }
+  >`
     SELECT m.client_id, m.principal, m.kind, m.last_seen,
       COALESCE((SELECT jsonb_agg(jsonb_build_object('topic', s.topic, 'qos', COALESCE((s.options ->> 'qos')::int, 0)) ORDER BY s.topic)
         FROM mqtt_subscriptions s WHERE s.client_id = m.client_id), '[]') AS subscriptions

@@ -47,38 +47,46 @@ export async function addCredential(
   role: Role,
 ): Promise<void> {
   const hash = await hashPassword(password)
-  await sql`INSERT INTO mqtt_credentials (username, password_hash, role) VALUES (${username}, ${hash}, ${role})
-    ON CONFLICT (username) DO UPDATE SET password_hash = EXCLUDED.password_hash, role = EXCLUDED.role`.execute(
-    db,
-  )
+  await db
+    .insertInto('mqtt_credentials')
+    .values({ username, password_hash: hash, role })
+    .onConflict((oc) =>
+      oc.column('username').doUpdateSet((eb) => ({
+        password_hash: eb.ref('excluded.password_hash'),
+        role: eb.ref('excluded.role'),
+      })),
+    )
+    .execute()
 }
 
 /** Whether a username has its own credential (the shared credential may not claim such a client id). */
 export async function hasCredential(db: Kysely<DB>, username: string): Promise<boolean> {
-  const r = await sql<{
-    ok: number
-  }>`SELECT 1 AS ok FROM mqtt_credentials WHERE username = ${username}`.execute(db)
-  return r.rows.length > 0
+  const row = await db
+    .selectFrom('mqtt_credentials')
+    .select('username')
+    .where('username', '=', username)
+    .executeTakeFirst()
+  return row !== undefined
 }
 
 export async function removeCredential(db: Kysely<DB>, username: string): Promise<boolean> {
-  const r = await sql`DELETE FROM mqtt_credentials WHERE username = ${username}`.execute(db)
-  return Number(r.numAffectedRows ?? 0) > 0
+  const r = await db
+    .deleteFrom('mqtt_credentials')
+    .where('username', '=', username)
+    .executeTakeFirst()
+  return r.numDeletedRows > 0n
 }
 
 export async function listCredentials(
   db: Kysely<DB>,
 ): Promise<Array<{ username: string; role: Role; created_at: Date; last_used_at: Date | null }>> {
-  const r = await sql<{
-    username: string
-    role: Role
-    created_at: Date
-    last_used_at: Date | null
-  }>`
-    SELECT username, role, created_at, last_used_at FROM mqtt_credentials ORDER BY username`.execute(
-    db,
-  )
-  return r.rows
+  const rows = await db
+    .selectFrom('mqtt_credentials')
+    .select(['username', 'role', 'created_at', 'last_used_at'])
+    .orderBy('username')
+    .execute()
+  // The column's CHECK (sql/0008_mqtt_credentials.sql) admits only ROLES.
+  return rows.map((r) => ({ ...r, role: r.role as Role }))
 }
 
 /**
@@ -94,15 +102,18 @@ export async function checkCredential(
   username: string,
   password: string,
 ): Promise<Role | undefined> {
-  const r = await sql<{
-    password_hash: string
-    role: Role
-  }>`SELECT password_hash, role FROM mqtt_credentials WHERE username = ${username}`.execute(db)
-  const row = r.rows[0]
+  const row = await db
+    .selectFrom('mqtt_credentials')
+    .select(['password_hash', 'role'])
+    .where('username', '=', username)
+    .executeTakeFirst()
   const ok = await verifyPassword(password, row?.password_hash ?? UNKNOWN_USER_HASH)
   if (!row || !ok) return undefined
-  await sql`UPDATE mqtt_credentials SET last_used_at = NOW() WHERE username = ${username}`.execute(
-    db,
-  )
-  return row.role
+  await db
+    .updateTable('mqtt_credentials')
+    .set({ last_used_at: sql<Date>`NOW()` })
+    .where('username', '=', username)
+    .execute()
+  // The column's CHECK admits only ROLES.
+  return row.role as Role
 }

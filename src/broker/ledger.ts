@@ -36,39 +36,18 @@ export function kindOf(principal: string | null): QuotaKind | null {
   return null
 }
 
-/**
- * The broker's accounts: who owns which client id, how much retained and queued state each login
- * holds, and the refusals. Pure bookkeeping in memory, filled by the persistence at start-up and kept in
- * step by the broker (logins, publishes) and the persistence (what it stores and drops).
- */
-export function createLedger(opts: { quotas: Quotas; now: () => number }) {
-  const { quotas, now } = opts
+type Book = {
+  quotas: Quotas
+  now: () => number
+  /** Limits for a kind (createLedger). */
+  limits: (kind: QuotaKind | null) => Quotas[QuotaKind]
+  /** Counts a refusal and returns its name. */
+  refuse: (name: QuotaName) => QuotaName
+}
+
+/** Who owns which client id: every connected client's session, and the persistent ones kept. */
+function sessionBook({ quotas, now, limits, refuse }: Book) {
   const sessions = new Map<string, SessionEntry>()
-  const retained = new Map<string, { owner: string | null; bytes: number }>()
-  const owners = new Map<string, { topics: number; bytes: number }>()
-  /** Who is about to store a retained message (set when a PUBLISH is authorised, taken when it is stored). */
-  const expected = new Map<string, string>()
-  const refused: Record<QuotaName, number> = {
-    retainedTopics: 0,
-    retainedBytes: 0,
-    persistentSessions: 0,
-    subscriptions: 0,
-    queued: 0,
-    relayedSensors: 0,
-    total: 0,
-  }
-  let retainedBytes = 0
-  let queuedBytes = 0
-
-  /** Limits for a kind; a session of unknown owner (stored before owners were kept) gets the bridge's, which was the old stack's only persistent session. */
-  const limits = (kind: QuotaKind | null) => quotas[kind ?? 'bridge']
-  const usage = (principal: string) => owners.get(principal) ?? { topics: 0, bytes: 0 }
-
-  function refuse(name: QuotaName): QuotaName {
-    refused[name]++
-    return name
-  }
-
   return {
     /** The session recorded for a client id, if any. */
     session: (clientId: string): SessionEntry | undefined => sessions.get(clientId),
@@ -143,21 +122,37 @@ export function createLedger(opts: { quotas: Quotas; now: () => number }) {
       return { messages: q.queuedMessages, bytes: q.queuedBytes }
     },
 
-    /** Subscriptions a client of this kind may hold. */
-    subscriptionLimit: (kind: QuotaKind): number => limits(kind).subscriptions,
-    relayedSensorLimit: (kind: QuotaKind): number => limits(kind).relayedSensors,
+    /** The number of sessions, and of persistent ones. */
+    sessionCounts(): { sessions: number; persistentSessions: number } {
+      let persistent = 0
+      for (const e of sessions.values()) if (e.persistent) persistent++
+      return { sessions: sessions.size, persistentSessions: persistent }
+    },
+  }
+}
 
+/** Who owns which retained message, and how many topics and bytes each principal holds. */
+function retainedBook({ quotas, limits, refuse }: Book, queuedBytes: () => number) {
+  const retained = new Map<string, { owner: string | null; bytes: number }>()
+  const owners = new Map<string, { topics: number; bytes: number }>()
+  /** Who is about to store a retained message (set when a PUBLISH is authorised, taken when it is stored). */
+  const expected = new Map<string, string>()
+  let retainedBytes = 0
+  const usage = (principal: string) => owners.get(principal) ?? { topics: 0, bytes: 0 }
+
+  return {
     /**
      * Whether `principal` may store `bytes` as the retained message of `topic` (a replacement frees what
      * it replaces). Returns the quota it would break, counted, or undefined; records who stores it.
      */
-    checkRetained(
-      clientId: string,
-      principal: string,
-      kind: QuotaKind,
-      topic: string,
-      bytes: number,
-    ): QuotaName | undefined {
+    checkRetained(r: {
+      clientId: string
+      principal: string
+      kind: QuotaKind
+      topic: string
+      bytes: number
+    }): QuotaName | undefined {
+      const { clientId, principal, kind, topic, bytes } = r
       if (bytes > 0) {
         const old = retained.get(topic)
         const mine = old?.owner === principal
@@ -166,7 +161,7 @@ export function createLedger(opts: { quotas: Quotas; now: () => number }) {
         if (u.topics + (mine ? 0 : 1) > q.retainedTopics) return refuse('retainedTopics')
         if (u.bytes - (mine ? (old?.bytes ?? 0) : 0) + bytes > q.retainedBytes)
           return refuse('retainedBytes')
-        if (retainedBytes + queuedBytes - (old?.bytes ?? 0) + bytes > quotas.totalBytes)
+        if (retainedBytes + queuedBytes() - (old?.bytes ?? 0) + bytes > quotas.totalBytes)
           return refuse('total')
       }
       if (expected.size > 10_000) expected.clear()
@@ -174,13 +169,12 @@ export function createLedger(opts: { quotas: Quotas; now: () => number }) {
       return undefined
     },
 
-    /** The owner recorded by checkRetained for this client's message on this topic (null: the broker's own). */
-    takeRetainedOwner(clientId: string | undefined, topic: string): string | null {
-      if (clientId === undefined) return null
+    /** The owner checkRetained recorded for this client's message on this topic, if any. */
+    takeExpectedOwner(clientId: string, topic: string): string | undefined {
       const key = `${clientId}\u0000${topic}`
       const owner = expected.get(key)
       expected.delete(key)
-      return owner ?? sessions.get(clientId)?.principal ?? null
+      return owner
     },
 
     /** A retained message was stored (bytes > 0) or removed (0). */
@@ -208,8 +202,58 @@ export function createLedger(opts: { quotas: Quotas; now: () => number }) {
     /** Retained usage of one principal (for tests and the API). */
     retainedOf: (principal: string): { topics: number; bytes: number } => ({ ...usage(principal) }),
 
+    /** The number of retained topics and their bytes. */
+    retainedTotals: () => ({ retainedTopics: retained.size, retainedBytes }),
+  }
+}
+
+/**
+ * The broker's accounts: who owns which client id, how much retained and queued state each login
+ * holds, and the refusals. Pure bookkeeping in memory, filled by the persistence at start-up and kept in
+ * step by the broker (logins, publishes) and the persistence (what it stores and drops).
+ */
+export function createLedger(opts: { quotas: Quotas; now: () => number }) {
+  const { quotas, now } = opts
+  const refused: Record<QuotaName, number> = {
+    retainedTopics: 0,
+    retainedBytes: 0,
+    persistentSessions: 0,
+    subscriptions: 0,
+    queued: 0,
+    relayedSensors: 0,
+    total: 0,
+  }
+  let queuedBytes = 0
+
+  /** Limits for a kind; a session of unknown owner (stored before owners were kept) gets the bridge's, which was the old stack's only persistent session. */
+  const limits = (kind: QuotaKind | null) => quotas[kind ?? 'bridge']
+
+  function refuse(name: QuotaName): QuotaName {
+    refused[name]++
+    return name
+  }
+
+  const book: Book = { quotas, now, limits, refuse }
+  const { sessionCounts, ...sessions } = sessionBook(book)
+  const { takeExpectedOwner, retainedTotals, ...retained } = retainedBook(book, () => queuedBytes)
+
+  return {
+    ...sessions,
+    ...retained,
+
+    /** Subscriptions a client of this kind may hold. */
+    subscriptionLimit: (kind: QuotaKind): number => limits(kind).subscriptions,
+    relayedSensorLimit: (kind: QuotaKind): number => limits(kind).relayedSensors,
+
+    /** The owner recorded by checkRetained for this client's message on this topic (null: the broker's own). */
+    takeRetainedOwner(clientId: string | undefined, topic: string): string | null {
+      if (clientId === undefined) return null
+      return takeExpectedOwner(clientId, topic) ?? sessions.session(clientId)?.principal ?? null
+    },
+
     /** Whether `bytes` more of queued messages fit in the broker's total. */
-    totalFits: (bytes: number): boolean => retainedBytes + queuedBytes + bytes <= quotas.totalBytes,
+    totalFits: (bytes: number): boolean =>
+      retainedTotals().retainedBytes + queuedBytes + bytes <= quotas.totalBytes,
     /** Queued bytes added (positive) or taken (negative) by the persistence. */
     queued(delta: number): void {
       queuedBytes += delta
@@ -225,16 +269,7 @@ export function createLedger(opts: { quotas: Quotas; now: () => number }) {
       queuedBytes: number
       refused: Record<QuotaName, number>
     } {
-      let persistent = 0
-      for (const e of sessions.values()) if (e.persistent) persistent++
-      return {
-        sessions: sessions.size,
-        persistentSessions: persistent,
-        retainedTopics: retained.size,
-        retainedBytes,
-        queuedBytes,
-        refused: { ...refused },
-      }
+      return { ...sessionCounts(), ...retainedTotals(), queuedBytes, refused: { ...refused } }
     },
   }
 }

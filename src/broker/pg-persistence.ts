@@ -6,7 +6,7 @@ import AsyncMemoryPersistence, {
   type SubscriptionRecord,
 } from 'aedes-persistence/asyncPersistence.js'
 import { sql, type Kysely, type RawBuilder } from 'kysely'
-import type { DB } from '../db/index.js'
+import type { DB, Row } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
 import {
   kindOf,
@@ -210,14 +210,11 @@ export class PgPersistence extends AsyncMemoryPersistence {
     this.#loading = true
     try {
       const bounded = await this.#bound()
-      const sessions = await sql<{
-        client_id: string
-        principal: string | null
-        kind: string | null
-        last_seen: Date
-      }>`
-        SELECT client_id, principal, kind, last_seen FROM mqtt_sessions`.execute(db)
-      for (const s of sessions.rows) {
+      const sessions = await db
+        .selectFrom('mqtt_sessions')
+        .select(['client_id', 'principal', 'kind', 'last_seen'])
+        .execute()
+      for (const s of sessions) {
         const kind = (QUOTA_KINDS as readonly string[]).includes(s.kind ?? '')
           ? (s.kind as QuotaKind)
           : kindOf(s.principal)
@@ -229,66 +226,63 @@ export class PgPersistence extends AsyncMemoryPersistence {
           lastSeen: s.last_seen.getTime(),
         })
       }
-      const retained = await sql<{
-        payload: Buffer
-        packet: AnyPacket
-        owner: string | null
-      }>`SELECT payload, packet, owner FROM mqtt_retained ORDER BY topic`.execute(db)
-      for (const r of retained.rows) {
+      const retained = await db
+        .selectFrom('mqtt_retained')
+        .select(['payload', 'packet', 'owner'])
+        .orderBy('topic')
+        .execute()
+      for (const r of retained) {
         const packet = decode(r.packet, r.payload)
         await super.storeRetained(packet)
         ledger.storeRetained(packet.topic as string, r.owner, r.payload.length)
       }
-      const subs = await sql<{
-        client_id: string
-        topic: string
-        options: Omit<SubscriptionRecord, 'topic'>
-      }>`
-        SELECT client_id, topic, options FROM mqtt_subscriptions ORDER BY client_id, topic`.execute(
-        db,
-      )
+      const subs = await db
+        .selectFrom('mqtt_subscriptions')
+        .select(['client_id', 'topic', 'options'])
+        .orderBy('client_id')
+        .orderBy('topic')
+        .execute()
       const byClient = new Map<string, SubscriptionRecord[]>()
-      for (const s of subs.rows)
+      for (const s of subs)
         byClient.set(s.client_id, [
           ...(byClient.get(s.client_id) ?? []),
-          { topic: s.topic, ...s.options },
+          // The column holds what addSubscriptions wrote: a subscription's options as JSON.
+          { topic: s.topic, ...(s.options as Omit<SubscriptionRecord, 'topic'>) },
         ])
       for (const [id, list] of byClient) await super.addSubscriptions({ id }, list)
-      const outgoing = await sql<{
-        client_id: string
-        message_id: number | null
-        payload: Buffer | null
-        packet: AnyPacket
-      }>`
-        SELECT client_id, message_id, payload, packet FROM mqtt_outgoing ORDER BY seq`.execute(db)
-      for (const o of outgoing.rows) {
+      const outgoing = await db
+        .selectFrom('mqtt_outgoing')
+        .select(['client_id', 'message_id', 'payload', 'packet'])
+        .orderBy('seq')
+        .execute()
+      for (const o of outgoing) {
         const packet = decode(o.packet, o.payload)
         this.#push(o.client_id, packet, o.message_id ?? undefined)
       }
-      const incoming = await sql<{
-        client_id: string
-        payload: Buffer | null
-        packet: AnyPacket
-      }>`SELECT client_id, payload, packet FROM mqtt_incoming`.execute(db)
-      for (const i of incoming.rows)
+      const incoming = await db
+        .selectFrom('mqtt_incoming')
+        .select(['client_id', 'payload', 'packet'])
+        .execute()
+      for (const i of incoming)
         await super.incomingStorePacket({ id: i.client_id }, decode(i.packet, i.payload))
-      const wills = await sql<{
-        client_id: string
-        payload: Buffer | null
-        packet: AnyPacket
-      }>`SELECT client_id, payload, packet FROM mqtt_wills`.execute(db)
-      for (const w of wills.rows) {
-        await super.putWill({ id: w.client_id }, decode(w.packet, w.payload))
-        // Keep the broker id the will was registered under: aedes publishes wills of brokers that
-        // are gone, which after a crash is exactly these.
+      const wills = await db
+        .selectFrom('mqtt_wills')
+        .select(['client_id', 'payload', 'packet'])
+        .execute()
+      for (const w of wills) {
+        const will = decode(w.packet, w.payload)
+        // Keep the broker id the will was registered under (putWill marks it with this broker's):
+        // aedes publishes wills of brokers that are gone, which after a crash is exactly these.
+        const registeredBy = will.brokerId
+        await super.putWill({ id: w.client_id }, will)
         const stored = await super.getWill({ id: w.client_id })
-        if (stored && w.packet.brokerId) stored.brokerId = w.packet.brokerId
+        if (stored && registeredBy) stored.brokerId = registeredBy
       }
       this.#opts.log.info('broker state loaded', {
-        retained: retained.rows.length,
-        sessions: sessions.rows.length,
-        queued: outgoing.rows.length,
-        wills: wills.rows.length,
+        retained: retained.length,
+        sessions: sessions.length,
+        queued: outgoing.length,
+        wills: wills.length,
       })
       if (Object.values(bounded).some((n) => n > 0)) {
         this.#opts.log.warn('broker state over its quotas was deleted at start-up', {
@@ -323,20 +317,25 @@ export class PgPersistence extends AsyncMemoryPersistence {
     const expired = await this.#dropSessions(
       sql`last_seen < NOW() - make_interval(hours => ${this.#opts.sessionExpiryHours})`,
     )
-    const rows = await sql<{ client_id: string; principal: string | null; kind: QuotaKind | null }>`
-      SELECT client_id, principal, kind FROM mqtt_sessions ORDER BY last_seen DESC, client_id LIMIT ${q.totalPersistentSessions}`.execute(
-      db,
-    )
+    const rows = await db
+      .selectFrom('mqtt_sessions')
+      .select(['client_id', 'principal', 'kind'])
+      .orderBy('last_seen', 'desc')
+      .orderBy('client_id')
+      .limit(q.totalPersistentSessions)
+      .execute()
     const over = await this.#dropSessions(
       sql`client_id NOT IN (SELECT client_id FROM mqtt_sessions ORDER BY last_seen DESC, client_id LIMIT ${q.totalPersistentSessions})`,
     )
     const perPrincipal = new Map<string, number>()
     const surplus: string[] = []
-    for (const r of rows.rows) {
+    for (const r of rows) {
       if (r.principal === null) continue
       const n = (perPrincipal.get(r.principal) ?? 0) + 1
       perPrincipal.set(r.principal, n)
-      if (n > q[r.kind ?? kindOf(r.principal) ?? 'bridge'].persistentSessions)
+      // The column holds what recordSession wrote: a QuotaKind, or null.
+      const kind = r.kind as QuotaKind | null
+      if (n > q[kind ?? kindOf(r.principal) ?? 'bridge'].persistentSessions)
         surplus.push(r.client_id)
     }
     const overPrincipal =
@@ -358,7 +357,7 @@ export class PgPersistence extends AsyncMemoryPersistence {
       ),
     )
     // Per owner, within what is left (at most totalBytes of it): the newest messages up to its quota.
-    const owned = await sql<{ topic: string; owner: string; bytes: number }>`
+    const owned = await sql<Row<'mqtt_retained', 'topic'> & { owner: string; bytes: number }>`
       SELECT topic, owner, octet_length(payload) AS bytes FROM mqtt_retained WHERE owner IS NOT NULL ORDER BY updated_at DESC, topic`.execute(
       db,
     )
@@ -380,13 +379,11 @@ export class PgPersistence extends AsyncMemoryPersistence {
             await sql`DELETE FROM mqtt_retained WHERE topic = ANY(${beyond}::text[])`.execute(db),
           )
         : 0
-    const retainedBytes = Number(
-      (
-        await sql<{
-          n: string
-        }>`SELECT COALESCE(sum(octet_length(payload)), 0) AS n FROM mqtt_retained`.execute(db)
-      ).rows[0]?.n ?? 0,
-    )
+    const kept = await db
+      .selectFrom('mqtt_retained')
+      .select(sql<string>`COALESCE(sum(octet_length(payload)), 0)`.as('bytes'))
+      .executeTakeFirst()
+    const retainedBytes = Number(kept?.bytes ?? 0)
     // The oldest queued messages of each session are kept (a full queue drops new ones, as at run time).
     const queued = count(
       await sql`
@@ -824,6 +821,8 @@ function meta(packet: AnyPacket): string {
   return JSON.stringify(rest)
 }
 
-function decode(packet: AnyPacket, payload: Buffer | null): AnyPacket {
-  return { ...packet, payload: payload ?? Buffer.alloc(0) }
+/** A stored packet: its JSON column (meta()) with its payload put back. */
+function decode(packet: Row<'mqtt_wills', 'packet'>['packet'], payload: Buffer | null): AnyPacket {
+  // The column holds only what meta() wrote: a packet's fields but its payload.
+  return { ...(packet as AnyPacket), payload: payload ?? Buffer.alloc(0) }
 }

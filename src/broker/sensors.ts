@@ -1,17 +1,12 @@
 import { sql, type Kysely } from 'kysely'
-import type { DB } from '../db/index.js'
+import type { DB, Row } from '../db/index.js'
 import type { SensorKey } from './acl.js'
 
-export type SensorClaim = {
-  site_id: string
-  system: string
-  sensor_id: string
-  device_id: string
-  claimed_at: Date
-  assigned_by: string | null
-}
+export type SensorClaim = Row<'mqtt_sensor_claims'>
 
 const keyOf = (k: SensorKey) => `${k.site}/${k.system}/${k.sensor}`
+/** The claims table's key columns for a sensor. */
+const claimKey = (k: SensorKey) => ({ site_id: k.site, system: k.system, sensor_id: k.sensor })
 /** A cached owner is asked of the database again after this long (another instance, or an admin, may have moved it). */
 const RECHECK_MS = 60_000
 
@@ -28,11 +23,13 @@ export function createSensorClaims(opts: { db: () => Kysely<DB>; now?: () => num
   const counts = new Map<string, number>()
 
   async function lookup(k: SensorKey): Promise<string | undefined> {
-    const r = await sql<{ device_id: string }>`
-      SELECT device_id FROM mqtt_sensor_claims WHERE site_id = ${k.site} AND system = ${k.system} AND sensor_id = ${k.sensor}`.execute(
-      opts.db(),
-    )
-    const owner = r.rows[0]?.device_id
+    const row = await opts
+      .db()
+      .selectFrom('mqtt_sensor_claims')
+      .select('device_id')
+      .where((eb) => eb.and(claimKey(k)))
+      .executeTakeFirst()
+    const owner = row?.device_id
     remember(k, owner)
     return owner
   }
@@ -53,14 +50,12 @@ export function createSensorClaims(opts: { db: () => Kysely<DB>; now?: () => num
     async load(): Promise<void> {
       cache.clear()
       counts.clear()
-      const r = await sql<{
-        site_id: string
-        system: string
-        sensor_id: string
-        device_id: string
-      }>`
-        SELECT site_id, system, sensor_id, device_id FROM mqtt_sensor_claims`.execute(opts.db())
-      for (const row of r.rows)
+      const rows = await opts
+        .db()
+        .selectFrom('mqtt_sensor_claims')
+        .select(['site_id', 'system', 'sensor_id', 'device_id'])
+        .execute()
+      for (const row of rows)
         remember({ site: row.site_id, system: row.system, sensor: row.sensor_id }, row.device_id)
     },
 
@@ -91,7 +86,8 @@ export function createSensorClaims(opts: { db: () => Kysely<DB>; now?: () => num
       if (owner === deviceId) return 'owner'
       if (owner !== undefined) return 'taken'
       if ((counts.get(deviceId) ?? 0) >= limit) return 'limit'
-      const r = await sql<{ device_id: string }>`
+      // A conflict is answered with the row as it stands (the no-op update makes RETURNING give it).
+      const r = await sql<Row<'mqtt_sensor_claims', 'device_id'>>`
         INSERT INTO mqtt_sensor_claims (site_id, system, sensor_id, device_id) VALUES (${k.site}, ${k.system}, ${k.sensor}, ${deviceId})
         ON CONFLICT (site_id, system, sensor_id) DO UPDATE SET site_id = mqtt_sensor_claims.site_id
         RETURNING device_id`.execute(opts.db())
@@ -108,11 +104,15 @@ export function createSensorClaims(opts: { db: () => Kysely<DB>; now?: () => num
     },
 
     async list(filter: { deviceId?: string | undefined } = {}): Promise<SensorClaim[]> {
-      const r = await sql<SensorClaim>`
-        SELECT site_id, system, sensor_id, device_id, claimed_at, assigned_by FROM mqtt_sensor_claims
-        WHERE ${filter.deviceId ?? null}::text IS NULL OR device_id = ${filter.deviceId ?? null}::text
-        ORDER BY site_id, system, sensor_id`.execute(opts.db())
-      return r.rows
+      let q = opts
+        .db()
+        .selectFrom('mqtt_sensor_claims')
+        .select(['site_id', 'system', 'sensor_id', 'device_id', 'claimed_at', 'assigned_by'])
+        .orderBy('site_id')
+        .orderBy('system')
+        .orderBy('sensor_id')
+      if (filter.deviceId !== undefined) q = q.where('device_id', '=', filter.deviceId)
+      return q.execute()
     },
 
     /** Gives a sensor to another gateway (an admin's decision, recorded with who made it). */
@@ -127,12 +127,13 @@ export function createSensorClaims(opts: { db: () => Kysely<DB>; now?: () => num
 
     /** Frees a sensor: the next gateway to publish it claims it. */
     async release(k: SensorKey): Promise<boolean> {
-      const r =
-        await sql`DELETE FROM mqtt_sensor_claims WHERE site_id = ${k.site} AND system = ${k.system} AND sensor_id = ${k.sensor}`.execute(
-          opts.db(),
-        )
+      const r = await opts
+        .db()
+        .deleteFrom('mqtt_sensor_claims')
+        .where((eb) => eb.and(claimKey(k)))
+        .executeTakeFirst()
       remember(k, undefined)
-      return Number(r.numAffectedRows ?? 0) > 0
+      return r.numDeletedRows > 0n
     },
   }
 }
