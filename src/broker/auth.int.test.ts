@@ -39,7 +39,11 @@ describe('MQTT authentication and topic permissions', () => {
         },
       }),
     )
-    await addCredential(sut.app.db.db, 'ESP32-AABBCCDD', 'device-pass-1', 'device')
+    await addCredential(sut.app.db.db, {
+      username: 'ESP32-AABBCCDD',
+      password: 'device-pass-1',
+      role: 'device',
+    })
     return { url, sut, db: await sqlClient(t, url) }
   }
 
@@ -218,7 +222,11 @@ describe('paku device add|list|remove', () => {
     const url = await testDatabase(t)
     const sut = await startApp(t, testConfig({ databaseUrl: url }))
     const db = sut.app.db.db
-    await addCredential(db, 'ESP32-0000KNOWN', 'the-right-password', 'device')
+    await addCredential(db, {
+      username: 'ESP32-0000KNOWN',
+      password: 'the-right-password',
+      role: 'device',
+    })
     const took = async (username: string) => {
       const t0 = performance.now()
       assert.equal(await checkCredential(db, username, 'a-wrong-password'), undefined)

@@ -42,9 +42,7 @@ export const USERNAME = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/
 
 export async function addCredential(
   db: Kysely<DB>,
-  username: string,
-  password: string,
-  role: Role,
+  { username, password, role }: { username: string; password: string; role: Role },
 ): Promise<void> {
   const hash = await hashPassword(password)
   await db

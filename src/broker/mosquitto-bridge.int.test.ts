@@ -175,11 +175,15 @@ type Health = {
 async function home(t: TestContext, o: { watch?: boolean } = {}) {
   const url = await testDatabase(t)
   const sut = await startApp(t, testConfig({ databaseUrl: url, mqtt: { allowAnonymous: false } }))
-  await addCredential(sut.app.db.db, BRIDGE, PASSWORD, 'bridge')
+  await addCredential(sut.app.db.db, { username: BRIDGE, password: PASSWORD, role: 'bridge' })
   const db = await sqlClient(t, url)
   let watched: Message[] = []
   if (o.watch) {
-    await addCredential(sut.app.db.db, 'watcher', 'watcher-password', 'service')
+    await addCredential(sut.app.db.db, {
+      username: 'watcher',
+      password: 'watcher-password',
+      role: 'service',
+    })
     const watcher = await mqtt.connectAsync(sut.mqttUrl, {
       username: 'watcher',
       password: 'watcher-password',

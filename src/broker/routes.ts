@@ -93,7 +93,11 @@ export function brokerRoutes(o: {
     if (!parsed.success)
       throw new HTTPException(400, { message: parsed.issues.map((i) => i.message).join('; ') })
     const password = parsed.output.password ?? randomBytes(18).toString('base64url')
-    await addCredential(db(), parsed.output.username, password, parsed.output.role)
+    await addCredential(db(), {
+      username: parsed.output.username,
+      password,
+      role: parsed.output.role,
+    })
     // A generated password is returned once; a given one is never echoed.
     return c.json(
       {

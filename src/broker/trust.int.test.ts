@@ -50,7 +50,7 @@ async function fleet(
     ['ha-bridge', 'bridge'],
     ['ci', 'service'],
   ] as const) {
-    await addCredential(sut.app.db.db, name, cred(name).password, role)
+    await addCredential(sut.app.db.db, { username: name, password: cred(name).password, role })
   }
   const db = await sqlClient(t, url)
   const clients: MqttClient[] = []

@@ -541,7 +541,7 @@ async function deviceCommand(
       return 0
     }
     const password = given ?? randomBytes(18).toString('base64url')
-    await addCredential(db.db, id as string, password, role as Role)
+    await addCredential(db.db, { username: id as string, password, role: role as Role })
     // A generated password is shown once; a given one is never echoed.
     io.out(
       given === undefined
