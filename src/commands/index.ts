@@ -3,7 +3,7 @@ import { scope } from '../util/scope.js'
 import { Hono } from 'hono'
 import { HTTPException } from 'hono/http-exception'
 import { sql, type Kysely } from 'kysely'
-import type { DB } from '../db/index.js'
+import type { DB, Row } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
 import { readJson, validate } from '../util/validate.js'
 import {
@@ -36,24 +36,8 @@ export type CommandsOptions = {
   reloadMs?: number
 }
 
-export type CommandRow = {
-  id: string
-  site_id: string
-  device_id: string
-  type: string
-  topic: string
-  payload: Record<string, unknown>
-  qos: number
-  retain: boolean
-  status: string
-  created_at: Date
-  expires_at: Date
-  closed_at: Date | null
-  closed_by: string | null
-  ack: unknown
-  error: string | null
-  created_by: string | null
-}
+/** A device_commands row as the API returns it. */
+export type CommandRow = Row<'device_commands'>
 
 /**
  * Device commands: POST /api/v1/commands publishes a control, config/set or heater command with an id
@@ -78,10 +62,19 @@ export function createCommands(opts: CommandsOptions) {
 
   async function close(p: Pending, v: Verdict, by: string): Promise<void> {
     remove(p)
-    const r = await sql`
-      UPDATE device_commands SET status = ${v.status}, closed_at = NOW(), closed_by = ${by}, ack = ${v.ack === undefined ? null : JSON.stringify(v.ack)}::jsonb, error = ${v.error ?? null}
-      WHERE id = ${p.id} AND status = 'pending'`.execute(db())
-    if (Number(r.numAffectedRows ?? 0) > 0) counts[v.status]++
+    const r = await db()
+      .updateTable('device_commands')
+      .set({
+        status: v.status,
+        closed_at: sql<Date>`NOW()`,
+        closed_by: by,
+        ack: v.ack === undefined ? null : JSON.stringify(v.ack),
+        error: v.error ?? null,
+      })
+      .where('id', '=', p.id)
+      .where('status', '=', 'pending')
+      .executeTakeFirst()
+    if (r.numUpdatedRows > 0n) counts[v.status]++
   }
 
   async function expire(): Promise<void> {
@@ -89,10 +82,22 @@ export function createCommands(opts: CommandsOptions) {
     const due = [...pending.values()].flat().filter((p) => p.expiresAt <= t)
     if (due.length === 0) return
     for (const p of due) remove(p)
-    const r = await sql`
-      UPDATE device_commands SET status = 'expired', closed_at = NOW(), closed_by = 'ttl', error = 'no acknowledgement before the TTL'
-      WHERE status = 'pending' AND id = ANY(${due.map((p) => p.id)}::text[])`.execute(db())
-    counts.expired += Number(r.numAffectedRows ?? 0)
+    const r = await db()
+      .updateTable('device_commands')
+      .set({
+        status: 'expired',
+        closed_at: sql<Date>`NOW()`,
+        closed_by: 'ttl',
+        error: 'no acknowledgement before the TTL',
+      })
+      .where('status', '=', 'pending')
+      .where(
+        'id',
+        'in',
+        due.map((p) => p.id),
+      )
+      .executeTakeFirst()
+    counts.expired += Number(r.numUpdatedRows)
   }
 
   const routes = commandRoutes({
@@ -106,26 +111,22 @@ export function createCommands(opts: CommandsOptions) {
 
   /** Adds the pending commands in the database that memory does not hold yet. */
   async function load(): Promise<void> {
-    const r = await sql<{
-      id: string
-      site_id: string
-      device_id: string
-      type: Pending['type']
-      payload: Record<string, unknown>
-      expires_at: Date
-    }>`
-      SELECT id, site_id, device_id, type, payload, expires_at FROM device_commands WHERE status = 'pending' ORDER BY created_at`.execute(
-      db(),
-    )
+    const rows = await db()
+      .selectFrom('device_commands')
+      .select(['id', 'site_id', 'device_id', 'type', 'payload', 'expires_at'])
+      .where('status', '=', 'pending')
+      .orderBy('created_at')
+      .execute()
     const known = new Set([...pending.values()].flat().map((p) => p.id))
-    for (const row of r.rows)
+    for (const row of rows)
       if (!known.has(row.id))
         add({
           id: row.id,
           siteId: row.site_id,
           deviceId: row.device_id,
-          type: row.type,
-          payload: row.payload,
+          // Written only by the POST route above, from a validated command (toWire's payload object).
+          type: row.type as Pending['type'],
+          payload: row.payload as Pending['payload'],
           expiresAt: row.expires_at.getTime(),
         })
   }
@@ -215,11 +216,22 @@ function commandRoutes(d: RouteDeps): Hono {
     const ttl = cmd.ttl_seconds ?? d.defaultTtl
     const createdBy = (c.get('keyName' as never) as string | undefined) ?? null
     // Recorded before publishing, so an acknowledgement that arrives at once finds it.
-    const row = await sql<CommandRow>`
-      INSERT INTO device_commands (id, site_id, device_id, type, topic, payload, qos, retain, expires_at, created_by)
-      VALUES (${id}, ${wire.siteId}, ${cmd.device_id}, ${cmd.type}, ${wire.topic}, ${text}::jsonb, ${wire.qos}, ${wire.retain}, NOW() + make_interval(secs => ${ttl}), ${createdBy})
-      RETURNING *`.execute(db())
-    const created = row.rows[0] as CommandRow
+    const created = await db()
+      .insertInto('device_commands')
+      .values({
+        id,
+        site_id: wire.siteId,
+        device_id: cmd.device_id,
+        type: cmd.type,
+        topic: wire.topic,
+        payload: text,
+        qos: wire.qos,
+        retain: wire.retain,
+        expires_at: sql<Date>`NOW() + make_interval(secs => ${ttl})`,
+        created_by: createdBy,
+      })
+      .returning('expires_at')
+      .executeTakeFirstOrThrow()
     const p: Pending = {
       id,
       siteId: wire.siteId,
@@ -246,19 +258,26 @@ function commandRoutes(d: RouteDeps): Hono {
   routes.get('/api/v1/commands', scope('read'), async (c) => {
     const q = validate(CommandsQuery, c.req.query())
     const limit = q.limit ?? 100
-    let after = sql`true`
+    // created_at as PostgreSQL's text is the cursor: a JavaScript Date would drop its microseconds.
+    let list = db()
+      .selectFrom('device_commands')
+      .selectAll()
+      .select(sql<string>`created_at::text`.as('key'))
     if (q.cursor !== undefined) {
       const [ts, id] = decode(q.cursor)
-      after = sql`(created_at, id) < (${ts}::timestamptz, ${id})`
+      list = list.where(sql<boolean>`(created_at, id) < (${ts}::timestamptz, ${id})`)
     }
-    const r = await sql<CommandRow & { key: string }>`
-      SELECT *, created_at::text AS key FROM device_commands
-      WHERE ${q.device_id === undefined ? sql`true` : sql`device_id = ${q.device_id}`} AND ${q.status === undefined ? sql`true` : sql`status = ${q.status}`} AND ${after}
-      ORDER BY created_at DESC, id DESC LIMIT ${limit + 1}`.execute(db())
-    const rows = r.rows.slice(0, limit)
+    if (q.device_id !== undefined) list = list.where('device_id', '=', q.device_id)
+    if (q.status !== undefined) list = list.where('status', '=', q.status)
+    const found = await list
+      .orderBy('created_at', 'desc')
+      .orderBy('id', 'desc')
+      .limit(limit + 1)
+      .execute()
+    const rows = found.slice(0, limit)
     const last = rows[rows.length - 1]
     const next =
-      r.rows.length > limit && last
+      found.length > limit && last
         ? Buffer.from(JSON.stringify([last.key, last.id])).toString('base64url')
         : null
     return c.json({ items: rows.map(({ key: _k, ...row }) => row), next })
@@ -280,17 +299,27 @@ async function knownDevice(
   siteId: string,
   deviceId: string,
 ): Promise<boolean> {
-  const r = await sql<{ known: boolean }>`
-    SELECT EXISTS (SELECT 1 FROM devices WHERE device_id = ${deviceId})
-      OR EXISTS (SELECT 1 FROM measurements WHERE site_id = ${siteId} AND device_id = ${deviceId}) AS known`.execute(
-    db(),
-  )
-  return r.rows[0]?.known === true
+  const r = await db()
+    .selectNoFrom((eb) =>
+      eb
+        .or([
+          eb.exists(eb.selectFrom('devices').select('id').where('device_id', '=', deviceId)),
+          eb.exists(
+            eb
+              .selectFrom('measurements')
+              .select('id')
+              .where('site_id', '=', siteId)
+              .where('device_id', '=', deviceId),
+          ),
+        ])
+        .as('known'),
+    )
+    .executeTakeFirst()
+  return r?.known === true
 }
 
 async function get(db: () => Kysely<DB>, id: string): Promise<CommandRow | undefined> {
-  const r = await sql<CommandRow>`SELECT * FROM device_commands WHERE id = ${id}`.execute(db())
-  return r.rows[0]
+  return db().selectFrom('device_commands').selectAll().where('id', '=', id).executeTakeFirst()
 }
 
 function decode(cursor: string): [string, string] {
