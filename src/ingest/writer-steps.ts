@@ -13,18 +13,25 @@ import {
   mayRelease,
   stepKind,
   takeCount,
+  type CommitWindow,
   type WriterLimits,
   type WriterState,
 } from './writer-policy.js'
 
 /** The writer's state as its executor changes it: the policy's view, writable, plus the outage's start. */
 export type ExecutorState = {
-  -readonly [K in keyof WriterState]: WriterState[K]
+  -readonly [K in Exclude<keyof WriterState, 'window'>]: WriterState[K]
 } & {
+  /** The commit window, which hears of every row that waits. */
+  readonly window: CommitWindow
   /** When writes started failing; undefined while they succeed. */
   failingSince: Date | undefined
   /** toSpool() is moving rows; a second caller leaves it to the first. */
   spooling: boolean
+  /** The flush timer, while armed. */
+  timer: NodeJS.Timeout | undefined
+  /** Resolved once queued rows fall to half the high-water mark (or writes start failing). */
+  room: { promise: Promise<void>; release: () => void } | undefined
 }
 
 /** Counters for stats(). */
@@ -53,8 +60,14 @@ export type StepContext = {
   flushDurations: ReturnType<typeof createHistogram>
   /** The policy's clock (ms). */
   now: () => number
-  /** Lets the producers waiting on room() go. */
-  releaseRoom: () => void
+  /** The steps in progress. */
+  steps: Set<Promise<void>>
+}
+
+/** Lets the producers waiting on room() go. */
+export function releaseRoom(s: ExecutorState): void {
+  s.room?.release()
+  s.room = undefined
 }
 
 /** Takes the next batch out of the queue. */
@@ -66,7 +79,7 @@ export function takeBatch(ctx: StepContext): Batch {
 /** The batch is committed or spooled: its producers hear so, and those waiting on room() once it is time. */
 function settle(ctx: StepContext, b: Batch): void {
   ctx.queue.settle(b)
-  if (mayRelease(ctx.state, ctx.limits)) ctx.releaseRoom()
+  if (mayRelease(ctx.state, ctx.limits)) releaseRoom(ctx.state)
 }
 
 /** One step, as the policy decides: spool, replay a segment, or write a batch. Never rejects. */
@@ -209,7 +222,7 @@ function failed(ctx: StepContext, err: unknown): void {
   const s = ctx.state
   // While the database is away rows go to the spool (or are dropped when it is full): holding
   // publishers back would only stall the devices.
-  ctx.releaseRoom()
+  releaseRoom(s)
   ctx.counts.failedFlushes++
   s.failures++
   s.retryAt = ctx.now() + backoffMs(s.failures, ctx.limits)

@@ -1,7 +1,7 @@
 import type { Kysely } from 'kysely'
 import type { DB } from '../db/index.js'
 import type { Logger } from '../log/index.js'
-import { createHistogram, type HistogramSnapshot } from '../util/histogram.js'
+import type { HistogramSnapshot } from '../util/histogram.js'
 import type { Reject, Row } from './records.js'
 import type { Spool } from './spool.js'
 import type { Store } from './store.js'
@@ -9,19 +9,14 @@ import {
   accepts,
   afterDurable,
   afterQueued,
-  afterStep,
-  createCommitWindow,
   isBusy,
-  LEAVE,
   mayStart,
   mustWait,
   queued,
-  START_NOW,
   startDelay,
-  writerLimits,
 } from './writer-policy.js'
-import { createQueue } from './writer-queue.js'
-import { runStep, toSpool, type ExecutorState, type StepContext } from './writer-steps.js'
+import { createRunner, createStepContext } from './writer-runner.js'
+import { releaseRoom } from './writer-steps.js'
 
 export { createCommitWindow } from './writer-policy.js'
 
@@ -70,13 +65,6 @@ export type WriterStats = {
 }
 
 /**
- * Upper bounds in seconds of the batch-write duration histogram. A healthy batch commits in 1–50 ms;
- * a slow commit (fsync) or PostgreSQL's GIN merge shows as 0.1 s and up (docs/performance.md, "Where the
- * PUBACK tail comes from").
- */
-const FLUSH_BOUNDS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
-
-/**
  * The batch writer. Rows wait in memory and are written as one transaction per batch. A row whose
  * producer waits for durability (a QoS 1/2 PUBACK) makes the next flush start at once (group commit):
  * low latency when idle, big batches under load. QoS 0-only batches wait up to flushIntervalMs.
@@ -88,113 +76,16 @@ const FLUSH_BOUNDS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
  * a batch with status, config or OTA rows, the spool, a replay — runs alone. Failures back off
  * exponentially and only the transitions are logged.
  *
- * This function carries out what writer-policy.ts decides: it owns the timer, the steps in progress
- * and the promises producers wait on; writer-steps.ts holds the steps themselves.
+ * writer-policy.ts decides; this function and writer-runner.ts carry the decisions out (timer, steps
+ * in progress, the promises producers wait on), and writer-steps.ts holds the steps themselves.
  */
 export function createWriter(opts: WriterOptions) {
   const { log, spool } = opts
-  const limits = writerLimits({ ...opts, spool: spool !== undefined })
-  const now = opts.now ?? (() => performance.now())
-  const queue = createQueue()
-  const window = createCommitWindow(opts.commitWindowMs ?? 0)
-  const steps = new Set<Promise<void>>()
-  let timer: NodeJS.Timeout | undefined
-  /** Resolved once queued rows fall to half the high-water mark (or writes start failing). */
-  let room: { promise: Promise<void>; release: () => void } | undefined
+  const ctx = createStepContext(opts)
+  const { state, limits, queue, counts, now } = ctx
+  const runner = createRunner(ctx)
+  const { schedule } = runner
   let droppedSinceLog = 0
-  const state: ExecutorState = {
-    get pending() {
-      return queue.length
-    },
-    get pendingDurable() {
-      return queue.durable
-    },
-    get pendingOrdered() {
-      return queue.ordered
-    },
-    get taken() {
-      return queue.taken
-    },
-    get inFlight() {
-      return steps.size
-    },
-    get spooled() {
-      return spool !== undefined && !spool.empty
-    },
-    get roomWaiting() {
-      return room !== undefined
-    },
-    get timerArmed() {
-      return timer !== undefined
-    },
-    get arrivals() {
-      return queue.arrivals
-    },
-    exclusive: false,
-    failures: 0,
-    retryAt: 0,
-    spoolFull: false,
-    backlogEnded: false,
-    running: false,
-    timerDue: 0,
-    burstBatchAt: -Infinity,
-    window,
-    failingSince: undefined,
-    spooling: false,
-  }
-  const ctx: StepContext = {
-    ...opts,
-    limits,
-    state,
-    queue,
-    now,
-    counts: {
-      written: 0,
-      spooled: 0,
-      replayed: 0,
-      dropped: 0,
-      flushes: 0,
-      failedFlushes: 0,
-      lastFlushMs: 0,
-    },
-    flushDurations: createHistogram(FLUSH_BOUNDS_S),
-    spool,
-    releaseRoom: () => {
-      room?.release()
-      room = undefined
-    },
-  }
-  const { counts } = ctx
-
-  /** Carries out a schedule decision (writer-policy.ts: a delay in ms, LEAVE or START_NOW). */
-  const schedule = (decision: number) => {
-    if (decision === START_NOW) return pump()
-    if (decision === LEAVE || !state.running) return
-    clearTimeout(timer)
-    state.timerDue = now() + decision
-    timer = setTimeout(() => {
-      timer = undefined
-      pump()
-    }, decision)
-    timer.unref?.()
-  }
-
-  /** Starts one step; resolves when it is done, never rejects. */
-  function start(): Promise<void> {
-    const p: Promise<void> = runStep(ctx).finally(() => {
-      steps.delete(p)
-      if (steps.size === 0) state.exclusive = false
-      schedule(afterStep(state, limits, now()))
-    })
-    steps.add(p)
-    return p
-  }
-
-  /** The timer's work: as many steps as may run, while there are rows for them. */
-  function pump(): void {
-    if (steps.size === 0) void start()
-    while (queue.length > 0 && mayStart(state, limits)) void start()
-  }
 
   return {
     /**
@@ -217,7 +108,7 @@ export function createWriter(opts: WriterOptions) {
         schedule(afterQueued(state, limits, at))
         return undefined
       }
-      window.arrived(at, queue.durable === 0)
+      state.window.arrived(at, queue.durable === 0)
       const ack = new Promise<void>((resolve) => queue.push(row, resolve))
       schedule(afterDurable(state, limits, at))
       return ack
@@ -231,20 +122,19 @@ export function createWriter(opts: WriterOptions) {
      */
     room(): Promise<void> | undefined {
       if (!mustWait(state, limits)) return undefined
-      if (!room) {
+      if (!state.room) {
         let release = () => {}
         const promise = new Promise<void>((resolve) => (release = resolve))
-        room = { promise, release }
+        state.room = { promise, release }
         // Someone is waiting now: do not let a partial batch sit out the flush interval.
         if (mayStart(state, limits)) schedule(0)
       }
-      return room.promise
+      return state.room.promise
     },
     /** Writes now, skipping any backoff: an explicit request means "try the database now". */
     flush(): Promise<void> {
       state.retryAt = 0
-      if (mayStart(state, limits)) return start()
-      return Promise.all(steps).then(() => undefined)
+      return runner.flush()
     },
     start(): void {
       state.running = true
@@ -253,23 +143,13 @@ export function createWriter(opts: WriterOptions) {
     /** Stops the timer and writes everything still pending, to the database or else the spool. */
     async stop(deadlineMs = 10_000): Promise<void> {
       state.running = false
-      ctx.releaseRoom()
-      clearTimeout(timer)
-      const until = Date.now() + deadlineMs
-      await Promise.all(steps)
-      while ((queue.length > 0 || (state.spooled && state.failures === 0)) && Date.now() < until) {
-        const before = counts.written + counts.spooled + counts.replayed
-        await start()
-        if (counts.written + counts.spooled + counts.replayed === before) {
-          if (spool) await toSpool(ctx)
-          if (queue.length === 0) break
-          await new Promise((r) => setTimeout(r, Math.min(500, Math.max(0, until - Date.now()))))
-        }
-      }
-      if (queue.length > 0) {
-        const rows = queue.clear()
-        log.error('stopped with rows not written', { rows })
-        counts.dropped += rows
+      releaseRoom(state)
+      clearTimeout(state.timer)
+      const left = await runner.drain(deadlineMs)
+      if (left > 0) {
+        queue.clear()
+        log.error('stopped with rows not written', { rows: left })
+        counts.dropped += left
       }
     },
     stats(): WriterStats {
