@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import { once } from 'node:events'
 import { test } from 'node:test'
 import { socketPair } from '../../scripts/socket-pair.js'
+import { eventually } from '../../scripts/test-helpers.js'
 import { coalesceWrites } from './coalesce-writes.js'
 
 test('writes of one tick reach the socket as one writev, in order', async (t) => {
@@ -26,10 +27,14 @@ test('writes of one tick reach the socket as one writev, in order', async (t) =>
     server.write(Buffer.from([0, id]))
   }
   assert.equal(writev.length + writes.length, 0, 'nothing leaves before the tick ends')
-  await new Promise((r) => setTimeout(r, 50))
+  const sent = Buffer.from([0x40, 2, 0, 1, 0x40, 2, 0, 2, 0x40, 2, 0, 3])
+  await eventually(async () => Buffer.concat(got).length >= sent.length, {
+    timeoutMs: 2000,
+    what: () => `${sent.length} bytes at the other end, got ${Buffer.concat(got).length}`,
+  })
   assert.deepEqual(writev, [9])
   assert.equal(writes.length, 0)
-  assert.deepEqual(Buffer.concat(got), Buffer.from([0x40, 2, 0, 1, 0x40, 2, 0, 2, 0x40, 2, 0, 3]))
+  assert.deepEqual(Buffer.concat(got), sent)
 })
 
 test('a later tick starts a new batch, and write callbacks and backpressure still work', async (t) => {

@@ -215,11 +215,12 @@ async function home(t: TestContext, o: { watch?: boolean } = {}) {
       what: () => `the bridge's connection ${n} to paku; mosquitto:\n${mosquitto.log()}`,
     })
     const before = seen.filter((m) => m.topic === 'paku/probe').length
+    // One more probe each time none has arrived yet: eventually's own interval is the wait between them.
     await eventually(
       async () => {
+        if (seen.filter((m) => m.topic === 'paku/probe').length > before) return true
         await sut.app.broker.publish('paku/probe', String(++probes))
-        await new Promise((r) => setTimeout(r, 50))
-        return seen.filter((m) => m.topic === 'paku/probe').length > before
+        return false
       },
       { what: () => `a message from paku through the bridge; mosquitto:\n${mosquitto.log()}` },
     )

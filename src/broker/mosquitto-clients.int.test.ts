@@ -36,7 +36,11 @@ describe('Debian mosquitto-clients against the broker', { skip }, () => {
     const db = await sqlClient(t, url)
     const port = String(new URL(sut.mqttUrl).port)
     const count = async (sql: string) => Number((await db.query(sql)).rows[0].n)
-    return { port, db, count }
+    /** The MQTT clients connected to the broker now, from /health. */
+    const clients = async () =>
+      ((await (await fetch(`${sut.httpUrl}/health`)).json()) as { broker: { clients: number } })
+        .broker.clients
+    return { port, db, count, clients }
   }
 
   it('mosquitto_pub QoS 0 and 1 messages land in measurements', async (t) => {
@@ -94,7 +98,7 @@ describe('Debian mosquitto-clients against the broker', { skip }, () => {
   })
 
   it('a killed mosquitto_sub makes the broker publish its will, stored as an offline status', async (t) => {
-    const { port, db } = await setup(t)
+    const { port, db, clients } = await setup(t)
     const sub = spawn('mosquitto_sub', [
       '-h',
       '127.0.0.1',
@@ -113,7 +117,8 @@ describe('Debian mosquitto-clients against the broker', { skip }, () => {
       '--will-retain',
     ])
     defer(t, () => sub.kill('SIGKILL'))
-    await new Promise((r) => setTimeout(r, 300))
+    // Killed once connected: the broker holds its will from the CONNECT on.
+    await eventually(async () => (await clients()) === 1, { what: 'mosquitto_sub connected' })
     sub.kill('SIGKILL')
     await eventually(
       async () =>

@@ -258,7 +258,16 @@ describe('SIGTERM during a database outage', () => {
         { qos: 0 },
       )
     await client.endAsync()
-    await new Promise((r) => setTimeout(r, 200))
+    // Signalled once paku has taken all 30 into its buffer (QoS 0: nothing acknowledges them).
+    await eventually(
+      async () =>
+        (
+          (await (await fetch(String(banner.http))).json()) as {
+            ingest: { accepted: number }
+          }
+        ).ingest.accepted === 30,
+      { what: '30 messages accepted' },
+    )
     const t0 = Date.now()
     server.child.kill('SIGTERM')
     assert.equal(await server.exited, 0, server.lines.join('\n'))

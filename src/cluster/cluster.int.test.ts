@@ -90,7 +90,28 @@ describe('three paku instances on one PostgreSQL and one Redis', { skip, timeout
           ).rows[0].n,
         ) >= 2,
     )
-    await new Promise((r) => setTimeout(r, 300))
+    // A marker through each instance, acknowledged once stored (QoS 1): each writer keeps order, so a
+    // copy of x_0 or x_1 that any instance took in (all three had them: b and c delivered them) is
+    // stored by then.
+    for (const node of [0, 1, 2])
+      await (
+        await client(node)
+      ).publishAsync(
+        `paku/sensors/mark_${node}/data`,
+        JSON.stringify({ device_id: `mark_${node}`, metrics: { n: 1 } }),
+        { qos: 1 },
+      )
+    assert.equal(
+      Number(
+        (
+          await db.query(
+            `SELECT count(*)::int AS n FROM measurements WHERE device_id LIKE 'mark\\_%'`,
+          )
+        ).rows[0].n,
+      ),
+      3,
+      'the markers are stored',
+    )
     const rows = await db.query(
       `SELECT device_id, count(*)::int AS n FROM measurements WHERE device_id LIKE 'x\\_%' GROUP BY 1 ORDER BY 1`,
     )
@@ -105,30 +126,43 @@ describe('three paku instances on one PostgreSQL and one Redis', { skip, timeout
     const pub = await client(0)
     const payload = JSON.stringify({ timing: { wake_interval_s: 300 } })
     await pub.publishAsync('paku/edge/ESP32-R/config/set', payload, { qos: 1, retain: true })
+    type Inbox = ReturnType<typeof inbox>
+    /**
+     * Subscribes a new client on C to `topics` (one SUBSCRIBE) until one receives a retained message
+     * on `until`, which it does once C holds it; returns what that client received.
+     */
+    const retainedOnC = async (topics: string[], until: string) => {
+      const inboxes: Inbox[] = []
+      let found: Inbox | undefined
+      await eventually(
+        async () => {
+          found = inboxes.find((g) => g.some((m) => m.topic === until && m.retain))
+          if (found) return true
+          const sub = await client(2)
+          inboxes.push(inbox(sub))
+          await sub.subscribeAsync(topics, { qos: 1 })
+          return false
+        },
+        { what: `a retained message on ${until} on C` },
+      )
+      return found as Inbox
+    }
     // Shared through the Redis emitter: C holds it in memory (and A wrote it to PostgreSQL).
-    let got: { topic: string; payload: string; retain: boolean }[] = []
-    await eventually(
-      async () => {
-        const sub = await client(2)
-        got = inbox(sub)
-        await sub.subscribeAsync('paku/edge/ESP32-R/config/set', { qos: 1 })
-        await new Promise((r) => setTimeout(r, 100))
-        await sub.endAsync(true)
-        return got.length > 0
-      },
-      { what: 'the retained message on C' },
+    const R = 'paku/edge/ESP32-R/config/set'
+    const got = await retainedOnC([R], R)
+    assert.deepEqual(got[0], { topic: R, payload, retain: true })
+    // Cleared on B, gone on C too. B then sets another retained message, which C takes after the
+    // clear (B's messages reach C in order); a new client on C subscribed to both gets R's first if
+    // there is one (one SUBSCRIBE's retained messages come topic by topic, in its order).
+    const S = 'paku/edge/ESP32-S/config/set'
+    const b = await client(1)
+    await b.publishAsync(R, '', { qos: 1, retain: true })
+    await b.publishAsync(S, payload, { qos: 1, retain: true })
+    const late = await retainedOnC([R, S], S)
+    assert.deepEqual(
+      late.filter((m) => m.topic === R),
+      [],
     )
-    assert.deepEqual(got[0], { topic: 'paku/edge/ESP32-R/config/set', payload, retain: true })
-    // Cleared on B, gone on C too.
-    await (
-      await client(1)
-    ).publishAsync('paku/edge/ESP32-R/config/set', '', { qos: 1, retain: true })
-    await new Promise((r) => setTimeout(r, 200))
-    const late = await client(2)
-    const none = inbox(late)
-    await late.subscribeAsync('paku/edge/ESP32-R/config/set', { qos: 1 })
-    await new Promise((r) => setTimeout(r, 200))
-    assert.deepEqual(none, [])
   })
 
   it('a persistent session made on A resumes on B with the QoS 1 message queued while it was away, delivered once', async (t) => {
@@ -136,9 +170,14 @@ describe('three paku instances on one PostgreSQL and one Redis', { skip, timeout
     const first = await client(0, { clientId: 'ha-bridge', clean: false })
     await first.subscribeAsync('paku/edge/+/cmd/#', { qos: 1 })
     await first.endAsync()
-    // Published on C while the session's client is offline.
+    // Published on C while the session's client is offline, once C knows the session: A shares it
+    // before a marker that A relays afterwards reaches a watcher on C (one Redis connection carries both).
     const pub = await client(2)
-    await new Promise((r) => setTimeout(r, 100))
+    const watcher = await client(2)
+    const marks = inbox(watcher)
+    await watcher.subscribeAsync('paku/edge/MARK/config/set', { qos: 1 })
+    await (await client(0)).publishAsync('paku/edge/MARK/config/set', '{}', { qos: 1 })
+    await eventually(async () => marks.length > 0, { what: "A's marker on C" })
     await pub.publishAsync('paku/edge/ESP32-Q/cmd/ota', '{"url":"u1"}', { qos: 1 })
     await eventually(
       async () =>
@@ -187,8 +226,13 @@ describe('three paku instances on one PostgreSQL and one Redis', { skip, timeout
     // Back on A: nothing is delivered again (A's memory saw B take and acknowledge them).
     const again = await client(0, { clientId: 'ha-bridge', clean: false })
     const dup = inbox(again)
-    await new Promise((r) => setTimeout(r, 300))
-    assert.deepEqual(dup, [])
+    // A new message reaches it after anything A still held for it (queued messages go out on connect).
+    await pub.publishAsync('paku/edge/ESP32-Q/cmd/ota', '{"url":"u3"}', { qos: 1 })
+    await eventually(async () => dup.length > 0, { what: 'the new message back on A' })
+    assert.deepEqual(
+      dup.map((m) => m.payload),
+      ['{"url":"u3"}'],
+    )
   })
 
   it("a command sent through one instance is closed by a device's acknowledgement that reaches another", async (t) => {

@@ -88,7 +88,11 @@ describe('several paku processes: failures', { skip, timeout: 120_000 }, () => {
       }
     }
     const running = Array.from({ length: PUBLISHERS }, (_, i) => publisher(i))
-    await new Promise((r) => setTimeout(r, 1500))
+    // Killed mid-load: once every publisher has had some messages acknowledged.
+    await eventually(async () => [...acked.values()].every((s) => s.size >= 10), {
+      timeoutMs: 10_000,
+      what: 'ten acknowledged messages from every publisher',
+    })
     const before = [...acked.values()].reduce((n, s) => n + s.size, 0)
     await nodes[0]?.kill()
     const killedAt = Date.now()
@@ -180,22 +184,33 @@ describe('several paku processes: failures', { skip, timeout: 120_000 }, () => {
       ['standby', 'standby'],
     )
 
-    // One poller: one row per poll (one device) every 5 s, not three.
-    const rows = async (since = 'epoch') =>
-      Number(
-        (
-          await db.query(
-            `SELECT count(*)::int AS n FROM ecoflow_measurements WHERE created_at > $1::timestamptz`,
-            [since],
-          )
-        ).rows[0].n,
-      )
+    // One poller: one row per poll (one device) every 5 s, so three polls in a row span 10 s; two or
+    // three pollers, each polling once in any 5 s, would fit three polls into 5 s. Between the two
+    // lies a margin of 2.5 s either way for a poll's own time; the polls of the first seconds, slower
+    // by up to a second, are left out.
     const t0 = (await db.query(`SELECT now()::text AS t`)).rows[0].t as string
-    await new Promise((r) => setTimeout(r, 11_000))
-    const polled = await rows(t0)
+    const polls = async () =>
+      (
+        await db.query<{ ms: number }>(
+          `SELECT (extract(epoch FROM ts) * 1000)::float8 AS ms FROM ecoflow_measurements WHERE ts > $1::timestamptz ORDER BY ts`,
+          [t0],
+        )
+      ).rows.map((r) => r.ms)
+    const times = await eventually(
+      async () => {
+        const p = await polls()
+        return p.length >= 3 ? p : null
+      },
+      {
+        timeoutMs: 20_000,
+        what: 'three more polls',
+      },
+    )
+    const gaps = times.slice(1).map((ms, i) => ms - (times[i] as number))
+    const spans = gaps.slice(1).map((g, i) => g + (gaps[i] as number))
     assert.ok(
-      polled >= 1 && polled <= 3,
-      `one instance polls: ${polled} rows in 11 s at one poll per 5 s`,
+      spans.every((span) => span >= 7500),
+      `one instance polls, every 5 s: ${gaps.map((g) => Math.round(g)).join(', ')} ms between polls`,
     )
 
     // A rollout that takes in devices as they appear, created through a standby instance.
@@ -221,6 +236,15 @@ describe('several paku processes: failures', { skip, timeout: 120_000 }, () => {
     })
     assert.equal(created.status, 200, await created.text())
 
+    const rows = async (since: string) =>
+      Number(
+        (
+          await db.query(
+            `SELECT count(*)::int AS n FROM ecoflow_measurements WHERE created_at > $1::timestamptz`,
+            [since],
+          )
+        ).rows[0].n,
+      )
     // Kill the leader (SIGKILL: no goodbye; PostgreSQL ends its session when the socket closes).
     const killSql = (await db.query(`SELECT now()::text AS t`)).rows[0].t as string
     await a.kill()
@@ -240,29 +264,43 @@ describe('several paku processes: failures', { skip, timeout: 120_000 }, () => {
     })
     const pollMs = Date.now() - killedAt
 
-    // A device appears on c: the new rollout leader takes it in and sends it cmd/ota, once.
-    const device = await mqtt.connectAsync(c.mqttUrl, {
-      clientId: 'ESP32-FAILOVER',
-      reconnectPeriod: 0,
-    })
-    defer(t, () => device.endAsync(true))
-    const commands: string[] = []
-    device.on('message', (_topic, payload) => commands.push(payload.toString()))
-    await device.subscribeAsync('paku/edge/ESP32-FAILOVER/cmd/ota', { qos: 1 })
-    await device.publishAsync(
-      'paku/edge/ESP32-FAILOVER/status',
-      JSON.stringify({ online: true, device_model: MODEL, firmware_version: '1.0.0' }),
-      { qos: 1 },
-    )
+    // A device appears on c: the new rollout leader takes it in and sends it cmd/ota, once. A watcher
+    // on c sees every cmd/ota, in the order each instance sent them.
+    const watcher = await mqtt.connectAsync(c.mqttUrl, { reconnectPeriod: 0 })
+    defer(t, () => watcher.endAsync(true))
+    const sent: string[] = []
+    watcher.on('message', (topic) => sent.push(topic.split('/')[2] as string))
+    await watcher.subscribeAsync('paku/edge/+/cmd/ota', { qos: 1 })
+    const appear = async (clientId: string) => {
+      const d = await mqtt.connectAsync(c.mqttUrl, { clientId, reconnectPeriod: 0 })
+      defer(t, () => d.endAsync(true))
+      const got: string[] = []
+      d.on('message', (_topic, payload) => got.push(payload.toString()))
+      await d.subscribeAsync(`paku/edge/${clientId}/cmd/ota`, { qos: 1 })
+      await d.publishAsync(
+        `paku/edge/${clientId}/status`,
+        JSON.stringify({ online: true, device_model: MODEL, firmware_version: '1.0.0' }),
+        { qos: 1 },
+      )
+      return got
+    }
+    const commands = await appear('ESP32-FAILOVER')
     await eventually(async () => commands.length > 0, {
       timeoutMs: 10_000,
       what: 'cmd/ota from the new rollout leader',
     })
-    await new Promise((r) => setTimeout(r, 1500))
+    // A second device appears after that: the leader's later ticks take it in and send it its cmd/ota,
+    // and a second cmd/ota to the first device, from any instance, would have come by then.
+    const second = await appear('ESP32-FAILOVER-2')
+    await eventually(async () => second.length > 0 && sent.includes('ESP32-FAILOVER-2'), {
+      timeoutMs: 10_000,
+      what: 'cmd/ota to the second device',
+    })
+    assert.deepEqual(sent, ['ESP32-FAILOVER', 'ESP32-FAILOVER-2'], 'one instance sends each once')
     assert.equal(commands.length, 1, 'one instance sends it')
     assert.equal((JSON.parse(commands[0] as string) as { version: string }).version, '1.1.0')
     t.diagnostic(
-      `tasks taken over ${takeoverMs} ms after the kill; first poll by the new leader after ${pollMs} ms`,
+      `polls ${gaps.map((g) => Math.round(g)).join(', ')} ms apart; tasks taken over ${takeoverMs} ms after the kill; first poll by the new leader after ${pollMs} ms`,
     )
   })
 })

@@ -10,6 +10,8 @@ describe('leader election on PostgreSQL advisory locks', { timeout: 60_000 }, ()
     const url = await testDatabase(t)
     const proxy = await pgProxy(t, url)
     const changes: string[] = []
+    /** Tries to take the tasks so far, by instance. */
+    const tries = new Map<string, number>()
     const make = (name: string, connectionString: string) => {
       const l = createLeader({
         connectionString: () => connectionString,
@@ -17,6 +19,7 @@ describe('leader election on PostgreSQL advisory locks', { timeout: 60_000 }, ()
         tasks: TASKS,
         retryMs: 200,
         onChange: (task, leading) => changes.push(`${name} ${leading ? '+' : '-'}${task}`),
+        onAttempt: () => tries.set(name, (tries.get(name) ?? 0) + 1),
       })
       defer(t, () => l.stop())
       return l
@@ -31,7 +34,10 @@ describe('leader election on PostgreSQL advisory locks', { timeout: 60_000 }, ()
     )
     const b = make('b', url)
     await b.start()
-    await new Promise((r) => setTimeout(r, 500))
+    // Two more tries after the one in start(), each of which would take a free lock (as b's tries do
+    // once a's locks are released, below).
+    const started = tries.get('b') ?? 0
+    await eventually(async () => (tries.get('b') ?? 0) >= started + 2, { what: "b's retries" })
     assert.deepEqual(b.leaderOf(), [], 'b stands by while a holds the locks')
 
     proxy.cut()
@@ -50,8 +56,18 @@ describe('leader election on PostgreSQL advisory locks', { timeout: 60_000 }, ()
     )
 
     // a retries while the database is unreachable, and stays standby once it is back: b holds the locks.
+    await eventually(async () => a.health().lastError !== null, {
+      timeoutMs: 3000,
+      what: 'a failing to reach the database',
+    })
     proxy.restore()
-    await new Promise((r) => setTimeout(r, 800))
+    // A try that reaches the database clears the error; it and the next two try every lock, which b holds.
+    await eventually(async () => a.health().lastError === null, {
+      timeoutMs: 5000,
+      what: 'a reaching the database again',
+    })
+    const back = tries.get('a') ?? 0
+    await eventually(async () => (tries.get('a') ?? 0) >= back + 2, { what: "a's retries" })
     assert.deepEqual(a.health(), { leaderOf: [], lastError: null })
     // A clean stop releases at once.
     await b.stop()

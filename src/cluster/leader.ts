@@ -11,6 +11,8 @@ export type LeaderOptions = {
   retryMs: number
   /** Called when this instance starts or stops leading a task (never throws into the helper). */
   onChange?: (task: string, leading: boolean) => void
+  /** Called after every try to take the tasks, whatever came of it (tests wait for tries, not for time). */
+  onAttempt?: () => void
 }
 
 /**
@@ -94,6 +96,7 @@ export function createLeader(opts: LeaderOptions) {
       lastError = errorText(err)
       stepDown(lastError)
     }
+    opts.onAttempt?.()
   }
 
   function schedule(): void {

@@ -3,14 +3,13 @@ import { scope } from '../util/scope.js'
 import { Hono } from 'hono'
 import { HTTPException } from 'hono/http-exception'
 import { sql, type Kysely } from 'kysely'
-import * as v from 'valibot'
 import type { DB } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
 import { readJson, validate } from '../util/validate.js'
 import {
+  CommandsQuery,
   MAX_DEVICE_MESSAGE,
   NewCommand,
-  STATUSES,
   toWire,
   verdict,
   type Pending,
@@ -18,6 +17,7 @@ import {
 } from './protocol.js'
 
 export { ACK_FILTERS, NewCommand, toWire, verdict, contains, type Pending } from './protocol.js'
+export { commandsOpenApi } from './openapi.js'
 
 export type CommandsOptions = {
   db: () => Kysely<DB>
@@ -54,21 +54,6 @@ export type CommandRow = {
   error: string | null
   created_by: string | null
 }
-
-const ListQuery = v.strictObject({
-  device_id: v.optional(v.pipe(v.string(), v.maxLength(128, 'device_id is too long'))),
-  status: v.optional(v.picklist(STATUSES, `status must be one of ${STATUSES.join(', ')}`)),
-  limit: v.optional(
-    v.pipe(
-      v.string(),
-      v.regex(/^\d{1,5}$/, 'limit must be an integer'),
-      v.transform(Number),
-      v.minValue(1, 'limit must be at least 1'),
-      v.maxValue(1000, 'limit must be at most 1000'),
-    ),
-  ),
-  cursor: v.optional(v.pipe(v.string(), v.maxLength(256, 'cursor is too long'))),
-})
 
 /**
  * Device commands: POST /api/v1/commands publishes a control, config/set or heater command with an id
@@ -110,91 +95,13 @@ export function createCommands(opts: CommandsOptions) {
     counts.expired += Number(r.numAffectedRows ?? 0)
   }
 
-  async function knownDevice(siteId: string, deviceId: string): Promise<boolean> {
-    const r = await sql<{ known: boolean }>`
-      SELECT EXISTS (SELECT 1 FROM devices WHERE device_id = ${deviceId})
-        OR EXISTS (SELECT 1 FROM measurements WHERE site_id = ${siteId} AND device_id = ${deviceId}) AS known`.execute(
-      db(),
-    )
-    return r.rows[0]?.known === true
-  }
-
-  const routes = new Hono()
-  routes.post('/api/v1/commands', scope('command'), async (c) => {
-    const body = await readJson(
-      c.req,
-      'body must be JSON: {"device_id": …, "type": "control"|"config"|"heater", …}',
-    )
-    const cmd = validate(NewCommand, body)
-    const id = `cmd_${randomBytes(12).toString('base64url')}`
-    const wire = toWire(cmd, id)
-    const text = JSON.stringify(wire.payload)
-    if (Buffer.byteLength(wire.topic) + Buffer.byteLength(text) > MAX_DEVICE_MESSAGE - 16) {
-      throw new HTTPException(400, {
-        message: `topic and payload must fit the device's ${MAX_DEVICE_MESSAGE}-byte MQTT buffer`,
-      })
-    }
-    if (!(await knownDevice(wire.siteId, cmd.device_id)))
-      throw new HTTPException(404, {
-        message: `no device ${cmd.device_id} (it has sent no status or data)`,
-      })
-    const ttl = cmd.ttl_seconds ?? defaultTtl
-    const createdBy = (c.get('keyName' as never) as string | undefined) ?? null
-    // Recorded before publishing, so an acknowledgement that arrives at once finds it.
-    const row = await sql<CommandRow>`
-      INSERT INTO device_commands (id, site_id, device_id, type, topic, payload, qos, retain, expires_at, created_by)
-      VALUES (${id}, ${wire.siteId}, ${cmd.device_id}, ${cmd.type}, ${wire.topic}, ${text}::jsonb, ${wire.qos}, ${wire.retain}, NOW() + make_interval(secs => ${ttl}), ${createdBy})
-      RETURNING *`.execute(db())
-    const created = row.rows[0] as CommandRow
-    const p: Pending = {
-      id,
-      siteId: wire.siteId,
-      deviceId: cmd.device_id,
-      type: cmd.type,
-      payload: wire.payload,
-      expiresAt: created.expires_at.getTime(),
-    }
-    add(p)
-    try {
-      await opts.publish(wire.topic, text, { qos: wire.qos, retain: wire.retain })
-      counts.sent++
-    } catch (err) {
-      await close(
-        p,
-        { status: 'failed', error: `publish failed: ${errorText(err)}`, ack: undefined },
-        'publish',
-      )
-      throw new HTTPException(503, { message: 'command not published: broker unavailable' })
-    }
-    return c.json({ command: await get(id) }, 202)
-  })
-
-  routes.get('/api/v1/commands', scope('read'), async (c) => {
-    const q = validate(ListQuery, c.req.query())
-    const limit = q.limit ?? 100
-    let after = sql`true`
-    if (q.cursor !== undefined) {
-      const [ts, id] = decode(q.cursor)
-      after = sql`(created_at, id) < (${ts}::timestamptz, ${id})`
-    }
-    const r = await sql<CommandRow & { key: string }>`
-      SELECT *, created_at::text AS key FROM device_commands
-      WHERE ${q.device_id === undefined ? sql`true` : sql`device_id = ${q.device_id}`} AND ${q.status === undefined ? sql`true` : sql`status = ${q.status}`} AND ${after}
-      ORDER BY created_at DESC, id DESC LIMIT ${limit + 1}`.execute(db())
-    const rows = r.rows.slice(0, limit)
-    const last = rows[rows.length - 1]
-    const next =
-      r.rows.length > limit && last
-        ? Buffer.from(JSON.stringify([last.key, last.id])).toString('base64url')
-        : null
-    return c.json({ items: rows.map(({ key: _k, ...row }) => row), next })
-  })
-
-  routes.get('/api/v1/commands/:id', scope('read'), async (c) => {
-    const row = await get(c.req.param('id'))
-    if (!row)
-      throw new HTTPException(404, { message: `no command ${c.req.param('id').slice(0, 64)}` })
-    return c.json({ command: row })
+  const routes = commandRoutes({
+    db,
+    publish: opts.publish,
+    defaultTtl,
+    add,
+    close,
+    sent: () => counts.sent++,
   })
 
   /** Adds the pending commands in the database that memory does not hold yet. */
@@ -221,11 +128,6 @@ export function createCommands(opts: CommandsOptions) {
           payload: row.payload,
           expiresAt: row.expires_at.getTime(),
         })
-  }
-
-  async function get(id: string): Promise<CommandRow | undefined> {
-    const r = await sql<CommandRow>`SELECT * FROM device_commands WHERE id = ${id}`.execute(db())
-    return r.rows[0]
   }
 
   return {
@@ -274,6 +176,121 @@ export function createCommands(opts: CommandsOptions) {
     },
     health: () => ({ pending: [...pending.values()].reduce((n, l) => n + l.length, 0), ...counts }),
   }
+}
+
+/** What the HTTP routes need from createCommands: the database, and its memory of open commands. */
+type RouteDeps = {
+  db: () => Kysely<DB>
+  publish: CommandsOptions['publish']
+  defaultTtl: number
+  /** Holds a recorded command in memory, where observe() finds it. */
+  add: (p: Pending) => void
+  close: (p: Pending, v: Verdict, by: string) => Promise<void>
+  /** Counts a command the broker has queued. */
+  sent: () => void
+}
+
+/** POST /api/v1/commands (record, then publish), and reading commands back by id or as a list. */
+function commandRoutes(d: RouteDeps): Hono {
+  const { db } = d
+  const routes = new Hono()
+  routes.post('/api/v1/commands', scope('command'), async (c) => {
+    const body = await readJson(
+      c.req,
+      'body must be JSON: {"device_id": …, "type": "control"|"config"|"heater", …}',
+    )
+    const cmd = validate(NewCommand, body)
+    const id = `cmd_${randomBytes(12).toString('base64url')}`
+    const wire = toWire(cmd, id)
+    const text = JSON.stringify(wire.payload)
+    if (Buffer.byteLength(wire.topic) + Buffer.byteLength(text) > MAX_DEVICE_MESSAGE - 16) {
+      throw new HTTPException(400, {
+        message: `topic and payload must fit the device's ${MAX_DEVICE_MESSAGE}-byte MQTT buffer`,
+      })
+    }
+    if (!(await knownDevice(db, wire.siteId, cmd.device_id)))
+      throw new HTTPException(404, {
+        message: `no device ${cmd.device_id} (it has sent no status or data)`,
+      })
+    const ttl = cmd.ttl_seconds ?? d.defaultTtl
+    const createdBy = (c.get('keyName' as never) as string | undefined) ?? null
+    // Recorded before publishing, so an acknowledgement that arrives at once finds it.
+    const row = await sql<CommandRow>`
+      INSERT INTO device_commands (id, site_id, device_id, type, topic, payload, qos, retain, expires_at, created_by)
+      VALUES (${id}, ${wire.siteId}, ${cmd.device_id}, ${cmd.type}, ${wire.topic}, ${text}::jsonb, ${wire.qos}, ${wire.retain}, NOW() + make_interval(secs => ${ttl}), ${createdBy})
+      RETURNING *`.execute(db())
+    const created = row.rows[0] as CommandRow
+    const p: Pending = {
+      id,
+      siteId: wire.siteId,
+      deviceId: cmd.device_id,
+      type: cmd.type,
+      payload: wire.payload,
+      expiresAt: created.expires_at.getTime(),
+    }
+    d.add(p)
+    try {
+      await d.publish(wire.topic, text, { qos: wire.qos, retain: wire.retain })
+      d.sent()
+    } catch (err) {
+      await d.close(
+        p,
+        { status: 'failed', error: `publish failed: ${errorText(err)}`, ack: undefined },
+        'publish',
+      )
+      throw new HTTPException(503, { message: 'command not published: broker unavailable' })
+    }
+    return c.json({ command: await get(db, id) }, 202)
+  })
+
+  routes.get('/api/v1/commands', scope('read'), async (c) => {
+    const q = validate(CommandsQuery, c.req.query())
+    const limit = q.limit ?? 100
+    let after = sql`true`
+    if (q.cursor !== undefined) {
+      const [ts, id] = decode(q.cursor)
+      after = sql`(created_at, id) < (${ts}::timestamptz, ${id})`
+    }
+    const r = await sql<CommandRow & { key: string }>`
+      SELECT *, created_at::text AS key FROM device_commands
+      WHERE ${q.device_id === undefined ? sql`true` : sql`device_id = ${q.device_id}`} AND ${q.status === undefined ? sql`true` : sql`status = ${q.status}`} AND ${after}
+      ORDER BY created_at DESC, id DESC LIMIT ${limit + 1}`.execute(db())
+    const rows = r.rows.slice(0, limit)
+    const last = rows[rows.length - 1]
+    const next =
+      r.rows.length > limit && last
+        ? Buffer.from(JSON.stringify([last.key, last.id])).toString('base64url')
+        : null
+    return c.json({ items: rows.map(({ key: _k, ...row }) => row), next })
+  })
+
+  routes.get('/api/v1/commands/:id', scope('read'), async (c) => {
+    const row = await get(db, c.req.param('id'))
+    if (!row)
+      throw new HTTPException(404, { message: `no command ${c.req.param('id').slice(0, 64)}` })
+    return c.json({ command: row })
+  })
+
+  return routes
+}
+
+/** A device that has sent a status or data message. */
+async function knownDevice(
+  db: () => Kysely<DB>,
+  siteId: string,
+  deviceId: string,
+): Promise<boolean> {
+  const r = await sql<{ known: boolean }>`
+    SELECT EXISTS (SELECT 1 FROM devices WHERE device_id = ${deviceId})
+      OR EXISTS (SELECT 1 FROM measurements WHERE site_id = ${siteId} AND device_id = ${deviceId}) AS known`.execute(
+    db(),
+  )
+  return r.rows[0]?.known === true
+}
+
+async function get(db: () => Kysely<DB>, id: string): Promise<CommandRow | undefined> {
+  const r = await sql<CommandRow>`SELECT * FROM device_commands WHERE id = ${id}`.execute(db())
+  return r.rows[0]
 }
 
 function decode(cursor: string): [string, string] {

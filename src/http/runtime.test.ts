@@ -12,7 +12,6 @@ function value(text: string, series: string): number {
 }
 
 const turn = () => new Promise((r) => setImmediate(r))
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 describe('runtime monitor', () => {
   it('counts a blocked event loop as one late timer run of about that length', async () => {
@@ -27,7 +26,12 @@ describe('runtime monitor', () => {
       while (performance.now() < until) {
         // Blocks the loop, as a long synchronous piece of work would.
       }
-      await sleep(60)
+      // The first run after the block is the late one.
+      const runs = (t: string) => value(t, 'paku_event_loop_delay_seconds_count')
+      await eventually(async () => runs(renderMetrics(monitor.metrics())) > runs(before), {
+        timeoutMs: 2000,
+        what: 'the sampling timer to run after the block',
+      })
       const after = renderMetrics(monitor.metrics())
       /** Late runs over `le` seconds between the two readings (compared, so a busy test machine's own stalls before cannot count). */
       const over = (le: string) => {
@@ -134,19 +138,25 @@ describe('runtime monitor', () => {
     },
   )
 
-  it('reports CPU and resident memory under their standard names, and stops its timer', async () => {
+  it('reports CPU and resident memory under their standard names, and stops its timer', async (t) => {
+    // The sampling timer runs on mocked time: a tick shows whether it is still set.
+    t.mock.timers.enable({ apis: ['setTimeout'] })
     const monitor = createRuntimeMonitor()
     await monitor.start()
     const text = renderMetrics(monitor.metrics())
     assert.match(text, /^# TYPE process_cpu_seconds_total counter$/m)
     assert.ok(value(text, 'process_cpu_seconds_total') > 0)
     assert.ok(value(text, 'process_resident_memory_bytes') > 10 * 1024 * 1024)
+    const runs = () =>
+      value(renderMetrics(monitor.metrics()), 'paku_event_loop_delay_seconds_count')
+    const started = runs()
+    // Running, 2 s of mocked time (two idle intervals) make its timer run.
+    t.mock.timers.tick(2000)
+    assert.ok(runs() > started, 'a running monitor samples when its time comes')
     await monitor.stop()
-    const count = value(renderMetrics(monitor.metrics()), 'paku_event_loop_delay_seconds_count')
-    await sleep(100)
-    assert.equal(
-      value(renderMetrics(monitor.metrics()), 'paku_event_loop_delay_seconds_count'),
-      count,
-    )
+    const count = runs()
+    // Stopped, the same 2 s do not.
+    t.mock.timers.tick(2000)
+    assert.equal(runs(), count, 'a stopped monitor does not')
   })
 })

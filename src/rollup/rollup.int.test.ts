@@ -387,34 +387,38 @@ describe('rollups', () => {
 
   it('a pass that falls due while ingest is busy waits for the burst to end, and for at most one interval', async (t) => {
     let busy = true
-    const { rollup, sql } = await setup(t, {}, { intervalSeconds: 2, busy: () => busy })
+    /** How often the rollup has asked whether ingest is busy: at start, then once a second while it waits. */
+    let asked = 0
+    const { rollup, sql } = await setup(t, {}, { intervalSeconds: 2, busy: () => (asked++, busy) })
     await sql.query(
       `INSERT INTO measurements (site_id, system, device_id, ts, metrics) VALUES ('paku', 'sensors', 'ruuvi_a', '2026-11-01T10:00:10Z', '{"t": 1}')`,
     )
+    const rolledUp = async () =>
+      (await sql.query(`SELECT n FROM rollup_5m WHERE device_id = 'ruuvi_a' AND metric = 't'`))
+        .rows[0]?.n as number | undefined
     await rollup.start()
     defer(t, () => rollup.stop())
-    // Busy from the start: the first pass waits, and within its interval nothing is rolled up.
-    await new Promise((r) => setTimeout(r, 700))
+    // Busy for good: the first pass is held back while the rollup looks again a second later, and
+    // runs one interval after it fell due.
+    await eventually(async () => asked >= 2, { what: 'a second look at ingest' })
     assert.equal(rollup.health().lastPass, null)
     assert.equal((await sql.query('SELECT count(*)::int AS n FROM rollup_5m')).rows[0].n, 0)
+    const first = await eventually(async () => rollup.health().lastPass, { timeoutMs: 8000 })
+    assert.ok(first.waitedMs >= 2000 && first.waitedMs < 3500, `waited ${first.waitedMs} ms`)
+    assert.equal(await rolledUp(), 1, 'the pass held back rolls the row up once it runs')
+    // The next pass falls due while ingest is still busy, and the burst ends while it waits.
+    const seen = asked
+    await eventually(async () => asked > seen, { what: 'the next pass falling due' })
+    assert.equal(rollup.health().lastPass?.at, first.at, 'no pass while ingest is busy')
     busy = false
-    const first = await eventually(async () => rollup.health().lastPass)
-    assert.ok(
-      first.waitedMs >= 700 && first.waitedMs < 2000,
-      `waited ${first.waitedMs} ms: until the burst ended (looked at once a second), less than the interval`,
-    )
-    assert.equal(
-      (await sql.query(`SELECT n FROM rollup_5m WHERE device_id = 'ruuvi_a' AND metric = 't'`))
-        .rows[0]?.n,
-      1,
-    )
-    // Busy for good: the next pass still runs, one interval after it fell due.
-    busy = true
     const next = await eventually(
       async () => (rollup.health().lastPass?.at !== first.at ? rollup.health().lastPass : null),
       { timeoutMs: 8000 },
     )
-    assert.ok(next.waitedMs >= 2000 && next.waitedMs < 3500, `waited ${next.waitedMs} ms`)
+    assert.ok(
+      next.waitedMs >= 700 && next.waitedMs < 2000,
+      `waited ${next.waitedMs} ms: until the burst ended (looked at once a second), less than the interval`,
+    )
   })
 
   it('merges consecutive buckets into ranges of at most a day', () => {
