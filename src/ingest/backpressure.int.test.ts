@@ -43,11 +43,24 @@ describe('QoS 0 backpressure', () => {
       )
     }
     // The broker stops reading: pending stays near the mark while the client's own queue backs up.
+    // Sampled until the mark is reached and nothing more has been received for a second (40 samples
+    // in a row): the stall itself is watched for as long as the whole ramp-up and stall were before.
     let maxPending = 0
-    for (let k = 0; k < 40; k++) {
-      maxPending = Math.max(maxPending, sut.app.ingest.stats().pending)
-      await new Promise((r) => setTimeout(r, 25))
-    }
+    let lastReceived = -1
+    let still = 0
+    await eventually(
+      async () => {
+        const s = sut.app.ingest.stats()
+        maxPending = Math.max(maxPending, s.pending)
+        still = s.received === lastReceived ? still + 1 : 0
+        lastReceived = s.received
+        return s.pending >= 100 && still >= 40
+      },
+      {
+        timeoutMs: 15_000,
+        what: () => `the broker to stop reading (stats ${JSON.stringify(sut.app.ingest.stats())})`,
+      },
+    )
     const stalled = sut.app.ingest.stats()
     assert.ok(maxPending >= 100, `pending reached the mark (${maxPending})`)
     assert.ok(
@@ -74,6 +87,8 @@ describe('QoS 0 backpressure', () => {
     )
     assert.equal(rows[0].n, total)
     assert.equal(sut.app.ingest.stats().dropped, 0)
+    // The control: the count the stall was read from moves once the database is back.
+    assert.equal(sut.app.ingest.stats().received, total)
   })
 })
 
@@ -106,7 +121,10 @@ describe('QoS 0 backpressure, publishers that hang up', () => {
     // Each client sends DISCONNECT and closes once its socket has taken everything; the broker is
     // still behind, with packets of every connection waiting unread.
     const ended = Promise.all(clients.map((c) => c.endAsync()))
-    await new Promise((r) => setTimeout(r, 500))
+    await eventually(async () => clients.every((c) => c.stream.writableFinished), {
+      what: () =>
+        `every client's socket to take all it sent (${clients.filter((c) => c.stream.writableFinished).length} of ${clients.length}; received ${sut.app.ingest.stats().received})`,
+    })
     await locker.query('COMMIT')
     await ended
     const total = clients.length * perClient

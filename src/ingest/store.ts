@@ -1,4 +1,4 @@
-import { sql, type Kysely, type Transaction } from 'kysely'
+import { sql, type Kysely, type Selectable, type Transaction } from 'kysely'
 import { intArray, PREPARED, textArray, type DB } from '../db/index.js'
 import type { DedupKey, Reject, Row } from './records.js'
 
@@ -78,7 +78,7 @@ export function createStore(reports: DeviceReports) {
       batches: ReadonlyArray<{ id: string; rows: readonly Row[] }>,
     ): Promise<number> {
       return db.transaction().execute(async (tx) => {
-        const claimed = await sql<{ id: string }>`
+        const claimed = await sql<Pick<Selectable<DB['ingest_spool_batches']>, 'id'>>`
           INSERT INTO ingest_spool_batches (id) SELECT unnest(${batches.map((b) => b.id)}::uuid[]) ON CONFLICT DO NOTHING RETURNING id`.execute(
           tx,
         )
@@ -125,11 +125,13 @@ export type Store = ReturnType<typeof createStore>
  * replay already committed it (the crash came between COMMIT and deleting the spool segment).
  */
 async function claimBatch(tx: Tx, batchId: string): Promise<boolean> {
-  const r =
-    await sql`INSERT INTO ingest_spool_batches (id) VALUES (${batchId}::uuid) ON CONFLICT DO NOTHING RETURNING id`.execute(
-      tx,
-    )
-  return r.rows.length === 1
+  const claimed = await tx
+    .insertInto('ingest_spool_batches')
+    .values({ id: batchId })
+    .onConflict((oc) => oc.doNothing())
+    .returning('id')
+    .execute()
+  return claimed.length === 1
 }
 
 /** SQLSTATE classes 22 (data exception) and 23 (integrity): the row is at fault, not the connection. */
@@ -172,11 +174,19 @@ export async function recentKeys(
   clientId: string,
   limit: number,
 ): Promise<Array<{ messageId: number; digest: string }>> {
-  const r = await sql<{ message_id: number; digest: string }>`
-    SELECT message_id, digest FROM (
-      SELECT message_id, digest, seen_at FROM ingest_dedup WHERE client_id = ${clientId} ORDER BY seen_at DESC LIMIT ${limit}
-    ) k ORDER BY seen_at`.execute(db)
-  return r.rows.map((x) => ({ messageId: x.message_id, digest: x.digest }))
+  const newest = db
+    .selectFrom('ingest_dedup')
+    .select(['message_id', 'digest', 'seen_at'])
+    .where('client_id', '=', clientId)
+    .orderBy('seen_at', 'desc')
+    .limit(limit)
+    .as('k')
+  const rows = await db
+    .selectFrom(newest)
+    .select(['message_id', 'digest'])
+    .orderBy('seen_at')
+    .execute()
+  return rows.map((x) => ({ messageId: x.message_id, digest: x.digest }))
 }
 
 function groupByKind(rows: readonly Row[]) {

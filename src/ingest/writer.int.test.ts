@@ -57,6 +57,65 @@ const toReject = (row: Row, reason: string): Reject => ({
   receivedAt: new Date(),
 })
 
+/**
+ * The store, counting the batch writes started: a step calls writeBatch as it starts, before its
+ * first await, so `starts` tells at once whether a step started.
+ */
+function countingStore() {
+  const c = {
+    starts: 0,
+    store: {
+      ...store,
+      writeBatch: (...args: Parameters<typeof store.writeBatch>) => {
+        c.starts++
+        return store.writeBatch(...args)
+      },
+    },
+  }
+  return c
+}
+
+/** One turn of the event loop (setImmediate, which mocked setTimeout leaves alone). */
+const turn = () => new Promise<void>((resolve) => setImmediate(resolve))
+
+/**
+ * Mocked setTimeout: the writer's timers fire only when the test moves time on (tick). until() waits
+ * for a condition without setTimeout, checking it once per turn, up to a wall-clock deadline.
+ */
+function mockedTimers(t: TestContext) {
+  t.mock.timers.enable({ apis: ['setTimeout'] })
+  const clock = {
+    tick: (ms: number) => t.mock.timers.tick(ms),
+    async until<T>(
+      fn: () => T | Promise<T>,
+      { timeoutMs = 5000, what = 'condition' } = {},
+    ): Promise<NonNullable<T>> {
+      const until = Date.now() + timeoutMs
+      for (;;) {
+        const v = await fn()
+        if (v) return v as NonNullable<T>
+        if (Date.now() > until)
+          throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+        await turn()
+      }
+    },
+    /** Waits for `acks`, firing the timers due now at each turn (a step that ends arms one at 0). */
+    async settle(acks: Array<Promise<void>>, what = 'the acknowledgements'): Promise<void> {
+      let done = false
+      const all = Promise.all(acks).then(() => (done = true))
+      await clock.until(
+        () => {
+          clock.tick(0)
+          return done
+        },
+        { what },
+      )
+      await all
+    },
+  }
+  return clock
+}
+
 describe('batch writer', () => {
   it('isolates a row PostgreSQL refuses, rejects it with the reason and writes the rest of the batch', async (t) => {
     const { url, db } = await database(t)
@@ -307,7 +366,7 @@ describe('commit window', () => {
   async function windowed(t: TestContext, commitWindowMs: number) {
     const { db } = await database(t)
     let clock = 1_000_000
-    t.mock.timers.enable({ apis: ['setTimeout'] })
+    const timers = mockedTimers(t)
     const writer = createWriter({
       store,
       db: () => db,
@@ -323,7 +382,7 @@ describe('commit window', () => {
     defer(t, () => writer.stop())
     const advance = (ms: number) => {
       clock += ms
-      t.mock.timers.tick(ms)
+      timers.tick(ms)
     }
     // Warm the rate estimate: 50 rows a millisecond apart (one commit, started by a timer due now).
     const warm = Array.from(
@@ -336,6 +395,7 @@ describe('commit window', () => {
     return {
       writer,
       advance,
+      settle: timers.settle,
       push: (id: string) => writer.push(measurement(id), true) as Promise<void>,
     }
   }
@@ -358,14 +418,13 @@ describe('commit window', () => {
   )
 
   it('without a window, rows of different turns go in different commits (the control)', async (t) => {
-    const { writer, advance, push } = await windowed(t, 0)
+    const { writer, advance, settle, push } = await windowed(t, 0)
     const before = writer.stats().flushes
     const first = [push('a'), push('b')]
     advance(0)
     await Promise.all(first)
     const later = [push('c')]
-    advance(0)
-    await Promise.all(later)
+    await settle(later)
     assert.equal(writer.stats().flushes - before, 2)
   })
 })
@@ -460,7 +519,10 @@ describe('batch writer concurrency', () => {
     return { release: () => locker.query('COMMIT') }
   }
 
-  /** Backends of this database waiting for a lock, once `n` of them are (or the deadline passes). */
+  /**
+   * Backends of this database waiting for a lock, once `n` of them are (or the deadline passes). It
+   * polls once per turn, without setTimeout: it works under mocked timers too.
+   */
   async function waitingInserts(
     url: string,
     t: Parameters<typeof testDatabase>[0],
@@ -474,7 +536,7 @@ describe('batch writer concurrency', () => {
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO measurements%' ORDER BY pid",
       )
       if (r.rows.length >= n || Date.now() > until) return r.rows.map((x) => x.pid)
-      await new Promise((r) => setTimeout(r, 20))
+      await turn()
     }
   }
 
@@ -495,7 +557,17 @@ describe('batch writer concurrency', () => {
     const lock = await blockInserts(t, url)
     const held = durable(writer, measurement('held'))
     assert.equal((await waitingInserts(url, t, 1)).length, 1)
-    await new Promise((r) => setTimeout(r, 300))
+    // The lock stays until the INSERT has waited 0.3 s by PostgreSQL's own clock.
+    const sql = await sqlClient(t, url)
+    await eventually(
+      async () =>
+        (
+          await sql.query(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO measurements%' AND clock_timestamp() - query_start >= interval '300 ms'",
+          )
+        ).rowCount === 1,
+      { what: 'the INSERT waiting 0.3 s for the lock' },
+    )
     await lock.release()
     await held
     const h = writer.flushDurations()
@@ -597,8 +669,10 @@ describe('batch writer concurrency', () => {
 
   it('keeps gathering the rows behind a full batch while more arrive during its write (the burst goes on)', async (t) => {
     const { url, db } = await database(t)
+    const clock = mockedTimers(t)
+    const counted = countingStore()
     const writer = createWriter({
-      store,
+      store: counted.store,
       db: () => db,
       log: testLogger(),
       batchSize: 100,
@@ -610,6 +684,8 @@ describe('batch writer concurrency', () => {
     defer(t, () => writer.stop())
     const lock = await blockInserts(t, url)
     for (let i = 0; i < 150; i++) void writer.push(measurement(`d${i}`))
+    // The 100th row armed a timer at 0 for the full batch.
+    clock.tick(0)
     assert.equal(
       (await waitingInserts(url, t, 1)).length,
       1,
@@ -617,26 +693,31 @@ describe('batch writer concurrency', () => {
     )
     void writer.push(measurement('late'))
     await lock.release()
-    await eventually(async () => writer.stats().written >= 100, {
-      timeoutMs: 5000,
-      what: 'the full batch written',
-    })
+    await clock.until(() => writer.stats().written >= 100, { what: 'the full batch written' })
     assert.equal(writer.stats().written, 100)
-    await new Promise((r) => setTimeout(r, 500))
+    // Its step has ended (in the same turn as the commit) and armed the next timer: nothing is due
+    // before the flush interval.
+    clock.tick(59_999)
+    assert.equal(counted.starts, 1, 'no batch started before the flush interval')
     assert.equal(
       writer.stats().written,
       100,
       'the 51 behind it wait for more rows or the flush interval',
     )
     assert.equal(writer.stats().pending, 51)
+    // The control: the same observation sees the flush interval start their batch.
+    clock.tick(1)
+    assert.equal(counted.starts, 2, 'the flush interval starts the batch of the 51')
     await writer.flush()
     assert.equal(writer.stats().written, 151)
   })
 
   it('writes two telemetry batches at the same time, each on its own connection', async (t) => {
     const { url, db } = await database(t, 4)
+    const clock = mockedTimers(t)
+    const counted = countingStore()
     const writer = createWriter({
-      store,
+      store: counted.store,
       db: () => db,
       log: testLogger(),
       batchSize: 2,
@@ -649,9 +730,11 @@ describe('batch writer concurrency', () => {
     defer(t, () => writer.stop())
     const lock = await blockInserts(t, url)
     const acks = ['a', 'b', 'c', 'd', 'e'].map((id) => durable(writer, measurement(id)))
-    // Two batches of two wait inside PostgreSQL; the fifth row waits for a free writer.
+    // Two batches wait inside PostgreSQL; the other rows wait for a free writer.
     assert.equal((await waitingInserts(url, t, 2)).length, 2)
-    await new Promise((r) => setTimeout(r, 200))
+    // Every timer the writer armed fires, the flush interval's included: no third batch starts.
+    clock.tick(60_000)
+    assert.equal(counted.starts, 2, 'no more than concurrency batches started')
     assert.equal(
       (await waitingInserts(url, t, 3, 0)).length,
       2,
@@ -660,7 +743,15 @@ describe('batch writer concurrency', () => {
     assert.equal(writer.stats().pending, 5)
     assert.equal(writer.stats().waiting, 5)
     await lock.release()
-    await Promise.all(acks)
+    // The control: the same count sees a third batch start once a writer is free.
+    await clock.until(
+      () => {
+        clock.tick(0)
+        return counted.starts > 2
+      },
+      { what: 'a third batch started' },
+    )
+    await clock.settle(acks)
     const sql = await sqlClient(t, url)
     const { rows } = await sql.query('SELECT device_id FROM measurements ORDER BY device_id')
     assert.deepEqual(
@@ -673,9 +764,11 @@ describe('batch writer concurrency', () => {
 
   it('writes a batch with a status row alone, after the telemetry before it', async (t) => {
     const { url, db } = await database(t, 4)
+    const clock = mockedTimers(t)
+    const counted = countingStore()
     // batchSize 10: the first flush starts once two rows (a fifth of a batch) wait.
     const writer = createWriter({
-      store,
+      store: counted.store,
       db: () => db,
       log: testLogger(),
       batchSize: 10,
@@ -690,7 +783,9 @@ describe('batch writer concurrency', () => {
     const first = [durable(writer, measurement('a')), durable(writer, measurement('b'))]
     assert.equal((await waitingInserts(url, t, 1)).length, 1)
     const later = [durable(writer, status('s1')), durable(writer, measurement('c'))]
-    await new Promise((r) => setTimeout(r, 300))
+    // Every timer the writer armed fires, the flush interval's included.
+    clock.tick(60_000)
+    assert.equal(counted.starts, 1, 'status batch did not start beside the telemetry one')
     const sql = await sqlClient(t, url)
     // The status batch would not wait for the measurements lock: had it started, its row would be there.
     assert.equal(
@@ -700,7 +795,15 @@ describe('batch writer concurrency', () => {
     )
     assert.equal((await waitingInserts(url, t, 2, 0)).length, 1)
     await lock.release()
-    await Promise.all([...first, ...later])
+    // The control: the same count sees the status batch start once the telemetry one committed.
+    await clock.until(
+      () => {
+        clock.tick(0)
+        return counted.starts > 1
+      },
+      { what: 'the status batch started' },
+    )
+    await clock.settle([...first, ...later])
     assert.equal((await sql.query('SELECT 1 FROM edge_device_status')).rowCount, 1)
     assert.equal((await sql.query('SELECT 1 FROM measurements')).rowCount, 3)
   })
@@ -733,16 +836,18 @@ describe('batch writer concurrency', () => {
     // from there) while the other batch still waits, and commits once the lock is gone.
     const admin = await sqlClient(t, url)
     await admin.query('SELECT pg_terminate_backend($1)', [pids[0]])
-    for (let i = 0; writer.stats().spooled === 0 && i < 200; i++)
-      await new Promise((r) => setTimeout(r, 25))
+    await eventually(async () => writer.stats().spooled > 0, {
+      what: 'the failed batch spooled',
+    })
     assert.ok(writer.stats().spooled > 0, 'the failed batch was spooled')
     assert.equal((await waitingInserts(url, t, 1, 0)).length, 1, 'the other batch still waits')
     await lock.release()
     await Promise.all(acks)
     // Then the spooled batch is replayed once the database answers again.
-    const until = Date.now() + 10_000
-    while ((writer.degraded || writer.stats().pending > 0) && Date.now() < until)
-      await new Promise((r) => setTimeout(r, 50))
+    await eventually(async () => !writer.degraded && writer.stats().pending === 0, {
+      timeoutMs: 10_000,
+      what: 'the spool replayed and nothing pending',
+    })
     const { rows } = await admin.query(
       'SELECT device_id, count(*)::int AS n FROM measurements GROUP BY device_id ORDER BY device_id',
     )

@@ -1,0 +1,111 @@
+import { hash } from 'node:crypto'
+import type { Kysely } from 'kysely'
+import type { DB } from '../db/index.js'
+import type { DedupKey } from './records.js'
+import { REDELIVERY_SLOTS, recentKeys } from './store.js'
+
+/** Message ids remembered per client for recognising redeliveries: as many as the database keeps. */
+const RECENT_IDS = REDELIVERY_SLOTS
+/** A client's history lookup that takes longer is abandoned: its messages are stored without it. */
+const LOOKUP_TIMEOUT_MS = 2000
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  // If the timeout wins, p may still reject later: that must not become an unhandled rejection.
+  p.catch(() => undefined)
+  let timer: NodeJS.Timeout | undefined
+  return Promise.race([
+    p,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms)
+    }),
+  ]).finally(() => clearTimeout(timer))
+}
+
+/**
+ * The key a QoS 1/2 message is recognised by when it is delivered again: client, message id and a
+ * digest of topic and payload. Undefined for QoS 0 or without a client id.
+ */
+export function dedupKey(msg: {
+  topic: string
+  payload: Buffer
+  clientId?: string | null | undefined
+  qos?: 0 | 1 | 2 | undefined
+  messageId?: number | undefined
+}): DedupKey | undefined {
+  if (!msg.qos || msg.messageId === undefined || !msg.clientId) return undefined
+  // sha1(topic NUL payload), hashed in one call: half the cost of a Hash object on the hot path.
+  const buf = Buffer.allocUnsafe(Buffer.byteLength(msg.topic) + 1 + msg.payload.length)
+  const n = buf.write(msg.topic)
+  buf[n] = 0
+  msg.payload.copy(buf, n + 1)
+  const digest = hash('sha1', buf, 'base64')
+  return { clientId: msg.clientId, messageId: msg.messageId, digest }
+}
+
+/**
+ * The last QoS 1/2 message ids per client (up to RECENT_IDS), loaded from ingest_dedup the first
+ * time this process sees the client, so a redelivery after a restart is recognised too. `failing`
+ * says whether database writes fail: then no lookup is made.
+ */
+export function createRedeliveries(opts: { db: () => Kysely<DB>; failing: () => boolean }) {
+  const recent = new Map<string, Map<number, { digest: string; done: Promise<void> | undefined }>>()
+  const loading = new Map<string, Promise<void>>()
+  /** Clients to look up again (forget()): they may have published through another instance meanwhile. */
+  const stale = new Set<string>()
+
+  return {
+    /** Remembers a message under its key, with the promise that resolves once it is durable. */
+    remember(key: DedupKey, done: Promise<void> | undefined): void {
+      let byId = recent.get(key.clientId)
+      if (!byId) {
+        byId = new Map()
+        recent.set(key.clientId, byId)
+      }
+      byId.delete(key.messageId)
+      byId.set(key.messageId, { digest: key.digest, done })
+      // Map keeps insertion order: forget the oldest ids. A redelivery follows its original closely,
+      // and a client reuses an id only after 65535 others, long after it left this window.
+      if (byId.size > RECENT_IDS) byId.delete(byId.keys().next().value as number)
+    },
+
+    /** Loads a client's recent ids from the database once per process; messages wait for it in order. */
+    load(clientId: string): Promise<void> | undefined {
+      if (recent.has(clientId) && !stale.has(clientId)) return undefined
+      stale.delete(clientId)
+      // While writes fail the lookup would only add an outage's worth of latency to every ack.
+      if (opts.failing()) {
+        recent.set(clientId, new Map())
+        return undefined
+      }
+      let pending = loading.get(clientId)
+      if (!pending) {
+        pending = withTimeout(recentKeys(opts.db(), clientId, RECENT_IDS), LOOKUP_TIMEOUT_MS).then(
+          (keys) => {
+            const byId = recent.get(clientId) ?? new Map()
+            for (const k of keys)
+              if (!byId.has(k.messageId))
+                byId.set(k.messageId, { digest: k.digest, done: undefined })
+            recent.set(clientId, byId)
+          },
+          // Database away: no history to compare with; the message is stored (at-least-once).
+          () => void recent.set(clientId, recent.get(clientId) ?? new Map()),
+        )
+        pending.finally(() => loading.delete(clientId)).catch(() => undefined)
+        loading.set(clientId, pending)
+        if (recent.size + loading.size > 50_000) recent.clear()
+      }
+      return pending
+    },
+
+    /** A message this process has already stored (or is storing) under the same id and content. */
+    duplicateOf(key: DedupKey): { done: Promise<void> | undefined } | undefined {
+      const seen = recent.get(key.clientId)?.get(key.messageId)
+      return seen && seen.digest === key.digest ? seen : undefined
+    },
+
+    /** The client's ids are looked up again with its next QoS 1/2 message (see Ingest.forget). */
+    forget(clientId: string): void {
+      if (recent.has(clientId)) stale.add(clientId)
+    },
+  }
+}
