@@ -1,5 +1,5 @@
 import { sql, type Kysely } from 'kysely'
-import type { DB } from '../db/index.js'
+import type { DB, Row } from '../db/index.js'
 import { devices, latest, recentSince } from './queries.js'
 
 /**
@@ -236,8 +236,9 @@ export function matches(
   return true
 }
 
-type StationRow = { device_sn: string; ts: Date; model: string | null } & Partial<
-  Record<(typeof ECOFLOW_READINGS)[number], number | string | null>
+type StationRow = Row<
+  'ecoflow_measurements',
+  'device_sn' | 'ts' | 'model' | (typeof ECOFLOW_READINGS)[number]
 >
 
 /** The newest poll of every station: stations from rollup_series plus rows created since the last pass (as latest() reads devices). */
@@ -262,10 +263,9 @@ async function ecoflowLatest(db: Kysely<DB>, sn: string | undefined): Promise<St
 async function sensorClaims(
   db: Kysely<DB>,
   f: { site_id?: string | undefined; device_id?: string | undefined },
-): Promise<Array<{ site_id: string; sensor_id: string; device_id: string }>> {
-  const r = await sql<{ site_id: string; sensor_id: string; device_id: string }>`
-    SELECT site_id, sensor_id, device_id FROM mqtt_sensor_claims
-    WHERE ${f.site_id === undefined ? sql`true` : sql`site_id = ${f.site_id}`} AND ${f.device_id === undefined ? sql`true` : sql`sensor_id = ${f.device_id}`}
-    LIMIT ${MAX_FLEET}`.execute(db)
-  return r.rows
+): Promise<Array<Row<'mqtt_sensor_claims', 'site_id' | 'sensor_id' | 'device_id'>>> {
+  let q = db.selectFrom('mqtt_sensor_claims').select(['site_id', 'sensor_id', 'device_id'])
+  if (f.site_id !== undefined) q = q.where('site_id', '=', f.site_id)
+  if (f.device_id !== undefined) q = q.where('sensor_id', '=', f.device_id)
+  return q.limit(MAX_FLEET).execute()
 }

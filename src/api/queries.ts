@@ -1,6 +1,6 @@
 import { HTTPException } from 'hono/http-exception'
 import { sql, type Kysely, type RawBuilder } from 'kysely'
-import type { DB } from '../db/index.js'
+import type { DB, Row } from '../db/index.js'
 import { BUCKETS, MAX_POINTS, type Agg, type Bucket, type SeriesSource } from './params.js'
 
 /**
@@ -31,18 +31,11 @@ function where(f: Filters, alias = ''): RawBuilder<unknown> {
 /** PostgreSQL's text form of a timestamptz, the only lossless one (JavaScript dates drop microseconds). */
 const PG_TS = /^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?[+-]\d{2}(:\d{2}){0,2}$/
 
-export type MeasurementRow = {
-  id: string
-  site_id: string
-  system: string
-  device_id: string
-  location: string | null
-  mac: string | null
-  ts: Date
-  ts_key: string
-  metrics: Record<string, unknown>
-  value?: unknown
-}
+/** A measurements row as the API lists it; `ts_key` is the lossless cursor text (`ts::text`). */
+export type MeasurementRow = Row<
+  'measurements',
+  'id' | 'site_id' | 'system' | 'device_id' | 'location' | 'mac' | 'ts' | 'metrics'
+> & { ts_key: string; value?: unknown }
 
 /** Raw rows in [from, to), newest first (or oldest), keyset-paginated by (ts, id). */
 export async function listMeasurements(
@@ -78,17 +71,13 @@ export async function listMeasurements(
   return { rows: r.rows.slice(0, q.limit), more: r.rows.length > q.limit }
 }
 
-export type SeriesPoint = {
-  site_id: string
-  system: string
-  device_id: string
-  metric: string
+/** A bucket of a series: the rollups' key and aggregates, `t` the bucket and `avg` their sum over n. */
+export type SeriesPoint = Row<
+  'rollup_1h',
+  'site_id' | 'system' | 'device_id' | 'metric' | 'n' | 'min' | 'max' | 'last'
+> & {
   t: Date
-  n: number
   avg: number | null
-  min: number | null
-  max: number | null
-  last: string | null
 }
 
 /** Rollup tables by bucket width; EcoFlow and status readings have no 5-minute rollups (src/rollup/sources.ts). */
@@ -153,14 +142,16 @@ export async function series(
   let rawFrom = from
   const fromRollups = q.bucket !== '1m' && (q.bucket !== '5m' || source === 'measurements')
   if (fromRollups) {
-    const wm = await sql<{
-      watermark: Date
-    }>`SELECT watermark FROM rollup_state WHERE source = ${source}`.execute(db)
-    const watermark = wm.rows[0]?.watermark.getTime()
+    const wm = await db
+      .selectFrom('rollup_state')
+      .select('watermark')
+      .where('source', '=', source)
+      .executeTakeFirst()
+    const watermark = wm?.watermark.getTime()
     if (watermark !== undefined && q.bucket === '5m') {
       // Five-minute buckets before the watermark's are complete in rollup_5m.
       const cutoff = Math.max(from, Math.min(to, floor(watermark, FIVE_MINUTES)))
-      if (cutoff > from) tiers.push(rollupTier('rollup_5m', source, q, from, cutoff))
+      if (cutoff > from) tiers.push(rollupTier('rollup_5m', { source, q, from, to: cutoff }))
       rawFrom = cutoff
     } else if (watermark !== undefined) {
       // Hours before the watermark's hour are complete in rollup_1h (and six-hour periods in rollup_6h).
@@ -168,14 +159,15 @@ export async function series(
       let hourFrom = from
       if (q.bucket === '1d' || q.bucket === '6h') {
         const sixCut = Math.max(from, floor(cutoff, SIX_HOURS))
-        if (sixCut > from) tiers.push(rollupTier('rollup_6h', source, q, from, sixCut))
+        if (sixCut > from) tiers.push(rollupTier('rollup_6h', { source, q, from, to: sixCut }))
         hourFrom = sixCut
       }
-      if (cutoff > hourFrom) tiers.push(rollupTier('rollup_1h', source, q, hourFrom, cutoff))
+      if (cutoff > hourFrom)
+        tiers.push(rollupTier('rollup_1h', { source, q, from: hourFrom, to: cutoff }))
       rawFrom = cutoff
     }
   }
-  if (rawFrom < to) tiers.push(rawTier(source, q, rawFrom, to, RAW_WIDTH[q.bucket]))
+  if (rawFrom < to) tiers.push(rawTier({ source, q, from: rawFrom, to }, RAW_WIDTH[q.bucket]))
   const r = await sql<SeriesPoint>`
     SELECT site_id, system, device_id, metric, date_bin(${OUTER_WIDTH[q.bucket]}::interval, bucket, TIMESTAMPTZ 'epoch') AS t,
       sum(n)::int AS n, sum(sum) / NULLIF(sum(n), 0) AS avg, min(min) AS min, max(max) AS max,
@@ -197,12 +189,12 @@ type Metrics = Filters & { metrics: readonly string[] }
  * may keep the metric out of the primary key's range and read every bucket of the device (55 ms for a
  * day of a device with a year of 5-minute buckets, against 1 ms).
  */
+/** What a tier reads: the series' source and metrics over [from, to) in epoch ms. */
+type Window = { source: SeriesSource; q: Metrics; from: number; to: number }
+
 function rollupTier(
   table: 'rollup_5m' | 'rollup_1h' | 'rollup_6h',
-  source: SeriesSource,
-  q: Metrics,
-  from: number,
-  to: number,
+  { source, q, from, to }: Window,
 ): RawBuilder<unknown> {
   return sql.join(
     q.metrics.map(
@@ -218,12 +210,7 @@ function rollupTier(
  * Each source's raw samples as (site_id, system, device_id, metric, ts, v jsonb), named as the rollups
  * name them: EcoFlow rows have no site ('') and system `ecoflow`, status rows system `edge`.
  */
-function rawSamples(
-  source: SeriesSource,
-  q: Metrics,
-  from: number,
-  to: number,
-): RawBuilder<unknown> {
+function rawSamples({ source, q, from, to }: Window): RawBuilder<unknown> {
   const range = sql`ts >= ${new Date(from)} AND ts < ${new Date(to)}`
   const keys = sql`unnest(${q.metrics}::text[]) AS k (metric)`
   if (source === 'measurements') {
@@ -243,13 +230,7 @@ function rawSamples(
       AND ${q.device_id === undefined ? sql`true` : sql`device_sn = ${q.device_id}`} AND c.v IS NOT NULL AND c.v <> 'null'::jsonb AND ${range}`
 }
 
-function rawTier(
-  source: SeriesSource,
-  q: Metrics,
-  from: number,
-  to: number,
-  width: string,
-): RawBuilder<unknown> {
+function rawTier(w: Window, width: string): RawBuilder<unknown> {
   return sql`
     SELECT site_id, system, device_id, metric, date_bin(${width}::interval, ts, TIMESTAMPTZ 'epoch') AS bucket,
       count(*) FILTER (WHERE jsonb_typeof(v) = 'number')::int AS n,
@@ -257,7 +238,7 @@ function rawTier(
       min(CASE WHEN jsonb_typeof(v) = 'number' THEN v::float8 END) AS min,
       max(CASE WHEN jsonb_typeof(v) = 'number' THEN v::float8 END) AS max,
       (array_agg(v #>> '{}' ORDER BY ts DESC))[1] AS last
-    FROM (${rawSamples(source, q, from, to)}) m
+    FROM (${rawSamples(w)}) m
     GROUP BY 1, 2, 3, 4, 5`
 }
 
@@ -271,14 +252,10 @@ export function pointValue(p: SeriesPoint, agg: Agg): number | string | null {
 
 const floor = (t: number, width: number) => Math.floor(t / width) * width
 
-export type LatestRow = {
-  site_id: string
-  system: string
-  device_id: string
-  ts: Date
-  location: string | null
-  metrics: Record<string, unknown>
-}
+export type LatestRow = Row<
+  'measurements',
+  'site_id' | 'system' | 'device_id' | 'ts' | 'location' | 'metrics'
+>
 
 /**
  * The newest row of every device (site_id, system, device_id), paginated by that key. The device list
@@ -320,22 +297,21 @@ export async function recentSince(
   db: Kysely<DB>,
   source: 'measurements' | 'ecoflow',
 ): Promise<Date | null> {
-  const r = await sql<{
-    since: Date
-  }>`SELECT watermark - interval '1 hour' AS since FROM rollup_state WHERE source = ${source}`.execute(
-    db,
-  )
-  return r.rows[0]?.since ?? null
+  const r = await db
+    .selectFrom('rollup_state')
+    .select(sql<Date>`watermark - interval '1 hour'`.as('since'))
+    .where('source', '=', source)
+    .executeTakeFirst()
+  return r?.since ?? null
 }
 
-export type DeviceRow = {
-  device_id: string
-  site_id: string | null
-  device_model: string
-  firmware: string | null
-  online: boolean | null
-  last_seen: Date | null
-  status: Record<string, unknown> | null
+/** A device with its newest status: `firmware` is current_firmware_version, `status_at` that status' ts. */
+export type DeviceRow = Row<
+  'devices',
+  'device_id' | 'site_id' | 'device_model' | 'online' | 'last_seen'
+> & {
+  firmware: Row<'devices', 'current_firmware_version'>['current_firmware_version']
+  status: Row<'edge_device_status', 'status'>['status'] | null
   status_at: Date | null
 }
 
@@ -364,8 +340,8 @@ export async function devices(
 
 export type DeviceHistory = {
   site_id: string
-  status: Array<{ ts: Date; status: Record<string, unknown> }>
-  config: { config: Record<string, unknown>; updated_at: Date } | null
+  status: Array<Row<'edge_device_status', 'ts' | 'status'>>
+  config: Row<'edge_device_configs', 'config' | 'updated_at'> | null
 }
 
 /**
@@ -379,20 +355,28 @@ export async function deviceHistory(
   const site =
     q.site_id ??
     (
-      await sql<{
-        site_id: string | null
-      }>`SELECT site_id FROM devices WHERE device_id = ${q.device_id}`.execute(db)
-    ).rows[0]?.site_id ??
+      await db
+        .selectFrom('devices')
+        .select('site_id')
+        .where('device_id', '=', q.device_id)
+        .executeTakeFirst()
+    )?.site_id ??
     'paku'
   const [status, config] = await Promise.all([
-    sql<{ ts: Date; status: Record<string, unknown> }>`
-      SELECT ts, status FROM edge_device_status WHERE site_id = ${site} AND device_id = ${q.device_id} ORDER BY ts DESC LIMIT ${q.limit}`.execute(
-      db,
-    ),
-    sql<{ config: Record<string, unknown>; updated_at: Date }>`
-      SELECT config, updated_at FROM edge_device_configs WHERE site_id = ${site} AND device_id = ${q.device_id}`.execute(
-      db,
-    ),
+    db
+      .selectFrom('edge_device_status')
+      .select(['ts', 'status'])
+      .where('site_id', '=', site)
+      .where('device_id', '=', q.device_id)
+      .orderBy('ts', 'desc')
+      .limit(q.limit)
+      .execute(),
+    db
+      .selectFrom('edge_device_configs')
+      .select(['config', 'updated_at'])
+      .where('site_id', '=', site)
+      .where('device_id', '=', q.device_id)
+      .executeTakeFirst(),
   ])
-  return { site_id: site, status: status.rows, config: config.rows[0] ?? null }
+  return { site_id: site, status, config: config ?? null }
 }
