@@ -42,6 +42,17 @@ export async function rollSource(
   })
 }
 
+/**
+ * A source's rollup_state (null columns before its first pass), the oldest transaction id still
+ * running (`horizon`, an xid8 as text) and the time the next watermark is taken from.
+ */
+type PassState = {
+  watermark: Date | null
+  counted_below: string | null
+  horizon: string
+  now: Date
+}
+
 async function catchUp(
   conn: Kysely<DB>,
   source: Source,
@@ -50,33 +61,24 @@ async function catchUp(
   // The next watermark: rows created (their transaction begun) before it are counted by this pass. A
   // transaction still open may write rows with an older created_at, so it is no later than the start
   // of the oldest one this role can see; the rows of those are found by the next pass's scan.
-  const state = await sql<{
-    watermark: Date | null
-    counted_below: string | null
-    horizon: string
-    now: Date
-  }>`
+  const state = await sql<PassState>`
     SELECT s.watermark, s.counted_below::text, pg_snapshot_xmin(pg_current_snapshot())::text AS horizon,
       LEAST(statement_timestamp(), (SELECT min(xact_start) FROM pg_stat_activity
         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())) AS now
     FROM (SELECT 1) one LEFT JOIN rollup_state s ON s.source = ${source.name}`.execute(conn)
-  const {
-    watermark,
-    counted_below: countedBelow,
-    horizon,
-    now,
-  } = state.rows[0] as {
-    watermark: Date | null
-    counted_below: string | null
-    horizon: string
-    now: Date
-  }
+  const { watermark, counted_below: countedBelow, horizon, now } = state.rows[0] as PassState
   const save = (db: Kysely<DB>) =>
-    sql`
-    INSERT INTO rollup_state (source, watermark, counted_below) VALUES (${source.name}, ${now}, ${horizon}::xid8)
-    ON CONFLICT (source) DO UPDATE SET watermark = EXCLUDED.watermark, counted_below = EXCLUDED.counted_below, updated_at = NOW()`.execute(
-      db,
-    )
+    db
+      .insertInto('rollup_state')
+      .values({ source: source.name, watermark: now, counted_below: sql<string>`${horizon}::xid8` })
+      .onConflict((oc) =>
+        oc.column('source').doUpdateSet((eb) => ({
+          watermark: eb.ref('excluded.watermark'),
+          counted_below: eb.ref('excluded.counted_below'),
+          updated_at: sql<Date>`NOW()`,
+        })),
+      )
+      .execute()
   if (countedBelow === null || watermark === null) {
     const done = await recompute(conn, { source, watermark, horizon, next: now, stopping })
     if (done === undefined) return { buckets: 0, rows: 0 }
