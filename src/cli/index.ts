@@ -131,11 +131,11 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     case 'migrate':
       return migrateCommand(config, io)
     case 'emulate':
-      return emulateCommand(config, positionals[1], values, io)
+      return emulateCommand({ config, values, io }, positionals[1])
     case 'device':
-      return deviceCommand(config, positionals.slice(1), values, io)
+      return deviceCommand({ config, values, io }, positionals.slice(1))
     case 'key':
-      return keyCommand(config, positionals.slice(1), values, io)
+      return keyCommand({ config, values, io }, positionals.slice(1))
     case 'firmware':
       return firmwareCommand(config, positionals.slice(1), io)
     case 'wait-ready':
@@ -144,6 +144,12 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       return serveCommand(config, loaded.path, io)
   }
 }
+
+/** parseArgs' option values. */
+type Values = Record<string, string | boolean | undefined>
+
+/** What a command that reads the configuration runs with. */
+type Context = { config: Config; values: Values; io: CliIo }
 
 function logger(config: Config, io: CliIo) {
   return createLogger({
@@ -216,22 +222,15 @@ async function serveCommand(config: Config, path: string | undefined, io: CliIo)
 }
 
 async function migrateCommand(config: Config, io: CliIo): Promise<number> {
-  return withDatabase(
-    config,
-    io,
-    'migrate',
-    async (db) => {
-      io.out(
-        db.applied.length === 0
-          ? 'no pending migrations'
-          : db.applied.map((n) => `applied ${n}`).join('\n'),
-      )
-      return 0
-    },
-    undefined,
-    // `paku migrate` before a cut-over builds the big tables' indexes too, and waits for them.
-    'wait',
-  )
+  // `paku migrate` before a cut-over builds the big tables' indexes too, and waits for them.
+  return withDatabase({ config, io, what: 'migrate', indexes: 'wait' }, async (db) => {
+    io.out(
+      db.applied.length === 0
+        ? 'no pending migrations'
+        : db.applied.map((n) => `applied ${n}`).join('\n'),
+    )
+    return 0
+  })
 }
 
 /**
@@ -239,13 +238,17 @@ async function migrateCommand(config: Config, io: CliIo): Promise<number> {
  * a failure prints `WHAT failed: …` (or `describe(err)`) and returns 1.
  */
 async function withDatabase(
-  config: Config,
-  io: CliIo,
-  what: string,
+  run: {
+    config: Config
+    io: CliIo
+    what: string
+    describe?: (err: unknown) => string | undefined
+    /** Whether to build the big tables' indexes and wait for them (db/indexes.ts). Default: skip. */
+    indexes?: 'wait' | 'skip'
+  },
   fn: (db: Database) => Promise<number>,
-  describe?: (err: unknown) => string | undefined,
-  indexes: 'wait' | 'skip' = 'skip',
 ): Promise<number> {
+  const { config, io, what, describe, indexes = 'skip' } = run
   const log = logger(config, io)
   const db = createDatabase({
     config: config.database,
@@ -296,11 +299,7 @@ function grafanaCommand(args: string[], opts: { legacy: boolean }, io: CliIo): n
  * one only with --force). Exits 1 when the file cannot be read, a line of it was skipped, or paku would
  * refuse the result (the output is still printed and written); 2 on usage errors.
  */
-function importEnvCommand(
-  args: string[],
-  values: Record<string, string | boolean | undefined>,
-  io: CliIo,
-): number {
+function importEnvCommand(args: string[], values: Values, io: CliIo): number {
   const [file, ...extra] = args
   const write = typeof values.write === 'string' ? values.write : undefined
   if (!file || extra.length > 0 || write === '' || (values.force && write === undefined)) {
@@ -348,10 +347,7 @@ function importEnvCommand(
 }
 
 /** `paku install-service`: the executable, a system user, the hardened unit, a closed config; prints each step. */
-function installServiceCommand(
-  values: Record<string, string | boolean | undefined>,
-  io: CliIo,
-): number {
+function installServiceCommand(values: Values, io: CliIo): number {
   const user = typeof values.user === 'string' ? values.user : 'paku'
   const bin = typeof values.bin === 'string' ? values.bin : '/usr/local/bin/paku'
   const root = typeof values.root === 'string' ? values.root : '/'
@@ -418,7 +414,7 @@ async function firmwareCommand(config: Config, args: string[], io: CliIo): Promi
     )
     return 2
   }
-  return withDatabase(config, io, 'firmware import', async (db) => {
+  return withDatabase({ config, io, what: 'firmware import' }, async (db) => {
     const r = await importFirmwareDir(db.db, dir)
     for (const x of r.imported) io.out(`imported ${x}`)
     for (const x of r.missing) io.err(`missing ${x}`)
@@ -431,12 +427,7 @@ async function firmwareCommand(config: Config, args: string[], io: CliIo): Promi
 }
 
 /** `paku key create|list|revoke`: named admin API keys with scopes; a key is shown once. */
-async function keyCommand(
-  config: Config,
-  args: string[],
-  values: Record<string, string | boolean | undefined>,
-  io: CliIo,
-): Promise<number> {
+async function keyCommand({ config, values, io }: Context, args: string[]): Promise<number> {
   const [action, name] = args
   if (action !== 'create' && action !== 'list' && action !== 'revoke') {
     io.err(
@@ -463,44 +454,33 @@ async function keyCommand(
     (err as { code?: string }).code === '23505'
       ? `a key named ${name} exists already (revoke it or choose another name)`
       : undefined
-  return withDatabase(
-    config,
-    io,
-    `key ${action}`,
-    async (db) => {
-      if (action === 'list') {
-        const rows = await listKeys(db.db)
-        if (rows.length === 0) io.out('no admin keys')
-        for (const k of rows) {
-          io.out(
-            `${k.name}\t${k.scopes.join(',')}\tcreated ${k.created_at.toISOString()}\tlast used ${k.last_used_at?.toISOString() ?? 'never'}${k.revoked_at ? `\trevoked ${k.revoked_at.toISOString()}` : ''}`,
-          )
-        }
-        return 0
+  return withDatabase({ config, io, what: `key ${action}`, describe: duplicate }, async (db) => {
+    if (action === 'list') {
+      const rows = await listKeys(db.db)
+      if (rows.length === 0) io.out('no admin keys')
+      for (const k of rows) {
+        io.out(
+          `${k.name}\t${k.scopes.join(',')}\tcreated ${k.created_at.toISOString()}\tlast used ${k.last_used_at?.toISOString() ?? 'never'}${k.revoked_at ? `\trevoked ${k.revoked_at.toISOString()}` : ''}`,
+        )
       }
-      if (action === 'revoke') {
-        if (!(await revokeKey(db.db, name as string))) {
-          io.err(`no active key named ${name}`)
-          return 1
-        }
-        io.out(`revoked ${name}`)
-        return 0
-      }
-      const key = await createKey(db.db, name as string, scopes as Scope[])
-      io.out(`created ${name} (${scopes.join(',')}); key (shown once): ${key}`)
       return 0
-    },
-    duplicate,
-  )
+    }
+    if (action === 'revoke') {
+      if (!(await revokeKey(db.db, name as string))) {
+        io.err(`no active key named ${name}`)
+        return 1
+      }
+      io.out(`revoked ${name}`)
+      return 0
+    }
+    const key = await createKey(db.db, name as string, scopes as Scope[])
+    io.out(`created ${name} (${scopes.join(',')}); key (shown once): ${key}`)
+    return 0
+  })
 }
 
 /** `paku device add|list|remove`: per-device MQTT credentials, stored as scrypt hashes. */
-async function deviceCommand(
-  config: Config,
-  args: string[],
-  values: Record<string, string | boolean | undefined>,
-  io: CliIo,
-): Promise<number> {
+async function deviceCommand({ config, values, io }: Context, args: string[]): Promise<number> {
   const [action, id] = args
   const role = (values.role as string | undefined) ?? 'device'
   if (action !== 'add' && action !== 'list' && action !== 'remove') {
@@ -522,7 +502,7 @@ async function deviceCommand(
     io.err('--password must be at least 8 characters')
     return 2
   }
-  return withDatabase(config, io, `device ${action}`, async (db) => {
+  return withDatabase({ config, io, what: `device ${action}` }, async (db) => {
     if (action === 'list') {
       const rows = await listCredentials(db.db)
       if (rows.length === 0) io.out('no MQTT credentials')
@@ -553,10 +533,8 @@ async function deviceCommand(
 }
 
 async function emulateCommand(
-  config: Config,
+  { config, values, io }: Context,
   kind: string | undefined,
-  values: Record<string, string | boolean | undefined>,
-  io: CliIo,
 ): Promise<number> {
   if (kind !== 'ruuvi' && kind !== 'heater') {
     io.err(`emulate needs ruuvi or heater\n\n${EMULATE_HELP}`)

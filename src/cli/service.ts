@@ -61,7 +61,8 @@ export type InstallOptions = {
 export function installService(o: InstallOptions): string[] {
   const did: string[] = []
   const at = (p: string) => join(o.root, p)
-  const write = (p: string, text: string, mode: number, keep: boolean) => {
+  /** Writes a file with `mode`; `keep`: one that exists already stays as it is. */
+  const write = (p: string, text: string, { mode, keep }: { mode: number; keep: boolean }) => {
     if (keep && existsSync(at(p))) {
       did.push(`kept ${p} (exists)`)
       return
@@ -96,16 +97,13 @@ export function installService(o: InstallOptions): string[] {
     o.user === 'paku'
       ? unit
       : unit.replace(/^User=paku$/m, `User=${o.user}`).replace(/^Group=paku$/m, `Group=${o.user}`),
-    0o644,
-    false,
+    { mode: 0o644, keep: false },
   )
-  write(
-    '/etc/paku/paku.config.json',
-    `${JSON.stringify(PRODUCTION_CONFIG, null, 2)}\n`,
-    0o644,
-    true,
-  )
-  write('/etc/paku/paku.env', ENV_TEMPLATE, 0o600, true)
+  write('/etc/paku/paku.config.json', `${JSON.stringify(PRODUCTION_CONFIG, null, 2)}\n`, {
+    mode: 0o644,
+    keep: true,
+  })
+  write('/etc/paku/paku.env', ENV_TEMPLATE, { mode: 0o600, keep: true })
   if (o.root === '/' && !o.dryRun) {
     try {
       o.run('id', ['-u', o.user])

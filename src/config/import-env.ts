@@ -1,248 +1,14 @@
 import { ENV_TABLE } from './env.js'
+import { parseComposeEnv, type LineProblem, type OldVar } from './compose-env.js'
 import { loadConfig, maskUrl } from './load.js'
+
+export { parseComposeEnv, type LineProblem, type OldVar } from './compose-env.js'
 
 /**
  * `paku import-env`: the old Docker Compose stack's `compose/.env` as paku's PAKU_* variables.
  * Pure functions: parse the old file the way Docker Compose does, map it, render the new file.
  * The old variables, their defaults and users: docs/compatibility.md, "Configuration".
  */
-
-/** A variable of the old file, with the line it was (last) set on. */
-export type OldVar = { value: string; line: number }
-
-/** Something about one line of the old file; `skipped` lines were not imported at all. */
-export type LineProblem = { line: number; message: string; skipped: boolean }
-
-const NAME = /^[A-Za-z_][A-Za-z0-9_]*/
-
-/**
- * Reads a .env file as Docker Compose v2 does (compose-go's dotenv parser; docs.docker.com, "Syntax
- * for environment files"): `KEY=VALUE` (or `KEY: VALUE`), an optional `export ` prefix, `#` comments,
- * blank lines; unquoted values end at ` #` and are trimmed; single quotes are literal (`\'` is a quote);
- * double quotes take `\n \t \r \\ \" \$`-style escapes and may span lines; unquoted and double-quoted
- * values are interpolated (`$VAR`, `${VAR}`, `${VAR:-default}` and the other forms, `$$` for `$`); a
- * key set twice keeps the last value. Differences, each reported with its line number: compose stops
- * at the first bad line, this skips it and goes on; variables are looked up only among those set
- * earlier in the file, never in the shell environment (compose asks the shell first).
- */
-export function parseComposeEnv(text: string): {
-  vars: Map<string, OldVar>
-  problems: LineProblem[]
-} {
-  const src = text.replace(/^\uFEFF/, '').replace(/\r\n?/g, '\n')
-  const vars = new Map<string, OldVar>()
-  const problems: LineProblem[] = []
-  let pos = 0
-  let line = 1
-  while (pos < src.length) {
-    const eol = src.indexOf('\n', pos)
-    const end = eol < 0 ? src.length : eol
-    const raw = src.slice(pos, end)
-    const at = line
-    let next = end + 1
-    let nextLine = line + 1
-    const stmt = raw.replace(/^[ \t]+/, '')
-    const problem = (message: string, skipped = false) =>
-      problems.push({ line: at, message, skipped })
-    const key = /^(?:export[ \t]+)?([A-Za-z0-9_.\-[\]]+)[ \t]*([=:])[ \t]*/.exec(stmt)
-    if (stmt === '' || stmt.startsWith('#')) {
-      // blank or comment
-    } else if (!key) {
-      const bare = /^(?:export[ \t]+)?([A-Za-z_][\w.-]*)[ \t]*$/.exec(stmt)
-      problem(
-        bare
-          ? `${bare[1]} has no value (compose takes it from the shell environment); not imported`
-          : 'not KEY=VALUE; skipped',
-        true,
-      )
-    } else {
-      const name = key[1] as string
-      const start = pos + (raw.length - stmt.length) + key[0].length
-      const lookup = (ref: string) => vars.get(ref)?.value
-      const missing = (ref: string) =>
-        problem(
-          `$${ref} is not set earlier in the file (compose would take it from the shell environment); read as empty`,
-        )
-      let value: string | undefined
-      const quote = src[start]
-      if (quote === '"' || quote === "'") {
-        const q = readQuoted(src, start)
-        if (q === undefined) {
-          problem(`unterminated ${quote === '"' ? 'double' : 'single'} quote; skipped`, true)
-        } else {
-          value =
-            quote === '"' ? interpolate(unescapeDouble(q.body), lookup, missing, problem) : q.body
-          const closeEol = src.indexOf('\n', q.close)
-          const after = src.slice(q.close + 1, closeEol < 0 ? src.length : closeEol)
-          if (!/^[ \t]*(#.*)?$/.test(after)) problem('text after the closing quote ignored')
-          next = closeEol < 0 ? src.length : closeEol + 1
-          nextLine = line + countNewlines(src.slice(start, q.close)) + 1
-        }
-      } else {
-        // An inline comment needs a blank before its #: `a#b` is a value, `a #b` is `a`.
-        const rest = src.slice(start, end)
-        const cut = rest.search(/[ \t]#/)
-        value = interpolate(
-          (cut < 0 ? rest : rest.slice(0, cut)).trimEnd(),
-          lookup,
-          missing,
-          problem,
-        )
-      }
-      if (value !== undefined) {
-        const before = vars.get(name)
-        if (before)
-          problem(
-            `${name} is set again (first on line ${before.line}); the last one counts, as in compose`,
-          )
-        vars.set(name, { value, line: at })
-      }
-    }
-    pos = next
-    line = nextLine
-  }
-  return { vars, problems }
-}
-
-function countNewlines(s: string): number {
-  let n = 0
-  for (const c of s) if (c === '\n') n++
-  return n
-}
-
-/**
- * The body of a quoted value starting at `start` (the quote) and the index of its closing quote. As in
- * compose, a backslash before the quote character keeps the quote; any other backslash stays for
- * unescapeDouble (double quotes) or as it is (single quotes).
- */
-function readQuoted(src: string, start: number): { body: string; close: number } | undefined {
-  const quote = src[start]
-  let body = ''
-  let escaped = false
-  for (let i = start + 1; i < src.length; i++) {
-    const c = src[i] as string
-    if (c === quote) {
-      if (!escaped) return { body, close: i }
-      escaped = false
-      body += c
-    } else if (escaped) {
-      escaped = false
-      body += '\\' + c
-    } else if (c === '\\') {
-      escaped = true
-    } else {
-      body += c
-    }
-  }
-  return undefined
-}
-
-/** Compose's escapes in double quotes; `\$` becomes `$$`, which interpolation turns into a literal `$`. */
-function unescapeDouble(s: string): string {
-  const simple: Record<string, string> = {
-    a: '\x07',
-    b: '\b',
-    f: '\f',
-    n: '\n',
-    r: '\r',
-    t: '\t',
-    v: '\v',
-    '"': '"',
-    '\\': '\\',
-    $: '$$',
-  }
-  return s.replace(
-    /\\(?:([abfnrtv"\\$])|0([0-7]{0,3}))/g,
-    (_, c: string | undefined, oct: string | undefined) =>
-      c !== undefined ? (simple[c] as string) : String.fromCharCode(Number.parseInt(oct || '0', 8)),
-  )
-}
-
-/**
- * Compose's interpolation (docs.docker.com, "Interpolation"): `$$`, `$VAR`, `${VAR}`, `${VAR:-x}`,
- * `${VAR-x}`, `${VAR:?x}`, `${VAR?x}`, `${VAR:+x}`, `${VAR+x}`, nested in `x`. An unset variable is empty.
- */
-function interpolate(
-  s: string,
-  lookup: (name: string) => string | undefined,
-  missing: (name: string) => void,
-  problem: (message: string) => void,
-): string {
-  let out = ''
-  let i = 0
-  while (i < s.length) {
-    const c = s[i]
-    if (c !== '$') {
-      out += c
-      i++
-      continue
-    }
-    if (s[i + 1] === '$') {
-      out += '$'
-      i += 2
-      continue
-    }
-    if (s[i + 1] === '{') {
-      const close = closingBrace(s, i + 1)
-      const m =
-        close < 0
-          ? null
-          : /^([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([\s\S]*))?$/.exec(s.slice(i + 2, close))
-      if (!m) {
-        problem(
-          `invalid interpolation ${JSON.stringify(close < 0 ? s.slice(i) : s.slice(i, close + 1))} kept as it is (compose refuses it)`,
-        )
-        out += close < 0 ? s.slice(i) : s.slice(i, close + 1)
-        i = close < 0 ? s.length : close + 1
-        continue
-      }
-      const [, name = '', op, word = ''] = m
-      const value = lookup(name)
-      const set = value !== undefined
-      const full = set && value !== ''
-      const alt = () => interpolate(word, lookup, missing, problem)
-      if (op === undefined || op === '?' || op === ':?') {
-        if (op === undefined ? !set : op === '?' ? !set : !full) {
-          if (op === undefined) missing(name)
-          else
-            problem(
-              `\${${name}${op}…}: ${name} is ${set ? 'empty' : 'not set'} (compose refuses the file); read as empty`,
-            )
-        }
-        out += value ?? ''
-      } else if (op === ':-') out += full ? value : alt()
-      else if (op === '-') out += set ? value : alt()
-      else if (op === ':+') out += full ? alt() : ''
-      else out += set ? alt() : ''
-      i = close + 1
-      continue
-    }
-    const name = NAME.exec(s.slice(i + 1))?.[0]
-    if (name === undefined) {
-      // A `$` that starts no variable stays as it is.
-      out += '$'
-      i++
-      continue
-    }
-    const value = lookup(name)
-    if (value === undefined) missing(name)
-    out += value ?? ''
-    i += 1 + name.length
-  }
-  return out
-}
-
-/** Index of the `}` closing the `{` at `open`, counting nested `${…}`; -1 when there is none. */
-function closingBrace(s: string, open: number): number {
-  let depth = 0
-  for (let i = open; i < s.length; i++) {
-    if (s[i] === '{' && s[i - 1] === '$') depth++
-    else if (s[i] === '}' && --depth === 0) return i
-  }
-  return -1
-}
-
-// ---------------------------------------------------------------------------------------------------
 
 /** One line of the new file: a comment, a warning (a comment too), a variable, or a commented-out example. */
 export type OutLine =
@@ -342,22 +108,74 @@ const warning = (text: string): OutLine => ({ warning: text })
 const set = (name: string, value: string): OutLine => ({ name, value })
 const example = (name: string, value: string): OutLine => ({ example: name, value })
 
+/** The old file as importEnv's sections read it, and the new file's blocks they add to. */
+type OldFile = {
+  /** The value of an old variable (undefined when absent), marking it as taken care of. */
+  get: (name: string) => string | undefined
+  /** Those of `names` that the old file sets. */
+  present: (names: string[]) => string[]
+  /** Adds a block of lines to the new file and returns it, for more lines. */
+  block: (...lines: OutLine[]) => Block
+}
+
 /** Maps the text of an old `compose/.env` to paku's variables; never throws. */
 export function importEnv(text: string): ImportResult {
   const { vars, problems } = parseComposeEnv(text)
   const used = new Set<string>()
-  /** The value of an old variable (undefined when absent), marking it as taken care of. */
-  const get = (name: string) => {
-    used.add(name)
-    return vars.get(name)?.value
-  }
-  const present = (names: string[]) => names.filter((n) => vars.has(n))
   const blocks: Block[] = []
-  const block = (...lines: OutLine[]) => {
-    blocks.push(lines)
-    return lines
+  const old: OldFile = {
+    get: (name) => {
+      used.add(name)
+      return vars.get(name)?.value
+    },
+    present: (names) => names.filter((n) => vars.has(n)),
+    block: (...lines) => {
+      blocks.push(lines)
+      return lines
+    },
+  }
+  const { present, block } = old
+  databaseSection(old)
+  mqttCredentialSection(old)
+  mqttTlsSection(old)
+  adminKeySection(old)
+  publicUrlSection(old)
+  firmwareSection(old)
+  ecoflowSection(old)
+
+  // A paku variable already in the old file is kept, and wins over one derived above.
+  const own = [...vars.keys()].filter((n) => PAKU_NAMES.has(n))
+  if (own.length > 0) {
+    for (const b of blocks) {
+      for (let i = 0; i < b.length; i++) {
+        const l = b[i] as OutLine
+        if ('name' in l && own.includes(l.name))
+          b[i] = comment(`${l.name} is set in the old file itself: that value is used (below).`)
+      }
+    }
+    block(
+      comment("Already paku's own variables in the old file."),
+      ...own.map((n) => set(n, (vars.get(n) as OldVar).value)),
+    )
+    for (const n of own) used.add(n)
   }
 
+  const notCarried = NOT_CARRIED.map((x) => ({
+    names: present([...x.names]),
+    reason: x.reason,
+  })).filter((x) => x.names.length > 0)
+  for (const x of notCarried) for (const n of x.names) used.add(n)
+  const unknown = [...vars.keys()].filter((n) => !used.has(n))
+  const warnings = blocks.flat().flatMap((l) => ('warning' in l ? [l.warning] : []))
+  const result: ImportResult = { blocks, notCarried, unknown, warnings, problems, configIssues: [] }
+  const checked = loadConfig({ env: producedEnv(result) })
+  if (!checked.ok) result.configIssues = checked.issues
+  return result
+}
+
+/** PAKU_DATABASE_URL from the old POSTGRES_* and PG* variables, or a note that paku runs its embedded PostgreSQL. */
+function databaseSection(old: OldFile): void {
+  const { get, present, block } = old
   // PostgreSQL. The old services got PGUSER/PGPASSWORD/PGDATABASE from POSTGRES_*, and PGHOST/PGPORT.
   const dbNames = [
     'POSTGRES_USER',
@@ -423,7 +241,11 @@ export function importEnv(text: string): ImportResult {
     const auth = encodeURIComponent(user) + (password ? `:${encodeURIComponent(password)}` : '')
     b.push(set('PAKU_DATABASE_URL', `postgres://${auth}@${host}:${port}/${encodeURIComponent(db)}`))
   }
+}
 
+/** The devices' shared MQTT user and password. */
+function mqttCredentialSection(old: OldFile): void {
+  const { get, present, block } = old
   // The one shared MQTT credential: the old broker's password file had exactly this user.
   const mqttUser = get('MQTT_USER')
   const mqttPassword = get('MQTT_PASSWORD')
@@ -450,7 +272,11 @@ export function importEnv(text: string): ImportResult {
         ),
       )
   }
+}
 
+/** Where the old broker's certificate is, for MQTT over TLS. */
+function mqttTlsSection(old: OldFile): void {
+  const { get, block } = old
   // MQTT over TLS: MQTT_CN only named the old certificate; paku reads certificate files.
   const cn = get('MQTT_CN')
   block(
@@ -467,7 +293,11 @@ export function importEnv(text: string): ImportResult {
     example('PAKU_MQTT_TLS_CERT_FILE', '/etc/paku/tls/server.crt'),
     example('PAKU_MQTT_TLS_KEY_FILE', '/etc/paku/tls/server.key'),
   )
+}
 
+/** The admin API key CI uploads firmware with. */
+function adminKeySection(old: OldFile): void {
+  const { get, block } = old
   // The admin key: the old OTA service read API_KEY, which compose set from OTA_API_KEY.
   const [otaKey, plainKey] = [get('OTA_API_KEY'), get('API_KEY')]
   const keyName = otaKey !== undefined ? 'OTA_API_KEY' : 'API_KEY'
@@ -487,7 +317,11 @@ export function importEnv(text: string): ImportResult {
     }
     b.push(set('PAKU_OTA_API_KEY', apiKey))
   }
+}
 
+/** PAKU_PUBLIC_URL, derived from the old Caddy's site address. */
+function publicUrlSection(old: OldFile): void {
+  const { get, block } = old
   // Where devices download firmware: the old Caddy served the OTA service under https://{PAKU_DOMAIN}/ota.
   const domain = (get('PAKU_DOMAIN') ?? '').trim()
   const publicUrl = derivePublicUrl(domain)
@@ -513,7 +347,11 @@ export function importEnv(text: string): ImportResult {
       example('PAKU_PUBLIC_URL', 'https://iot.example.com/ota'),
     )
   }
+}
 
+/** Where the old OTA service's firmware is, for paku to import or read. */
+function firmwareSection(old: OldFile): void {
+  const { get, block } = old
   // The firmware volume. FIRMWARE_STORAGE_PATH is a path inside the old container, never one on the host.
   const storage = get('FIRMWARE_STORAGE_PATH')
   block(
@@ -529,7 +367,11 @@ export function importEnv(text: string): ImportResult {
     ),
     example('PAKU_OTA_FIRMWARE_DIR', OLD_FIRMWARE_VOLUME),
   )
+}
 
+/** The EcoFlow keys, device and API host. */
+function ecoflowSection(old: OldFile): void {
+  const { get, present, block } = old
   // EcoFlow: the old collector polled exactly one device, ECOFLOW_DEVICE_SN.
   const ecoflowNames = present([
     'ECOFLOW_ACCESS_KEY',
@@ -595,35 +437,6 @@ export function importEnv(text: string): ImportResult {
       )
     }
   }
-
-  // A paku variable already in the old file is kept, and wins over one derived above.
-  const own = [...vars.keys()].filter((n) => PAKU_NAMES.has(n))
-  if (own.length > 0) {
-    for (const b of blocks) {
-      for (let i = 0; i < b.length; i++) {
-        const l = b[i] as OutLine
-        if ('name' in l && own.includes(l.name))
-          b[i] = comment(`${l.name} is set in the old file itself: that value is used (below).`)
-      }
-    }
-    block(
-      comment("Already paku's own variables in the old file."),
-      ...own.map((n) => set(n, (vars.get(n) as OldVar).value)),
-    )
-    for (const n of own) used.add(n)
-  }
-
-  const notCarried = NOT_CARRIED.map((x) => ({
-    names: present([...x.names]),
-    reason: x.reason,
-  })).filter((x) => x.names.length > 0)
-  for (const x of notCarried) for (const n of x.names) used.add(n)
-  const unknown = [...vars.keys()].filter((n) => !used.has(n))
-  const warnings = blocks.flat().flatMap((l) => ('warning' in l ? [l.warning] : []))
-  const result: ImportResult = { blocks, notCarried, unknown, warnings, problems, configIssues: [] }
-  const checked = loadConfig({ env: producedEnv(result) })
-  if (!checked.ok) result.configIssues = checked.issues
-  return result
 }
 
 /** `https://{domain}/ota` from the old Caddy site address, or undefined when it names no host (`:80`, empty, several). */

@@ -103,8 +103,7 @@ export function createEmbeddedPostgres(opts: EmbeddedOptions) {
               '--encoding=UTF8',
               '--no-locale',
             ],
-            owner,
-            remember,
+            { owner, onOutput: remember },
           )
         } finally {
           rmSync(pwfile, { force: true })
@@ -141,7 +140,13 @@ export function createEmbeddedPostgres(opts: EmbeddedOptions) {
         pid = child.pid
         child.unref()
       }
-      await waitReady(opts.port, secret, child, () => tail.slice(-5).join(' | '), clusterDir)
+      await waitReady({
+        port: opts.port,
+        password: secret,
+        child,
+        tail: () => tail.slice(-5).join(' | '),
+        dir: clusterDir,
+      })
       await ensureDatabase(opts.port, secret)
     },
     async stop(): Promise<void> {
@@ -229,12 +234,13 @@ function reachableBy(owner: { uid: number; gid: number }, dir: string): void {
   }
 }
 
+/** Runs initdb (as `owner` when set), handing its output to `onOutput` as it comes. */
 function run(
   cmd: string,
   args: string[],
-  owner: { uid: number; gid: number } | undefined,
-  onOutput: (b: Buffer) => void,
+  o: { owner: { uid: number; gid: number } | undefined; onOutput: (b: Buffer) => void },
 ): Promise<void> {
+  const { owner, onOutput } = o
   return new Promise((resolvePromise, reject) => {
     const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...owner })
     let output = ''
@@ -271,13 +277,19 @@ function alive(p: number): boolean {
   }
 }
 
-async function waitReady(
-  port: number,
-  password: string,
-  child: ChildProcess | undefined,
-  tail: () => string,
-  dir: string,
-): Promise<void> {
+/**
+ * Waits until the cluster in `dir` accepts connections on `port`; fails at once when `child` (the
+ * postgres it started, if any) exits, or with a connection error other than "not yet", quoting `tail()`
+ * of its output.
+ */
+async function waitReady(o: {
+  port: number
+  password: string
+  child: ChildProcess | undefined
+  tail: () => string
+  dir: string
+}): Promise<void> {
+  const { port, password, child, tail, dir } = o
   const until = Date.now() + READY_TIMEOUT_MS
   let exited: number | null | undefined
   child?.once('exit', (code) => (exited = code))

@@ -37,17 +37,21 @@ export type ClientOptions = {
   onSigningFallback?: () => void
 }
 
+/** One call of the Open API: GET params go in the query string, PUT params are the JSON body. */
+type ApiRequest = {
+  method: 'GET' | 'PUT'
+  path: string
+  params?: Record<string, unknown>
+  signal?: AbortSignal
+}
+
 /** The signed EcoFlow IoT Open API client: device list, quota/all, and the set (PUT quota) endpoint. */
 export function createEcoflowClient(opts: ClientOptions) {
   const base = resolveApiUrl(opts.apiUrl)
   let form: SigningForm = opts.signing === 'legacy' ? 'legacy' : 'documented'
 
-  async function once(
-    method: 'GET' | 'PUT',
-    path: string,
-    params: Record<string, unknown> | undefined,
-    signal?: AbortSignal,
-  ): Promise<unknown> {
+  async function once(req: ApiRequest): Promise<unknown> {
+    const { method, path, params, signal } = req
     const headers: Record<string, string> = signedHeaders({
       params,
       accessKey: opts.accessKey,
@@ -95,14 +99,9 @@ export function createEcoflowClient(opts: ClientOptions) {
     return json.data
   }
 
-  async function call(
-    method: 'GET' | 'PUT',
-    path: string,
-    params?: Record<string, unknown>,
-    signal?: AbortSignal,
-  ): Promise<unknown> {
+  async function call(req: ApiRequest): Promise<unknown> {
     try {
-      return await once(method, path, params, signal)
+      return await once(req)
     } catch (err) {
       // The old collector's form worked against real accounts for months; keep it as the fallback.
       if (
@@ -113,7 +112,7 @@ export function createEcoflowClient(opts: ClientOptions) {
       ) {
         form = 'legacy'
         opts.onSigningFallback?.()
-        return once(method, path, params, signal)
+        return once(req)
       }
       throw err
     }
@@ -124,7 +123,7 @@ export function createEcoflowClient(opts: ClientOptions) {
       return form
     },
     async deviceList(signal?: AbortSignal): Promise<EcoflowDevice[]> {
-      const data = await call('GET', '/iot-open/sign/device/list', undefined, signal)
+      const data = await call({ method: 'GET', path: '/iot-open/sign/device/list', signal })
       if (!Array.isArray(data))
         throw new EcoflowError('bad_response', 'device/list did not return a list')
       return data.filter(
@@ -133,13 +132,18 @@ export function createEcoflowClient(opts: ClientOptions) {
       )
     },
     async quotaAll(sn: string, signal?: AbortSignal): Promise<Record<string, unknown>> {
-      const data = await call('GET', '/iot-open/sign/device/quota/all', { sn }, signal)
+      const data = await call({
+        method: 'GET',
+        path: '/iot-open/sign/device/quota/all',
+        params: { sn },
+        signal,
+      })
       if (typeof data !== 'object' || data === null || Array.isArray(data))
         throw new EcoflowError('bad_response', `quota/all for ${sn} returned no data`)
       return data as Record<string, unknown>
     },
     async setQuota(body: Record<string, unknown>, signal?: AbortSignal): Promise<unknown> {
-      return call('PUT', '/iot-open/sign/device/quota', body, signal)
+      return call({ method: 'PUT', path: '/iot-open/sign/device/quota', params: body, signal })
     },
   }
 }

@@ -34,8 +34,9 @@ export function createRuuviEmulator(opts: RuuviOptions) {
       seq: 0,
     })
   }
-  const walk = (x: number, step: number, lo: number, hi: number) =>
-    Math.min(hi, Math.max(lo, x + (rnd() - 0.5) * step))
+  /** A random step of up to ±step/2 from x, kept within [min, max]. */
+  const walk = (x: number, { step, min, max }: { step: number; min: number; max: number }) =>
+    Math.min(max, Math.max(min, x + (rnd() - 0.5) * step))
   const r1 = (x: number) => Math.round(x * 10) / 10
 
   return {
@@ -43,9 +44,9 @@ export function createRuuviEmulator(opts: RuuviOptions) {
     tick(now = new Date()): Array<[string, string]> {
       const out: Array<[string, string]> = []
       for (const [loc, s] of state) {
-        s.t = walk(s.t, 0.4, 18, 25)
-        s.rh = walk(s.rh, 1.5, 35, 55)
-        s.p = walk(s.p, 0.6, 990, 1020)
+        s.t = walk(s.t, { step: 0.4, min: 18, max: 25 })
+        s.rh = walk(s.rh, { step: 1.5, min: 35, max: 55 })
+        s.p = walk(s.p, { step: 0.6, min: 990, max: 1020 })
         s.seq = (s.seq + 1) % 65536
         if (rnd() < 0.05) s.movement = (s.movement + 1) % 256
         const timestamp = now.toISOString().replace(/\.\d{3}Z$/, 'Z')

@@ -24,7 +24,7 @@ import { createRollup } from './index.js'
 
 /**
  * Transaction ids wrap around at 2^32, and the rollups decide which rows a pass counts by their xmin
- * (src/rollup/index.ts). Reaching the wraparound takes billions of transactions, so this test moves a
+ * (src/rollup/statements.ts). Reaching the wraparound takes billions of transactions, so this test moves a
  * fresh cluster's next transaction id there with pg_resetwal, which the npm binaries do not include:
  * it uses Debian's (package postgresql-15, which .ci/run installs when it is missing).
  */
