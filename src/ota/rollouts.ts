@@ -367,9 +367,7 @@ export type Action = 'pause' | 'resume' | 'cancel' | 'advance' | 'retry'
 /** Applies an admin action; returns an error sentence when the rollout's state does not allow it. */
 export async function applyAction(
   db: Db,
-  id: string,
-  action: Action,
-  opts: { percentage?: number | undefined } = {},
+  { id, action, percentage }: { id: string; action: Action; percentage?: number | undefined },
 ): Promise<{ error: string } | { rollout: Rollout }> {
   return db.transaction().execute(async (tx) => {
     const r = (
@@ -409,15 +407,15 @@ export async function applyAction(
         const now = currentPercentage(r)
         let next: number[]
         let index: number
-        if (opts.percentage !== undefined) {
-          if (opts.percentage <= now)
+        if (percentage !== undefined) {
+          if (percentage <= now)
             return { error: `the rollout is at ${now} %; advance to a higher percentage` }
           next = [
-            ...stages.filter((p) => p < opts.percentage!),
-            opts.percentage,
-            ...stages.filter((p) => p > opts.percentage!),
+            ...stages.filter((p) => p < percentage!),
+            percentage,
+            ...stages.filter((p) => p > percentage!),
           ]
-          index = next.indexOf(opts.percentage)
+          index = next.indexOf(percentage)
         } else {
           if (r.stage_index >= stages.length - 1)
             return {
@@ -445,7 +443,7 @@ export async function applyAction(
       type: 'rollout_updated',
       version: r.firmware_version,
       rolloutId: id,
-      data: { action, percentage: opts.percentage ?? null },
+      data: { action, percentage: percentage ?? null },
     })
     const updated = (
       await sql<Rollout>`SELECT ${ROLLOUT_COLUMNS} FROM rollout_configurations WHERE id = ${id}::bigint`.execute(
@@ -697,6 +695,15 @@ export async function openActions(db: Db, deviceId: string): Promise<OpenAction[
   return r.rows
 }
 
+/** A move of one device's action: to `to`, with `detail` (null keeps the old one) and a progress `percent`. */
+export type DeviceAdvance = {
+  action: Pick<OpenAction, 'rollout_id' | 'device_id' | 'state' | 'firmware_version'>
+  to: DeviceState
+  detail: string | null
+  /** A reported progress; undefined: none reported (a move to the same state then changes nothing). */
+  percent?: number | null | undefined
+}
+
 /**
  * Moves a device's action forward (never back); failed ends it from any open state. Returns undefined
  * when nothing changed, else whether the row is verified (an unverified outcome is recorded, and its
@@ -704,10 +711,7 @@ export async function openActions(db: Db, deviceId: string): Promise<OpenAction[
  */
 export async function advanceDevice(
   db: Db,
-  a: Pick<OpenAction, 'rollout_id' | 'device_id' | 'state' | 'firmware_version'>,
-  to: DeviceState,
-  detail: string | null,
-  percent?: number | null,
+  { action: a, to, detail, percent }: DeviceAdvance,
 ): Promise<{ verified: boolean } | undefined> {
   if (TERMINAL.includes(a.state)) return undefined
   if (to !== 'failed' && to !== 'cancelled' && RANK[to] < RANK[a.state]) return undefined
@@ -809,10 +813,12 @@ export type TakenIn = {
  */
 export async function takeIn(
   db: Db,
-  r: Rollout,
-  deviceId: string,
-  current: string | null,
-  verified = true,
+  {
+    rollout: r,
+    deviceId,
+    current,
+    verified = true,
+  }: { rollout: Rollout; deviceId: string; current: string | null; verified?: boolean },
 ): Promise<TakenIn> {
   const init = initialState(r, current, await uploadTimes(db, modelsOf(r)))
   if (verified) {

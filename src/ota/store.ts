@@ -137,9 +137,7 @@ export async function hasImage(db: Db, releaseId: string): Promise<boolean> {
 /** Bytes [offset, offset + length) of a release's image. substring() on an EXTERNAL bytea reads only those TOAST chunks. */
 export async function readImage(
   db: Db,
-  releaseId: string,
-  offset: number,
-  length: number,
+  { releaseId, offset, length }: { releaseId: string; offset: number; length: number },
 ): Promise<Buffer> {
   const r = await sql<{ chunk: Buffer }>`
     SELECT substring(data FROM ${offset + 1}::int FOR ${length}::int) AS chunk FROM firmware_images WHERE release_id = ${releaseId}::bigint`.execute(
@@ -252,9 +250,11 @@ export async function getDevice(db: Db, deviceId: string): Promise<Device | unde
  */
 export async function putDevice(
   db: Db,
-  deviceId: string,
-  model: string,
-  metadata: Record<string, unknown> | null,
+  {
+    deviceId,
+    model,
+    metadata,
+  }: { deviceId: string; model: string; metadata: Record<string, unknown> | null },
 ): Promise<void> {
   const { registered_via: _ignored, ...given } = metadata ?? {}
   await sql`
@@ -283,9 +283,11 @@ export async function listGroups(db: Db): Promise<Group[]> {
 /** Creates or updates a group; with `deviceIds` its members are exactly those. */
 export async function putGroup(
   db: Db,
-  name: string,
-  description: string | null,
-  deviceIds: readonly string[] | undefined,
+  {
+    name,
+    description,
+    deviceIds,
+  }: { name: string; description: string | null; deviceIds: readonly string[] | undefined },
 ): Promise<void> {
   await db.transaction().execute(async (tx) => {
     await sql`
@@ -382,6 +384,9 @@ export async function deviceByMac(db: Db, mac: string): Promise<string | undefin
   return r.rows[0]?.device_id
 }
 
+/** A device as the old /check names it: id, model and the version it runs. */
+export type CheckedDevice = { deviceId: string; model: string; version: string }
+
 /**
  * The old /check registering a device paku does not know yet (docs/compatibility.md, "The old routes"). A
  * device that asks over HTTP polls for its updates: it is marked so rollouts do not also push cmd/ota to
@@ -389,9 +394,7 @@ export async function deviceByMac(db: Db, mac: string): Promise<string | undefin
  */
 export async function registerCheckedDevice(
   db: Db,
-  deviceId: string,
-  model: string,
-  version: string,
+  { deviceId, model, version }: CheckedDevice,
 ): Promise<boolean> {
   const r = await sql`
     INSERT INTO devices (device_id, device_model, current_firmware_version, last_seen, metadata)
@@ -421,10 +424,12 @@ export type UpdateStatus =
  */
 export async function recordUpdateStatus(
   db: Db,
-  deviceId: string,
-  version: string,
-  status: UpdateStatus,
-  message: string | null = null,
+  {
+    deviceId,
+    version,
+    status,
+    message = null,
+  }: { deviceId: string; version: string; status: UpdateStatus; message?: string | null },
 ): Promise<void> {
   const done = status === 'success' || status === 'failed' || status === 'rolled_back'
   const r = await sql`
