@@ -4,7 +4,7 @@ import { createApi, createLiveHub } from './api/index.js'
 import { uiFiles } from './assets.js'
 import { createBroker } from './broker/index.js'
 import { createClusterEmitter, createLeader } from './cluster/index.js'
-import { ACK_FILTERS, createCommands } from './commands/index.js'
+import { ACK_FILTERS, commandsOpenApi, createCommands } from './commands/index.js'
 import type { Config } from './config/index.js'
 import { createDatabase, type SqlFile } from './db/index.js'
 import { createEcoflow } from './ecoflow/index.js'
@@ -15,6 +15,7 @@ import {
   createSetup,
   hasNamedKey,
   lookupKey,
+  setupOpenApi,
   type HealthReport,
 } from './http/index.js'
 import { createIngest, type IncomingMessage } from './ingest/index.js'
@@ -168,6 +169,8 @@ export function createApp(opts: AppOptions) {
     log: log.child('api'),
     live,
     version: opts.version,
+    // The other /api routes in its OpenAPI document.
+    openApi: [commandsOpenApi, setupOpenApi],
     ecoflowColumns: ECOFLOW_COLUMNS,
     telemetry: {
       // The checks MQTT ingest applies to a data message, so HTTP gets the same 400 reasons.

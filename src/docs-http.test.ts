@@ -9,8 +9,9 @@ import { describe, it } from 'node:test'
 import { testConfig, testLogger } from '../scripts/test-helpers.js'
 import { documentedRoutes, routeKey } from '../scripts/test-support/http-api-doc.js'
 import { openApiDocument } from './api/index.js'
+import { commandsOpenApi } from './commands/index.js'
 import { createApp } from './app.js'
-import { routeScopes, SCOPES } from './http/index.js'
+import { routeScopes, SCOPES, setupOpenApi } from './http/index.js'
 
 type Served = { method: string; path: string; scope: string | undefined }
 
@@ -60,7 +61,10 @@ describe('docs/http-api.md#routes', () => {
   })
 
   it('lists every path of the OpenAPI document, which are all served', () => {
-    const paths = openApiDocument('docs').paths as Record<string, Record<string, unknown>>
+    const paths = openApiDocument('docs', [commandsOpenApi, setupOpenApi]).paths as Record<
+      string,
+      Record<string, unknown>
+    >
     const openApi = Object.entries(paths).flatMap(([path, ops]) =>
       Object.keys(ops).map((m) => routeKey(m, path)),
     )

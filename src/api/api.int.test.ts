@@ -9,7 +9,21 @@ import {
   testConfig,
   testDatabase,
 } from '../../scripts/test-helpers.js'
-import { createKey } from '../http/index.js'
+import { refused, sample } from '../../scripts/test-support/openapi-values.js'
+import { commandsOpenApi } from '../commands/index.js'
+import { createKey, setupOpenApi } from '../http/index.js'
+import { apiOpenApi } from './index.js'
+
+type JsonSchema = Record<string, unknown> & {
+  oneOf?: JsonSchema[]
+  anyOf?: JsonSchema[]
+  properties?: Record<string, JsonSchema>
+  additionalProperties?: unknown
+}
+type Documented = {
+  parameters?: Array<{ name: string; in: string; schema: JsonSchema }>
+  requestBody?: { content: Record<string, { schema: JsonSchema } | undefined> }
+}
 
 const KEY = 'api-test-admin-key-0123456789-padded-to-32-characters'
 
@@ -76,6 +90,78 @@ describe('/api/v1', () => {
         .map((x) => `${x.method} ${x.path.replace(/:([a-z_]+)/g, '{$1}')}`),
     )
     assert.deepEqual([...registered].sort(), [...documented].sort())
+  })
+
+  it("documents the query and body each route validates: its parameters are the schema's, and what it calls invalid is a 400", async (t) => {
+    const s = await setup(t)
+    const doc = (await s.call('GET', '/api/v1/openapi.json', { key: null })).json as {
+      paths: Record<string, Record<string, Documented>>
+    }
+    const operations = [apiOpenApi, commandsOpenApi, setupOpenApi].flatMap((p) => p.operations)
+    assert.equal(
+      operations.length,
+      Object.values(doc.paths).flatMap((ops) => Object.keys(ops)).length,
+      'every operation of the document is one of these',
+    )
+    // The status only: a live stream that opens is not read.
+    const status = async (method: string, path: string, body?: unknown) => {
+      const res = await fetch(`${s.httpUrl}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      })
+      const text = res.headers.get('content-type')?.startsWith('text/event-stream')
+        ? (await res.body?.cancel(), '')
+        : await res.text()
+      return { status: res.status, text }
+    }
+    let refusals = 0
+    for (const op of operations) {
+      const name = `${op.method.toUpperCase()} ${op.path}`
+      const documented = doc.paths[op.path]?.[op.method]
+      assert.ok(documented, name)
+      const query = (documented.parameters ?? []).filter((p) => p.in === 'query')
+      assert.deepEqual(
+        query.map((p) => p.name).sort(),
+        Object.keys(op.query?.entries ?? {}).sort(),
+        `${name}: the query parameters are the schema's`,
+      )
+      const path = op.path.replace('{id}', 'dev-1')
+      const method = op.method.toUpperCase()
+      if (op.query) {
+        // series needs one of metric and metrics: a rule across parameters, which the route checks.
+        const control = await status(
+          method,
+          op.path === '/api/v1/measurements/series' ? `${path}?metric=m` : path,
+        )
+        assert.notEqual(control.status, 400, `${name} without parameters: ${control.text}`)
+        if (op.query.type === 'strict_object')
+          assert.equal((await status(method, `${path}?not_a_parameter=1`)).status, 400, name)
+      }
+      for (const p of query)
+        for (const bad of refused(p.schema, true)) {
+          const r = await status(method, `${path}?${p.name}=${encodeURIComponent(String(bad))}`)
+          assert.equal(r.status, 400, `${name}?${p.name}=${String(bad).slice(0, 40)}: ${r.text}`)
+          assert.match(r.text, new RegExp(p.name), 'the message names the parameter')
+          refusals++
+        }
+      const body = documented.requestBody?.content['application/json']?.schema
+      if (!body) continue
+      for (const branch of body.oneOf ?? body.anyOf ?? [body]) {
+        const valid = sample(branch) as Record<string, unknown>
+        const control = await status(method, path, valid)
+        assert.notEqual(control.status, 400, `${name} ${JSON.stringify(valid)}: ${control.text}`)
+        const props = Object.entries(branch.properties ?? {})
+        if (branch.additionalProperties === false) props.push(['not_a_field', { enum: [] }])
+        for (const [field, schema] of props)
+          for (const bad of field === 'not_a_field' ? [1] : refused(schema)) {
+            const r = await status(method, path, { ...valid, [field]: bad })
+            assert.equal(r.status, 400, `${name} ${field}: ${JSON.stringify(bad).slice(0, 40)}`)
+            refusals++
+          }
+      }
+    }
+    assert.ok(refusals > 80, `positive control: ${refusals} refusals were sent`)
   })
 
   it('needs a key with the right scope', async (t) => {

@@ -2,12 +2,13 @@ import { Hono, type Context } from 'hono'
 import { scope } from '../util/scope.js'
 import { HTTPException } from 'hono/http-exception'
 import type { Kysely } from 'kysely'
-import type * as v from 'valibot'
+import * as v from 'valibot'
 import type { DB } from '../db/index.js'
 import type { Logger } from '../log/index.js'
+import type { OpenApiPart } from '../util/openapi.js'
 import { readJson, validate } from '../util/validate.js'
 import { toCsv } from './csv.js'
-import { LIVE_QUEUE, validFilter, type LiveHub } from './live.js'
+import { LIVE_QUEUE, type LiveHub } from './live.js'
 import { openApiDocument } from './openapi.js'
 import { fleet, matches, MAX_FLEET } from './fleet.js'
 import {
@@ -18,16 +19,18 @@ import {
   HistoryQuery,
   LatestQuery,
   ListQuery,
+  LiveQuery,
   parseQuery,
   SeriesQuery,
   timeRange,
   wantsCsv,
+  type Agg,
 } from './params.js'
 import { deviceHistory, devices, latest, listMeasurements, pointValue, series } from './queries.js'
 import { BatchReadings, SingleReading, type TelemetryBody, toMessages } from './telemetry.js'
 
 export { createLiveHub, topicMatches, type LiveHub, type LiveMessage } from './live.js'
-export { openApiDocument } from './openapi.js'
+export { apiOpenApi, openApiDocument } from './openapi.js'
 
 export type ApiOptions = {
   db: () => Kysely<DB>
@@ -46,6 +49,8 @@ export type ApiOptions = {
   /** The ecoflow_measurements columns that are readings, for series of source=ecoflow (src/rollup's list). */
   ecoflowColumns?: readonly string[]
   version: string
+  /** Operations of other modules served under /api (commands, setup), for the OpenAPI document. */
+  openApi?: readonly OpenApiPart[]
 }
 
 /**
@@ -54,13 +59,21 @@ export type ApiOptions = {
  * ingest for POST /telemetry); the OpenAPI document is public.
  */
 export function createApi(opts: ApiOptions) {
-  const { db, live } = opts
-  const defaults = opts.defaults ?? { siteId: 'paku', system: 'edge' }
   const routes = new Hono()
-  const doc = openApiDocument(opts.version)
-
+  const doc = openApiDocument(opts.version, opts.openApi)
   routes.get('/api/v1/openapi.json', (c) => c.json(doc))
+  measurementRoutes(routes, opts)
+  deviceRoutes(routes, opts)
+  telemetryRoute(routes, opts)
+  liveRoute(routes, opts.live)
+  return { routes }
+}
 
+type Routes = Hono
+
+/** GET /measurements (raw rows, paged) and /measurements/series (downsampled). */
+function measurementRoutes(routes: Routes, opts: ApiOptions): void {
+  const { db } = opts
   routes.get('/api/v1/measurements', scope('read'), async (c) => {
     const q = parseQuery(ListQuery, c.req.queries())
     const { from, to } = timeRange(q)
@@ -121,32 +134,6 @@ export function createApi(opts: ApiOptions) {
         null,
       )
     }
-    const bySeries = new Map<
-      string,
-      {
-        site_id: string
-        system: string
-        device_id: string
-        metric: string
-        points: Array<{ t: Date; value: number | string | null; n: number }>
-      }
-    >()
-    for (const p of r.rows) {
-      const key = JSON.stringify([p.site_id, p.system, p.device_id, p.metric])
-      let s = bySeries.get(key)
-      if (!s)
-        bySeries.set(
-          key,
-          (s = {
-            site_id: p.site_id,
-            system: p.system,
-            device_id: p.device_id,
-            metric: p.metric,
-            points: [],
-          }),
-        )
-      s.points.push({ t: p.t, value: pointValue(p, q.agg), n: p.n })
-    }
     return c.json({
       metric: q.metric ?? metrics.join(','),
       source: q.source,
@@ -154,10 +141,47 @@ export function createApi(opts: ApiOptions) {
       agg: q.agg,
       from: r.from,
       to: r.to,
-      series: [...bySeries.values()],
+      series: groupSeries(r.rows, q.agg),
     })
   })
+}
 
+type Point = Awaited<ReturnType<typeof series>>['rows'][number]
+
+/** Points in query order → one series per device and metric. */
+function groupSeries(rows: readonly Point[], agg: Agg) {
+  const bySeries = new Map<
+    string,
+    {
+      site_id: string
+      system: string
+      device_id: string
+      metric: string
+      points: Array<{ t: Date; value: number | string | null; n: number }>
+    }
+  >()
+  for (const p of rows) {
+    const key = JSON.stringify([p.site_id, p.system, p.device_id, p.metric])
+    let s = bySeries.get(key)
+    if (!s)
+      bySeries.set(
+        key,
+        (s = {
+          site_id: p.site_id,
+          system: p.system,
+          device_id: p.device_id,
+          metric: p.metric,
+          points: [],
+        }),
+      )
+    s.points.push({ t: p.t, value: pointValue(p, agg), n: p.n })
+  }
+  return [...bySeries.values()]
+}
+
+/** GET /latest, /devices, /fleet, /devices/:id/history and /devices/:id. */
+function deviceRoutes(routes: Routes, opts: ApiOptions): void {
+  const { db } = opts
   routes.get('/api/v1/latest', scope('read'), async (c) => {
     const q = parseQuery(LatestQuery, c.req.queries())
     const r = await latest(db(), { ...q, limit: q.limit ?? 1000, after: decodeCursor(q.cursor, 3) })
@@ -239,7 +263,11 @@ export function createApi(opts: ApiOptions) {
       throw new HTTPException(404, { message: `no device ${c.req.param('id').slice(0, 128)}` })
     return c.json({ device })
   })
+}
 
+/** POST /telemetry: HTTP ingest, answered once every row is durable. */
+function telemetryRoute(routes: Routes, opts: ApiOptions): void {
+  const defaults = opts.defaults ?? { siteId: 'paku', system: 'edge' }
   routes.post('/api/v1/telemetry', scope('ingest'), async (c) => {
     const body = await readJson(
       c.req,
@@ -277,7 +305,7 @@ export function createApi(opts: ApiOptions) {
       })
     }
     for (const m of messages)
-      live.push({
+      opts.live.push({
         topic: m.topic,
         payload: m.payload,
         clientId: `http:${keyName}`,
@@ -290,13 +318,14 @@ export function createApi(opts: ApiOptions) {
       topic: messages[0]?.topic,
     })
   })
+}
 
+/** GET /live: server-sent events of the messages matching `topic`. */
+function liveRoute(routes: Routes, live: LiveHub): void {
   routes.get('/api/v1/live', scope('read'), (c) => {
-    const filter = c.req.query('topic') ?? '#'
-    if (!validFilter(filter))
-      throw new HTTPException(400, {
-        message: 'topic must be an MQTT topic filter (+ and # wildcards), at most 256 characters',
-      })
+    const q = v.safeParse(LiveQuery, { topic: c.req.query('topic') })
+    if (!q.success) throw new HTTPException(400, { message: q.issues[0].message })
+    const filter = q.output.topic
     const enc = new TextEncoder()
     let cleanup = () => undefined as void
     const stream = new ReadableStream<Uint8Array>(
@@ -341,8 +370,6 @@ export function createApi(opts: ApiOptions) {
       },
     })
   })
-
-  return { routes }
 }
 
 function csv(c: Context, body: string, next: string | null): Response {

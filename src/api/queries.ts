@@ -160,7 +160,7 @@ export async function series(
     if (watermark !== undefined && q.bucket === '5m') {
       // Five-minute buckets before the watermark's are complete in rollup_5m.
       const cutoff = Math.max(from, Math.min(to, floor(watermark, FIVE_MINUTES)))
-      if (cutoff > from) tiers.push(rollupTier('rollup_5m', source, q, from, cutoff))
+      if (cutoff > from) tiers.push(rollupTier('rollup_5m', { source, q, from, to: cutoff }))
       rawFrom = cutoff
     } else if (watermark !== undefined) {
       // Hours before the watermark's hour are complete in rollup_1h (and six-hour periods in rollup_6h).
@@ -168,14 +168,15 @@ export async function series(
       let hourFrom = from
       if (q.bucket === '1d' || q.bucket === '6h') {
         const sixCut = Math.max(from, floor(cutoff, SIX_HOURS))
-        if (sixCut > from) tiers.push(rollupTier('rollup_6h', source, q, from, sixCut))
+        if (sixCut > from) tiers.push(rollupTier('rollup_6h', { source, q, from, to: sixCut }))
         hourFrom = sixCut
       }
-      if (cutoff > hourFrom) tiers.push(rollupTier('rollup_1h', source, q, hourFrom, cutoff))
+      if (cutoff > hourFrom)
+        tiers.push(rollupTier('rollup_1h', { source, q, from: hourFrom, to: cutoff }))
       rawFrom = cutoff
     }
   }
-  if (rawFrom < to) tiers.push(rawTier(source, q, rawFrom, to, RAW_WIDTH[q.bucket]))
+  if (rawFrom < to) tiers.push(rawTier({ source, q, from: rawFrom, to }, RAW_WIDTH[q.bucket]))
   const r = await sql<SeriesPoint>`
     SELECT site_id, system, device_id, metric, date_bin(${OUTER_WIDTH[q.bucket]}::interval, bucket, TIMESTAMPTZ 'epoch') AS t,
       sum(n)::int AS n, sum(sum) / NULLIF(sum(n), 0) AS avg, min(min) AS min, max(max) AS max,
@@ -197,12 +198,12 @@ type Metrics = Filters & { metrics: readonly string[] }
  * may keep the metric out of the primary key's range and read every bucket of the device (55 ms for a
  * day of a device with a year of 5-minute buckets, against 1 ms).
  */
+/** What a tier reads: the series' source and metrics over [from, to) in epoch ms. */
+type Window = { source: SeriesSource; q: Metrics; from: number; to: number }
+
 function rollupTier(
   table: 'rollup_5m' | 'rollup_1h' | 'rollup_6h',
-  source: SeriesSource,
-  q: Metrics,
-  from: number,
-  to: number,
+  { source, q, from, to }: Window,
 ): RawBuilder<unknown> {
   return sql.join(
     q.metrics.map(
@@ -218,12 +219,7 @@ function rollupTier(
  * Each source's raw samples as (site_id, system, device_id, metric, ts, v jsonb), named as the rollups
  * name them: EcoFlow rows have no site ('') and system `ecoflow`, status rows system `edge`.
  */
-function rawSamples(
-  source: SeriesSource,
-  q: Metrics,
-  from: number,
-  to: number,
-): RawBuilder<unknown> {
+function rawSamples({ source, q, from, to }: Window): RawBuilder<unknown> {
   const range = sql`ts >= ${new Date(from)} AND ts < ${new Date(to)}`
   const keys = sql`unnest(${q.metrics}::text[]) AS k (metric)`
   if (source === 'measurements') {
@@ -243,13 +239,7 @@ function rawSamples(
       AND ${q.device_id === undefined ? sql`true` : sql`device_sn = ${q.device_id}`} AND c.v IS NOT NULL AND c.v <> 'null'::jsonb AND ${range}`
 }
 
-function rawTier(
-  source: SeriesSource,
-  q: Metrics,
-  from: number,
-  to: number,
-  width: string,
-): RawBuilder<unknown> {
+function rawTier(w: Window, width: string): RawBuilder<unknown> {
   return sql`
     SELECT site_id, system, device_id, metric, date_bin(${width}::interval, ts, TIMESTAMPTZ 'epoch') AS bucket,
       count(*) FILTER (WHERE jsonb_typeof(v) = 'number')::int AS n,
@@ -257,7 +247,7 @@ function rawTier(
       min(CASE WHEN jsonb_typeof(v) = 'number' THEN v::float8 END) AS min,
       max(CASE WHEN jsonb_typeof(v) = 'number' THEN v::float8 END) AS max,
       (array_agg(v #>> '{}' ORDER BY ts DESC))[1] AS last
-    FROM (${rawSamples(source, q, from, to)}) m
+    FROM (${rawSamples(w)}) m
     GROUP BY 1, 2, 3, 4, 5`
 }
 

@@ -10,26 +10,30 @@ import { SEGMENT } from './params.js'
 
 export const MAX_READINGS = 1000
 
-const name = (field: string) =>
+const name = (field: string, description: string) =>
   v.pipe(
     v.string(`${field} must be a string`),
     v.regex(SEGMENT, `${field} must be 1–128 characters without / + # or control characters`),
+    v.description(description),
   )
 // Epoch numbers are accepted besides ISO strings: an ESP without an RTC library has only time().
 const stamp = (field: string) =>
   v.optional(
     v.nullable(
-      v.union(
-        [
-          v.pipe(v.string(), v.maxLength(64, `${field} is too long`)),
-          v.pipe(
-            v.number(),
-            v.finite(),
-            v.minValue(0, `${field} must not be negative`),
-            v.maxValue(253_402_300_799_999, `${field} is after the year 9999`),
-          ),
-        ],
-        `${field} must be an ISO 8601 string or epoch seconds`,
+      v.pipe(
+        v.union(
+          [
+            v.pipe(v.string(), v.maxLength(64, `${field} is too long`)),
+            v.pipe(
+              v.number(),
+              v.finite(),
+              v.minValue(0, `${field} must not be negative`),
+              v.maxValue(253_402_300_799_999, `${field} is after the year 9999`),
+            ),
+          ],
+          `${field} must be an ISO 8601 string or epoch seconds`,
+        ),
+        v.description('ISO 8601 or epoch seconds; missing, null or "" = receive time'),
       ),
     ),
   )
@@ -42,24 +46,38 @@ const value = v.union(
   'value must be a number, a string or true/false',
 )
 const unit = v.optional(
-  v.nullable(v.pipe(v.string('unit must be a string'), v.maxLength(32, 'unit is too long'))),
+  v.nullable(
+    v.pipe(
+      v.string('unit must be a string'),
+      v.maxLength(32, 'unit is too long'),
+      v.description('accepted, not stored'),
+    ),
+  ),
 )
-const where = { site_id: v.optional(name('site_id')), system: v.optional(name('system')) }
+const where = {
+  site_id: v.optional(name('site_id', 'default paku')),
+  system: v.optional(name('system', 'default edge')),
+}
 
 export const SingleReading = v.strictObject({
-  device_id: name('device_id'),
+  device_id: name('device_id', 'Device id'),
   timestamp: stamp('timestamp'),
-  metric: name('metric'),
+  metric: name('metric', 'Metric, e.g. temperature_c'),
   value,
   unit,
   ...where,
 })
 export const BatchReadings = v.strictObject({
-  device_id: name('device_id'),
+  device_id: name('device_id', 'Device id'),
   batch_timestamp: stamp('batch_timestamp'),
   readings: v.pipe(
     v.array(
-      v.strictObject({ metric: name('metric'), value, unit, timestamp: stamp('timestamp') }),
+      v.strictObject({
+        metric: name('metric', 'Metric, e.g. temperature_c'),
+        value,
+        unit,
+        timestamp: stamp('timestamp'),
+      }),
       'readings must be an array',
     ),
     v.minLength(1, 'readings must not be empty'),

@@ -3,14 +3,13 @@ import { scope } from '../util/scope.js'
 import { Hono } from 'hono'
 import { HTTPException } from 'hono/http-exception'
 import { sql, type Kysely } from 'kysely'
-import * as v from 'valibot'
 import type { DB } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
 import { readJson, validate } from '../util/validate.js'
 import {
+  CommandsQuery,
   MAX_DEVICE_MESSAGE,
   NewCommand,
-  STATUSES,
   toWire,
   verdict,
   type Pending,
@@ -18,6 +17,7 @@ import {
 } from './protocol.js'
 
 export { ACK_FILTERS, NewCommand, toWire, verdict, contains, type Pending } from './protocol.js'
+export { commandsOpenApi } from './openapi.js'
 
 export type CommandsOptions = {
   db: () => Kysely<DB>
@@ -54,21 +54,6 @@ export type CommandRow = {
   error: string | null
   created_by: string | null
 }
-
-const ListQuery = v.strictObject({
-  device_id: v.optional(v.pipe(v.string(), v.maxLength(128, 'device_id is too long'))),
-  status: v.optional(v.picklist(STATUSES, `status must be one of ${STATUSES.join(', ')}`)),
-  limit: v.optional(
-    v.pipe(
-      v.string(),
-      v.regex(/^\d{1,5}$/, 'limit must be an integer'),
-      v.transform(Number),
-      v.minValue(1, 'limit must be at least 1'),
-      v.maxValue(1000, 'limit must be at most 1000'),
-    ),
-  ),
-  cursor: v.optional(v.pipe(v.string(), v.maxLength(256, 'cursor is too long'))),
-})
 
 /**
  * Device commands: POST /api/v1/commands publishes a control, config/set or heater command with an id
@@ -170,7 +155,7 @@ export function createCommands(opts: CommandsOptions) {
   })
 
   routes.get('/api/v1/commands', scope('read'), async (c) => {
-    const q = validate(ListQuery, c.req.query())
+    const q = validate(CommandsQuery, c.req.query())
     const limit = q.limit ?? 100
     let after = sql`true`
     if (q.cursor !== undefined) {

@@ -40,6 +40,7 @@ const common = {
       v.integer('ttl_seconds must be an integer'),
       v.minValue(1, 'ttl_seconds must be at least 1'),
       v.maxValue(604_800, 'ttl_seconds must be at most 604800 (7 days)'),
+      v.description('pending longer than this → expired (default 600)'),
     ),
   ),
 }
@@ -67,6 +68,14 @@ export const NewCommand = v.variant(
           (c) => Object.values(c).every(isPlainObject),
           'each config section must be an object',
         ),
+        // What the checks above demand, for the OpenAPI document (a custom schema has no JSON Schema).
+        v.metadata({
+          type: 'object',
+          minProperties: 1,
+          propertyNames: { enum: [...CONFIG_SECTIONS] },
+          additionalProperties: { type: 'object' },
+          description: 'partial config, by section',
+        }),
       ),
       ...common,
     }),
@@ -96,6 +105,39 @@ export const NewCommand = v.variant(
   'type must be control, config or heater',
 )
 export type NewCommand = v.InferOutput<typeof NewCommand>
+
+/** The query of GET /api/v1/commands. */
+export const CommandsQuery = v.strictObject({
+  device_id: v.optional(
+    v.pipe(v.string(), v.maxLength(128, 'device_id is too long'), v.description('Device')),
+  ),
+  status: v.optional(
+    v.pipe(
+      v.picklist(STATUSES, `status must be one of ${STATUSES.join(', ')}`),
+      v.description('pending, acknowledged, failed or expired'),
+    ),
+  ),
+  limit: v.optional(
+    v.pipe(
+      v.string(),
+      v.regex(/^\d{1,5}$/, 'limit must be an integer'),
+      // Named as a number, so the OpenAPI document shows it as one (util/openapi.ts).
+      v.toNumber(),
+      v.number(),
+      v.integer('limit must be an integer'),
+      v.minValue(1, 'limit must be at least 1'),
+      v.maxValue(1000, 'limit must be at most 1000'),
+      v.description('Page size, 1–1000 (default 100)'),
+    ),
+  ),
+  cursor: v.optional(
+    v.pipe(
+      v.string(),
+      v.maxLength(256, 'cursor is too long'),
+      v.description('The `next` of the previous page'),
+    ),
+  ),
+})
 
 export type Wire = {
   siteId: string

@@ -1,5 +1,6 @@
 import { sql, type Kysely } from 'kysely'
 import type { Logger } from '../log/index.js'
+import type { DB } from './schema.js'
 
 /**
  * One-time rewrites of data an adopted database brings from the old stack, each recorded in
@@ -83,7 +84,7 @@ export async function addMissingColumns(db: Kysely<any>, log: Logger): Promise<s
  * so charts have no tenfold step at the cut-over. The rows are those present when the step first runs.
  */
 export async function rescaleOldEcoflowSolar(
-  db: Kysely<any>,
+  db: Kysely<DB>,
   log: Logger,
 ): Promise<{ rows: number } | undefined> {
   const step = 'ecoflow pv_in_watts to watts'
@@ -91,10 +92,11 @@ export async function rescaleOldEcoflowSolar(
     INSERT INTO adoption_steps (step, upto_id, done_id)
     SELECT ${step}, COALESCE((SELECT max(id) FROM ecoflow_measurements WHERE model IS NULL), 0), 0
     ON CONFLICT (step) DO NOTHING`.execute(db)
-  const state = (
-    await sql<{ upto_id: string; done_id: string; done_at: Date | null }>`
-    SELECT upto_id, done_id, done_at FROM adoption_steps WHERE step = ${step}`.execute(db)
-  ).rows[0]
+  const state = await db
+    .selectFrom('adoption_steps')
+    .select(['upto_id', 'done_id', 'done_at'])
+    .where('step', '=', step)
+    .executeTakeFirst()
   if (!state || state.done_at !== null) return undefined
   const upto = BigInt(state.upto_id)
   let done = BigInt(state.done_id)
@@ -112,16 +114,20 @@ export async function rescaleOldEcoflowSolar(
         WHERE id > ${String(done)}::bigint AND id <= ${String(next)}::bigint AND model IS NULL AND pv_in_watts IS NOT NULL`.execute(
         tx,
       )
-      await sql`UPDATE adoption_steps SET done_id = ${String(next)}::bigint WHERE step = ${step}`.execute(
-        tx,
-      )
+      await tx
+        .updateTable('adoption_steps')
+        .set({ done_id: String(next) })
+        .where('step', '=', step)
+        .execute()
       return Number(r.numAffectedRows ?? 0)
     })
     done = next
   }
-  await sql`UPDATE adoption_steps SET done_at = NOW(), rows = ${rows} WHERE step = ${step}`.execute(
-    db,
-  )
+  await db
+    .updateTable('adoption_steps')
+    .set({ done_at: sql<Date>`NOW()`, rows })
+    .where('step', '=', step)
+    .execute()
   if (upto > 0n) log.info("rescaled the old EcoFlow poller's solar input to watts", { rows })
   return { rows }
 }

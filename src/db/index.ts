@@ -1,4 +1,11 @@
-import { Kysely, PostgresDialect, sql, type PostgresPool, type PostgresPoolClient } from 'kysely'
+import {
+  Kysely,
+  PostgresDialect,
+  sql,
+  type PostgresPool,
+  type PostgresPoolClient,
+  type Selectable,
+} from 'kysely'
 import pg from 'pg'
 import type { Config } from '../config/index.js'
 import { maskUrl } from '../config/index.js'
@@ -8,9 +15,18 @@ import { createEmbeddedPostgres } from './embedded.js'
 import { grantGrafanaRole } from './grafana-role.js'
 import { buildIndexes } from './indexes.js'
 import { migrate, type SqlFile } from './migrate.js'
-import type { DB } from './types.js'
+import type { DB } from './schema.js'
 
-export type { DB } from './types.js'
+export type { DB } from './schema.js'
+
+/**
+ * The row type of a raw `sql` statement that returns a table's columns as they are, from the generated
+ * schema: a column renamed or retyped in sql/ breaks the build where the statement reads it.
+ */
+export type Row<
+  T extends keyof DB,
+  C extends keyof Selectable<DB[T]> = keyof Selectable<DB[T]>,
+> = Pick<Selectable<DB[T]>, C>
 export { migrate, readSqlDir, type SqlFile } from './migrate.js'
 export { buildIndexes, planIndexes, INDEXES, type IndexSpec } from './indexes.js'
 export { createEmbeddedPostgres } from './embedded.js'

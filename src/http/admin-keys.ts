@@ -12,18 +12,22 @@ const sha256 = (key: string) => createHash('sha256').update(key, 'utf8').digest(
 /** Creates a key and returns it; it is shown once and only its hash is stored. */
 export async function createKey(db: Kysely<DB>, name: string, scopes: Scope[]): Promise<string> {
   const key = `paku_${randomBytes(32).toString('base64url')}`
-  await sql`INSERT INTO admin_keys (name, key_sha256, scopes) VALUES (${name}, ${sha256(key)}, ${scopes}::text[])`.execute(
-    db,
-  )
+  await db
+    .insertInto('admin_keys')
+    .values({ name, key_sha256: sha256(key), scopes })
+    .execute()
   return key
 }
 
 /** Whether a named key that is not revoked exists (the configured PAKU_ADMIN_API_KEY is not in the table). */
 export async function hasNamedKey(db: Kysely<DB>): Promise<boolean> {
-  const r = await sql<{
-    one: number
-  }>`SELECT 1 AS one FROM admin_keys WHERE revoked_at IS NULL LIMIT 1`.execute(db)
-  return r.rows.length > 0
+  const key = await db
+    .selectFrom('admin_keys')
+    .select('name')
+    .where('revoked_at', 'is', null)
+    .limit(1)
+    .executeTakeFirst()
+  return key !== undefined
 }
 
 /**
@@ -40,11 +44,13 @@ export async function createFirstKey(db: Kysely<DB>, name: string): Promise<stri
 }
 
 export async function revokeKey(db: Kysely<DB>, name: string): Promise<boolean> {
-  const r =
-    await sql`UPDATE admin_keys SET revoked_at = NOW() WHERE name = ${name} AND revoked_at IS NULL`.execute(
-      db,
-    )
-  return Number(r.numAffectedRows ?? 0) > 0
+  const r = await db
+    .updateTable('admin_keys')
+    .set({ revoked_at: sql<Date>`NOW()` })
+    .where('name', '=', name)
+    .where('revoked_at', 'is', null)
+    .executeTakeFirst()
+  return r.numUpdatedRows > 0n
 }
 
 export async function listKeys(db: Kysely<DB>): Promise<
@@ -56,17 +62,11 @@ export async function listKeys(db: Kysely<DB>): Promise<
     revoked_at: Date | null
   }>
 > {
-  const r = await sql<{
-    name: string
-    scopes: string[]
-    created_at: Date
-    last_used_at: Date | null
-    revoked_at: Date | null
-  }>`
-    SELECT name, scopes, created_at, last_used_at, revoked_at FROM admin_keys ORDER BY name`.execute(
-    db,
-  )
-  return r.rows
+  return db
+    .selectFrom('admin_keys')
+    .select(['name', 'scopes', 'created_at', 'last_used_at', 'revoked_at'])
+    .orderBy('name')
+    .execute()
 }
 
 /** The key's name and scopes when it is valid and not revoked; records its use. */
@@ -74,9 +74,13 @@ export async function lookupKey(
   db: Kysely<DB>,
   key: string,
 ): Promise<{ name: string; scopes: Scope[] } | undefined> {
-  const r = await sql<{ name: string; scopes: Scope[] }>`
-    UPDATE admin_keys SET last_used_at = NOW() WHERE key_sha256 = ${sha256(key)} AND revoked_at IS NULL RETURNING name, scopes`.execute(
-    db,
-  )
-  return r.rows[0]
+  const row = await db
+    .updateTable('admin_keys')
+    .set({ last_used_at: sql<Date>`NOW()` })
+    .where('key_sha256', '=', sha256(key))
+    .where('revoked_at', 'is', null)
+    .returning(['name', 'scopes'])
+    .executeTakeFirst()
+  // The column holds only names from SCOPES: createKey and the routes accept nothing else.
+  return row && { name: row.name, scopes: row.scopes as Scope[] }
 }

@@ -24,7 +24,7 @@ export {
   KEY_NAME,
   type Scope,
 } from './admin-keys.js'
-export { createSetup, SETUP_TTL_MS, type Setup } from './setup.js'
+export { createSetup, SETUP_TTL_MS, setupOpenApi, type Setup } from './setup.js'
 export { routeScopes } from '../util/scope.js'
 
 export type HealthStatus = 'ok' | 'degraded' | 'down'

@@ -5,6 +5,7 @@ import * as v from 'valibot'
 import type { Logger } from '../log/index.js'
 import { addressKey, remoteAddress } from '../util/address.js'
 import { createFailureLimiter } from '../util/failure-limiter.js'
+import { errorRef, json, ref, type OpenApiPart } from '../util/openapi.js'
 import { readJson, validate } from '../util/validate.js'
 import { KEY_NAME, SCOPES } from './admin-keys.js'
 
@@ -26,15 +27,54 @@ import { KEY_NAME, SCOPES } from './admin-keys.js'
 export const SETUP_TTL_MS = 30 * 60_000
 
 const SetupBody = v.strictObject({
-  token: v.pipe(v.string('token must be a string'), v.maxLength(128, 'token is too long')),
+  token: v.pipe(
+    v.string('token must be a string'),
+    v.maxLength(128, 'token is too long'),
+    v.description('from the link `/ui/#setup=TOKEN`'),
+  ),
   name: v.pipe(
     v.string('name must be a string'),
     v.regex(
       KEY_NAME,
       'name must be 1–64 characters: a-z 0-9 _ . - (starting with a letter or digit)',
     ),
+    v.description("the key's name"),
   ),
 })
+
+const error = (description: string) => ({ description, content: json(ref('Error')) })
+
+/** POST /api/setup in the OpenAPI document of /api/v1; its body is the schema the route validates with. */
+export const setupOpenApi: OpenApiPart = {
+  operations: [
+    {
+      method: 'post',
+      path: '/api/setup',
+      summary:
+        'First run: create the first admin key (every scope) with the one-time token of the setup link paku logs at start while no admin key exists',
+      open: true,
+      body: SetupBody,
+      responses: {
+        '201': {
+          description: 'The key, shown once',
+          content: json({
+            type: 'object',
+            properties: {
+              name: { type: 'string' },
+              scopes: { type: 'array', items: { type: 'string' } },
+              key: { type: 'string' },
+            },
+          }),
+        },
+        '400': errorRef('BadRequest'),
+        '401': error('Wrong token'),
+        '409': error('A revoked key has that name'),
+        '410': error('No link open: a key exists, or the link was used or has expired'),
+        '429': error('Too many wrong tokens from this address'),
+      },
+    },
+  ],
+}
 
 export type SetupOptions = {
   log: Logger
