@@ -48,12 +48,16 @@ export async function importFirmwareDir(db: Db, dir: string): Promise<ImportResu
     }
     const md5 = createHash('md5').update(data).digest('hex')
     await db.transaction().execute(async (tx) => {
-      await sql`INSERT INTO firmware_images (release_id, data) VALUES (${r.id}::bigint, ${data}) ON CONFLICT DO NOTHING`.execute(
-        tx,
-      )
-      await sql`UPDATE firmware_releases SET checksum_md5 = COALESCE(checksum_md5, ${md5}), file_size = ${data.length} WHERE id = ${r.id}::bigint`.execute(
-        tx,
-      )
+      await tx
+        .insertInto('firmware_images')
+        .values({ release_id: r.id, data })
+        .onConflict((oc) => oc.doNothing())
+        .execute()
+      await tx
+        .updateTable('firmware_releases')
+        .set({ checksum_md5: sql`COALESCE(checksum_md5, ${md5})`, file_size: data.length })
+        .where('id', '=', r.id)
+        .execute()
     })
     out.imported.push(label)
   }

@@ -822,23 +822,41 @@ export async function takeIn(
 ): Promise<TakenIn> {
   const init = initialState(r, current, await uploadTimes(db, modelsOf(r)))
   if (verified) {
-    await sql`
-      DELETE FROM rollout_devices WHERE rollout_id = ${r.id}::bigint AND device_id = ${deviceId} AND NOT verified
-        AND state IN ('succeeded', 'failed', 'skipped')`.execute(db)
-    await sql`UPDATE rollout_devices SET verified = true WHERE rollout_id = ${r.id}::bigint AND device_id = ${deviceId} AND NOT verified`.execute(
-      db,
-    )
+    await db
+      .deleteFrom('rollout_devices')
+      .where('rollout_id', '=', r.id)
+      .where('device_id', '=', deviceId)
+      .where('verified', '=', false)
+      .where('state', 'in', ['succeeded', 'failed', 'skipped'])
+      .execute()
+    await db
+      .updateTable('rollout_devices')
+      .set({ verified: true })
+      .where('rollout_id', '=', r.id)
+      .where('device_id', '=', deviceId)
+      .where('verified', '=', false)
+      .execute()
   }
-  await sql`
-    INSERT INTO rollout_devices (rollout_id, device_id, state, stage, from_version, detail, verified)
-    VALUES (${r.id}::bigint, ${deviceId}, ${init.state}, ${r.stage_index}, ${current}, ${init.detail}, ${verified})
-    ON CONFLICT DO NOTHING`.execute(db)
-  const row = (
-    await sql<TakenIn>`
-    SELECT state, notified_at, detail, verified FROM rollout_devices WHERE rollout_id = ${r.id}::bigint AND device_id = ${deviceId}`.execute(
-      db,
-    )
-  ).rows[0]
+  await db
+    .insertInto('rollout_devices')
+    .values({
+      rollout_id: r.id,
+      device_id: deviceId,
+      state: init.state,
+      stage: r.stage_index,
+      from_version: current,
+      detail: init.detail,
+      verified,
+    })
+    .onConflict((oc) => oc.doNothing())
+    .execute()
+  const row = await db
+    .selectFrom('rollout_devices')
+    .select(['state', 'notified_at', 'detail', 'verified'])
+    .where('rollout_id', '=', r.id)
+    .where('device_id', '=', deviceId)
+    .$narrowType<{ state: DeviceState }>()
+    .executeTakeFirst()
   return row ?? { state: init.state, notified_at: null, detail: init.detail, verified }
 }
 
