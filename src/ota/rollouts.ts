@@ -250,11 +250,27 @@ export async function rolloutDevices(
   id: string,
   state: string | undefined,
 ): Promise<RolloutDevice[]> {
-  const r = await sql<RolloutDevice>`
-    SELECT device_id, state, verified, stage, from_version, progress_percent, detail, attempts, notified_at, created_at, updated_at, steps
-    FROM rollout_devices WHERE rollout_id = ${id}::bigint AND (${state ?? null}::text IS NULL OR state = ${state ?? null}::text)
-    ORDER BY device_id`.execute(db)
-  return r.rows
+  return db
+    .selectFrom('rollout_devices')
+    .select([
+      'device_id',
+      'state',
+      'verified',
+      'stage',
+      'from_version',
+      'progress_percent',
+      'detail',
+      'attempts',
+      'notified_at',
+      'created_at',
+      'updated_at',
+      'steps',
+    ])
+    .where('rollout_id', '=', id)
+    .$if(state !== undefined, (q) => q.where('state', '=', state as string))
+    .orderBy('device_id')
+    .$narrowType<Pick<RolloutDevice, 'state' | 'steps'>>()
+    .execute()
 }
 
 export type DeviceAction = RolloutDevice & {
