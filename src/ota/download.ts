@@ -38,12 +38,18 @@ export type ImageReader = (offset: number, length: number) => Promise<Buffer>
  * HTTPUpdate speaks HTTP/1.0 and refuses an unknown size), the old service's headers, x-MD5 for
  * Update.setMD5, an ETag for If-None-Match, and 206 for Range so esp_https_ota can resume.
  */
-export function imageResponse(
-  req: { method: string; header(name: string): string | undefined },
-  release: Release,
-  read: ImageReader,
-  onServed?: (bytes: number, partial: boolean) => void,
-): Response {
+export function imageResponse({
+  req,
+  release,
+  read,
+  onServed,
+}: {
+  req: { method: string; header(name: string): string | undefined }
+  release: Release
+  read: ImageReader
+  /** Called once the whole response body went out: its bytes, and whether it was a range. */
+  onServed?: (bytes: number, partial: boolean) => void
+}): Response {
   const etag = `"${release.checksum_sha256}"`
   const size = release.file_size
   const headers = new Headers({

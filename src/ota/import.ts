@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
+import { access, constants, readFile } from 'node:fs/promises'
 import { join, resolve, sep } from 'node:path'
 import { sql } from 'kysely'
+import { errorText, type Logger } from '../log/index.js'
 import type { Db } from './store.js'
 
 export type ImportResult = { imported: string[]; missing: string[]; mismatched: string[] }
@@ -47,14 +48,52 @@ export async function importFirmwareDir(db: Db, dir: string): Promise<ImportResu
     }
     const md5 = createHash('md5').update(data).digest('hex')
     await db.transaction().execute(async (tx) => {
-      await sql`INSERT INTO firmware_images (release_id, data) VALUES (${r.id}::bigint, ${data}) ON CONFLICT DO NOTHING`.execute(
-        tx,
-      )
-      await sql`UPDATE firmware_releases SET checksum_md5 = COALESCE(checksum_md5, ${md5}), file_size = ${data.length} WHERE id = ${r.id}::bigint`.execute(
-        tx,
-      )
+      await tx
+        .insertInto('firmware_images')
+        .values({ release_id: r.id, data })
+        .onConflict((oc) => oc.doNothing())
+        .execute()
+      await tx
+        .updateTable('firmware_releases')
+        .set({ checksum_md5: sql`COALESCE(checksum_md5, ${md5})`, file_size: data.length })
+        .where('id', '=', r.id)
+        .execute()
     })
     out.imported.push(label)
   }
   return out
+}
+
+/**
+ * Reads the old service's firmware volume into the database for releases adopted without their
+ * image, so they can be downloaded and rolled out at once. Already stored ones are not read again;
+ * a directory that cannot be read stops the start (a typo would otherwise go unnoticed).
+ */
+export async function adoptFirmwareDir(o: {
+  db: () => Db
+  dir: string
+  log: Logger
+}): Promise<void> {
+  const { dir, log } = o
+  try {
+    await access(dir, constants.R_OK | constants.X_OK)
+  } catch (err) {
+    throw new Error(
+      `ota.firmwareDir: cannot read ${dir} (${(err as NodeJS.ErrnoException).code ?? errorText(err)})`,
+      { cause: err },
+    )
+  }
+  const r = await importFirmwareDir(o.db(), dir)
+  if (r.imported.length > 0)
+    log.info('firmware read from the old firmware volume', { dir, releases: r.imported })
+  if (r.missing.length > 0)
+    log.warn(
+      'adopted releases without their file in ota.firmwareDir; they cannot be downloaded until uploaded again',
+      { dir, releases: r.missing },
+    )
+  if (r.mismatched.length > 0)
+    log.error('files in ota.firmwareDir do not match the SHA-256 recorded for them; not imported', {
+      dir,
+      releases: r.mismatched,
+    })
 }

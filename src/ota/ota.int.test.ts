@@ -29,7 +29,6 @@ const KEY = 'ota-test-key-0123456789-padded-to-32-characters'
 const MODEL = 'esp32-heater'
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex')
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 async function setup(
   t: TestContext,
@@ -104,7 +103,46 @@ async function setup(
         [rolloutId],
       )
     ).rows[0]
-  return { ...s, db, api, upload, device, rolloutState, rolloutStatus }
+  /** The cmd/ota a rollout sent a device (rollout_devices.attempts); undefined: it was not taken in. */
+  const attempts = async (rolloutId: unknown, deviceId: string) =>
+    (
+      await db.query<{ attempts: number }>(
+        'SELECT attempts FROM rollout_devices WHERE rollout_id = $1 AND device_id = $2',
+        [rolloutId, deviceId],
+      )
+    ).rows[0]?.attempts
+  /**
+   * Runs `act` (which publishes a status of `deviceId`), waits until that status is stored, then until
+   * OTA finished the work it queued for it, with a rollout pass of its own last: whatever the status or
+   * the next tick would make OTA send has been sent then. Not for a device in the middle of an update:
+   * it reboots (drops its client), and a status published meanwhile never goes out.
+   */
+  const statusHandled = async (deviceId: string, act: () => Promise<void>) => {
+    const stored = async () =>
+      (
+        await db.query<{ n: number }>(
+          'SELECT count(*)::int AS n FROM edge_device_status WHERE device_id = $1',
+          [deviceId],
+        )
+      ).rows[0]?.n ?? 0
+    const before = await stored()
+    await act()
+    await eventually(async () => (await stored()) > before, {
+      what: `a new status of ${deviceId} stored`,
+    })
+    await s.app.ota.tick()
+  }
+  return {
+    ...s,
+    db,
+    api,
+    upload,
+    device,
+    rolloutState,
+    rolloutStatus,
+    attempts,
+    statusHandled,
+  }
 }
 
 /** Device ids whose consistent-hash bucket is in [lo, hi). */
@@ -500,7 +538,9 @@ describe('OTA push over MQTT (paku-core devices)', () => {
   })
 
   it('sends the command again to a device that was offline, and does not retry a failed device in a loop', async (t) => {
-    const s = await setup(t)
+    // paku's clock, moved on by ota.renotifySeconds before each wake instead of waiting it out.
+    let ahead = 0
+    const s = await setup(t, {}, { now: () => Date.now() + ahead })
     const image = espImage({ size: 4000 })
     await s.upload('1.5.0', image)
     const sleeper = await s.device('ESP32-AA000002', '1.4.2')
@@ -524,11 +564,12 @@ describe('OTA push over MQTT (paku-core devices)', () => {
       /result 4: Installation failed/,
     )
     // It wakes up again and again: no new command (the old flow would push it into a loop).
+    assert.equal(await s.attempts(id, broken.id), 1)
     for (let i = 0; i < 3; i++) {
-      await sleep(400)
-      await broken.publishStatus()
+      ahead += 1000
+      await s.statusHandled(broken.id, () => broken.publishStatus())
+      assert.equal(await s.attempts(id, broken.id), 1, `no cmd/ota after wake ${i + 1}`)
     }
-    await sleep(500)
     assert.equal(broken.commands.length, 1)
     assert.equal(
       (await s.rolloutState(id, sleeper.id))?.state,
@@ -536,7 +577,11 @@ describe('OTA push over MQTT (paku-core devices)', () => {
       'the command went out while it slept (clean session: lost)',
     )
 
-    await sleeper.connect()
+    // Positive control: the same wait sees the command that a wake does send (to the device still open).
+    assert.equal(await s.attempts(id, sleeper.id), 1)
+    ahead += 1000
+    await s.statusHandled(sleeper.id, () => sleeper.connect())
+    assert.equal(await s.attempts(id, sleeper.id), 2, 'the command went out again on waking')
     await eventually(async () => sleeper.version === '1.5.0', {
       timeoutMs: 10_000,
       what: 'sleeper updated after waking',
@@ -654,14 +699,23 @@ describe('OTA push over MQTT (paku-core devices)', () => {
     )
     for (const d of bad) assert.equal(d.commands.length, 1)
     // A device that shows up while paused is not taken in.
+    const sent = s.app.ota.counters.commandsSent
     const late = await s.device('ESP32-BB000003', '1.4.2')
-    await sleep(2500)
+    // A rollout pass (the one the tick timer would run), queued after the work its status caused (the
+    // status is queued on arrival, before the device row s.device waited for is stored): nobody taken in.
+    await s.app.ota.tick()
     assert.equal(late.commands.length, 0)
     assert.equal(await s.rolloutState(id, late.id), undefined)
+    assert.equal(s.app.ota.counters.commandsSent, sent, 'no cmd/ota while paused')
     const paused = await s.api('POST', `/api/admin/rollouts/${String(id)}/pause`)
     assert.equal(paused.status, 409, 'pausing a paused rollout is a conflict')
     const resumed = await s.api('POST', `/api/admin/rollouts/${String(id)}/resume`)
     assert.equal(resumed.status, 200)
+    // Positive control: the same pass and look see the device taken in and sent its command once running.
+    await s.app.ota.tick()
+    assert.notEqual(await s.rolloutState(id, late.id), undefined, 'taken in after resume')
+    assert.ok(((await s.attempts(id, late.id)) ?? 0) >= 1, 'sent its cmd/ota after resume')
+    assert.ok(s.app.ota.counters.commandsSent > sent)
     await eventually(async () => late.version === '1.5.0', {
       timeoutMs: 10_000,
       what: 'late device updated after resume',
@@ -700,6 +754,14 @@ describe('OTA push over MQTT (paku-core devices)', () => {
     })
     const id = created.json.id
     assert.equal((created.json.rollout as { current_percentage: number }).current_percentage, 10)
+    // Positive control for the manual rollout below: with auto_advance, once the first stage succeeded,
+    // the pass it triggers and one more have taken the next stage's device in and sent its command.
+    await eventually(async () => (await s.rolloutState(id, a as string))?.state === 'succeeded', {
+      timeoutMs: 10_000,
+      what: 'first stage succeeded',
+    })
+    await s.app.ota.tick()
+    assert.ok(((await s.attempts(id, b as string)) ?? 0) >= 1, 'second stage sent by itself')
     await eventually(async () => devs.every((d) => d.version === '1.5.0'), {
       timeoutMs: 15_000,
       what: 'all three updated',
@@ -738,7 +800,13 @@ describe('OTA push over MQTT (paku-core devices)', () => {
       timeoutMs: 10_000,
       what: 'first stage updated',
     })
-    await sleep(1500)
+    // The same wait and look as in the auto_advance rollout: the second stage's device is not taken in.
+    await eventually(async () => (await s.rolloutState(mid, a as string))?.state === 'succeeded', {
+      timeoutMs: 10_000,
+      what: 'first stage succeeded',
+    })
+    await s.app.ota.tick()
+    assert.equal(await s.attempts(mid, b as string), undefined, 'second stage not taken in')
     assert.equal(devs[1]?.commands.length, 1, 'second device waits')
     assert.equal((await s.rolloutStatus(mid))?.status, 'running')
     const adv = await s.api('POST', `/api/admin/rollouts/${String(mid)}/advance`)
@@ -767,7 +835,10 @@ describe('OTA push over MQTT (paku-core devices)', () => {
       { what: 'skipped' },
     )
     assert.match((await s.rolloutState(r1.json.id, newer.id))?.detail ?? '', /runs newer 2.0.0/)
-    await sleep(1200)
+    // A rollout pass after the one that skipped it (the tick timer's) sends it nothing.
+    await s.app.ota.tick()
+    assert.equal(await s.attempts(r1.json.id, newer.id), 0)
+    assert.equal(s.app.ota.counters.commandsSent, 0)
     assert.equal(newer.commands.length, 0)
     await eventually(async () => (await s.rolloutStatus(r1.json.id))?.status === 'completed', {
       what: 'nothing left to do: completed',
@@ -780,6 +851,9 @@ describe('OTA push over MQTT (paku-core devices)', () => {
       allow_downgrade: true,
     })
     assert.equal(r2.status, 200)
+    // Positive control: the same pass and look see the command when the rollout allows the downgrade.
+    await s.app.ota.tick()
+    assert.ok(((await s.attempts(r2.json.id, newer.id)) ?? 0) >= 1, 'sent when allowed')
     await eventually(async () => newer.version === '1.5.0', {
       timeoutMs: 10_000,
       what: 'downgraded when allowed',
@@ -880,7 +954,11 @@ describe('OTA push over MQTT (paku-core devices)', () => {
       timeoutMs: 10_000,
       what: 'member updated',
     })
-    await sleep(1200)
+    // A rollout pass after the member's update (the tick timer's): the outsider is not taken in.
+    await s.app.ota.tick()
+    assert.equal(await s.attempts(r.json.id, outsider.id), undefined, 'outsider not taken in')
+    // Positive control: the same look sees the member's command.
+    assert.ok(((await s.attempts(r.json.id, member.id)) ?? 0) >= 1, 'member sent its cmd/ota')
     assert.equal(outsider.commands.length, 0)
 
     await eventually(async () => (await s.rolloutStatus(r.json.id))?.status === 'completed', {

@@ -31,18 +31,23 @@ export async function createPullToken(db: Db, deviceId: string): Promise<string 
 }
 
 export async function deletePullToken(db: Db, deviceId: string): Promise<boolean> {
-  const r = await sql`DELETE FROM device_pull_tokens WHERE device_id = ${deviceId}`.execute(db)
-  return Number(r.numAffectedRows ?? 0) > 0
+  const r = await db
+    .deleteFrom('device_pull_tokens')
+    .where('device_id', '=', deviceId)
+    .executeTakeFirst()
+  return r.numDeletedRows > 0n
 }
 
 /** The device a token belongs to (looked up by its hash, which is indexed), recording its use; undefined when none. */
 export async function pullTokenDevice(db: Db, token: string): Promise<string | undefined> {
   if (!token.startsWith(PULL_TOKEN_PREFIX) || token.length > 200) return undefined
-  const r = await sql<{ device_id: string }>`
-    UPDATE device_pull_tokens SET last_used_at = NOW() WHERE token_sha256 = ${sha256(token)} RETURNING device_id`.execute(
-    db,
-  )
-  return r.rows[0]?.device_id
+  const row = await db
+    .updateTable('device_pull_tokens')
+    .set({ last_used_at: sql`NOW()` })
+    .where('token_sha256', '=', sha256(token))
+    .returning('device_id')
+    .executeTakeFirst()
+  return row?.device_id
 }
 
 /** When a device's token was made and last used (never the token), for the admin API. */
@@ -50,11 +55,11 @@ export async function pullTokenInfo(
   db: Db,
   deviceId: string,
 ): Promise<{ created_at: Date; last_used_at: Date | null } | undefined> {
-  const r = await sql<{ created_at: Date; last_used_at: Date | null }>`
-    SELECT created_at, last_used_at FROM device_pull_tokens WHERE device_id = ${deviceId}`.execute(
-    db,
-  )
-  return r.rows[0]
+  return db
+    .selectFrom('device_pull_tokens')
+    .select(['created_at', 'last_used_at'])
+    .where('device_id', '=', deviceId)
+    .executeTakeFirst()
 }
 
 /** What an unauthenticated pull may do with a device id: nothing known about it, or what proves it. */

@@ -4,6 +4,7 @@ import {
   refreshPolledDevice,
   registerCheckedDevice,
   registerPolledDevice,
+  type CheckedDevice,
   type Db,
   type PolledDevice,
 } from './store.js'
@@ -49,16 +50,12 @@ export async function admitPolled(db: Db, d: PolledDevice): Promise<void> {
  * Registers an unknown device for the old /check. A known one registered over HTTP is answered but not
  * changed (a check names no MAC, so nothing proves who asks); any other known device is a 403.
  */
-export async function admitChecked(
-  db: Db,
-  deviceId: string,
-  model: string,
-  version: string,
-): Promise<void> {
+export async function admitChecked(db: Db, d: CheckedDevice): Promise<void> {
+  const { deviceId } = d
   for (let attempt = 0; attempt < 2; attempt++) {
     const trust = await pullTrust(db, deviceId)
     if (!trust.exists) {
-      if (await registerCheckedDevice(db, deviceId, model, version)) return
+      if (await registerCheckedDevice(db, d)) return
       continue
     }
     refuseManaged(deviceId, trust)

@@ -213,13 +213,10 @@ export function queryBool(raw: string | undefined, name: string): boolean | unde
   throw new HTTPException(400, { message: `${name}: must be true or false` })
 }
 
-/** An integer query parameter within bounds, or the default. */
+/** An integer query parameter within bounds [min, max], or `def` when it is absent or empty. */
 export function queryInt(
   raw: string | undefined,
-  name: string,
-  def: number,
-  min: number,
-  max: number,
+  { name, def, min, max }: { name: string; def: number; min: number; max: number },
 ): number {
   if (raw === undefined || raw === '') return def
   if (!/^\d{1,9}$/.test(raw))

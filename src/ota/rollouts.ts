@@ -250,11 +250,27 @@ export async function rolloutDevices(
   id: string,
   state: string | undefined,
 ): Promise<RolloutDevice[]> {
-  const r = await sql<RolloutDevice>`
-    SELECT device_id, state, verified, stage, from_version, progress_percent, detail, attempts, notified_at, created_at, updated_at, steps
-    FROM rollout_devices WHERE rollout_id = ${id}::bigint AND (${state ?? null}::text IS NULL OR state = ${state ?? null}::text)
-    ORDER BY device_id`.execute(db)
-  return r.rows
+  return db
+    .selectFrom('rollout_devices')
+    .select([
+      'device_id',
+      'state',
+      'verified',
+      'stage',
+      'from_version',
+      'progress_percent',
+      'detail',
+      'attempts',
+      'notified_at',
+      'created_at',
+      'updated_at',
+      'steps',
+    ])
+    .where('rollout_id', '=', id)
+    .$if(state !== undefined, (q) => q.where('state', '=', state as string))
+    .orderBy('device_id')
+    .$narrowType<Pick<RolloutDevice, 'state' | 'steps'>>()
+    .execute()
 }
 
 export type DeviceAction = RolloutDevice & {
@@ -367,9 +383,7 @@ export type Action = 'pause' | 'resume' | 'cancel' | 'advance' | 'retry'
 /** Applies an admin action; returns an error sentence when the rollout's state does not allow it. */
 export async function applyAction(
   db: Db,
-  id: string,
-  action: Action,
-  opts: { percentage?: number | undefined } = {},
+  { id, action, percentage }: { id: string; action: Action; percentage?: number | undefined },
 ): Promise<{ error: string } | { rollout: Rollout }> {
   return db.transaction().execute(async (tx) => {
     const r = (
@@ -409,15 +423,15 @@ export async function applyAction(
         const now = currentPercentage(r)
         let next: number[]
         let index: number
-        if (opts.percentage !== undefined) {
-          if (opts.percentage <= now)
+        if (percentage !== undefined) {
+          if (percentage <= now)
             return { error: `the rollout is at ${now} %; advance to a higher percentage` }
           next = [
-            ...stages.filter((p) => p < opts.percentage!),
-            opts.percentage,
-            ...stages.filter((p) => p > opts.percentage!),
+            ...stages.filter((p) => p < percentage!),
+            percentage,
+            ...stages.filter((p) => p > percentage!),
           ]
-          index = next.indexOf(opts.percentage)
+          index = next.indexOf(percentage)
         } else {
           if (r.stage_index >= stages.length - 1)
             return {
@@ -445,7 +459,7 @@ export async function applyAction(
       type: 'rollout_updated',
       version: r.firmware_version,
       rolloutId: id,
-      data: { action, percentage: opts.percentage ?? null },
+      data: { action, percentage: percentage ?? null },
     })
     const updated = (
       await sql<Rollout>`SELECT ${ROLLOUT_COLUMNS} FROM rollout_configurations WHERE id = ${id}::bigint`.execute(
@@ -697,6 +711,15 @@ export async function openActions(db: Db, deviceId: string): Promise<OpenAction[
   return r.rows
 }
 
+/** A move of one device's action: to `to`, with `detail` (null keeps the old one) and a progress `percent`. */
+export type DeviceAdvance = {
+  action: Pick<OpenAction, 'rollout_id' | 'device_id' | 'state' | 'firmware_version'>
+  to: DeviceState
+  detail: string | null
+  /** A reported progress; undefined: none reported (a move to the same state then changes nothing). */
+  percent?: number | null | undefined
+}
+
 /**
  * Moves a device's action forward (never back); failed ends it from any open state. Returns undefined
  * when nothing changed, else whether the row is verified (an unverified outcome is recorded, and its
@@ -704,10 +727,7 @@ export async function openActions(db: Db, deviceId: string): Promise<OpenAction[
  */
 export async function advanceDevice(
   db: Db,
-  a: Pick<OpenAction, 'rollout_id' | 'device_id' | 'state' | 'firmware_version'>,
-  to: DeviceState,
-  detail: string | null,
-  percent?: number | null,
+  { action: a, to, detail, percent }: DeviceAdvance,
 ): Promise<{ verified: boolean } | undefined> {
   if (TERMINAL.includes(a.state)) return undefined
   if (to !== 'failed' && to !== 'cancelled' && RANK[to] < RANK[a.state]) return undefined
@@ -809,30 +829,50 @@ export type TakenIn = {
  */
 export async function takeIn(
   db: Db,
-  r: Rollout,
-  deviceId: string,
-  current: string | null,
-  verified = true,
+  {
+    rollout: r,
+    deviceId,
+    current,
+    verified = true,
+  }: { rollout: Rollout; deviceId: string; current: string | null; verified?: boolean },
 ): Promise<TakenIn> {
   const init = initialState(r, current, await uploadTimes(db, modelsOf(r)))
   if (verified) {
-    await sql`
-      DELETE FROM rollout_devices WHERE rollout_id = ${r.id}::bigint AND device_id = ${deviceId} AND NOT verified
-        AND state IN ('succeeded', 'failed', 'skipped')`.execute(db)
-    await sql`UPDATE rollout_devices SET verified = true WHERE rollout_id = ${r.id}::bigint AND device_id = ${deviceId} AND NOT verified`.execute(
-      db,
-    )
+    await db
+      .deleteFrom('rollout_devices')
+      .where('rollout_id', '=', r.id)
+      .where('device_id', '=', deviceId)
+      .where('verified', '=', false)
+      .where('state', 'in', ['succeeded', 'failed', 'skipped'])
+      .execute()
+    await db
+      .updateTable('rollout_devices')
+      .set({ verified: true })
+      .where('rollout_id', '=', r.id)
+      .where('device_id', '=', deviceId)
+      .where('verified', '=', false)
+      .execute()
   }
-  await sql`
-    INSERT INTO rollout_devices (rollout_id, device_id, state, stage, from_version, detail, verified)
-    VALUES (${r.id}::bigint, ${deviceId}, ${init.state}, ${r.stage_index}, ${current}, ${init.detail}, ${verified})
-    ON CONFLICT DO NOTHING`.execute(db)
-  const row = (
-    await sql<TakenIn>`
-    SELECT state, notified_at, detail, verified FROM rollout_devices WHERE rollout_id = ${r.id}::bigint AND device_id = ${deviceId}`.execute(
-      db,
-    )
-  ).rows[0]
+  await db
+    .insertInto('rollout_devices')
+    .values({
+      rollout_id: r.id,
+      device_id: deviceId,
+      state: init.state,
+      stage: r.stage_index,
+      from_version: current,
+      detail: init.detail,
+      verified,
+    })
+    .onConflict((oc) => oc.doNothing())
+    .execute()
+  const row = await db
+    .selectFrom('rollout_devices')
+    .select(['state', 'notified_at', 'detail', 'verified'])
+    .where('rollout_id', '=', r.id)
+    .where('device_id', '=', deviceId)
+    .$narrowType<{ state: DeviceState }>()
+    .executeTakeFirst()
   return row ?? { state: init.state, notified_at: null, detail: init.detail, verified }
 }
 

@@ -128,18 +128,18 @@ export async function releaseByHash(
 
 /** Whether the bytes are in the database (releases adopted from the old service need `paku firmware import`). */
 export async function hasImage(db: Db, releaseId: string): Promise<boolean> {
-  const r = await sql<{
-    ok: number
-  }>`SELECT 1 AS ok FROM firmware_images WHERE release_id = ${releaseId}::bigint`.execute(db)
-  return r.rows.length > 0
+  const row = await db
+    .selectFrom('firmware_images')
+    .select('release_id')
+    .where('release_id', '=', releaseId)
+    .executeTakeFirst()
+  return row !== undefined
 }
 
 /** Bytes [offset, offset + length) of a release's image. substring() on an EXTERNAL bytea reads only those TOAST chunks. */
 export async function readImage(
   db: Db,
-  releaseId: string,
-  offset: number,
-  length: number,
+  { releaseId, offset, length }: { releaseId: string; offset: number; length: number },
 ): Promise<Buffer> {
   const r = await sql<{ chunk: Buffer }>`
     SELECT substring(data FROM ${offset + 1}::int FOR ${length}::int) AS chunk FROM firmware_images WHERE release_id = ${releaseId}::bigint`.execute(
@@ -163,11 +163,12 @@ export async function deleteRelease(
       tx,
     )
     if (users.rows.length > 0) return { deleted: false, blockedBy: users.rows.map((u) => u.name) }
-    const r =
-      await sql`DELETE FROM firmware_releases WHERE device_model = ${model} AND version = ${version}`.execute(
-        tx,
-      )
-    return { deleted: Number(r.numAffectedRows ?? 0) > 0, blockedBy: [] }
+    const r = await tx
+      .deleteFrom('firmware_releases')
+      .where('device_model', '=', model)
+      .where('version', '=', version)
+      .executeTakeFirst()
+    return { deleted: r.numDeletedRows > 0n, blockedBy: [] }
   })
 }
 
@@ -200,10 +201,17 @@ export type OtaEvent = {
 
 /** One row of ota_events, the OTA history every part of paku writes through. */
 export async function insertEvent(db: Db, e: OtaEvent): Promise<void> {
-  await sql`
-    INSERT INTO ota_events (event_type, device_id, firmware_version, rollout_id, event_data, created_by)
-    VALUES (${e.type}, ${e.deviceId ?? null}, ${e.version ?? null}, ${e.rolloutId ?? null}::bigint, ${JSON.stringify(e.data)}::jsonb,
-      ${e.createdBy === undefined ? 'paku' : e.createdBy})`.execute(db)
+  await db
+    .insertInto('ota_events')
+    .values({
+      event_type: e.type,
+      device_id: e.deviceId ?? null,
+      firmware_version: e.version ?? null,
+      rollout_id: e.rolloutId ?? null,
+      event_data: JSON.stringify(e.data),
+      created_by: e.createdBy === undefined ? 'paku' : e.createdBy,
+    })
+    .execute()
 }
 
 /** A device as the admin API shows it (the old `devices` items plus groups and what paku learned). */
@@ -252,9 +260,11 @@ export async function getDevice(db: Db, deviceId: string): Promise<Device | unde
  */
 export async function putDevice(
   db: Db,
-  deviceId: string,
-  model: string,
-  metadata: Record<string, unknown> | null,
+  {
+    deviceId,
+    model,
+    metadata,
+  }: { deviceId: string; model: string; metadata: Record<string, unknown> | null },
 ): Promise<void> {
   const { registered_via: _ignored, ...given } = metadata ?? {}
   await sql`
@@ -283,9 +293,11 @@ export async function listGroups(db: Db): Promise<Group[]> {
 /** Creates or updates a group; with `deviceIds` its members are exactly those. */
 export async function putGroup(
   db: Db,
-  name: string,
-  description: string | null,
-  deviceIds: readonly string[] | undefined,
+  {
+    name,
+    description,
+    deviceIds,
+  }: { name: string; description: string | null; deviceIds: readonly string[] | undefined },
 ): Promise<void> {
   await db.transaction().execute(async (tx) => {
     await sql`
@@ -312,23 +324,26 @@ export async function addMembers(
 }
 
 export async function removeMember(db: Db, name: string, deviceId: string): Promise<boolean> {
-  const r =
-    await sql`DELETE FROM device_group_members WHERE group_name = ${name} AND device_id = ${deviceId}`.execute(
-      db,
-    )
-  return Number(r.numAffectedRows ?? 0) > 0
+  const r = await db
+    .deleteFrom('device_group_members')
+    .where('group_name', '=', name)
+    .where('device_id', '=', deviceId)
+    .executeTakeFirst()
+  return r.numDeletedRows > 0n
 }
 
 export async function deleteGroup(db: Db, name: string): Promise<boolean> {
-  const r = await sql`DELETE FROM device_groups WHERE name = ${name}`.execute(db)
-  return Number(r.numAffectedRows ?? 0) > 0
+  const r = await db.deleteFrom('device_groups').where('name', '=', name).executeTakeFirst()
+  return r.numDeletedRows > 0n
 }
 
 export async function groupExists(db: Db, name: string): Promise<boolean> {
-  const r = await sql<{
-    ok: number
-  }>`SELECT 1 AS ok FROM device_groups WHERE name = ${name}`.execute(db)
-  return r.rows.length > 0
+  const row = await db
+    .selectFrom('device_groups')
+    .select('name')
+    .where('name', '=', name)
+    .executeTakeFirst()
+  return row !== undefined
 }
 
 /** What a polling (HTTPUpdate) device's request says about it; `metadata` is merged into the row's. */
@@ -374,13 +389,17 @@ export async function refreshPolledDevice(
 
 /** The device id that already owns a MAC address, if any. */
 export async function deviceByMac(db: Db, mac: string): Promise<string | undefined> {
-  const r = await sql<{
-    device_id: string
-  }>`SELECT device_id FROM devices WHERE upper(mac_address) = ${mac.toUpperCase()} LIMIT 1`.execute(
-    db,
-  )
-  return r.rows[0]?.device_id
+  const row = await db
+    .selectFrom('devices')
+    .select('device_id')
+    .where((eb) => eb(eb.fn('upper', ['mac_address']), '=', mac.toUpperCase()))
+    .limit(1)
+    .executeTakeFirst()
+  return row?.device_id
 }
+
+/** A device as the old /check names it: id, model and the version it runs. */
+export type CheckedDevice = { deviceId: string; model: string; version: string }
 
 /**
  * The old /check registering a device paku does not know yet (docs/compatibility.md, "The old routes"). A
@@ -389,9 +408,7 @@ export async function deviceByMac(db: Db, mac: string): Promise<string | undefin
  */
 export async function registerCheckedDevice(
   db: Db,
-  deviceId: string,
-  model: string,
-  version: string,
+  { deviceId, model, version }: CheckedDevice,
 ): Promise<boolean> {
   const r = await sql`
     INSERT INTO devices (device_id, device_model, current_firmware_version, last_seen, metadata)
@@ -406,10 +423,15 @@ export async function refreshCheckedDevice(
   deviceId: string,
   version: string,
 ): Promise<void> {
-  await sql`
-    UPDATE devices SET current_firmware_version = ${version}, last_seen = NOW(),
-      metadata = COALESCE(metadata, '{}'::jsonb) || '{"protocol": "http"}'::jsonb
-    WHERE device_id = ${deviceId}`.execute(db)
+  await db
+    .updateTable('devices')
+    .set({
+      current_firmware_version: version,
+      last_seen: sql`NOW()`,
+      metadata: sql`COALESCE(metadata, '{}'::jsonb) || '{"protocol": "http"}'::jsonb`,
+    })
+    .where('device_id', '=', deviceId)
+    .execute()
 }
 
 export type UpdateStatus =
@@ -421,10 +443,12 @@ export type UpdateStatus =
  */
 export async function recordUpdateStatus(
   db: Db,
-  deviceId: string,
-  version: string,
-  status: UpdateStatus,
-  message: string | null = null,
+  {
+    deviceId,
+    version,
+    status,
+    message = null,
+  }: { deviceId: string; version: string; status: UpdateStatus; message?: string | null },
 ): Promise<void> {
   const done = status === 'success' || status === 'failed' || status === 'rolled_back'
   const r = await sql`
@@ -436,11 +460,18 @@ export async function recordUpdateStatus(
     db,
   )
   if (Number(r.numAffectedRows ?? 0) > 0) return
-  await sql`
-    INSERT INTO device_update_status (device_id, firmware_version, status, error_message, progress_percent, started_at, completed_at)
-    VALUES (${deviceId}, ${version}, ${status}, ${message}, ${status === 'success' ? 100 : null}, NOW(), ${done ? sql`NOW()` : null})`.execute(
-    db,
-  )
+  await db
+    .insertInto('device_update_status')
+    .values({
+      device_id: deviceId,
+      firmware_version: version,
+      status,
+      error_message: message,
+      progress_percent: status === 'success' ? 100 : null,
+      started_at: sql`NOW()`,
+      completed_at: done ? sql`NOW()` : null,
+    })
+    .execute()
 }
 
 /** The old service's /api/admin/update-status rows. */
@@ -448,13 +479,24 @@ export async function listUpdateStatus(
   db: Db,
   f: { deviceId?: string | undefined; version?: string | undefined; limit: number },
 ) {
-  const r = await sql<Record<string, unknown>>`
-    SELECT device_id, firmware_version, status, error_message, progress_percent, started_at, completed_at, reported_at
-    FROM device_update_status
-    WHERE (${f.deviceId ?? null}::text IS NULL OR device_id = ${f.deviceId ?? null}::text)
-      AND (${f.version ?? null}::text IS NULL OR firmware_version = ${f.version ?? null}::text)
-    ORDER BY reported_at DESC, id DESC LIMIT ${f.limit}`.execute(db)
-  return r.rows
+  return db
+    .selectFrom('device_update_status')
+    .select([
+      'device_id',
+      'firmware_version',
+      'status',
+      'error_message',
+      'progress_percent',
+      'started_at',
+      'completed_at',
+      'reported_at',
+    ])
+    .$if(f.deviceId !== undefined, (q) => q.where('device_id', '=', f.deviceId as string))
+    .$if(f.version !== undefined, (q) => q.where('firmware_version', '=', f.version as string))
+    .orderBy('reported_at', 'desc')
+    .orderBy('id', 'desc')
+    .limit(f.limit)
+    .execute()
 }
 
 /** A device's OTA events (uploads of nothing, rollouts taking it in, outcomes), newest first. */
@@ -483,16 +525,24 @@ export async function reportUpdateStatus(
   },
 ): Promise<void> {
   await db.transaction().execute(async (tx) => {
-    await sql`
-      INSERT INTO device_update_status (device_id, firmware_version, status, error_message, progress_percent, started_at, completed_at)
-      VALUES (${deviceId}, ${b.firmware_version}, ${b.status}, ${b.error_message ?? null}, ${b.progress_percent ?? null},
-        ${b.status === 'downloading' ? sql`NOW()` : null}, ${b.status === 'success' || b.status === 'failed' ? sql`NOW()` : null})`.execute(
-      tx,
-    )
+    await tx
+      .insertInto('device_update_status')
+      .values({
+        device_id: deviceId,
+        firmware_version: b.firmware_version,
+        status: b.status,
+        error_message: b.error_message ?? null,
+        progress_percent: b.progress_percent ?? null,
+        started_at: b.status === 'downloading' ? sql`NOW()` : null,
+        completed_at: b.status === 'success' || b.status === 'failed' ? sql`NOW()` : null,
+      })
+      .execute()
     if (b.status === 'success') {
-      await sql`UPDATE devices SET current_firmware_version = ${b.firmware_version}, last_seen = NOW() WHERE device_id = ${deviceId}`.execute(
-        tx,
-      )
+      await tx
+        .updateTable('devices')
+        .set({ current_firmware_version: b.firmware_version, last_seen: sql`NOW()` })
+        .where('device_id', '=', deviceId)
+        .execute()
       await insertEvent(tx, {
         type: 'update_completed',
         deviceId,
