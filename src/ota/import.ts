@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto'
 import { access, constants, readFile } from 'node:fs/promises'
 import { join, resolve, sep } from 'node:path'
 import { sql } from 'kysely'
+import type { Row } from '../db/index.js'
 import { errorText, type Logger } from '../log/index.js'
 import type { Db } from './store.js'
 
@@ -14,13 +15,9 @@ export type ImportResult = { imported: string[]; missing: string[]; mismatched: 
  */
 export async function importFirmwareDir(db: Db, dir: string): Promise<ImportResult> {
   const root = resolve(dir)
-  const rows = await sql<{
-    id: string
-    file_path: string
-    checksum_sha256: string
-    device_model: string
-    version: string
-  }>`
+  const rows = await sql<
+    Row<'firmware_releases', 'id' | 'file_path' | 'checksum_sha256' | 'device_model' | 'version'>
+  >`
     SELECT f.id::text AS id, f.file_path, f.checksum_sha256, f.device_model, f.version FROM firmware_releases f
     WHERE NOT EXISTS (SELECT 1 FROM firmware_images i WHERE i.release_id = f.id) ORDER BY f.id`.execute(
     db,

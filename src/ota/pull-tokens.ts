@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { sql } from 'kysely'
+import type { Row } from '../db/index.js'
 import type { Db } from './store.js'
 
 /**
@@ -22,7 +23,7 @@ export const UNPROVEN_DEVICE = sql`(COALESCE(d.metadata->>'registered_via', '') 
 /** Creates or replaces a device's token and returns it; undefined when there is no such device. */
 export async function createPullToken(db: Db, deviceId: string): Promise<string | undefined> {
   const token = `${PULL_TOKEN_PREFIX}${randomBytes(32).toString('base64url')}`
-  const r = await sql<{ device_id: string }>`
+  const r = await sql<Row<'device_pull_tokens', 'device_id'>>`
     INSERT INTO device_pull_tokens (device_id, token_sha256)
     SELECT device_id, ${sha256(token)} FROM devices WHERE device_id = ${deviceId}
     ON CONFLICT (device_id) DO UPDATE SET token_sha256 = EXCLUDED.token_sha256, created_at = NOW(), last_used_at = NULL
@@ -67,7 +68,7 @@ export type PullTrust =
   { exists: false } | { exists: true; viaHttp: boolean; hasToken: boolean; mac: string | null }
 
 export async function pullTrust(db: Db, deviceId: string): Promise<PullTrust> {
-  const r = await sql<{ mac_address: string | null; via_http: boolean; has_token: boolean }>`
+  const r = await sql<Row<'devices', 'mac_address'> & { via_http: boolean; has_token: boolean }>`
     SELECT d.mac_address, (COALESCE(d.metadata->>'registered_via', '') = 'http' AND d.site_id IS NULL) AS via_http,
       EXISTS (SELECT 1 FROM device_pull_tokens t WHERE t.device_id = d.device_id) AS has_token
     FROM devices d WHERE d.device_id = ${deviceId}`.execute(db)

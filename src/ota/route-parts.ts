@@ -70,6 +70,8 @@ export function releaseView(r: store.Release) {
     min_version: r.min_version,
     file_path: r.file_path,
     created_by: r.created_by,
+    // insertRelease stores a release's metadata as { chip, app }; a release adopted from the old
+    // service may lack either.
     chip: (r.metadata as { chip?: string } | null)?.chip ?? null,
     app: (r.metadata as { app?: unknown } | null)?.app ?? null,
   }

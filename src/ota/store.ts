@@ -1,29 +1,48 @@
 import { sql, type Kysely } from 'kysely'
-import type { DB } from '../db/index.js'
+import type { DB, Row } from '../db/index.js'
 import type { ImageInfo } from './image.js'
 
 export type Db = Kysely<DB>
 
-/** A release as the API shows it (the old `releases` items plus what paku adds). */
-export type Release = {
-  id: string
-  version: string
-  device_model: string
-  file_path: string
-  file_size: number
-  checksum_sha256: string
-  checksum_md5: string | null
-  is_signed: boolean
-  release_notes: string | null
-  changelog: string | null
-  min_version: string | null
-  created_at: Date
-  created_by: string | null
-  metadata: Record<string, unknown> | null
-}
+/**
+ * A release as the API shows it (the old `releases` items plus what paku adds): `file_size` as a
+ * number, `is_signed` false where unset.
+ */
+export type Release = Row<
+  'firmware_releases',
+  | 'id'
+  | 'version'
+  | 'device_model'
+  | 'file_path'
+  | 'checksum_sha256'
+  | 'checksum_md5'
+  | 'release_notes'
+  | 'changelog'
+  | 'min_version'
+  | 'created_at'
+  | 'created_by'
+  | 'metadata'
+> & { file_size: number; is_signed: boolean }
 
-const RELEASE_COLUMNS = sql`id::text AS id, version, device_model, file_path, file_size::float8 AS file_size, checksum_sha256,
-  checksum_md5, COALESCE(is_signed, false) AS is_signed, release_notes, changelog, min_version, created_at, created_by, metadata`
+/** The columns of a Release, for `select` and `returning`. */
+const RELEASE_COLUMNS = [
+  'id',
+  'version',
+  'device_model',
+  'file_path',
+  sql<number>`file_size::float8`.as('file_size'),
+  'checksum_sha256',
+  'checksum_md5',
+  sql<boolean>`COALESCE(is_signed, false)`.as('is_signed'),
+  'release_notes',
+  'changelog',
+  'min_version',
+  'created_at',
+  'created_by',
+  'metadata',
+] as const
+
+const selectReleases = (db: Db) => db.selectFrom('firmware_releases').select(RELEASE_COLUMNS)
 
 export type NewRelease = {
   version: string
@@ -46,23 +65,38 @@ export async function insertRelease(
   r: NewRelease,
 ): Promise<{ release: Release } | { conflict: Release }> {
   return db.transaction().execute(async (tx) => {
-    const inserted = await sql<Release>`
-      INSERT INTO firmware_releases (version, device_model, min_version, file_path, file_size, checksum_sha256, checksum_md5,
-        changelog, release_notes, is_signed, created_by, metadata)
-      VALUES (${r.version}, ${r.model}, ${r.minVersion}, ${`${r.model}_${r.version}.bin`}, ${r.image.size}, ${r.image.sha256}, ${r.image.md5},
-        ${r.changelog}, ${r.releaseNotes}, ${r.isSigned}, ${r.createdBy}, ${JSON.stringify({ chip: r.image.chip, app: r.image.app ?? null })}::jsonb)
-      ON CONFLICT (version, device_model) DO NOTHING
-      RETURNING ${RELEASE_COLUMNS}`.execute(tx)
-    const release = inserted.rows[0]
+    const release: Release | undefined = await tx
+      .insertInto('firmware_releases')
+      .values({
+        version: r.version,
+        device_model: r.model,
+        min_version: r.minVersion,
+        file_path: `${r.model}_${r.version}.bin`,
+        file_size: r.image.size,
+        checksum_sha256: r.image.sha256,
+        checksum_md5: r.image.md5,
+        changelog: r.changelog,
+        release_notes: r.releaseNotes,
+        is_signed: r.isSigned,
+        created_by: r.createdBy,
+        metadata: JSON.stringify({ chip: r.image.chip, app: r.image.app ?? null }),
+      })
+      .onConflict((oc) => oc.columns(['version', 'device_model']).doNothing())
+      .returning(RELEASE_COLUMNS)
+      .executeTakeFirst()
     if (!release) {
       const existing = await getRelease(tx, r.model, r.version)
       if (!existing)
         throw new Error(`release ${r.model} ${r.version} conflicted but cannot be read`)
       return { conflict: existing }
     }
-    await sql`INSERT INTO firmware_images (release_id, data) VALUES (${release.id}::bigint, ${Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength)})`.execute(
-      tx,
-    )
+    await tx
+      .insertInto('firmware_images')
+      .values({
+        release_id: release.id,
+        data: Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength),
+      })
+      .execute()
     await insertEvent(tx, {
       type: 'firmware_uploaded',
       version: r.version,
@@ -84,20 +118,15 @@ export async function getRelease(
   model: string,
   version: string,
 ): Promise<Release | undefined> {
-  const r =
-    await sql<Release>`SELECT ${RELEASE_COLUMNS} FROM firmware_releases WHERE device_model = ${model} AND version = ${version}`.execute(
-      db,
-    )
-  return r.rows[0]
+  return selectReleases(db)
+    .where('device_model', '=', model)
+    .where('version', '=', version)
+    .executeTakeFirst()
 }
 
 /** Releases with this version (one per model); the download route picks among them. */
 export async function releasesByVersion(db: Db, version: string): Promise<Release[]> {
-  const r =
-    await sql<Release>`SELECT ${RELEASE_COLUMNS} FROM firmware_releases WHERE version = ${version} ORDER BY device_model`.execute(
-      db,
-    )
-  return r.rows
+  return selectReleases(db).where('version', '=', version).orderBy('device_model').execute()
 }
 
 export async function listReleases(
@@ -105,11 +134,12 @@ export async function listReleases(
   model: string | undefined,
   limit: number,
 ): Promise<Release[]> {
-  const r = await sql<Release>`
-    SELECT ${RELEASE_COLUMNS} FROM firmware_releases
-    WHERE ${model ?? null}::text IS NULL OR device_model = ${model ?? null}::text
-    ORDER BY created_at DESC, id DESC LIMIT ${limit}`.execute(db)
-  return r.rows
+  return selectReleases(db)
+    .$if(model !== undefined, (q) => q.where('device_model', '=', model as string))
+    .orderBy('created_at', 'desc')
+    .orderBy('id', 'desc')
+    .limit(limit)
+    .execute()
 }
 
 /** Releases of a model whose bytes are stored, for matching a running sketch's hash to a version. */
@@ -119,11 +149,18 @@ export async function releaseByHash(
   hash: { md5?: string; sha256?: string },
 ): Promise<Release | undefined> {
   if (!hash.md5 && !hash.sha256) return undefined
-  const r = await sql<Release>`
-    SELECT ${RELEASE_COLUMNS} FROM firmware_releases
-    WHERE device_model = ${model} AND (checksum_sha256 = ${hash.sha256 ?? null}::text OR checksum_md5 = ${hash.md5 ?? null}::text)
-    ORDER BY created_at DESC LIMIT 1`.execute(db)
-  return r.rows[0]
+  const { md5, sha256 } = hash
+  return selectReleases(db)
+    .where('device_model', '=', model)
+    .where((eb) =>
+      eb.or([
+        ...(sha256 !== undefined ? [eb('checksum_sha256', '=', sha256)] : []),
+        ...(md5 !== undefined ? [eb('checksum_md5', '=', md5)] : []),
+      ]),
+    )
+    .orderBy('created_at', 'desc')
+    .limit(1)
+    .executeTakeFirst()
 }
 
 /** Whether the bytes are in the database (releases adopted from the old service need `paku firmware import`). */
@@ -141,11 +178,11 @@ export async function readImage(
   db: Db,
   { releaseId, offset, length }: { releaseId: string; offset: number; length: number },
 ): Promise<Buffer> {
-  const r = await sql<{ chunk: Buffer }>`
-    SELECT substring(data FROM ${offset + 1}::int FOR ${length}::int) AS chunk FROM firmware_images WHERE release_id = ${releaseId}::bigint`.execute(
-    db,
-  )
-  const row = r.rows[0]
+  const row = await db
+    .selectFrom('firmware_images')
+    .select(sql<Buffer>`substring(data FROM ${offset + 1}::int FOR ${length}::int)`.as('chunk'))
+    .where('release_id', '=', releaseId)
+    .executeTakeFirst()
   if (!row) throw new Error(`firmware image of release ${releaseId} is gone`)
   return row.chunk
 }
@@ -157,7 +194,7 @@ export async function deleteRelease(
   version: string,
 ): Promise<{ deleted: boolean; blockedBy: string[] }> {
   return db.transaction().execute(async (tx) => {
-    const users = await sql<{ name: string }>`
+    const users = await sql<Row<'rollout_configurations', 'name'>>`
       SELECT name FROM rollout_configurations
       WHERE device_model = ${model} AND firmware_version = ${version} AND (status IN ('running', 'paused') OR (status = 'completed' AND is_active)) FOR UPDATE`.execute(
       tx,
@@ -174,10 +211,19 @@ export async function deleteRelease(
 
 /** Whether a device has reported this model or a release already uses it. */
 export async function isKnownModel(db: Db, model: string): Promise<boolean> {
-  const r = await sql<{ ok: number }>`
-    SELECT 1 AS ok WHERE EXISTS (SELECT 1 FROM devices WHERE device_model = ${model})
-      OR EXISTS (SELECT 1 FROM firmware_releases WHERE device_model = ${model})`.execute(db)
-  return r.rows.length > 0
+  const row = await db
+    .selectNoFrom((eb) =>
+      eb
+        .or([
+          eb.exists(eb.selectFrom('devices').select('id').where('device_model', '=', model)),
+          eb.exists(
+            eb.selectFrom('firmware_releases').select('id').where('device_model', '=', model),
+          ),
+        ])
+        .as('known'),
+    )
+    .executeTakeFirstOrThrow()
+  return row.known === true
 }
 
 export type OtaEventType =
@@ -215,18 +261,18 @@ export async function insertEvent(db: Db, e: OtaEvent): Promise<void> {
 }
 
 /** A device as the admin API shows it (the old `devices` items plus groups and what paku learned). */
-export type Device = {
-  device_id: string
-  device_model: string
-  current_firmware_version: string | null
-  last_seen: Date | null
-  created_at: Date
-  mac_address: string | null
-  online: boolean | null
-  site_id: string | null
-  metadata: Record<string, unknown> | null
-  groups: string[]
-}
+export type Device = Row<
+  'devices',
+  | 'device_id'
+  | 'device_model'
+  | 'current_firmware_version'
+  | 'last_seen'
+  | 'created_at'
+  | 'mac_address'
+  | 'online'
+  | 'site_id'
+  | 'metadata'
+> & { groups: string[] }
 
 const DEVICE_COLUMNS = sql`d.device_id, d.device_model, d.current_firmware_version, d.last_seen, d.created_at, d.mac_address, d.online,
   d.site_id, d.metadata,
@@ -275,10 +321,7 @@ export async function putDevice(
   )
 }
 
-export type Group = {
-  name: string
-  description: string | null
-  created_at: Date
+export type Group = Row<'device_groups', 'name' | 'description' | 'created_at'> & {
   device_ids: string[]
 }
 
@@ -410,11 +453,18 @@ export async function registerCheckedDevice(
   db: Db,
   { deviceId, model, version }: CheckedDevice,
 ): Promise<boolean> {
-  const r = await sql`
-    INSERT INTO devices (device_id, device_model, current_firmware_version, last_seen, metadata)
-    VALUES (${deviceId}, ${model}, ${version}, NOW(), '{"protocol": "http", "registered_via": "http"}'::jsonb)
-    ON CONFLICT (device_id) DO NOTHING`.execute(db)
-  return Number(r.numAffectedRows ?? 0) > 0
+  const r = await db
+    .insertInto('devices')
+    .values({
+      device_id: deviceId,
+      device_model: model,
+      current_firmware_version: version,
+      last_seen: sql<Date>`NOW()`,
+      metadata: JSON.stringify({ protocol: 'http', registered_via: 'http' }),
+    })
+    .onConflict((oc) => oc.column('device_id').doNothing())
+    .executeTakeFirst()
+  return Number(r.numInsertedOrUpdatedRows ?? 0) > 0
 }
 
 /** A token-authenticated /check: refreshes version and last_seen (as the old service did) and marks the device as polling. */
@@ -501,16 +551,20 @@ export async function listUpdateStatus(
 
 /** A device's OTA events (uploads of nothing, rollouts taking it in, outcomes), newest first. */
 export async function deviceEvents(db: Db, deviceId: string, limit: number) {
-  const r = await sql<{
-    event_type: string
-    firmware_version: string | null
-    rollout_id: number | null
-    event_data: Record<string, unknown> | null
-    created_at: Date
-  }>`
-    SELECT event_type, firmware_version, rollout_id::int AS rollout_id, event_data, created_at FROM ota_events
-    WHERE device_id = ${deviceId} ORDER BY created_at DESC, id DESC LIMIT ${limit}`.execute(db)
-  return r.rows
+  return db
+    .selectFrom('ota_events')
+    .select([
+      'event_type',
+      'firmware_version',
+      sql<number | null>`rollout_id::int`.as('rollout_id'),
+      'event_data',
+      'created_at',
+    ])
+    .where('device_id', '=', deviceId)
+    .orderBy('created_at', 'desc')
+    .orderBy('id', 'desc')
+    .limit(limit)
+    .execute()
 }
 
 /** The old report endpoint's effects (docs/compatibility.md, "The old routes"), with success also moving the device's version. */
@@ -566,18 +620,19 @@ export async function gauges(db: Db): Promise<{
   rolloutsByStatus: Array<{ status: string; n: number }>
   releases: number
 }> {
-  const d = await sql<{
-    model: string
-    n: number
-  }>`SELECT device_model AS model, count(*)::int AS n FROM devices GROUP BY 1 ORDER BY 1`.execute(
-    db,
-  )
-  const r = await sql<{
-    status: string
-    n: number
-  }>`SELECT status, count(*)::int AS n FROM rollout_configurations GROUP BY 1 ORDER BY 1`.execute(
-    db,
-  )
-  const f = await sql<{ n: number }>`SELECT count(*)::int AS n FROM firmware_releases`.execute(db)
-  return { devicesByModel: d.rows, rolloutsByStatus: r.rows, releases: f.rows[0]?.n ?? 0 }
+  const count = sql<number>`count(*)::int`.as('n')
+  const devicesByModel = await db
+    .selectFrom('devices')
+    .select(['device_model as model', count])
+    .groupBy('device_model')
+    .orderBy('device_model')
+    .execute()
+  const rolloutsByStatus = await db
+    .selectFrom('rollout_configurations')
+    .select(['status', count])
+    .groupBy('status')
+    .orderBy('status')
+    .execute()
+  const f = await db.selectFrom('firmware_releases').select(count).executeTakeFirst()
+  return { devicesByModel, rolloutsByStatus, releases: f?.n ?? 0 }
 }

@@ -1,5 +1,5 @@
-import { sql, type Kysely } from 'kysely'
-import type { DB } from '../db/index.js'
+import { sql, type Kysely, type Nullable } from 'kysely'
+import type { DB, Row } from '../db/index.js'
 import type { Source } from './sources.js'
 import {
   below,
@@ -46,9 +46,7 @@ export async function rollSource(
  * A source's rollup_state (null columns before its first pass), the oldest transaction id still
  * running (`horizon`, an xid8 as text) and the time the next watermark is taken from.
  */
-type PassState = {
-  watermark: Date | null
-  counted_below: string | null
+type PassState = Nullable<Row<'rollup_state', 'watermark' | 'counted_below'>> & {
   horizon: string
   now: Date
 }
@@ -108,7 +106,7 @@ async function merge(
   // created_at only narrows the scan (BRIN); which rows count is decided by their transaction's id.
   const where = sql`x.created_at > ${o.watermark}::timestamptz - ${OVERLAP}::interval AND NOT ${below(o.countedBelow)} AND ${below(o.horizon)}`
   const up = upsert({ source, table: finest, select: source.aggregate(where, width), set: MERGE })
-  const touched = await sql<{ bucket: Date; groups: number }>`
+  const touched = await sql<Row<RollupTable, 'bucket'> & { groups: number }>`
     WITH up AS (${up} RETURNING site_id, system, device_id, bucket),
     series AS (${upsertSeries(source, sql`SELECT site_id, system, device_id, min(bucket) AS first_at, max(bucket) AS last_at FROM up GROUP BY 1, 2, 3`)})
     SELECT bucket, count(*)::int AS groups FROM up GROUP BY bucket`.execute(tx)
