@@ -1,4 +1,5 @@
-import { sql } from 'kysely'
+import { sql, type Selectable } from 'kysely'
+import type { DB, Row } from '../db/index.js'
 import { compareVersions, percentageMatch } from './versions.js'
 import { UNPROVEN_DEVICE } from './pull-tokens.js'
 import { insertEvent, type Db, type Release } from './store.js'
@@ -51,34 +52,64 @@ export type TargetFilter = {
   device_models?: string[]
 }
 
-export type Rollout = {
-  id: string
-  name: string
-  firmware_version: string
-  device_model: string
-  target_type: TargetType
-  target_filter: TargetFilter | null
-  rollout_percentage: number | null
+/** The columns of rollout_configurations a rollout carries as they are; is_active is selected apart (ROLLOUT_SELECTION). */
+const ROLLOUT_FIELDS = [
+  'id',
+  'name',
+  'firmware_version',
+  'device_model',
+  'target_type',
+  'target_filter',
+  'rollout_percentage',
+  'status',
+  'status_reason',
+  'stages',
+  'stage_index',
+  'auto_advance',
+  'success_threshold_percent',
+  'error_threshold_count',
+  'error_threshold_percent',
+  'error_threshold_min_executed',
+  'allow_downgrade',
+  'errors_since',
+  'created_at',
+  'updated_at',
+  'created_by',
+] as const satisfies ReadonlyArray<keyof Selectable<DB['rollout_configurations']>>
+
+/** A rollout as ROLLOUT_SELECTION and ROLLOUT_COLUMNS return it. */
+type RolloutRow = Row<'rollout_configurations', (typeof ROLLOUT_FIELDS)[number]> & {
   is_active: boolean
-  status: RolloutStatus
-  status_reason: string | null
-  stages: number[] | null
-  stage_index: number
-  auto_advance: boolean
-  success_threshold_percent: number
-  error_threshold_count: number | null
-  error_threshold_percent: number | null
-  error_threshold_min_executed: number
-  allow_downgrade: boolean
-  errors_since: Date | null
-  created_at: Date
-  updated_at: Date
-  created_by: string | null
 }
 
-const ROLLOUT_COLUMNS = sql`id::text AS id, name, firmware_version, device_model, target_type, target_filter, rollout_percentage,
-  COALESCE(is_active, false) AS is_active, status, status_reason, stages, stage_index, auto_advance, success_threshold_percent,
-  error_threshold_count, error_threshold_percent, error_threshold_min_executed, allow_downgrade, errors_since, created_at, updated_at, created_by`
+export type Rollout = Omit<RolloutRow, 'target_type' | 'target_filter' | 'status'> & {
+  target_type: TargetType
+  target_filter: TargetFilter | null
+  status: RolloutStatus
+}
+
+/**
+ * The columns Rollout types more narrowly than the table does: status and target_type hold what their
+ * CHECK constraints allow (sql/0002_ota.sql, sql/0011_ota_rollouts.sql); target_filter is the
+ * TargetFilter createRollout writes, or the old service's documented shape in adopted rollouts.
+ */
+type RolloutNarrowing = Pick<Rollout, 'target_type' | 'target_filter' | 'status'>
+const asRollout = (row: RolloutRow): Rollout => row as RolloutRow & RolloutNarrowing
+
+const ROLLOUT_SELECTION = [
+  ...ROLLOUT_FIELDS,
+  sql<boolean>`COALESCE(is_active, false)`.as('is_active'),
+] as const
+/** ROLLOUT_SELECTION for raw statements. */
+const ROLLOUT_COLUMNS = sql`${sql.join(ROLLOUT_FIELDS.map((c) => sql.ref(c)))}, COALESCE(is_active, false) AS is_active`
+
+/** A SELECT of rollout_configurations with the columns of Rollout; the caller adds WHERE and ORDER BY. */
+function selectRollouts(db: Db) {
+  return db
+    .selectFrom('rollout_configurations')
+    .select(ROLLOUT_SELECTION)
+    .$narrowType<RolloutNarrowing>()
+}
 
 /** The percentages a rollout widens through; the old API's single rollout_percentage is a one-stage rollout. */
 export function stagesOf(
@@ -101,6 +132,19 @@ export type TargetDevice = {
   mac_address: string | null
   protocol: string | null
   groups: string[]
+}
+
+type TargetDeviceColumn = 'device_id' | 'device_model' | 'current_firmware_version' | 'mac_address'
+/** A device as deviceTarget selects it: protocol from its metadata, groups from device_group_members. */
+type TargetDeviceRow = Row<'devices', TargetDeviceColumn> & {
+  protocol: string | null
+  groups: string[]
+}
+/** A device as candidates selects it: TargetDeviceRow, and whether it proved itself. */
+type CandidateRow = Row<'devices', TargetDeviceColumn> & {
+  protocol: string | null
+  groups: string[]
+  trusted: boolean
 }
 
 /**
@@ -144,11 +188,13 @@ export function compareReleases(
 
 /** When each version of these models was uploaded (epoch ms), for compareReleases. */
 export async function uploadTimes(db: Db, models: readonly string[]): Promise<Map<string, number>> {
-  const r = await sql<{ version: string; at: Date }>`
-    SELECT version, max(created_at) AS at FROM firmware_releases WHERE device_model = ANY(${[...models]}::text[]) GROUP BY version`.execute(
-    db,
-  )
-  return new Map(r.rows.map((x) => [x.version, x.at.getTime()]))
+  const rows = await db
+    .selectFrom('firmware_releases')
+    .select((eb) => ['version', eb.fn.max('created_at').as('at')])
+    .where((eb) => eb('device_model', '=', eb.fn.any(sql<string[]>`${[...models]}::text[]`)))
+    .groupBy('version')
+    .execute()
+  return new Map(rows.map((x) => [x.version, x.at.getTime()]))
 }
 
 /** The models a rollout delivers to: its target filter's, else its firmware's. */
@@ -176,23 +222,20 @@ export type Counts = Record<DeviceState, number> & { total: number }
 
 export async function getRollout(db: Db, id: string): Promise<Rollout | undefined> {
   if (!/^\d{1,18}$/.test(id)) return undefined
-  const r =
-    await sql<Rollout>`SELECT ${ROLLOUT_COLUMNS} FROM rollout_configurations WHERE id = ${id}::bigint`.execute(
-      db,
-    )
-  return r.rows[0]
+  return selectRollouts(db).where('id', '=', id).executeTakeFirst()
 }
 
 export async function listRollouts(
   db: Db,
   filter: { status?: string | undefined; model?: string | undefined; limit: number },
 ): Promise<Rollout[]> {
-  const r = await sql<Rollout>`
-    SELECT ${ROLLOUT_COLUMNS} FROM rollout_configurations
-    WHERE (${filter.status ?? null}::text IS NULL OR status = ${filter.status ?? null}::text)
-      AND (${filter.model ?? null}::text IS NULL OR device_model = ${filter.model ?? null}::text)
-    ORDER BY created_at DESC, id DESC LIMIT ${filter.limit}`.execute(db)
-  return r.rows
+  return selectRollouts(db)
+    .$if(filter.status !== undefined, (q) => q.where('status', '=', filter.status as string))
+    .$if(filter.model !== undefined, (q) => q.where('device_model', '=', filter.model as string))
+    .orderBy('created_at', 'desc')
+    .orderBy('id', 'desc')
+    .limit(filter.limit)
+    .execute()
 }
 
 /**
@@ -208,12 +251,16 @@ export async function countsOf(
   const out = new Map<string, Counts>()
   for (const id of rolloutIds) out.set(id, emptyCounts())
   if (rolloutIds.length === 0) return out
-  const r = await sql<{ rollout_id: string; state: DeviceState; n: number }>`
-    SELECT rollout_id::text AS rollout_id, state, count(*)::int AS n FROM rollout_devices
-    WHERE rollout_id = ANY(${rolloutIds}::bigint[]) AND verified = ${o.verified} GROUP BY 1, 2`.execute(
-    db,
-  )
-  for (const row of r.rows) {
+  const rows = await db
+    .selectFrom('rollout_devices')
+    .select(['rollout_id', 'state', sql<number>`count(*)::int`.as('n')])
+    .where((eb) => eb('rollout_id', '=', eb.fn.any(sql<string[]>`${rolloutIds}::bigint[]`)))
+    .where('verified', '=', o.verified)
+    .groupBy(['rollout_id', 'state'])
+    // state holds what its CHECK constraint allows (sql/0011_ota_rollouts.sql).
+    .$narrowType<{ state: DeviceState }>()
+    .execute()
+  for (const row of rows) {
     const c = out.get(row.rollout_id)
     if (!c) continue
     c[row.state] = row.n
@@ -245,6 +292,21 @@ export type RolloutDevice = {
   steps: Array<{ state: DeviceState; at: string }>
 }
 
+const ROLLOUT_DEVICE_FIELDS = [
+  'device_id',
+  'state',
+  'verified',
+  'stage',
+  'from_version',
+  'progress_percent',
+  'detail',
+  'attempts',
+  'notified_at',
+  'created_at',
+  'updated_at',
+  'steps',
+] as const satisfies ReadonlyArray<keyof RolloutDevice>
+
 export async function rolloutDevices(
   db: Db,
   id: string,
@@ -252,20 +314,7 @@ export async function rolloutDevices(
 ): Promise<RolloutDevice[]> {
   return db
     .selectFrom('rollout_devices')
-    .select([
-      'device_id',
-      'state',
-      'verified',
-      'stage',
-      'from_version',
-      'progress_percent',
-      'detail',
-      'attempts',
-      'notified_at',
-      'created_at',
-      'updated_at',
-      'steps',
-    ])
+    .select(ROLLOUT_DEVICE_FIELDS)
     .where('rollout_id', '=', id)
     .$if(state !== undefined, (q) => q.where('state', '=', state as string))
     .orderBy('device_id')
@@ -281,18 +330,28 @@ export type DeviceAction = RolloutDevice & {
   rollout_status: RolloutStatus
 }
 
+/** A row of deviceActions' statement. */
+type DeviceActionRow = Row<'rollout_devices', (typeof ROLLOUT_DEVICE_FIELDS)[number]> &
+  Row<'rollout_configurations', 'firmware_version' | 'device_model'> & {
+    rollout_id: number
+    rollout_name: RolloutRow['name']
+    rollout_status: RolloutRow['status']
+  }
+
 /** A device's actions in every rollout that took it in, newest first: its OTA history with the time of each step. */
 export async function deviceActions(
   db: Db,
   deviceId: string,
   limit: number,
 ): Promise<DeviceAction[]> {
-  const r = await sql<DeviceAction>`
+  const r = await sql<DeviceActionRow>`
     SELECT rd.device_id, rd.state, rd.verified, rd.stage, rd.from_version, rd.progress_percent, rd.detail, rd.attempts, rd.notified_at,
       rd.created_at, rd.updated_at, rd.steps, r.id::int AS rollout_id, r.name AS rollout_name, r.firmware_version, r.device_model, r.status AS rollout_status
     FROM rollout_devices rd JOIN rollout_configurations r ON r.id = rd.rollout_id
     WHERE rd.device_id = ${deviceId} ORDER BY rd.created_at DESC LIMIT ${limit}`.execute(db)
-  return r.rows
+  // state and status hold what their CHECK constraints allow (sql/0011_ota_rollouts.sql); steps is
+  // the list of {state, at} the trigger of sql/0019_rollout_device_steps.sql appends to.
+  return r.rows as DeviceAction[]
 }
 
 export type NewRollout = {
@@ -322,30 +381,59 @@ export async function createRollout(
   n: NewRollout,
 ): Promise<{ rollout: Rollout; superseded: string[] } | undefined> {
   return db.transaction().execute(async (tx) => {
-    const inserted = await sql<Rollout>`
-      INSERT INTO rollout_configurations (name, firmware_version, device_model, target_type, target_filter, rollout_percentage, is_active,
-        created_by, status, status_reason, stages, auto_advance, success_threshold_percent, error_threshold_count, error_threshold_percent,
-        error_threshold_min_executed, allow_downgrade)
-      VALUES (${n.name}, ${n.release.version}, ${n.release.device_model}, ${n.targetType},
-        ${n.targetFilter === null ? null : JSON.stringify(n.targetFilter)}::jsonb, ${n.percentage}, ${n.active}, ${n.createdBy},
-        ${n.active ? 'running' : 'paused'}, ${n.active ? null : 'created inactive'}, ${n.stages}::int[], ${n.autoAdvance},
-        ${n.successThresholdPercent}, ${n.errorThresholdCount}, ${n.errorThresholdPercent}, ${n.errorThresholdMinExecuted}, ${n.allowDowngrade})
-      ON CONFLICT (name) DO NOTHING
-      RETURNING ${ROLLOUT_COLUMNS}`.execute(tx)
-    const rollout = inserted.rows[0]
+    const rollout = await tx
+      .insertInto('rollout_configurations')
+      .values({
+        name: n.name,
+        firmware_version: n.release.version,
+        device_model: n.release.device_model,
+        target_type: n.targetType,
+        target_filter: n.targetFilter === null ? null : JSON.stringify(n.targetFilter),
+        rollout_percentage: n.percentage,
+        is_active: n.active,
+        created_by: n.createdBy,
+        status: n.active ? 'running' : 'paused',
+        status_reason: n.active ? null : 'created inactive',
+        stages: n.stages,
+        auto_advance: n.autoAdvance,
+        success_threshold_percent: n.successThresholdPercent,
+        error_threshold_count: n.errorThresholdCount,
+        error_threshold_percent: n.errorThresholdPercent,
+        error_threshold_min_executed: n.errorThresholdMinExecuted,
+        allow_downgrade: n.allowDowngrade,
+      })
+      .onConflict((oc) => oc.column('name').doNothing())
+      .returning(ROLLOUT_SELECTION)
+      .$narrowType<RolloutNarrowing>()
+      .executeTakeFirst()
     if (!rollout) return undefined
-    const old = await sql<{ id: string; name: string }>`
-      UPDATE rollout_configurations SET status = 'cancelled', is_active = false, updated_at = NOW(),
-        status_reason = ${`superseded by rollout ${rollout.id} (${n.name})`}
-      WHERE device_model = ${n.release.device_model} AND status IN ('running', 'paused') AND id <> ${rollout.id}::bigint
-      RETURNING id::text AS id, name`.execute(tx)
+    const old = await tx
+      .updateTable('rollout_configurations')
+      .set({
+        status: 'cancelled',
+        is_active: false,
+        updated_at: sql<Date>`NOW()`,
+        status_reason: `superseded by rollout ${rollout.id} (${n.name})`,
+      })
+      .where('device_model', '=', n.release.device_model)
+      .where('status', 'in', ['running', 'paused'])
+      .where('id', '<>', rollout.id)
+      .returning(['id', 'name'])
+      .execute()
     // A completed rollout keeps taking in devices that appear later until a newer one replaces it.
-    await sql`
-      UPDATE rollout_configurations SET is_active = false, updated_at = NOW(), status_reason = ${`completed; superseded by rollout ${rollout.id} (${n.name})`}
-      WHERE device_model = ${n.release.device_model} AND status = 'completed' AND is_active AND id <> ${rollout.id}::bigint`.execute(
-      tx,
-    )
-    for (const o of old.rows) {
+    await tx
+      .updateTable('rollout_configurations')
+      .set({
+        is_active: false,
+        updated_at: sql<Date>`NOW()`,
+        status_reason: `completed; superseded by rollout ${rollout.id} (${n.name})`,
+      })
+      .where('device_model', '=', n.release.device_model)
+      .where('status', '=', 'completed')
+      .where('is_active', '=', true)
+      .where('id', '<>', rollout.id)
+      .execute()
+    for (const o of old) {
       await cancelOpenDevices(tx, o.id, `superseded by rollout ${rollout.id}`)
       await insertEvent(tx, {
         type: 'rollout_updated',
@@ -366,16 +454,17 @@ export async function createRollout(
         stages: n.stages,
       },
     })
-    return { rollout, superseded: old.rows.map((o) => o.name) }
+    return { rollout, superseded: old.map((o) => o.name) }
   })
 }
 
 async function cancelOpenDevices(db: Db, rolloutId: string, detail: string): Promise<void> {
-  await sql`
-    UPDATE rollout_devices SET state = 'cancelled', detail = ${detail}, updated_at = NOW()
-    WHERE rollout_id = ${rolloutId}::bigint AND state NOT IN ('succeeded', 'failed', 'cancelled', 'skipped')`.execute(
-    db,
-  )
+  await db
+    .updateTable('rollout_devices')
+    .set({ state: 'cancelled', detail, updated_at: sql<Date>`NOW()` })
+    .where('rollout_id', '=', rolloutId)
+    .where('state', 'not in', ['succeeded', 'failed', 'cancelled', 'skipped'])
+    .execute()
 }
 
 export type Action = 'pause' | 'resume' | 'cancel' | 'advance' | 'retry'
@@ -386,12 +475,13 @@ export async function applyAction(
   { id, action, percentage }: { id: string; action: Action; percentage?: number | undefined },
 ): Promise<{ error: string } | { rollout: Rollout }> {
   return db.transaction().execute(async (tx) => {
-    const r = (
-      await sql<Rollout>`SELECT ${ROLLOUT_COLUMNS} FROM rollout_configurations WHERE id = ${id}::bigint FOR UPDATE`.execute(
+    const row = (
+      await sql<RolloutRow>`SELECT ${ROLLOUT_COLUMNS} FROM rollout_configurations WHERE id = ${id}::bigint FOR UPDATE`.execute(
         tx,
       )
     ).rows[0]
-    if (!r) return { error: 'not found' }
+    if (!row) return { error: 'not found' }
+    const r = asRollout(row)
     const set = async (status: RolloutStatus, reason: string | null, extra = sql``) => {
       await sql`UPDATE rollout_configurations SET status = ${status}, status_reason = ${reason},
         is_active = ${status !== 'cancelled'}, updated_at = NOW() ${extra} WHERE id = ${id}::bigint`.execute(
@@ -448,9 +538,18 @@ export async function applyAction(
         break
       }
       case 'retry': {
-        await sql`
-          UPDATE rollout_devices SET state = 'pending', detail = 'retry requested', progress_percent = NULL, notified_at = NULL, updated_at = NOW()
-          WHERE rollout_id = ${id}::bigint AND state = 'failed'`.execute(tx)
+        await tx
+          .updateTable('rollout_devices')
+          .set({
+            state: 'pending',
+            detail: 'retry requested',
+            progress_percent: null,
+            notified_at: null,
+            updated_at: sql<Date>`NOW()`,
+          })
+          .where('rollout_id', '=', id)
+          .where('state', '=', 'failed')
+          .execute()
         if (r.status === 'completed') await set('running', null)
         break
       }
@@ -461,12 +560,8 @@ export async function applyAction(
       rolloutId: id,
       data: { action, percentage: percentage ?? null },
     })
-    const updated = (
-      await sql<Rollout>`SELECT ${ROLLOUT_COLUMNS} FROM rollout_configurations WHERE id = ${id}::bigint`.execute(
-        tx,
-      )
-    ).rows[0]
-    return { rollout: updated as Rollout }
+    const updated = await selectRollouts(tx).where('id', '=', id).executeTakeFirstOrThrow()
+    return { rollout: updated }
   })
 }
 
@@ -477,7 +572,7 @@ export async function applyAction(
 async function candidates(db: Db, r: Rollout): Promise<Array<TargetDevice & { trusted: boolean }>> {
   const f = r.target_filter ?? {}
   const models = modelsOf(r)
-  const rows = await sql<TargetDevice & { trusted: boolean }>`
+  const rows = await sql<CandidateRow>`
     SELECT d.device_id, d.device_model, d.current_firmware_version, d.mac_address, d.metadata->>'protocol' AS protocol,
       COALESCE((SELECT array_agg(m.group_name) FROM device_group_members m WHERE m.device_id = d.device_id), '{}') AS groups,
       NOT ${UNPROVEN_DEVICE} AS trusted
@@ -487,7 +582,7 @@ async function candidates(db: Db, r: Rollout): Promise<Array<TargetDevice & { tr
         ? sql`d.device_id = ANY(${f.device_ids ?? []}::text[]) OR upper(regexp_replace(COALESCE(d.mac_address, ''), '[^0-9A-Fa-f]', '', 'g')) = ANY(${(f.mac_addresses ?? []).map(normalMac)}::text[])`
         : sql`d.device_model = ANY(${models}::text[])`
     }`.execute(db)
-  const found = rows.rows
+  const found: Array<TargetDevice & { trusted: boolean }> = rows.rows
   if (r.target_type === 'specific') {
     // Named devices that never registered still get the command: it waits in their persistent session.
     const known = new Set(found.map((d) => d.device_id))
@@ -523,18 +618,28 @@ export async function tickRollout(
   timeoutMinutes: number,
 ): Promise<TickResult | undefined> {
   return db.transaction().execute(async (tx) => {
-    const r = (
-      await sql<Rollout>`SELECT ${ROLLOUT_COLUMNS} FROM rollout_configurations WHERE id = ${id}::bigint FOR UPDATE`.execute(
+    const row = (
+      await sql<RolloutRow>`SELECT ${ROLLOUT_COLUMNS} FROM rollout_configurations WHERE id = ${id}::bigint FOR UPDATE`.execute(
         tx,
       )
     ).rows[0]
-    if (!r || !isLive(r)) return undefined
+    if (!row) return undefined
+    const r = asRollout(row)
+    if (!isLive(r)) return undefined
     const changes: string[] = []
-    const timedOut = await sql<{ device_id: string; verified: boolean }>`
-      UPDATE rollout_devices SET state = 'failed', detail = ${`no report for ${timeoutMinutes} min while updating (timed out)`}, updated_at = NOW()
-      WHERE rollout_id = ${id}::bigint AND state = ANY(${[...IN_FLIGHT]}::text[]) AND updated_at < NOW() - make_interval(mins => ${timeoutMinutes})
-      RETURNING device_id, verified`.execute(tx)
-    for (const d of timedOut.rows) {
+    const timedOut = await tx
+      .updateTable('rollout_devices')
+      .set({
+        state: 'failed',
+        detail: `no report for ${timeoutMinutes} min while updating (timed out)`,
+        updated_at: sql<Date>`NOW()`,
+      })
+      .where('rollout_id', '=', id)
+      .where((eb) => eb('state', '=', eb.fn.any(sql<string[]>`${[...IN_FLIGHT]}::text[]`)))
+      .where('updated_at', '<', sql<Date>`NOW() - make_interval(mins => ${timeoutMinutes})`)
+      .returning(['device_id', 'verified'])
+      .execute()
+    for (const d of timedOut) {
       await insertEvent(tx, {
         type: 'update_failed',
         deviceId: d.device_id,
@@ -547,10 +652,12 @@ export async function tickRollout(
     if (r.status === 'running' || r.status === 'completed') {
       const existing = new Set(
         (
-          await sql<{
-            device_id: string
-          }>`SELECT device_id FROM rollout_devices WHERE rollout_id = ${id}::bigint`.execute(tx)
-        ).rows.map((d) => d.device_id),
+          await tx
+            .selectFrom('rollout_devices')
+            .select('device_id')
+            .where('rollout_id', '=', id)
+            .execute()
+        ).map((d) => d.device_id),
       )
       const fresh = (await candidates(tx, r)).filter((d) => !existing.has(d.device_id))
       if (fresh.length > 0) {
@@ -566,19 +673,31 @@ export async function tickRollout(
       }
     }
     const counts = (await countsOf(tx, [id])).get(id) as Counts
-    const recent = (
-      await sql<Recent>`
-      SELECT count(*) FILTER (WHERE state = 'failed')::int AS failed,
-        count(*) FILTER (WHERE state IN ('failed', 'installed', 'succeeded') AND detail IS DISTINCT FROM 'already runs this version')::int AS executed
-      FROM rollout_devices WHERE rollout_id = ${id}::bigint AND verified
-        AND (${r.errors_since}::timestamptz IS NULL OR updated_at >= ${r.errors_since}::timestamptz)`.execute(
-        tx,
-      )
-    ).rows[0] as Recent
+    const since = r.errors_since
+    const recent: Recent = await tx
+      .selectFrom('rollout_devices')
+      .select([
+        sql<number>`count(*) FILTER (WHERE state = 'failed')::int`.as('failed'),
+        sql<number>`count(*) FILTER (WHERE state IN ('failed', 'installed', 'succeeded') AND detail IS DISTINCT FROM 'already runs this version')::int`.as(
+          'executed',
+        ),
+      ])
+      .where('rollout_id', '=', id)
+      .where('verified', '=', true)
+      .$if(since !== null, (q) => q.where('updated_at', '>=', since as Date))
+      .executeTakeFirstOrThrow()
     const decision = judge(r, counts, recent)
     if (decision) {
-      await sql`UPDATE rollout_configurations SET status = ${decision.status}, status_reason = ${decision.reason}, stage_index = ${decision.stageIndex},
-        updated_at = NOW() WHERE id = ${id}::bigint`.execute(tx)
+      await tx
+        .updateTable('rollout_configurations')
+        .set({
+          status: decision.status,
+          status_reason: decision.reason,
+          stage_index: decision.stageIndex,
+          updated_at: sql<Date>`NOW()`,
+        })
+        .where('id', '=', id)
+        .execute()
       await insertEvent(tx, {
         type: 'rollout_updated',
         version: r.firmware_version,
@@ -587,15 +706,11 @@ export async function tickRollout(
       })
       changes.push(decision.reason)
     }
-    const after = (
-      await sql<Rollout>`SELECT ${ROLLOUT_COLUMNS} FROM rollout_configurations WHERE id = ${id}::bigint`.execute(
-        tx,
-      )
-    ).rows[0] as Rollout
+    const after = await selectRollouts(tx).where('id', '=', id).executeTakeFirstOrThrow()
     const toNotify =
       after.status === 'running'
         ? (
-            await sql<{ device_id: string }>`
+            await sql<Row<'rollout_devices', 'device_id'>>`
               SELECT rd.device_id FROM rollout_devices rd LEFT JOIN devices d ON d.device_id = rd.device_id
               WHERE rd.rollout_id = ${id}::bigint AND rd.state = 'pending'
                 -- A device heard over MQTT (its status set site_id) gets the push, whatever a pull request once wrote into its protocol.
@@ -686,29 +801,31 @@ export async function markNotified(db: Db, rolloutId: string, deviceId: string):
 }
 
 /** A device's open action in a live (running or paused) rollout, with what the rollout delivers. */
-export type OpenAction = {
-  rollout_id: string
+export type OpenAction = Omit<OpenActionRow, 'rollout_status' | 'state'> & {
   rollout_status: RolloutStatus
-  device_id: string
   state: DeviceState
-  firmware_version: string
-  device_model: string
-  notified_at: Date | null
-  updated_at: Date
-  checksum_sha256: string | null
-  checksum_md5: string | null
-  file_size: number | null
 }
 
+/** A row of openActions' statement; the release's columns are null where no release row matches (LEFT JOIN). */
+type OpenActionRow = Row<'rollout_devices', 'device_id' | 'state' | 'notified_at' | 'updated_at'> &
+  Row<'rollout_configurations', 'firmware_version' | 'device_model'> & {
+    rollout_id: string
+    rollout_status: RolloutRow['status']
+    checksum_sha256: Row<'firmware_releases', 'checksum_sha256'>['checksum_sha256'] | null
+    checksum_md5: Row<'firmware_releases', 'checksum_md5'>['checksum_md5']
+    file_size: number | null
+  }
+
 export async function openActions(db: Db, deviceId: string): Promise<OpenAction[]> {
-  const r = await sql<OpenAction>`
+  const r = await sql<OpenActionRow>`
     SELECT rd.rollout_id::text AS rollout_id, r.status AS rollout_status, rd.device_id, rd.state, r.firmware_version, r.device_model,
       rd.notified_at, rd.updated_at, f.checksum_sha256, f.checksum_md5, f.file_size::float8 AS file_size
     FROM rollout_devices rd JOIN rollout_configurations r ON r.id = rd.rollout_id
     LEFT JOIN firmware_releases f ON f.device_model = r.device_model AND f.version = r.firmware_version
     WHERE rd.device_id = ${deviceId} AND (r.status IN ('running', 'paused') OR (r.status = 'completed' AND r.is_active)) AND rd.state NOT IN ('succeeded', 'failed', 'cancelled', 'skipped')
     ORDER BY rd.rollout_id DESC`.execute(db)
-  return r.rows
+  // state and status hold what their CHECK constraints allow (sql/0011_ota_rollouts.sql).
+  return r.rows as OpenAction[]
 }
 
 /** A move of one device's action: to `to`, with `detail` (null keeps the old one) and a progress `percent`. */
@@ -732,13 +849,21 @@ export async function advanceDevice(
   if (TERMINAL.includes(a.state)) return undefined
   if (to !== 'failed' && to !== 'cancelled' && RANK[to] < RANK[a.state]) return undefined
   if (to === a.state && percent === undefined) return undefined
-  const r = await sql<{ verified: boolean }>`
-    UPDATE rollout_devices SET state = ${to}, detail = COALESCE(${detail}, detail),
-      progress_percent = COALESCE(${percent ?? null}::int, CASE WHEN ${to} IN ('installed', 'succeeded') THEN 100 ELSE progress_percent END),
-      updated_at = NOW()
-    WHERE rollout_id = ${a.rollout_id}::bigint AND device_id = ${a.device_id} AND state = ${a.state}
-    RETURNING verified`.execute(db)
-  const row = r.rows[0]
+  const row = await db
+    .updateTable('rollout_devices')
+    .set({
+      state: to,
+      detail: sql<string | null>`COALESCE(${detail}, detail)`,
+      progress_percent: sql<
+        number | null
+      >`COALESCE(${percent ?? null}::int, CASE WHEN ${to} IN ('installed', 'succeeded') THEN 100 ELSE progress_percent END)`,
+      updated_at: sql<Date>`NOW()`,
+    })
+    .where('rollout_id', '=', a.rollout_id)
+    .where('device_id', '=', a.device_id)
+    .where('state', '=', a.state)
+    .returning('verified')
+    .executeTakeFirst()
   if (!row) return undefined
   if (to === 'failed' || to === 'succeeded') {
     await insertEvent(db, {
@@ -766,51 +891,55 @@ export function isLive(r: Pick<Rollout, 'status' | 'is_active'>): boolean {
     r.status === 'running' || r.status === 'paused' || (r.status === 'completed' && r.is_active)
   )
 }
-const LIVE = sql`(status IN ('running', 'paused') OR (status = 'completed' AND is_active))`
-const DELIVERING = sql`(status = 'running' OR (status = 'completed' AND is_active))`
+const LIVE = sql<boolean>`(status IN ('running', 'paused') OR (status = 'completed' AND is_active))`
+const DELIVERING = sql<boolean>`(status = 'running' OR (status = 'completed' AND is_active))`
 
 /** Rollouts that deliver now (running, or completed and current), newest first: what a polling device may be offered. */
 export async function runningRollouts(db: Db): Promise<Rollout[]> {
-  const r =
-    await sql<Rollout>`SELECT ${ROLLOUT_COLUMNS} FROM rollout_configurations WHERE ${DELIVERING} ORDER BY created_at DESC, id DESC`.execute(
-      db,
-    )
-  return r.rows
+  return selectRollouts(db)
+    .where(DELIVERING)
+    .orderBy('created_at', 'desc')
+    .orderBy('id', 'desc')
+    .execute()
 }
 
 /** Live rollouts (running, paused, or completed and current), newest first. */
 export async function liveRollouts(db: Db): Promise<Rollout[]> {
-  const r =
-    await sql<Rollout>`SELECT ${ROLLOUT_COLUMNS} FROM rollout_configurations WHERE ${LIVE} ORDER BY created_at DESC, id DESC`.execute(
-      db,
-    )
-  return r.rows
+  return selectRollouts(db)
+    .where(LIVE)
+    .orderBy('created_at', 'desc')
+    .orderBy('id', 'desc')
+    .execute()
 }
 
 export async function liveRolloutIds(db: Db): Promise<string[]> {
-  const r = await sql<{
-    id: string
-  }>`SELECT id::text AS id FROM rollout_configurations WHERE ${LIVE} ORDER BY id`.execute(db)
-  return r.rows.map((x) => x.id)
+  const rows = await db
+    .selectFrom('rollout_configurations')
+    .select('id')
+    .where(LIVE)
+    .orderBy('id')
+    .execute()
+  return rows.map((x) => x.id)
 }
 
 /** Device ids with an open action in a live rollout, and the models live rollouts take devices from. */
 export async function trackedDevices(
   db: Db,
 ): Promise<{ devices: Set<string>; models: Set<string> }> {
-  const d = await sql<{ device_id: string }>`
+  const d = await sql<Row<'rollout_devices', 'device_id'>>`
     SELECT DISTINCT rd.device_id FROM rollout_devices rd JOIN rollout_configurations r ON r.id = rd.rollout_id
     WHERE (r.status IN ('running', 'paused') OR (r.status = 'completed' AND r.is_active)) AND rd.state NOT IN ('succeeded', 'failed', 'cancelled', 'skipped')`.execute(
     db,
   )
-  const m = await sql<{ model: string }>`
+  // The models of modelsOf: the target filter's device_models, else the firmware's device_model.
+  const m = await sql<Row<'rollout_configurations', 'device_model'>>`
     SELECT DISTINCT unnest(CASE WHEN jsonb_typeof(target_filter->'device_models') = 'array'
       AND jsonb_array_length(target_filter->'device_models') > 0
-      THEN ARRAY(SELECT jsonb_array_elements_text(target_filter->'device_models')) ELSE ARRAY[device_model] END) AS model
+      THEN ARRAY(SELECT jsonb_array_elements_text(target_filter->'device_models')) ELSE ARRAY[device_model] END) AS device_model
     FROM rollout_configurations WHERE ${DELIVERING}`.execute(db)
   return {
     devices: new Set(d.rows.map((x) => x.device_id)),
-    models: new Set(m.rows.map((x) => x.model)),
+    models: new Set(m.rows.map((x) => x.device_model)),
   }
 }
 
@@ -891,7 +1020,7 @@ export async function deviceTarget(
   deviceId: string,
   fallbackModel: string | null,
 ): Promise<TargetDevice> {
-  const r = await sql<TargetDevice>`
+  const r = await sql<TargetDeviceRow>`
     SELECT d.device_id, d.device_model, d.current_firmware_version, d.mac_address, d.metadata->>'protocol' AS protocol,
       COALESCE((SELECT array_agg(m.group_name) FROM device_group_members m WHERE m.device_id = d.device_id), '{}') AS groups
     FROM devices d WHERE d.device_id = ${deviceId}`.execute(db)
