@@ -2,6 +2,8 @@
  * What the polling dialects are answered: Arduino HTTPUpdate's check-in and the old /check, both decided
  * by the rollout the device belongs to (docs/compatibility.md, "The old routes").
  */
+import type { Kysely } from 'kysely'
+import type { DB } from '../db/index.js'
 import type { OtaContext } from './context.js'
 import { recordOutcome } from './outcomes.js'
 import {
@@ -37,6 +39,40 @@ type PolledOutcome = {
   deviceId: string
   to: 'succeeded' | 'failed'
   detail: string
+}
+
+/** A polling device's update begins: its rollout row moves on, it counts as notified, the event is logged. */
+async function startPolled(
+  db: Kysely<DB>,
+  p: {
+    rollout: Rollout
+    row: { state: DeviceState; verified: boolean }
+    deviceId: string
+    to: 'downloading' | 'notified'
+    detail: string
+    from: string | null
+    via: 'http-update' | 'check'
+  },
+): Promise<void> {
+  const r = p.rollout
+  await advanceDevice(db, {
+    action: {
+      rollout_id: r.id,
+      device_id: p.deviceId,
+      state: p.row.state,
+      firmware_version: r.firmware_version,
+    },
+    to: p.to,
+    detail: p.detail,
+  })
+  await markNotified(db, r.id, p.deviceId)
+  await insertEvent(db, {
+    type: 'update_started',
+    deviceId: p.deviceId,
+    version: r.firmware_version,
+    rolloutId: r.id,
+    data: { from_version: p.from, via: p.via, ...unverifiedMark(p.row.verified) },
+  })
 }
 
 /** The decisions for polling devices; both run outside the rollout queue and end actions through it. */
@@ -104,23 +140,12 @@ export function createPullDecisions(o: OtaContext) {
       await finishPolled({ ...polled, to: 'failed', detail })
       return { reason: detail }
     }
-    await advanceDevice(db, {
-      action: {
-        rollout_id: r.id,
-        device_id: d.deviceId,
-        state: row.state,
-        firmware_version: r.firmware_version,
-      },
+    await startPolled(db, {
+      ...polled,
       to: 'downloading',
       detail: 'image served to the polling device',
-    })
-    await markNotified(db, r.id, d.deviceId)
-    await insertEvent(db, {
-      type: 'update_started',
-      deviceId: d.deviceId,
-      version: r.firmware_version,
-      rolloutId: r.id,
-      data: { from_version: d.version, via: 'http-update', ...unverifiedMark(row.verified) },
+      from: d.version,
+      via: 'http-update',
     })
     await recordUpdateStatus(db, {
       deviceId: d.deviceId,
@@ -163,23 +188,14 @@ export function createPullDecisions(o: OtaContext) {
     if (!release) return undefined
     if (row.state === 'pending') {
       // Once per device and rollout, not on every poll as the old service did.
-      await advanceDevice(db, {
-        action: {
-          rollout_id: r.id,
-          device_id: c.deviceId,
-          state: row.state,
-          firmware_version: r.firmware_version,
-        },
+      await startPolled(db, {
+        rollout: r,
+        row,
+        deviceId: c.deviceId,
         to: 'notified',
         detail: 'offered by /api/firmware/check',
-      })
-      await markNotified(db, r.id, c.deviceId)
-      await insertEvent(db, {
-        type: 'update_started',
-        deviceId: c.deviceId,
-        version: r.firmware_version,
-        rolloutId: r.id,
-        data: { from_version: c.current, via: 'check', ...unverifiedMark(row.verified) },
+        from: c.current,
+        via: 'check',
       })
     }
     return { rollout: r, release }
