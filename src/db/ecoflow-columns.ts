@@ -41,3 +41,26 @@ export const ECOFLOW_QUOTA_COLUMNS = [
 
 /** Every reading column: the quota's, and the Wi-Fi signal that only the old poller's rows carry. */
 export const ECOFLOW_READING_COLUMNS = [...ECOFLOW_QUOTA_COLUMNS, 'wifi_rssi'] as const
+
+/** The quota columns the table stores as INTEGER (the EcoFlow mapping rounds them to whole numbers); the rest are NUMERIC. */
+export const ECOFLOW_INTEGER_COLUMNS: ReadonlySet<(typeof ECOFLOW_QUOTA_COLUMNS)[number]> = new Set(
+  [
+    'soc_percent',
+    'remain_time_min',
+    'watts_in_sum',
+    'watts_out_sum',
+    'ac_out_watts',
+    'dc_out_watts',
+    'typec_out_watts',
+    'usb_out_watts',
+    'pv_in_watts',
+    'car_watts',
+    'usb1_watts',
+    'usb2_watts',
+    'qcusb1_watts',
+    'qcusb2_watts',
+    'typec1_watts',
+    'typec2_watts',
+    'bms_cycles',
+  ],
+)

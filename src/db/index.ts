@@ -31,7 +31,11 @@ export { migrate, readSqlDir, type SqlFile } from './migrate.js'
 export { buildIndexes, planIndexes, INDEXES, type IndexSpec } from './indexes.js'
 export { createEmbeddedPostgres } from './embedded.js'
 export { intArray, textArray } from './arrays.js'
-export { ECOFLOW_QUOTA_COLUMNS, ECOFLOW_READING_COLUMNS } from './ecoflow-columns.js'
+export {
+  ECOFLOW_INTEGER_COLUMNS,
+  ECOFLOW_QUOTA_COLUMNS,
+  ECOFLOW_READING_COLUMNS,
+} from './ecoflow-columns.js'
 
 // BIGINT and NUMERIC come back as strings by default; ids stay strings (they can exceed 2^53),
 // but COUNT(*) and friends are cast in SQL where numbers are wanted.

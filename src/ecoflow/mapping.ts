@@ -5,7 +5,7 @@
  * Quirks (docs/ecoflow.md, "Units and quirks"): Delta Pro reports solar input in deci-watts; PowerStream reports
  * watts, volts and temperatures ×10. A missing or null field is NULL, never an aborted row.
  */
-import { ECOFLOW_QUOTA_COLUMNS } from '../db/index.js'
+import { ECOFLOW_INTEGER_COLUMNS, ECOFLOW_QUOTA_COLUMNS } from '../db/index.js'
 
 export const FAMILIES = ['delta_pro', 'delta2', 'powerstream', 'unknown'] as const
 export type Family = (typeof FAMILIES)[number]
@@ -24,27 +24,6 @@ export type PowerSummary = {
   watts_in: number
   watts_out: number
 }
-
-// Integer columns in the schema; the rest are NUMERIC.
-const INTEGER: ReadonlySet<Column> = new Set([
-  'soc_percent',
-  'remain_time_min',
-  'watts_in_sum',
-  'watts_out_sum',
-  'ac_out_watts',
-  'dc_out_watts',
-  'typec_out_watts',
-  'usb_out_watts',
-  'pv_in_watts',
-  'car_watts',
-  'usb1_watts',
-  'usb2_watts',
-  'qcusb1_watts',
-  'qcusb2_watts',
-  'typec1_watts',
-  'typec2_watts',
-  'bms_cycles',
-])
 
 /** The family from the product name of device/list, else from the keys the device reports. */
 export function detectFamily(
@@ -174,7 +153,7 @@ export function mapQuota(
     columns[c] =
       v === undefined || v === null
         ? null
-        : INTEGER.has(c)
+        : ECOFLOW_INTEGER_COLUMNS.has(c)
           ? Math.round(v)
           : Math.round(v * 1000) / 1000
   }
