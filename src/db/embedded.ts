@@ -294,14 +294,7 @@ async function waitReady(o: {
   let exited: number | null | undefined
   child?.once('exit', (code) => (exited = code))
   for (;;) {
-    const client = new pg.Client({
-      host: '127.0.0.1',
-      port,
-      user: USER,
-      password,
-      database: 'postgres',
-      connectionTimeoutMillis: 2000,
-    })
+    const client = maintenanceClient(port, password, 2000)
     try {
       await client.connect()
       await client.end()
@@ -324,13 +317,7 @@ async function waitReady(o: {
 }
 
 async function ensureDatabase(port: number, password: string): Promise<void> {
-  const client = new pg.Client({
-    host: '127.0.0.1',
-    port,
-    user: USER,
-    password,
-    database: 'postgres',
-  })
+  const client = maintenanceClient(port, password)
   await client.connect()
   try {
     const found = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [DATABASE])
@@ -338,6 +325,18 @@ async function ensureDatabase(port: number, password: string): Promise<void> {
   } finally {
     await client.end()
   }
+}
+
+/** A client of the cluster's own `postgres` database, as its superuser (paku's database may not exist yet). */
+function maintenanceClient(port: number, password: string, connectionTimeoutMillis?: number) {
+  return new pg.Client({
+    host: '127.0.0.1',
+    port,
+    user: USER,
+    password,
+    database: 'postgres',
+    ...(connectionTimeoutMillis === undefined ? {} : { connectionTimeoutMillis }),
+  })
 }
 
 function sleep(ms: number): Promise<void> {
