@@ -18,7 +18,7 @@ import type { Reject, Row } from './records.js'
 import { writeOtaReport, writeStatusReports } from '../ota/reports.js'
 import { createSpool } from './spool.js'
 import { createStore } from './store.js'
-import { createCommitWindow, createWriter } from './writer.js'
+import { createCommitWindow, createWriter, type WriterOptions } from './writer.js'
 
 /** The statements as paku wires them: OTA writes the status and OTA rows' tables. */
 const store = createStore({ statuses: writeStatusReports, ota: writeOtaReport })
@@ -56,6 +56,20 @@ const toReject = (row: Row, reason: string): Reject => ({
   payloadBytes: 1,
   receivedAt: new Date(),
 })
+
+/** A writer on `db` with the defaults most tests here use; `o` overrides any of them. */
+function testWriter(db: Kysely<DB>, o: Partial<WriterOptions> = {}) {
+  return createWriter({
+    store,
+    db: () => db,
+    log: testLogger(),
+    batchSize: 100,
+    flushIntervalMs: 10_000,
+    maxPendingRows: 1000,
+    toReject,
+    ...o,
+  })
+}
 
 /**
  * The store, counting the batch writes started: a step calls writeBatch as it starts, before its
@@ -119,15 +133,7 @@ function mockedTimers(t: TestContext) {
 describe('batch writer', () => {
   it('isolates a row PostgreSQL refuses, rejects it with the reason and writes the rest of the batch', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({
-      store,
-      db: () => db,
-      log: testLogger(),
-      batchSize: 100,
-      flushIntervalMs: 10_000,
-      maxPendingRows: 1000,
-      toReject,
-    })
+    const writer = testWriter(db)
     // Year -10000 is a valid JavaScript Date but older than timestamptz's 4713 BC: SQLSTATE 22008.
     const poisoned = new Date(Date.UTC(-10000, 0, 1))
     for (const row of [measurement('a'), measurement('b', poisoned), measurement('c')])
@@ -194,15 +200,7 @@ describe('batch writer', () => {
 
   it('stores metrics exactly, whatever their strings hold (newlines, quotes, backslashes, braces, non-ASCII)', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({
-      store,
-      db: () => db,
-      log: testLogger(),
-      batchSize: 100,
-      flushIntervalMs: 10_000,
-      maxPendingRows: 1000,
-      toReject,
-    })
+    const writer = testWriter(db)
     const docs = [
       { note: 'a\nb\r\n"q" \\ {x,y} ü 🙂', n: 1 },
       { note: '', n: 2, list: ['\n', '","'] },
@@ -231,15 +229,7 @@ describe('batch writer', () => {
 
   it('stores every column exactly: hostile text and NULLs in each, timestamps to the millisecond from 1 BC to 9999', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({
-      store,
-      db: () => db,
-      log: testLogger(),
-      batchSize: 100,
-      flushIntervalMs: 10_000,
-      maxPendingRows: 1000,
-      toReject,
-    })
+    const writer = testWriter(db)
     const text = ['', 'NULL', 'a"b', 'back\\slash', '{x,y}', ' sp ', 'ü 🙂', 'line\nbreak']
     const times = [
       '2026-12-05T10:43:10.383Z',
@@ -286,15 +276,7 @@ describe('batch writer', () => {
 
   it('remembers one QoS 1 id per slot: ids 1,024 apart in one batch keep the newer, and the batch is written', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({
-      store,
-      db: () => db,
-      log: testLogger(),
-      batchSize: 100,
-      flushIntervalMs: 10_000,
-      maxPendingRows: 1000,
-      toReject,
-    })
+    const writer = testWriter(db)
     const keyed = (messageId: number, digest: string): Row => ({
       ...measurement('esp'),
       dedup: { clientId: 'ESP32-A', messageId, digest },
@@ -318,14 +300,8 @@ describe('batch writer', () => {
 
   it('drops and counts rows beyond maxPendingRows instead of growing without bound', async (t) => {
     const { db } = await database(t)
-    const writer = createWriter({
-      store,
-      db: () => db,
-      log: testLogger(),
-      batchSize: 100,
-      flushIntervalMs: 10_000,
+    const writer = testWriter(db, {
       maxPendingRows: 3,
-      toReject,
     })
     const accepted = ['a', 'b', 'c', 'd', 'e'].map((id) => writer.push(measurement(id)))
     assert.deepEqual(accepted, [undefined, undefined, undefined, false, false])
@@ -367,14 +343,10 @@ describe('commit window', () => {
     const { db } = await database(t)
     let clock = 1_000_000
     const timers = mockedTimers(t)
-    const writer = createWriter({
-      store,
-      db: () => db,
-      log: testLogger(),
+    const writer = testWriter(db, {
       batchSize: 1000,
       flushIntervalMs: 60_000,
       maxPendingRows: 10_000,
-      toReject,
       commitWindowMs,
       now: () => clock,
     })
@@ -432,15 +404,11 @@ describe('commit window', () => {
 describe('batch writer backpressure', () => {
   it('asks QoS 0 producers to wait from highWaterRows pending rows on, and lets them go at half', async (t) => {
     const { db } = await database(t)
-    const writer = createWriter({
-      store,
-      db: () => db,
-      log: testLogger(),
+    const writer = testWriter(db, {
       batchSize: 4,
       flushIntervalMs: 60_000,
       maxPendingRows: 100,
       highWaterRows: 10,
-      toReject,
     })
     writer.start()
     defer(t, () => writer.stop())
@@ -542,14 +510,10 @@ describe('batch writer concurrency', () => {
 
   it('counts each committed batch in the duration histogram, one held inside PostgreSQL above 0.25 s', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({
-      store,
-      db: () => db,
-      log: testLogger(),
+    const writer = testWriter(db, {
       batchSize: 10,
       flushIntervalMs: 60_000,
       maxPendingRows: 100,
-      toReject,
     })
     writer.start()
     defer(t, () => writer.stop())
@@ -586,14 +550,10 @@ describe('batch writer concurrency', () => {
 
   it('is busy while a fifth of a batch or more waits to be durable, and not once it is written', async (t) => {
     const { url, db } = await database(t)
-    const writer = createWriter({
-      store,
-      db: () => db,
-      log: testLogger(),
+    const writer = testWriter(db, {
       batchSize: 10,
       flushIntervalMs: 60_000,
       maxPendingRows: 100,
-      toReject,
     })
     writer.start()
     defer(t, () => writer.stop())
@@ -611,14 +571,10 @@ describe('batch writer concurrency', () => {
 
   it('stays busy for a second after a burst-sized batch, so a queue that runs dry for a moment is not the end of the burst', async (t) => {
     const { db } = await database(t)
-    const writer = createWriter({
-      store,
-      db: () => db,
-      log: testLogger(),
+    const writer = testWriter(db, {
       batchSize: 10,
       flushIntervalMs: 60_000,
       maxPendingRows: 100,
-      toReject,
     })
     writer.start()
     defer(t, () => writer.stop())
@@ -647,14 +603,8 @@ describe('batch writer concurrency', () => {
 
   it('writes the rows a full batch left behind at once when nothing more arrived (a burst that ended), not after the flush interval', async (t) => {
     const { db } = await database(t)
-    const writer = createWriter({
-      store,
-      db: () => db,
-      log: testLogger(),
-      batchSize: 100,
+    const writer = testWriter(db, {
       flushIntervalMs: 60_000,
-      maxPendingRows: 1000,
-      toReject,
     })
     writer.start()
     defer(t, () => writer.stop())
@@ -671,14 +621,9 @@ describe('batch writer concurrency', () => {
     const { url, db } = await database(t)
     const clock = mockedTimers(t)
     const counted = countingStore()
-    const writer = createWriter({
+    const writer = testWriter(db, {
       store: counted.store,
-      db: () => db,
-      log: testLogger(),
-      batchSize: 100,
       flushIntervalMs: 60_000,
-      maxPendingRows: 1000,
-      toReject,
     })
     writer.start()
     defer(t, () => writer.stop())
@@ -716,15 +661,12 @@ describe('batch writer concurrency', () => {
     const { url, db } = await database(t, 4)
     const clock = mockedTimers(t)
     const counted = countingStore()
-    const writer = createWriter({
+    const writer = testWriter(db, {
       store: counted.store,
-      db: () => db,
-      log: testLogger(),
       batchSize: 2,
       flushIntervalMs: 60_000,
       concurrency: 2,
       maxPendingRows: 100,
-      toReject,
     })
     writer.start()
     defer(t, () => writer.stop())
@@ -767,15 +709,12 @@ describe('batch writer concurrency', () => {
     const clock = mockedTimers(t)
     const counted = countingStore()
     // batchSize 10: the first flush starts once two rows (a fifth of a batch) wait.
-    const writer = createWriter({
+    const writer = testWriter(db, {
       store: counted.store,
-      db: () => db,
-      log: testLogger(),
       batchSize: 10,
       flushIntervalMs: 60_000,
       concurrency: 2,
       maxPendingRows: 100,
-      toReject,
     })
     writer.start()
     defer(t, () => writer.stop())
@@ -814,16 +753,12 @@ describe('batch writer concurrency', () => {
     defer(t, () => rmSync(dir, { recursive: true, force: true }))
     const spool = createSpool({ dir, maxBytes: 1 << 20, log: testLogger() })
     spool.open()
-    const writer = createWriter({
-      store,
-      db: () => db,
-      log: testLogger(),
+    const writer = testWriter(db, {
       spool,
       batchSize: 3,
       flushIntervalMs: 50,
       concurrency: 2,
       maxPendingRows: 100,
-      toReject,
     })
     writer.start()
     defer(t, () => writer.stop())
