@@ -38,7 +38,8 @@
  * 60 s after the bursts and idle), --no-peer, --no-million, --no-warmup, --no-idle, --no-1cpu,
  * --devices N, --bin dist/paku (the single executable instead of the sources), --pg-bin DIR (other
  * PostgreSQL binaries, e.g. Debian's /usr/lib/postgresql/15/bin, as the old stack's bench ran), --only TEXT
- * (the paku loads whose label contains it: e.g. "200k", "msg/s", "idle", "1 vCPU"), --profile DIR.
+ * (the paku loads whose label contains it, or any of several separated by |: e.g. "200k", "msg/s",
+ * "idle", "1 vCPU", "5,000|1M"), --profile DIR.
  * Results also go to bench-results/<time>.jsonl. Loopback only; everything it starts it stops.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
@@ -789,7 +790,9 @@ const oneCpuLoads: Load[] = STEADY_RATES.flatMap((rate) =>
   [0, 1].map((qos) => ({ ...steady(rate, qos as 0 | 1, ONE_CPU), cores: '0' })),
 )
 const IDLE_LABEL = `idle, ${DEVICES} devices`
-const selected = (label: string) => !flags.only || label.includes(flags.only)
+/** --only A|B: the loads whose label contains any of the alternatives. */
+const selected = (label: string) =>
+  !flags.only || flags.only.split('|').some((part) => label.includes(part))
 const results: Result[] = []
 let idleResult: Idle | undefined
 

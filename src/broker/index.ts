@@ -15,7 +15,7 @@ import { createLedger, type Ledger } from './ledger.js'
 import { createListeners } from './listeners.js'
 import type { BrokerMessage } from './message.js'
 import { createNotices, type Notices } from './notices.js'
-import { readPacketsWithoutSlicing } from './packet-reads.js'
+import { readPacketsWithoutSlicing, writeIdsWithoutCache } from './packet-reads.js'
 import { PgPersistence } from './pg-persistence.js'
 import { createPrincipals, type Principals } from './principals.js'
 import { brokerRoutes } from './routes.js'
@@ -216,6 +216,7 @@ export function createBroker(opts: BrokerOptions) {
     }),
     async start(): Promise<void> {
       readPacketsWithoutSlicing()
+      writeIdsWithoutCache()
       const state = openPersistence(opts, {
         ledger,
         notices,

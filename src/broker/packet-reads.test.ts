@@ -1,9 +1,12 @@
 import assert from 'node:assert/strict'
+import { once } from 'node:events'
+import { createRequire } from 'node:module'
+import { Writable } from 'node:stream'
 import { describe, it } from 'node:test'
 import BufferListStream from 'bl'
 import fc from 'fast-check'
 import mqttPacket from 'mqtt-packet'
-import { readPacketsWithoutSlicing } from './packet-reads.js'
+import { readPacketsWithoutSlicing, writeIdsWithoutCache } from './packet-reads.js'
 
 type Reader = (this: unknown, offset?: number) => number
 const METHODS = ['readUInt8', 'readUInt16BE', 'readUInt32BE'] as const
@@ -84,5 +87,45 @@ describe('packet reads without a Buffer per value (bl)', () => {
     const whole = parse([bytes])
     assert.equal(whole.length, packets.length)
     assert.deepEqual(parse([...bytes].map((b) => Buffer.from([b]))), whole)
+  })
+})
+
+describe("message ids written without mqtt-packet's number cache", () => {
+  /** The bytes mqtt-packet's stream writer (the one aedes uses) writes for a packet. */
+  const written = async (packet: mqttPacket.Packet) => {
+    const chunks: Buffer[] = []
+    const stream = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        chunks.push(Buffer.from(chunk))
+        done()
+      },
+    })
+    mqttPacket.writeToStream(packet, stream)
+    // writeToStream corks the stream until the next tick; end() writes what it holds.
+    stream.end()
+    await once(stream, 'finish')
+    return Buffer.concat(chunks)
+  }
+  // The module holding the cache, as mqtt-packet's writer requires it.
+  const numbers = createRequire(import.meta.url)('mqtt-packet/numbers.js') as {
+    cache: Record<number, Buffer>
+  }
+  const cached = () => Object.keys(numbers.cache).length
+
+  it('writes every message id right and builds no cache; with the cache on it would (control)', async () => {
+    // The tests above wrote packets with the default: start from an empty cache, as a new process does.
+    for (const n of Object.keys(numbers.cache)) delete numbers.cache[Number(n)]
+    writeIdsWithoutCache()
+    for (const messageId of [1, 258, 0x1234, 65535])
+      assert.deepEqual(
+        await written({ cmd: 'puback', messageId }),
+        Buffer.from([0x40, 2, messageId >> 8, messageId & 0xff]),
+      )
+    assert.equal(cached(), 0, 'no Buffer per number kept')
+    // Control: the default builds all 65,536 on the first write, which is what the setting avoids.
+    mqttPacket.writeToStream.cacheNumbers = true
+    await written({ cmd: 'puback', messageId: 7 })
+    assert.equal(cached(), 65536)
+    writeIdsWithoutCache()
   })
 })
