@@ -2,6 +2,7 @@ import { hash } from 'node:crypto'
 import type { Kysely } from 'kysely'
 import type { DB } from '../db/index.js'
 import type { DedupKey } from './records.js'
+import { RecentIds } from './recent-ids.js'
 import { REDELIVERY_SLOTS, recentKeys } from './store.js'
 
 /** Message ids remembered per client for recognising redeliveries: as many as the database keeps. */
@@ -48,7 +49,7 @@ export function dedupKey(msg: {
  * says whether database writes fail: then no lookup is made.
  */
 export function createRedeliveries(opts: { db: () => Kysely<DB>; failing: () => boolean }) {
-  const recent = new Map<string, Map<number, { digest: string; done: Promise<void> | undefined }>>()
+  const recent = new Map<string, RecentIds>()
   const loading = new Map<string, Promise<void>>()
   /** Clients to look up again (forget()): they may have published through another instance meanwhile. */
   const stale = new Set<string>()
@@ -56,16 +57,14 @@ export function createRedeliveries(opts: { db: () => Kysely<DB>; failing: () => 
   return {
     /** Remembers a message under its key, with the promise that resolves once it is durable. */
     remember(key: DedupKey, done: Promise<void> | undefined): void {
-      let byId = recent.get(key.clientId)
-      if (!byId) {
-        byId = new Map()
-        recent.set(key.clientId, byId)
+      let ids = recent.get(key.clientId)
+      if (!ids) {
+        ids = new RecentIds(RECENT_IDS)
+        recent.set(key.clientId, ids)
       }
-      byId.delete(key.messageId)
-      byId.set(key.messageId, { digest: key.digest, done })
-      // Map keeps insertion order: forget the oldest ids. A redelivery follows its original closely,
-      // and a client reuses an id only after 65535 others, long after it left this window.
-      if (byId.size > RECENT_IDS) byId.delete(byId.keys().next().value as number)
+      // The oldest ids are forgotten. A redelivery follows its original closely, and a client reuses
+      // an id only after 65535 others, long after it left this window.
+      ids.remember(key.messageId, key.digest, done)
     },
 
     /** Loads a client's recent ids from the database once per process; messages wait for it in order. */
@@ -74,21 +73,20 @@ export function createRedeliveries(opts: { db: () => Kysely<DB>; failing: () => 
       stale.delete(clientId)
       // While writes fail the lookup would only add an outage's worth of latency to every ack.
       if (opts.failing()) {
-        recent.set(clientId, new Map())
+        recent.set(clientId, new RecentIds(RECENT_IDS))
         return undefined
       }
       let pending = loading.get(clientId)
       if (!pending) {
         pending = withTimeout(recentKeys(opts.db(), clientId, RECENT_IDS), LOOKUP_TIMEOUT_MS).then(
           (keys) => {
-            const byId = recent.get(clientId) ?? new Map()
+            const ids = recent.get(clientId) ?? new RecentIds(RECENT_IDS)
             for (const k of keys)
-              if (!byId.has(k.messageId))
-                byId.set(k.messageId, { digest: k.digest, done: undefined })
-            recent.set(clientId, byId)
+              if (!ids.has(k.messageId)) ids.remember(k.messageId, k.digest, undefined)
+            recent.set(clientId, ids)
           },
           // Database away: no history to compare with; the message is stored (at-least-once).
-          () => void recent.set(clientId, recent.get(clientId) ?? new Map()),
+          () => void recent.set(clientId, recent.get(clientId) ?? new RecentIds(RECENT_IDS)),
         )
         pending.finally(() => loading.delete(clientId)).catch(() => undefined)
         loading.set(clientId, pending)
@@ -99,8 +97,7 @@ export function createRedeliveries(opts: { db: () => Kysely<DB>; failing: () => 
 
     /** A message this process has already stored (or is storing) under the same id and content. */
     duplicateOf(key: DedupKey): { done: Promise<void> | undefined } | undefined {
-      const seen = recent.get(key.clientId)?.get(key.messageId)
-      return seen && seen.digest === key.digest ? seen : undefined
+      return recent.get(key.clientId)?.match(key.messageId, key.digest)
     },
 
     /** The client's ids are looked up again with its next QoS 1/2 message (see Ingest.forget). */
