@@ -823,6 +823,7 @@ async function pakuSuite(): Promise<void> {
     ...serveEnv({ databaseUrl: pakuUrl, dataDir: join(root, 'paku'), mqttPort, httpPort }),
     // As the systemd unit runs it (build/systemd/paku.service).
     MALLOC_ARENA_MAX: '2',
+    MALLOC_MMAP_THRESHOLD_: '65536',
   })
   const stop = async () => {
     if (paku.exitCode !== null) return

@@ -108,6 +108,7 @@ try {
     PAKU_LOG_FORMAT: 'json',
     // As the systemd unit runs it (build/systemd/paku.service).
     MALLOC_ARENA_MAX: '2',
+    MALLOC_MMAP_THRESHOLD_: '65536',
   }
   const size = (await stat(bin)).size
   const t0 = performance.now()
