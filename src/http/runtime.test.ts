@@ -138,6 +138,39 @@ describe('runtime monitor', () => {
     },
   )
 
+  it(
+    'collects when resident memory grew though V8 reports none of it, and not again for the same memory',
+    { timeout: 30_000 },
+    async () => {
+      // Resident memory V8 does not count (its page pool, a malloc heap) is the process's to measure:
+      // here a given figure, 40 MiB above the start, with the heap and buffers unchanged.
+      let resident = 100 * 1024 * 1024
+      const monitor = createRuntimeMonitor({ rss: () => resident })
+      await monitor.start()
+      try {
+        const series = (name: string) => value(renderMetrics(monitor.metrics()), name)
+        const samples = () => series('paku_event_loop_delay_seconds_count')
+        resident += 40 * 1024 * 1024
+        await eventually(async () => series('paku_memory_releases_total') === 1 || undefined, {
+          timeoutMs: 10_000,
+          what: 'a release for resident memory alone',
+        })
+        // The collection gave none of it back: that is the new floor. Idle samples go by past the
+        // 10 s between releases (the monitor's clock is performance.now()) without another collection.
+        const releasedAt = performance.now()
+        const after = samples()
+        await eventually(
+          async () =>
+            (performance.now() - releasedAt > 11_000 && samples() >= after + 3) || undefined,
+          { timeoutMs: 20_000, what: 'samples 11 s after the release' },
+        )
+        assert.equal(series('paku_memory_releases_total'), 1)
+      } finally {
+        await monitor.stop()
+      }
+    },
+  )
+
   it('reports CPU and resident memory under their standard names, and stops its timer', async (t) => {
     // The sampling timer runs on mocked time: a tick shows whether it is still set.
     t.mock.timers.enable({ apis: ['setTimeout'] })

@@ -25,9 +25,11 @@ const GC_BOUNDS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1]
 /**
  * Memory a burst leaves behind is garbage V8 collects only when it next needs room, or when its memory
  * reducer notices the quiet (a minute and more after a burst, or never while a few devices keep the loop
- * ticking): until then the process keeps its peak. While the loop is idle and the heap and buffers have
- * grown this much since the last collection, one full collection hands it back (a few tens of ms, with
- * nothing waiting for the loop).
+ * ticking): until then the process keeps its peak. While the loop is idle and the heap and buffers, or
+ * the resident memory, have grown this much since the last collection, one full collection hands it
+ * back (a few tens of ms, with nothing waiting for the loop). Resident memory counts too: V8 keeps the
+ * pages of a collected heap in a pool, and the buffers' memory goes back to the system only once the
+ * collection frees them, so after a burst the process can hold 100 MiB more than V8 reports in use.
  */
 const RELEASE_GROWTH_BYTES = 32 * 1024 * 1024
 /** Not more often than this, whatever the loop does. */
@@ -36,7 +38,13 @@ const RELEASE_EVERY_MS = 10_000
 /** A full garbage collection on demand (V8's gc(), without --expose-gc on the command line). */
 function fullCollection(): () => void {
   setFlagsFromString('--expose-gc')
-  return runInNewContext('gc') as () => void
+  const gc = runInNewContext('gc') as () => void
+  // Twice: the buffers a collection finds dead are freed (and their memory counted as gone) by a
+  // sweeper that the next collection finishes; with one, a burst's buffers could stay for minutes.
+  return () => {
+    gc()
+    gc()
+  }
 }
 
 /** The memory V8 holds for the heap and the buffers outside it (garbage included), and what of it is in use, in bytes. */
@@ -58,6 +66,8 @@ export function nextSampleMs(activeMs: number, elapsedMs: number): number {
 export type RuntimeOptions = {
   /** Whether nothing waits to be written (a collection while a burst drains would find it all alive). */
   quiet?: () => boolean
+  /** The process's resident memory in bytes (tests give their own). */
+  rss?: () => number
 }
 
 export function createRuntimeMonitor(opts: RuntimeOptions = {}) {
@@ -68,26 +78,32 @@ export function createRuntimeMonitor(opts: RuntimeOptions = {}) {
   let observer: PerformanceObserver | undefined
 
   let collect: (() => void) | undefined
-  /** What the last collection left in use (the live size then). */
-  let baseline = held().used
+  const rss = opts.rss ?? (() => process.memoryUsage.rss())
+  /**
+   * What V8 held, and what was resident, after the last collection (at first: at start). Held, not in
+   * use: V8 keeps room beyond the live size, which no collection gives back either.
+   */
+  let heldBaseline = held().total
+  let rssBaseline = rss()
   let releasedAt = -Infinity
   let releases = 0
-  /** The loop is idle: a full collection if what V8 holds grew enough beyond the live size of the last one. */
+  /**
+   * The loop is idle: a full collection if what V8 holds, or what is resident, grew enough beyond
+   * what the last one left.
+   */
   const release = (now: number) => {
-    if (
-      now - releasedAt < RELEASE_EVERY_MS ||
-      held().total - baseline < RELEASE_GROWTH_BYTES ||
-      !(opts.quiet?.() ?? true)
-    )
-      return
+    const grown =
+      held().total - heldBaseline >= RELEASE_GROWTH_BYTES ||
+      rss() - rssBaseline >= RELEASE_GROWTH_BYTES
+    if (now - releasedAt < RELEASE_EVERY_MS || !grown || !(opts.quiet?.() ?? true)) return
     collect ??= fullCollection()
-    // Twice: the buffers a collection finds dead are freed (and their memory counted as gone) by a
-    // sweeper that the next collection finishes; with one, a burst's buffers could stay for minutes.
-    collect()
     collect()
     releases++
     releasedAt = now
-    baseline = held().used
+    // Whatever stays (V8's room, code, a fragmented malloc heap) is the new floor: no collection
+    // every RELEASE_EVERY_MS for memory no collection can give back.
+    heldBaseline = held().total
+    rssBaseline = rss()
   }
 
   return {
