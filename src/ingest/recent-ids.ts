@@ -82,6 +82,15 @@ export class RecentIds {
     return same ? { done: this.#done[slot] } : undefined
   }
 
+  /**
+   * The message under this id is durable: its promise is let go, and a duplicate is acknowledged at
+   * once. Only if the id still holds that very promise (not a later message's under the same id).
+   */
+  settled(id: number, done: Promise<void>): void {
+    const slot = this.#find(id)
+    if (slot !== -1 && this.#done[slot] === done) this.#done[slot] = undefined
+  }
+
   #find(id: number): number {
     if (id !== this.#lastId) {
       this.#lastSlot = this.#scan(id)
