@@ -27,9 +27,10 @@ const GC_BOUNDS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1]
  * reducer notices the quiet (a minute and more after a burst, or never while a few devices keep the loop
  * ticking): until then the process keeps its peak. While the loop is idle and the heap and buffers, or
  * the resident memory, have grown this much since the last collection, one full collection hands it
- * back (a few tens of ms, with nothing waiting for the loop). Resident memory counts too: V8 keeps the
- * pages of a collected heap in a pool, and the buffers' memory goes back to the system only once the
- * collection frees them, so after a burst the process can hold 100 MiB more than V8 reports in use.
+ * back (with nothing waiting for the loop). Resident memory counts too: V8 keeps its grown young
+ * generation and a pool of free pages, which its figures for the heap and buffers do not show, and a
+ * 1M-message burst left 200 MiB resident a minute later without this (docs/performance.md, "Memory
+ * after a burst").
  */
 const RELEASE_GROWTH_BYTES = 32 * 1024 * 1024
 /** Not more often than this, whatever the loop does. */
