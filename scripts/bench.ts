@@ -65,7 +65,7 @@ import { from as copyFrom } from 'pg-copy-streams'
 import { createEmbeddedPostgres, preparingPool, type DB } from '../src/db/index.js'
 import type { Row } from '../src/ingest/index.js'
 import { writeTelemetry } from '../src/ingest/store.js'
-import { freePort, serveEnv } from './local-process.js'
+import { freePort, serveEnv, unitMallocEnv } from './local-process.js'
 import { createLogger } from '../src/log/index.js'
 
 const { values: flags } = parseArgs({
@@ -822,8 +822,7 @@ async function pakuSuite(): Promise<void> {
   const paku = runPaku(['serve'], {
     ...serveEnv({ databaseUrl: pakuUrl, dataDir: join(root, 'paku'), mqttPort, httpPort }),
     // As the systemd unit runs it (build/systemd/paku.service).
-    MALLOC_ARENA_MAX: '2',
-    MALLOC_MMAP_THRESHOLD_: '65536',
+    ...unitMallocEnv(),
   })
   const stop = async () => {
     if (paku.exitCode !== null) return

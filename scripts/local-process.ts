@@ -1,5 +1,6 @@
 /** Shared by the scripts and tests that run paku as a child process on this machine. */
 import { spawn, type ChildProcess } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 
@@ -32,6 +33,22 @@ export function serveEnv(o: {
     PAKU_HTTP_PORT: String(o.httpPort),
     PAKU_LOG_FORMAT: 'json',
   }
+}
+
+/**
+ * The malloc settings the systemd unit gives paku (its `Environment=MALLOC_…` lines), read from the unit
+ * so that scripts measuring paku as the unit runs it cannot drift from it.
+ */
+export function unitMallocEnv(): Record<string, string> {
+  const unit = readFileSync(
+    join(import.meta.dirname, '..', 'build', 'systemd', 'paku.service'),
+    'utf8',
+  )
+  const env = Object.fromEntries(
+    [...unit.matchAll(/^Environment=(MALLOC_[A-Z_]+)=(\S+)$/gm)].map((m) => [m[1], m[2]]),
+  ) as Record<string, string>
+  if (Object.keys(env).length === 0) throw new Error('no MALLOC_ settings in the systemd unit')
+  return env
 }
 
 const MAIN = join(import.meta.dirname, '..', 'src', 'main.ts')

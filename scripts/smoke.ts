@@ -17,7 +17,7 @@ import pg from 'pg'
 import { createEmbeddedPostgres } from '../src/db/index.js'
 import { createLogger } from '../src/log/index.js'
 import { espImage } from './test-support/esp-image.js'
-import { freePort } from './local-process.js'
+import { freePort, unitMallocEnv } from './local-process.js'
 
 const run = promisify(execFile)
 const args = process.argv.slice(2)
@@ -107,8 +107,7 @@ try {
     PAKU_PUBLIC_URL: `http://127.0.0.1:${httpPort}`,
     PAKU_LOG_FORMAT: 'json',
     // As the systemd unit runs it (build/systemd/paku.service).
-    MALLOC_ARENA_MAX: '2',
-    MALLOC_MMAP_THRESHOLD_: '65536',
+    ...unitMallocEnv(),
   }
   const size = (await stat(bin)).size
   const t0 = performance.now()
