@@ -159,8 +159,10 @@ describe('three paku instances on one PostgreSQL and one Redis', { skip, timeout
     await b.publishAsync(R, '', { qos: 1, retain: true })
     await b.publishAsync(S, payload, { qos: 1, retain: true })
     const late = await retainedOnC([R, S], S)
+    // A client whose SUBSCRIBE lands while the clear passes through C receives the clear itself, live
+    // (empty, not retained): that is MQTT delivering it, not the old value coming back.
     assert.deepEqual(
-      late.filter((m) => m.topic === R),
+      late.filter((m) => m.topic === R && (m.retain || m.payload !== '')),
       [],
     )
   })
