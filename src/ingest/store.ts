@@ -168,25 +168,29 @@ function rememberKeysSql(rows: readonly Row[]) {
     ON CONFLICT (client_id, slot) DO UPDATE SET message_id = EXCLUDED.message_id, digest = EXCLUDED.digest, seen_at = NOW()`
 }
 
-/** The most recent message ids (and digests) of a client that reached the database, newest last. */
+/**
+ * The message ids (and digests) that reached the database of each of `clientIds`, oldest first: a
+ * client's newest REDELIVERY_SLOTS, which is all the table keeps of it. One statement whatever the number
+ * of clients (an array parameter, not a list).
+ */
 export async function recentKeys(
   db: Kysely<DB>,
-  clientId: string,
-  limit: number,
-): Promise<Array<{ messageId: number; digest: string }>> {
-  const newest = db
-    .selectFrom('ingest_dedup')
-    .select(['message_id', 'digest', 'seen_at'])
-    .where('client_id', '=', clientId)
-    .orderBy('seen_at', 'desc')
-    .limit(limit)
-    .as('k')
+  clientIds: readonly string[],
+): Promise<Map<string, Array<{ messageId: number; digest: string }>>> {
   const rows = await db
-    .selectFrom(newest)
-    .select(['message_id', 'digest'])
+    .selectFrom('ingest_dedup')
+    .select(['client_id', 'message_id', 'digest'])
+    .where(sql<boolean>`client_id = any(${textArray(clientIds)}::text[])`)
+    .orderBy('client_id')
     .orderBy('seen_at')
     .execute()
-  return rows.map((x) => ({ messageId: x.message_id, digest: x.digest }))
+  const by = new Map<string, Array<{ messageId: number; digest: string }>>()
+  for (const r of rows) {
+    let keys = by.get(r.client_id)
+    if (!keys) by.set(r.client_id, (keys = []))
+    keys.push({ messageId: r.message_id, digest: r.digest })
+  }
+  return by
 }
 
 function groupByKind(rows: readonly Row[]) {
