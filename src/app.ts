@@ -227,6 +227,8 @@ function wireMessaging(o: {
     onMessage: incoming,
     // A client's cmd/ota (the old CI workflow publishes its own) reaches each device once per version.
     vetCommand: (deviceId, payload) => ota.vetCommand(deviceId, payload),
+    // What ingest remembers of a client's QoS 1/2 message ids may go (read back when it publishes again).
+    onClientDisconnect: (clientId) => ingest.release(clientId),
     db,
     ...now,
     ...(emitter

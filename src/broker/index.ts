@@ -42,6 +42,8 @@ export type BrokerOptions = {
   vetCommand?: (deviceId: string, payload: Buffer) => Promise<{ deliver: boolean; reason: string }>
   /** One of several instances (docs/scaling.md, cluster-fanout.ts). */
   cluster?: ClusterOptions
+  /** Called when a connected client's connection ends, however it ends. */
+  onClientDisconnect?: (clientId: string) => void
 }
 
 /** The connections of an aedes instance, by client id. */
@@ -109,6 +111,7 @@ function observeClients(
     now: () => number
     log: Logger
     onClientConnect: ((clientId: string) => void) | undefined
+    onClientDisconnect: ((clientId: string) => void) | undefined
   },
 ): void {
   const { counts, principals, log } = deps
@@ -117,6 +120,7 @@ function observeClients(
     principals.connectedAt.set(client, deps.now())
     deps.onClientConnect?.(client.id)
   })
+  broker.on('clientDisconnect', (client: Client) => deps.onClientDisconnect?.(client.id))
   broker.on('unsubscribe', (topics: string[], client: Client) => {
     const set = principals.granted.get(client)
     for (const t of topics) set?.delete(t)
@@ -243,6 +247,7 @@ export function createBroker(opts: BrokerOptions) {
         now,
         log,
         onClientConnect: cluster?.onClientConnect,
+        onClientDisconnect: opts.onClientDisconnect,
       })
       await listeners.start((c) => {
         principals.remember(c)

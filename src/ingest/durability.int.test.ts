@@ -236,6 +236,31 @@ describe('zero loss', () => {
     assert.equal(second.app.ingest.stats().duplicates, 1)
   })
 
+  it('lets a client’s message ids go when it disconnects, and recognises its redelivery when it is back', async (t) => {
+    const url = await testDatabase(t)
+    const db = await sqlClient(t, url)
+    const { app, mqttUrl } = await startApp(t, testConfig({ databaseUrl: url }))
+    const port = Number(new URL(mqttUrl).port)
+    const raw = await rawClient(port, 'ESP32-BACK')
+    raw.publish(7, data(1), false)
+    await eventually(async () => raw.acks.includes(7), { what: 'PUBACK 7' })
+    assert.equal(app.ingest.stats().rememberedClients, 1)
+    raw.close()
+    await eventually(async () => app.ingest.stats().rememberedClients === 0, {
+      what: 'its ids let go',
+    })
+    const again = await rawClient(port, 'ESP32-BACK')
+    again.publish(7, data(1), true)
+    again.publish(8, data(2), false)
+    await eventually(async () => again.acks.length === 2, { what: 'two PUBACKs' })
+    again.close()
+    const rows = (
+      await db.query(`SELECT (metrics->>'i')::int AS i FROM measurements ORDER BY id`)
+    ).rows.map((r) => r.i)
+    assert.deepEqual(rows, [1, 2])
+    assert.equal(app.ingest.stats().duplicates, 1)
+  })
+
   it('remembers the newest 1,024 QoS 1 ids of a client across a restart, and no more', async (t) => {
     const url = await testDatabase(t)
     const db = await sqlClient(t, url)

@@ -36,6 +36,8 @@ export type IngestStats = WriterStats & {
   rejected: number
   ignored: number
   duplicates: number
+  /** Clients whose recent QoS 1/2 message ids are in memory (connected ones, and those still being written). */
+  rememberedClients: number
 }
 
 export type IngestOptions = {
@@ -71,7 +73,11 @@ export function createIngest(opts: IngestOptions) {
 
   const spool = createSpool({ dir: opts.spoolDir, maxBytes: config.spoolMaxBytes, log })
   const parseTopic = createTopicParser()
-  const redeliveries = createRedeliveries({ db: opts.db, failing: () => writer.failing })
+  const redeliveries = createRedeliveries({
+    db: opts.db,
+    failing: () => writer.failing,
+    degraded: () => writer.degraded,
+  })
   const writer = createWriter({
     ...writerSettings(config),
     db: opts.db,
@@ -143,7 +149,11 @@ export function createIngest(opts: IngestOptions) {
     return done
   }
 
-  const stats = (): IngestStats => ({ ...counts, ...writer.stats() })
+  const stats = (): IngestStats => ({
+    ...counts,
+    ...writer.stats(),
+    rememberedClients: redeliveries.clients,
+  })
 
   return {
     name: 'ingest',
@@ -189,6 +199,8 @@ export function createIngest(opts: IngestOptions) {
      * from ingest_dedup again (what this instance remembers itself stays).
      */
     forget: (clientId: string): void => redeliveries.forget(clientId),
+    /** The client disconnected: what paku remembers of its message ids may go (see Redeliveries.release). */
+    release: (clientId: string): void => redeliveries.release(clientId),
     /** Writes what is pending now (tests and shutdown). */
     flush: () => writer.flush(),
     stats,

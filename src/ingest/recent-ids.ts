@@ -91,6 +91,11 @@ export class RecentIds {
     if (slot !== -1 && this.#done[slot] === done) this.#done[slot] = undefined
   }
 
+  /** Whether a remembered message is still being written (its promise not yet let go). */
+  hasPending(): boolean {
+    return this.#done.some((d) => d !== undefined)
+  }
+
   #find(id: number): number {
     if (id !== this.#lastId) {
       this.#lastSlot = this.#scan(id)

@@ -36,6 +36,7 @@ describe('looking up clients’ message ids after a restart', () => {
         return db
       },
       failing: () => false,
+      degraded: () => false,
     })
     const loads = clients.map((id) => r.load(id))
     assert.ok(

@@ -17,6 +17,7 @@ const offline = () =>
       throw new Error('no database in this test')
     },
     failing: () => true,
+    degraded: () => true,
   })
 
 const key = (messageId: number, content = `content ${messageId}`, clientId = 'c1'): DedupKey => ({
@@ -262,5 +263,56 @@ describe('redeliveries', () => {
     assert.ok(settled, 'still recognised')
     assert.equal(settled.done, undefined)
     assert.equal(r.duplicateOf(key(2, 'again'))?.done, later)
+  })
+
+  it('lets a disconnected client’s ids go once all are in the database, and reads them back after', async () => {
+    let degraded = false
+    let lookups = 0
+    const r = createRedeliveries({
+      db: () => {
+        lookups++
+        throw new Error('no database in this test')
+      },
+      failing: () => false,
+      degraded: () => degraded,
+    })
+    let resolve = () => {}
+    const pending = new Promise<void>((res) => (resolve = res))
+    r.remember(key(1), Promise.resolve())
+    r.remember(key(2), pending)
+    await Promise.resolve()
+    r.release('c1')
+    assert.ok(r.duplicateOf(key(2)), 'kept while a message is still being written')
+    resolve()
+    await pending
+    await Promise.resolve()
+    degraded = true
+    r.release('c1')
+    assert.ok(r.duplicateOf(key(1)), 'kept while the database lacks what the spool holds')
+    degraded = false
+    r.release('c1')
+    assert.equal(r.duplicateOf(key(1)), undefined, 'let go')
+    assert.equal(r.clients, 0)
+    // Its next message looks its ids up again.
+    assert.ok(r.load('c1') instanceof Promise)
+    await r.load('c1')
+    assert.equal(lookups, 1)
+  })
+
+  it('reads a client’s ids again when they were let go between its lookup and its message', async () => {
+    const r = createRedeliveries({
+      db: () => {
+        throw new Error('no database in this test')
+      },
+      failing: () => false,
+      degraded: () => false,
+    })
+    await r.load('c1')
+    assert.equal(r.load('c1'), undefined, 'looked up once')
+    r.release('c1')
+    // What accept() does with a message whose lookup had finished before the release.
+    r.remember(key(1), undefined)
+    assert.ok(r.duplicateOf(key(1)))
+    assert.ok(r.load('c1') instanceof Promise, 'the history is read again')
   })
 })

@@ -52,7 +52,13 @@ export function dedupKey(msg: {
  * time this process sees the client, so a redelivery after a restart is recognised too. `failing`
  * says whether database writes fail: then no lookup is made.
  */
-export function createRedeliveries(opts: { db: () => Kysely<DB>; failing: () => boolean }) {
+export function createRedeliveries(opts: {
+  db: () => Kysely<DB>
+  /** Database writes fail: no lookups. */
+  failing: () => boolean
+  /** Writes fail, or acknowledged messages wait in the spool: the database lacks ids this process has. */
+  degraded: () => boolean
+}) {
   const recent = new Map<string, RecentIds>()
   const loading = new Map<string, Promise<void>>()
   /** Clients to look up again (forget()): they may have published through another instance meanwhile. */
@@ -102,8 +108,11 @@ export function createRedeliveries(opts: { db: () => Kysely<DB>; failing: () => 
     remember(key: DedupKey, done: Promise<void> | undefined): void {
       let ids = recent.get(key.clientId)
       if (!ids) {
+        // Let go between its lookup and now (release(), or the bound on clients): the next message
+        // reads the client's ids from the database again, and merges them into these.
         ids = new RecentIds(RECENT_IDS)
         recent.set(key.clientId, ids)
+        stale.add(key.clientId)
       }
       // The oldest ids are forgotten. A redelivery follows its original closely, and a client reuses
       // an id only after 65535 others, long after it left this window.
@@ -119,7 +128,7 @@ export function createRedeliveries(opts: { db: () => Kysely<DB>; failing: () => 
       stale.delete(clientId)
       // While writes fail the lookup would only add an outage's worth of latency to every ack.
       if (opts.failing()) {
-        recent.set(clientId, new RecentIds(RECENT_IDS))
+        recent.set(clientId, recent.get(clientId) ?? new RecentIds(RECENT_IDS))
         return undefined
       }
       let pending = loading.get(clientId)
@@ -149,6 +158,24 @@ export function createRedeliveries(opts: { db: () => Kysely<DB>; failing: () => 
     /** The client's ids are looked up again with its next QoS 1/2 message (see Ingest.forget). */
     forget(clientId: string): void {
       if (recent.has(clientId)) stale.add(clientId)
+    },
+
+    /**
+     * The client disconnected: its ids are let go if every one is in the database (none still being
+     * written, none only in the spool); its next QoS 1/2 message reads them back. Clients that come and
+     * go under new ids (a load generator's, mqtt.js's random ones) each kept up to 1,024 ids for the
+     * process's life: ~10 MiB after the benchmark's 500 (docs/performance.md, "Memory after a burst").
+     */
+    release(clientId: string): void {
+      const ids = recent.get(clientId)
+      if (!ids || loading.has(clientId) || opts.degraded() || ids.hasPending()) return
+      recent.delete(clientId)
+      stale.delete(clientId)
+    },
+
+    /** How many clients' ids are in memory. */
+    get clients(): number {
+      return recent.size
     },
   }
 }
