@@ -36,7 +36,7 @@ export type IngestStats = WriterStats & {
   rejected: number
   ignored: number
   duplicates: number
-  /** Clients whose recent QoS 1/2 message ids are in memory (connected ones, and those still being written). */
+  /** Clients whose recent QoS 1/2 message ids are in memory (see Redeliveries.release). */
   rememberedClients: number
 }
 

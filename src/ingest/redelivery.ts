@@ -3,7 +3,7 @@ import type { Kysely } from 'kysely'
 import type { DB } from '../db/index.js'
 import type { DedupKey } from './records.js'
 import { RecentIds } from './recent-ids.js'
-import { REDELIVERY_SLOTS, recentKeys } from './store.js'
+import { REDELIVERY_SLOTS, recentKeys, type RecentKey } from './store.js'
 
 /** Message ids remembered per client for recognising redeliveries: as many as the database keeps. */
 const RECENT_IDS = REDELIVERY_SLOTS
@@ -11,8 +11,6 @@ const RECENT_IDS = REDELIVERY_SLOTS
 const LOOKUP_TIMEOUT_MS = 2000
 /** Clients looked up in one query at most (each up to RECENT_IDS rows). */
 const LOOKUP_BATCH = 50
-
-type Keys = Array<{ messageId: number; digest: string }>
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   // If the timeout wins, p may still reject later: that must not become an unhandled rejection.
@@ -49,8 +47,8 @@ export function dedupKey(msg: {
 
 /**
  * The last QoS 1/2 message ids per client (up to RECENT_IDS), loaded from ingest_dedup the first
- * time this process sees the client, so a redelivery after a restart is recognised too. `failing`
- * says whether database writes fail: then no lookup is made.
+ * time this process sees the client (and again after it disconnected, release()), so a redelivery
+ * after a restart is recognised too.
  */
 export function createRedeliveries(opts: {
   db: () => Kysely<DB>
@@ -64,7 +62,7 @@ export function createRedeliveries(opts: {
   /** Clients to look up again (forget()): they may have published through another instance meanwhile. */
   const stale = new Set<string>()
   /** Clients whose ids the next query looks up, each with what to hand the keys (or the failure) to. */
-  const wanted = new Map<string, (keys: Keys | Error) => void>()
+  const wanted = new Map<string, (keys: RecentKey[] | Error) => void>()
   let querying = false
 
   /**
@@ -97,7 +95,7 @@ export function createRedeliveries(opts: {
         lookUp()
       })
   }
-  const keysOf = (clientId: string): Promise<Keys> =>
+  const keysOf = (clientId: string): Promise<RecentKey[]> =>
     new Promise((resolve, reject) => {
       wanted.set(clientId, (k) => (k instanceof Error ? reject(k) : resolve(k)))
       lookUp()
@@ -164,7 +162,7 @@ export function createRedeliveries(opts: {
      * The client disconnected: its ids are let go if every one is in the database (none still being
      * written, none only in the spool); its next QoS 1/2 message reads them back. Clients that come and
      * go under new ids (a load generator's, mqtt.js's random ones) each kept up to 1,024 ids for the
-     * process's life: ~10 MiB after the benchmark's 500 (docs/performance.md, "Memory after a burst").
+     * process's life, 3.0 MiB per 100 (docs/performance.md, "Memory after a burst").
      */
     release(clientId: string): void {
       const ids = recent.get(clientId)

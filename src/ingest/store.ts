@@ -168,6 +168,9 @@ function rememberKeysSql(rows: readonly Row[]) {
     ON CONFLICT (client_id, slot) DO UPDATE SET message_id = EXCLUDED.message_id, digest = EXCLUDED.digest, seen_at = NOW()`
 }
 
+/** A QoS 1/2 message id a client used, and the digest of what it sent under it. */
+export type RecentKey = { messageId: number; digest: string }
+
 /**
  * The message ids (and digests) that reached the database of each of `clientIds`, oldest first: a
  * client's newest REDELIVERY_SLOTS, which is all the table keeps of it. One statement whatever the number
@@ -176,7 +179,7 @@ function rememberKeysSql(rows: readonly Row[]) {
 export async function recentKeys(
   db: Kysely<DB>,
   clientIds: readonly string[],
-): Promise<Map<string, Array<{ messageId: number; digest: string }>>> {
+): Promise<Map<string, RecentKey[]>> {
   const rows = await db
     .selectFrom('ingest_dedup')
     .select(['client_id', 'message_id', 'digest'])
@@ -184,7 +187,7 @@ export async function recentKeys(
     .orderBy('client_id')
     .orderBy('seen_at')
     .execute()
-  const by = new Map<string, Array<{ messageId: number; digest: string }>>()
+  const by = new Map<string, RecentKey[]>()
   for (const r of rows) {
     let keys = by.get(r.client_id)
     if (!keys) by.set(r.client_id, (keys = []))
