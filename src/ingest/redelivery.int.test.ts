@@ -20,7 +20,10 @@ describe('looking up clients’ message ids after a restart', () => {
     await migrate(db, readSqlDir(sqlDir()))
     const c = await sqlClient(t, url)
     // 120 clients that stored ids 1–3 before the restart, each with content of its own.
-    const clients = Array.from({ length: 120 }, (_, i) => `dev-${i}`)
+    // Client ids are the device's to choose: quotes, backslashes, commas, braces and the word NULL go
+    // into the query's array parameter as they are, each only its own.
+    const odd = ['dev "q"', 'dev\\b', 'dev,{c}', 'NULL', 'dev ü 🙂']
+    const clients = [...odd, ...Array.from({ length: 120 - odd.length }, (_, i) => `dev-${i}`)]
     const rows = clients.flatMap((id) =>
       [1, 2, 3].map((m) => [id, m, digest(`${id}/${m}`)] as const),
     )
