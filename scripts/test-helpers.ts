@@ -1,5 +1,6 @@
 /** Shared by integration tests: a fresh database per test file, and a config with every port on 0. */
 import { randomBytes } from 'node:crypto'
+import { Kysely, PostgresDialect } from 'kysely'
 import { connect, createServer, type Socket } from 'node:net'
 import type { TestContext } from 'node:test'
 import pg from 'pg'
@@ -7,7 +8,7 @@ import * as v from 'valibot'
 import { createApp } from '../src/app.js'
 import { sqlDir } from '../src/assets.js'
 import { ConfigSchema, deepFreeze, type Config, type ConfigInput } from '../src/config/index.js'
-import { readSqlDir } from '../src/db/index.js'
+import { migrate, readSqlDir, type DB } from '../src/db/index.js'
 import { createLogger, type Logger } from '../src/log/index.js'
 import { logRecords, type PakuProcess } from './local-process.js'
 
@@ -54,6 +55,20 @@ export async function testDatabase(t: After): Promise<string> {
   const url = new URL(server.toString())
   url.pathname = `/${name}`
   return url.toString()
+}
+
+/** testDatabase() with every migration applied, and a Kysely on a pool of `max` connections closed after. */
+export async function migratedDatabase(
+  t: After,
+  max = 4,
+): Promise<{ url: string; db: Kysely<DB> }> {
+  const url = await testDatabase(t)
+  const db = new Kysely<DB>({
+    dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max }) }),
+  })
+  defer(t, () => db.destroy())
+  await migrate(db, readSqlDir(sqlDir()))
+  return { url, db }
 }
 
 /** A valid config for tests: every port 0 (any free one), loopback only, quiet logs. */

@@ -1,14 +1,11 @@
 import { after, describe, it, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createRequire } from 'node:module'
-import { Kysely, PostgresDialect, sql } from 'kysely'
+import { sql } from 'kysely'
 import mqemitter from 'mqemitter'
-import pg from 'pg'
-import { defer, testDatabase, testLogger } from '../../scripts/test-helpers.js'
-import { sqlDir } from '../assets.js'
+import { migratedDatabase, testLogger } from '../../scripts/test-helpers.js'
 import * as v from 'valibot'
 import { ConfigSchema } from '../config/index.js'
-import { migrate, readSqlDir, type DB } from '../db/index.js'
 import { createLedger } from './ledger.js'
 import { PgPersistence, type PgPersistenceOptions } from './pg-persistence.js'
 
@@ -18,12 +15,7 @@ const abstractPersistence = createRequire(import.meta.url)('aedes-persistence/ab
 ) => void
 
 const file = { after }
-const url = await testDatabase(file)
-const db = new Kysely<DB>({
-  dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 4 }) }),
-})
-defer(file, () => db.destroy())
-await migrate(db, readSqlDir(sqlDir()))
+const { db } = await migratedDatabase(file)
 const TABLES = sql`TRUNCATE mqtt_retained, mqtt_subscriptions, mqtt_outgoing, mqtt_incoming, mqtt_wills, mqtt_sessions`
 const DEFAULTS = v.parse(ConfigSchema, {}).mqtt
 

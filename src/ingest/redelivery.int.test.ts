@@ -1,23 +1,14 @@
 import assert from 'node:assert/strict'
 import { hash } from 'node:crypto'
 import { describe, it } from 'node:test'
-import { Kysely, PostgresDialect } from 'kysely'
-import pg from 'pg'
-import { defer, sqlClient, testDatabase } from '../../scripts/test-helpers.js'
-import { sqlDir } from '../assets.js'
-import { migrate, readSqlDir, type DB } from '../db/index.js'
+import { migratedDatabase, sqlClient } from '../../scripts/test-helpers.js'
 import { createRedeliveries } from './redelivery.js'
 
 const digest = (content: string) => hash('sha1', content, 'base64')
 
 describe('looking up clients’ message ids after a restart', () => {
   it('looks up clients that publish at once together, 50 to a query, and gives each its own ids', async (t) => {
-    const url = await testDatabase(t)
-    const db = new Kysely<DB>({
-      dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 4 }) }),
-    })
-    defer(t, () => db.destroy())
-    await migrate(db, readSqlDir(sqlDir()))
+    const { url, db } = await migratedDatabase(t)
     const c = await sqlClient(t, url)
     // 120 clients that stored ids 1–3 before the restart, each with content of its own.
     // Client ids are the device's to choose: quotes, backslashes, commas, braces and the word NULL go

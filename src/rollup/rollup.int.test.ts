@@ -6,6 +6,7 @@ import * as v from 'valibot'
 import {
   defer,
   eventually,
+  migratedDatabase,
   sqlClient,
   testDatabase,
   testLogger,
@@ -20,12 +21,7 @@ async function setup(
   retention: Record<string, number> = {},
   more: { intervalSeconds?: number; busy?: () => boolean } = {},
 ) {
-  const url = await testDatabase(t)
-  const db = new Kysely<DB>({
-    dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 3 }) }),
-  })
-  defer(t, () => db.destroy())
-  await migrate(db, readSqlDir(sqlDir()))
+  const { url, db } = await migratedDatabase(t, 3)
   const config = v.parse(ConfigSchema, {
     retention,
     rollup: { intervalSeconds: more.intervalSeconds },
